@@ -1,0 +1,60 @@
+-- track()/untrack() refuse what cannot be tracked faithfully, with a clear
+-- error, and change nothing.
+CREATE EXTENSION replstamp;
+\set VERBOSITY default
+
+CREATE TABLE no_pk (a int, b text);
+SELECT replstamp.track('no_pk');
+
+CREATE VIEW a_view AS SELECT 1 AS a;
+SELECT replstamp.track('a_view');
+
+CREATE MATERIALIZED VIEW a_matview AS SELECT 1 AS a;
+SELECT replstamp.track('a_matview');
+
+CREATE TEMP TABLE a_temp (id int PRIMARY KEY);
+SELECT replstamp.track('a_temp');
+
+CREATE UNLOGGED TABLE an_unlogged (id int PRIMARY KEY);
+SELECT replstamp.track('an_unlogged');
+
+CREATE TABLE parted (id int PRIMARY KEY) PARTITION BY RANGE (id);
+CREATE TABLE parted_1 PARTITION OF parted FOR VALUES FROM (0) TO (100);
+SELECT replstamp.track('parted');
+SELECT replstamp.track('parted_1');   -- a partition is an ordinary table
+INSERT INTO parted VALUES (5);
+SELECT relation, op, pk FROM replstamp.changes;
+
+SELECT replstamp.track('pg_class');
+SELECT replstamp.track('replstamp.changes');
+SELECT replstamp.track('no_such_table');
+
+CREATE TABLE "Odd ""name""" (id int PRIMARY KEY);
+SELECT replstamp.track('"Odd ""name"""');
+SELECT replstamp.track('"Odd ""name"""');   -- already tracked
+INSERT INTO "Odd ""name""" VALUES (1);
+SELECT relation FROM replstamp.changes WHERE relation LIKE '%Odd%';
+TRUNCATE "Odd ""name""";
+SELECT count(*) FROM "Odd ""name""";
+
+CREATE TABLE plain (id int PRIMARY KEY);
+SELECT replstamp.untrack('plain');
+
+-- The trigger function is not callable directly.
+SELECT replstamp.stamp();
+
+-- Nothing above left a trigger behind on a refused table.
+SELECT relation FROM replstamp.tracked_tables ORDER BY 1;
+
+-- A tracked table that loses its primary key refuses writes rather than
+-- stamping rows it cannot identify.
+CREATE TABLE loses_pk (id int CONSTRAINT loses_pk_pkey PRIMARY KEY);
+SELECT replstamp.track('loses_pk');
+ALTER TABLE loses_pk DROP CONSTRAINT loses_pk_pkey;
+INSERT INTO loses_pk VALUES (1);
+SELECT count(*) FROM loses_pk;
+
+DROP TABLE no_pk, parted, "Odd ""name""", plain, an_unlogged, loses_pk;
+DROP VIEW a_view;
+DROP MATERIALIZED VIEW a_matview;
+DROP EXTENSION replstamp;

@@ -1,0 +1,62 @@
+/*-------------------------------------------------------------------------
+ *
+ * replstamp.h
+ *		What the parts of replstamp offer each other: the catalog cache
+ *		(OIDs of the extension's relations, the state row) and the
+ *		per-part initialisation entry points called from _PG_init.
+ *
+ * Copyright (c) 2026, the replstamp authors
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef REPLSTAMP_H
+#define REPLSTAMP_H
+
+#include "postgres.h"
+#include "utils/uuid.h"
+
+#define REPLSTAMP_SCHEMA	"replstamp"
+
+/* Values of replstamp.node.state */
+#define REPLSTAMP_STATE_ORIGINAL	"original"
+#define REPLSTAMP_STATE_BACKUP		"backup"
+
+/*
+ * OIDs of the extension's objects in the current database, looked up once per
+ * backend and forgotten on a relcache invalidation of any of them (which
+ * happens when the extension is dropped or re-created).
+ */
+typedef struct ReplstampCatalog
+{
+	Oid			schema;
+	Oid			node;			/* replstamp.node */
+	Oid			changes;		/* replstamp.changes */
+	Oid			changes_pkey;	/* its primary key index */
+	Oid			serial_seq;		/* replstamp.serial_seq */
+	Oid			vector_state;	/* replstamp.vector_state */
+	Oid			replica_history;	/* replstamp.replica_history */
+} ReplstampCatalog;
+
+/*
+ * The state row as last read by this backend.  Reloaded after any change of
+ * replstamp.node has been committed (the node_changed trigger sends a
+ * relcache invalidation for it).
+ */
+typedef struct ReplstampNode
+{
+	pg_uuid_t	replica_id;
+	bool		in_backup;		/* state = 'backup' */
+} ReplstampNode;
+
+/* node.c */
+extern const ReplstampCatalog *replstamp_catalog(bool missing_ok);
+extern const ReplstampNode *replstamp_node(void);
+extern void replstamp_node_forget(void);
+extern void replstamp_mint_uuid(pg_uuid_t *uuid);
+extern void replstamp_catalog_init(void);
+
+/* Per-part entry points, called once from _PG_init. */
+extern void serial_init(void);		/* serial.c */
+extern void stamp_init(void);		/* stamp.c */
+
+#endif							/* REPLSTAMP_H */

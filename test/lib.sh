@@ -1,0 +1,76 @@
+# Shared by test/run and test/demo.sh: packages, an unprivileged user, and a
+# private build of replstamp installed next to a private copy of PostgreSQL's
+# binaries, so that nothing outside the work directory is written to.
+#
+# Copyright (c) 2026, the replstamp authors
+
+PGVER=15
+PGBIN_SYS=/usr/lib/postgresql/$PGVER/bin
+PACKAGES="postgresql-$PGVER postgresql-server-dev-$PGVER libipc-run-perl build-essential rsync"
+
+say() { printf '%s\n' "$*" >&2; }
+
+# Install what is missing (as root), or print the exact command and stop.
+ensure_packages() {
+	local missing="" p
+	for p in $PACKAGES; do
+		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' ||
+			missing="$missing $p"
+	done
+	[ -z "$missing" ] && return 0
+	if [ "$(id -u)" -eq 0 ]; then
+		say "replstamp: installing$missing"
+		export DEBIAN_FRONTEND=noninteractive
+		apt-get update -qq >&2 && apt-get install -y -qq $missing >&2 || {
+			say "replstamp: apt-get install$missing failed"
+			exit 1
+		}
+	else
+		say "replstamp: missing packages:$missing"
+		say "Install them with:"
+		say "  sudo apt-get update && sudo apt-get install -y$missing"
+		exit 1
+	fi
+}
+
+# As root, re-run this script as an unprivileged user (initdb refuses root)
+# on a copy of the source tree that user owns.  Sets nothing when not root.
+# Usage: drop_root "$0" "$@"
+drop_root() {
+	[ "$(id -u)" -eq 0 ] || return 0
+	local script="$1"; shift
+	local user="${REPLSTAMP_TEST_USER:-postgres}"
+	id "$user" >/dev/null 2>&1 || useradd --system --create-home "$user"
+	local src
+	src=$(mktemp -d /tmp/replstamp-src.XXXXXX)
+	rsync -a --exclude .git --exclude 'tmp_*' --exclude '*.o' --exclude '*.so' \
+		--exclude '*.bc' "$SRCDIR"/ "$src"/
+	chown -R "$user": "$src"
+	local rel="${script#"$SRCDIR"/}"
+	set +e
+	runuser -u "$user" -- env REPLSTAMP_SRC_COPY=1 "$src/$rel" "$@"
+	local rc=$?
+	rm -rf "$src"
+	exit $rc
+}
+
+# Build replstamp (warnings are errors) and install it into a private copy
+# of PostgreSQL under $1.  Prints the bin directory to use.
+private_install() {
+	local dest="$1"
+	local ti="$dest/install"
+	mkdir -p "$ti/usr/lib/postgresql/$PGVER" "$ti/usr/share/postgresql"
+	# PostgreSQL finds its share and lib directories relative to its own
+	# binary, so real copies of the binaries make a relocated installation.
+	cp -a /usr/lib/postgresql/$PGVER/bin /usr/lib/postgresql/$PGVER/lib \
+		"$ti/usr/lib/postgresql/$PGVER/"
+	cp -a /usr/share/postgresql/$PGVER "$ti/usr/share/postgresql/"
+	rsync -a --exclude .git --exclude 'tmp_*' "$SRCDIR"/ "$dest/build"/
+	(cd "$dest/build" && make -s clean >/dev/null 2>&1; \
+	 make -s WERROR=1 PG_CONFIG=$PGBIN_SYS/pg_config >&2 &&
+	 make -s install DESTDIR="$ti" PG_CONFIG=$PGBIN_SYS/pg_config >/dev/null) || {
+		say "replstamp: build failed"
+		return 1
+	}
+	echo "$ti/usr/lib/postgresql/$PGVER/bin"
+}
