@@ -72,6 +72,7 @@ SELECT replstamp.untrack('accounts');
 -- Reading is allowed.
 SELECT state FROM replstamp.node;
 RESET ROLE;
+RESET search_path;
 
 -- A table owner who is not a superuser cannot track even their own table
 -- unless granted; with the grant, track() checks ownership.
@@ -81,8 +82,6 @@ SET ROLE regress_writer;
 SELECT replstamp.track('owned_by_superuser');
 RESET ROLE;
 REVOKE EXECUTE ON FUNCTION replstamp.track(regclass) FROM regress_writer;
-
-RESET search_path;
 
 -- From the catalog, for every function of the extension (including those
 -- later parts add): SECURITY DEFINER ones pin search_path, and PUBLIC may
