@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# What does stamping cost a write?  pgbench tpcb-like three ways in one run:
+# plain, the four pgbench tables tracked by replstamp, and the same tables
+# with an equivalent PL/pgSQL trigger writing the same log row.  Prints TPS,
+# ratios and the cost per stamped row, the change log's bytes per row, and
+# the memory a single UPDATE of BENCH_ROWS tracked rows takes.
+#
+#   test/bench/stamp_overhead.sh            (scale 10, 2 clients, 30 s)
+#   BENCH_SECONDS=5 BENCH_SCALE=2 BENCH_ROWS=100000 test/bench/stamp_overhead.sh
+#
+# Copyright (c) 2026, the replstamp authors
+set -eu
+SRCDIR=$(cd "$(dirname "$0")/../.." && pwd)
+. "$SRCDIR/test/lib.sh"
+ensure_packages
+drop_root "$SRCDIR/test/bench/stamp_overhead.sh" "$@"
+
+SECONDS_RUN=${BENCH_SECONDS:-30}
+SCALE=${BENCH_SCALE:-10}
+CLIENTS=${BENCH_CLIENTS:-2}
+ROWS=${BENCH_ROWS:-1000000}
+
+WORK=$(mktemp -d /tmp/replstamp-bench.XXXXXX)
+PORT=$((5400 + RANDOM % 500))
+BIN=$(private_install "$WORK")
+export PATH="$BIN:$PATH" PGHOST="$WORK" PGPORT="$PORT" PGDATABASE=bench
+unset PGUSER PGSERVICE
+stop() { pg_ctl -D "$WORK/data" -m fast stop >/dev/null 2>&1 || true; rm -rf "$WORK"; }
+trap stop EXIT
+
+initdb -D "$WORK/data" -A trust >/dev/null
+cat >>"$WORK/data/postgresql.conf" <<EOF
+shared_preload_libraries = 'replstamp'
+listen_addresses = ''
+unix_socket_directories = '$WORK'
+port = $PORT
+synchronous_commit = off
+shared_buffers = 512MB
+max_wal_size = 4GB
+checkpoint_timeout = 30min
+EOF
+pg_ctl -D "$WORK/data" -l "$WORK/log" -w start >/dev/null
+
+TABLES="'pgbench_accounts','pgbench_branches','pgbench_tellers','pgbench_history'"
+
+prepare() {
+	dropdb --if-exists bench
+	createdb bench
+	pgbench -i -q -s "$SCALE" bench >/dev/null 2>&1
+	# pgbench_history has no primary key: give it one in every run alike.
+	psql -qX -c "ALTER TABLE pgbench_history ADD COLUMN id bigserial PRIMARY KEY"
+	psql -qX -c "CREATE EXTENSION replstamp"
+}
+
+setup_replstamp() {
+	psql -qX -c "SELECT replstamp.track(t::regclass) FROM unnest(ARRAY[$TABLES]) t" >/dev/null
+}
+
+setup_plpgsql() {
+	psql -qX <<'EOF'
+CREATE SEQUENCE plog_serial;
+CREATE TABLE plog (replica_id uuid, serial bigint, relation text, op text,
+                   row_image jsonb, changed_at timestamptz,
+                   PRIMARY KEY (replica_id, serial));
+CREATE FUNCTION plog_stamp() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO plog VALUES ('5b0c0b8e-3c3e-4b7e-9a55-0c1f2e0d9a10', nextval('plog_serial'),
+                           TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, TG_OP,
+                           CASE WHEN TG_OP = 'DELETE' THEN NULL ELSE to_jsonb(NEW) END,
+                           transaction_timestamp());
+  RETURN NULL;
+END $$;
+EOF
+	for t in pgbench_accounts pgbench_branches pgbench_tellers pgbench_history; do
+		psql -qX -c "CREATE TRIGGER plog AFTER INSERT OR UPDATE OR DELETE ON $t FOR EACH ROW EXECUTE FUNCTION plog_stamp()"
+	done
+}
+
+run() {
+	psql -qX -c "VACUUM ANALYZE" -c "CHECKPOINT"
+	pgbench -n -c "$CLIENTS" -j "$CLIENTS" -T "$SECONDS_RUN" bench 2>/dev/null |
+		sed -n 's/^tps = \([0-9.]*\) .*/\1/p'
+}
+
+echo "pgbench tpcb-like, scale $SCALE, $CLIENTS clients, $SECONDS_RUN s, synchronous_commit = off"
+prepare; tps_plain=$(run)
+prepare; setup_replstamp; tps_rs=$(run)
+stamps=$(psql -qXAt -c "SELECT count(*) FROM replstamp.changes")
+bytes=$(psql -qXAt -c "SELECT pg_total_relation_size('replstamp.changes') / greatest(count(*), 1) FROM replstamp.changes")
+prepare; setup_plpgsql; tps_pl=$(run)
+
+awk -v c="$CLIENTS" -v p="$tps_plain" -v r="$tps_rs" -v l="$tps_pl" 'BEGIN {
+	# 4 stamped rows per transaction (3 UPDATEs, 1 INSERT), c clients in parallel
+	printf "%-28s %10s %12s %16s\n", "", "TPS", "vs plain", "us per row";
+	printf "%-28s %10.0f %12s %16s\n", "plain", p, "1.00", "-";
+	printf "%-28s %10.0f %12.2f %16.1f\n", "replstamp (C trigger)", r, r / p, (1 / r - 1 / p) * 1e6 * c / 4;
+	printf "%-28s %10.0f %12.2f %16.1f\n", "PL/pgSQL trigger", l, l / p, (1 / l - 1 / p) * 1e6 * c / 4;
+	printf "replstamp per-row cost / PL/pgSQL per-row cost: %.2f\n", (1 / r - 1 / p) / (1 / l - 1 / p);
+}'
+echo "change log: $stamps stamps, $bytes bytes per stamped row (table + indexes + toast)"
+
+# Memory of one UPDATE of $ROWS rows, untracked and tracked: the peak of the
+# backend's private (anonymous) memory, sampled while the statement runs.
+peak_update() {
+	local tracked="$1"
+	psql -qX -c "DROP TABLE IF EXISTS m" \
+		-c "CREATE TABLE m (id int PRIMARY KEY, v int, pad text)" \
+		-c "INSERT INTO m SELECT g, 0, repeat('x', 40) FROM generate_series(1, $ROWS) g" \
+		-c "VACUUM ANALYZE m"
+	[ "$tracked" = yes ] && psql -qX -c "SELECT replstamp.track('m')" >/dev/null
+	local fifo="$WORK/fifo"; rm -f "$fifo"; mkfifo "$fifo"
+	psql -qXAt <"$fifo" >"$WORK/pid.out" &
+	local psqlpid=$!
+	exec 9>"$fifo"
+	echo "SELECT pg_backend_pid();" >&9
+	while ! grep -qE '^[0-9]+$' "$WORK/pid.out"; do sleep 0.05; done
+	local pid; pid=$(grep -m1 -E '^[0-9]+$' "$WORK/pid.out")
+	local base; base=$(awk '/RssAnon/ {print $2}' /proc/$pid/status)
+	echo "UPDATE m SET v = v + 1; SELECT 'done';" >&9
+	local peak=$base
+	while ! grep -q done "$WORK/pid.out"; do
+		local now; now=$(awk '/RssAnon/ {print $2}' /proc/$pid/status 2>/dev/null || echo 0)
+		[ "${now:-0}" -gt "$peak" ] && peak=$now
+		sleep 0.02
+	done
+	exec 9>&-
+	wait $psqlpid
+	echo $(( (peak - base) / 1024 ))
+}
+mem_plain=$(peak_update no)
+mem_tracked=$(peak_update yes)
+echo "one UPDATE of $ROWS rows: backend private memory grew by $mem_plain MB untracked, $mem_tracked MB tracked"
