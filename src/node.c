@@ -20,15 +20,23 @@
 #include "access/htup_details.h"
 #include "access/table.h"
 #include "access/xlog.h"
+#include "catalog/indexing.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_extension.h"
+#include "commands/extension.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
 #include "fmgr.h"
+#include "miscadmin.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/guc.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
+#include "utils/snapmgr.h"
 
+#include "identity.h"
 #include "replstamp.h"
 
 PG_FUNCTION_INFO_V1(replstamp_init_node);
@@ -127,14 +135,21 @@ replstamp_node(void)
 	bool		isnull;
 	Datum		d;
 	char	   *state;
+	Snapshot	snapshot;
 
 	if (node_valid && catalog_valid)
 		return &node_cache;
 
 	cat = replstamp_catalog(false);
 	rel = table_open(cat->node, AccessShareLock);
-	/* A NULL snapshot means a fresh catalog snapshot: the latest commit. */
-	scan = systable_beginscan(rel, InvalidOid, false, NULL, 0, NULL);
+	/*
+	 * The latest snapshot: the last committed row, or this transaction's own
+	 * change of it (a rotation by the identity check in this transaction).
+	 * If this transaction aborts, the invalidation it queued is processed
+	 * locally and the cache is dropped.
+	 */
+	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	scan = systable_beginscan(rel, InvalidOid, false, snapshot, 0, NULL);
 	tuple = systable_getnext(scan);
 	if (!HeapTupleIsValid(tuple))
 		ereport(ERROR,
@@ -154,6 +169,7 @@ replstamp_node(void)
 	pfree(state);
 
 	systable_endscan(scan);
+	UnregisterSnapshot(snapshot);
 	table_close(rel, AccessShareLock);
 
 	/* An invalidation while we read means we must read again next time. */
@@ -192,20 +208,22 @@ Datum
 replstamp_init_node(PG_FUNCTION_ARGS)
 {
 	pg_uuid_t  *id = palloc(sizeof(pg_uuid_t));
-	Oid			argtypes[3] = {UUIDOID, INT8OID, INT4OID};
-	Datum		args[3];
+	Oid			argtypes[4] = {UUIDOID, INT8OID, INT4OID, TEXTOID};
+	Datum		args[4];
 	int			ret;
 
 	replstamp_mint_uuid(id);
 	args[0] = UUIDPGetDatum(id);
 	args[1] = Int64GetDatum((int64) GetSystemIdentifier());
 	args[2] = Int32GetDatum((int32) GetWALInsertionTimeLine());
+	/* A fresh ID is this data set's own: nothing to check until a restart. */
+	args[3] = CStringGetTextDatum(identity_fingerprint());
 
 	SPI_connect();
 	ret = SPI_execute_with_args("INSERT INTO replstamp.node "
-								"(replica_id, system_identifier, timeline) "
-								"VALUES ($1, $2, $3)",
-								3, argtypes, args, NULL, false, 0);
+								"(replica_id, system_identifier, timeline, restore_fingerprint) "
+								"VALUES ($1, $2, $3, $4)",
+								4, argtypes, args, NULL, false, 0);
 	if (ret != SPI_OK_INSERT)
 		elog(ERROR, "could not create the state row: %s", SPI_result_code_string(ret));
 	ret = SPI_execute_with_args("INSERT INTO replstamp.replica_history "
@@ -215,6 +233,7 @@ replstamp_init_node(PG_FUNCTION_ARGS)
 	if (ret != SPI_OK_INSERT)
 		elog(ERROR, "could not record the replica ID: %s", SPI_result_code_string(ret));
 	SPI_finish();
+	identity_mark_verified();
 
 	PG_RETURN_DATUM(UUIDPGetDatum(id));
 }
@@ -237,4 +256,54 @@ replstamp_node_changed(PG_FUNCTION_ARGS)
 	CacheInvalidateRelcacheByRelid(RelationGetRelid(trigdata->tg_relation));
 	node_valid = false;
 	return PointerGetDatum(NULL);
+}
+
+/* Owner of the extension in the current database. */
+static Oid
+extension_owner(void)
+{
+	Oid			extoid = get_extension_oid("replstamp", false);
+	Relation	rel;
+	SysScanDesc scan;
+	ScanKeyData key;
+	HeapTuple	tuple;
+	Oid			owner;
+
+	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_extension_oid, BTEqualStrategyNumber,
+				F_OIDEQ, ObjectIdGetDatum(extoid));
+	scan = systable_beginscan(rel, ExtensionOidIndexId, true, NULL, 1, &key);
+	tuple = systable_getnext(scan);
+	if (!HeapTupleIsValid(tuple))
+		elog(ERROR, "could not find extension replstamp");
+	owner = ((Form_pg_extension) GETSTRUCT(tuple))->extowner;
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return owner;
+}
+
+/*
+ * Act as the extension's owner, with search_path = pg_catalog, pg_temp and
+ * in a security-restricted context, until replstamp_restore_user().  For
+ * SQL that replstamp runs on behalf of a user who may not write its tables
+ * (the identity check in the stamp path, trigger DDL in track()).  An error
+ * in between restores the user and the GUCs through transaction abort.
+ */
+void
+replstamp_become_owner(ReplstampOwnerContext *ctx)
+{
+	GetUserIdAndSecContext(&ctx->save_userid, &ctx->save_sec_context);
+	SetUserIdAndSecContext(extension_owner(),
+						   ctx->save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	ctx->save_nestlevel = NewGUCNestLevel();
+	(void) set_config_option("search_path", "pg_catalog, pg_temp",
+							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
+							 true, 0, false);
+}
+
+void
+replstamp_restore_user(ReplstampOwnerContext *ctx)
+{
+	AtEOXact_GUC(true, ctx->save_nestlevel);
+	SetUserIdAndSecContext(ctx->save_userid, ctx->save_sec_context);
 }

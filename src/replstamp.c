@@ -14,6 +14,7 @@
 #include "miscadmin.h"
 #include "utils/guc.h"
 
+#include "identity.h"
 #include "replstamp.h"
 #include "serial.h"
 
@@ -42,6 +43,7 @@ _PG_init(void)
 	serial_init();
 	replstamp_catalog_init();
 	stamp_init();
+	identity_init();
 
 	MarkGUCPrefixReserved("replstamp");
 }

@@ -48,7 +48,17 @@ typedef struct ReplstampNode
 	bool		in_backup;		/* state = 'backup' */
 } ReplstampNode;
 
+/* Saved user and GUC state while acting as the extension's owner. */
+typedef struct ReplstampOwnerContext
+{
+	Oid			save_userid;
+	int			save_sec_context;
+	int			save_nestlevel;
+} ReplstampOwnerContext;
+
 /* node.c */
+extern void replstamp_become_owner(ReplstampOwnerContext *ctx);
+extern void replstamp_restore_user(ReplstampOwnerContext *ctx);
 extern const ReplstampCatalog *replstamp_catalog(bool missing_ok);
 extern const ReplstampNode *replstamp_node(void);
 extern void replstamp_node_forget(void);

@@ -32,10 +32,7 @@
 #include "access/xact.h"
 #include "catalog/catalog.h"
 #include "catalog/index.h"
-#include "catalog/indexing.h"
-#include "catalog/pg_extension.h"
 #include "catalog/pg_type.h"
-#include "commands/extension.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -52,6 +49,7 @@
 #include "utils/rel.h"
 #include "utils/timestamp.h"
 
+#include "identity.h"
 #include "replstamp.h"
 #include "serial.h"
 #include "stamp.h"
@@ -479,6 +477,8 @@ replstamp_stamp(PG_FUNCTION_ARGS)
 		elog(ERROR, "replstamp.stamp() fired for an unexpected event");
 
 	cat = replstamp_catalog(false);
+	/* A restored copy must not stamp with its old ID: check before the first stamp. */
+	identity_ensure_verified();
 	node = replstamp_node();
 	info = relinfo_get(rel);
 
@@ -552,46 +552,13 @@ has_trigger(Relation rel, const char *tgname)
 	return false;
 }
 
-/* Owner of the extension, who runs the trigger DDL in track()/untrack(). */
-static Oid
-extension_owner(void)
-{
-	Oid			extoid = get_extension_oid("replstamp", false);
-	Relation	rel;
-	SysScanDesc scan;
-	ScanKeyData key;
-	HeapTuple	tuple;
-	Oid			owner;
-
-	rel = table_open(ExtensionRelationId, AccessShareLock);
-	ScanKeyInit(&key, Anum_pg_extension_oid, BTEqualStrategyNumber,
-				F_OIDEQ, ObjectIdGetDatum(extoid));
-	scan = systable_beginscan(rel, ExtensionOidIndexId, true, NULL, 1, &key);
-	tuple = systable_getnext(scan);
-	if (!HeapTupleIsValid(tuple))
-		elog(ERROR, "could not find extension replstamp");
-	owner = ((Form_pg_extension) GETSTRUCT(tuple))->extowner;
-	systable_endscan(scan);
-	table_close(rel, AccessShareLock);
-	return owner;
-}
-
 /* Run DDL through SPI as the extension owner, with a safe search_path. */
 static void
 run_ddl_as_owner(const char *const *commands, int ncommands)
 {
-	Oid			save_userid;
-	int			save_sec_context;
-	int			save_nestlevel;
+	ReplstampOwnerContext ctx;
 
-	GetUserIdAndSecContext(&save_userid, &save_sec_context);
-	SetUserIdAndSecContext(extension_owner(),
-						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
-	save_nestlevel = NewGUCNestLevel();
-	(void) set_config_option("search_path", "pg_catalog, pg_temp",
-							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
-							 true, 0, false);
-
+	replstamp_become_owner(&ctx);
 	SPI_connect();
 	for (int i = 0; i < ncommands; i++)
 	{
@@ -602,9 +569,7 @@ run_ddl_as_owner(const char *const *commands, int ncommands)
 				 SPI_result_code_string(ret));
 	}
 	SPI_finish();
-
-	AtEOXact_GUC(true, save_nestlevel);
-	SetUserIdAndSecContext(save_userid, save_sec_context);
+	replstamp_restore_user(&ctx);
 }
 
 /*

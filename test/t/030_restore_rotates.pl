@@ -1,0 +1,154 @@
+# A copy restored from a backup takes a new replica ID before it stamps
+# anything; the live node keeps its ID through its backups and restarts.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $a = PostgreSQL::Test::Cluster->new('live');
+$a->init(allows_streaming => 1);
+$a->append_conf('postgresql.conf', "shared_preload_libraries = 'replstamp'");
+$a->start;
+$a->safe_psql('postgres', q{
+	CREATE EXTENSION replstamp;
+	CREATE TABLE t (id int PRIMARY KEY, v text);
+	SELECT replstamp.track('t');
+	INSERT INTO t SELECT g, 'before backup' FROM generate_series(1, 10) g;
+});
+my $id_a = $a->safe_psql('postgres', 'SELECT replica_id FROM replstamp.node');
+
+sub sq { my ($n, $sql) = @_; return $n->safe_psql('postgres', $sql); }
+
+# Wait until the identity worker has checked this start.
+sub wait_verified
+{
+	my ($n) = @_;
+	$n->wait_for_log(qr/identity of database "postgres" verified/);
+}
+
+# 1. Backup wrapped in prepare/finish, while a transaction is in flight.
+my $inflight = $a->background_psql('postgres');
+$inflight->query_safe('BEGIN');
+$inflight->query_safe("INSERT INTO t VALUES (100, 'in flight during backup')");
+my $inflight_serial = sq($a, "SELECT replstamp.lowest_uncommitted_serial()");
+sq($a, "SELECT replstamp.prepare_backup('nightly')");
+is(sq($a, 'SELECT state FROM replstamp.node'), 'backup', 'live node is marked backup during the backup');
+is(sq($a, 'SELECT backup_lus FROM replstamp.node'), $inflight_serial,
+	'the recorded LUS is the serial of the transaction in flight');
+$a->backup('marked');
+sq($a, 'SELECT replstamp.finish_backup()');
+$inflight->query_safe('COMMIT');
+$inflight->quit;
+sq($a, "INSERT INTO t SELECT g, 'after backup' FROM generate_series(11, 20) g");
+is(sq($a, 'SELECT state FROM replstamp.node'), 'original', 'live node is original after the backup');
+is(sq($a, 'SELECT replica_id FROM replstamp.node'), $id_a, 'live node keeps its ID through its backup');
+
+# 2. Restore it: the worker rotates.
+my $b = PostgreSQL::Test::Cluster->new('restored');
+$b->init_from_backup($a, 'marked');
+$b->start;
+wait_verified($b);
+my $id_b = sq($b, 'SELECT replica_id FROM replstamp.node');
+isnt($id_b, $id_a, 'restored copy has a new replica ID');
+is(sq($b, 'SELECT state FROM replstamp.node'), 'original', 'restored copy is original again');
+like(sq($b, "SELECT retired_reason FROM replstamp.replica_history WHERE replica_id = '$id_a'"),
+	qr/restored from backup "nightly"/, 'history: the old ID is retired with the reason');
+is(sq($b, "SELECT lus_at_retirement FROM replstamp.replica_history WHERE replica_id = '$id_a'"),
+	$inflight_serial, 'history: the LUS recorded at backup time');
+is(sq($b, "SELECT serial FROM replstamp.vector_state WHERE replica_id = '$id_a'"),
+	$inflight_serial - 1, 'vector: the old ID is held only below the recorded LUS');
+is(sq($b, "SELECT minted_reason FROM replstamp.replica_history WHERE replica_id = '$id_b'")
+	=~ /restored/ ? 1 : 0, 1, 'history: the new ID says why it was minted');
+sq($b, "INSERT INTO t VALUES (1000, 'on the copy')");
+is(sq($b, "SELECT replica_id FROM replstamp.changes WHERE (pk->>'id')::int = 1000"),
+	$id_b, 'a change on the copy carries the new ID');
+is(sq($b, "SELECT count(*) FROM t WHERE v = 'after backup'"), '0',
+	'the copy lacks what the live node did after the backup');
+$b->restart;
+wait_verified($b);
+is(sq($b, 'SELECT replica_id FROM replstamp.node'), $id_b, 'the copy keeps its new ID through a restart');
+is(sq($b, 'SELECT count(*) FROM replstamp.replica_history'), '2', 'no second rotation');
+$b->stop;
+
+# 3. The live node: clean restart and crash restart keep the ID.
+$a->restart;
+wait_verified($a);
+is(sq($a, 'SELECT replica_id FROM replstamp.node'), $id_a, 'clean restart keeps the ID');
+$a->stop('immediate');
+$a->start;
+wait_verified($a);
+is(sq($a, 'SELECT replica_id FROM replstamp.node'), $id_a, 'crash restart keeps the ID');
+is(sq($a, 'SELECT count(*) FROM replstamp.replica_history'), '1', 'live node never rotated');
+
+# 4. No window: with no background worker at all, the first write after
+# start-up does the check itself and gets the new ID.
+my $c = PostgreSQL::Test::Cluster->new('raced');
+$c->init_from_backup($a, 'marked');
+$c->append_conf('postgresql.conf', 'max_worker_processes = 0');
+$c->start;
+sq($c, "BEGIN; INSERT INTO t VALUES (1999, 'rolled back'); ROLLBACK;");
+is(sq($c, 'SELECT replica_id FROM replstamp.node'), $id_a,
+	'a rolled-back first write leaves the rotation undone');
+sq($c, "INSERT INTO t VALUES (2000, 'first statement')");
+my $id_c = sq($c, "SELECT replica_id FROM replstamp.changes WHERE (pk->>'id')::int = 2000");
+isnt($id_c, $id_a, 'the first write after start-up does not carry the old ID');
+is(sq($c, 'SELECT replica_id FROM replstamp.node'), $id_c, 'it carries the new current ID');
+is(sq($c, 'SELECT count(*) FROM replstamp.replica_history'), '2', 'exactly one rotation');
+ok(!$c->log_contains(qr/identity of database "postgres" verified/),
+	'no worker ran the check: the write path did');
+$c->stop;
+
+# 5. A plain pg_basebackup, not wrapped: backup_label.old gives it away.
+$a->backup('plain');
+my $d = PostgreSQL::Test::Cluster->new('plaincopy');
+$d->init_from_backup($a, 'plain');
+$d->start;
+wait_verified($d);
+my $id_d = sq($d, 'SELECT replica_id FROM replstamp.node');
+isnt($id_d, $id_a, 'a restored pg_basebackup copy rotates too');
+like(sq($d, "SELECT retired_reason FROM replstamp.replica_history WHERE replica_id = '$id_a'"),
+	qr/a base backup was restored/, 'reason: the base backup label');
+is(sq($d, "SELECT serial FROM replstamp.vector_state WHERE replica_id = '$id_a'"), '0',
+	'without a recorded LUS the vector claims nothing of the old ID');
+$d->stop;
+
+# 6. With rotate_on_restore = off: a warning, and the old ID stays.
+my $e = PostgreSQL::Test::Cluster->new('norotate');
+$e->init_from_backup($a, 'marked');
+$e->append_conf('postgresql.conf', 'replstamp.rotate_on_restore = off');
+$e->start;
+wait_verified($e);
+is(sq($e, 'SELECT replica_id FROM replstamp.node'), $id_a, 'rotate_on_restore = off keeps the old ID');
+ok($e->log_contains(qr/WARNING:.*was restored or copied but keeps replica ID $id_a/),
+	'rotate_on_restore = off logs a warning');
+$e->stop;
+
+# 7. A promoted standby: timeline and backup label change.
+$a->backup('forstandby');
+my $s = PostgreSQL::Test::Cluster->new('standby');
+$s->init_from_backup($a, 'forstandby', has_streaming => 1);
+$s->start;
+$a->wait_for_catchup($s);
+is(sq($s, 'SELECT replica_id FROM replstamp.node'), $id_a, 'a standby replays the primary ID');
+$s->promote;
+wait_verified($s);
+my $id_s = sq($s, 'SELECT replica_id FROM replstamp.node');
+isnt($id_s, $id_a, 'a promoted standby rotates');
+like(sq($s, "SELECT retired_reason FROM replstamp.replica_history WHERE replica_id = '$id_a'"),
+	qr/timeline changed from 1 to 2/, 'reason: the timeline changed');
+$s->stop;
+
+# 8. Manual rotation keeps the old ID's changes claimed.
+my $old = $id_a;
+my $new = sq($a, "SELECT replstamp.rotate('test')");
+isnt($new, $old, 'rotate() returns a new ID');
+is(sq($a, 'SELECT replica_id FROM replstamp.node'), $new, 'rotate() makes it current');
+is(sq($a, "SELECT serial = replstamp.lowest_uncommitted_serial() - 1 FROM replstamp.vector WHERE replica_id = '$old'"),
+	't', 'the manually retired ID is held up to the LUS');
+my ($rc, $out, $err) = $a->psql('postgres', q{
+	CREATE ROLE plain LOGIN; SET ROLE plain; SELECT replstamp.rotate('nope')});
+like($err, qr/permission denied for function rotate/, 'rotate() is for privileged roles only');
+
+$a->stop;
+done_testing();
