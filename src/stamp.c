@@ -99,9 +99,19 @@ static text *op_insert = NULL;
 static text *op_update = NULL;
 static text *op_delete = NULL;
 
-/* IndexInfo of replstamp.changes' primary key, cached with the catalog. */
-static IndexInfo *changes_pkey_info = NULL;
-static Oid	changes_pkey_info_oid = InvalidOid;
+/*
+ * The indexes of replstamp.changes (plain column indexes only), cached until
+ * a relcache invalidation of the table.
+ */
+typedef struct ChangesIndex
+{
+	Oid			indexoid;
+	IndexInfo  *info;
+} ChangesIndex;
+
+static ChangesIndex *changes_indexes = NULL;
+static int	changes_nindexes = 0;
+static Oid	changes_indexes_relid = InvalidOid;
 
 static bool applying = false;
 
@@ -118,14 +128,14 @@ relinfo_callback(Datum arg, Oid relid)
 		info = hash_search(relinfo_hash, &relid, HASH_FIND, NULL);
 		if (info)
 			info->valid = false;
-		if (relid == changes_pkey_info_oid)
-			changes_pkey_info_oid = InvalidOid;
+		if (relid == changes_indexes_relid)
+			changes_indexes_relid = InvalidOid;
 		return;
 	}
 	hash_seq_init(&status, relinfo_hash);
 	while ((info = hash_seq_search(&status)) != NULL)
 		info->valid = false;
-	changes_pkey_info_oid = InvalidOid;
+	changes_indexes_relid = InvalidOid;
 }
 
 static void
@@ -404,6 +414,8 @@ init_op_names(void)
 	MemoryContextSwitchTo(old);
 }
 
+static bool has_trigger(Relation rel, const char *tgname);
+
 static void
 check_trigger_call(FunctionCallInfo fcinfo, const char *funcname)
 {
@@ -412,6 +424,44 @@ check_trigger_call(FunctionCallInfo fcinfo, const char *funcname)
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("function \"%s\" was not called by trigger manager",
 						funcname)));
+}
+
+/*
+ * Cache the indexes of replstamp.changes.  They are the extension's own:
+ * plain column indexes, no expressions, no predicates.
+ */
+static void
+load_changes_indexes(Relation changes)
+{
+	List	   *indexes = RelationGetIndexList(changes);
+	MemoryContext old = MemoryContextSwitchTo(CacheMemoryContext);
+	ListCell   *lc;
+	int			n = 0;
+
+	if (changes_indexes)
+	{
+		for (int i = 0; i < changes_nindexes; i++)
+			pfree(changes_indexes[i].info);
+		pfree(changes_indexes);
+	}
+	changes_indexes = palloc(sizeof(ChangesIndex) * Max(list_length(indexes), 1));
+	foreach(lc, indexes)
+	{
+		Relation	irel = index_open(lfirst_oid(lc), AccessShareLock);
+		IndexInfo  *ii = BuildIndexInfo(irel);
+
+		if (ii->ii_Expressions != NIL || ii->ii_Predicate != NIL)
+			elog(ERROR, "replstamp.changes has an unsupported index \"%s\"",
+				 RelationGetRelationName(irel));
+		changes_indexes[n].indexoid = lfirst_oid(lc);
+		changes_indexes[n].info = ii;
+		n++;
+		index_close(irel, AccessShareLock);
+	}
+	MemoryContextSwitchTo(old);
+	changes_nindexes = n;
+	changes_indexes_relid = RelationGetRelid(changes);
+	list_free(indexes);
 }
 
 /*
@@ -436,7 +486,6 @@ replstamp_stamp(PG_FUNCTION_ARGS)
 	Datum		values[7];
 	bool		nulls[7] = {false, false, false, false, false, false, false};
 	Relation	changes;
-	Relation	pkey;
 	HeapTuple	change;
 	int64		serial;
 
@@ -496,25 +545,30 @@ replstamp_stamp(PG_FUNCTION_ARGS)
 	values[1] = Int64GetDatum(serial);
 
 	changes = table_open(cat->changes, RowExclusiveLock);
-	pkey = index_open(cat->changes_pkey, RowExclusiveLock);
-	if (changes_pkey_info_oid != cat->changes_pkey)
-	{
-		MemoryContext old = MemoryContextSwitchTo(CacheMemoryContext);
-
-		if (changes_pkey_info)
-			pfree(changes_pkey_info);
-		changes_pkey_info = BuildIndexInfo(pkey);
-		changes_pkey_info_oid = cat->changes_pkey;
-		MemoryContextSwitchTo(old);
-	}
+	if (changes_indexes_relid != cat->changes)
+		load_changes_indexes(changes);
 
 	change = heap_form_tuple(RelationGetDescr(changes), values, nulls);
 	simple_heap_insert(changes, change);
-	/* The index holds (replica_id, serial): the first two columns. */
-	index_insert(pkey, values, nulls, &change->t_self, changes,
-				 UNIQUE_CHECK_YES, false, changes_pkey_info);
+	for (int i = 0; i < changes_nindexes; i++)
+	{
+		IndexInfo  *ii = changes_indexes[i].info;
+		Datum		ivalues[INDEX_MAX_KEYS];
+		bool		inulls[INDEX_MAX_KEYS];
+		Relation	irel = index_open(changes_indexes[i].indexoid, RowExclusiveLock);
 
-	index_close(pkey, RowExclusiveLock);
+		for (int k = 0; k < ii->ii_NumIndexAttrs; k++)
+		{
+			AttrNumber	att = ii->ii_IndexAttrNumbers[k];
+
+			ivalues[k] = values[att - 1];
+			inulls[k] = nulls[att - 1];
+		}
+		index_insert(irel, ivalues, inulls, &change->t_self, changes,
+					 ii->ii_Unique ? UNIQUE_CHECK_YES : UNIQUE_CHECK_NO,
+					 false, ii);
+		index_close(irel, RowExclusiveLock);
+	}
 	table_close(changes, RowExclusiveLock);
 
 	return PointerGetDatum(NULL);
@@ -537,6 +591,15 @@ replstamp_refuse_truncate(PG_FUNCTION_ARGS)
 			 errdetail("TRUNCATE removes rows without stamping the change, so peers would never learn of it."),
 			 errhint("Use DELETE, or stop tracking the table first with replstamp.untrack().")));
 	PG_RETURN_NULL();
+}
+
+/*
+ * Is the table tracked (does it carry the stamp trigger)?
+ */
+bool
+stamp_is_tracked(Relation rel)
+{
+	return has_trigger(rel, STAMP_TRIGGER_NAME);
 }
 
 static bool

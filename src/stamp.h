@@ -29,6 +29,7 @@ extern void stamp_begin_apply(void);
 extern void stamp_end_apply(void);
 extern bool stamp_applying(void);
 
+extern bool stamp_is_tracked(Relation rel);
 extern text *stamp_relation_name(Relation rel);
 extern Jsonb *stamp_pk_image(Relation rel, HeapTuple tuple);
 extern Jsonb *stamp_row_image(Relation rel, HeapTuple tuple);

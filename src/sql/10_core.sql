@@ -148,12 +148,14 @@ CREATE VIEW replstamp.status AS
            n.last_backup_at
       FROM replstamp.node n;
 
--- Privileges: everybody may look, nobody but the owner may write.
+-- Privileges: everybody may look at the state, nobody but the owner may write.
 REVOKE ALL ON ALL TABLES IN SCHEMA replstamp FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA replstamp FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA replstamp FROM PUBLIC;
 GRANT USAGE ON SCHEMA replstamp TO PUBLIC;
-GRANT SELECT ON replstamp.node, replstamp.replica_history, replstamp.changes,
+-- Not replstamp.changes: its row images would show every tracked table to
+-- users who may not read them.  Grant it to the roles peers pull as.
+GRANT SELECT ON replstamp.node, replstamp.replica_history,
     replstamp.vector_state, replstamp.tracked_tables, replstamp.status TO PUBLIC;
 -- next_serial() reads the sequence's position; nextval stays forbidden.
 GRANT SELECT ON SEQUENCE replstamp.serial_seq TO PUBLIC;
