@@ -101,7 +101,8 @@ SELECT p.oid::regprocedure AS public_may_execute
    AND has_function_privilege('public', p.oid, 'EXECUTE')
    AND p.oid::regprocedure::text NOT IN (
        'replstamp.lowest_uncommitted_serial()',
-       'replstamp.next_serial()')
+       'replstamp.next_serial()',
+       'replstamp.row_hash(text,jsonb)')
  ORDER BY 1;
 -- Tables, sequences and views: PUBLIC may read, never write.
 SELECT c.oid::regclass AS public_may_write

@@ -44,6 +44,11 @@ SELECT serial - :first_serial AS n, relation, op, pk, row_image,
        changed_at <= now() AS stamped_in_past
   FROM replstamp.changes ORDER BY serial;
 
+-- row_hash identifies the row the same way in the trigger and in SQL.
+SELECT bool_and(row_hash = replstamp.row_hash(relation, pk)) AS row_hash_ok,
+       count(DISTINCT row_hash) AS distinct_rows
+  FROM replstamp.changes;
+
 -- Serials increase, LUS equals the next serial when nothing is in flight.
 SELECT replstamp.lowest_uncommitted_serial() = replstamp.next_serial() AS lus_is_next;
 SELECT count(DISTINCT serial) = count(*) AS distinct_serials FROM replstamp.changes;

@@ -401,9 +401,12 @@ apply_change(const char *peer, char **f, HTAB *tables)
 	v7[6] = DirectFunctionCall3(timestamptz_in, CStringGetDatum(changed_at),
 								ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1));
 
-	/* Held already (it came through another peer)? */
+	/*
+	 * Held already (it came through another peer)?  Lookups are not
+	 * read-only: they must see the changes this batch has recorded so far.
+	 */
 	ret = SPI_execute_with_args("SELECT 1 FROM replstamp.changes WHERE replica_id = $1 AND serial = $2",
-								2, t7, v7, NULL, true, 1);
+								2, t7, v7, NULL, false, 1);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "replstamp: lookup failed");
 	if (SPI_processed > 0)
@@ -429,9 +432,10 @@ apply_change(const char *peer, char **f, HTAB *tables)
 		Datum		vl[4] = {v7[2], v7[4], v7[6], v7[0]};
 
 		ret = SPI_execute_with_args("SELECT 1 FROM replstamp.changes "
-									"WHERE relation = $1 AND pk = $2 "
+									"WHERE row_hash = replstamp.row_hash($1, $2) "
+									"AND relation = $1 AND pk = $2 "
 									"AND (changed_at, replica_id) > ($3, $4) LIMIT 1",
-									4, tl, vl, NULL, true, 1);
+									4, tl, vl, NULL, false, 1);
 		if (ret != SPI_OK_SELECT)
 			elog(ERROR, "replstamp: lookup failed");
 		superseded = SPI_processed > 0;
@@ -499,8 +503,8 @@ apply_change(const char *peer, char **f, HTAB *tables)
 	}
 
 	ret = SPI_execute_with_args("INSERT INTO replstamp.changes "
-								"(replica_id, serial, relation, op, pk, row_image, changed_at) "
-								"VALUES ($1, $2, $3, $4, $5, $6, $7)",
+								"(replica_id, serial, relation, op, pk, row_image, changed_at, row_hash) "
+								"VALUES ($1, $2, $3, $4, $5, $6, $7, replstamp.row_hash($3, $5))",
 								7, t7, v7, n7, false, 0);
 	if (ret != SPI_OK_INSERT)
 		elog(ERROR, "replstamp: could not record the change: %s", SPI_result_code_string(ret));

@@ -37,6 +37,7 @@
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "common/hashfn.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
@@ -58,6 +59,7 @@ PG_FUNCTION_INFO_V1(replstamp_stamp);
 PG_FUNCTION_INFO_V1(replstamp_refuse_truncate);
 PG_FUNCTION_INFO_V1(replstamp_track);
 PG_FUNCTION_INFO_V1(replstamp_untrack);
+PG_FUNCTION_INFO_V1(replstamp_row_hash);
 
 /* How a column's value goes into a row image. */
 typedef enum StampKind
@@ -370,6 +372,28 @@ build_image(StampColumn *cols, int ncols, TupleDesc desc, HeapTuple tuple)
 }
 
 /*
+ * The row's identity across nodes as a number: table name and key.
+ */
+static int64
+row_hash(text *relation, Jsonb *pk)
+{
+	uint32		h1 = hash_bytes((const unsigned char *) VARDATA_ANY(relation),
+								VARSIZE_ANY_EXHDR(relation));
+	uint32		h2 = DatumGetUInt32(DirectFunctionCall1(jsonb_hash, JsonbPGetDatum(pk)));
+
+	return (int64) (((uint64) h1 << 32) | h2);
+}
+
+/*
+ * replstamp.row_hash(relation text, pk jsonb) RETURNS bigint
+ */
+Datum
+replstamp_row_hash(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_INT64(row_hash(PG_GETARG_TEXT_PP(0), PG_GETARG_JSONB_P(1)));
+}
+
+/*
  * Schema-qualified name of a table as it appears in replstamp.changes.
  */
 text *
@@ -483,8 +507,8 @@ replstamp_stamp(PG_FUNCTION_ARGS)
 	HeapTuple	keytuple;
 	HeapTuple	newtuple;
 	text	   *op;
-	Datum		values[7];
-	bool		nulls[7] = {false, false, false, false, false, false, false};
+	Datum		values[8];
+	bool		nulls[8] = {false, false, false, false, false, false, false, false};
 	Relation	changes;
 	HeapTuple	change;
 	int64		serial;
@@ -539,6 +563,7 @@ replstamp_stamp(PG_FUNCTION_ARGS)
 	else
 		nulls[5] = true;
 	values[6] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
+	values[7] = Int64GetDatum(row_hash(info->relname, DatumGetJsonbP(values[4])));
 
 	serial = serial_take(cat->serial_seq);
 	values[0] = UUIDPGetDatum(&node->replica_id);

@@ -61,6 +61,8 @@ CREATE TABLE replstamp.changes (
     pk          jsonb NOT NULL,
     row_image   jsonb,
     changed_at  timestamptz NOT NULL,
+    -- replstamp.row_hash(relation, pk): finds the changes of one row cheaply
+    row_hash    bigint NOT NULL,
     PRIMARY KEY (replica_id, serial)
 );
 
@@ -70,6 +72,13 @@ CREATE TABLE replstamp.vector_state (
     replica_id  uuid PRIMARY KEY,
     serial      bigint NOT NULL CHECK (serial >= 0)
 );
+
+-- Identifies a row across nodes: hash of the table name and the key
+-- (semantic: equal keys hash equally whatever their text form).
+CREATE FUNCTION replstamp.row_hash(relation text, pk jsonb)
+RETURNS bigint
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'replstamp_row_hash';
 
 -- The state row: exactly one, created here with a fresh replica ID.
 CREATE FUNCTION replstamp._init_node()
@@ -160,6 +169,6 @@ GRANT SELECT ON replstamp.node, replstamp.replica_history,
 -- next_serial() reads the sequence's position; nextval stays forbidden.
 GRANT SELECT ON SEQUENCE replstamp.serial_seq TO PUBLIC;
 GRANT EXECUTE ON FUNCTION replstamp.lowest_uncommitted_serial(),
-    replstamp.next_serial() TO PUBLIC;
+    replstamp.next_serial(), replstamp.row_hash(text, jsonb) TO PUBLIC;
 -- Trigger functions need no EXECUTE grant to fire: PostgreSQL checks it
 -- when the trigger is created, which track() does as a privileged role.

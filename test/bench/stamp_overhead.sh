@@ -99,6 +99,26 @@ awk -v c="$CLIENTS" -v p="$tps_plain" -v r="$tps_rs" -v l="$tps_pl" 'BEGIN {
 }'
 echo "change log: $stamps stamps, $bytes bytes per stamped row (table + indexes + toast)"
 
+# One client, one statement: the per-row cost without pgbench's noise.
+bulk() {
+	local mode="$1"
+	psql -qX -c "DROP TABLE IF EXISTS bulk" -c "CREATE TABLE bulk (id int PRIMARY KEY, v int, pad text)" >/dev/null
+	case "$mode" in
+		replstamp) psql -qX -c "SELECT replstamp.track('bulk')" >/dev/null ;;
+		plpgsql) psql -qX -c "CREATE TRIGGER plog AFTER INSERT OR UPDATE OR DELETE ON bulk FOR EACH ROW EXECUTE FUNCTION plog_stamp()" ;;
+	esac
+	psql -qX -c "CHECKPOINT"
+	psql -qXAt -c '\timing on' -c "INSERT INTO bulk SELECT g, 0, repeat('x', 40) FROM generate_series(1, $ROWS) g" |
+		sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p'
+}
+ms_plain=$(bulk plain)
+ms_rs=$(bulk replstamp)
+ms_pl=$(bulk plpgsql)
+awk -v n="$ROWS" -v p="$ms_plain" -v r="$ms_rs" -v l="$ms_pl" 'BEGIN {
+	printf "one INSERT of %d rows: plain %.0f ms, replstamp %.0f ms (+%.2f us/row), PL/pgSQL %.0f ms (+%.2f us/row); replstamp/PL/pgSQL per-row cost %.2f\n",
+		n, p, r, (r - p) * 1000 / n, l, (l - p) * 1000 / n, (r - p) / (l - p);
+}'
+
 # Memory of one UPDATE of $ROWS rows, untracked and tracked: the peak of the
 # backend's private (anonymous) memory, sampled while the statement runs.
 peak_update() {

@@ -45,7 +45,14 @@ sq($b, "UPDATE accounts SET balance = 2, note = 'b later' WHERE id = 5");
 sq($c, "DELETE FROM accounts WHERE id = 12");
 sq($a, "UPDATE accounts SET balance = 3 WHERE id = 12");
 sq($b, "UPDATE accounts SET id = 200 WHERE id = 15");    # key change
+# Two conflicts whose changes reach c in one batch, in both time orders.
+sq($a, "UPDATE accounts SET note = 'a first' WHERE id = 6");
+sq($b, "UPDATE accounts SET note = 'b second' WHERE id = 6");
+sq($b, "UPDATE accounts SET note = 'b first' WHERE id = 7");
+sq($a, "UPDATE accounts SET note = 'a second' WHERE id = 7");
 sync_round();
+is(sq($c, "SELECT string_agg(note, ',' ORDER BY id) FROM accounts WHERE id IN (6, 7)"),
+	'b second,a second', 'within one batch the later writer wins whatever the order of arrival');
 is(content($a), content($b), 'after conflicts a and b hold the same rows');
 is(content($b), content($c), 'after conflicts b and c hold the same rows');
 is(sq($a, "SELECT note FROM accounts WHERE id = 5"), 'b later', 'the later update wins');
