@@ -68,6 +68,7 @@
 #include "utils/snapmgr.h"
 #include "utils/uuid.h"
 
+#include "backup.h"
 #include "identity.h"
 #include "replstamp.h"
 #include "serial.h"
@@ -591,33 +592,18 @@ replstamp_identity_db_main(Datum arg)
 void
 replstamp_identity_launcher_main(Datum arg)
 {
-	List	   *dbs = NIL;
-	Relation	rel;
-	TableScanDesc scan;
-	HeapTuple	tuple;
+	List	   *dbs;
 	ListCell   *lc;
+	MemoryContext old;
 
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
 
 	StartTransactionCommand();
-	rel = table_open(DatabaseRelationId, AccessShareLock);
-	scan = table_beginscan_catalog(rel, 0, NULL);
-	while ((tuple = heap_getnext(scan, ForwardScanDirection)) != NULL)
-	{
-		Form_pg_database db = (Form_pg_database) GETSTRUCT(tuple);
-
-		if (db->datallowconn)
-		{
-			MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
-
-			dbs = lappend_oid(dbs, db->oid);
-			MemoryContextSwitchTo(old);
-		}
-	}
-	table_endscan(scan);
-	table_close(rel, AccessShareLock);
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	dbs = replstamp_connectable_databases();
+	MemoryContextSwitchTo(old);
 	CommitTransactionCommand();
 
 	foreach(lc, dbs)

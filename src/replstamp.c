@@ -14,6 +14,7 @@
 #include "miscadmin.h"
 #include "utils/guc.h"
 
+#include "backup.h"
 #include "identity.h"
 #include "replstamp.h"
 #include "serial.h"
@@ -44,6 +45,7 @@ _PG_init(void)
 	replstamp_catalog_init();
 	stamp_init();
 	identity_init();
+	backup_init();
 
 	MarkGUCPrefixReserved("replstamp");
 }

@@ -1,0 +1,945 @@
+/*-------------------------------------------------------------------------
+ *
+ * basebackup.c
+ *		CALL replstamp.backup(target): a self-contained, verifiable base
+ *		backup of the whole cluster, taken inside the backup/original flip.
+ *
+ * The steps, in order:
+ *	1. check the target (absolute, outside the cluster, empty or absent,
+ *	   writable) and claim the one backup slot of the cluster;
+ *	2. mark every database with replstamp 'backup' (backup.c), durably;
+ *	3. keep WAL from recycling with a temporary physical replication slot,
+ *	   then start a backup (do_pg_backup_start, as pg_backup_start does);
+ *	4. copy the data directory and every tablespace into the target,
+ *	   skipping what PostgreSQL's own base backup skips, computing a
+ *	   CRC-32C of every file; global/pg_control is copied last;
+ *	5. stop the backup, write its backup_label, copy every WAL segment from
+ *	   the start to the stop location into target/pg_wal;
+ *	6. fsync everything, write backup_manifest (the format pg_verifybackup
+ *	   reads), remove the "incomplete" marker, fsync the target;
+ *	7. mark the databases 'original' again.
+ *
+ * Tablespaces are copied into target/pg_tblspc/<oid> as directories (what
+ * PostgreSQL calls in-place tablespaces; the copy's postgresql.auto.conf
+ * gets allow_in_place_tablespaces = on, without which PostgreSQL 15 refuses
+ * them at the end of recovery) and no tablespace_map is written: the
+ * target is self-contained and can be moved anywhere.  A tablespace_map
+ * naming the original locations would make a copy restored on the same
+ * host write into the live node's tablespaces.  To put a tablespace back
+ * in a place of its own, stop the copy, move the directory and leave a
+ * symbolic link, as pg_basebackup --tablespace-mapping would.
+ *
+ * A failed backup (error, cancel, termination, full disk) ends the backup
+ * session, drops the slot, removes what it wrote to the target and marks
+ * the databases 'original' again.  Until the very end the target holds a
+ * file named replstamp_backup.incomplete and no backup_manifest, and
+ * global/pg_control is copied only after every other data file, so a
+ * partial target cannot be started or verified by mistake.
+ *
+ * Progress: NOTICE lines at each phase and every few seconds while files
+ * are copied, and the standard pg_stat_progress_basebackup view.
+ *
+ * Copyright (c) 2026, the replstamp authors
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "access/xact.h"
+#include "access/xlog.h"
+#include "access/xlog_internal.h"
+#include "commands/progress.h"
+#include "common/cryptohash.h"
+#include "common/file_perm.h"
+#include "common/sha2.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "nodes/parsenodes.h"
+#include "pgstat.h"
+#include "port/pg_crc32c.h"
+#include "replication/slot.h"
+#include "storage/fd.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/reinit.h"
+#include "utils/builtins.h"
+#include "utils/json.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+#include "utils/wait_event.h"
+
+#include "backup.h"
+#include "replstamp.h"
+
+PG_FUNCTION_INFO_V1(replstamp_backup);
+
+#define COPY_BUFSIZE		(1024 * 1024)
+#define NOTICE_INTERVAL_MS	5000
+#define INCOMPLETE_MARKER	"replstamp_backup.incomplete"
+#define MANIFEST_FILE		"backup_manifest"
+
+/*
+ * Tablespaces are copied into pg_tblspc/<oid> as directories; PostgreSQL
+ * 15 accepts such in-place tablespaces only with this setting, which is
+ * appended to the copy's postgresql.auto.conf.
+ */
+#define IN_PLACE_SETTING \
+	"\n# Added by replstamp.backup(): the tablespaces of this backup are\n" \
+	"# directories in pg_tblspc, so that it can be moved anywhere.\n" \
+	"allow_in_place_tablespaces = on\n"
+
+/* Directories whose contents are not copied (the directory itself is). */
+static const char *const skip_contents[] = {
+	"pg_stat_tmp", "pg_replslot", "pg_dynshmem", "pg_notify", "pg_serial",
+	"pg_snapshots", "pg_subtrans", "pg_wal", NULL
+};
+
+/* Files not copied, wherever they are. */
+static const char *const skip_files[] = {
+	"postmaster.pid", "postmaster.opts", "pg_internal.init", "backup_label",
+	"tablespace_map", "backup_manifest", "current_logfiles.tmp",
+	"postgresql.auto.conf.tmp", NULL
+};
+
+/* One copied file, for the manifest. */
+typedef struct CopiedFile
+{
+	char	   *path;			/* relative to the target */
+	uint64		size;
+	pg_time_t	mtime;
+	pg_crc32c	crc;
+} CopiedFile;
+
+/* Everything about the backup in progress. */
+typedef struct BackupRun
+{
+	char	   *target;
+	bool		created_target; /* we created it (else it was empty) */
+	List	   *flipped;		/* databases marked 'backup' */
+	bool		session_started;	/* do_pg_backup_start done */
+	char		slot_name[NAMEDATALEN];
+	bool		slot_created;
+	bool		wrote_target;
+
+	List	   *files;			/* CopiedFile *, in copy order */
+	uint64		total_bytes;	/* estimate for the data files */
+	uint64		done_bytes;
+	int			ntablespaces;
+	int			done_tablespaces;
+	int			max_rate;		/* kB/s, 0 = unlimited */
+	instr_time	started;
+	instr_time	last_notice;
+	char	   *buf;
+	MemoryContext cxt;
+} BackupRun;
+
+static BackupRun *current_run = NULL;
+
+static bool
+in_list(const char *name, const char *const *list)
+{
+	for (; *list; list++)
+		if (strcmp(name, *list) == 0)
+			return true;
+	return false;
+}
+
+static char *
+pretty_bytes(uint64 n)
+{
+	if (n >= UINT64CONST(10) * 1024 * 1024 * 1024)
+		return psprintf("%.1f GB", n / (1024.0 * 1024 * 1024));
+	if (n >= UINT64CONST(10) * 1024 * 1024)
+		return psprintf("%.0f MB", n / (1024.0 * 1024));
+	if (n >= 10 * 1024)
+		return psprintf("%.0f kB", n / 1024.0);
+	return psprintf(UINT64_FORMAT " bytes", n);
+}
+
+static double
+elapsed_ms(instr_time since)
+{
+	instr_time	now;
+
+	INSTR_TIME_SET_CURRENT(now);
+	INSTR_TIME_SUBTRACT(now, since);
+	return INSTR_TIME_GET_MILLISEC(now);
+}
+
+static void
+progress_notice(BackupRun *run, bool force)
+{
+	if (!force && elapsed_ms(run->last_notice) < NOTICE_INTERVAL_MS)
+		return;
+	INSTR_TIME_SET_CURRENT(run->last_notice);
+	ereport(NOTICE,
+			(errmsg("copying files: %s of %s (%d%%), %.0f s elapsed",
+					pretty_bytes(run->done_bytes), pretty_bytes(run->total_bytes),
+					run->total_bytes ? (int) Min(100, run->done_bytes * 100 / run->total_bytes) : 100,
+					elapsed_ms(run->started) / 1000.0)));
+}
+
+/*
+ * Sleep as needed so that the copy does not go faster than max_rate.
+ */
+static void
+throttle(BackupRun *run)
+{
+	double		should_ms;
+	double		is_ms;
+
+	if (run->max_rate <= 0)
+		return;
+	should_ms = (double) run->done_bytes / (run->max_rate * 1024.0) * 1000.0;
+	is_ms = elapsed_ms(run->started);
+	if (should_ms > is_ms)
+	{
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 (long) Min(should_ms - is_ms, 1000), PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+}
+
+/*
+ * Copy one file, computing its CRC-32C.  Returns false if the source
+ * vanished before it could be opened (a relation dropped meanwhile: WAL
+ * replay recreates whatever it needs).
+ */
+static bool
+copy_file(BackupRun *run, const char *src, const char *dst, const char *relpath,
+		  const char *append)
+{
+	bool		data_file = (relpath != NULL);
+
+	int			in,
+				out;
+	struct stat st;
+	CopiedFile *cf;
+	uint64		size = 0;
+
+	in = OpenTransientFile(src, O_RDONLY | PG_BINARY);
+	if (in < 0)
+	{
+		if (errno == ENOENT)
+			return false;
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not open file \"%s\": %m", src)));
+	}
+	if (fstat(in, &st) < 0)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not stat file \"%s\": %m", src)));
+
+	out = OpenTransientFile(dst, O_WRONLY | O_CREAT | O_EXCL | PG_BINARY);
+	if (out < 0)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not create file \"%s\": %m", dst),
+				 errhint("Check that the backup target is writable.")));
+	run->wrote_target = true;
+
+	cf = palloc(sizeof(CopiedFile));
+	cf->path = relpath ? pstrdup(relpath) : NULL;
+	cf->mtime = (pg_time_t) st.st_mtime;
+	INIT_CRC32C(cf->crc);
+
+	for (;;)
+	{
+		ssize_t		nread;
+		ssize_t		nwritten;
+
+		CHECK_FOR_INTERRUPTS();
+		pgstat_report_wait_start(WAIT_EVENT_BASEBACKUP_READ);
+		nread = read(in, run->buf, COPY_BUFSIZE);
+		pgstat_report_wait_end();
+		if (nread < 0)
+			ereport(ERROR,
+					(errcode_for_file_access(),
+					 errmsg("could not read file \"%s\": %m", src)));
+		if (nread == 0)
+			break;
+		COMP_CRC32C(cf->crc, run->buf, nread);
+		errno = 0;
+		nwritten = write(out, run->buf, nread);
+		if (nwritten != nread)
+		{
+			if (errno == 0)
+				errno = ENOSPC;
+			ereport(ERROR,
+					(errcode_for_file_access(),
+					 errmsg("could not write file \"%s\": %m", dst),
+					 errhint("Free space on the backup target, or choose another target.")));
+		}
+		size += nread;
+		if (data_file)
+		{
+			run->done_bytes += nread;
+			pgstat_progress_update_param(PROGRESS_BASEBACKUP_BACKUP_STREAMED,
+										 run->done_bytes);
+			progress_notice(run, false);
+			throttle(run);
+		}
+	}
+	if (append)
+	{
+		size_t		len = strlen(append);
+
+		COMP_CRC32C(cf->crc, append, len);
+		errno = 0;
+		if (write(out, append, len) != (ssize_t) len)
+		{
+			if (errno == 0)
+				errno = ENOSPC;
+			ereport(ERROR,
+					(errcode_for_file_access(),
+					 errmsg("could not write file \"%s\": %m", dst)));
+		}
+		size += len;
+	}
+	/* Start writeback now; the fsync at the end then waits less. */
+	pg_flush_data(out, 0, 0);
+	if (CloseTransientFile(out) != 0)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not close file \"%s\": %m", dst)));
+	CloseTransientFile(in);
+
+	FIN_CRC32C(cf->crc);
+	cf->size = size;
+	if (data_file)
+		run->files = lappend(run->files, cf);
+	else
+		pfree(cf);
+	return true;
+}
+
+static void
+make_dir(BackupRun *run, const char *path)
+{
+	if (MakePGDirectory(path) < 0 && errno != EEXIST)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not create directory \"%s\": %m", path),
+				 errhint("Check that the backup target is writable and has free space.")));
+	run->wrote_target = true;
+}
+
+/*
+ * Is this file in a database directory a relation fork that is not copied:
+ * a temporary relation, or a fork other than the init fork of an unlogged
+ * relation (whose init fork the directory also holds)?
+ */
+static bool
+skip_relation_file(const char *dir, const char *name)
+{
+	int			oidchars;
+	ForkNumber	fork;
+	char		initpath[MAXPGPATH];
+	struct stat st;
+
+	if (looks_like_temp_rel_name(name))
+		return true;
+	if (!parse_filename_for_nontemp_relation(name, &oidchars, &fork))
+		return false;
+	if (fork == INIT_FORKNUM)
+		return false;
+	snprintf(initpath, sizeof(initpath), "%s/%.*s_init", dir, oidchars, name);
+	return lstat(initpath, &st) == 0;
+}
+
+/*
+ * Walk one directory: with dst == NULL only add up the sizes of what would
+ * be copied; else copy it.  rel is the path relative to the data directory
+ * (the manifest's name for it); dbdir tells whether the directory holds
+ * relation files.  global/pg_control is skipped here and copied last.
+ */
+static void
+walk(BackupRun *run, const char *src, const char *dst, const char *rel,
+	 bool dbdir)
+{
+	DIR		   *dir;
+	struct dirent *de;
+
+	dir = AllocateDir(src);
+	while ((de = ReadDir(dir, src)) != NULL)
+	{
+		char		spath[MAXPGPATH];
+		char		dpath[MAXPGPATH];
+		char		rpath[MAXPGPATH];
+		struct stat st;
+		bool		is_tblspc_link;
+
+		CHECK_FOR_INTERRUPTS();
+		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+			continue;
+		if (in_list(de->d_name, skip_files) ||
+			strncmp(de->d_name, PG_TEMP_FILE_PREFIX, strlen(PG_TEMP_FILE_PREFIX)) == 0)
+			continue;
+		if (rel[0] == '\0' && strcmp(de->d_name, INCOMPLETE_MARKER) == 0)
+			continue;
+		if (strcmp(rel, "global") == 0 && strcmp(de->d_name, "pg_control") == 0)
+			continue;
+
+		snprintf(spath, sizeof(spath), "%s/%s", src, de->d_name);
+		snprintf(dpath, sizeof(dpath), "%s/%s", dst ? dst : "", de->d_name);
+		if (rel[0] == '\0')
+			strlcpy(rpath, de->d_name, sizeof(rpath));
+		else
+			snprintf(rpath, sizeof(rpath), "%s/%s", rel, de->d_name);
+
+		if (lstat(spath, &st) < 0)
+		{
+			if (errno == ENOENT)
+				continue;		/* dropped meanwhile */
+			ereport(ERROR,
+					(errcode_for_file_access(),
+					 errmsg("could not stat file or directory \"%s\": %m", spath)));
+		}
+
+		/* Tablespaces and a pg_wal elsewhere are followed. */
+		is_tblspc_link = strcmp(rel, "pg_tblspc") == 0;
+		if (S_ISLNK(st.st_mode))
+		{
+			if (!is_tblspc_link && strcmp(rpath, "pg_wal") != 0)
+			{
+				ereport(WARNING,
+						(errmsg("skipping symbolic link \"%s\"", spath)));
+				continue;
+			}
+			if (stat(spath, &st) < 0 || !S_ISDIR(st.st_mode))
+				ereport(ERROR,
+						(errcode_for_file_access(),
+						 errmsg("could not follow the link \"%s\" to a directory: %m", spath)));
+		}
+
+		if (S_ISDIR(st.st_mode))
+		{
+			bool		sub_dbdir;
+
+			if (is_tblspc_link && dst == NULL)
+				run->ntablespaces++;
+			if (dst)
+				make_dir(run, dpath);
+			if (in_list(de->d_name, skip_contents) && rel[0] == '\0')
+			{
+				/* pg_wal keeps an empty archive_status. */
+				if (dst && strcmp(de->d_name, "pg_wal") == 0)
+				{
+					snprintf(dpath, sizeof(dpath), "%s/pg_wal/archive_status", dst);
+					make_dir(run, dpath);
+				}
+				continue;
+			}
+			/* base/<oid> and pg_tblspc/<oid>/<version>/<oid> hold relations */
+			sub_dbdir = strcmp(rel, "base") == 0 ||
+				(strncmp(rel, "pg_tblspc/", 10) == 0 && strchr(rel + 10, '/') != NULL &&
+				 strchr(strchr(rel + 10, '/') + 1, '/') == NULL);
+			walk(run, spath, dst ? dpath : NULL, rpath, sub_dbdir);
+			if (is_tblspc_link && dst)
+			{
+				run->done_tablespaces++;
+				pgstat_progress_update_param(PROGRESS_BASEBACKUP_TBLSPC_STREAMED,
+											 run->done_tablespaces);
+			}
+		}
+		else if (S_ISREG(st.st_mode))
+		{
+			if (dbdir && skip_relation_file(src, de->d_name))
+				continue;
+			if (dst == NULL)
+				run->total_bytes += st.st_size;
+			else
+				(void) copy_file(run, spath, dpath, rpath,
+								 (rel[0] == '\0' && run->ntablespaces > 0 &&
+								  strcmp(de->d_name, PG_AUTOCONF_FILENAME) == 0) ?
+								 IN_PLACE_SETTING : NULL);
+		}
+		/* sockets, fifos and the like are not part of a backup */
+	}
+	FreeDir(dir);
+}
+
+/* Write a small file of our own into the target and record it. */
+static void
+write_target_file(BackupRun *run, const char *name, const char *data, size_t len,
+				  bool in_manifest)
+{
+	char		path[MAXPGPATH];
+	int			fd;
+	CopiedFile *cf;
+
+	snprintf(path, sizeof(path), "%s/%s", run->target, name);
+	fd = OpenTransientFile(path, O_WRONLY | O_CREAT | O_TRUNC | PG_BINARY);
+	if (fd < 0)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not create file \"%s\": %m", path),
+				 errhint("Check that the backup target is writable.")));
+	run->wrote_target = true;
+	errno = 0;
+	if (write(fd, data, len) != (ssize_t) len)
+	{
+		if (errno == 0)
+			errno = ENOSPC;
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not write file \"%s\": %m", path),
+				 errhint("Free space on the backup target, or choose another target.")));
+	}
+	if (pg_fsync(fd) != 0)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not fsync file \"%s\": %m", path)));
+	if (CloseTransientFile(fd) != 0)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not close file \"%s\": %m", path)));
+	if (!in_manifest)
+		return;
+	cf = palloc(sizeof(CopiedFile));
+	cf->path = pstrdup(name);
+	cf->size = len;
+	cf->mtime = (pg_time_t) time(NULL);
+	INIT_CRC32C(cf->crc);
+	COMP_CRC32C(cf->crc, data, len);
+	FIN_CRC32C(cf->crc);
+	run->files = lappend(run->files, cf);
+}
+
+/*
+ * fsync every file and directory under path (durably on disk before the
+ * manifest says the backup is complete).  Errors are ERRORs, never PANICs:
+ * this is not the server's own data.
+ */
+static void
+fsync_tree(const char *path)
+{
+	DIR		   *dir;
+	struct dirent *de;
+
+	dir = AllocateDir(path);
+	while ((de = ReadDir(dir, path)) != NULL)
+	{
+		char		sub[MAXPGPATH];
+		struct stat st;
+
+		CHECK_FOR_INTERRUPTS();
+		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+			continue;
+		snprintf(sub, sizeof(sub), "%s/%s", path, de->d_name);
+		if (lstat(sub, &st) < 0)
+			ereport(ERROR,
+					(errcode_for_file_access(),
+					 errmsg("could not stat file \"%s\": %m", sub)));
+		if (S_ISDIR(st.st_mode))
+			fsync_tree(sub);
+		else if (S_ISREG(st.st_mode))
+			(void) fsync_fname_ext(sub, false, false, ERROR);
+	}
+	FreeDir(dir);
+	(void) fsync_fname_ext(path, true, false, ERROR);
+}
+
+/*
+ * The manifest, in the format of PostgreSQL's backup_manifest: one line per
+ * file, the WAL range, and a SHA-256 of everything before the line that
+ * carries it.
+ */
+static void
+write_manifest(BackupRun *run, TimeLineID tli, XLogRecPtr start, XLogRecPtr stop)
+{
+	StringInfoData buf;
+	ListCell   *lc;
+	bool		first = true;
+	pg_cryptohash_ctx *sha;
+	uint8		digest[PG_SHA256_DIGEST_LENGTH];
+	char		hex[PG_SHA256_DIGEST_LENGTH * 2 + 1];
+
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, "{ \"PostgreSQL-Backup-Manifest-Version\": 1,\n\"Files\": [");
+	foreach(lc, run->files)
+	{
+		CopiedFile *cf = lfirst(lc);
+		char		when[64];
+		struct tm  *tm;
+		time_t		t = (time_t) cf->mtime;
+		uint8		crcbytes[sizeof(pg_crc32c)];
+		char		crchex[sizeof(pg_crc32c) * 2 + 1];
+
+		tm = gmtime(&t);
+		strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S GMT", tm);
+		/* The checksum is the CRC's bytes in memory order, as PostgreSQL's. */
+		memcpy(crcbytes, &cf->crc, sizeof(crcbytes));
+		hex_encode((char *) crcbytes, sizeof(crcbytes), crchex);
+		crchex[sizeof(crchex) - 1] = '\0';
+
+		appendStringInfoString(&buf, first ? "\n" : ",\n");
+		first = false;
+		appendStringInfoString(&buf, "{ \"Path\": ");
+		escape_json(&buf, cf->path);
+		appendStringInfo(&buf, ", \"Size\": " UINT64_FORMAT ", \"Last-Modified\": \"%s\", "
+						 "\"Checksum-Algorithm\": \"CRC32C\", \"Checksum\": \"%s\" }",
+						 cf->size, when, crchex);
+	}
+	appendStringInfo(&buf, "\n],\n\"WAL-Ranges\": [\n"
+					 "{ \"Timeline\": %u, \"Start-LSN\": \"%X/%X\", \"End-LSN\": \"%X/%X\" }\n"
+					 "],\n",
+					 tli, LSN_FORMAT_ARGS(start), LSN_FORMAT_ARGS(stop));
+
+	sha = pg_cryptohash_create(PG_SHA256);
+	if (sha == NULL || pg_cryptohash_init(sha) < 0 ||
+		pg_cryptohash_update(sha, (uint8 *) buf.data, buf.len) < 0 ||
+		pg_cryptohash_final(sha, digest, sizeof(digest)) < 0)
+		elog(ERROR, "could not compute the manifest checksum: %s",
+			 sha ? pg_cryptohash_error(sha) : "out of memory");
+	pg_cryptohash_free(sha);
+	hex_encode((char *) digest, sizeof(digest), hex);
+	hex[sizeof(hex) - 1] = '\0';
+	appendStringInfo(&buf, "\"Manifest-Checksum\": \"%s\"}\n", hex);
+
+	write_target_file(run, MANIFEST_FILE, buf.data, buf.len, false);
+}
+
+/*
+ * Copy WAL from the segment holding start to the one holding stop (and the
+ * timeline's history file) into target/pg_wal.  The slot kept them.
+ */
+static void
+copy_wal(BackupRun *run, TimeLineID tli, XLogRecPtr start, XLogRecPtr stop)
+{
+	XLogSegNo	startseg,
+				endseg,
+				seg;
+	char		fname[MAXFNAMELEN];
+	char		src[MAXPGPATH];
+	char		dst[MAXPGPATH];
+
+	XLByteToSeg(start, startseg, wal_segment_size);
+	XLByteToPrevSeg(stop, endseg, wal_segment_size);
+	if (XLogGetLastRemovedSegno() >= startseg)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("WAL needed by the backup was removed while it ran")));
+
+	for (seg = startseg; seg <= endseg; seg++)
+	{
+		XLogFileName(fname, tli, seg, wal_segment_size);
+		snprintf(src, sizeof(src), XLOGDIR "/%s", fname);
+		snprintf(dst, sizeof(dst), "%s/" XLOGDIR "/%s", run->target, fname);
+		/* WAL is not in the manifest: pg_verifybackup checks it with pg_waldump. */
+		if (!copy_file(run, src, dst, NULL, NULL))
+			ereport(ERROR,
+					(errcode_for_file_access(),
+					 errmsg("WAL segment \"%s\" needed by the backup is missing", src)));
+	}
+	if (tli > 1)
+	{
+		TLHistoryFileName(fname, tli);
+		snprintf(src, sizeof(src), XLOGDIR "/%s", fname);
+		snprintf(dst, sizeof(dst), "%s/" XLOGDIR "/%s", run->target, fname);
+		(void) copy_file(run, src, dst, NULL, NULL);
+	}
+}
+
+/*
+ * Undo what a failed backup did.  Runs on ERROR (from PG_CATCH, before the
+ * error is re-thrown) and on backend exit (pg_terminate_backend), where no
+ * transaction can run: there the databases are flipped back by workers we
+ * do not wait for.
+ */
+static void
+backup_cleanup(int code, Datum arg)
+{
+	BackupRun  *run = current_run;
+
+	if (run == NULL)
+		return;
+	current_run = NULL;
+
+	HOLD_INTERRUPTS();
+	if (run->session_started && get_backup_status() == SESSION_BACKUP_RUNNING)
+		do_pg_abort_backup(0, BoolGetDatum(false));
+	/* On exit, the slot goes with the backend. */
+	if (run->slot_created && !proc_exit_inprogress)
+	{
+		if (MyReplicationSlot != NULL)
+			ReplicationSlotRelease();
+		if (SearchNamedReplicationSlot(run->slot_name, true) != NULL)
+			ReplicationSlotDrop(run->slot_name, true);
+	}
+	pgstat_progress_end_command();
+	backup_release_owner();
+	if (run->wrote_target || run->created_target)
+	{
+		if (!rmtree(run->target, run->created_target))
+			ereport(WARNING,
+					(errmsg("could not remove the incomplete backup in \"%s\"", run->target),
+					 errhint("Remove it by hand; it is marked by the file %s.", INCOMPLETE_MARKER)));
+	}
+	if (run->flipped != NIL)
+	{
+		if (proc_exit_inprogress)
+			backup_flip_back_detached(run->flipped);
+		else
+			(void) backup_flip(run->flipped, false, NULL);
+	}
+	RESUME_INTERRUPTS();
+}
+
+/*
+ * Check the target: absolute, outside the data directory, absent or an
+ * empty directory, writable.  Creates it (or its marker) on success.
+ */
+static void
+prepare_target(BackupRun *run, const char *target)
+{
+	struct stat st;
+	char	   *path = pstrdup(target);
+	char		marker[MAXPGPATH];
+	int			fd;
+
+	if (!is_absolute_path(path))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("backup target must be an absolute path: \"%s\"", target),
+				 errhint("The path is read by the server, whose working directory is the data directory.")));
+	canonicalize_path(path);
+	if (path_is_prefix_of_path(DataDir, path) || path_is_prefix_of_path(path, DataDir))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("backup target \"%s\" overlaps the data directory \"%s\"", path, DataDir),
+				 errhint("Choose a directory outside the data directory.")));
+
+	if (stat(path, &st) == 0)
+	{
+		DIR		   *dir;
+		struct dirent *de;
+
+		if (!S_ISDIR(st.st_mode))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("backup target \"%s\" exists and is not a directory", path)));
+		dir = AllocateDir(path);
+		while ((de = ReadDir(dir, path)) != NULL)
+		{
+			if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_DUPLICATE_FILE),
+						 errmsg("backup target \"%s\" exists and is not empty", path),
+						 errhint("Choose a new directory, or empty this one.")));
+		}
+		FreeDir(dir);
+	}
+	else if (errno == ENOENT)
+	{
+		char	   *copy = pstrdup(path);
+
+		if (pg_mkdir_p(copy, pg_dir_create_mode) != 0 && errno != EEXIST)
+			ereport(ERROR,
+					(errcode_for_file_access(),
+					 errmsg("could not create backup target \"%s\": %m", path),
+					 errhint("Create the directory, writable by the server's operating system user, or choose another target.")));
+		run->created_target = true;
+	}
+	else
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not access backup target \"%s\": %m", path)));
+
+	run->target = path;
+	snprintf(marker, sizeof(marker), "%s/%s", path, INCOMPLETE_MARKER);
+	fd = OpenTransientFile(marker, O_WRONLY | O_CREAT | O_EXCL | PG_BINARY);
+	if (fd < 0)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not write into backup target \"%s\": %m", path),
+				 errhint("Make the directory writable by the server's operating system user, or choose another target.")));
+	run->wrote_target = true;
+	CloseTransientFile(fd);
+}
+
+/*
+ * CALL replstamp.backup(target text, fast boolean DEFAULT true,
+ *                       max_rate integer DEFAULT 0, label text DEFAULT NULL)
+ */
+Datum
+replstamp_backup(PG_FUNCTION_ARGS)
+{
+	BackupRun  *run;
+	char	   *target;
+	bool		fast;
+	char	   *label;
+	TimeLineID	starttli,
+				stoptli;
+	XLogRecPtr	startpoint,
+				stoppoint;
+	StringInfo	labelfile;
+	StringInfo	tblspcmap;
+	MemoryContext cxt,
+				oldcxt;
+	char		src[MAXPGPATH];
+	char		dst[MAXPGPATH];
+	char	   *names;
+
+	if (fcinfo->context == NULL || !IsA(fcinfo->context, CallContext) ||
+		((CallContext *) fcinfo->context)->atomic || IsTransactionBlock())
+		ereport(ERROR,
+				(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
+				 errmsg("replstamp.backup() cannot run inside a transaction block"),
+				 errhint("Run CALL replstamp.backup(...) on its own: it commits between its steps.")));
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("backup target must not be null")));
+	if (RecoveryInProgress())
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("replstamp.backup() cannot run during recovery"),
+				 errhint("Run it on the primary.")));
+	if (get_backup_status() == SESSION_BACKUP_RUNNING)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("a backup is already in progress in this session")));
+	(void) replstamp_catalog(false);
+
+	/* Lives across the procedure's commits. */
+	cxt = AllocSetContextCreate(TopMemoryContext, "replstamp backup", ALLOCSET_DEFAULT_SIZES);
+	oldcxt = MemoryContextSwitchTo(cxt);
+	target = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	fast = PG_ARGISNULL(1) ? true : PG_GETARG_BOOL(1);
+	label = PG_ARGISNULL(3) ?
+		psprintf("replstamp.backup %s", timestamptz_to_str(GetCurrentTimestamp())) :
+		text_to_cstring(PG_GETARG_TEXT_PP(3));
+	if (strlen(label) >= 1024)
+		ereport(ERROR,
+				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
+				 errmsg("backup label too long (maximum %d bytes)", 1023)));
+	run = palloc0(sizeof(BackupRun));
+	run->cxt = cxt;
+	run->max_rate = PG_ARGISNULL(2) ? 0 : PG_GETARG_INT32(2);
+	if (run->max_rate < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("max_rate must not be negative")));
+	run->buf = palloc(COPY_BUFSIZE);
+	INSTR_TIME_SET_CURRENT(run->started);
+	run->last_notice = run->started;
+
+	backup_claim_owner();
+	current_run = run;
+	/* Before our own cleanup: exit callbacks must nest. */
+	register_persistent_abort_backup_handler();
+
+	PG_ENSURE_ERROR_CLEANUP(backup_cleanup, (Datum) 0);
+	{
+		struct stat st;
+
+		prepare_target(run, target);
+
+		/* 2. The flip, committed by the workers before the backup starts. */
+		run->flipped = backup_flip(replstamp_connectable_databases(), true, label);
+		MemoryContextSwitchTo(cxt);
+		run->flipped = list_copy(run->flipped);
+		names = backup_database_names(run->flipped);
+		ereport(NOTICE,
+				(errmsg("marked 'backup': %s", names)));
+
+		/* Hold no snapshot while the copy runs: end the caller's transaction. */
+		SPI_connect_ext(SPI_OPT_NONATOMIC);
+		SPI_commit();
+		SPI_finish();
+		MemoryContextSwitchTo(cxt);
+
+		pgstat_progress_start_command(PROGRESS_COMMAND_BASEBACKUP, InvalidOid);
+
+		/* 3. Keep WAL, then start the backup session. */
+		snprintf(run->slot_name, sizeof(run->slot_name), "replstamp_backup_%d", MyProcPid);
+		ReplicationSlotCreate(run->slot_name, false, RS_TEMPORARY, false);
+		run->slot_created = true;
+		ReplicationSlotReserveWal();
+		ReplicationSlotRelease();
+
+		pgstat_progress_update_param(PROGRESS_BASEBACKUP_PHASE,
+									 PROGRESS_BASEBACKUP_PHASE_WAIT_CHECKPOINT);
+		ereport(NOTICE,
+				(errmsg("starting the backup: waiting for a%s checkpoint", fast ? "n immediate" : " spread")));
+		labelfile = makeStringInfo();
+		tblspcmap = makeStringInfo();
+		run->session_started = true;
+		startpoint = do_pg_backup_start(label, fast, &starttli, labelfile, NULL, tblspcmap);
+
+		/* 4. Estimate, then copy. */
+		pgstat_progress_update_param(PROGRESS_BASEBACKUP_PHASE,
+									 PROGRESS_BASEBACKUP_PHASE_ESTIMATE_BACKUP_SIZE);
+		walk(run, ".", NULL, "", false);
+		if (stat(XLOG_CONTROL_FILE, &st) == 0)
+			run->total_bytes += st.st_size;
+		{
+			const int	index[] = {PROGRESS_BASEBACKUP_PHASE,
+				PROGRESS_BASEBACKUP_BACKUP_TOTAL,
+			PROGRESS_BASEBACKUP_TBLSPC_TOTAL};
+			const int64 val[] = {PROGRESS_BASEBACKUP_PHASE_STREAM_BACKUP,
+				(int64) run->total_bytes, run->ntablespaces + 1};
+
+			pgstat_progress_update_multi_param(3, index, val);
+		}
+		ereport(NOTICE,
+				(errmsg("copying %s from the data directory and %d tablespace%s to \"%s\"",
+						pretty_bytes(run->total_bytes), run->ntablespaces,
+						run->ntablespaces == 1 ? "" : "s", run->target)));
+		walk(run, ".", run->target, "", false);
+		snprintf(dst, sizeof(dst), "%s/%s", run->target, XLOG_CONTROL_FILE);
+		(void) copy_file(run, XLOG_CONTROL_FILE, dst, XLOG_CONTROL_FILE, NULL);
+		pgstat_progress_update_param(PROGRESS_BASEBACKUP_TBLSPC_STREAMED,
+									 run->ntablespaces + 1);
+		progress_notice(run, true);
+
+		/* 5. Stop the session; the label and the WAL it needs. */
+		stoppoint = do_pg_backup_stop(labelfile->data, false, &stoptli);
+		run->session_started = false;
+		write_target_file(run, BACKUP_LABEL_FILE, labelfile->data, labelfile->len, true);
+		pgstat_progress_update_param(PROGRESS_BASEBACKUP_PHASE,
+									 PROGRESS_BASEBACKUP_PHASE_TRANSFER_WAL);
+		copy_wal(run, starttli, startpoint, stoppoint);
+		ReplicationSlotDrop(run->slot_name, true);
+		run->slot_created = false;
+
+		/* 6. Durable, then complete. */
+		ereport(NOTICE, (errmsg("syncing the backup to disk")));
+		fsync_tree(run->target);
+		write_manifest(run, starttli, startpoint, stoppoint);
+		snprintf(src, sizeof(src), "%s/%s", run->target, INCOMPLETE_MARKER);
+		if (unlink(src) != 0)
+			ereport(ERROR,
+					(errcode_for_file_access(),
+					 errmsg("could not remove file \"%s\": %m", src)));
+		(void) fsync_fname_ext(run->target, true, false, ERROR);
+
+		/* 7. Back to 'original'; from here on the backup stands. */
+		run->wrote_target = false;
+		run->created_target = false;
+		(void) backup_flip(run->flipped, false, NULL);
+		run->flipped = NIL;
+	}
+	PG_END_ENSURE_ERROR_CLEANUP(backup_cleanup, (Datum) 0);
+
+	current_run = NULL;
+	pgstat_progress_end_command();
+	backup_release_owner();
+	ereport(NOTICE,
+			(errmsg("backup complete in %.1f s: %s in \"%s\", WAL %X/%X to %X/%X; marked 'original' again: %s",
+					elapsed_ms(run->started) / 1000.0, pretty_bytes(run->done_bytes),
+					run->target, LSN_FORMAT_ARGS(startpoint), LSN_FORMAT_ARGS(stoppoint), names),
+			 errhint("Check it with pg_verifybackup \"%s\".", run->target)));
+	MemoryContextSwitchTo(oldcxt);
+	MemoryContextDelete(cxt);
+	PG_RETURN_VOID();
+}
