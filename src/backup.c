@@ -8,8 +8,8 @@
  *		(basebackup.c) uses the same flip around its own copy.
  *
  * A backend can only write its own database, so the flip of each database
- * is done by a short-lived background worker connected to it, one after the
- * other; the caller waits for each and collects its outcome from shared
+ * is done by a short-lived background worker connected to it, all started
+ * at once; the caller waits for each and collects its outcome from shared
  * memory.  Each worker commits with synchronous_commit = on before it
  * reports, so a flip that was reported is durable before the backup starts.
  *
@@ -260,7 +260,7 @@ start_flip_worker(Oid dboid, bool to_backup, int result_index,
 }
 
 /*
- * Run the flip in every database in dbs (one worker each, in turn) and
+ * Run the flip in every database in dbs (one worker each, concurrently) and
  * return the databases whose state changed.  On the way to 'backup', the
  * first failure flips back the databases already flipped and raises the
  * error; on the way back, failures are reported as WARNINGs and the others
@@ -271,7 +271,6 @@ backup_flip(List *dbs, bool to_backup, const char *label)
 {
 	List	   *volatile changed = NIL;
 	ListCell   *lc;
-	volatile int i = 0;
 	pid_t		holder;
 	char	   *volatile failed_db = NULL;
 	char		failed_msg[FLIP_MESSAGE_LEN] = "";
@@ -292,23 +291,42 @@ backup_flip(List *dbs, bool to_backup, const char *label)
 
 	PG_TRY();
 	{
+		BackgroundWorkerHandle **handles;
+
 		SpinLockAcquire(&backup_shared->mutex);
 		strlcpy(backup_shared->label, label ? label : "", FLIP_LABEL_LEN);
 		SpinLockRelease(&backup_shared->mutex);
 
+		/* Start one worker per database, all at once ... */
+		handles = palloc0(sizeof(BackgroundWorkerHandle *) * Max(list_length(dbs), 1));
+		foreach(lc, dbs)
+		{
+			int			n = foreach_current_index(lc);
+
+			SpinLockAcquire(&backup_shared->mutex);
+			backup_shared->db[n].status = FLIP_PENDING;
+			backup_shared->db[n].message[0] = '\0';
+			SpinLockRelease(&backup_shared->mutex);
+			if (!start_flip_worker(lfirst_oid(lc), to_backup, n, &handles[n]))
+			{
+				/* Out of worker slots: let the ones started finish, retry. */
+				for (int k = 0; k < n; k++)
+					if (handles[k] != NULL)
+						(void) WaitForBackgroundWorkerShutdown(handles[k]);
+				if (!start_flip_worker(lfirst_oid(lc), to_backup, n, &handles[n]))
+					handles[n] = NULL;
+			}
+		}
+
+		/* ... then collect their outcomes in order. */
 		foreach(lc, dbs)
 		{
 			Oid			dboid = lfirst_oid(lc);
-			BackgroundWorkerHandle *handle;
+			int			n = foreach_current_index(lc);
 			FlipStatus	status;
 			char		message[FLIP_MESSAGE_LEN];
 
-			SpinLockAcquire(&backup_shared->mutex);
-			backup_shared->db[i].status = FLIP_PENDING;
-			backup_shared->db[i].message[0] = '\0';
-			SpinLockRelease(&backup_shared->mutex);
-
-			if (!start_flip_worker(dboid, to_backup, i, &handle))
+			if (handles[n] == NULL)
 			{
 				status = FLIP_FAILED;
 				strlcpy(message, "could not start a background worker (max_worker_processes is exhausted)",
@@ -316,10 +334,10 @@ backup_flip(List *dbs, bool to_backup, const char *label)
 			}
 			else
 			{
-				(void) WaitForBackgroundWorkerShutdown(handle);
+				(void) WaitForBackgroundWorkerShutdown(handles[n]);
 				SpinLockAcquire(&backup_shared->mutex);
-				status = backup_shared->db[i].status;
-				strlcpy(message, backup_shared->db[i].message, sizeof(message));
+				status = backup_shared->db[n].status;
+				strlcpy(message, backup_shared->db[n].message, sizeof(message));
 				SpinLockRelease(&backup_shared->mutex);
 				if (status == FLIP_PENDING)
 					strlcpy(message, "the background worker exited without reporting", sizeof(message));
@@ -337,15 +355,14 @@ backup_flip(List *dbs, bool to_backup, const char *label)
 							(errmsg("could not mark database \"%s\" 'original' again: %s",
 									dbname ? dbname : "?", message),
 							 errhint("Run SELECT replstamp.finish_backup() once the cause is fixed.")));
-				else
+				else if (failed_db == NULL)
 				{
+					/* Remember the first failure; wait for the others. */
 					failed_db = dbname ? dbname : psprintf("%u", dboid);
 					failed_status = status;
 					strlcpy(failed_msg, message, sizeof(failed_msg));
-					break;
 				}
 			}
-			i++;
 		}
 	}
 	PG_FINALLY();

@@ -304,8 +304,6 @@ copy_file(BackupRun *run, const char *src, const char *dst, const char *relpath,
 		}
 		size += len;
 	}
-	/* Start writeback now; the fsync at the end then waits less. */
-	pg_flush_data(out, 0, 0);
 	if (CloseTransientFile(out) != 0)
 		ereport(ERROR,
 				(errcode_for_file_access(),

@@ -75,11 +75,10 @@ step "Replicate: each node pulls what its peers have and it lacks"
 for n in b a c b a; do say_ "$n: SELECT replstamp.sync_all() -> $(val "$n" 'SELECT replstamp.sync_all()') changes applied"; done
 for n in a b c; do say_ "node $n: $(val "$n" "SELECT string_agg(format('%s=%s', owner, balance), ' ' ORDER BY id) FROM accounts")"; done
 
-step "Back up node a: the state is 'backup' while the snapshot is taken"
-say_ "prepare_backup() -> $(val a "SELECT replstamp.prepare_backup('demo backup')"), state: $(val a 'SELECT state FROM replstamp.node')"
-pg_basebackup -p "$(port_of a)" -D "$WORK/backup" -c fast >/dev/null
-val a 'SELECT replstamp.finish_backup()' >/dev/null
-say_ "pg_basebackup done; finish_backup(), state: $(val a 'SELECT state FROM replstamp.node')"
+step "Back up node a: CALL replstamp.backup() marks it 'backup' while it copies"
+sql a -c "CALL replstamp.backup('$WORK/backup', label => 'demo backup')" 2>&1 | grep -E "marked|complete" | sed 's/^.*NOTICE: */   /'
+say_ "pg_verifybackup: $(pg_verifybackup "$WORK/backup" 2>&1)"
+say_ "live node a, state: $(val a 'SELECT state FROM replstamp.node'); the backup says: $(sed -n 's/^LABEL: //p' "$WORK/backup/backup_label") with state 'backup' inside"
 
 step "After the backup, a makes changes; b pulls them; then a is lost"
 sql a -c "UPDATE accounts SET balance = balance - 30 WHERE owner = 'ann'" -c "INSERT INTO accounts VALUES (4, 'dee', 10)"
