@@ -185,6 +185,18 @@ for my $how ('cancel', 'terminate')
 	sq('postgres', 'INSERT INTO in_ts VALUES (' . ($how eq 'cancel' ? 6001 : 6002) . ", 'after $how')");
 	pass("$how: the live node goes on writing");
 }
+SKIP:
+{
+	my $full = $ENV{REPLSTAMP_FULL_DISK};
+	skip 'no small file system to fill (run test/run as root, or set REPLSTAMP_FULL_DISK)', 5
+	  unless $full && -d $full && -w $full;
+	($ret, $out, $err) = $node->psql('postgres', "CALL replstamp.backup('$full/b')");
+	like($err, qr/could not write file .*: No space left on device/, 'a full target: clear error');
+	like($err, qr/HINT:  Free space on the backup target/, 'with a hint');
+	is(states(), 'original original', 'a full target: both databases are original again');
+	ok(!-e "$full/b", 'a full target: the partial backup is removed');
+	is(sq('postgres', 'SELECT count(*) FROM pg_replication_slots'), '0', 'a full target: no slot left');
+}
 ($ret, $out, $err) = $node->psql('postgres', "CALL replstamp.backup('$base/after_faults')");
 is($ret, 0, 'the next backup works') or diag($err);
 $node->command_ok([ 'pg_verifybackup', "$base/after_faults" ], 'and verifies');
