@@ -18,8 +18,8 @@
  *	- the timeline changed (point-in-time recovery, promoted standby);
  *	- the system identifier changed (a copy into another cluster).
  *
- * Who checks: a launcher worker started once recovery has finished starts
- * one worker per database in turn.  Until a database is verified, the stamp
+ * Who checks: the launcher (launcher.c), once recovery has finished, starts
+ * one worker per database not verified yet, in turn.  Until a database is verified, the stamp
  * trigger does the check itself, inside the writer's transaction.
  *
  * Concurrency contract:
@@ -59,6 +59,7 @@
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
 #include "storage/ipc.h"
+#include "storage/latch.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
 #include "tcop/tcopprot.h"
@@ -75,7 +76,6 @@
 
 PG_FUNCTION_INFO_V1(replstamp_rotate);
 
-PGDLLEXPORT void replstamp_identity_launcher_main(Datum arg);
 PGDLLEXPORT void replstamp_identity_db_main(Datum arg);
 
 #define IDENTITY_MAX_DBS	256
@@ -96,8 +96,9 @@ static IdentityShared *identity_shared = NULL;
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
-/* GUC */
+/* GUCs */
 static bool rotate_on_restore = true;
+static int	debug_rotation_pause = 0;
 
 /* Backend-local */
 bool		identity_local_verified = false;
@@ -134,13 +135,11 @@ identity_shmem_startup(void)
 }
 
 /*
- * GUCs, shared memory and the launcher worker.  Called from _PG_init.
+ * GUCs and shared memory.  Called from _PG_init.
  */
 void
 identity_init(void)
 {
-	BackgroundWorker worker;
-
 	DefineCustomBoolVariable("replstamp.rotate_on_restore",
 							 "Gives a restored or copied database a new replica ID before it stamps anything.",
 							 "Off only logs a warning and keeps the old replica ID, so that peers skip "
@@ -151,20 +150,20 @@ identity_init(void)
 							 0,
 							 NULL, NULL, NULL);
 
+	DefineCustomIntVariable("replstamp.debug_rotation_pause",
+							"Testing aid: pause each rotation this long in the middle of its transaction.",
+							"So that a test can kill the process that rotates half-way through. Zero "
+							"(the default) means no pause.",
+							&debug_rotation_pause,
+							0, 0, 3600 * 1000,
+							PGC_SUSET,
+							GUC_UNIT_MS | GUC_NOT_IN_SAMPLE,
+							NULL, NULL, NULL);
+
 	prev_shmem_request_hook = shmem_request_hook;
 	shmem_request_hook = identity_shmem_request;
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = identity_shmem_startup;
-
-	memset(&worker, 0, sizeof(worker));
-	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	worker.bgw_restart_time = BGW_NEVER_RESTART;
-	strlcpy(worker.bgw_library_name, "replstamp", BGW_MAXLEN);
-	strlcpy(worker.bgw_function_name, "replstamp_identity_launcher_main", BGW_MAXLEN);
-	strlcpy(worker.bgw_name, "replstamp identity launcher", BGW_MAXLEN);
-	strlcpy(worker.bgw_type, "replstamp identity launcher", BGW_MAXLEN);
-	RegisterBackgroundWorker(&worker);
 }
 
 /* Caller must hold identity_shared->lock. */
@@ -181,8 +180,8 @@ db_slot(Oid dboid, bool create)
 	return identity_shared->ndbs++;
 }
 
-static bool
-db_verified(Oid dboid)
+bool
+identity_db_verified(Oid dboid)
 {
 	bool		verified = false;
 	int			i;
@@ -319,6 +318,32 @@ rotate_locked(pg_uuid_t *new_id, const char *old_id, const char *reason, int64 l
 			 "(replica_id, minted_reason, system_identifier, timeline) "
 			 "VALUES ($1, $2, $3, $4)",
 			 4, t2, v2, NULL, SPI_OK_INSERT);
+
+	/* Half-way: the old ID is retired, the new one is not current yet. */
+	if (debug_rotation_pause > 0)
+	{
+		instr_time	start;
+
+		ereport(LOG,
+				(errmsg("replstamp: pausing the rotation for %d ms (replstamp.debug_rotation_pause)",
+						debug_rotation_pause)));
+		INSTR_TIME_SET_CURRENT(start);
+		for (;;)
+		{
+			instr_time	now;
+			double		left;
+
+			CHECK_FOR_INTERRUPTS();
+			INSTR_TIME_SET_CURRENT(now);
+			INSTR_TIME_SUBTRACT(now, start);
+			left = debug_rotation_pause - INSTR_TIME_GET_MILLISEC(now);
+			if (left <= 0)
+				break;
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 (long) Min(left, 1000), PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+		}
+	}
 
 	if (lost_after >= 1)
 	{
@@ -481,7 +506,7 @@ void
 identity_verify_slow(void)
 {
 	serial_require_shmem();
-	if (db_verified(MyDatabaseId))
+	if (identity_db_verified(MyDatabaseId))
 	{
 		identity_local_verified = true;
 		return;
@@ -581,56 +606,6 @@ replstamp_identity_db_main(Datum arg)
 		ereport(LOG,
 				(errmsg("replstamp: identity of database \"%s\" verified in %.1f ms",
 						dbname, INSTR_TIME_GET_MILLISEC(elapsed))));
-	}
-	proc_exit(0);
-}
-
-/*
- * Launcher: once recovery has finished, start one worker per database, one
- * after the other.
- */
-void
-replstamp_identity_launcher_main(Datum arg)
-{
-	List	   *dbs;
-	ListCell   *lc;
-	MemoryContext old;
-
-	pqsignal(SIGTERM, die);
-	BackgroundWorkerUnblockSignals();
-	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
-
-	StartTransactionCommand();
-	old = MemoryContextSwitchTo(TopMemoryContext);
-	dbs = replstamp_connectable_databases();
-	MemoryContextSwitchTo(old);
-	CommitTransactionCommand();
-
-	foreach(lc, dbs)
-	{
-		BackgroundWorker worker;
-		BackgroundWorkerHandle *handle;
-
-		memset(&worker, 0, sizeof(worker));
-		worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-		worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-		worker.bgw_restart_time = BGW_NEVER_RESTART;
-		strlcpy(worker.bgw_library_name, "replstamp", BGW_MAXLEN);
-		strlcpy(worker.bgw_function_name, "replstamp_identity_db_main", BGW_MAXLEN);
-		snprintf(worker.bgw_name, BGW_MAXLEN, "replstamp identity check %u", lfirst_oid(lc));
-		strlcpy(worker.bgw_type, "replstamp identity check", BGW_MAXLEN);
-		worker.bgw_main_arg = ObjectIdGetDatum(lfirst_oid(lc));
-		worker.bgw_notify_pid = MyProcPid;
-
-		if (!RegisterDynamicBackgroundWorker(&worker, &handle))
-		{
-			ereport(LOG,
-					(errmsg("replstamp: could not start the identity check of database %u",
-							lfirst_oid(lc)),
-					 errhint("The first write in that database will check it instead. Consider raising max_worker_processes.")));
-			continue;
-		}
-		(void) WaitForBackgroundWorkerShutdown(handle);
 	}
 	proc_exit(0);
 }

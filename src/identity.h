@@ -16,6 +16,7 @@ extern bool identity_local_verified;
 extern void identity_init(void);
 extern void identity_verify_slow(void);
 extern void identity_mark_verified(void);
+extern bool identity_db_verified(Oid dboid);
 extern char *identity_fingerprint(void);
 
 /*

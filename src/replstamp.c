@@ -46,6 +46,7 @@ _PG_init(void)
 	stamp_init();
 	identity_init();
 	backup_init();
+	launcher_init();
 
 	MarkGUCPrefixReserved("replstamp");
 }

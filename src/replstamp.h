@@ -68,5 +68,6 @@ extern void replstamp_catalog_init(void);
 /* Per-part entry points, called once from _PG_init. */
 extern void serial_init(void);		/* serial.c */
 extern void stamp_init(void);		/* stamp.c */
+extern void launcher_init(void);	/* launcher.c */
 
 #endif							/* REPLSTAMP_H */
