@@ -352,6 +352,23 @@ apply_table(const char *relation)
 	return t;
 }
 
+/* What an error while applying a change names. */
+typedef struct ApplyContext
+{
+	const char *peer;
+	char	  **f;
+} ApplyContext;
+
+static void
+apply_error_context(void *arg)
+{
+	ApplyContext *c = arg;
+
+	errcontext("applying change %s/%s of table %s from peer \"%s\"",
+			   c->f[0] ? c->f[0] : "?", c->f[1] ? c->f[1] : "?",
+			   c->f[2] ? c->f[2] : "?", c->peer);
+}
+
 /*
  * Apply one change; returns true if it was new here.  The caller acts as
  * the extension owner with search_path = pg_catalog.
@@ -579,6 +596,8 @@ replstamp_sync(PG_FUNCTION_ARGS)
 	PG_TRY();
 	{
 		PGresult   *res;
+		char		prev_id[UUID_LEN * 2 + 5] = "";
+		int64		prev_serial = 0;
 		StringInfoData ids,
 					los,
 					his;
@@ -659,9 +678,31 @@ replstamp_sync(PG_FUNCTION_ARGS)
 
 				for (int k = 0; k < 7; k++)
 					f[k] = PQgetisnull(res, i, k) ? NULL : PQgetvalue(res, i, k);
+				/*
+				 * The range asked for, from our own records, not from what
+				 * the peer echoes: a peer must not widen it.
+				 */
 				s = f[1] ? pg_strtoint64(f[1]) : 0;
-				lo = pg_strtoint64(PQgetvalue(res, i, 7));
-				hi = pg_strtoint64(PQgetvalue(res, i, 8));
+				{
+					int			w = f[0] ? vector_find(wm, nwm, f[0]) : -1;
+					int			h = f[0] ? vector_find(have, nhave, f[0]) : -1;
+
+					lo = h >= 0 ? have[h].serial : 0;
+					hi = w >= 0 ? wm[w].serial : -1;
+				}
+				if (f[0] && strcmp(prev_id, f[0]) == 0 && s <= prev_serial)
+				{
+					PQclear(res);
+					ereport(ERROR,
+							(errcode(ERRCODE_DATA_EXCEPTION),
+							 errmsg("peer \"%s\" sent serial " INT64_FORMAT " after " INT64_FORMAT " of the same replica ID", peer, s, prev_serial),
+							 errdetail("Changes must come in increasing serial order.")));
+				}
+				if (f[0])
+				{
+					strlcpy(prev_id, f[0], sizeof(prev_id));
+					prev_serial = s;
+				}
 				if (s <= lo || s > hi)
 				{
 					PQclear(res);
@@ -669,8 +710,18 @@ replstamp_sync(PG_FUNCTION_ARGS)
 							(errcode(ERRCODE_DATA_EXCEPTION),
 							 errmsg("peer \"%s\" sent serial " INT64_FORMAT " outside the range it was asked for", peer, s)));
 				}
-				if (apply_change(peer, f, tables))
-					applied++;
+				{
+					ApplyContext actx = {peer, f};
+					ErrorContextCallback errcb;
+
+					errcb.callback = apply_error_context;
+					errcb.arg = &actx;
+					errcb.previous = error_context_stack;
+					error_context_stack = &errcb;
+					if (apply_change(peer, f, tables))
+						applied++;
+					error_context_stack = errcb.previous;
+				}
 			}
 			PQclear(res);
 			if (n < PULL_PAGE)
