@@ -238,25 +238,13 @@ static bool
 start_flip_worker(Oid dboid, bool to_backup, int result_index,
 				  BackgroundWorkerHandle **handle)
 {
-	BackgroundWorker worker;
 	FlipRequest req;
 
-	memset(&worker, 0, sizeof(worker));
-	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	worker.bgw_restart_time = BGW_NEVER_RESTART;
-	strlcpy(worker.bgw_library_name, "replstamp", BGW_MAXLEN);
-	strlcpy(worker.bgw_function_name, "replstamp_backup_flip_main", BGW_MAXLEN);
-	snprintf(worker.bgw_name, BGW_MAXLEN, "replstamp backup flip %u", dboid);
-	strlcpy(worker.bgw_type, "replstamp backup flip", BGW_MAXLEN);
-	worker.bgw_main_arg = ObjectIdGetDatum(dboid);
-	worker.bgw_notify_pid = handle ? MyProcPid : 0;
+	StaticAssertStmt(sizeof(FlipRequest) <= BGW_EXTRALEN, "FlipRequest too large");
 	req.to_backup = to_backup;
 	req.result_index = result_index;
-	StaticAssertStmt(sizeof(FlipRequest) <= BGW_EXTRALEN, "FlipRequest too large");
-	memcpy(worker.bgw_extra, &req, sizeof(req));
-
-	return RegisterDynamicBackgroundWorker(&worker, handle);
+	return replstamp_start_worker("replstamp_backup_flip_main", "replstamp backup flip",
+								  dboid, &req, sizeof(req), handle);
 }
 
 /*

@@ -207,6 +207,37 @@ throttle(BackupRun *run)
 	}
 }
 
+/* Create a file in the target; errors name the target. */
+static int
+create_target_file(BackupRun *run, const char *path, int flags)
+{
+	int			fd = OpenTransientFile(path, O_WRONLY | O_CREAT | flags | PG_BINARY);
+
+	if (fd < 0)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not create file \"%s\": %m", path),
+				 errhint("Check that the backup target is writable.")));
+	run->wrote_target = true;
+	return fd;
+}
+
+/* Write all of buf; a short write is a full disk. */
+static void
+write_target(int fd, const char *path, const void *buf, size_t len)
+{
+	errno = 0;
+	if (write(fd, buf, len) != (ssize_t) len)
+	{
+		if (errno == 0)
+			errno = ENOSPC;
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not write file \"%s\": %m", path),
+				 errhint("Free space on the backup target, or choose another target.")));
+	}
+}
+
 /*
  * Copy one file, computing its CRC-32C.  Returns false if the source
  * vanished before it could be opened (a relation dropped meanwhile: WAL
@@ -238,13 +269,7 @@ copy_file(BackupRun *run, const char *src, const char *dst, const char *relpath,
 				(errcode_for_file_access(),
 				 errmsg("could not stat file \"%s\": %m", src)));
 
-	out = OpenTransientFile(dst, O_WRONLY | O_CREAT | O_EXCL | PG_BINARY);
-	if (out < 0)
-		ereport(ERROR,
-				(errcode_for_file_access(),
-				 errmsg("could not create file \"%s\": %m", dst),
-				 errhint("Check that the backup target is writable.")));
-	run->wrote_target = true;
+	out = create_target_file(run, dst, O_EXCL);
 
 	cf = palloc(sizeof(CopiedFile));
 	cf->path = relpath ? pstrdup(relpath) : NULL;
@@ -254,7 +279,6 @@ copy_file(BackupRun *run, const char *src, const char *dst, const char *relpath,
 	for (;;)
 	{
 		ssize_t		nread;
-		ssize_t		nwritten;
 
 		CHECK_FOR_INTERRUPTS();
 		pgstat_report_wait_start(WAIT_EVENT_BASEBACKUP_READ);
@@ -267,17 +291,7 @@ copy_file(BackupRun *run, const char *src, const char *dst, const char *relpath,
 		if (nread == 0)
 			break;
 		COMP_CRC32C(cf->crc, run->buf, nread);
-		errno = 0;
-		nwritten = write(out, run->buf, nread);
-		if (nwritten != nread)
-		{
-			if (errno == 0)
-				errno = ENOSPC;
-			ereport(ERROR,
-					(errcode_for_file_access(),
-					 errmsg("could not write file \"%s\": %m", dst),
-					 errhint("Free space on the backup target, or choose another target.")));
-		}
+		write_target(out, dst, run->buf, nread);
 		size += nread;
 		if (data_file)
 		{
@@ -293,15 +307,7 @@ copy_file(BackupRun *run, const char *src, const char *dst, const char *relpath,
 		size_t		len = strlen(append);
 
 		COMP_CRC32C(cf->crc, append, len);
-		errno = 0;
-		if (write(out, append, len) != (ssize_t) len)
-		{
-			if (errno == 0)
-				errno = ENOSPC;
-			ereport(ERROR,
-					(errcode_for_file_access(),
-					 errmsg("could not write file \"%s\": %m", dst)));
-		}
+		write_target(out, dst, append, len);
 		size += len;
 	}
 	if (CloseTransientFile(out) != 0)
@@ -475,23 +481,8 @@ write_target_file(BackupRun *run, const char *name, const char *data, size_t len
 	CopiedFile *cf;
 
 	snprintf(path, sizeof(path), "%s/%s", run->target, name);
-	fd = OpenTransientFile(path, O_WRONLY | O_CREAT | O_TRUNC | PG_BINARY);
-	if (fd < 0)
-		ereport(ERROR,
-				(errcode_for_file_access(),
-				 errmsg("could not create file \"%s\": %m", path),
-				 errhint("Check that the backup target is writable.")));
-	run->wrote_target = true;
-	errno = 0;
-	if (write(fd, data, len) != (ssize_t) len)
-	{
-		if (errno == 0)
-			errno = ENOSPC;
-		ereport(ERROR,
-				(errcode_for_file_access(),
-				 errmsg("could not write file \"%s\": %m", path),
-				 errhint("Free space on the backup target, or choose another target.")));
-	}
+	fd = create_target_file(run, path, O_TRUNC);
+	write_target(fd, path, data, len);
 	if (pg_fsync(fd) != 0)
 		ereport(ERROR,
 				(errcode_for_file_access(),

@@ -92,12 +92,19 @@ launcher_init(void)
 	RegisterBackgroundWorker(&worker);
 }
 
-static bool
-start_worker(const char *function, const char *type, Oid dboid,
-			 BackgroundWorkerHandle **handle)
+/*
+ * Start a short-lived worker connected to database dboid, running
+ * function; extra goes to bgw_extra.  With handle, this backend is told
+ * when it stops; without, nobody is.
+ */
+bool
+replstamp_start_worker(const char *function, const char *type, Oid dboid,
+					   const void *extra, Size extralen,
+					   BackgroundWorkerHandle **handle)
 {
 	BackgroundWorker worker;
 
+	Assert(extralen <= BGW_EXTRALEN);
 	memset(&worker, 0, sizeof(worker));
 	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
 	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
@@ -107,7 +114,9 @@ start_worker(const char *function, const char *type, Oid dboid,
 	snprintf(worker.bgw_name, BGW_MAXLEN, "%s %u", type, dboid);
 	strlcpy(worker.bgw_type, type, BGW_MAXLEN);
 	worker.bgw_main_arg = ObjectIdGetDatum(dboid);
-	worker.bgw_notify_pid = MyProcPid;
+	worker.bgw_notify_pid = handle ? MyProcPid : 0;
+	if (extra)
+		memcpy(worker.bgw_extra, extra, extralen);
 	return RegisterDynamicBackgroundWorker(&worker, handle);
 }
 
@@ -138,8 +147,8 @@ check_identities(void)
 
 		if (identity_db_verified(lfirst_oid(lc)))
 			continue;
-		if (!start_worker("replstamp_identity_db_main", "replstamp identity check",
-						  lfirst_oid(lc), &handle))
+		if (!replstamp_start_worker("replstamp_identity_db_main", "replstamp identity check",
+									lfirst_oid(lc), NULL, 0, &handle))
 		{
 			ereport(LOG,
 					(errmsg("replstamp: could not start the identity check of database %u",
@@ -191,7 +200,8 @@ tend_sync_workers(List **slots)
 			!TimestampDifferenceExceeds(slot->stopped_at, now,
 										Max(SYNC_RETRY_S, sync_interval) * 1000))
 			continue;
-		if (!start_worker("replstamp_sync_main", "replstamp sync", dboid, &slot->handle))
+		if (!replstamp_start_worker("replstamp_sync_main", "replstamp sync", dboid,
+									NULL, 0, &slot->handle))
 		{
 			slot->handle = NULL;
 			slot->stopped_at = now;

@@ -65,6 +65,12 @@ extern void replstamp_node_forget(void);
 extern void replstamp_mint_uuid(pg_uuid_t *uuid);
 extern void replstamp_catalog_init(void);
 
+/* launcher.c */
+struct BackgroundWorkerHandle;
+extern bool replstamp_start_worker(const char *function, const char *type, Oid dboid,
+								   const void *extra, Size extralen,
+								   struct BackgroundWorkerHandle **handle);
+
 /* Per-part entry points, called once from _PG_init. */
 extern void serial_init(void);		/* serial.c */
 extern void stamp_init(void);		/* stamp.c */

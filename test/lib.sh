@@ -74,3 +74,36 @@ private_install() {
 	}
 	echo "$ti/usr/lib/postgresql/$PGVER/bin"
 }
+
+# For the benchmarks: a private build and one throw-away cluster with
+# replstamp preloaded, on a private port and socket directory, stopped and
+# removed on exit (with every other cluster started under $WORK).  Extra
+# arguments are postgresql.conf lines.  Sets WORK, PORT and the libpq
+# environment (database "bench", which it creates).
+bench_cluster() {
+	WORK=$(mktemp -d /tmp/replstamp-bench.XXXXXX)
+	PORT=$((5400 + RANDOM % 500))
+	local bin
+	bin=$(private_install "$WORK") || exit 1
+	export PATH="$bin:$PATH" PGHOST="$WORK" PGPORT="$PORT" PGDATABASE=bench
+	unset PGUSER PGSERVICE
+	trap bench_cleanup EXIT
+	initdb -D "$WORK/data" -A trust >/dev/null
+	{
+		echo "shared_preload_libraries = 'replstamp'"
+		echo "listen_addresses = ''"
+		echo "unix_socket_directories = '$WORK'"
+		echo "port = $PORT"
+		printf '%s\n' "$@"
+	} >>"$WORK/data/postgresql.conf"
+	pg_ctl -D "$WORK/data" -l "$WORK/log" -w start >/dev/null
+	createdb bench
+}
+
+bench_cleanup() {
+	local pid
+	for pid in "$WORK"/*/postmaster.pid; do
+		[ -f "$pid" ] && pg_ctl -D "$(dirname "$pid")" -m immediate stop >/dev/null 2>&1
+	done
+	rm -rf "$WORK"
+}

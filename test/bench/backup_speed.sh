@@ -17,26 +17,9 @@ ensure_packages
 drop_root "$SRCDIR/test/bench/backup_speed.sh" "$@"
 
 SCALE=${BENCH_SCALE:-50}
-WORK=$(mktemp -d /tmp/replstamp-bench.XXXXXX)
-PORT=$((5400 + RANDOM % 500))
-BIN=$(private_install "$WORK")
-export PATH="$BIN:$PATH" PGHOST="$WORK" PGPORT="$PORT" PGDATABASE=bench
-unset PGUSER PGSERVICE
-stop() { pg_ctl -D "$WORK/data" -m fast stop >/dev/null 2>&1 || true; rm -rf "$WORK"; }
-trap stop EXIT
-
-initdb -D "$WORK/data" -A trust >/dev/null
-cat >>"$WORK/data/postgresql.conf" <<CONF
-shared_preload_libraries = 'replstamp'
-listen_addresses = ''
-unix_socket_directories = '$WORK'
-port = $PORT
-max_wal_size = 4GB
-# Remove, not keep, the WAL of the load: cp -a would copy it, the backups not.
-wal_recycle = off
-CONF
-pg_ctl -D "$WORK/data" -l "$WORK/log" -w start >/dev/null
-createdb bench
+bench_cluster "max_wal_size = 4GB" \
+	"# Remove, not keep, the WAL of the load: cp -a would copy it, the backups not." \
+	"wal_recycle = off"
 pgbench -i -q -s "$SCALE" bench >/dev/null 2>&1
 psql -qX -c "ALTER TABLE pgbench_history ADD COLUMN id bigserial PRIMARY KEY" \
 	-c "CREATE EXTENSION replstamp" \

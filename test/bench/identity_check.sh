@@ -19,31 +19,7 @@ drop_root "$SRCDIR/test/bench/identity_check.sh" "$@"
 
 SMALL=${BENCH_SMALL:-1000}
 ROWS=${BENCH_ROWS:-1000000}
-WORK=$(mktemp -d /tmp/replstamp-bench.XXXXXX)
-PORT=$((5400 + RANDOM % 500))
-BIN=$(private_install "$WORK")
-export PATH="$BIN:$PATH" PGHOST="$WORK" PGDATABASE=bench
-unset PGUSER PGSERVICE
-stop() {
-	for d in "$WORK"/data "$WORK"/copy*; do
-		[ -d "$d" ] && pg_ctl -D "$d" -m immediate stop >/dev/null 2>&1
-	done
-	rm -rf "$WORK"
-}
-trap stop EXIT
-
-initdb -D "$WORK/data" -A trust >/dev/null
-cat >>"$WORK/data/postgresql.conf" <<CONF
-shared_preload_libraries = 'replstamp'
-listen_addresses = ''
-unix_socket_directories = '$WORK'
-port = $PORT
-log_line_prefix = '%m [%p] '
-max_wal_size = 4GB
-CONF
-export PGPORT=$PORT
-pg_ctl -D "$WORK/data" -l "$WORK/log" -w start >/dev/null
-createdb bench
+bench_cluster "log_line_prefix = '%m [%p] '" "max_wal_size = 4GB"
 psql -qX -c "CREATE EXTENSION replstamp" \
 	-c "CREATE TABLE t (id int PRIMARY KEY, v text)" -c "SELECT replstamp.track('t')"
 

@@ -20,26 +20,8 @@ SCALE=${BENCH_SCALE:-10}
 CLIENTS=${BENCH_CLIENTS:-2}
 ROWS=${BENCH_ROWS:-1000000}
 
-WORK=$(mktemp -d /tmp/replstamp-bench.XXXXXX)
-PORT=$((5400 + RANDOM % 500))
-BIN=$(private_install "$WORK")
-export PATH="$BIN:$PATH" PGHOST="$WORK" PGPORT="$PORT" PGDATABASE=bench
-unset PGUSER PGSERVICE
-stop() { pg_ctl -D "$WORK/data" -m fast stop >/dev/null 2>&1 || true; rm -rf "$WORK"; }
-trap stop EXIT
-
-initdb -D "$WORK/data" -A trust >/dev/null
-cat >>"$WORK/data/postgresql.conf" <<EOF
-shared_preload_libraries = 'replstamp'
-listen_addresses = ''
-unix_socket_directories = '$WORK'
-port = $PORT
-synchronous_commit = off
-shared_buffers = 512MB
-max_wal_size = 4GB
-checkpoint_timeout = 30min
-EOF
-pg_ctl -D "$WORK/data" -l "$WORK/log" -w start >/dev/null
+bench_cluster "synchronous_commit = off" "shared_buffers = 512MB" \
+	"max_wal_size = 4GB" "checkpoint_timeout = 30min"
 
 TABLES="'pgbench_accounts','pgbench_branches','pgbench_tellers','pgbench_history'"
 

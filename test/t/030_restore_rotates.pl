@@ -5,11 +5,9 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use ReplstampTest;
 
-my $a = PostgreSQL::Test::Cluster->new('live');
-$a->init(allows_streaming => 1);
-$a->append_conf('postgresql.conf', "shared_preload_libraries = 'replstamp'");
-$a->start;
+my $a = replstamp_node('live', init => { allows_streaming => 1 });
 $a->safe_psql('postgres', q{
 	CREATE EXTENSION replstamp;
 	CREATE TABLE t (id int PRIMARY KEY, v text);

@@ -7,13 +7,11 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use ReplstampTest;
 
 sub sq { my ($n, $sql) = @_; return $n->safe_psql('postgres', $sql); }
 
-my $a = PostgreSQL::Test::Cluster->new('primary');
-$a->init(has_archiving => 1, allows_streaming => 1);
-$a->append_conf('postgresql.conf', "shared_preload_libraries = 'replstamp'");
-$a->start;
+my $a = replstamp_node('primary', init => { has_archiving => 1, allows_streaming => 1 });
 sq($a, q{CREATE EXTENSION replstamp; CREATE TABLE t (id int PRIMARY KEY);
 	SELECT replstamp.track('t'); INSERT INTO t SELECT generate_series(1, 10);});
 my $id = sq($a, 'SELECT replica_id FROM replstamp.node');

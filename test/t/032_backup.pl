@@ -9,11 +9,9 @@ use File::Path qw(make_path);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use ReplstampTest;
 
-my $node = PostgreSQL::Test::Cluster->new('live');
-$node->init(allows_streaming => 1);
-$node->append_conf('postgresql.conf', "shared_preload_libraries = 'replstamp'");
-$node->start;
+my $node = replstamp_node('live', init => { allows_streaming => 1 });
 
 sub sq { my ($db, $sql) = @_; return $node->safe_psql($db, $sql); }
 

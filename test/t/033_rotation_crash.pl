@@ -8,11 +8,9 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use ReplstampTest;
 
-my $a = PostgreSQL::Test::Cluster->new('primary');
-$a->init(allows_streaming => 1);
-$a->append_conf('postgresql.conf', "shared_preload_libraries = 'replstamp'");
-$a->start;
+my $a = replstamp_node('primary', init => { allows_streaming => 1 });
 $a->safe_psql('postgres', q{CREATE EXTENSION replstamp; CREATE TABLE t (id int PRIMARY KEY);
 	SELECT replstamp.track('t'); INSERT INTO t SELECT generate_series(1, 10);});
 my $id = $a->safe_psql('postgres', 'SELECT replica_id FROM replstamp.node');

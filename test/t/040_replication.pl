@@ -6,27 +6,19 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use ReplstampTest;
 
-my @nodes;
-for my $name (qw(a b c))
-{
-	my $n = PostgreSQL::Test::Cluster->new($name);
-	$n->init;
-	$n->append_conf('postgresql.conf', "shared_preload_libraries = 'replstamp'");
-	$n->start;
-	$n->safe_psql('postgres', q{
+my @nodes = map {
+	replstamp_node($_, sql => q{
 		CREATE EXTENSION replstamp;
 		CREATE TABLE accounts (id int PRIMARY KEY, balance int, note text);
 		SELECT replstamp.track('accounts');
-	});
-	push @nodes, $n;
-}
+	})
+} qw(a b c);
 my ($a, $b, $c) = @nodes;
 sub sq { my ($n, $sql) = @_; return $n->safe_psql('postgres', $sql); }
-sub peer { my ($n, $name, $to) = @_;
-	sq($n, "SELECT replstamp.add_peer('$name', \$\$" . $to->connstr('postgres') . "\$\$)"); }
 # a <-> b <-> c, and c -> a: c learns a's changes only through b.
-peer($a, 'b', $b); peer($b, 'a', $a); peer($b, 'c', $c); peer($c, 'b', $b); peer($a, 'c', $c);
+add_peer($a, 'b', $b); add_peer($b, 'a', $a); add_peer($b, 'c', $c); add_peer($c, 'b', $b); add_peer($a, 'c', $c);
 sub content { my ($n) = @_; return sq($n, "SELECT string_agg(format('%s:%s:%s', id, balance, note), ',' ORDER BY id) FROM accounts"); }
 sub sync_round { for (1 .. 2) { sq($b, 'SELECT replstamp.sync_all()'); sq($a, 'SELECT replstamp.sync_all()'); sq($c, 'SELECT replstamp.sync_all()'); } }
 

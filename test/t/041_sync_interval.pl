@@ -7,26 +7,19 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use ReplstampTest;
 
-my @nodes;
-for my $name (qw(a b))
-{
-	my $n = PostgreSQL::Test::Cluster->new($name);
-	$n->init;
-	$n->append_conf('postgresql.conf', "shared_preload_libraries = 'replstamp'\nrestart_after_crash = on");
-	$n->start;
-	$n->safe_psql('postgres', q{
+my ($a, $b) = map {
+	replstamp_node($_, conf => ['restart_after_crash = on'], sql => q{
 		CREATE EXTENSION replstamp;
 		CREATE TABLE t (id int PRIMARY KEY, v text);
 		SELECT replstamp.track('t');
-	});
-	push @nodes, $n;
-}
-my ($a, $b) = @nodes;
+	})
+} qw(a b);
 sub sq { my ($n, $sql) = @_; return $n->safe_psql('postgres', $sql); }
 # A database without the extension: its sync worker must just go away.
 $b->safe_psql('postgres', 'CREATE DATABASE plain');
-sq($b, "SELECT replstamp.add_peer('a', \$\$" . $a->connstr('postgres') . "\$\$)");
+add_peer($b, 'a', $a);
 
 is(sq($b, "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'replstamp sync'"), '0',
 	'no sync worker while sync_interval is 0');

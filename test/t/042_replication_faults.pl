@@ -8,27 +8,20 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use ReplstampTest;
 
-my %n;
-for my $name (qw(a b evil))
-{
-	my $node = PostgreSQL::Test::Cluster->new($name);
-	$node->init;
-	$node->append_conf('postgresql.conf', "shared_preload_libraries = 'replstamp'");
-	$node->start;
-	$node->safe_psql('postgres', q{
+my ($a, $b, $evil) = map {
+	replstamp_node($_, sql => q{
 		CREATE EXTENSION replstamp;
 		CREATE TABLE big (id int PRIMARY KEY, v text);
 		CREATE TABLE t2 (id int PRIMARY KEY, n int);
 		CREATE TABLE docs (id int PRIMARY KEY, doc text);
 		SELECT replstamp.track(t) FROM unnest('{big,t2,docs}'::regclass[]) t;
-	});
-	$n{$name} = $node;
-}
-my ($a, $b, $evil) = @n{qw(a b evil)};
+	})
+} qw(a b evil);
 sub sq { my ($node, $sql) = @_; return $node->safe_psql('postgres', $sql); }
-sq($b, "SELECT replstamp.add_peer('a', \$\$" . $a->connstr('postgres') . "\$\$)");
-sq($b, "SELECT replstamp.add_peer('evil', \$\$" . $evil->connstr('postgres') . "\$\$)");
+add_peer($b, 'a', $a);
+add_peer($b, 'evil', $evil);
 
 sub held_from
 {

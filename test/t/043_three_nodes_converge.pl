@@ -8,16 +8,13 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use ReplstampTest;
 
 my @names = qw(a b c);
 my %n;
 for my $i (0 .. $#names)
 {
-	my $node = PostgreSQL::Test::Cluster->new($names[$i]);
-	$node->init;
-	$node->append_conf('postgresql.conf', "shared_preload_libraries = 'replstamp'\nmax_connections = 30");
-	$node->start;
-	$node->safe_psql('postgres', qq{
+	$n{ $names[$i] } = replstamp_node($names[$i], conf => ['max_connections = 30'], sql => qq{
 		CREATE EXTENSION replstamp;
 		CREATE TABLE accounts (id int PRIMARY KEY, balance int NOT NULL, node text);
 		CREATE TABLE history (id bigint PRIMARY KEY, node text, aid int, delta int);
@@ -25,7 +22,6 @@ for my $i (0 .. $#names)
 		SELECT replstamp.track('accounts');
 		SELECT replstamp.track('history');
 	});
-	$n{ $names[$i] } = $node;
 }
 sub sq { my ($node, $sql) = @_; return $node->safe_psql('postgres', $sql); }
 for my $x (@names)
@@ -33,7 +29,7 @@ for my $x (@names)
 	for my $y (@names)
 	{
 		next if $x eq $y;
-		sq($n{$x}, "SELECT replstamp.add_peer('$y', \$\$" . $n{$y}->connstr('postgres') . "\$\$)");
+		add_peer($n{$x}, $y, $n{$y});
 	}
 }
 sq($n{a}, 'INSERT INTO accounts SELECT g, 0, $$a$$ FROM generate_series(1, 1000) g');

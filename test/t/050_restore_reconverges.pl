@@ -9,25 +9,19 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use ReplstampTest;
 
 sub sq { my ($n, $sql) = @_; return $n->safe_psql('postgres', $sql); }
 sub content { my ($n, $where) = @_; $where //= 'true';
 	return sq($n, "SELECT string_agg(format('%s:%s', id, note), ',' ORDER BY id) FROM accounts WHERE $where"); }
 
-my $a = PostgreSQL::Test::Cluster->new('a');
-$a->init(allows_streaming => 1);
-my $b = PostgreSQL::Test::Cluster->new('b');
-$b->init;
-for my $n ($a, $b)
-{
-	$n->append_conf('postgresql.conf', "shared_preload_libraries = 'replstamp'");
-	$n->start;
-	sq($n, q{CREATE EXTENSION replstamp;
-		CREATE TABLE accounts (id int PRIMARY KEY, note text);
-		SELECT replstamp.track('accounts');});
-}
-sq($a, "SELECT replstamp.add_peer('b', \$\$" . $b->connstr('postgres') . "\$\$)");
-sq($b, "SELECT replstamp.add_peer('a', \$\$" . $a->connstr('postgres') . "\$\$)");
+my $schema = q{CREATE EXTENSION replstamp;
+	CREATE TABLE accounts (id int PRIMARY KEY, note text);
+	SELECT replstamp.track('accounts');};
+my $a = replstamp_node('a', init => { allows_streaming => 1 }, sql => $schema);
+my $b = replstamp_node('b', sql => $schema);
+add_peer($a, 'b', $b);
+add_peer($b, 'a', $a);
 
 sq($a, "INSERT INTO accounts SELECT g, 'a before backup' FROM generate_series(1, 5) g");
 sq($b, "INSERT INTO accounts SELECT g, 'b before backup' FROM generate_series(6, 10) g");
