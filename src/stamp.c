@@ -39,6 +39,7 @@
 #include "miscadmin.h"
 #include "common/hashfn.h"
 #include "utils/acl.h"
+#include "storage/proc.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/guc.h"
@@ -488,6 +489,11 @@ load_changes_indexes(Relation changes)
 	list_free(indexes);
 }
 
+/* The (sub)transaction that holds the locks on replstamp.changes. */
+static LocalTransactionId locked_lxid = InvalidLocalTransactionId;
+static SubTransactionId locked_subid = InvalidSubTransactionId;
+static Oid	locked_relid = InvalidOid;
+
 /*
  * replstamp.stamp(): AFTER INSERT OR UPDATE OR DELETE FOR EACH ROW.
  *
@@ -512,6 +518,7 @@ replstamp_stamp(PG_FUNCTION_ARGS)
 	Relation	changes;
 	HeapTuple	change;
 	int64		serial;
+	LOCKMODE	lockmode;
 
 	check_trigger_call(fcinfo, "replstamp.stamp");
 	if (!TRIGGER_FIRED_AFTER(trigdata->tg_event) ||
@@ -569,7 +576,16 @@ replstamp_stamp(PG_FUNCTION_ARGS)
 	values[0] = UUIDPGetDatum(&node->replica_id);
 	values[1] = Int64GetDatum(serial);
 
-	changes = table_open(cat->changes, RowExclusiveLock);
+	/*
+	 * Lock replstamp.changes and its indexes once per (sub)transaction, and
+	 * keep the locks to its end as any DML does: the lock manager is not
+	 * visited again for every row.
+	 */
+	lockmode = RowExclusiveLock;
+	if (locked_lxid == MyProc->lxid && locked_subid == GetCurrentSubTransactionId() &&
+		locked_relid == cat->changes)
+		lockmode = NoLock;
+	changes = table_open(cat->changes, lockmode);
 	if (changes_indexes_relid != cat->changes)
 		load_changes_indexes(changes);
 
@@ -580,7 +596,7 @@ replstamp_stamp(PG_FUNCTION_ARGS)
 		IndexInfo  *ii = changes_indexes[i].info;
 		Datum		ivalues[INDEX_MAX_KEYS];
 		bool		inulls[INDEX_MAX_KEYS];
-		Relation	irel = index_open(changes_indexes[i].indexoid, RowExclusiveLock);
+		Relation	irel = index_open(changes_indexes[i].indexoid, lockmode);
 
 		for (int k = 0; k < ii->ii_NumIndexAttrs; k++)
 		{
@@ -592,9 +608,12 @@ replstamp_stamp(PG_FUNCTION_ARGS)
 		index_insert(irel, ivalues, inulls, &change->t_self, changes,
 					 ii->ii_Unique ? UNIQUE_CHECK_YES : UNIQUE_CHECK_NO,
 					 false, ii);
-		index_close(irel, RowExclusiveLock);
+		index_close(irel, NoLock);
 	}
-	table_close(changes, RowExclusiveLock);
+	table_close(changes, NoLock);
+	locked_lxid = MyProc->lxid;
+	locked_subid = GetCurrentSubTransactionId();
+	locked_relid = cat->changes;
 
 	return PointerGetDatum(NULL);
 }

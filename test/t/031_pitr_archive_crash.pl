@@ -1,6 +1,6 @@
-# More restores that must rotate: archive recovery past the end of the
-# backup (which replays the flip back to 'original'), point-in-time
-# recovery to a named restore point; and a crash of the live node in the
+# More restores that must rotate, from CALL replstamp.backup(): archive
+# recovery past the end of the backup (which replays the flip back to
+# 'original'), point-in-time recovery to a named restore point; and a crash of the live node in the
 # middle of its own backup (allowed to rotate: where in doubt, rotate).
 use strict;
 use warnings;
@@ -16,9 +16,8 @@ sq($a, q{CREATE EXTENSION replstamp; CREATE TABLE t (id int PRIMARY KEY);
 	SELECT replstamp.track('t'); INSERT INTO t SELECT generate_series(1, 10);});
 my $id = sq($a, 'SELECT replica_id FROM replstamp.node');
 
-sq($a, "SELECT replstamp.prepare_backup('archived')");
-$a->backup('b');
-sq($a, 'SELECT replstamp.finish_backup()');
+# The backup: replstamp's own, into the place the test framework restores from.
+sq($a, "CALL replstamp.backup('" . $a->backup_dir . "/b', label => 'archived')");
 sq($a, 'INSERT INTO t SELECT generate_series(11, 20)');
 sq($a, "SELECT pg_create_restore_point('rp')");
 sq($a, 'INSERT INTO t SELECT generate_series(21, 30)');
