@@ -370,6 +370,92 @@ apply_error_context(void *arg)
 }
 
 /*
+ * The latest change held here of the row (relation, pk) that is later than
+ * (changed_at, replica_id), if any: returns false if there is none, else
+ * its pk and row image (NULL for a DELETE) in *pk_out and *image_out.
+ * Not read-only: it must see what this batch recorded so far, and changes
+ * committed meanwhile.
+ */
+static bool
+later_change(Datum relation, Datum pk, Datum changed_at, Datum replica_id,
+			 Datum *pk_out, Datum *image_out, bool *image_null)
+{
+	Oid			tl[4] = {TEXTOID, JSONBOID, TIMESTAMPTZOID, UUIDOID};
+	Datum		vl[4] = {relation, pk, changed_at, replica_id};
+	int			ret;
+
+	ret = SPI_execute_with_args("SELECT pk, row_image FROM replstamp.changes "
+								"WHERE row_hash = replstamp.row_hash($1, $2) "
+								"AND relation = $1 AND pk = $2 "
+								"AND (changed_at, replica_id) > ($3, $4) "
+								"ORDER BY changed_at DESC, replica_id DESC LIMIT 1",
+								4, tl, vl, NULL, false, 1);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "replstamp: lookup failed");
+	if (SPI_processed == 0)
+		return false;
+	if (pk_out)
+	{
+		bool		isnull;
+
+		*pk_out = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+		*image_out = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, image_null);
+		/* Out of SPI's memory, into the caller's. */
+		*pk_out = PointerGetDatum(SPI_datumTransfer(*pk_out, false, -1));
+		if (!*image_null)
+			*image_out = PointerGetDatum(SPI_datumTransfer(*image_out, false, -1));
+	}
+	return true;
+}
+
+/*
+ * Write one change into its table: remove the row under its old key (an
+ * UPDATE or DELETE; for an UPDATE only if the key changed), then upsert the
+ * new image.  Runs as the table's owner, in a security-restricted
+ * operation, with session_replication_role = replica, and unstamped.
+ */
+static void
+apply_to_table(ApplyTable *t, bool is_insert, Datum pk, Datum image, bool image_null)
+{
+	Oid			save_userid;
+	int			save_sec;
+	int			save_nestlevel;
+	Oid			tj[2] = {JSONBOID, JSONBOID};
+	Datum		vj[2];
+	char		nj[2] = {' ', ' '};
+	int			ret;
+
+	GetUserIdAndSecContext(&save_userid, &save_sec);
+	SetUserIdAndSecContext(t->owner, save_sec | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
+	save_nestlevel = NewGUCNestLevel();
+	(void) set_config_option("session_replication_role", "replica",
+							 PGC_SUSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	stamp_begin_apply();
+
+	if (!is_insert)
+	{
+		vj[0] = pk;
+		vj[1] = image_null ? (Datum) 0 : image;
+		nj[1] = image_null ? 'n' : ' ';
+		ret = SPI_execute_with_args(t->del, 2, tj, vj, nj, false, 0);
+		if (ret != SPI_OK_DELETE)
+			elog(ERROR, "replstamp: apply failed: %s", SPI_result_code_string(ret));
+	}
+	if (!image_null)
+	{
+		vj[0] = image;
+		ret = SPI_execute_with_args(t->upsert, 1, tj, vj, NULL, false, 0);
+		if (ret != SPI_OK_INSERT)
+			elog(ERROR, "replstamp: apply failed: %s", SPI_result_code_string(ret));
+	}
+
+	stamp_end_apply();
+	AtEOXact_GUC(true, save_nestlevel);
+	SetUserIdAndSecContext(save_userid, save_sec);
+}
+
+/*
  * Apply one change; returns true if it was new here.  The caller acts as
  * the extension owner with search_path = pg_catalog.
  */
@@ -444,19 +530,7 @@ apply_change(const char *peer, char **f, HTAB *tables)
 	}
 
 	/* Last writer wins: is a later change of this row held here? */
-	{
-		Oid			tl[4] = {TEXTOID, JSONBOID, TIMESTAMPTZOID, UUIDOID};
-		Datum		vl[4] = {v7[2], v7[4], v7[6], v7[0]};
-
-		ret = SPI_execute_with_args("SELECT 1 FROM replstamp.changes "
-									"WHERE row_hash = replstamp.row_hash($1, $2) "
-									"AND relation = $1 AND pk = $2 "
-									"AND (changed_at, replica_id) > ($3, $4) LIMIT 1",
-									4, tl, vl, NULL, false, 1);
-		if (ret != SPI_OK_SELECT)
-			elog(ERROR, "replstamp: lookup failed");
-		superseded = SPI_processed > 0;
-	}
+	superseded = later_change(v7[2], v7[4], v7[6], v7[0], NULL, NULL, NULL);
 
 	if (image)
 	{
@@ -481,43 +555,21 @@ apply_change(const char *peer, char **f, HTAB *tables)
 
 	if (!superseded)
 	{
-		Oid			save_userid;
-		int			save_sec;
-		int			save_nestlevel;
-		Oid			tj[2] = {JSONBOID, JSONBOID};
-		Datum		vj[2];
-		char		nj[2] = {' ', ' '};
+		Datum		later_pk,
+					later_image;
+		bool		later_null;
 
-		GetUserIdAndSecContext(&save_userid, &save_sec);
-		SetUserIdAndSecContext(t->owner, save_sec | SECURITY_LOCAL_USERID_CHANGE |
-							   SECURITY_RESTRICTED_OPERATION);
-		save_nestlevel = NewGUCNestLevel();
-		(void) set_config_option("session_replication_role", "replica",
-								 PGC_SUSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
-		stamp_begin_apply();
+		apply_to_table(t, strcmp(op, "INSERT") == 0, v7[4], v7[5], image == NULL);
 
-		if (strcmp(op, "INSERT") != 0)
-		{
-			/* UPDATE and DELETE: remove the row under its old key. */
-			vj[0] = v7[4];
-			vj[1] = image ? v7[5] : (Datum) 0;
-			nj[1] = image ? ' ' : 'n';
-			ret = SPI_execute_with_args(t->del, 2, tj, vj, nj, false, 0);
-			if (ret != SPI_OK_DELETE)
-				elog(ERROR, "replstamp: apply failed: %s", SPI_result_code_string(ret));
-		}
-		if (image)
-		{
-			vj[0] = v7[5];
-			ret = SPI_execute_with_args(t->upsert, 1, tj, vj, NULL, false, 0);
-			if (ret != SPI_OK_INSERT)
-				elog(ERROR, "replstamp: apply failed: %s", SPI_result_code_string(ret));
-		}
-
-		stamp_end_apply();
-		AtEOXact_GUC(true, save_nestlevel);
-		SetUserIdAndSecContext(save_userid, save_sec);
+		/*
+		 * A local transaction that held the row may have committed a later
+		 * change of it while we waited for its lock, and we wrote over it:
+		 * put the latest change back.
+		 */
+		if (later_change(v7[2], v7[4], v7[6], v7[0], &later_pk, &later_image, &later_null))
+			apply_to_table(t, false, later_pk, later_image, later_null);
 	}
+	serial_clock_seen(DatumGetTimestampTz(v7[6]));
 
 	ret = SPI_execute_with_args("INSERT INTO replstamp.changes "
 								"(replica_id, serial, relation, op, pk, row_image, changed_at, row_hash) "

@@ -45,6 +45,7 @@
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
 #include "utils/fmgrprotos.h"
+#include "utils/timestamp.h"
 
 #include "replstamp.h"
 #include "serial.h"
@@ -57,6 +58,7 @@ typedef struct SerialSlot
 
 typedef struct SerialShared
 {
+	pg_atomic_uint64 clock_floor;	/* latest changed_at applied from a peer */
 	int			nslots;			/* MaxBackends at start-up, never changes */
 	SerialSlot	slots[FLEXIBLE_ARRAY_MEMBER];
 } SerialShared;
@@ -101,6 +103,7 @@ serial_shmem_startup(void)
 	if (!found)
 	{
 		serial_shared->nslots = MaxBackends;
+		pg_atomic_init_u64(&serial_shared->clock_floor, 0);
 		for (int i = 0; i < MaxBackends; i++)
 		{
 			pg_atomic_init_u32(&serial_shared->slots[i].dboid, InvalidOid);
@@ -299,4 +302,41 @@ replstamp_next_serial(PG_FUNCTION_ARGS)
 {
 	serial_require_shmem();
 	PG_RETURN_INT64(serial_next(replstamp_catalog(false)->serial_seq));
+}
+
+/*
+ * The time a change is stamped with: the clock, but never at or before a
+ * change applied from a peer (a hybrid clock).  A local write that follows
+ * an applied change of the same row (it waited for its row lock) is then
+ * the later one on every node, whatever the skew of the clocks.
+ */
+TimestampTz
+serial_stamp_time(void)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz floor;
+
+	serial_require_shmem();
+	floor = (TimestampTz) pg_atomic_read_u64(&serial_shared->clock_floor);
+	return now > floor ? now : floor + 1;
+}
+
+/*
+ * A change stamped at t was applied here.  A clock more than a minute
+ * ahead of ours moves the floor only that far: a peer with a wild clock
+ * must not push every later local stamp into the future.
+ */
+void
+serial_clock_seen(TimestampTz t)
+{
+	TimestampTz cap = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 60 * 1000);
+	uint64		cur;
+
+	serial_require_shmem();
+	if (t > cap)
+		t = cap;
+	cur = pg_atomic_read_u64(&serial_shared->clock_floor);
+	while ((TimestampTz) cur < t &&
+		   !pg_atomic_compare_exchange_u64(&serial_shared->clock_floor, &cur, (uint64) t))
+		;
 }

@@ -15,10 +15,14 @@
 #ifndef REPLSTAMP_SERIAL_H
 #define REPLSTAMP_SERIAL_H
 
+#include "datatype/timestamp.h"
+
 extern void serial_require_shmem(void);
 extern int64 serial_take(Oid seqoid);
 extern int64 serial_next(Oid seqoid);
 extern int64 serial_lus(Oid seqoid);
 extern bool serial_xact_holds_serial(void);
+extern TimestampTz serial_stamp_time(void);
+extern void serial_clock_seen(TimestampTz t);
 
 #endif							/* REPLSTAMP_SERIAL_H */

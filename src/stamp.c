@@ -569,7 +569,7 @@ replstamp_stamp(PG_FUNCTION_ARGS)
 		values[5] = JsonbPGetDatum(build_image(info->cols, info->ncols, desc, newtuple));
 	else
 		nulls[5] = true;
-	values[6] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
+	values[6] = TimestampTzGetDatum(serial_stamp_time());
 	values[7] = Int64GetDatum(row_hash(info->relname, DatumGetJsonbP(values[4])));
 
 	serial = serial_take(cat->serial_seq);
