@@ -5,8 +5,11 @@
 # ratios and the cost per stamped row, the change log's bytes per row, and
 # the memory a single UPDATE of BENCH_ROWS tracked rows takes.
 #
-#   test/bench/stamp_overhead.sh            (scale 10, 2 clients, 30 s)
-#   BENCH_SECONDS=5 BENCH_SCALE=2 BENCH_ROWS=100000 test/bench/stamp_overhead.sh
+# Each measurement runs BENCH_ROUNDS times (the three ways in turn) and the
+# median is reported: single pgbench runs on 2 cores vary by 15 %.
+#
+#   test/bench/stamp_overhead.sh            (scale 10, 2 clients, 30 s, 3 rounds)
+#   BENCH_SECONDS=5 BENCH_SCALE=2 BENCH_ROWS=100000 BENCH_ROUNDS=1 test/bench/stamp_overhead.sh
 #
 # Copyright (c) 2026, the replstamp authors
 set -eu
@@ -19,6 +22,7 @@ SECONDS_RUN=${BENCH_SECONDS:-30}
 SCALE=${BENCH_SCALE:-10}
 CLIENTS=${BENCH_CLIENTS:-2}
 ROWS=${BENCH_ROWS:-1000000}
+ROUNDS=${BENCH_ROUNDS:-3}
 
 bench_cluster "synchronous_commit = off" "shared_buffers = 512MB" \
 	"max_wal_size = 4GB" "checkpoint_timeout = 30min"
@@ -64,13 +68,20 @@ run() {
 		sed -n 's/^tps = \([0-9.]*\) .*/\1/p'
 }
 
-echo "pgbench tpcb-like, scale $SCALE, $CLIENTS clients, $SECONDS_RUN s, synchronous_commit = off"
-prepare; tps_plain=$(run)
-prepare; setup_replstamp; tps_rs=$(run)
-stamps=$(psql -qXAt -c "SELECT count(*) FROM replstamp.changes")
-bytes=$(psql -qXAt -c "SELECT pg_total_relation_size('replstamp.changes') / greatest(count(*), 1) FROM replstamp.changes")
-prepare; setup_plpgsql; tps_pl=$(run)
+median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
+echo "pgbench tpcb-like, scale $SCALE, $CLIENTS clients, $SECONDS_RUN s, synchronous_commit = off;" \
+	"$ROUNDS rounds of the three runs in turn, medians"
+: >"$WORK/plain.t"; : >"$WORK/rs.t"; : >"$WORK/pl.t"
+for round in $(seq "$ROUNDS"); do
+	prepare; run >>"$WORK/plain.t"
+	prepare; setup_replstamp; run >>"$WORK/rs.t"
+	stamps=$(psql -qXAt -c "SELECT count(*) FROM replstamp.changes")
+	bytes=$(psql -qXAt -c "SELECT pg_total_relation_size('replstamp.changes') / greatest(count(*), 1) FROM replstamp.changes")
+	prepare; setup_plpgsql; run >>"$WORK/pl.t"
+done
+tps_plain=$(median <"$WORK/plain.t"); tps_rs=$(median <"$WORK/rs.t"); tps_pl=$(median <"$WORK/pl.t")
+echo "TPS of each round: plain $(paste -sd' ' "$WORK/plain.t"); replstamp $(paste -sd' ' "$WORK/rs.t"); PL/pgSQL $(paste -sd' ' "$WORK/pl.t")"
 awk -v c="$CLIENTS" -v p="$tps_plain" -v r="$tps_rs" -v l="$tps_pl" 'BEGIN {
 	# 4 stamped rows per transaction (3 UPDATEs, 1 INSERT), c clients in parallel
 	printf "%-28s %10s %12s %16s\n", "", "TPS", "vs plain", "us per row";
@@ -93,11 +104,14 @@ bulk() {
 	psql -qXAt -c '\timing on' -c "INSERT INTO bulk SELECT g, 0, repeat('x', 40) FROM generate_series(1, $ROWS) g" |
 		sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p'
 }
-ms_plain=$(bulk plain)
-ms_rs=$(bulk replstamp)
-ms_pl=$(bulk plpgsql)
+for round in $(seq "$ROUNDS"); do
+	bulk plain >>"$WORK/bplain.t"
+	bulk replstamp >>"$WORK/brs.t"
+	bulk plpgsql >>"$WORK/bpl.t"
+done
+ms_plain=$(median <"$WORK/bplain.t"); ms_rs=$(median <"$WORK/brs.t"); ms_pl=$(median <"$WORK/bpl.t")
 awk -v n="$ROWS" -v p="$ms_plain" -v r="$ms_rs" -v l="$ms_pl" 'BEGIN {
-	printf "one INSERT of %d rows: plain %.0f ms, replstamp %.0f ms (+%.2f us/row), PL/pgSQL %.0f ms (+%.2f us/row); replstamp/PL/pgSQL per-row cost %.2f\n",
+	printf "one INSERT of %d rows (median of the rounds): plain %.0f ms, replstamp %.0f ms (+%.2f us/row), PL/pgSQL %.0f ms (+%.2f us/row); replstamp/PL/pgSQL per-row cost %.2f\n",
 		n, p, r, (r - p) * 1000 / n, l, (l - p) * 1000 / n, (r - p) / (l - p);
 }'
 
