@@ -1,0 +1,70 @@
+# Last writer wins while local transactions write the rows a sync applies,
+# step by step (test 043 does it at random under pgbench):
+# 1. a local transaction that began before a change was applied, and
+#    writes the row after it, is the later change (its stamp is the time of
+#    the write, not of its start);
+# 2. a sync that waits for a local transaction's row lock, and then writes
+#    an older change over the row, puts the local, later change back.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use ReplstampTest;
+
+my ($a, $b) = map {
+	replstamp_node($_, sql => q{
+		CREATE EXTENSION replstamp;
+		CREATE TABLE t (id int PRIMARY KEY, v text);
+		SELECT replstamp.track('t');
+	})
+} qw(a b);
+sub sq { my ($n, $sql) = @_; return $n->safe_psql('postgres', $sql); }
+add_peer($a, 'b', $b);
+add_peer($b, 'a', $a);
+sq($a, "INSERT INTO t VALUES (1, 'start'), (2, 'start')");
+sq($b, "SELECT replstamp.sync('a')");
+sub row { my ($n, $id) = @_; return sq($n, "SELECT v FROM t WHERE id = $id"); }
+
+# 1. b's transaction begins, a changes row 1, b applies it, then b's
+# transaction writes row 1 and commits.
+my $s = $b->background_psql('postgres');
+$s->query_safe('BEGIN');
+$s->query_safe('SELECT 1');    # the transaction has started
+sq($a, "UPDATE t SET v = 'a, applied first' WHERE id = 1");
+sq($b, "SELECT replstamp.sync('a')");
+is(row($b, 1), 'a, applied first', "b applied a's change");
+$s->query_safe("UPDATE t SET v = 'b, written after' WHERE id = 1");
+$s->query_safe('COMMIT');
+ok(sq($b, q{SELECT changed_at > (SELECT max(changed_at) FROM replstamp.changes
+	WHERE (pk->>'id')::int = 1 AND replica_id <> (SELECT replica_id FROM replstamp.node))
+	FROM replstamp.changes WHERE (pk->>'id')::int = 1 AND replica_id = (SELECT replica_id FROM replstamp.node)}) eq 't',
+	"b's write is stamped later than the change it overwrote, though its transaction began before");
+sq($a, "SELECT replstamp.sync('b')");
+is(row($a, 1), 'b, written after', "a takes b's later write");
+is(row($b, 1), 'b, written after', 'b keeps it');
+
+# 2. b's transaction writes row 2 and holds it; a's older change of row 2
+# arrives; the sync waits for the row, then must not leave a's older value.
+sq($a, "UPDATE t SET v = 'a, older' WHERE id = 2");
+$s->query_safe('BEGIN');
+$s->query_safe("UPDATE t SET v = 'b, newer, committed while the sync waits' WHERE id = 2");
+my $out = '';
+my $sync = IPC::Run::start(
+	[ 'psql', '-X', '-At', '-d', $b->connstr('postgres'), '-c', "SELECT replstamp.sync('a')" ],
+	'>', \$out, '2>&1');
+$b->poll_query_until('postgres',
+	"SELECT count(*) = 1 FROM pg_stat_activity WHERE query LIKE 'replstamp: syncing from peer%' AND wait_event_type = 'Lock'")
+  or die 'the sync does not wait for the row';
+pass('the sync waits for the row b holds');
+$s->query_safe('COMMIT');
+$sync->finish;
+like($out, qr/^\d+$/, 'the sync completes');
+is(row($b, 2), 'b, newer, committed while the sync waits',
+	"b's later change is back after the sync wrote the older one over it");
+sq($a, "SELECT replstamp.sync('b')");
+is(row($a, 2), 'b, newer, committed while the sync waits', 'and a agrees');
+$s->quit;
+
+$_->stop for ($a, $b);
+done_testing();
