@@ -46,6 +46,7 @@
 #include "pgstat.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/regproc.h"
@@ -370,10 +371,268 @@ apply_error_context(void *arg)
 }
 
 /*
+ * Local changes (stamped here, applied = false) are not in the row index,
+ * so that a local write does not pay for an index insert.  The apply finds
+ * them in a map of the rows changed here, built from the change log by
+ * serial: this node's serials follow its stamp times (the trigger reads
+ * the clock, then takes the serial; the hybrid clock never goes back past
+ * an applied change), so the local changes stamped at or after T are the
+ * newest serials of each of this data set's replica IDs, read newest first
+ * down to a stamp older than T - LOCAL_MARGIN_MS.  The margin covers the
+ * moment between reading the clock and taking the serial, and small steps
+ * back of the wall clock.  Serials at or above the lowest uncommitted one
+ * may still commit: local_refresh() reads them again each time.
+ */
+#define LOCAL_MARGIN_MS		5000
+#define LOCAL_PAGE			1000
+
+typedef struct LocalRow
+{
+	char	   *relation;
+	Jsonb	   *pk;
+	TimestampTz changed_at;
+	pg_uuid_t	replica_id;
+	int64		serial;
+} LocalRow;
+
+typedef struct LocalEntry
+{
+	int64		row_hash;		/* hash key */
+	List	   *rows;			/* LocalRow *, one per distinct row */
+} LocalEntry;
+
+typedef struct OwnId
+{
+	Datum		id;				/* uuid */
+	int64		top;			/* every local change up to here is read */
+	int64		next_down;		/* reading down continues below here */
+	bool		exhausted;		/* read down to the first */
+} OwnId;
+
+typedef struct LocalMap
+{
+	MemoryContext cxt;
+	HTAB	   *rows;
+	int			nids;
+	OwnId	   *ids;
+	TimestampTz covered_from;	/* local changes stamped since are read */
+} LocalMap;
+
+static LocalMap *local_map = NULL;
+
+static void
+local_add(int64 hash, const char *relation, Jsonb *pk, TimestampTz changed_at,
+		  const pg_uuid_t *replica_id, int64 serial)
+{
+	LocalEntry *e;
+	bool		found;
+	ListCell   *lc;
+	LocalRow   *r;
+	MemoryContext old = MemoryContextSwitchTo(local_map->cxt);
+
+	e = hash_search(local_map->rows, &hash, HASH_ENTER, &found);
+	if (!found)
+		e->rows = NIL;
+	foreach(lc, e->rows)
+	{
+		r = lfirst(lc);
+		if (strcmp(r->relation, relation) == 0 &&
+			DatumGetBool(DirectFunctionCall2(jsonb_eq, JsonbPGetDatum(r->pk), JsonbPGetDatum(pk))))
+		{
+			if (changed_at > r->changed_at ||
+				(changed_at == r->changed_at &&
+				 memcmp(replica_id->data, r->replica_id.data, UUID_LEN) > 0))
+			{
+				r->changed_at = changed_at;
+				r->replica_id = *replica_id;
+				r->serial = serial;
+			}
+			MemoryContextSwitchTo(old);
+			return;
+		}
+	}
+	r = palloc(sizeof(LocalRow));
+	r->relation = pstrdup(relation);
+	r->pk = DatumGetJsonbPCopy(JsonbPGetDatum(pk));
+	r->changed_at = changed_at;
+	r->replica_id = *replica_id;
+	r->serial = serial;
+	e->rows = lappend(e->rows, r);
+	MemoryContextSwitchTo(old);
+}
+
+/* Add the rows of the last SPI result (row_hash, relation, pk, changed_at, serial). */
+static void
+local_add_result(OwnId *own, TimestampTz *oldest, int64 *last)
+{
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		int64		hash = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		char	   *relation = TextDatumGetCString(SPI_getbinval(tup, desc, 2, &isnull));
+		Jsonb	   *pk = DatumGetJsonbP(SPI_getbinval(tup, desc, 3, &isnull));
+		TimestampTz t = DatumGetTimestampTz(SPI_getbinval(tup, desc, 4, &isnull));
+		int64		serial = DatumGetInt64(SPI_getbinval(tup, desc, 5, &isnull));
+
+		local_add(hash, relation, pk, t, DatumGetUUIDP(own->id), serial);
+		if (oldest && t < *oldest)
+			*oldest = t;
+		*last = serial;
+	}
+}
+
+static void
+local_map_start(void)
+{
+	const ReplstampCatalog *cat = replstamp_catalog(false);
+	HASHCTL		ctl;
+	MemoryContext cxt;
+	int64		lus;
+	int			ret;
+
+	cxt = AllocSetContextCreate(TopTransactionContext, "replstamp local rows",
+								ALLOCSET_DEFAULT_SIZES);
+	local_map = MemoryContextAllocZero(cxt, sizeof(LocalMap));
+	local_map->cxt = cxt;
+	ctl.keysize = sizeof(int64);
+	ctl.entrysize = sizeof(LocalEntry);
+	ctl.hcxt = cxt;
+	local_map->rows = hash_create("replstamp local rows", 1024, &ctl,
+								  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	local_map->covered_from = DT_NOEND;
+
+	/* Below the LUS every local change is final, and visible after it. */
+	lus = serial_lus(cat->serial_seq);
+	ret = SPI_execute("SELECT h.replica_id, "
+					  "(SELECT max(c.serial) FROM replstamp.changes c WHERE c.replica_id = h.replica_id) "
+					  "FROM replstamp.replica_history h", false, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "replstamp: could not read the replica history");
+	local_map->nids = SPI_processed;
+	local_map->ids = MemoryContextAllocZero(cxt, sizeof(OwnId) * Max(SPI_processed, 1));
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+		Datum		id = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
+		Datum		max = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull);
+		OwnId	   *own = &local_map->ids[i];
+
+		own->id = PointerGetDatum(MemoryContextAlloc(cxt, UUID_LEN));
+		memcpy(DatumGetPointer(own->id), DatumGetPointer(id), UUID_LEN);
+		own->top = isnull ? 0 : Min(DatumGetInt64(max), lus - 1);
+		own->next_down = own->top + 1;
+	}
+}
+
+static void
+local_map_end(void)
+{
+	if (local_map)
+		MemoryContextDelete(local_map->cxt);
+	local_map = NULL;
+}
+
+/* Read the local changes that committed since the last look. */
+static void
+local_refresh(void)
+{
+	const ReplstampCatalog *cat = replstamp_catalog(false);
+	int64		lus = serial_lus(cat->serial_seq);
+
+	for (int i = 0; i < local_map->nids; i++)
+	{
+		OwnId	   *own = &local_map->ids[i];
+		Oid			t[2] = {UUIDOID, INT8OID};
+		Datum		v[2] = {own->id, Int64GetDatum(own->top)};
+		int64		last = own->top;
+		int			ret;
+
+		ret = SPI_execute_with_args("SELECT row_hash, relation, pk, changed_at, serial "
+									"FROM replstamp.changes WHERE replica_id = $1 AND serial > $2 "
+									"AND NOT applied ORDER BY serial",
+									2, t, v, NULL, false, 0);
+		if (ret != SPI_OK_SELECT)
+			elog(ERROR, "replstamp: could not read local changes");
+		local_add_result(own, NULL, &last);
+		own->top = Max(own->top, Min(last, lus - 1));
+	}
+}
+
+/* Make sure every local change stamped at or after t is in the map. */
+static void
+local_cover(TimestampTz t)
+{
+	TimestampTz target = t - (TimestampTz) LOCAL_MARGIN_MS * 1000;
+
+	if (target >= local_map->covered_from)
+		return;
+	for (int i = 0; i < local_map->nids; i++)
+	{
+		OwnId	   *own = &local_map->ids[i];
+
+		while (!own->exhausted)
+		{
+			Oid			ty[2] = {UUIDOID, INT8OID};
+			Datum		v[2] = {own->id, Int64GetDatum(own->next_down)};
+			TimestampTz oldest = DT_NOEND;
+			int64		last = own->next_down;
+			int			ret;
+
+			CHECK_FOR_INTERRUPTS();
+			ret = SPI_execute_with_args("SELECT row_hash, relation, pk, changed_at, serial "
+										"FROM replstamp.changes WHERE replica_id = $1 AND serial < $2 "
+										"AND NOT applied ORDER BY serial DESC LIMIT " CppAsString2(LOCAL_PAGE),
+										2, ty, v, NULL, true, 0);
+			if (ret != SPI_OK_SELECT)
+				elog(ERROR, "replstamp: could not read local changes");
+			if (SPI_processed < LOCAL_PAGE)
+				own->exhausted = true;
+			local_add_result(own, &oldest, &last);
+			own->next_down = last;
+			if (oldest < target)
+				break;
+		}
+	}
+	local_map->covered_from = target;
+}
+
+/* The latest local change of (relation, pk) later than (t, id), or NULL. */
+static LocalRow *
+local_later(text *relation, Jsonb *pk, TimestampTz t, const pg_uuid_t *id)
+{
+	int64		hash = stamp_row_hash(relation, pk);
+	LocalEntry *e;
+	ListCell   *lc;
+	char	   *rel = text_to_cstring(relation);
+
+	local_cover(t);
+	e = hash_search(local_map->rows, &hash, HASH_FIND, NULL);
+	if (e == NULL)
+		return NULL;
+	foreach(lc, e->rows)
+	{
+		LocalRow   *r = lfirst(lc);
+
+		if (strcmp(r->relation, rel) == 0 &&
+			DatumGetBool(DirectFunctionCall2(jsonb_eq, JsonbPGetDatum(r->pk), JsonbPGetDatum(pk))))
+		{
+			if (r->changed_at > t ||
+				(r->changed_at == t && memcmp(r->replica_id.data, id->data, UUID_LEN) > 0))
+				return r;
+			return NULL;
+		}
+	}
+	return NULL;
+}
+
+/*
  * The latest change held here of the row (relation, pk) that is later than
  * (changed_at, replica_id), if any: returns false if there is none, else
  * its pk and row image (NULL for a DELETE) in *pk_out and *image_out.
- * Not read-only: it must see what this batch recorded so far, and changes
+ * Applied changes come from the row index, local ones from the map.  Not
+ * read-only: it must see what this batch recorded so far, and changes
  * committed meanwhile.
  */
 static bool
@@ -383,18 +642,53 @@ later_change(Datum relation, Datum pk, Datum changed_at, Datum replica_id,
 	Oid			tl[4] = {TEXTOID, JSONBOID, TIMESTAMPTZOID, UUIDOID};
 	Datum		vl[4] = {relation, pk, changed_at, replica_id};
 	int			ret;
+	LocalRow   *local;
+	bool		have_applied;
+	TimestampTz applied_at = 0;
+	pg_uuid_t	applied_id;
 
-	ret = SPI_execute_with_args("SELECT pk, row_image FROM replstamp.changes "
-								"WHERE row_hash = replstamp.row_hash($1, $2) "
+	ret = SPI_execute_with_args("SELECT pk, row_image, changed_at, replica_id FROM replstamp.changes "
+								"WHERE row_hash = replstamp.row_hash($1, $2) AND applied "
 								"AND relation = $1 AND pk = $2 "
 								"AND (changed_at, replica_id) > ($3, $4) "
 								"ORDER BY changed_at DESC, replica_id DESC LIMIT 1",
 								4, tl, vl, NULL, false, 1);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "replstamp: lookup failed");
-	if (SPI_processed == 0)
+	have_applied = SPI_processed > 0;
+	if (have_applied)
+	{
+		bool		isnull;
+
+		applied_at = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0],
+													   SPI_tuptable->tupdesc, 3, &isnull));
+		applied_id = *DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[0],
+												  SPI_tuptable->tupdesc, 4, &isnull));
+	}
+
+	local = local_later(DatumGetTextPP(relation), DatumGetJsonbP(pk),
+						DatumGetTimestampTz(changed_at), DatumGetUUIDP(replica_id));
+	if (local && have_applied &&
+		(applied_at > local->changed_at ||
+		 (applied_at == local->changed_at &&
+		  memcmp(applied_id.data, local->replica_id.data, UUID_LEN) > 0)))
+		local = NULL;			/* the applied one is the latest */
+	if (local == NULL && !have_applied)
 		return false;
-	if (pk_out)
+	if (pk_out == NULL)
+		return true;
+
+	if (local)
+	{
+		Oid			tk[2] = {UUIDOID, INT8OID};
+		Datum		vk[2] = {UUIDPGetDatum(&local->replica_id), Int64GetDatum(local->serial)};
+
+		ret = SPI_execute_with_args("SELECT pk, row_image FROM replstamp.changes "
+									"WHERE replica_id = $1 AND serial = $2",
+									2, tk, vk, NULL, false, 1);
+		if (ret != SPI_OK_SELECT || SPI_processed != 1)
+			elog(ERROR, "replstamp: could not read local change " INT64_FORMAT, local->serial);
+	}
 	{
 		bool		isnull;
 
@@ -566,14 +860,15 @@ apply_change(const char *peer, char **f, HTAB *tables)
 		 * change of it while we waited for its lock, and we wrote over it:
 		 * put the latest change back.
 		 */
+		local_refresh();
 		if (later_change(v7[2], v7[4], v7[6], v7[0], &later_pk, &later_image, &later_null))
 			apply_to_table(t, false, later_pk, later_image, later_null);
 	}
 	serial_clock_seen(DatumGetTimestampTz(v7[6]));
 
 	ret = SPI_execute_with_args("INSERT INTO replstamp.changes "
-								"(replica_id, serial, relation, op, pk, row_image, changed_at, row_hash) "
-								"VALUES ($1, $2, $3, $4, $5, $6, $7, replstamp.row_hash($3, $5))",
+								"(replica_id, serial, relation, op, pk, row_image, changed_at, row_hash, applied) "
+								"VALUES ($1, $2, $3, $4, $5, $6, $7, replstamp.row_hash($3, $5), true)",
 								7, t7, v7, n7, false, 0);
 	if (ret != SPI_OK_INSERT)
 		elog(ERROR, "replstamp: could not record the change: %s", SPI_result_code_string(ret));
@@ -645,6 +940,7 @@ replstamp_sync(PG_FUNCTION_ARGS)
 	tables = hash_create("replstamp apply tables", 16, &hctl, HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
 
 	pgstat_report_activity(STATE_RUNNING, psprintf("replstamp: syncing from peer %s", peer));
+	local_map_start();
 	PG_TRY();
 	{
 		PGresult   *res;
@@ -785,6 +1081,7 @@ replstamp_sync(PG_FUNCTION_ARGS)
 	{
 		libpqsrv_disconnect(conn);
 		stamp_end_apply();
+		local_map_end();
 	}
 	PG_END_TRY();
 

@@ -39,6 +39,7 @@
 #include "miscadmin.h"
 #include "common/hashfn.h"
 #include "utils/acl.h"
+#include "parser/parse_relation.h"
 #include "storage/proc.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
@@ -103,13 +104,15 @@ static text *op_update = NULL;
 static text *op_delete = NULL;
 
 /*
- * The indexes of replstamp.changes (plain column indexes only), cached until
- * a relcache invalidation of the table.
+ * The indexes of replstamp.changes (plain column indexes, and partial ones
+ * on applied changes only), cached until a relcache invalidation of the
+ * table.
  */
 typedef struct ChangesIndex
 {
 	Oid			indexoid;
 	IndexInfo  *info;
+	bool		applied_only;	/* WHERE applied: nothing the trigger writes */
 } ChangesIndex;
 
 static ChangesIndex *changes_indexes = NULL;
@@ -385,6 +388,12 @@ row_hash(text *relation, Jsonb *pk)
 	return (int64) (((uint64) h1 << 32) | h2);
 }
 
+int64
+stamp_row_hash(text *relation, Jsonb *pk)
+{
+	return row_hash(relation, pk);
+}
+
 /*
  * replstamp.row_hash(relation text, pk jsonb) RETURNS bigint
  */
@@ -475,11 +484,24 @@ load_changes_indexes(Relation changes)
 		Relation	irel = index_open(lfirst_oid(lc), AccessShareLock);
 		IndexInfo  *ii = BuildIndexInfo(irel);
 
-		if (ii->ii_Expressions != NIL || ii->ii_Predicate != NIL)
+		bool		applied_only = false;
+
+		/* A predicate must be "WHERE applied": the trigger writes false. */
+		if (ii->ii_Predicate != NIL)
+		{
+			Node	   *pred = linitial(ii->ii_Predicate);
+			AttrNumber	applied_att = attnameAttNum(changes, "applied", false);
+
+			if (list_length(ii->ii_Predicate) == 1 && IsA(pred, Var) &&
+				((Var *) pred)->varattno == applied_att)
+				applied_only = true;
+		}
+		if (ii->ii_Expressions != NIL || (ii->ii_Predicate != NIL && !applied_only))
 			elog(ERROR, "replstamp.changes has an unsupported index \"%s\"",
 				 RelationGetRelationName(irel));
 		changes_indexes[n].indexoid = lfirst_oid(lc);
 		changes_indexes[n].info = ii;
+		changes_indexes[n].applied_only = applied_only;
 		n++;
 		index_close(irel, AccessShareLock);
 	}
@@ -513,8 +535,8 @@ replstamp_stamp(PG_FUNCTION_ARGS)
 	HeapTuple	keytuple;
 	HeapTuple	newtuple;
 	text	   *op;
-	Datum		values[8];
-	bool		nulls[8] = {false, false, false, false, false, false, false, false};
+	Datum		values[9];
+	bool		nulls[9] = {false, false, false, false, false, false, false, false, false};
 	Relation	changes;
 	HeapTuple	change;
 	int64		serial;
@@ -572,6 +594,8 @@ replstamp_stamp(PG_FUNCTION_ARGS)
 	values[6] = TimestampTzGetDatum(serial_stamp_time());
 	values[7] = Int64GetDatum(row_hash(info->relname, DatumGetJsonbP(values[4])));
 
+	values[8] = BoolGetDatum(false);	/* applied: no, stamped here */
+
 	serial = serial_take(cat->serial_seq);
 	values[0] = UUIDPGetDatum(&node->replica_id);
 	values[1] = Int64GetDatum(serial);
@@ -596,7 +620,11 @@ replstamp_stamp(PG_FUNCTION_ARGS)
 		IndexInfo  *ii = changes_indexes[i].info;
 		Datum		ivalues[INDEX_MAX_KEYS];
 		bool		inulls[INDEX_MAX_KEYS];
-		Relation	irel = index_open(changes_indexes[i].indexoid, lockmode);
+		Relation	irel;
+
+		if (changes_indexes[i].applied_only)
+			continue;
+		irel = index_open(changes_indexes[i].indexoid, lockmode);
 
 		for (int k = 0; k < ii->ii_NumIndexAttrs; k++)
 		{

@@ -33,5 +33,6 @@ extern bool stamp_is_tracked(Relation rel);
 extern text *stamp_relation_name(Relation rel);
 extern Jsonb *stamp_pk_image(Relation rel, HeapTuple tuple);
 extern Jsonb *stamp_row_image(Relation rel, HeapTuple tuple);
+extern int64 stamp_row_hash(text *relation, Jsonb *pk);
 
 #endif							/* REPLSTAMP_STAMP_H */

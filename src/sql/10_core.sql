@@ -63,6 +63,8 @@ CREATE TABLE replstamp.changes (
     changed_at  timestamptz NOT NULL,
     -- replstamp.row_hash(relation, pk): finds the changes of one row cheaply
     row_hash    bigint NOT NULL,
+    -- pulled from a peer (true) or stamped here (false)
+    applied     boolean NOT NULL DEFAULT false,
     PRIMARY KEY (replica_id, serial)
 );
 
