@@ -560,7 +560,12 @@ local_refresh(void)
 	}
 }
 
-/* Make sure every local change stamped at or after t is in the map. */
+/*
+ * Make sure every local change stamped at or after t is in the map.  Not
+ * read-only: the snapshot of the statement that called sync() is older
+ * than the LUS that set the tops, and would miss changes committed in
+ * between, below the tops, where local_refresh() does not look.
+ */
 static void
 local_cover(TimestampTz t)
 {
@@ -584,7 +589,7 @@ local_cover(TimestampTz t)
 			ret = SPI_execute_with_args("SELECT row_hash, relation, pk, changed_at, serial "
 										"FROM replstamp.changes WHERE replica_id = $1 AND serial < $2 "
 										"AND NOT applied ORDER BY serial DESC LIMIT " CppAsString2(LOCAL_PAGE),
-										2, ty, v, NULL, true, 0);
+										2, ty, v, NULL, false, 0);
 			if (ret != SPI_OK_SELECT)
 				elog(ERROR, "replstamp: could not read local changes");
 			if (SPI_processed < LOCAL_PAGE)
@@ -647,6 +652,10 @@ later_change(Datum relation, Datum pk, Datum changed_at, Datum replica_id,
 	TimestampTz applied_at = 0;
 	pg_uuid_t	applied_id;
 
+	/* First: it may read the change log, and SPI_tuptable is needed below. */
+	local = local_later(DatumGetTextPP(relation), DatumGetJsonbP(pk),
+						DatumGetTimestampTz(changed_at), DatumGetUUIDP(replica_id));
+
 	ret = SPI_execute_with_args("SELECT pk, row_image, changed_at, replica_id FROM replstamp.changes "
 								"WHERE row_hash = replstamp.row_hash($1, $2) AND applied "
 								"AND relation = $1 AND pk = $2 "
@@ -666,8 +675,6 @@ later_change(Datum relation, Datum pk, Datum changed_at, Datum replica_id,
 												  SPI_tuptable->tupdesc, 4, &isnull));
 	}
 
-	local = local_later(DatumGetTextPP(relation), DatumGetJsonbP(pk),
-						DatumGetTimestampTz(changed_at), DatumGetUUIDP(replica_id));
 	if (local && have_applied &&
 		(applied_at > local->changed_at ||
 		 (applied_at == local->changed_at &&
