@@ -416,6 +416,8 @@ typedef struct LocalMap
 	int			nids;
 	OwnId	   *ids;
 	TimestampTz covered_from;	/* local changes stamped since are read */
+	int64		quiet_at;		/* next serial when the last refresh found
+								 * nothing in flight, or 0 */
 } LocalMap;
 
 static LocalMap *local_map = NULL;
@@ -534,12 +536,20 @@ local_map_end(void)
 	local_map = NULL;
 }
 
-/* Read the local changes that committed since the last look. */
+/*
+ * Read the local changes that committed since the last look.  Nothing to
+ * read if no serial was in flight then and none has been taken since.
+ */
 static void
 local_refresh(void)
 {
 	const ReplstampCatalog *cat = replstamp_catalog(false);
 	int64		lus = serial_lus(cat->serial_seq);
+	int64		next = serial_next(cat->serial_seq);
+
+	if (local_map->quiet_at != 0 && local_map->quiet_at == next)
+		return;
+	local_map->quiet_at = (lus == next) ? next : 0;
 
 	for (int i = 0; i < local_map->nids; i++)
 	{
