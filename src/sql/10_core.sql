@@ -147,18 +147,6 @@ CREATE VIEW replstamp.tracked_tables AS
      WHERE t.tgfoid = 'replstamp.stamp()'::pg_catalog.regprocedure
        AND NOT t.tgisinternal;
 
--- One row: what a DBA looks at first.  Later parts add columns at the end.
-CREATE VIEW replstamp.status AS
-    SELECT n.replica_id,
-           n.state,
-           replstamp.next_serial() AS next_serial,
-           replstamp.lowest_uncommitted_serial() AS lowest_uncommitted_serial,
-           (SELECT count(*) FROM replstamp.changes) AS changes,
-           (SELECT count(*) FROM replstamp.tracked_tables) AS tracked_tables,
-           n.minted_at,
-           n.last_backup_at
-      FROM replstamp.node n;
-
 -- Privileges: everybody may look at the state, nobody but the owner may write.
 REVOKE ALL ON ALL TABLES IN SCHEMA replstamp FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA replstamp FROM PUBLIC;
@@ -167,7 +155,7 @@ GRANT USAGE ON SCHEMA replstamp TO PUBLIC;
 -- Not replstamp.changes: its row images would show every tracked table to
 -- users who may not read them.  Grant it to the roles peers pull as.
 GRANT SELECT ON replstamp.node, replstamp.replica_history,
-    replstamp.vector_state, replstamp.tracked_tables, replstamp.status TO PUBLIC;
+    replstamp.vector_state, replstamp.tracked_tables TO PUBLIC;
 -- next_serial() reads the sequence's position; nextval stays forbidden.
 GRANT SELECT ON SEQUENCE replstamp.serial_seq TO PUBLIC;
 GRANT EXECUTE ON FUNCTION replstamp.lowest_uncommitted_serial(),

@@ -88,8 +88,8 @@ END $$;
 REVOKE ALL ON FUNCTION replstamp.add_peer(text, text), replstamp.drop_peer(text),
     replstamp.sync(text), replstamp.sync_all(), replstamp.serve_vector() FROM PUBLIC;
 
--- The status view gains the peers' lag.
-CREATE OR REPLACE VIEW replstamp.status AS
+-- One row: what a DBA looks at first (defined here, once the peers exist).
+CREATE VIEW replstamp.status AS
     SELECT n.replica_id,
            n.state,
            replstamp.next_serial() AS next_serial,
@@ -102,3 +102,4 @@ CREATE OR REPLACE VIEW replstamp.status AS
            (SELECT now() - min(coalesce(p.last_sync_at, p.added_at)) FROM replstamp.peer p) AS oldest_peer_sync_age,
            (SELECT count(*) FROM replstamp.peer p WHERE p.last_error IS NOT NULL) AS peers_failing
       FROM replstamp.node n;
+GRANT SELECT ON replstamp.status TO PUBLIC;
