@@ -43,13 +43,8 @@
 
 #include <sys/stat.h>
 
-#include "access/heapam.h"
-#include "access/htup_details.h"
-#include "access/table.h"
-#include "access/tableam.h"
 #include "access/xact.h"
 #include "access/xlog.h"
-#include "catalog/pg_database.h"
 #include "commands/dbcommands.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
@@ -69,7 +64,6 @@
 #include "utils/snapmgr.h"
 #include "utils/uuid.h"
 
-#include "backup.h"
 #include "identity.h"
 #include "replstamp.h"
 #include "serial.h"
