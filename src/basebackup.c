@@ -137,7 +137,6 @@ typedef struct BackupRun
 	instr_time	started;
 	instr_time	last_notice;
 	char	   *buf;
-	MemoryContext cxt;
 } BackupRun;
 
 static BackupRun *current_run = NULL;
@@ -812,7 +811,6 @@ replstamp_backup(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
 				 errmsg("backup label too long (maximum %d bytes)", 1023)));
 	run = palloc0(sizeof(BackupRun));
-	run->cxt = cxt;
 	run->max_rate = PG_ARGISNULL(2) ? 0 : PG_GETARG_INT32(2);
 	if (run->max_rate < 0)
 		ereport(ERROR,

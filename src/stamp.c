@@ -34,13 +34,13 @@
 #include "catalog/index.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
+#include "common/hashfn.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
-#include "common/hashfn.h"
-#include "utils/acl.h"
 #include "parser/parse_relation.h"
 #include "storage/proc.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/guc.h"
@@ -378,8 +378,8 @@ build_image(StampColumn *cols, int ncols, TupleDesc desc, HeapTuple tuple)
 /*
  * The row's identity across nodes as a number: table name and key.
  */
-static int64
-row_hash(text *relation, Jsonb *pk)
+int64
+stamp_row_hash(text *relation, Jsonb *pk)
 {
 	uint32		h1 = hash_bytes((const unsigned char *) VARDATA_ANY(relation),
 								VARSIZE_ANY_EXHDR(relation));
@@ -388,19 +388,13 @@ row_hash(text *relation, Jsonb *pk)
 	return (int64) (((uint64) h1 << 32) | h2);
 }
 
-int64
-stamp_row_hash(text *relation, Jsonb *pk)
-{
-	return row_hash(relation, pk);
-}
-
 /*
  * replstamp.row_hash(relation text, pk jsonb) RETURNS bigint
  */
 Datum
 replstamp_row_hash(PG_FUNCTION_ARGS)
 {
-	PG_RETURN_INT64(row_hash(PG_GETARG_TEXT_PP(0), PG_GETARG_JSONB_P(1)));
+	PG_RETURN_INT64(stamp_row_hash(PG_GETARG_TEXT_PP(0), PG_GETARG_JSONB_P(1)));
 }
 
 /*
@@ -592,7 +586,7 @@ replstamp_stamp(PG_FUNCTION_ARGS)
 	else
 		nulls[5] = true;
 	values[6] = TimestampTzGetDatum(serial_stamp_time());
-	values[7] = Int64GetDatum(row_hash(info->relname, DatumGetJsonbP(values[4])));
+	values[7] = Int64GetDatum(stamp_row_hash(info->relname, DatumGetJsonbP(values[4])));
 
 	values[8] = BoolGetDatum(false);	/* applied: no, stamped here */
 
