@@ -18,13 +18,6 @@ my $id_a = $a->safe_psql('postgres', 'SELECT replica_id FROM replstamp.node');
 
 sub sq { my ($n, $sql) = @_; return $n->safe_psql('postgres', $sql); }
 
-# Wait until the identity worker has checked this start.
-sub wait_verified
-{
-	my ($n) = @_;
-	$n->wait_for_log(qr/identity of database "postgres" verified/);
-}
-
 # 1. Backup wrapped in prepare/finish, while a transaction is in flight.
 my $inflight = $a->background_psql('postgres');
 $inflight->query_safe('BEGIN');
@@ -45,8 +38,7 @@ is(sq($a, 'SELECT replica_id FROM replstamp.node'), $id_a, 'live node keeps its 
 # 2. Restore it: the worker rotates.
 my $b = PostgreSQL::Test::Cluster->new('restored');
 $b->init_from_backup($a, 'marked');
-$b->start;
-wait_verified($b);
+start_verified($b, sub { $b->start });
 my $id_b = sq($b, 'SELECT replica_id FROM replstamp.node');
 isnt($id_b, $id_a, 'restored copy has a new replica ID');
 is(sq($b, 'SELECT state FROM replstamp.node'), 'original', 'restored copy is original again');
@@ -63,19 +55,16 @@ is(sq($b, "SELECT replica_id FROM replstamp.changes WHERE (pk->>'id')::int = 100
 	$id_b, 'a change on the copy carries the new ID');
 is(sq($b, "SELECT count(*) FROM t WHERE v = 'after backup'"), '0',
 	'the copy lacks what the live node did after the backup');
-$b->restart;
-wait_verified($b);
+start_verified($b, sub { $b->restart });
 is(sq($b, 'SELECT replica_id FROM replstamp.node'), $id_b, 'the copy keeps its new ID through a restart');
 is(sq($b, 'SELECT count(*) FROM replstamp.replica_history'), '2', 'no second rotation');
 $b->stop;
 
 # 3. The live node: clean restart and crash restart keep the ID.
-$a->restart;
-wait_verified($a);
+start_verified($a, sub { $a->restart });
 is(sq($a, 'SELECT replica_id FROM replstamp.node'), $id_a, 'clean restart keeps the ID');
 $a->stop('immediate');
-$a->start;
-wait_verified($a);
+start_verified($a, sub { $a->start });
 is(sq($a, 'SELECT replica_id FROM replstamp.node'), $id_a, 'crash restart keeps the ID');
 is(sq($a, 'SELECT count(*) FROM replstamp.replica_history'), '1', 'live node never rotated');
 
@@ -101,8 +90,7 @@ $c->stop;
 $a->backup('plain');
 my $d = PostgreSQL::Test::Cluster->new('plaincopy');
 $d->init_from_backup($a, 'plain');
-$d->start;
-wait_verified($d);
+start_verified($d, sub { $d->start });
 my $id_d = sq($d, 'SELECT replica_id FROM replstamp.node');
 isnt($id_d, $id_a, 'a restored pg_basebackup copy rotates too');
 like(sq($d, "SELECT retired_reason FROM replstamp.replica_history WHERE replica_id = '$id_a'"),
@@ -115,8 +103,7 @@ $d->stop;
 my $e = PostgreSQL::Test::Cluster->new('norotate');
 $e->init_from_backup($a, 'marked');
 $e->append_conf('postgresql.conf', 'replstamp.rotate_on_restore = off');
-$e->start;
-wait_verified($e);
+start_verified($e, sub { $e->start });
 is(sq($e, 'SELECT replica_id FROM replstamp.node'), $id_a, 'rotate_on_restore = off keeps the old ID');
 ok($e->log_contains(qr/WARNING:.*was restored or copied but keeps replica ID $id_a/),
 	'rotate_on_restore = off logs a warning');
@@ -129,8 +116,7 @@ $s->init_from_backup($a, 'forstandby', has_streaming => 1);
 $s->start;
 $a->wait_for_catchup($s);
 is(sq($s, 'SELECT replica_id FROM replstamp.node'), $id_a, 'a standby replays the primary ID');
-$s->promote;
-wait_verified($s);
+start_verified($s, sub { $s->promote });
 my $id_s = sq($s, 'SELECT replica_id FROM replstamp.node');
 isnt($id_s, $id_a, 'a promoted standby rotates');
 like(sq($s, "SELECT retired_reason FROM replstamp.replica_history WHERE replica_id = '$id_a'"),

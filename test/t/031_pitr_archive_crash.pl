@@ -29,9 +29,7 @@ $a->poll_query_until('postgres', "SELECT '$walfile' <= last_archived_wal FROM pg
 # 1. Archive recovery to the end of the archive: the flip back is replayed.
 my $r = PostgreSQL::Test::Cluster->new('archive_end');
 $r->init_from_backup($a, 'b', has_restoring => 1, standby => 0);
-$r->start;
-$r->poll_query_until('postgres', 'SELECT NOT pg_is_in_recovery()') or die;
-$r->wait_for_log(qr/identity of database "postgres" verified/);
+start_verified($r, sub { $r->start });
 is(sq($r, 'SELECT count(*) >= 20 FROM t'), 't', 'archive recovery replayed past the end of the backup');
 my $rid = sq($r, 'SELECT replica_id FROM replstamp.node');
 isnt($rid, $id, 'a copy recovered past the flip back to original still rotates');
@@ -48,9 +46,7 @@ $p->append_conf('postgresql.conf', qq{
 recovery_target_name = 'rp'
 recovery_target_action = 'promote'
 });
-$p->start;
-$p->poll_query_until('postgres', 'SELECT NOT pg_is_in_recovery()') or die;
-$p->wait_for_log(qr/identity of database "postgres" verified/);
+start_verified($p, sub { $p->start });
 is(sq($p, 'SELECT max(id) FROM t'), '20', 'recovered to the restore point');
 isnt(sq($p, 'SELECT replica_id FROM replstamp.node'), $id, 'PITR rotates');
 like(sq($p, "SELECT retired_reason FROM replstamp.replica_history WHERE replica_id = '$id'"),
@@ -63,8 +59,7 @@ $p->stop;
 # 3. The live node crashes in the middle of its own backup.
 sq($a, "SELECT replstamp.prepare_backup('interrupted')");
 $a->stop('immediate');
-$a->start;
-$a->wait_for_log(qr/identity of database "postgres" verified/);
+start_verified($a, sub { $a->start });
 my $after = sq($a, 'SELECT replica_id FROM replstamp.node');
 isnt($after, $id, 'a crash during its own backup rotates the live node (where in doubt, rotate)');
 like(sq($a, "SELECT retired_reason FROM replstamp.replica_history WHERE replica_id = '$id'"),

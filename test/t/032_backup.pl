@@ -107,8 +107,7 @@ $node->command_ok([ 'pg_verifybackup', $target ], 'pg_verifybackup accepts the b
 my $copy = PostgreSQL::Test::Cluster->new('copy');
 $copy->init_from_backup($node, 'full');
 $copy->append_conf('postgresql.conf', 'replstamp.rotate_on_restore = off');
-$copy->start;
-$copy->wait_for_log(qr/identity of database "other" verified/);
+start_verified($copy, sub { $copy->start }, 'postgres', 'other');
 is($copy->safe_psql('postgres', 'SELECT state FROM replstamp.node') . ' '
 	  . $copy->safe_psql('other', 'SELECT state FROM replstamp.node'),
 	'backup backup', 'the restored copy carries the backup mark in both databases');
@@ -131,8 +130,7 @@ is($copy->safe_psql('other', 'SELECT count(*) FROM o'), '100', 'the other databa
 # With the check on, both databases rotate, with the backup's serials.
 $copy->stop;
 $copy->adjust_conf('postgresql.conf', 'replstamp.rotate_on_restore', 'on');
-$copy->start;
-$copy->wait_for_log(qr/identity of database "other" verified/);
+start_verified($copy, sub { $copy->start }, 'postgres', 'other');
 isnt($copy->safe_psql('postgres', 'SELECT replica_id FROM replstamp.node'), $id, 'postgres rotates');
 isnt($copy->safe_psql('other', 'SELECT replica_id FROM replstamp.node'), $id_other, 'other rotates');
 like($copy->safe_psql('postgres', "SELECT retired_reason FROM replstamp.replica_history WHERE replica_id = '$id'"),

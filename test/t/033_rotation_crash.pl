@@ -73,8 +73,7 @@ $w->wait_for_log(qr/all server processes terminated; reinitializing/, $offset);
 $w->wait_for_log(qr/pausing the rotation/, $offset);
 $w->stop('immediate');
 $w->adjust_conf('postgresql.conf', 'replstamp.debug_rotation_pause', '0');
-$w->start;
-$w->wait_for_log(qr/identity of database "postgres" verified/);
+start_verified($w, sub { $w->start });
 my $new_w = check_rotated_once($w, 'worker killed twice mid-rotation');
 $w->safe_psql('postgres', 'INSERT INTO t VALUES (200)');
 is($w->safe_psql('postgres', "SELECT replica_id FROM replstamp.changes WHERE (pk->>'id')::int = 200"),

@@ -8,7 +8,7 @@ use warnings;
 use Exporter 'import';
 use PostgreSQL::Test::Cluster;
 
-our @EXPORT = qw(replstamp_node add_peer);
+our @EXPORT = qw(replstamp_node add_peer start_verified);
 
 # A started node with replstamp preloaded.  Options: init => { ... } for
 # PostgreSQL::Test::Cluster::init, conf => [ lines ] for postgresql.conf,
@@ -31,6 +31,20 @@ sub add_peer
 	my ($node, $name, $peer) = @_;
 	$node->safe_psql('postgres',
 		"SELECT replstamp.add_peer('$name', \$\$" . $peer->connstr('postgres') . "\$\$)");
+	return;
+}
+
+# Run $action (a start, restart, ...) on $node, then wait until this start
+# has verified the identity of each database in @dbs (default: postgres).
+# Only log lines written after $action began count: an earlier start's
+# lines must not satisfy the wait.
+sub start_verified
+{
+	my ($node, $action, @dbs) = @_;
+	my $offset = -s $node->logfile // 0;
+	$action->();
+	$node->wait_for_log(qr/identity of database "$_" verified/, $offset)
+	  for (@dbs ? @dbs : ('postgres'));
 	return;
 }
 
