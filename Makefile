@@ -5,10 +5,9 @@ EXTVERSION = $(shell sed -n "s/^default_version *= *'\([^']*\)'.*/\1/p" $(EXTENS
 MODULE_big = replstamp
 OBJS = $(patsubst %.c,%.o,$(sort $(wildcard src/*.c)))
 
-# The install script is assembled from one file per part (src/sql/NN_part.sql),
-# so each part's catalog sits next to its C file.
-DATA_built = $(EXTENSION)--$(EXTVERSION).sql
-EXTRA_CLEAN = $(EXTENSION)--$(EXTVERSION).sql
+# Released scripts are never edited: 1.0 is the first release, every later
+# change is an upgrade script.  A fresh install runs 1.0, then each upgrade.
+DATA = $(EXTENSION)--1.0.sql $(wildcard $(EXTENSION)--*--*.sql)
 
 PG_CPPFLAGS = -I$(libpq_srcdir) -Isrc
 SHLIB_LINK_INTERNAL = $(libpq)
@@ -20,9 +19,6 @@ endif
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
-
-$(EXTENSION)--$(EXTVERSION).sql: $(sort $(wildcard src/sql/*.sql))
-	cat $^ > $@
 
 # The two commands the README gives.
 .PHONY: demo test
