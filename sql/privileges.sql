@@ -79,11 +79,11 @@ RESET search_path;
 -- A table owner who is not a superuser cannot track even their own table
 -- unless granted; with the grant, track() checks ownership.
 CREATE TABLE owned_by_superuser (id int PRIMARY KEY);
-GRANT EXECUTE ON FUNCTION replstamp.track(regclass) TO regress_writer;
+GRANT EXECUTE ON FUNCTION replstamp.track(regclass, boolean) TO regress_writer;
 SET ROLE regress_writer;
 SELECT replstamp.track('owned_by_superuser');
 RESET ROLE;
-REVOKE EXECUTE ON FUNCTION replstamp.track(regclass) FROM regress_writer;
+REVOKE EXECUTE ON FUNCTION replstamp.track(regclass, boolean) FROM regress_writer;
 
 -- From the catalog, for every function of the extension (including those
 -- later parts add): SECURITY DEFINER ones pin search_path, and PUBLIC may
@@ -102,6 +102,7 @@ SELECT p.oid::regprocedure AS public_may_execute
    AND p.oid::regprocedure::text NOT IN (
        'replstamp.lowest_uncommitted_serial()',
        'replstamp.next_serial()',
+       'replstamp.lus_holder()',
        'replstamp.row_hash(text,jsonb)')
  ORDER BY 1;
 -- Tables, sequences and views: PUBLIC may read, never write.

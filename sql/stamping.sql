@@ -94,11 +94,12 @@ SELECT count(*) - :before AS new_stamps FROM replstamp.changes;
 SELECT count(*) AS tracked FROM replstamp.tracked_tables;
 TRUNCATE accounts;
 
--- The status view.
+-- The status view (its figures cost O(1): changes is the statistics
+-- collector's estimate, never a scan of the log).
 SELECT replica_id = (SELECT replica_id FROM replstamp.node) AS id, state,
        next_serial = replstamp.next_serial() AS next_ok,
        lowest_uncommitted_serial = next_serial AS lus_ok,
-       changes = (SELECT count(*) FROM replstamp.changes) AS count_ok
+       changes >= 0 AS count_ok
   FROM replstamp.status;
 DROP TABLE accounts;
 DROP EXTENSION replstamp;

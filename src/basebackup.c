@@ -75,8 +75,10 @@
 #include "utils/timestamp.h"
 #include "utils/wait_event.h"
 
-#include "backup.h"
-#include "replstamp.h"
+#include "backup_mark.h"
+#include "workers.h"
+#include "catalog.h"
+#include "shmem.h"
 
 PG_FUNCTION_INFO_V1(replstamp_backup);
 

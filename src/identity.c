@@ -4,8 +4,9 @@
  *		The identity check: after every server start, each database with
  *		replstamp finds out whether it is a restored or copied data set and,
  *		if so, retires its replica ID and mints a new one before it stamps
- *		anything.  Also replstamp.rotate() and the vector entry of a retired
- *		ID.
+ *		anything.  Also replstamp.rotate(), rotations asked for by the sync
+ *		when peers show that this data set went back in time, the epochs
+ *		that let them see it, and the re-issue of stranded changes.
  *
  * Signals that this data set is not the one that minted its replica ID
  * (any one is enough; all that apply are recorded as the reason):
@@ -17,23 +18,40 @@
  *	- the database OID changed (CREATE DATABASE ... TEMPLATE copied it);
  *	- the timeline changed (point-in-time recovery, promoted standby);
  *	- the system identifier changed (a copy into another cluster).
+ * A data set put back in time without any of these (a VM snapshot, a cold
+ * copy of the data directory) is caught by its peers instead (sync.c,
+ * serve.c), through the epochs below, and rotates through
+ * identity_rotate_diverged().
  *
- * Who checks: the launcher (launcher.c), once recovery has finished, starts
- * one worker per database not verified yet, in turn.  Until a database is verified, the stamp
- * trigger does the check itself, inside the writer's transaction.
+ * A rotation retires the old ID with the serial below which this data set
+ * is known to hold all of its changes (lost_after: the lowest uncommitted
+ * serial recorded at backup, the one recorded every second in
+ * replstamp.lus_mark, or the point where the peers' history parts from
+ * ours).  Changes of the old ID held here from lost_after on are re-issued
+ * under the new ID (same table, key, image and stamp time), so that they
+ * reach the peers although the vector no longer claims them, and the old
+ * stamps are dropped here, so that the peers' own versions of those
+ * serials can be pulled back.  No stamp is ever given to two changes.
+ *
+ * Epochs: every start of a database (every identity check) records in
+ * replstamp.epoch, for its current replica ID, a random token and the
+ * serial from which that start hands out serials.  Two copies of one data
+ * set that both go on writing have different tokens at some serial; a peer
+ * that holds changes of both sees it.
+ *
+ * Who checks: the launcher (launcher.c) starts one worker per database
+ * after every start.  Until a database is checked, the stamp trigger does
+ * the check itself, inside the writer's transaction.  A database is checked
+ * for this start when replstamp.node.verified_token equals the token in
+ * shared memory, which is new at every start: a check that is rolled back
+ * (a savepoint, an error) leaves the row as it was, so the next stamp
+ * checks again.
  *
  * Concurrency contract:
- *	- the check locks the node row (SELECT ... FOR UPDATE) before it reads
- *	  it, so checks of one database run one after the other; a check that
- *	  waited sees the row the previous one committed, finds no signal left,
- *	  and rotates nothing: exactly one rotation happens;
- *	- IdentityShared.db[] is protected by IdentityShared->lock; an entry is
- *	  marked verified only after the transaction that checked (and maybe
- *	  rotated) has committed, by the worker after CommitTransactionCommand,
- *	  and in a backend by its commit callback; an aborted check leaves the
- *	  database unverified and the next stamp checks again;
- *	- shared memory is recreated at every start, crash restarts included,
- *	  so every start is checked.
+ *	- every check and rotation locks the node row (SELECT ... FOR UPDATE)
+ *	  before it reads it, so they run one after the other; one that waited
+ *	  reads the row the previous one committed, finds it verified or no
+ *	  signal left, and rotates nothing: exactly one rotation happens.
  *
  * Copyright (c) 2026, the replstamp authors
  *
@@ -45,8 +63,10 @@
 
 #include "access/xact.h"
 #include "access/xlog.h"
+#include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
 #include "commands/extension.h"
+#include "commands/trigger.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "lib/stringinfo.h"
@@ -55,81 +75,44 @@
 #include "postmaster/bgworker.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
-#include "storage/lwlock.h"
-#include "storage/shmem.h"
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/inval.h"
 #include "utils/memutils.h"
+#include "utils/rel.h"
 #include "utils/snapmgr.h"
+#include "utils/timestamp.h"
 #include "utils/uuid.h"
 
+#include "catalog.h"
+#include "changelog.h"
 #include "identity.h"
-#include "replstamp.h"
+#include "rowversion.h"
 #include "serial.h"
+#include "shmem.h"
+#include "workers.h"
 
 PG_FUNCTION_INFO_V1(replstamp_rotate);
+PG_FUNCTION_INFO_V1(replstamp_init_node);
+PG_FUNCTION_INFO_V1(replstamp_node_changed);
+PG_FUNCTION_INFO_V1(replstamp_verify_identity);
 
 PGDLLEXPORT void replstamp_identity_db_main(Datum arg);
 
-#define IDENTITY_MAX_DBS	256
-
-typedef struct IdentityShared
-{
-	LWLock	   *lock;			/* protects ndbs and db[] */
-	int			ndbs;
-	struct
-	{
-		Oid			dboid;
-		bool		verified;
-	}			db[IDENTITY_MAX_DBS];
-} IdentityShared;
-
-static IdentityShared *identity_shared = NULL;
-
-static shmem_request_hook_type prev_shmem_request_hook = NULL;
-static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
-
 /* GUCs */
 static bool rotate_on_restore = true;
+static bool check_histories = true;
 static int	debug_rotation_pause = 0;
 
-/* Backend-local */
-bool		identity_local_verified = false;
-static bool verify_at_commit = false;
-static bool checked_in_xact = false;
-static bool callback_registered = false;
-
-static void
-identity_shmem_request(void)
-{
-	if (prev_shmem_request_hook)
-		prev_shmem_request_hook();
-	RequestAddinShmemSpace(sizeof(IdentityShared));
-	RequestNamedLWLockTranche("replstamp_identity", 1);
-}
-
-static void
-identity_shmem_startup(void)
-{
-	bool		found;
-
-	if (prev_shmem_startup_hook)
-		prev_shmem_startup_hook();
-
-	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
-	identity_shared = ShmemInitStruct("replstamp identity", sizeof(IdentityShared),
-									  &found);
-	if (!found)
-	{
-		identity_shared->lock = &(GetNamedLWLockTranche("replstamp_identity"))->lock;
-		identity_shared->ndbs = 0;
-	}
-	LWLockRelease(AddinShmemInitLock);
-}
+/* 1.0 catalog only: this backend's check has committed / is in this xact. */
+static bool v10_verified = false;
+static bool v10_checked_in_xact = false;
+static SubTransactionId v10_check_subid = InvalidSubTransactionId;
+static bool callbacks_registered = false;
 
 /*
- * GUCs and shared memory.  Called from _PG_init.
+ * GUCs.  Called from _PG_init.
  */
 void
 identity_init(void)
@@ -144,6 +127,17 @@ identity_init(void)
 							 0,
 							 NULL, NULL, NULL);
 
+	DefineCustomBoolVariable("replstamp.check_histories",
+							 "Compares the history of every replica ID with the peers' at each sync, to catch "
+							 "nodes whose data went back in time or was cloned.",
+							 "Off pulls without looking, so that a rolled-back node or a clone silently "
+							 "diverges; it exists to show that failure.",
+							 &check_histories,
+							 true,
+							 PGC_SUSET,
+							 0,
+							 NULL, NULL, NULL);
+
 	DefineCustomIntVariable("replstamp.debug_rotation_pause",
 							"Testing aid: pause each rotation this long in the middle of its transaction.",
 							"So that a test can kill the process that rotates half-way through. Zero "
@@ -153,58 +147,12 @@ identity_init(void)
 							PGC_SUSET,
 							GUC_UNIT_MS | GUC_NOT_IN_SAMPLE,
 							NULL, NULL, NULL);
-
-	prev_shmem_request_hook = shmem_request_hook;
-	shmem_request_hook = identity_shmem_request;
-	prev_shmem_startup_hook = shmem_startup_hook;
-	shmem_startup_hook = identity_shmem_startup;
-}
-
-/* Caller must hold identity_shared->lock. */
-static int
-db_slot(Oid dboid, bool create)
-{
-	for (int i = 0; i < identity_shared->ndbs; i++)
-		if (identity_shared->db[i].dboid == dboid)
-			return i;
-	if (!create || identity_shared->ndbs >= IDENTITY_MAX_DBS)
-		return -1;
-	identity_shared->db[identity_shared->ndbs].dboid = dboid;
-	identity_shared->db[identity_shared->ndbs].verified = false;
-	return identity_shared->ndbs++;
 }
 
 bool
-identity_db_verified(Oid dboid)
+identity_check_histories(void)
 {
-	bool		verified = false;
-	int			i;
-
-	LWLockAcquire(identity_shared->lock, LW_SHARED);
-	i = db_slot(dboid, false);
-	if (i >= 0)
-		verified = identity_shared->db[i].verified;
-	LWLockRelease(identity_shared->lock);
-	return verified;
-}
-
-/*
- * Record that the current database's identity is settled for this server
- * start.  With more databases than slots, the extra ones are simply checked
- * by every backend once (the check is cheap when nothing changed).
- */
-void
-identity_mark_verified(void)
-{
-	int			i;
-
-	serial_require_shmem();
-	LWLockAcquire(identity_shared->lock, LW_EXCLUSIVE);
-	i = db_slot(MyDatabaseId, true);
-	if (i >= 0)
-		identity_shared->db[i].verified = true;
-	LWLockRelease(identity_shared->lock);
-	identity_local_verified = true;
+	return check_histories;
 }
 
 /*
@@ -244,12 +192,6 @@ identity_fingerprint(void)
 	return buf.data;
 }
 
-static char *
-spi_text(int col)
-{
-	return SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, col);
-}
-
 static void
 spi_exec(const char *sql, int nargs, Oid *types, Datum *values, const char *nulls, int expected)
 {
@@ -259,42 +201,167 @@ spi_exec(const char *sql, int nargs, Oid *types, Datum *values, const char *null
 		elog(ERROR, "replstamp: query failed (%s): %s", SPI_result_code_string(ret), sql);
 }
 
+/* Lock the node row and read it afresh.  Caller is connected to SPI. */
+static const ReplstampNode *
+lock_node(void)
+{
+	spi_exec("SELECT 1 FROM replstamp.node FOR UPDATE", 0, NULL, NULL, NULL, SPI_OK_SELECT);
+	if (SPI_processed != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the state row replstamp.node is missing"),
+				 errhint("Reinstall the extension with DROP EXTENSION replstamp and CREATE EXTENSION replstamp.")));
+	replstamp_node_forget();
+	return replstamp_node();
+}
+
 /*
- * Retire the current replica ID and mint a new one, in the current
- * transaction; the caller holds the node row lock.  lost_after >= 1 means
- * this data set may lack the old ID's changes from that serial on (it was
- * restored): the vector then claims the old ID only below it, so that a
- * sync pulls the rest back from the peers.  lost_after = 0 means every
- * change the old ID made is here (manual rotation): the old ID's vector
- * entry follows the lowest uncommitted serial like the current one's.
- * The new ID goes to *new_id.
+ * Record that this start of the server hands out serials of id from
+ * first_serial on (1.1).  Caller is connected to SPI.
  */
 static void
-rotate_locked(pg_uuid_t *new_id, const char *old_id, const char *reason, int64 lost_after,
-			  const char *backup_lus, const char *backup_next, const char *backup_label,
+mint_epoch(const pg_uuid_t *id, int64 first_serial)
+{
+	Oid			types[2] = {UUIDOID, INT8OID};
+	Datum		values[2] = {UUIDPGetDatum(id), Int64GetDatum(first_serial)};
+
+	spi_exec("INSERT INTO replstamp.epoch (replica_id, first_serial, token, started_at) "
+			 "VALUES ($1, $2, pg_catalog.gen_random_uuid(), pg_catalog.now())",
+			 2, types, values, NULL, SPI_OK_INSERT);
+}
+
+/*
+ * Re-issue under new_id every change of old_id held here with from_serial
+ * <= serial <= to_serial: the same table, key, image and stamp time, a new
+ * stamp; the old stamp is dropped here and every row that had it as its
+ * latest version gets the new one.  Returns how many.
+ */
+typedef struct ReissueList
+{
+	int64	   *serials;
+	int			n;
+	int			max;
+} ReissueList;
+
+static bool
+collect_serial(Change *change, void *arg)
+{
+	ReissueList *l = arg;
+
+	if (l->n >= l->max)
+	{
+		l->max *= 2;
+		l->serials = repalloc_huge(l->serials, sizeof(int64) * l->max);
+	}
+	l->serials[l->n++] = change->serial;
+	return true;
+}
+
+int64
+identity_reissue(const ReplstampCatalog *cat, const pg_uuid_t *old_id,
+				 int64 from_serial, int64 to_serial, const pg_uuid_t *new_id)
+{
+	ReissueList list;
+	MemoryContext cxt,
+				old;
+
+	list.max = 64;
+	list.n = 0;
+	list.serials = palloc(sizeof(int64) * list.max);
+	(void) changelog_scan(cat, old_id, from_serial - 1, to_serial, false,
+						  collect_serial, &list);
+
+	cxt = AllocSetContextCreate(CurrentMemoryContext, "replstamp re-issue",
+								ALLOCSET_DEFAULT_SIZES);
+	for (int i = 0; i < list.n; i++)
+	{
+		Change		change;
+		Change		copy;
+
+		CHECK_FOR_INTERRUPTS();
+		old = MemoryContextSwitchTo(cxt);
+		if (changelog_fetch(cat, old_id, list.serials[i], &change))
+		{
+			copy = change;
+			copy.replica_id = *new_id;
+			copy.serial = serial_take(cat->serial_seq);
+			copy.applied = false;
+			changelog_append(cat, &copy);
+			rowversion_restamp(cat, &change, new_id, copy.serial);
+			(void) changelog_delete(cat, old_id, list.serials[i]);
+		}
+		MemoryContextSwitchTo(old);
+		MemoryContextReset(cxt);
+	}
+	MemoryContextDelete(cxt);
+	pfree(list.serials);
+	return list.n;
+}
+
+static void
+pause_for_tests(void)
+{
+	instr_time	start;
+
+	ereport(LOG,
+			(errmsg("replstamp: pausing the rotation for %d ms (replstamp.debug_rotation_pause)",
+					debug_rotation_pause)));
+	INSTR_TIME_SET_CURRENT(start);
+	for (;;)
+	{
+		instr_time	now;
+		double		left;
+
+		CHECK_FOR_INTERRUPTS();
+		INSTR_TIME_SET_CURRENT(now);
+		INSTR_TIME_SUBTRACT(now, start);
+		left = debug_rotation_pause - INSTR_TIME_GET_MILLISEC(now);
+		if (left <= 0)
+			break;
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 (long) Min(left, 1000), PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+}
+
+/*
+ * Retire the current replica ID and mint a new one, in the current
+ * transaction; the caller holds the node row lock and is connected to SPI.
+ * lost_after >= 1 means this data set may lack the old ID's changes from
+ * that serial on (it was restored, or it parted from its peers' history
+ * there): the vector then claims the old ID only below it, so that a sync
+ * pulls the rest back from the peers, and what it holds from there on is
+ * re-issued under the new ID.  lost_after = 0 means every change the old ID
+ * made is here (manual rotation): the old ID's vector entry follows the
+ * lowest uncommitted serial like the current one's.
+ */
+static void
+rotate_locked(const ReplstampCatalog *cat, const ReplstampNode *node,
+			  pg_uuid_t *new_id, const char *reason, int64 lost_after,
 			  const char *fingerprint)
 {
-	Datum		old_datum = DirectFunctionCall1(uuid_in, CStringGetDatum(old_id));
+	pg_uuid_t	old_id = node->replica_id;
 	Oid			t1[5] = {UUIDOID, TEXTOID, INT8OID, INT8OID, TEXTOID};
 	Datum		v1[5];
 	char		n1[5] = {' ', ' ', ' ', ' ', ' '};
 	Oid			t2[5] = {UUIDOID, TEXTOID, INT8OID, INT4OID, TEXTOID};
 	Datum		v2[5];
+	int64		reissued = 0;
 
 	replstamp_mint_uuid(new_id);
 
-	v1[0] = old_datum;
+	v1[0] = UUIDPGetDatum(&old_id);
 	v1[1] = CStringGetTextDatum(reason);
-	if (backup_lus)
-		v1[2] = Int64GetDatum(pg_strtoint64(backup_lus));
+	if (node->has_backup_lus && node->in_backup)
+		v1[2] = Int64GetDatum(node->backup_lus);
 	else
 		n1[2] = 'n';
-	if (backup_next)
-		v1[3] = Int64GetDatum(pg_strtoint64(backup_next));
+	if (node->has_backup_next_serial && node->in_backup)
+		v1[3] = Int64GetDatum(node->backup_next_serial);
 	else
 		n1[3] = 'n';
-	if (backup_label)
-		v1[4] = CStringGetTextDatum(backup_label);
+	if (node->backup_label && node->in_backup)
+		v1[4] = CStringGetTextDatum(node->backup_label);
 	else
 		n1[4] = 'n';
 	spi_exec("UPDATE replstamp.replica_history "
@@ -315,36 +382,14 @@ rotate_locked(pg_uuid_t *new_id, const char *old_id, const char *reason, int64 l
 
 	/* Half-way: the old ID is retired, the new one is not current yet. */
 	if (debug_rotation_pause > 0)
-	{
-		instr_time	start;
-
-		ereport(LOG,
-				(errmsg("replstamp: pausing the rotation for %d ms (replstamp.debug_rotation_pause)",
-						debug_rotation_pause)));
-		INSTR_TIME_SET_CURRENT(start);
-		for (;;)
-		{
-			instr_time	now;
-			double		left;
-
-			CHECK_FOR_INTERRUPTS();
-			INSTR_TIME_SET_CURRENT(now);
-			INSTR_TIME_SUBTRACT(now, start);
-			left = debug_rotation_pause - INSTR_TIME_GET_MILLISEC(now);
-			if (left <= 0)
-				break;
-			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-							 (long) Min(left, 1000), PG_WAIT_EXTENSION);
-			ResetLatch(MyLatch);
-		}
-	}
+		pause_for_tests();
 
 	if (lost_after >= 1)
 	{
 		Oid			t3[2] = {UUIDOID, INT8OID};
 		Datum		v3[2];
 
-		v3[0] = old_datum;
+		v3[0] = UUIDPGetDatum(&old_id);
 		v3[1] = Int64GetDatum(lost_after - 1);
 		spi_exec("INSERT INTO replstamp.vector_state (replica_id, serial) VALUES ($1, $2) "
 				 "ON CONFLICT (replica_id) DO UPDATE SET serial = EXCLUDED.serial",
@@ -355,11 +400,73 @@ rotate_locked(pg_uuid_t *new_id, const char *old_id, const char *reason, int64 l
 			 "minted_at = pg_catalog.now(), system_identifier = $3, timeline = $4, "
 			 "restore_fingerprint = $5",
 			 5, t2, v2, NULL, SPI_OK_UPDATE);
+
+	if (cat->v11)
+	{
+		/* The new ID's first epoch starts below every serial it will use. */
+		mint_epoch(new_id, serial_next(cat->serial_seq));
+		if (lost_after >= 1)
+			reissued = identity_reissue(cat, &old_id, lost_after, PG_INT64_MAX, new_id);
+	}
+
+	ereport(LOG,
+			(errmsg("replstamp: database \"%s\" retired replica ID %s and now stamps as %s",
+					get_database_name(MyDatabaseId), replstamp_uuid_text(&old_id),
+					replstamp_uuid_text(new_id)),
+			 errdetail("Reason: %s.", reason),
+			 reissued > 0 ?
+			 errhint("%lld changes the old ID made from serial %lld on were re-issued under the new one, so that every peer gets them.",
+					 (long long) reissued, (long long) lost_after) : 0));
 }
 
-#define NODE_QUERY \
-	"SELECT replica_id, state, system_identifier, timeline, restore_fingerprint, " \
-	"backup_lus, backup_next_serial, backup_label FROM replstamp.node FOR UPDATE"
+/*
+ * The serial of the old ID below which a copy holds every change, when the
+ * copy carries no backup mark: the lowest uncommitted serial recorded in
+ * replstamp.lus_mark (every second, by the background worker), if it is
+ * about this ID; else 1 (then everything held is re-issued).
+ */
+static int64
+marked_lus(const ReplstampCatalog *cat, const pg_uuid_t *id)
+{
+	Oid			types[1] = {UUIDOID};
+	Datum		values[1] = {UUIDPGetDatum(id)};
+	bool		isnull;
+	int64		lus = 1;
+
+	if (!cat->v11)
+		return 1;
+	spi_exec("SELECT lus FROM replstamp.lus_mark WHERE replica_id OPERATOR(pg_catalog.=) $1",
+			 1, types, values, NULL, SPI_OK_SELECT);
+	if (SPI_processed > 0)
+	{
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+
+		if (!isnull && DatumGetInt64(d) >= 1)
+			lus = DatumGetInt64(d);
+	}
+	return lus;
+}
+
+/*
+ * After a start, stamps are later than every stamp this database holds:
+ * the hybrid clock's floor is in shared memory, which a restart empties.
+ */
+static void
+restore_clock_floor(void)
+{
+	bool		isnull;
+	Datum		d;
+
+	spi_exec("SELECT pg_catalog.max(t) FROM ("
+			 "SELECT pg_catalog.max(max_changed_at) AS t FROM replstamp.vector_state "
+			 "UNION ALL SELECT (SELECT c.changed_at FROM replstamp.changes c "
+			 "  WHERE c.replica_id OPERATOR(pg_catalog.=) h.replica_id "
+			 "  ORDER BY c.serial DESC LIMIT 1) FROM replstamp.replica_history h) s",
+			 0, NULL, NULL, NULL, SPI_OK_SELECT);
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (!isnull)
+		serial_clock_seen(DatumGetTimestampTz(d));
+}
 
 /*
  * The check itself, in the current transaction, as the extension owner.
@@ -368,156 +475,253 @@ rotate_locked(pg_uuid_t *new_id, const char *old_id, const char *reason, int64 l
 static bool
 identity_check(void)
 {
+	const ReplstampCatalog *cat = replstamp_catalog(false);
 	ReplstampOwnerContext ctx;
-	char	   *old_id,
-			   *state,
-			   *sysid,
-			   *tli,
-			   *fp_recorded,
-			   *backup_lus,
-			   *backup_next,
-			   *backup_label;
+	const ReplstampNode *node;
 	char	   *fp_now;
-	char		buf[64];
 	StringInfoData reason;
 	bool		rotated = false;
 	int64		lost_after = 0;
+	char	   *old_id;
 
 	replstamp_become_owner(&ctx);
 	SPI_connect();
-	spi_exec(NODE_QUERY, 0, NULL, NULL, NULL, SPI_OK_SELECT);
-	if (SPI_processed != 1)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("the state row replstamp.node is missing"),
-				 errhint("Reinstall the extension with DROP EXTENSION replstamp and CREATE EXTENSION replstamp.")));
-	old_id = spi_text(1);
-	state = spi_text(2);
-	sysid = spi_text(3);
-	tli = spi_text(4);
-	fp_recorded = spi_text(5);
-	backup_lus = spi_text(6);
-	backup_next = spi_text(7);
-	backup_label = spi_text(8);
+	node = lock_node();
+	if (cat->v11 && node->verified)
+	{
+		/* Another check of this start committed while we waited. */
+		SPI_finish();
+		replstamp_restore_user(&ctx);
+		return false;
+	}
+	old_id = replstamp_uuid_text(&node->replica_id);
 	fp_now = identity_fingerprint();
 
 	initStringInfo(&reason);
-	if (strcmp(state, REPLSTAMP_STATE_BACKUP) == 0)
+	if (node->in_backup)
 	{
 		appendStringInfo(&reason, "restored from backup \"%s\" (state was 'backup')",
-						 backup_label ? backup_label : "?");
+						 node->backup_label ? node->backup_label : "?");
 		/* Whatever was in flight or came after the backup started is lost. */
-		lost_after = backup_lus ? pg_strtoint64(backup_lus) : 1;
+		lost_after = node->has_backup_lus ? node->backup_lus : 1;
 	}
-	if (fp_recorded == NULL || strcmp(fp_recorded, fp_now) != 0)
+	if (node->restore_fingerprint == NULL || strcmp(node->restore_fingerprint, fp_now) != 0)
 	{
 		char		dbpart[32];
 
 		snprintf(dbpart, sizeof(dbpart), "database %u", MyDatabaseId);
-		if (fp_recorded != NULL && strncmp(fp_recorded, dbpart, strlen(dbpart)) != 0)
+		if (node->restore_fingerprint != NULL &&
+			strncmp(node->restore_fingerprint, dbpart, strlen(dbpart)) != 0)
 			appendStringInfo(&reason, "%scopied from another database",
 							 reason.len ? "; " : "");
 		else
 			appendStringInfo(&reason, "%sa base backup was restored (%s)",
 							 reason.len ? "; " : "", fp_now);
-		if (lost_after == 0)
-			lost_after = 1;
 	}
-	snprintf(buf, sizeof(buf), "%u", GetWALInsertionTimeLine());
-	if (strcmp(tli, buf) != 0)
+	if (node->timeline != (int32) GetWALInsertionTimeLine())
+		appendStringInfo(&reason, "%stimeline changed from %d to %u (point-in-time recovery or promoted standby)",
+						 reason.len ? "; " : "", node->timeline, GetWALInsertionTimeLine());
+	if (node->system_identifier != (int64) GetSystemIdentifier())
+		appendStringInfo(&reason, "%ssystem identifier changed from " INT64_FORMAT " to " UINT64_FORMAT,
+						 reason.len ? "; " : "", node->system_identifier, GetSystemIdentifier());
+	if (reason.len > 0 && lost_after == 0)
+		lost_after = marked_lus(cat, &node->replica_id);
+
+	if (reason.len > 0 && !rotate_on_restore)
+		ereport(WARNING,
+				(errmsg("replstamp: database \"%s\" was restored or copied but keeps replica ID %s",
+						get_database_name(MyDatabaseId), old_id),
+				 errdetail("Reason: %s.", reason.data),
+				 errhint("replstamp.rotate_on_restore is off: peers will skip the changes this copy stamps with serials they have already seen. Turn it on and restart.")));
+	else if (reason.len > 0)
 	{
-		appendStringInfo(&reason, "%stimeline changed from %s to %s (point-in-time recovery or promoted standby)",
-						 reason.len ? "; " : "", tli, buf);
-		if (lost_after == 0)
-			lost_after = 1;
-	}
-	snprintf(buf, sizeof(buf), INT64_FORMAT, (int64) GetSystemIdentifier());
-	if (strcmp(sysid, buf) != 0)
-	{
-		appendStringInfo(&reason, "%ssystem identifier changed from %s to %s",
-						 reason.len ? "; " : "", sysid, buf);
-		if (lost_after == 0)
-			lost_after = 1;
+		pg_uuid_t	new_id;
+
+		rotate_locked(cat, node, &new_id, reason.data, lost_after, fp_now);
+		rotated = true;
 	}
 
-	if (reason.len > 0)
+	if (cat->v11)
 	{
-		if (!rotate_on_restore)
-			ereport(WARNING,
-					(errmsg("replstamp: database \"%s\" was restored or copied but keeps replica ID %s",
-							get_database_name(MyDatabaseId), old_id),
-					 errdetail("Reason: %s.", reason.data),
-					 errhint("replstamp.rotate_on_restore is off: peers will skip the changes this copy stamps with serials they have already seen. Turn it on and restart.")));
-		else
-		{
-			pg_uuid_t	new_id_buf;
-			pg_uuid_t  *new_id = &new_id_buf;
+		Oid			types[1] = {UUIDOID};
+		Datum		values[1] = {UUIDPGetDatum(&replstamp_shared->start_token)};
 
-			rotate_locked(new_id, old_id, reason.data, lost_after,
-						  backup_lus, backup_next, backup_label, fp_now);
-
-			ereport(LOG,
-					(errmsg("replstamp: database \"%s\" retired replica ID %s and now stamps as %s",
-							get_database_name(MyDatabaseId), old_id,
-							DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(new_id)))),
-					 errdetail("Reason: %s.", reason.data)));
-			rotated = true;
-		}
+		if (!rotated)
+			mint_epoch(&node->replica_id, serial_next(cat->serial_seq));
+		spi_exec("UPDATE replstamp.node SET verified_token = $1", 1, types, values, NULL,
+				 SPI_OK_UPDATE);
+		restore_clock_floor();
 	}
 
 	SPI_finish();
 	replstamp_restore_user(&ctx);
+	replstamp_node_forget();
 	return rotated;
 }
 
 static void
-identity_xact_callback(XactEvent event, void *arg)
+v10_xact_callback(XactEvent event, void *arg)
 {
 	switch (event)
 	{
 		case XACT_EVENT_COMMIT:
-			if (verify_at_commit)
-				identity_mark_verified();
-			verify_at_commit = false;
-			checked_in_xact = false;
+			if (v10_checked_in_xact)
+				v10_verified = true;
+			v10_checked_in_xact = false;
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PREPARE:
-			verify_at_commit = false;
-			checked_in_xact = false;
+			v10_checked_in_xact = false;
 			break;
 		default:
 			break;
 	}
 }
 
-/*
- * The stamp path's check, for a database not verified yet since the server
- * started: look in shared memory, else check (and maybe rotate) in the
- * writer's transaction; the database counts as verified once it commits.
- */
-void
-identity_verify_slow(void)
+static void
+v10_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+					 SubTransactionId parentSubid, void *arg)
 {
-	serial_require_shmem();
-	if (identity_db_verified(MyDatabaseId))
-	{
-		identity_local_verified = true;
+	if (!v10_checked_in_xact)
 		return;
-	}
-	if (checked_in_xact)
-		return;
-	if (!callback_registered)
+	if (event == SUBXACT_EVENT_ABORT_SUB && v10_check_subid >= mySubid)
+		v10_checked_in_xact = false;	/* the check was rolled back */
+	else if (event == SUBXACT_EVENT_COMMIT_SUB && v10_check_subid == mySubid)
+		v10_check_subid = parentSubid;
+}
+
+/*
+ * The check in a worker of its own, which commits on its own: a writer
+ * waits for that commit, not for another writer's transaction to end.
+ * Returns false if no worker could run it (max_worker_processes).
+ */
+static bool
+verify_in_worker(void)
+{
+	BackgroundWorkerHandle *handle;
+
+	if (IsBackgroundWorker ||
+		!replstamp_start_worker("replstamp_identity_db_main", "replstamp identity check",
+								MyDatabaseId, InvalidOid, NULL, 0, &handle))
+		return false;
+	PG_TRY();
 	{
-		RegisterXactCallback(identity_xact_callback, NULL);
-		callback_registered = true;
+		(void) WaitForBackgroundWorkerShutdown(handle);
 	}
+	PG_CATCH();
+	{
+		TerminateBackgroundWorker(handle);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	replstamp_node_forget();
+	return replstamp_node()->verified;
+}
+
+/*
+ * The check in the current transaction (no worker slot, or the catalog is
+ * this transaction's own: CREATE EXTENSION).  A check rolled back by a
+ * savepoint leaves the row unverified, and the next stamp checks again.
+ */
+static void
+verify_in_xact(void)
+{
 	(void) identity_check();
 	/* Make this transaction's new node row visible to its next stamps. */
 	CommandCounterIncrement();
 	replstamp_node_forget();
-	checked_in_xact = true;
-	verify_at_commit = true;
+}
+
+/*
+ * The stamp path's check, for a database not checked since the server
+ * started (the launcher's worker has not run yet, or could not).
+ */
+void
+identity_verify_slow(void)
+{
+	const ReplstampCatalog *cat = replstamp_catalog(false);
+
+	replstamp_require_shmem();
+	if (cat->v11)
+	{
+		if (replstamp_node()->verified)
+			return;
+		if (!verify_in_worker())
+			verify_in_xact();
+		return;
+	}
+
+	/*
+	 * The 1.0 catalog has no place for the token: check once per backend,
+	 * remembered when the check commits.
+	 */
+	if (v10_verified || v10_checked_in_xact)
+		return;
+	if (!callbacks_registered)
+	{
+		RegisterXactCallback(v10_xact_callback, NULL);
+		RegisterSubXactCallback(v10_subxact_callback, NULL);
+		callbacks_registered = true;
+	}
+	verify_in_xact();
+	v10_checked_in_xact = true;
+	v10_check_subid = GetCurrentSubTransactionId();
+}
+
+/*
+ * replstamp._verify_identity(): the check, in the current transaction (the
+ * install and upgrade scripts call it, so that a new or updated database is
+ * checked before anything is stamped).
+ */
+Datum
+replstamp_verify_identity(PG_FUNCTION_ARGS)
+{
+	replstamp_require_shmem();
+	if (!replstamp_node()->verified)
+		verify_in_xact();
+	PG_RETURN_VOID();
+}
+
+/*
+ * The peers show that this data set's history of diverged_id parts from
+ * theirs at from_serial (it went back in time, or it is a clone): retire
+ * that ID with from_serial as the point from which changes may be lost,
+ * re-issue what this data set made under it since then, and mark the
+ * epochs it minted since as dead, so that every node that holds changes of
+ * them knows they were re-issued.  Runs in the current transaction.
+ * Returns false if diverged_id is not the current ID any more.
+ */
+bool
+identity_rotate_diverged(const pg_uuid_t *diverged_id, int64 from_serial,
+						 const char *reason)
+{
+	const ReplstampCatalog *cat = replstamp_catalog_v11("rotating a diverged replica ID");
+	ReplstampOwnerContext ctx;
+	const ReplstampNode *node;
+	pg_uuid_t	new_id;
+	Oid			types[2] = {UUIDOID, INT8OID};
+	Datum		values[2];
+
+	replstamp_become_owner(&ctx);
+	SPI_connect();
+	node = lock_node();
+	if (memcmp(node->replica_id.data, diverged_id->data, UUID_LEN) != 0)
+	{
+		SPI_finish();
+		replstamp_restore_user(&ctx);
+		return false;
+	}
+	values[0] = UUIDPGetDatum(diverged_id);
+	values[1] = Int64GetDatum(from_serial);
+	spi_exec("UPDATE replstamp.epoch SET dead = true "
+			 "WHERE replica_id OPERATOR(pg_catalog.=) $1 AND first_serial OPERATOR(pg_catalog.>=) $2",
+			 2, types, values, NULL, SPI_OK_UPDATE);
+	rotate_locked(cat, node, &new_id, reason, Max(from_serial, 1), identity_fingerprint());
+	SPI_finish();
+	replstamp_restore_user(&ctx);
+	CommandCounterIncrement();
+	replstamp_node_forget();
+	return true;
 }
 
 /*
@@ -529,12 +733,11 @@ Datum
 replstamp_rotate(PG_FUNCTION_ARGS)
 {
 	char	   *reason = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	const ReplstampCatalog *cat = replstamp_catalog(false);
 	ReplstampOwnerContext ctx;
+	const ReplstampNode *node;
 	pg_uuid_t  *new_id;
-	char	   *old_id;
-	char	   *why;
 
-	(void) replstamp_catalog(false);
 	if (strlen(reason) == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -544,17 +747,8 @@ replstamp_rotate(PG_FUNCTION_ARGS)
 	new_id = palloc(sizeof(pg_uuid_t));
 	replstamp_become_owner(&ctx);
 	SPI_connect();
-	spi_exec(NODE_QUERY, 0, NULL, NULL, NULL, SPI_OK_SELECT);
-	if (SPI_processed != 1)
-		elog(ERROR, "replstamp.node has no row");
-	old_id = spi_text(1);
-	why = psprintf("manual: %s", reason);
-	rotate_locked(new_id, old_id, why, 0, NULL, NULL, NULL, identity_fingerprint());
-	ereport(LOG,
-			(errmsg("replstamp: database \"%s\" retired replica ID %s and now stamps as %s",
-					get_database_name(MyDatabaseId), old_id,
-					DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(new_id)))),
-			 errdetail("Reason: %s.", why)));
+	node = lock_node();
+	rotate_locked(cat, node, new_id, psprintf("manual: %s", reason), 0, identity_fingerprint());
 	SPI_finish();
 	replstamp_restore_user(&ctx);
 
@@ -564,7 +758,58 @@ replstamp_rotate(PG_FUNCTION_ARGS)
 }
 
 /*
- * Per-database worker: check one database, then mark it verified.
+ * replstamp._init_node(): called once by the 1.0 install script.  Creates
+ * the state row with a fresh replica ID and records it in replica_history.
+ */
+Datum
+replstamp_init_node(PG_FUNCTION_ARGS)
+{
+	pg_uuid_t  *id = palloc(sizeof(pg_uuid_t));
+	Oid			argtypes[4] = {UUIDOID, INT8OID, INT4OID, TEXTOID};
+	Datum		args[4];
+
+	replstamp_mint_uuid(id);
+	args[0] = UUIDPGetDatum(id);
+	args[1] = Int64GetDatum((int64) GetSystemIdentifier());
+	args[2] = Int32GetDatum((int32) GetWALInsertionTimeLine());
+	/* A fresh ID is this data set's own: nothing to check until a restart. */
+	args[3] = CStringGetTextDatum(identity_fingerprint());
+
+	SPI_connect();
+	spi_exec("INSERT INTO replstamp.node "
+			 "(replica_id, system_identifier, timeline, restore_fingerprint) "
+			 "VALUES ($1, $2, $3, $4)",
+			 4, argtypes, args, NULL, SPI_OK_INSERT);
+	spi_exec("INSERT INTO replstamp.replica_history "
+			 "(replica_id, minted_reason, system_identifier, timeline) "
+			 "VALUES ($1, 'created', $2, $3)",
+			 3, argtypes, args, NULL, SPI_OK_INSERT);
+	SPI_finish();
+	PG_RETURN_DATUM(UUIDPGetDatum(id));
+}
+
+/*
+ * Statement trigger on replstamp.node: every backend reloads the row once
+ * this transaction commits (and this one at its next command).
+ */
+Datum
+replstamp_node_changed(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("function \"%s\" was not called by trigger manager",
+						"replstamp._node_changed")));
+
+	CacheInvalidateRelcacheByRelid(RelationGetRelid(trigdata->tg_relation));
+	replstamp_node_forget();
+	return PointerGetDatum(NULL);
+}
+
+/*
+ * Per-database worker: check one database for this start.
  */
 void
 replstamp_identity_db_main(Datum arg)
@@ -576,8 +821,7 @@ replstamp_identity_db_main(Datum arg)
 				elapsed;
 
 	pqsignal(SIGTERM, die);
-	BackgroundWorkerUnblockSignals();
-	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
+	replstamp_worker_connect(arg, NULL, 0);
 	INSTR_TIME_SET_CURRENT(start);
 
 	SetCurrentStatementStartTimestamp();
@@ -587,11 +831,16 @@ replstamp_identity_db_main(Datum arg)
 	installed = OidIsValid(get_extension_oid("replstamp", true));
 	dbname = pstrdup(get_database_name(dboid));
 	if (installed)
+	{
+		if (!replstamp_catalog(false)->v11)
+			ereport(LOG,
+					(errmsg("replstamp: database \"%s\" still has the catalog of replstamp 1.0", dbname),
+					 errhint("Run ALTER EXTENSION replstamp UPDATE in that database; replication waits for it.")));
 		(void) identity_check();
+	}
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 
-	identity_mark_verified();
 	pgstat_report_activity(STATE_IDLE, NULL);
 	if (installed)
 	{

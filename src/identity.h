@@ -2,7 +2,8 @@
  *
  * identity.h
  *		The identity check: a restored or copied database takes a new
- *		replica ID before it stamps anything.
+ *		replica ID before it stamps anything; a rotation re-issues the
+ *		changes the vector no longer claims, so none is stranded.
  *
  * Copyright (c) 2026, the replstamp authors
  *
@@ -11,23 +12,26 @@
 #ifndef REPLSTAMP_IDENTITY_H
 #define REPLSTAMP_IDENTITY_H
 
-extern bool identity_local_verified;
+#include "catalog.h"
 
 extern void identity_init(void);
 extern void identity_verify_slow(void);
-extern void identity_mark_verified(void);
-extern bool identity_db_verified(Oid dboid);
 extern char *identity_fingerprint(void);
+extern bool identity_rotate_diverged(const pg_uuid_t *diverged_id, int64 from_serial,
+									 const char *reason);
+extern int64 identity_reissue(const ReplstampCatalog *cat, const pg_uuid_t *old_id,
+							  int64 from_serial, int64 to_serial, const pg_uuid_t *new_id);
+extern bool identity_check_histories(void);
 
 /*
- * Called by the stamp trigger before every stamp: once this backend has
- * seen the current database verified since the server started, it costs a
- * test of one bool.
+ * Called by the stamp trigger before every stamp: once the current
+ * database's identity has been checked since the server started (the state
+ * row carries this start's token), it costs a look at the cached row.
  */
 static inline void
 identity_ensure_verified(void)
 {
-	if (likely(identity_local_verified))
+	if (likely(replstamp_node()->verified))
 		return;
 	identity_verify_slow();
 }

@@ -5,20 +5,23 @@
  *		once recovery has finished.  It first has the identity of every
  *		database checked (identity.c), then, while replstamp.sync_interval
  *		is above zero, keeps one sync worker per database running, which
- *		calls replstamp.sync_all() every sync_interval seconds.
+ *		syncs with every peer every sync_interval seconds, and every
+ *		replstamp.prune_interval starts a short maintenance worker per
+ *		database (prune, backfill, the recorded LUS: maintenance.c).
  *
  * The launcher stays up (idle, on its latch) so that the postmaster starts
  * it again after a crash restart, when every database must be checked
  * again: shared memory is new then, so no database counts as verified.  If
  * the launcher itself exits with an error, it is restarted after
- * LAUNCHER_RESTART_S and checks only the databases not yet verified (a
- * second check of a verified database could mistake the live node's own
- * backup mark for a restore).
+ * LAUNCHER_RESTART_S and has every database checked again: a database
+ * already checked in this start (its state row carries this start's token)
+ * is left alone, so the live node's own backup mark is never mistaken for
+ * a restore.
  *
  * A sync worker connects to its database and exits at once when the
  * extension is not installed there; the launcher tries that database again
- * after SYNC_RETRY_S.  A sync that fails is recorded in replstamp.peers by
- * sync_all() and logged; the worker goes on at the next interval.
+ * after SYNC_RETRY_S.  A sync that fails is recorded in replstamp.peers
+ * and logged; the worker goes on at the next interval.
  *
  * Copyright (c) 2026, the replstamp authors
  *
@@ -42,12 +45,15 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
-#include "backup.h"
-#include "identity.h"
-#include "replstamp.h"
+#include "catalog.h"
+#include "launcher.h"
+#include "maintenance.h"
+#include "sync.h"
+#include "workers.h"
 
 PGDLLEXPORT void replstamp_launcher_main(Datum arg);
 PGDLLEXPORT void replstamp_sync_main(Datum arg);
+PGDLLEXPORT void replstamp_maintenance_main(Datum arg);
 
 #define LAUNCHER_RESTART_S	10
 #define SYNC_RETRY_S		60
@@ -92,34 +98,6 @@ launcher_init(void)
 	RegisterBackgroundWorker(&worker);
 }
 
-/*
- * Start a short-lived worker connected to database dboid, running
- * function; extra goes to bgw_extra.  With handle, this backend is told
- * when it stops; without, nobody is.
- */
-bool
-replstamp_start_worker(const char *function, const char *type, Oid dboid,
-					   const void *extra, Size extralen,
-					   BackgroundWorkerHandle **handle)
-{
-	BackgroundWorker worker;
-
-	Assert(extralen <= BGW_EXTRALEN);
-	memset(&worker, 0, sizeof(worker));
-	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	worker.bgw_restart_time = BGW_NEVER_RESTART;
-	strlcpy(worker.bgw_library_name, "replstamp", BGW_MAXLEN);
-	strlcpy(worker.bgw_function_name, function, BGW_MAXLEN);
-	snprintf(worker.bgw_name, BGW_MAXLEN, "%s %u", type, dboid);
-	strlcpy(worker.bgw_type, type, BGW_MAXLEN);
-	worker.bgw_main_arg = ObjectIdGetDatum(dboid);
-	worker.bgw_notify_pid = handle ? MyProcPid : 0;
-	if (extra)
-		memcpy(worker.bgw_extra, extra, extralen);
-	return RegisterDynamicBackgroundWorker(&worker, handle);
-}
-
 static List *
 current_databases(void)
 {
@@ -134,7 +112,7 @@ current_databases(void)
 	return dbs;
 }
 
-/* Check, one after the other, every database not verified since start. */
+/* Check, one after the other, every database (a checked one returns at once). */
 static void
 check_identities(void)
 {
@@ -145,10 +123,8 @@ check_identities(void)
 	{
 		BackgroundWorkerHandle *handle;
 
-		if (identity_db_verified(lfirst_oid(lc)))
-			continue;
 		if (!replstamp_start_worker("replstamp_identity_db_main", "replstamp identity check",
-									lfirst_oid(lc), NULL, 0, &handle))
+									lfirst_oid(lc), InvalidOid, NULL, 0, &handle))
 		{
 			ereport(LOG,
 					(errmsg("replstamp: could not start the identity check of database %u",
@@ -201,7 +177,7 @@ tend_sync_workers(List **slots)
 										Max(SYNC_RETRY_S, sync_interval) * 1000))
 			continue;
 		if (!replstamp_start_worker("replstamp_sync_main", "replstamp sync", dboid,
-									NULL, 0, &slot->handle))
+									InvalidOid, NULL, 0, &slot->handle))
 		{
 			slot->handle = NULL;
 			slot->stopped_at = now;
@@ -216,10 +192,31 @@ tend_sync_workers(List **slots)
 /*
  * The launcher.
  */
+/* A short maintenance worker in every database (it leaves at once where
+ * replstamp is not installed). */
+static void
+start_maintenance(void)
+{
+	List	   *dbs = current_databases();
+	ListCell   *lc;
+
+	foreach(lc, dbs)
+	{
+		if (!replstamp_start_worker("replstamp_maintenance_main", "replstamp maintenance",
+									lfirst_oid(lc), InvalidOid, NULL, 0, NULL))
+			ereport(LOG,
+					(errmsg("replstamp: could not start the maintenance worker of database %u",
+							lfirst_oid(lc)),
+					 errhint("Consider raising max_worker_processes.")));
+	}
+	list_free(dbs);
+}
+
 void
 replstamp_launcher_main(Datum arg)
 {
 	List	   *slots = NIL;
+	TimestampTz last_maintenance;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
@@ -227,9 +224,13 @@ replstamp_launcher_main(Datum arg)
 	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
 
 	check_identities();
+	last_maintenance = GetCurrentTimestamp();
 
 	for (;;)
 	{
+		long		nap = LAUNCHER_NAP_MS;
+		int			interval;
+
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
 		{
@@ -238,46 +239,52 @@ replstamp_launcher_main(Datum arg)
 		}
 		if (sync_interval > 0)
 			tend_sync_workers(&slots);
+		interval = maintenance_prune_interval();
+		if (interval > 0)
+		{
+			TimestampTz due = TimestampTzPlusMilliseconds(last_maintenance, (int64) interval * 1000);
+
+			if (GetCurrentTimestamp() >= due)
+			{
+				start_maintenance();
+				last_maintenance = GetCurrentTimestamp();
+				due = TimestampTzPlusMilliseconds(last_maintenance, (int64) interval * 1000);
+			}
+			nap = Min(nap, Max(TimestampDifferenceMilliseconds(GetCurrentTimestamp(), due), 100));
+		}
 
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 LAUNCHER_NAP_MS, PG_WAIT_EXTENSION);
+						 nap, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 	}
 }
 
 /*
- * One round of the sync worker: replstamp.sync_all() in a transaction of
- * its own.  Returns false if the extension is not installed here.
+ * One round of the sync worker: every peer, each in transactions of its
+ * own.  Returns false if the extension is not installed here.
  */
 static bool
 sync_round(void)
 {
 	bool		installed;
+	bool		v11;
 	MemoryContext cxt = CurrentMemoryContext;
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	PushActiveSnapshot(GetTransactionSnapshot());
+	worker_begin_xact();
 	installed = OidIsValid(get_extension_oid("replstamp", true));
+	v11 = installed && replstamp_catalog(false)->v11;
+	worker_commit_xact();
 	if (!installed)
-	{
-		PopActiveSnapshot();
-		CommitTransactionCommand();
 		return false;
-	}
+	if (!v11)
+		return true;			/* waiting for ALTER EXTENSION replstamp UPDATE */
 
-	pgstat_report_activity(STATE_RUNNING, "SELECT replstamp.sync_all()");
 	PG_TRY();
 	{
-		int			ret;
-
-		SPI_connect();
-		ret = SPI_execute("SELECT replstamp.sync_all()", false, 0);
-		if (ret != SPI_OK_SELECT)
-			elog(ERROR, "SPI_execute failed: %s", SPI_result_code_string(ret));
-		SPI_finish();
-		PopActiveSnapshot();
-		CommitTransactionCommand();
+		(void) sync_all_peers();
+		worker_begin_xact();
+		maintenance_mark_lus();
+		worker_commit_xact();
 	}
 	PG_CATCH();
 	{
@@ -285,7 +292,7 @@ sync_round(void)
 		MemoryContextSwitchTo(cxt);
 		EmitErrorReport();
 		FlushErrorState();
-		AbortCurrentTransaction();
+		AbortOutOfAnyTransaction();
 	}
 	PG_END_TRY();
 	pgstat_report_activity(STATE_IDLE, NULL);
@@ -299,12 +306,9 @@ sync_round(void)
 void
 replstamp_sync_main(Datum arg)
 {
-	Oid			dboid = DatumGetObjectId(arg);
-
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
-	BackgroundWorkerUnblockSignals();
-	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
+	replstamp_worker_connect(arg, NULL, 0);
 
 	for (;;)
 	{
@@ -338,4 +342,45 @@ replstamp_sync_main(Datum arg)
 			ResetLatch(MyLatch);
 		}
 	}
+}
+
+/*
+ * A short maintenance worker: records the LUS, backfills tables tracked
+ * with backfill, and (unless started just for a backfill) prunes.
+ */
+void
+replstamp_maintenance_main(Datum arg)
+{
+	bool		backfill_only = strcmp(MyBgworkerEntry->bgw_type, "replstamp backfill") == 0;
+	bool		ready;
+	MemoryContext cxt;
+
+	pqsignal(SIGTERM, die);
+	replstamp_worker_connect(arg, NULL, 0);
+
+	worker_begin_xact();
+	ready = OidIsValid(get_extension_oid("replstamp", true)) && replstamp_catalog(false)->v11;
+	if (ready)
+		maintenance_mark_lus();
+	worker_commit_xact();
+	if (!ready)
+		proc_exit(0);
+
+	cxt = CurrentMemoryContext;
+	PG_TRY();
+	{
+		backfill_run();
+		if (!backfill_only && maintenance_prune_interval() > 0)
+			(void) prune_run();
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		EmitErrorReport();
+		FlushErrorState();
+		AbortOutOfAnyTransaction();
+	}
+	PG_END_TRY();
+	pgstat_report_activity(STATE_IDLE, NULL);
+	proc_exit(0);
 }

@@ -14,16 +14,24 @@
 #include "miscadmin.h"
 #include "utils/guc.h"
 
-#include "backup.h"
+#include "catalog.h"
+#include "changelog.h"
 #include "identity.h"
-#include "replstamp.h"
+#include "launcher.h"
+#include "maintenance.h"
+#include "remote.h"
+#include "rowimage.h"
 #include "serial.h"
+#include "shmem.h"
+#include "stamp.h"
+#include "sync.h"
 
 PG_MODULE_MAGIC;
 
 void		_PG_init(void);
 
 PG_FUNCTION_INFO_V1(replstamp_require_preload);
+PG_FUNCTION_INFO_V1(replstamp_row_hash);
 
 /*
  * Module load.  Everything replstamp does needs shared memory and background
@@ -41,11 +49,16 @@ _PG_init(void)
 				 errmsg("replstamp must be loaded via shared_preload_libraries"),
 				 errhint("Add replstamp to the shared_preload_libraries configuration parameter in postgresql.conf and restart the server.")));
 
+	shmem_init();
+	catalog_init();
+	changelog_init();
+	rowimage_init();
 	serial_init();
-	replstamp_catalog_init();
 	stamp_init();
 	identity_init();
-	backup_init();
+	remote_init();
+	sync_init();
+	maintenance_init();
 	launcher_init();
 
 	MarkGUCPrefixReserved("replstamp");
@@ -58,6 +71,20 @@ _PG_init(void)
 Datum
 replstamp_require_preload(PG_FUNCTION_ARGS)
 {
-	serial_require_shmem();
+	replstamp_require_shmem();
 	PG_RETURN_VOID();
+}
+
+/*
+ * replstamp.row_hash(relation text, pk jsonb) RETURNS bigint: a row's
+ * identity across nodes as a number (equal keys hash equally whatever
+ * their text form).
+ */
+Datum
+replstamp_row_hash(PG_FUNCTION_ARGS)
+{
+	text	   *relation = PG_GETARG_TEXT_PP(0);
+
+	PG_RETURN_INT64(rowimage_row_hash(VARDATA_ANY(relation), VARSIZE_ANY_EXHDR(relation),
+									  PG_GETARG_JSONB_P(1)));
 }

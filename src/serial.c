@@ -11,8 +11,8 @@
  * every serial is final (committed or aborted), which is what replication
  * needs to advance a version vector safely.
  *
- * Concurrency contract (the shared array has one slot per backend, indexed
- * by MyBackendId - 1):
+ * Concurrency contract (the shared array, shmem.h, has one slot per
+ * backend, indexed by MyBackendId - 1):
  *	- a slot's dboid and lowest are written only by the backend owning it,
  *	  with atomic 64-bit stores; anybody may read them without a lock;
  *	- before a transaction takes its first serial it publishes a lower bound
@@ -29,6 +29,13 @@
  * backend's transaction, so PREPARE TRANSACTION is refused once a serial
  * was taken.
  *
+ * The stamp time of a change comes from a hybrid clock: the wall clock,
+ * but always later than every stamp time handed out or seen here before
+ * (clock_floor, raised by compare-and-swap).  Stamps of one node are
+ * therefore strictly increasing, and a change made after a replicated
+ * change was applied is always the later one, whatever the clocks of the
+ * nodes: last writer wins orders them the same everywhere.
+ *
  * Copyright (c) 2026, the replstamp authors
  *
  *-------------------------------------------------------------------------
@@ -42,31 +49,22 @@
 #include "port/atomics.h"
 #include "storage/backendid.h"
 #include "storage/ipc.h"
-#include "storage/lwlock.h"
-#include "storage/shmem.h"
+#include "storage/proc.h"
+#include "storage/sinvaladt.h"
 #include "utils/fmgrprotos.h"
+#include "utils/guc.h"
 #include "utils/timestamp.h"
 
-#include "replstamp.h"
+#include "catalog.h"
 #include "serial.h"
+#include "shmem.h"
 
-typedef struct SerialSlot
-{
-	pg_atomic_uint32 dboid;		/* database of the owning backend */
-	pg_atomic_uint64 lowest;	/* lowest serial held, 0 = none */
-} SerialSlot;
+PG_FUNCTION_INFO_V1(replstamp_lowest_uncommitted_serial);
+PG_FUNCTION_INFO_V1(replstamp_next_serial);
+PG_FUNCTION_INFO_V1(replstamp_lus_holder);
 
-typedef struct SerialShared
-{
-	pg_atomic_uint64 clock_floor;	/* latest changed_at applied from a peer */
-	int			nslots;			/* MaxBackends at start-up, never changes */
-	SerialSlot	slots[FLEXIBLE_ARRAY_MEMBER];
-} SerialShared;
-
-static SerialShared *serial_shared = NULL;
-
-static shmem_request_hook_type prev_shmem_request_hook = NULL;
-static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+/* GUC: testing aid, moves this node's clock (milliseconds). */
+static int	debug_clock_offset = 0;
 
 /* Backend-local state */
 static SerialSlot *my_slot = NULL;
@@ -74,68 +72,21 @@ static bool xact_holds_serial = false;
 static int64 last_serial_taken = 0;	/* by this backend, in this database */
 static bool callbacks_registered = false;
 
-static Size
-serial_shmem_size(void)
-{
-	return add_size(offsetof(SerialShared, slots),
-					mul_size(MaxBackends, sizeof(SerialSlot)));
-}
-
-static void
-serial_shmem_request(void)
-{
-	if (prev_shmem_request_hook)
-		prev_shmem_request_hook();
-	RequestAddinShmemSpace(serial_shmem_size());
-}
-
-static void
-serial_shmem_startup(void)
-{
-	bool		found;
-
-	if (prev_shmem_startup_hook)
-		prev_shmem_startup_hook();
-
-	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
-	serial_shared = ShmemInitStruct("replstamp serials", serial_shmem_size(),
-									&found);
-	if (!found)
-	{
-		serial_shared->nslots = MaxBackends;
-		pg_atomic_init_u64(&serial_shared->clock_floor, 0);
-		for (int i = 0; i < MaxBackends; i++)
-		{
-			pg_atomic_init_u32(&serial_shared->slots[i].dboid, InvalidOid);
-			pg_atomic_init_u64(&serial_shared->slots[i].lowest, 0);
-		}
-	}
-	LWLockRelease(AddinShmemInitLock);
-}
-
 /*
- * Install the shared memory hooks.  Called from _PG_init.
+ * GUCs.  Called from _PG_init.
  */
 void
 serial_init(void)
 {
-	prev_shmem_request_hook = shmem_request_hook;
-	shmem_request_hook = serial_shmem_request;
-	prev_shmem_startup_hook = shmem_startup_hook;
-	shmem_startup_hook = serial_shmem_startup;
-}
-
-/*
- * Error out unless the shared state exists (library preloaded).
- */
-void
-serial_require_shmem(void)
-{
-	if (serial_shared == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("replstamp must be loaded via shared_preload_libraries"),
-				 errhint("Add replstamp to the shared_preload_libraries configuration parameter in postgresql.conf and restart the server.")));
+	DefineCustomIntVariable("replstamp.debug_clock_offset",
+							"Testing aid: this node's stamp clock runs this far ahead (or behind).",
+							"So that a test can show last writer wins with skewed clocks. Zero "
+							"(the default) means the system clock.",
+							&debug_clock_offset,
+							0, -24 * 3600 * 1000, 24 * 3600 * 1000,
+							PGC_SUSET,
+							GUC_UNIT_MS | GUC_NOT_IN_SAMPLE,
+							NULL, NULL, NULL);
 }
 
 static void
@@ -189,10 +140,10 @@ serial_take(Oid seqoid)
 
 	if (my_slot == NULL)
 	{
-		serial_require_shmem();
-		if (MyBackendId == InvalidBackendId || MyBackendId > serial_shared->nslots)
+		replstamp_require_shmem();
+		if (MyBackendId == InvalidBackendId || MyBackendId > replstamp_shared->nslots)
 			elog(ERROR, "replstamp: backend id %d out of range", MyBackendId);
-		my_slot = &serial_shared->slots[MyBackendId - 1];
+		my_slot = &replstamp_shared->slots[MyBackendId - 1];
 		pg_atomic_write_u64(&my_slot->lowest, 0);
 		pg_atomic_write_u32(&my_slot->dboid, MyDatabaseId);
 	}
@@ -220,6 +171,7 @@ serial_take(Oid seqoid)
 	else
 		serial = nextval_internal(seqoid, false);
 
+	pg_atomic_fetch_add_u64(&replstamp_shared->serials_taken, 1);
 	last_serial_taken = serial;
 	return serial;
 }
@@ -231,6 +183,17 @@ bool
 serial_xact_holds_serial(void)
 {
 	return xact_holds_serial;
+}
+
+/*
+ * A number that changes whenever a serial is taken, in any database: a
+ * sync that sees it unchanged knows no local change was stamped meanwhile.
+ */
+uint64
+serial_activity(void)
+{
+	replstamp_require_shmem();
+	return pg_atomic_read_u64(&replstamp_shared->serials_taken);
 }
 
 /*
@@ -254,36 +217,63 @@ serial_next(Oid seqoid)
 
 /*
  * Lowest serial of the current database held by a transaction in progress,
- * or the next serial if none is: every serial below it is final.
+ * or the next serial if none is: every serial below it is final.  With
+ * holder, also the index of the slot holding it (-1 if none).
  */
-int64
-serial_lus(Oid seqoid)
+static int64
+lus_internal(Oid seqoid, int *holder)
 {
 	int64		lus;
 	Oid			dboid = MyDatabaseId;
 
-	serial_require_shmem();
+	replstamp_require_shmem();
 
 	/* Read the sequence first: see the concurrency contract above. */
 	lus = serial_next(seqoid);
 	pg_memory_barrier();
 
-	for (int i = 0; i < serial_shared->nslots; i++)
+	if (holder)
+		*holder = -1;
+	for (int i = 0; i < replstamp_shared->nslots; i++)
 	{
-		SerialSlot *slot = &serial_shared->slots[i];
+		SerialSlot *slot = &replstamp_shared->slots[i];
 		uint64		lowest;
 
 		if (pg_atomic_read_u32(&slot->dboid) != dboid)
 			continue;
 		lowest = pg_atomic_read_u64(&slot->lowest);
 		if (lowest != 0 && (int64) lowest < lus)
+		{
 			lus = (int64) lowest;
+			if (holder)
+				*holder = i;
+		}
 	}
 	return lus;
 }
 
-PG_FUNCTION_INFO_V1(replstamp_lowest_uncommitted_serial);
-PG_FUNCTION_INFO_V1(replstamp_next_serial);
+int64
+serial_lus(Oid seqoid)
+{
+	return lus_internal(seqoid, NULL);
+}
+
+/*
+ * PID of the backend whose open transaction holds the lowest uncommitted
+ * serial, or 0 if none does.
+ */
+int
+serial_lus_holder(Oid seqoid)
+{
+	int			holder;
+	PGPROC	   *proc;
+
+	(void) lus_internal(seqoid, &holder);
+	if (holder < 0)
+		return 0;
+	proc = BackendIdGetProc(holder + 1);
+	return proc ? proc->pid : 0;
+}
 
 /*
  * replstamp.lowest_uncommitted_serial()
@@ -300,43 +290,69 @@ replstamp_lowest_uncommitted_serial(PG_FUNCTION_ARGS)
 Datum
 replstamp_next_serial(PG_FUNCTION_ARGS)
 {
-	serial_require_shmem();
+	replstamp_require_shmem();
 	PG_RETURN_INT64(serial_next(replstamp_catalog(false)->serial_seq));
 }
 
 /*
- * The time a change is stamped with: the clock, but never at or before a
- * change applied from a peer (a hybrid clock).  A local write that follows
- * an applied change of the same row (it waited for its row lock) is then
- * the later one on every node, whatever the skew of the clocks.
+ * replstamp.lus_holder(): the process holding the LUS back, or NULL.
+ */
+Datum
+replstamp_lus_holder(PG_FUNCTION_ARGS)
+{
+	int			pid = serial_lus_holder(replstamp_catalog(false)->serial_seq);
+
+	if (pid == 0)
+		PG_RETURN_NULL();
+	PG_RETURN_INT32(pid);
+}
+
+/*
+ * This node's clock: the system clock, moved by replstamp.debug_clock_offset.
+ */
+TimestampTz
+serial_clock_now(void)
+{
+	return GetCurrentTimestamp() + (TimestampTz) debug_clock_offset * 1000;
+}
+
+/*
+ * The time a change is stamped with: the clock, but always after every
+ * stamp time handed out or seen before (a hybrid clock).
  */
 TimestampTz
 serial_stamp_time(void)
 {
-	TimestampTz now = GetCurrentTimestamp();
-	TimestampTz floor;
+	TimestampTz now = serial_clock_now();
+	uint64		floor;
 
-	serial_require_shmem();
-	floor = (TimestampTz) pg_atomic_read_u64(&serial_shared->clock_floor);
-	return now > floor ? now : floor + 1;
+	replstamp_require_shmem();
+	floor = pg_atomic_read_u64(&replstamp_shared->clock_floor);
+	for (;;)
+	{
+		TimestampTz t = now > (TimestampTz) floor ? now : (TimestampTz) floor + 1;
+
+		if (pg_atomic_compare_exchange_u64(&replstamp_shared->clock_floor, &floor, (uint64) t))
+			return t;
+		/* floor now holds the value another backend set: try again */
+	}
 }
 
 /*
- * A change stamped at t was applied here.  A clock more than a minute
- * ahead of ours moves the floor only that far: a peer with a wild clock
- * must not push every later local stamp into the future.
+ * A change stamped at t exists here (applied from a peer, or found at
+ * start-up): every later stamp is later than t.  Not capped: capping would
+ * let a later local write lose to an earlier change of a peer whose clock
+ * is ahead.  The skew is reported by the sync, and changes beyond
+ * replstamp.max_clock_skew are refused there.
  */
 void
 serial_clock_seen(TimestampTz t)
 {
-	TimestampTz cap = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 60 * 1000);
 	uint64		cur;
 
-	serial_require_shmem();
-	if (t > cap)
-		t = cap;
-	cur = pg_atomic_read_u64(&serial_shared->clock_floor);
+	replstamp_require_shmem();
+	cur = pg_atomic_read_u64(&replstamp_shared->clock_floor);
 	while ((TimestampTz) cur < t &&
-		   !pg_atomic_compare_exchange_u64(&serial_shared->clock_floor, &cur, (uint64) t))
+		   !pg_atomic_compare_exchange_u64(&replstamp_shared->clock_floor, &cur, (uint64) t))
 		;
 }

@@ -1,7 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * serial.h
- *		Serials and the lowest uncommitted serial (LUS).
+ *		Serials, the lowest uncommitted serial (LUS), and the hybrid clock
+ *		that gives changes their stamp times.
  *
  * serial_take() hands out the next serial of the current database and
  * records, in shared memory, the lowest serial the current transaction
@@ -17,11 +18,15 @@
 
 #include "datatype/timestamp.h"
 
-extern void serial_require_shmem(void);
+extern void serial_init(void);
 extern int64 serial_take(Oid seqoid);
 extern int64 serial_next(Oid seqoid);
 extern int64 serial_lus(Oid seqoid);
+extern int	serial_lus_holder(Oid seqoid);
 extern bool serial_xact_holds_serial(void);
+extern uint64 serial_activity(void);
+
+extern TimestampTz serial_clock_now(void);
 extern TimestampTz serial_stamp_time(void);
 extern void serial_clock_seen(TimestampTz t);
 

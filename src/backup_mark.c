@@ -1,6 +1,6 @@
 /*-------------------------------------------------------------------------
  *
- * backup.c
+ * backup_mark.c
  *		The state flip around a backup, in every database of the cluster
  *		that has replstamp: replstamp.prepare_backup() marks each one
  *		'backup' and records its serials, so that any snapshot taken until
@@ -8,8 +8,9 @@
  *		(basebackup.c) uses the same flip around its own copy.
  *
  * A backend can only write its own database, so the flip of each database
- * is done by a short-lived background worker connected to it, all started
- * at once; the caller waits for each and collects its outcome from shared
+ * is done by a short-lived background worker connected to it, up to
+ * FLIP_BATCH at once (a cluster with more databases is flipped batch after
+ * batch); the caller waits for each and collects its outcome from shared
  * memory.  Each worker commits with synchronous_commit = on before it
  * reports, so a flip that was reported is durable before the backup starts.
  *
@@ -18,14 +19,15 @@
  * check has not run yet) must rotate now, not see the state that the live
  * node's own backup sets and take it for a restore.
  *
- * Concurrency contract:
- *	- BackupShared is protected by its spinlock;
+ * Concurrency contract (fields of replstamp_shared, shmem.h):
+ *	- flip_owner, backup_owner, flip_label and flip[] are protected by
+ *	  mutex;
  *	- one flip at a time in the whole cluster: flip_owner holds the PID of
- *	  the backend collecting outcomes in db[]; a dead owner's claim is
- *	  taken over;
- *	- a worker writes only its own db[] entry, and only when started with
- *	  a result index (a fire-and-forget flip back from an exiting backend
- *	  reports nowhere);
+ *	  the backend collecting outcomes in flip[]; a claim is released by its
+ *	  owner, at the latest by a before_shmem_exit callback when it exits;
+ *	- a worker writes only its own flip[] entry, and only when started
+ *	  with a result index (a fire-and-forget flip back from an exiting
+ *	  backend reports nowhere);
  *	- the label is read by prepare workers while the owner waits for them.
  *
  * Copyright (c) 2026, the replstamp authors
@@ -63,135 +65,75 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
-#include "backup.h"
+#include "backup_mark.h"
+#include "catalog.h"
 #include "identity.h"
-#include "replstamp.h"
 #include "serial.h"
+#include "shmem.h"
+#include "workers.h"
 
 PG_FUNCTION_INFO_V1(replstamp_prepare_backup);
 PG_FUNCTION_INFO_V1(replstamp_finish_backup);
 
 PGDLLEXPORT void replstamp_backup_flip_main(Datum arg);
 
-#define FLIP_MAX_DBS		256
-#define FLIP_MESSAGE_LEN	256
-#define FLIP_LABEL_LEN		1024
-
-typedef enum FlipStatus
-{
-	FLIP_PENDING = 0,			/* the worker has not reported */
-	FLIP_DONE,					/* the state was changed */
-	FLIP_NOT_INSTALLED,			/* no replstamp in this database */
-	FLIP_UNCHANGED,				/* already in the requested state */
-	FLIP_FAILED					/* error; see message */
-} FlipStatus;
-
 /* What a worker is asked to do, in bgw_extra. */
 typedef struct FlipRequest
 {
 	bool		to_backup;
-	int			result_index;	/* db[] entry to report to, or -1 */
+	int			result_index;	/* flip[] entry to report to, or -1 */
 } FlipRequest;
 
-typedef struct BackupShared
-{
-	slock_t		mutex;
-	pid_t		flip_owner;		/* backend running a flip, or 0 */
-	pid_t		backup_owner;	/* backend running replstamp.backup(), or 0 */
-	char		label[FLIP_LABEL_LEN];
-	struct
-	{
-		FlipStatus	status;
-		char		message[FLIP_MESSAGE_LEN];
-	}			db[FLIP_MAX_DBS];
-} BackupShared;
+static bool exit_callback_registered = false;
 
-static BackupShared *backup_shared = NULL;
+static void release(pid_t *slot);
 
-static shmem_request_hook_type prev_shmem_request_hook = NULL;
-static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
-
+/* An exiting backend gives up what it claimed. */
 static void
-backup_shmem_request(void)
+release_claims(int code, Datum arg)
 {
-	if (prev_shmem_request_hook)
-		prev_shmem_request_hook();
-	RequestAddinShmemSpace(sizeof(BackupShared));
-}
-
-static void
-backup_shmem_startup(void)
-{
-	bool		found;
-
-	if (prev_shmem_startup_hook)
-		prev_shmem_startup_hook();
-
-	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
-	backup_shared = ShmemInitStruct("replstamp backup", sizeof(BackupShared), &found);
-	if (!found)
-	{
-		memset(backup_shared, 0, sizeof(BackupShared));
-		SpinLockInit(&backup_shared->mutex);
-	}
-	LWLockRelease(AddinShmemInitLock);
+	if (replstamp_shared == NULL)
+		return;
+	release(&replstamp_shared->flip_owner);
+	release(&replstamp_shared->backup_owner);
 }
 
 /*
- * Shared memory for the flip.  Called from _PG_init.
- */
-void
-backup_init(void)
-{
-	prev_shmem_request_hook = shmem_request_hook;
-	shmem_request_hook = backup_shmem_request;
-	prev_shmem_startup_hook = shmem_startup_hook;
-	shmem_startup_hook = backup_shmem_startup;
-}
-
-/*
- * Claim *slot for this backend.  A claim by a backend that no longer exists
- * is taken over.  Returns the PID of a live holder, or 0 on success.
+ * Claim *slot for this backend.  Returns the PID of the holder, or 0 on
+ * success.  A claim is released by release(), or when its backend exits.
  */
 static pid_t
 claim(pid_t *slot)
 {
 	pid_t		holder;
 
-	serial_require_shmem();
-	SpinLockAcquire(&backup_shared->mutex);
+	replstamp_require_shmem();
+	if (!exit_callback_registered)
+	{
+		before_shmem_exit(release_claims, (Datum) 0);
+		exit_callback_registered = true;
+	}
+	SpinLockAcquire(&replstamp_shared->mutex);
 	holder = *slot;
 	if (holder == 0 || holder == MyProcPid)
 		*slot = MyProcPid;
-	SpinLockRelease(&backup_shared->mutex);
-	if (holder == 0 || holder == MyProcPid)
-		return 0;
-
-	/* Is the holder still there?  (It may have died in a crash of its own.) */
-	if (BackendPidGetProc(holder) == NULL && kill(holder, 0) != 0)
-	{
-		SpinLockAcquire(&backup_shared->mutex);
-		if (*slot == holder)
-			*slot = MyProcPid;
-		holder = (*slot == MyProcPid) ? 0 : *slot;
-		SpinLockRelease(&backup_shared->mutex);
-	}
-	return holder;
+	SpinLockRelease(&replstamp_shared->mutex);
+	return (holder == 0 || holder == MyProcPid) ? 0 : holder;
 }
 
 static void
 release(pid_t *slot)
 {
-	SpinLockAcquire(&backup_shared->mutex);
+	SpinLockAcquire(&replstamp_shared->mutex);
 	if (*slot == MyProcPid)
 		*slot = 0;
-	SpinLockRelease(&backup_shared->mutex);
+	SpinLockRelease(&replstamp_shared->mutex);
 }
 
 void
 backup_claim_owner(void)
 {
-	pid_t		holder = claim(&backup_shared->backup_owner);
+	pid_t		holder = claim(&replstamp_shared->backup_owner);
 
 	if (holder != 0)
 		ereport(ERROR,
@@ -204,34 +146,8 @@ backup_claim_owner(void)
 void
 backup_release_owner(void)
 {
-	if (backup_shared)
-		release(&backup_shared->backup_owner);
-}
-
-/*
- * The databases a flip visits: every one that accepts connections.
- * Call inside a transaction; the list is allocated in the current context.
- */
-List *
-replstamp_connectable_databases(void)
-{
-	List	   *dbs = NIL;
-	Relation	rel;
-	TableScanDesc scan;
-	HeapTuple	tuple;
-
-	rel = table_open(DatabaseRelationId, AccessShareLock);
-	scan = table_beginscan_catalog(rel, 0, NULL);
-	while ((tuple = heap_getnext(scan, ForwardScanDirection)) != NULL)
-	{
-		Form_pg_database db = (Form_pg_database) GETSTRUCT(tuple);
-
-		if (db->datallowconn)
-			dbs = lappend_oid(dbs, db->oid);
-	}
-	table_endscan(scan);
-	table_close(rel, AccessShareLock);
-	return dbs;
+	if (replstamp_shared)
+		release(&replstamp_shared->backup_owner);
 }
 
 static bool
@@ -240,37 +156,113 @@ start_flip_worker(Oid dboid, bool to_backup, int result_index,
 {
 	FlipRequest req;
 
-	StaticAssertStmt(sizeof(FlipRequest) <= BGW_EXTRALEN, "FlipRequest too large");
+	StaticAssertStmt(sizeof(FlipRequest) + sizeof(Oid) <= BGW_EXTRALEN, "FlipRequest too large");
 	req.to_backup = to_backup;
 	req.result_index = result_index;
 	return replstamp_start_worker("replstamp_backup_flip_main", "replstamp backup flip",
-								  dboid, &req, sizeof(req), handle);
+								  dboid, InvalidOid, &req, sizeof(req), handle);
 }
 
 /*
- * Run the flip in every database in dbs (one worker each, concurrently) and
- * return the databases whose state changed.  On the way to 'backup', the
- * first failure flips back the databases already flipped and raises the
- * error; on the way back, failures are reported as WARNINGs and the others
- * go on.
+ * Flip the databases in batch (at most FLIP_BATCH), one worker each,
+ * concurrently; append the ones whose state changed to *changed, and note
+ * the first failure on the way to 'backup'.  Caller holds flip_owner.
+ */
+static void
+flip_batch(List *batch, bool to_backup, List **changed, char **failed_db,
+		   FlipStatus *failed_status, char *failed_msg)
+{
+	ListCell   *lc;
+	BackgroundWorkerHandle **handles;
+
+	Assert(list_length(batch) <= FLIP_BATCH);
+
+	/* Start one worker per database, all at once ... */
+	handles = palloc0(sizeof(BackgroundWorkerHandle *) * Max(list_length(batch), 1));
+	foreach(lc, batch)
+	{
+		int			n = foreach_current_index(lc);
+
+		SpinLockAcquire(&replstamp_shared->mutex);
+		replstamp_shared->flip[n].status = FLIP_PENDING;
+		replstamp_shared->flip[n].message[0] = '\0';
+		SpinLockRelease(&replstamp_shared->mutex);
+		if (!start_flip_worker(lfirst_oid(lc), to_backup, n, &handles[n]))
+		{
+			/* Out of worker slots: let the ones started finish, retry. */
+			for (int k = 0; k < n; k++)
+				if (handles[k] != NULL)
+					(void) WaitForBackgroundWorkerShutdown(handles[k]);
+			if (!start_flip_worker(lfirst_oid(lc), to_backup, n, &handles[n]))
+				handles[n] = NULL;
+		}
+	}
+
+	/* ... then collect their outcomes in order. */
+	foreach(lc, batch)
+	{
+		Oid			dboid = lfirst_oid(lc);
+		int			n = foreach_current_index(lc);
+		FlipStatus	status;
+		char		message[FLIP_MESSAGE_LEN];
+
+		if (handles[n] == NULL)
+		{
+			status = FLIP_FAILED;
+			strlcpy(message, "could not start a background worker (max_worker_processes is exhausted)",
+					sizeof(message));
+		}
+		else
+		{
+			(void) WaitForBackgroundWorkerShutdown(handles[n]);
+			SpinLockAcquire(&replstamp_shared->mutex);
+			status = replstamp_shared->flip[n].status;
+			strlcpy(message, replstamp_shared->flip[n].message, sizeof(message));
+			SpinLockRelease(&replstamp_shared->mutex);
+			if (status == FLIP_PENDING)
+				strlcpy(message, "the background worker exited without reporting", sizeof(message));
+		}
+
+		if (status == FLIP_DONE)
+			*changed = lappend_oid(*changed, dboid);
+		else if (status == FLIP_FAILED || status == FLIP_PENDING ||
+				 (status == FLIP_UNCHANGED && to_backup))
+		{
+			char	   *dbname = get_database_name(dboid);
+
+			if (!to_backup)
+				ereport(WARNING,
+						(errmsg("could not mark database \"%s\" 'original' again: %s",
+								dbname ? dbname : "?", message),
+						 errhint("Run SELECT replstamp.finish_backup() once the cause is fixed.")));
+			else if (*failed_db == NULL)
+			{
+				/* Remember the first failure; wait for the others. */
+				*failed_db = dbname ? dbname : psprintf("%u", dboid);
+				*failed_status = status;
+				strlcpy(failed_msg, message, FLIP_MESSAGE_LEN);
+			}
+		}
+	}
+}
+
+/*
+ * Run the flip in every database in dbs (one worker each, up to FLIP_BATCH
+ * at a time) and return the databases whose state changed.  On the way to
+ * 'backup', the first failure flips back the databases already flipped and
+ * raises the error; on the way back, failures are reported as WARNINGs and
+ * the others go on.
  */
 List *
 backup_flip(List *dbs, bool to_backup, const char *label)
 {
 	List	   *volatile changed = NIL;
-	ListCell   *lc;
 	pid_t		holder;
 	char	   *volatile failed_db = NULL;
 	char		failed_msg[FLIP_MESSAGE_LEN] = "";
 	volatile FlipStatus failed_status = FLIP_PENDING;
 
-	if (list_length(dbs) > FLIP_MAX_DBS)
-		ereport(ERROR,
-				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("replstamp can flip at most %d databases, this cluster has %d",
-						FLIP_MAX_DBS, list_length(dbs))));
-
-	holder = claim(&backup_shared->flip_owner);
+	holder = claim(&replstamp_shared->flip_owner);
 	if (holder != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_IN_USE),
@@ -279,83 +271,29 @@ backup_flip(List *dbs, bool to_backup, const char *label)
 
 	PG_TRY();
 	{
-		BackgroundWorkerHandle **handles;
+		List	   *changed_here = NIL;
+		char	   *failed_here = NULL;
+		FlipStatus	status_here = FLIP_PENDING;
 
-		SpinLockAcquire(&backup_shared->mutex);
-		strlcpy(backup_shared->label, label ? label : "", FLIP_LABEL_LEN);
-		SpinLockRelease(&backup_shared->mutex);
+		SpinLockAcquire(&replstamp_shared->mutex);
+		strlcpy(replstamp_shared->flip_label, label ? label : "", FLIP_LABEL_LEN);
+		SpinLockRelease(&replstamp_shared->mutex);
 
-		/* Start one worker per database, all at once ... */
-		handles = palloc0(sizeof(BackgroundWorkerHandle *) * Max(list_length(dbs), 1));
-		foreach(lc, dbs)
+		for (int start = 0; start < list_length(dbs) && failed_here == NULL; start += FLIP_BATCH)
 		{
-			int			n = foreach_current_index(lc);
+			List	   *batch = list_copy_tail(dbs, start);
 
-			SpinLockAcquire(&backup_shared->mutex);
-			backup_shared->db[n].status = FLIP_PENDING;
-			backup_shared->db[n].message[0] = '\0';
-			SpinLockRelease(&backup_shared->mutex);
-			if (!start_flip_worker(lfirst_oid(lc), to_backup, n, &handles[n]))
-			{
-				/* Out of worker slots: let the ones started finish, retry. */
-				for (int k = 0; k < n; k++)
-					if (handles[k] != NULL)
-						(void) WaitForBackgroundWorkerShutdown(handles[k]);
-				if (!start_flip_worker(lfirst_oid(lc), to_backup, n, &handles[n]))
-					handles[n] = NULL;
-			}
+			if (list_length(batch) > FLIP_BATCH)
+				batch = list_truncate(batch, FLIP_BATCH);
+			flip_batch(batch, to_backup, &changed_here, &failed_here, &status_here, failed_msg);
 		}
-
-		/* ... then collect their outcomes in order. */
-		foreach(lc, dbs)
-		{
-			Oid			dboid = lfirst_oid(lc);
-			int			n = foreach_current_index(lc);
-			FlipStatus	status;
-			char		message[FLIP_MESSAGE_LEN];
-
-			if (handles[n] == NULL)
-			{
-				status = FLIP_FAILED;
-				strlcpy(message, "could not start a background worker (max_worker_processes is exhausted)",
-						sizeof(message));
-			}
-			else
-			{
-				(void) WaitForBackgroundWorkerShutdown(handles[n]);
-				SpinLockAcquire(&backup_shared->mutex);
-				status = backup_shared->db[n].status;
-				strlcpy(message, backup_shared->db[n].message, sizeof(message));
-				SpinLockRelease(&backup_shared->mutex);
-				if (status == FLIP_PENDING)
-					strlcpy(message, "the background worker exited without reporting", sizeof(message));
-			}
-
-			if (status == FLIP_DONE)
-				changed = lappend_oid(changed, dboid);
-			else if (status == FLIP_FAILED || status == FLIP_PENDING ||
-					 (status == FLIP_UNCHANGED && to_backup))
-			{
-				char	   *dbname = get_database_name(dboid);
-
-				if (!to_backup)
-					ereport(WARNING,
-							(errmsg("could not mark database \"%s\" 'original' again: %s",
-									dbname ? dbname : "?", message),
-							 errhint("Run SELECT replstamp.finish_backup() once the cause is fixed.")));
-				else if (failed_db == NULL)
-				{
-					/* Remember the first failure; wait for the others. */
-					failed_db = dbname ? dbname : psprintf("%u", dboid);
-					failed_status = status;
-					strlcpy(failed_msg, message, sizeof(failed_msg));
-				}
-			}
-		}
+		changed = changed_here;
+		failed_db = failed_here;
+		failed_status = status_here;
 	}
 	PG_FINALLY();
 	{
-		release(&backup_shared->flip_owner);
+		release(&replstamp_shared->flip_owner);
 	}
 	PG_END_TRY();
 
@@ -470,12 +408,12 @@ flip_here(bool to_backup, const char *label)
 static void
 report(int index, FlipStatus status, const char *message)
 {
-	if (index < 0 || index >= FLIP_MAX_DBS)
+	if (index < 0 || index >= FLIP_BATCH)
 		return;
-	SpinLockAcquire(&backup_shared->mutex);
-	backup_shared->db[index].status = status;
-	strlcpy(backup_shared->db[index].message, message ? message : "", FLIP_MESSAGE_LEN);
-	SpinLockRelease(&backup_shared->mutex);
+	SpinLockAcquire(&replstamp_shared->mutex);
+	replstamp_shared->flip[index].status = status;
+	strlcpy(replstamp_shared->flip[index].message, message ? message : "", FLIP_MESSAGE_LEN);
+	SpinLockRelease(&replstamp_shared->mutex);
 }
 
 /*
@@ -492,15 +430,13 @@ replstamp_backup_flip_main(Datum arg)
 	char		label[FLIP_LABEL_LEN];
 	MemoryContext topcxt = CurrentMemoryContext;
 
-	memcpy(&req, MyBgworkerEntry->bgw_extra, sizeof(req));
 	pqsignal(SIGTERM, die);
-	BackgroundWorkerUnblockSignals();
-	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
+	replstamp_worker_connect(arg, &req, sizeof(req));
 	SetConfigOption("synchronous_commit", "on", PGC_SUSET, PGC_S_OVERRIDE);
 
-	SpinLockAcquire(&backup_shared->mutex);
-	strlcpy(label, backup_shared->label, sizeof(label));
-	SpinLockRelease(&backup_shared->mutex);
+	SpinLockAcquire(&replstamp_shared->mutex);
+	strlcpy(label, replstamp_shared->flip_label, sizeof(label));
+	SpinLockRelease(&replstamp_shared->mutex);
 
 	PG_TRY();
 	{

@@ -1,24 +1,24 @@
 /*-------------------------------------------------------------------------
  *
- * backup.h
- *		The state flip around a backup (backup.c), used by
- *		prepare/finish_backup() and by replstamp.backup() (basebackup.c).
+ * backup_mark.h
+ *		The state flip around a backup (backup_mark.c): every database with
+ *		replstamp is marked 'backup' before a backup and 'original' after
+ *		it.  Used by prepare/finish_backup() and by replstamp.backup()
+ *		(basebackup.c).
  *
  * Copyright (c) 2026, the replstamp authors
  *
  *-------------------------------------------------------------------------
  */
-#ifndef REPLSTAMP_BACKUP_H
-#define REPLSTAMP_BACKUP_H
+#ifndef REPLSTAMP_BACKUP_MARK_H
+#define REPLSTAMP_BACKUP_MARK_H
 
 #include "nodes/pg_list.h"
 
-extern void backup_init(void);
-extern List *replstamp_connectable_databases(void);
 extern List *backup_flip(List *dbs, bool to_backup, const char *label);
 extern void backup_flip_back_detached(List *dbs);
 extern char *backup_database_names(List *dbs);
 extern void backup_claim_owner(void);
 extern void backup_release_owner(void);
 
-#endif							/* REPLSTAMP_BACKUP_H */
+#endif							/* REPLSTAMP_BACKUP_MARK_H */

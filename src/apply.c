@@ -1,0 +1,738 @@
+/*-------------------------------------------------------------------------
+ *
+ * apply.c
+ *		Applying one change pulled from a peer: find and lock its row,
+ *		decide by last writer wins against the row's latest version
+ *		(rowversion.c), write the row with the executor's own routines (as
+ *		PostgreSQL's logical replication apply worker does: no SQL is built
+ *		or planned), record the change with its original stamp.  The cost
+ *		per change does not depend on the backlog or on the row's history.
+ *
+ * The caller (sync.c) groups changes in pages, one transaction each, and
+ * calls apply_page_begin()/apply_page_end() around them; the tables a page
+ * touches are opened once per page, their layout and column metadata once
+ * per sync.  Every change runs in a memory context reset after it.
+ *
+ * Security: everything a table owner controls runs as that owner, in a
+ * security-restricted operation, and whatever settings that code changes
+ * are rolled back after the change (catalog.c): type input (domain
+ * checks), key lookups (operator classes), triggers (ENABLE REPLICA and
+ * ENABLE ALWAYS ones; session_replication_role is 'replica' during a
+ * sync), defaults of absent columns, constraints, index expressions.  The
+ * rows the apply itself writes are not stamped again (stamp.c); rows a
+ * table owner's trigger writes meanwhile are stamped as local changes.
+ *
+ * Schema differences: a change whose image lacks a column of the table
+ * writes the column's default (INSERT) or keeps its value (UPDATE); a
+ * column the table lacks is left out, and the row's version is marked
+ * partial so that the value can be filled in once the column exists here
+ * (sync.c).  Key columns must be the same on both nodes.  Values are
+ * converted with the column's type modifier, as INSERT does.
+ *
+ * Copyright (c) 2026, the replstamp authors
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "commands/trigger.h"
+#include "executor/executor.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "nodes/makefuncs.h"
+#include "optimizer/optimizer.h"
+#include "rewrite/rewriteHandler.h"
+#include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/regproc.h"
+#include "utils/snapmgr.h"
+
+#include "apply.h"
+#include "catalog.h"
+#include "rowimage.h"
+#include "rowversion.h"
+#include "serial.h"
+#include "stamp.h"
+
+/* Longest table name accepted from a peer (two quoted identifiers). */
+#define MAX_RELATION_LEN	(NAMEDATALEN * 4 + 8)
+
+typedef enum TableState
+{
+	TABLE_OK,
+	TABLE_IGNORED				/* dropped or untracked here */
+} TableState;
+
+/* A table the sync writes to. */
+typedef struct ApplyTable
+{
+	char		relation[MAX_RELATION_LEN]; /* hash key: the change's name */
+	TableState	state;
+	Oid			relid;
+	Oid			owner;
+	int64		conflicts;		/* in this page */
+
+	/* Open for the current page only. */
+	bool		open;
+	Relation	rel;
+	RowLayout  *layout;
+	EState	   *estate;
+	ResultRelInfo *rri;
+	EPQState	epq;
+	TupleTableSlot *keyslot;
+	TupleTableSlot *localslot;
+	TupleTableSlot *newslot;
+	TupleTableSlot *baseslot;	/* the old row of a key-changing UPDATE */
+	ExprState **defaults;		/* per attribute, built on first use */
+	bool	   *defaults_built;
+} ApplyTable;
+
+typedef struct SkipKey
+{
+	pg_uuid_t	id;
+	int64		serial;
+} SkipKey;
+
+struct ApplySession
+{
+	MemoryContext cxt;			/* the sync */
+	MemoryContext page_cxt;		/* one page */
+	MemoryContext row_cxt;		/* one change */
+	const char *peer;
+	const ReplstampCatalog *cat;
+	HTAB	   *tables;
+	HTAB	   *skips;			/* replstamp.skip() requests not met yet */
+	ReconcileState *reconcile;
+	RowVersionWriter *rvw;		/* the current page's */
+	List	   *open_tables;
+	int64		conflicts;
+	int64		skipped;
+};
+
+/* What an error while applying a change names: never row values. */
+typedef struct ApplyErrorArg
+{
+	ApplySession *s;
+	Change	   *change;
+} ApplyErrorArg;
+
+static void
+apply_error_context(void *arg)
+{
+	ApplyErrorArg *a = arg;
+
+	errcontext("applying change %s/" INT64_FORMAT " (%s) of table %s from peer \"%s\"",
+			   replstamp_uuid_text(&a->change->replica_id), a->change->serial,
+			   changelog_op_name(a->change->op),
+			   text_to_cstring(a->change->relation), a->s->peer);
+}
+
+/*
+ * Start applying changes from peer; the session lives in cxt.  Call in a
+ * transaction (it reads the pending skip requests).
+ */
+ApplySession *
+apply_session_begin(const char *peer, MemoryContext cxt)
+{
+	ApplySession *s = MemoryContextAllocZero(cxt, sizeof(ApplySession));
+	HASHCTL		ctl;
+	ReplstampOwnerContext octx;
+
+	s->cxt = cxt;
+	s->page_cxt = AllocSetContextCreate(cxt, "replstamp apply page", ALLOCSET_DEFAULT_SIZES);
+	s->row_cxt = AllocSetContextCreate(cxt, "replstamp apply change", ALLOCSET_DEFAULT_SIZES);
+	s->peer = MemoryContextStrdup(cxt, peer);
+	s->cat = replstamp_catalog_v11("applying changes");
+	s->reconcile = reconcile_begin(cxt);
+
+	ctl.keysize = MAX_RELATION_LEN;
+	ctl.entrysize = sizeof(ApplyTable);
+	ctl.hcxt = cxt;
+	s->tables = hash_create("replstamp apply tables", 16, &ctl,
+							HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+
+	ctl.keysize = sizeof(SkipKey);
+	ctl.entrysize = sizeof(SkipKey);
+	ctl.hcxt = cxt;
+	s->skips = hash_create("replstamp skip requests", 16, &ctl,
+						   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	replstamp_become_owner(&octx);
+	SPI_connect();
+	if (SPI_execute("SELECT replica_id, serial FROM replstamp.skipped WHERE skipped_at IS NULL",
+					true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "replstamp: could not read replstamp.skipped");
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		SkipKey		key;
+		bool		isnull;
+
+		memset(&key, 0, sizeof(key));
+		memcpy(&key.id, DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc,
+													1, &isnull)), sizeof(pg_uuid_t));
+		key.serial = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc,
+												 2, &isnull));
+		(void) hash_search(s->skips, &key, HASH_ENTER, NULL);
+	}
+	SPI_finish();
+	replstamp_restore_user(&octx);
+	return s;
+}
+
+int64
+apply_conflicts(ApplySession *s)
+{
+	return s->conflicts;
+}
+
+int64
+apply_skipped(ApplySession *s)
+{
+	return s->skipped;
+}
+
+/* Was (id, serial) asked to be skipped? */
+bool
+apply_stamp_skipped(ApplySession *s, const pg_uuid_t *id, int64 serial)
+{
+	SkipKey		key;
+
+	memset(&key, 0, sizeof(key));
+	key.id = *id;
+	key.serial = serial;
+	return hash_search(s->skips, &key, HASH_FIND, NULL) != NULL;
+}
+
+/*
+ * In a new transaction: ready for a page of changes.
+ */
+void
+apply_page_begin(ApplySession *s)
+{
+	MemoryContext old = MemoryContextSwitchTo(s->page_cxt);
+
+	s->rvw = rowversion_writer_begin(s->cat);
+	s->open_tables = NIL;
+	MemoryContextSwitchTo(old);
+}
+
+static void
+table_close_page(ApplyTable *t)
+{
+	if (!t->open)
+		return;
+	/* Our result relation's indexes, and those the trigger manager opened. */
+	ExecCloseResultRelations(t->estate);
+	ExecCloseRangeTableRelations(t->estate);
+	EvalPlanQualEnd(&t->epq);
+	ExecResetTupleTable(t->estate->es_tupleTable, false);
+	FreeExecutorState(t->estate);
+	table_close(t->rel, NoLock);
+	t->open = false;
+}
+
+static void
+spi_owner_exec(const char *sql, int nargs, Oid *types, Datum *values, int expected)
+{
+	ReplstampOwnerContext ctx;
+	int			ret;
+
+	replstamp_become_owner(&ctx);
+	SPI_connect();
+	ret = SPI_execute_with_args(sql, nargs, types, values, NULL, false, 0);
+	if (ret != expected)
+		elog(ERROR, "replstamp: query failed (%s): %s", SPI_result_code_string(ret), sql);
+	SPI_finish();
+	replstamp_restore_user(&ctx);
+}
+
+/*
+ * Before the page's transaction commits: close its tables, save the
+ * reconciliation and the conflict counters.
+ */
+void
+apply_page_end(ApplySession *s)
+{
+	ListCell   *lc;
+
+	foreach(lc, s->open_tables)
+	{
+		ApplyTable *t = lfirst(lc);
+
+		table_close_page(t);
+		if (t->conflicts > 0)
+		{
+			Oid			types[2] = {TEXTOID, INT8OID};
+			Datum		values[2] = {CStringGetTextDatum(t->relation), Int64GetDatum(t->conflicts)};
+
+			spi_owner_exec("UPDATE replstamp.tracked SET conflicts = conflicts OPERATOR(pg_catalog.+) $2 "
+						   "WHERE relation OPERATOR(pg_catalog.=) $1", 2, types, values, SPI_OK_UPDATE);
+			t->conflicts = 0;
+		}
+	}
+	rowversion_writer_end(s->rvw);
+	s->rvw = NULL;
+	reconcile_save(s->reconcile);
+	s->open_tables = NIL;
+	MemoryContextReset(s->page_cxt);
+}
+
+/*
+ * After an error in a page (its transaction is being aborted): forget
+ * what was opened for it; the abort releases the resources themselves.
+ */
+void
+apply_page_abort(ApplySession *s)
+{
+	ListCell   *lc;
+
+	foreach(lc, s->open_tables)
+	{
+		ApplyTable *t = lfirst(lc);
+
+		t->open = false;
+		t->conflicts = 0;
+	}
+	s->open_tables = NIL;
+	s->rvw = NULL;
+	/* What was reconciled in the aborted transaction must be read again. */
+	s->reconcile->loaded = false;
+	s->reconcile->looked = false;
+	MemoryContextReset(s->page_cxt);
+	MemoryContextReset(s->row_cxt);
+}
+
+/* The state of a table in replstamp.tracked, or NULL. */
+static char *
+registry_state(const char *relation)
+{
+	ReplstampOwnerContext ctx;
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1] = {CStringGetTextDatum(relation)};
+	char	   *state = NULL;
+
+	replstamp_become_owner(&ctx);
+	SPI_connect();
+	if (SPI_execute_with_args("SELECT state FROM replstamp.tracked WHERE relation OPERATOR(pg_catalog.=) $1",
+							  1, types, values, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "replstamp: could not read replstamp.tracked");
+	if (SPI_processed > 0)
+		state = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	if (state)
+		state = MemoryContextStrdup(TopTransactionContext, state);
+	SPI_finish();
+	replstamp_restore_user(&ctx);
+	return state;
+}
+
+/*
+ * The table a change names: resolved once per sync.  Refuses a name that
+ * is not this table's canonical spelling, a table that does not exist or
+ * is not tracked here (unless this node dropped or untracked it: then its
+ * changes are ignored).
+ */
+static ApplyTable *
+resolve_table(ApplySession *s, Change *change)
+{
+	char	   *relation;
+	ApplyTable *t;
+	bool		found;
+	List	   *names;
+	Oid			relid;
+	Relation	rel;
+	char	   *canonical;
+	char	   *state;
+
+	if (VARSIZE_ANY_EXHDR(change->relation) >= MAX_RELATION_LEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_NAME_TOO_LONG),
+				 errmsg("peer \"%s\" sent a change with an overlong table name", s->peer)));
+	relation = text_to_cstring(change->relation);
+	t = hash_search(s->tables, relation, HASH_ENTER, &found);
+	if (found)
+		return t;
+	t->state = TABLE_OK;
+	t->open = false;
+	t->conflicts = 0;
+
+	PG_TRY();
+	{
+		names = stringToQualifiedNameList(relation);
+		relid = RangeVarGetRelid(makeRangeVarFromNameList(names), RowExclusiveLock, true);
+		if (!OidIsValid(relid))
+		{
+			state = registry_state(relation);
+			if (state && strcmp(state, "tracked") != 0)
+				t->state = TABLE_IGNORED;
+			else
+				ereport(ERROR,
+						(errcode(ERRCODE_UNDEFINED_TABLE),
+						 errmsg("peer sent a change of table %s, which does not exist here", relation),
+						 errhint("Create and track the table on every node, or drop it on every node.")));
+		}
+		else
+		{
+			rel = table_open(relid, NoLock);
+			canonical = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
+												   RelationGetRelationName(rel));
+			if (strcmp(canonical, relation) != 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_DATA_EXCEPTION),
+						 errmsg("peer \"%s\" sent a change of table %s, which is not how the table is spelled (%s)",
+								s->peer, relation, canonical),
+						 errdetail("Every node writes the schema-qualified name, quoted only where needed.")));
+			if (!stamp_is_tracked(rel))
+			{
+				state = registry_state(relation);
+				if (state && strcmp(state, "tracked") != 0)
+					t->state = TABLE_IGNORED;
+				else
+					ereport(ERROR,
+							(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+							 errmsg("peer sent a change of table %s, which is not tracked here", relation),
+							 errhint("Track the table with replstamp.track() on every node.")));
+			}
+			else if (!OidIsValid(RelationGetPrimaryKeyIndex(rel)))
+				ereport(ERROR,
+						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+						 errmsg("table %s has no primary key", relation)));
+			t->relid = relid;
+			t->owner = rel->rd_rel->relowner;
+			table_close(rel, NoLock);
+		}
+	}
+	PG_CATCH();
+	{
+		(void) hash_search(s->tables, relation, HASH_REMOVE, NULL);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	return t;
+}
+
+/* Open a table for the current page. */
+static void
+table_open_page(ApplySession *s, ApplyTable *t)
+{
+	MemoryContext old;
+	RangeTblEntry *rte;
+	TupleDesc	desc;
+
+	if (t->open)
+		return;
+	old = MemoryContextSwitchTo(s->page_cxt);
+	t->rel = table_open(t->relid, RowExclusiveLock);
+	t->layout = rowimage_layout(t->rel);
+	desc = RelationGetDescr(t->rel);
+	t->estate = CreateExecutorState();
+	rte = makeNode(RangeTblEntry);
+	rte->rtekind = RTE_RELATION;
+	rte->relid = t->relid;
+	rte->relkind = t->rel->rd_rel->relkind;
+	rte->rellockmode = RowExclusiveLock;
+	ExecInitRangeTable(t->estate, list_make1(rte));
+	t->rri = makeNode(ResultRelInfo);
+	InitResultRelInfo(t->rri, t->rel, 1, NULL, 0);
+	/* Known to the executor, so that firing triggers finds it. */
+	t->estate->es_opened_result_relations = lappend(t->estate->es_opened_result_relations, t->rri);
+	ExecOpenIndices(t->rri, false);
+	EvalPlanQualInit(&t->epq, t->estate, NULL, NIL, -1);
+	t->keyslot = ExecInitExtraTupleSlot(t->estate, desc, &TTSOpsVirtual);
+	t->newslot = ExecInitExtraTupleSlot(t->estate, desc, &TTSOpsVirtual);
+	t->baseslot = ExecInitExtraTupleSlot(t->estate, desc, &TTSOpsVirtual);
+	t->localslot = table_slot_create(t->rel, &t->estate->es_tupleTable);
+	t->defaults = palloc0(sizeof(ExprState *) * Max(desc->natts, 1));
+	t->defaults_built = palloc0(sizeof(bool) * Max(desc->natts, 1));
+	t->open = true;
+	s->open_tables = lappend(s->open_tables, t);
+	MemoryContextSwitchTo(old);
+}
+
+/* The default of an attribute a change does not carry, for an INSERT. */
+static Datum
+column_default(ApplyTable *t, int a, bool *isnull)
+{
+	if (!t->defaults_built[a])
+	{
+		MemoryContext old = MemoryContextSwitchTo(t->estate->es_query_cxt);
+		Node	   *expr = build_column_default(t->rel, a + 1);
+
+		t->defaults[a] = expr ? ExecInitExpr((Expr *) expression_planner((Expr *) expr), NULL) : NULL;
+		t->defaults_built[a] = true;
+		MemoryContextSwitchTo(old);
+	}
+	if (t->defaults[a] == NULL)
+	{
+		*isnull = true;
+		return (Datum) 0;
+	}
+	return ExecEvalExprSwitchContext(t->defaults[a], GetPerTupleExprContext(t->estate), isnull);
+}
+
+/* Record a conflict (kind: 'incoming_lost' or 'overwrote'). */
+static void
+log_conflict(ApplySession *s, ApplyTable *t, Change *change, ChangeRow *row,
+			 const char *kind, const Version *winner, const Version *loser)
+{
+	Oid			types[10] = {TEXTOID, JSONBOID, TEXTOID, TEXTOID, UUIDOID, INT8OID,
+	TIMESTAMPTZOID, UUIDOID, INT8OID, TIMESTAMPTZOID};
+	Datum		values[10];
+
+	values[0] = PointerGetDatum(change->relation);
+	values[1] = JsonbPGetDatum(row->key);
+	values[2] = CStringGetTextDatum(kind);
+	values[3] = CStringGetTextDatum(s->peer);
+	values[4] = UUIDPGetDatum(&winner->replica_id);
+	values[5] = Int64GetDatum(winner->serial);
+	values[6] = TimestampTzGetDatum(winner->changed_at);
+	values[7] = UUIDPGetDatum(&loser->replica_id);
+	values[8] = Int64GetDatum(loser->serial);
+	values[9] = TimestampTzGetDatum(loser->changed_at);
+	spi_owner_exec("INSERT INTO replstamp.conflict_log (relation, pk, kind, peer, "
+				   "winner_replica_id, winner_serial, winner_changed_at, "
+				   "loser_replica_id, loser_serial, loser_changed_at) "
+				   "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+				   10, types, values, SPI_OK_INSERT);
+	s->conflicts++;
+	t->conflicts++;
+}
+
+/* Fill newslot for a row the change writes. */
+static void
+build_new_row(ApplyTable *t, bool found, bool have_base, Datum *values, bool *nulls,
+			  bool *present)
+{
+	TupleDesc	desc = RelationGetDescr(t->rel);
+	TupleTableSlot *slot = t->newslot;
+
+	ExecClearTuple(slot);
+	if (found)
+		slot_getallattrs(t->localslot);
+	for (int a = 0; a < desc->natts; a++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, a);
+
+		if (att->attisdropped || att->attgenerated)
+		{
+			slot->tts_values[a] = (Datum) 0;
+			slot->tts_isnull[a] = true;
+		}
+		else if (present[a])
+		{
+			slot->tts_values[a] = values[a];
+			slot->tts_isnull[a] = nulls[a];
+		}
+		else if (found)
+		{
+			/* an UPDATE keeps what the change does not carry */
+			slot->tts_values[a] = t->localslot->tts_values[a];
+			slot->tts_isnull[a] = t->localslot->tts_isnull[a];
+		}
+		else if (have_base)
+		{
+			/* the new key of a key-changing UPDATE: the old row's values */
+			slot->tts_values[a] = t->baseslot->tts_values[a];
+			slot->tts_isnull[a] = t->baseslot->tts_isnull[a];
+		}
+		else
+			slot->tts_values[a] = column_default(t, a, &slot->tts_isnull[a]);
+	}
+	ExecStoreVirtualTuple(slot);
+}
+
+/* Keep the old row of a key-changing UPDATE for the new key's absent columns. */
+static void
+keep_base(ApplyTable *t)
+{
+	TupleDesc	desc = RelationGetDescr(t->rel);
+
+	slot_getallattrs(t->localslot);
+	ExecClearTuple(t->baseslot);
+	for (int a = 0; a < desc->natts; a++)
+	{
+		t->baseslot->tts_values[a] = t->localslot->tts_values[a];
+		t->baseslot->tts_isnull[a] = t->localslot->tts_isnull[a];
+	}
+	ExecStoreVirtualTuple(t->baseslot);
+	ExecMaterializeSlot(t->baseslot);
+}
+
+/*
+ * Apply one change, in the current page's transaction.
+ */
+ApplyOutcome
+apply_change(ApplySession *s, Change *change)
+{
+	MemoryContext old;
+	ApplyTable *t;
+	ApplyErrorArg earg;
+	ErrorContextCallback errcb;
+	ReplstampOwnerContext uctx;
+	ChangeRow	rows[2];
+	int			nrows;
+	Version		ver;
+	int			natts;
+	Datum	   *values = NULL;
+	bool	   *nulls = NULL;
+	bool	   *present = NULL;
+	Datum		keyvalues[2][INDEX_MAX_KEYS];
+	bool		keynulls[2][INDEX_MAX_KEYS];
+	bool		partial = false;
+	bool		have_base = false;
+	const char *missing = NULL;
+
+	if (changelog_held(s->cat, &change->replica_id, change->serial))
+		return APPLY_HELD;
+
+	old = MemoryContextSwitchTo(s->row_cxt);
+	earg.s = s;
+	earg.change = change;
+	errcb.callback = apply_error_context;
+	errcb.arg = &earg;
+	errcb.previous = error_context_stack;
+	error_context_stack = &errcb;
+
+	if (apply_stamp_skipped(s, &change->replica_id, change->serial))
+	{
+		Oid			types[3] = {UUIDOID, INT8OID, TEXTOID};
+		Datum		vals[3] = {UUIDPGetDatum(&change->replica_id), Int64GetDatum(change->serial),
+		PointerGetDatum(change->relation)};
+
+		change->applied = true;
+		changelog_append(s->cat, change);
+		spi_owner_exec("UPDATE replstamp.skipped SET skipped_at = pg_catalog.now(), relation = $3 "
+					   "WHERE replica_id OPERATOR(pg_catalog.=) $1 AND serial OPERATOR(pg_catalog.=) $2",
+					   3, types, vals, SPI_OK_UPDATE);
+		s->skipped++;
+		error_context_stack = errcb.previous;
+		MemoryContextSwitchTo(old);
+		MemoryContextReset(s->row_cxt);
+		return APPLY_SKIPPED;
+	}
+
+	t = resolve_table(s, change);
+	if (t->state == TABLE_IGNORED)
+	{
+		error_context_stack = errcb.previous;
+		MemoryContextSwitchTo(old);
+		MemoryContextReset(s->row_cxt);
+		return APPLY_IGNORED;
+	}
+	table_open_page(s, t);
+	natts = RelationGetDescr(t->rel)->natts;
+
+	if (!rowimage_key_matches(t->layout, change->pk))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_EXCEPTION),
+				 errmsg("the primary key of table %s differs between peer \"%s\" and this node",
+						t->layout->relname, s->peer),
+				 errdetail("The peer identifies its rows by (%s), this node by (%s).",
+						   rowimage_key_names(change->pk), rowimage_layout_key_names(t->layout)),
+				 errhint("Give the table the same primary key on every node.")));
+	nrows = change_rows(change, rows);
+	ver.changed_at = change->changed_at;
+	ver.replica_id = change->replica_id;
+	ver.serial = change->serial;
+
+	/* Everything the table owner's code touches runs as the table owner. */
+	replstamp_become_untrusted(t->owner, &uctx);
+
+	/* Decode first: nothing the owner's code does later can sway it. */
+	if (change->image)
+	{
+		values = palloc(sizeof(Datum) * natts);
+		nulls = palloc0(sizeof(bool) * natts);
+		present = palloc0(sizeof(bool) * natts);
+		partial = rowimage_decode(t->layout, change->image, values, nulls, present, &missing) > 0;
+	}
+	for (int i = 0; i < nrows; i++)
+		rowimage_decode_key(t->layout, rows[i].key, keyvalues[i], keynulls[i]);
+
+	for (int i = 0; i < nrows; i++)
+	{
+		ChangeRow  *row = &rows[i];
+		RowVersion	cur;
+		bool		found;
+		TupleTableSlot *key = t->keyslot;
+		ImageColumn *pk = t->layout->pk;
+
+		/* Lock the row: a local change of it has then committed. */
+		ExecClearTuple(key);
+		memset(key->tts_isnull, true, sizeof(bool) * natts);
+		for (int k = 0; k < t->layout->npk; k++)
+		{
+			int			a = pk[k].attnum - 1;
+
+			key->tts_values[a] = keyvalues[i][a];
+			key->tts_isnull[a] = keynulls[i][a];
+		}
+		ExecStoreVirtualTuple(key);
+		PushActiveSnapshot(GetLatestSnapshot());
+		found = RelationFindReplTupleByIndex(t->rel, t->layout->pkoid, LockTupleExclusive,
+											 key, t->localslot);
+		PopActiveSnapshot();
+
+		/* Last writer wins, against the row's latest version held here. */
+		reconcile(s->rvw, s->reconcile);
+		rowversion_get(s->rvw, change->relation, row, &cur);
+		if (row->deleted && nrows == 2 && found)
+		{
+			keep_base(t);
+			have_base = true;
+		}
+		if (cur.found && version_cmp(&ver, &cur.v) < 0)
+		{
+			log_conflict(s, t, change, row, "incoming_lost", &cur.v, &ver);
+			continue;
+		}
+		if (cur.found && !cur.deleted &&
+			memcmp(cur.v.replica_id.data, ver.replica_id.data, UUID_LEN) != 0)
+			log_conflict(s, t, change, row, "overwrote", &ver, &cur.v);
+
+		/* Write the row, with the executor's routines. */
+		PushActiveSnapshot(GetLatestSnapshot());
+		t->estate->es_output_cid = GetCurrentCommandId(true);
+		AfterTriggerBeginQuery();
+		if (row->deleted)
+		{
+			if (found)
+			{
+				ExecSimpleRelationDelete(t->rri, t->estate, &t->epq, t->localslot);
+				stamp_skip_tuple(t->relid, &t->localslot->tts_tid);
+			}
+		}
+		else
+		{
+			build_new_row(t, found, have_base, values, nulls, present);
+			if (found)
+				ExecSimpleRelationUpdate(t->rri, t->estate, &t->epq, t->localslot, t->newslot);
+			else
+				ExecSimpleRelationInsert(t->rri, t->estate, t->newslot);
+			stamp_skip_tuple(t->relid, &t->newslot->tts_tid);
+		}
+		AfterTriggerEndQuery(t->estate);
+		stamp_skip_clear();
+		PopActiveSnapshot();
+		ResetPerTupleExprContext(t->estate);
+
+		rowversion_put(s->rvw, change->relation, row, &cur, &ver, row->deleted,
+					   partial && !row->deleted);
+	}
+	replstamp_restore_user(&uctx);
+
+	change->applied = true;
+	changelog_append(s->cat, change);
+	serial_clock_seen(change->changed_at);
+
+	error_context_stack = errcb.previous;
+	MemoryContextSwitchTo(old);
+	MemoryContextReset(s->row_cxt);
+	return APPLY_NEW;
+}

@@ -1,0 +1,35 @@
+/*-------------------------------------------------------------------------
+ *
+ * apply.h
+ *		Applying changes pulled from a peer, one at a time, in transactions
+ *		(pages) the caller opens and commits.
+ *
+ * Copyright (c) 2026, the replstamp authors
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef REPLSTAMP_APPLY_H
+#define REPLSTAMP_APPLY_H
+
+#include "changelog.h"
+
+typedef enum ApplyOutcome
+{
+	APPLY_NEW,					/* recorded (and written to its table if latest) */
+	APPLY_HELD,					/* held already (it came through another peer) */
+	APPLY_SKIPPED,				/* replstamp.skip() asked to hold it unapplied */
+	APPLY_IGNORED				/* its table was dropped or untracked here */
+} ApplyOutcome;
+
+typedef struct ApplySession ApplySession;
+
+extern ApplySession *apply_session_begin(const char *peer, MemoryContext cxt);
+extern void apply_page_begin(ApplySession *s);
+extern ApplyOutcome apply_change(ApplySession *s, Change *change);
+extern void apply_page_end(ApplySession *s);
+extern void apply_page_abort(ApplySession *s);
+extern int64 apply_conflicts(ApplySession *s);
+extern int64 apply_skipped(ApplySession *s);
+extern bool apply_stamp_skipped(ApplySession *s, const pg_uuid_t *id, int64 serial);
+
+#endif							/* REPLSTAMP_APPLY_H */

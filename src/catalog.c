@@ -1,0 +1,360 @@
+/*-------------------------------------------------------------------------
+ *
+ * catalog.c
+ *		The per-backend cache of the extension's catalog: OIDs of its
+ *		relations and the state row replstamp.node; acting as the
+ *		extension's owner or, for a table owner's code, as that role.
+ *
+ * Both caches are dropped on a relcache invalidation of any of the
+ * extension's relations.  Every change of replstamp.node fires the
+ * statement trigger node_changed (identity.c), which queues such an
+ * invalidation, so after a rotation or a state flip commits, every backend
+ * reloads the row before its next stamp; a change rolled back (a savepoint)
+ * is forgotten the same way, since the invalidations of an aborted
+ * (sub)transaction are processed locally.
+ *
+ * Copyright (c) 2026, the replstamp authors
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "catalog/indexing.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_extension.h"
+#include "commands/extension.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/guc.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+
+#include "catalog.h"
+#include "shmem.h"
+
+static ReplstampCatalog catalog;
+static bool catalog_valid = false;
+
+static ReplstampNode node_cache;
+static bool node_valid = false;
+static MemoryContext node_cxt = NULL;
+
+static void
+catalog_relcache_callback(Datum arg, Oid relid)
+{
+	if (!catalog_valid)
+		return;
+	if (relid == InvalidOid ||
+		relid == catalog.node || relid == catalog.changes ||
+		relid == catalog.changes_pkey || relid == catalog.serial_seq ||
+		relid == catalog.vector_state || relid == catalog.replica_history ||
+		relid == catalog.row_version || relid == catalog.row_version_hash)
+	{
+		catalog_valid = false;
+		node_valid = false;
+	}
+}
+
+/*
+ * Register the invalidation callback.  Called from _PG_init.
+ */
+void
+catalog_init(void)
+{
+	CacheRegisterRelcacheCallback(catalog_relcache_callback, (Datum) 0);
+}
+
+static Oid
+catalog_relid(const char *relname, bool missing_ok)
+{
+	Oid			relid = get_relname_relid(relname, catalog.schema);
+
+	if (!OidIsValid(relid) && !missing_ok)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("relation \"%s.%s\" is missing", REPLSTAMP_SCHEMA, relname),
+				 errhint("Reinstall the extension with DROP EXTENSION replstamp and CREATE EXTENSION replstamp.")));
+	return relid;
+}
+
+/* Check that a column is where the code expects it. */
+static void
+check_attnum(Oid relid, AttrNumber attnum, const char *attname)
+{
+	char	   *name = get_attname(relid, attnum, true);
+
+	if (name == NULL || strcmp(name, attname) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("column %d of %s is not \"%s\"", attnum, get_rel_name(relid), attname),
+				 errhint("Reinstall the extension with DROP EXTENSION replstamp and CREATE EXTENSION replstamp.")));
+}
+
+/*
+ * OIDs of the extension's relations in the current database.  With
+ * missing_ok, returns NULL when the extension is not installed here;
+ * otherwise that is an error.
+ */
+const ReplstampCatalog *
+replstamp_catalog(bool missing_ok)
+{
+	if (catalog_valid)
+		return &catalog;
+
+	catalog.schema = get_namespace_oid(REPLSTAMP_SCHEMA, true);
+	if (!OidIsValid(catalog.schema) ||
+		!OidIsValid(get_relname_relid("changes", catalog.schema)))
+	{
+		if (missing_ok)
+			return NULL;
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("extension \"replstamp\" is not installed in this database"),
+				 errhint("Run CREATE EXTENSION replstamp.")));
+	}
+	catalog.node = catalog_relid("node", false);
+	catalog.changes = catalog_relid("changes", false);
+	catalog.changes_pkey = catalog_relid("changes_pkey", false);
+	catalog.serial_seq = catalog_relid("serial_seq", false);
+	catalog.vector_state = catalog_relid("vector_state", false);
+	catalog.replica_history = catalog_relid("replica_history", false);
+	catalog.row_version = catalog_relid("row_version", true);
+	catalog.row_version_hash = catalog_relid("row_version_hash", true);
+	catalog.v11 = OidIsValid(catalog.row_version) && OidIsValid(catalog.row_version_hash);
+
+	check_attnum(catalog.changes, Anum_changes_applied, "applied");
+	check_attnum(catalog.node, Anum_node_restore_fingerprint, "restore_fingerprint");
+	if (catalog.v11)
+	{
+		check_attnum(catalog.node, Anum_node_verified_token, "verified_token");
+		check_attnum(catalog.row_version, Anum_row_version_partial, "partial");
+	}
+	catalog_valid = true;
+	return &catalog;
+}
+
+/*
+ * The catalog, for a feature that needs the 1.1 catalog: a clear error
+ * while the library is newer than the installed extension.
+ */
+const ReplstampCatalog *
+replstamp_catalog_v11(const char *what)
+{
+	const ReplstampCatalog *cat = replstamp_catalog(false);
+
+	if (!cat->v11)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("%s needs replstamp 1.1, but this database still has the catalog of replstamp 1.0", what),
+				 errhint("Run ALTER EXTENSION replstamp UPDATE in this database.")));
+	return cat;
+}
+
+static char *
+node_text(HeapTuple tuple, TupleDesc desc, AttrNumber att)
+{
+	bool		isnull;
+	Datum		d = heap_getattr(tuple, att, desc, &isnull);
+
+	return isnull ? NULL : TextDatumGetCString(d);
+}
+
+static bool
+node_int64(HeapTuple tuple, TupleDesc desc, AttrNumber att, int64 *out)
+{
+	bool		isnull;
+	Datum		d = heap_getattr(tuple, att, desc, &isnull);
+
+	if (!isnull)
+		*out = DatumGetInt64(d);
+	return !isnull;
+}
+
+/*
+ * The state row, as last committed or as changed by this transaction.
+ * Errors out if the extension is not installed or the row is missing.
+ */
+const ReplstampNode *
+replstamp_node(void)
+{
+	const ReplstampCatalog *cat;
+	Relation	rel;
+	TupleDesc	desc;
+	SysScanDesc scan;
+	HeapTuple	tuple;
+	bool		isnull;
+	Datum		d;
+	char	   *state;
+	Snapshot	snapshot;
+	MemoryContext old;
+
+	if (node_valid && catalog_valid)
+		return &node_cache;
+
+	cat = replstamp_catalog(false);
+	if (node_cxt == NULL)
+		node_cxt = AllocSetContextCreate(CacheMemoryContext, "replstamp node row",
+										 ALLOCSET_SMALL_SIZES);
+	MemoryContextReset(node_cxt);
+	old = MemoryContextSwitchTo(node_cxt);
+
+	rel = table_open(cat->node, AccessShareLock);
+	desc = RelationGetDescr(rel);
+
+	/*
+	 * The latest snapshot: the last committed row, or this transaction's own
+	 * change of it (a rotation by the identity check in this transaction).
+	 */
+	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	scan = systable_beginscan(rel, InvalidOid, false, snapshot, 0, NULL);
+	tuple = systable_getnext(scan);
+	if (!HeapTupleIsValid(tuple))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the state row replstamp.node is missing"),
+				 errhint("Reinstall the extension with DROP EXTENSION replstamp and CREATE EXTENSION replstamp.")));
+
+	d = heap_getattr(tuple, Anum_node_replica_id, desc, &isnull);
+	if (isnull)
+		elog(ERROR, "replstamp.node.replica_id is null");
+	memcpy(&node_cache.replica_id, DatumGetUUIDP(d), sizeof(pg_uuid_t));
+	state = node_text(tuple, desc, Anum_node_state);
+	node_cache.in_backup = (state != NULL && strcmp(state, REPLSTAMP_STATE_BACKUP) == 0);
+	if (!node_int64(tuple, desc, Anum_node_system_identifier, &node_cache.system_identifier))
+		node_cache.system_identifier = 0;
+	d = heap_getattr(tuple, Anum_node_timeline, desc, &isnull);
+	node_cache.timeline = isnull ? 0 : DatumGetInt32(d);
+	node_cache.has_backup_lus = node_int64(tuple, desc, Anum_node_backup_lus,
+										   &node_cache.backup_lus);
+	node_cache.has_backup_next_serial = node_int64(tuple, desc, Anum_node_backup_next_serial,
+												   &node_cache.backup_next_serial);
+	node_cache.backup_label = node_text(tuple, desc, Anum_node_backup_label);
+	node_cache.restore_fingerprint = node_text(tuple, desc, Anum_node_restore_fingerprint);
+	node_cache.verified = false;
+	if (cat->v11)
+	{
+		d = heap_getattr(tuple, Anum_node_verified_token, desc, &isnull);
+		node_cache.verified = !isnull && replstamp_shared != NULL &&
+			memcmp(DatumGetUUIDP(d)->data, replstamp_shared->start_token.data, UUID_LEN) == 0;
+	}
+
+	systable_endscan(scan);
+	UnregisterSnapshot(snapshot);
+	table_close(rel, AccessShareLock);
+	MemoryContextSwitchTo(old);
+
+	/* An invalidation while we read means we must read again next time. */
+	node_valid = catalog_valid;
+	return &node_cache;
+}
+
+/*
+ * Forget the cached state row (after this backend changed it).
+ */
+void
+replstamp_node_forget(void)
+{
+	node_valid = false;
+}
+
+/*
+ * A new random (version 4) uuid.
+ */
+void
+replstamp_mint_uuid(pg_uuid_t *uuid)
+{
+	if (!pg_strong_random(uuid->data, UUID_LEN))
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not generate random values")));
+	uuid->data[6] = (uuid->data[6] & 0x0f) | 0x40;	/* version 4 */
+	uuid->data[8] = (uuid->data[8] & 0x3f) | 0x80;	/* RFC 4122 variant */
+}
+
+/* The text form of a uuid, palloc'd. */
+char *
+replstamp_uuid_text(const pg_uuid_t *uuid)
+{
+	return DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(uuid)));
+}
+
+/*
+ * Owner of the extension in the current database.
+ */
+Oid
+replstamp_extension_owner(void)
+{
+	Oid			extoid = get_extension_oid("replstamp", false);
+	Relation	rel;
+	SysScanDesc scan;
+	ScanKeyData key;
+	HeapTuple	tuple;
+	Oid			owner;
+
+	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_extension_oid, BTEqualStrategyNumber,
+				F_OIDEQ, ObjectIdGetDatum(extoid));
+	scan = systable_beginscan(rel, ExtensionOidIndexId, true, NULL, 1, &key);
+	tuple = systable_getnext(scan);
+	if (!HeapTupleIsValid(tuple))
+		elog(ERROR, "could not find extension replstamp");
+	owner = ((Form_pg_extension) GETSTRUCT(tuple))->extowner;
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return owner;
+}
+
+/*
+ * Act as the extension's owner, with search_path = pg_catalog, pg_temp,
+ * until replstamp_restore_user().  For SQL that replstamp runs on behalf of
+ * a user who may not write its tables (the identity check in the stamp
+ * path, trigger DDL in track()).  An error in between restores the user and
+ * the GUCs through transaction abort.
+ */
+void
+replstamp_become_owner(ReplstampOwnerContext *ctx)
+{
+	GetUserIdAndSecContext(&ctx->save_userid, &ctx->save_sec_context);
+	SetUserIdAndSecContext(replstamp_extension_owner(),
+						   ctx->save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	ctx->save_nestlevel = NewGUCNestLevel();
+	(void) set_config_option("search_path", "pg_catalog, pg_temp",
+							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
+							 true, 0, false);
+}
+
+/*
+ * Act as role (a table's owner), in a security-restricted operation, for
+ * code that role controls: its triggers, defaults, constraints, index
+ * expressions.  Whatever settings that code changes, SET or SET LOCAL, are
+ * undone by replstamp_restore_user(), so nothing it does outlives it (a
+ * search_path it sets must not steer the operators the caller resolves
+ * later).
+ */
+void
+replstamp_become_untrusted(Oid role, ReplstampOwnerContext *ctx)
+{
+	GetUserIdAndSecContext(&ctx->save_userid, &ctx->save_sec_context);
+	SetUserIdAndSecContext(role, ctx->save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
+	ctx->save_nestlevel = NewGUCNestLevel();
+}
+
+/*
+ * Back to the saved user.  Every setting changed since, even with a plain
+ * SET, is rolled back (AtEOXact_GUC with isCommit = false, as PostgreSQL
+ * does after running index functions and other user code).
+ */
+void
+replstamp_restore_user(ReplstampOwnerContext *ctx)
+{
+	AtEOXact_GUC(false, ctx->save_nestlevel);
+	SetUserIdAndSecContext(ctx->save_userid, ctx->save_sec_context);
+}

@@ -1,0 +1,126 @@
+/*-------------------------------------------------------------------------
+ *
+ * catalog.h
+ *		The extension's catalog as the C code sees it: OIDs of its
+ *		relations (cached per backend), named attribute numbers, the state
+ *		row replstamp.node as a struct, and acting as another role.
+ *
+ * Copyright (c) 2026, the replstamp authors
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef REPLSTAMP_CATALOG_H
+#define REPLSTAMP_CATALOG_H
+
+#include "datatype/timestamp.h"
+#include "utils/uuid.h"
+
+#define REPLSTAMP_SCHEMA	"replstamp"
+
+/* Values of replstamp.node.state */
+#define REPLSTAMP_STATE_ORIGINAL	"original"
+#define REPLSTAMP_STATE_BACKUP		"backup"
+
+/* replstamp.node */
+#define Anum_node_singleton				1
+#define Anum_node_replica_id			2
+#define Anum_node_state					3
+#define Anum_node_minted_at				4
+#define Anum_node_system_identifier		5
+#define Anum_node_timeline				6
+#define Anum_node_backup_label			7
+#define Anum_node_backup_started_at		8
+#define Anum_node_backup_lus			9
+#define Anum_node_backup_next_serial	10
+#define Anum_node_last_backup_at		11
+#define Anum_node_restore_fingerprint	12
+#define Anum_node_verified_token		13	/* 1.1 */
+
+/* replstamp.changes */
+#define Anum_changes_replica_id		1
+#define Anum_changes_serial			2
+#define Anum_changes_relation		3
+#define Anum_changes_op				4
+#define Anum_changes_pk				5
+#define Anum_changes_row_image		6
+#define Anum_changes_changed_at		7
+#define Anum_changes_row_hash		8
+#define Anum_changes_applied		9
+#define Natts_changes				9
+
+/* replstamp.row_version (1.1) */
+#define Anum_row_version_row_hash	1
+#define Anum_row_version_relation	2
+#define Anum_row_version_pk			3
+#define Anum_row_version_replica_id	4
+#define Anum_row_version_serial		5
+#define Anum_row_version_changed_at	6
+#define Anum_row_version_deleted	7
+#define Anum_row_version_partial	8
+#define Natts_row_version			8
+
+/*
+ * OIDs of the extension's objects in the current database, looked up once per
+ * backend and forgotten on a relcache invalidation of any of them (which
+ * happens when the extension is dropped, re-created or updated).
+ */
+typedef struct ReplstampCatalog
+{
+	Oid			schema;
+	Oid			node;			/* replstamp.node */
+	Oid			changes;		/* replstamp.changes */
+	Oid			changes_pkey;	/* its primary key index */
+	Oid			serial_seq;		/* replstamp.serial_seq */
+	Oid			vector_state;	/* replstamp.vector_state */
+	Oid			replica_history;	/* replstamp.replica_history */
+
+	/*
+	 * From 1.1 on.  With the 1.0 catalog (a new library before ALTER
+	 * EXTENSION replstamp UPDATE) stamping goes on, everything else refuses.
+	 */
+	bool		v11;
+	Oid			row_version;	/* replstamp.row_version */
+	Oid			row_version_hash;	/* its index on row_hash */
+} ReplstampCatalog;
+
+/*
+ * The state row replstamp.node, as last committed (or as changed by the
+ * current transaction).
+ */
+typedef struct ReplstampNode
+{
+	pg_uuid_t	replica_id;
+	bool		in_backup;		/* state = 'backup' */
+	int64		system_identifier;
+	int32		timeline;
+	bool		has_backup_lus;
+	int64		backup_lus;
+	bool		has_backup_next_serial;
+	int64		backup_next_serial;
+	char	   *backup_label;	/* or NULL */
+	char	   *restore_fingerprint;	/* or NULL */
+	bool		verified;		/* checked since this server started (1.1) */
+} ReplstampNode;
+
+/* Saved user and GUC state while acting as another role. */
+typedef struct ReplstampOwnerContext
+{
+	Oid			save_userid;
+	int			save_sec_context;
+	int			save_nestlevel;
+} ReplstampOwnerContext;
+
+extern void catalog_init(void);
+extern const ReplstampCatalog *replstamp_catalog(bool missing_ok);
+extern const ReplstampCatalog *replstamp_catalog_v11(const char *what);
+extern const ReplstampNode *replstamp_node(void);
+extern void replstamp_node_forget(void);
+extern void replstamp_mint_uuid(pg_uuid_t *uuid);
+extern char *replstamp_uuid_text(const pg_uuid_t *uuid);
+
+extern Oid	replstamp_extension_owner(void);
+extern void replstamp_become_owner(ReplstampOwnerContext *ctx);
+extern void replstamp_become_untrusted(Oid role, ReplstampOwnerContext *ctx);
+extern void replstamp_restore_user(ReplstampOwnerContext *ctx);
+
+#endif							/* REPLSTAMP_CATALOG_H */

@@ -1,0 +1,22 @@
+/*-------------------------------------------------------------------------
+ *
+ * maintenance.h
+ *		Background upkeep of a database: pruning the change log, recording
+ *		the lowest uncommitted serial every round, backfilling newly
+ *		tracked tables; and replstamp.restore_version().
+ *
+ * Copyright (c) 2026, the replstamp authors
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef REPLSTAMP_MAINTENANCE_H
+#define REPLSTAMP_MAINTENANCE_H
+
+extern void maintenance_init(void);
+extern int	maintenance_prune_interval(void);
+extern void maintenance_mark_lus(void);
+extern int64 prune_run(void);
+extern void backfill_run(void);
+extern void maintenance_request_backfill(void);
+
+#endif							/* REPLSTAMP_MAINTENANCE_H */

@@ -1,0 +1,320 @@
+/*-------------------------------------------------------------------------
+ *
+ * remote.c
+ *		libpq in the server, as postgres_fdw and pg_cron do it: connect with
+ *		PQconnectStartParams/PQconnectPoll and a deadline, send queries
+ *		asynchronously, and wait on the socket with WaitLatchOrSocket, so
+ *		that a cancel, a terminate or postmaster death ends any wait, and a
+ *		peer that accepts the connection and then says nothing is given up
+ *		after replstamp.peer_timeout.
+ *
+ * The connection's own settings make what the peer sends independent of
+ * its configuration: an empty search_path (every query names its objects
+ * in full), ISO dates in UTC.  The connection string never appears in a
+ * message (it may hold a password); the peer's error does, with the peer's
+ * SQLSTATE.  The caller closes the connection in a PG_FINALLY block.
+ *
+ * Copyright (c) 2026, the replstamp authors
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <limits.h>
+
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "storage/fd.h"
+#include "storage/latch.h"
+#include "utils/guc.h"
+#include "utils/timestamp.h"
+#include "utils/wait_event.h"
+
+#include "remote.h"
+
+#define DEFAULT_CONNECT_TIMEOUT_S	10
+
+/* GUC: seconds a sync waits for a peer's answer; 0 = forever. */
+static int	peer_timeout = 60;
+
+/*
+ * GUCs.  Called from _PG_init.
+ */
+void
+remote_init(void)
+{
+	DefineCustomIntVariable("replstamp.peer_timeout",
+							"How long a sync waits for a peer to answer before it gives up.",
+							"Each wait for the peer counts on its own; zero waits forever. "
+							"connect_timeout in the peer's connection string (default 10 s) "
+							"bounds the connection itself.",
+							&peer_timeout,
+							60, 0, INT_MAX / 1000,
+							PGC_SUSET,
+							GUC_UNIT_S,
+							NULL, NULL, NULL);
+}
+
+static void
+connection_failed(Remote *r, const char *what)
+{
+	char	   *msg = r->conn ? pchomp(PQerrorMessage(r->conn)) : pstrdup("out of memory");
+
+	ereport(ERROR,
+			(errcode(ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION),
+			 errmsg("could not connect to peer \"%s\"", r->peer),
+			 errdetail_internal("%s", what ? what : msg)));
+}
+
+/*
+ * Wait until the socket is ready for events (WL_SOCKET_READABLE or
+ * WRITEABLE) or the deadline passes (0: none).  Returns false on timeout.
+ */
+static bool
+wait_socket(Remote *r, int events, TimestampTz deadline)
+{
+	for (;;)
+	{
+		long		timeout = -1;
+		int			rc;
+		int			flags = WL_LATCH_SET | WL_EXIT_ON_PM_DEATH | events;
+
+		if (deadline != 0)
+		{
+			timeout = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
+			if (timeout <= 0)
+				return false;
+			flags |= WL_TIMEOUT;
+		}
+		rc = WaitLatchOrSocket(MyLatch, flags, PQsocket(r->conn), timeout, PG_WAIT_EXTENSION);
+		if (rc & WL_LATCH_SET)
+		{
+			ResetLatch(MyLatch);
+			CHECK_FOR_INTERRUPTS();
+		}
+		if (rc & events)
+			return true;
+	}
+}
+
+static TimestampTz
+wait_deadline(Remote *r)
+{
+	return r->timeout_ms > 0 ?
+		TimestampTzPlusMilliseconds(GetCurrentTimestamp(), r->timeout_ms) : 0;
+}
+
+/*
+ * Connect to a peer.  conninfo may name connect_timeout; otherwise 10 s.
+ */
+void
+remote_connect(Remote *r, const char *peer, const char *conninfo)
+{
+	const char *keywords[8];
+	const char *values[8];
+	char	   *err = NULL;
+	PQconninfoOption *opts;
+	int			connect_timeout = DEFAULT_CONNECT_TIMEOUT_S;
+	TimestampTz deadline;
+	PostgresPollingStatusType status;
+	int			n = 0;
+
+	memset(r, 0, sizeof(Remote));
+	r->peer = peer;
+	r->timeout_ms = peer_timeout * 1000;
+
+	opts = PQconninfoParse(conninfo, &err);
+	if (opts == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid connection string for peer \"%s\"", peer),
+				 errdetail_internal("%s", err ? pchomp(err) : "out of memory")));
+	for (PQconninfoOption *o = opts; o->keyword; o++)
+		if (strcmp(o->keyword, "connect_timeout") == 0 && o->val && o->val[0])
+			connect_timeout = Max(atoi(o->val), 1);
+	PQconninfoFree(opts);
+
+	keywords[n] = "dbname";
+	values[n++] = conninfo;
+	keywords[n] = "application_name";
+	values[n++] = "replstamp";
+	/* What the peer sends must not depend on its settings. */
+	keywords[n] = "options";
+	values[n++] = "-c search_path= -c datestyle=ISO -c intervalstyle=postgres "
+		"-c timezone=UTC -c extra_float_digits=3 -c default_transaction_isolation=read\\ committed";
+	keywords[n] = "keepalives";
+	values[n++] = "1";
+	keywords[n] = NULL;
+	values[n] = NULL;
+
+	if (!AcquireExternalFD())
+		ereport(ERROR,
+				(errcode(ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION),
+				 errmsg("could not connect to peer \"%s\"", peer),
+				 errdetail("There are too many open files on the local server."),
+				 errhint("Raise the server's max_files_per_process and/or \"ulimit -n\" limits.")));
+	r->fd_acquired = true;
+
+	r->conn = PQconnectStartParams(keywords, values, true);
+	if (r->conn == NULL || PQstatus(r->conn) == CONNECTION_BAD)
+		connection_failed(r, NULL);
+
+	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), connect_timeout * 1000);
+	status = PGRES_POLLING_WRITING;
+	while (status != PGRES_POLLING_OK)
+	{
+		if (status == PGRES_POLLING_FAILED)
+			connection_failed(r, NULL);
+		if (!wait_socket(r, status == PGRES_POLLING_READING ?
+						 WL_SOCKET_READABLE : WL_SOCKET_WRITEABLE, deadline))
+			connection_failed(r, psprintf("timeout expired after %d s (connect_timeout)",
+										  connect_timeout));
+		status = PQconnectPoll(r->conn);
+	}
+	if (PQstatus(r->conn) != CONNECTION_OK)
+		connection_failed(r, NULL);
+}
+
+/*
+ * Close the connection, if any.  Safe to call twice.
+ */
+void
+remote_disconnect(Remote *r)
+{
+	if (r->conn)
+		PQfinish(r->conn);
+	r->conn = NULL;
+	if (r->fd_acquired)
+		ReleaseExternalFD();
+	r->fd_acquired = false;
+	r->streaming = false;
+}
+
+/* Raise the peer's error (or the connection's), clearing res. */
+static void
+remote_error(Remote *r, PGresult *res)
+{
+	char	   *sqlstate = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+	char	   *primary = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+	char	   *detail = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL) : NULL;
+	char	   *hint = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_HINT) : NULL;
+	int			code;
+
+	sqlstate = sqlstate ? pstrdup(sqlstate) : NULL;
+	primary = primary ? pstrdup(primary) : NULL;
+	detail = detail ? pstrdup(detail) : NULL;
+	hint = hint ? pstrdup(hint) : NULL;
+	PQclear(res);
+
+	if (sqlstate == NULL || primary == NULL || strlen(sqlstate) != 5)
+	{
+		char	   *msg = pchomp(PQerrorMessage(r->conn));
+
+		ereport(ERROR,
+				(errcode(ERRCODE_CONNECTION_FAILURE),
+				 errmsg("peer \"%s\" failed during sync", r->peer),
+				 errdetail_internal("%s", msg[0] ? msg : "the connection was lost"),
+				 errhint("What was committed before stays; the next sync goes on from there.")));
+	}
+	code = MAKE_SQLSTATE(sqlstate[0], sqlstate[1], sqlstate[2], sqlstate[3], sqlstate[4]);
+	ereport(ERROR,
+			(errcode(code),
+			 errmsg_internal("%s", primary),
+			 detail ? errdetail_internal("%s", detail) : 0,
+			 hint ? errhint("%s", hint) : 0,
+			 errcontext("on peer \"%s\"", r->peer)));
+}
+
+/* The next result of the running query, waiting at most peer_timeout. */
+static PGresult *
+next_result(Remote *r)
+{
+	TimestampTz deadline = wait_deadline(r);
+
+	while (PQisBusy(r->conn))
+	{
+		if (!wait_socket(r, WL_SOCKET_READABLE, deadline))
+			ereport(ERROR,
+					(errcode(ERRCODE_CONNECTION_FAILURE),
+					 errmsg("peer \"%s\" did not answer within %d s", r->peer,
+							r->timeout_ms / 1000),
+					 errhint("Check the peer. replstamp.peer_timeout sets how long a sync waits for it.")));
+		if (!PQconsumeInput(r->conn))
+			remote_error(r, NULL);
+	}
+	return PQgetResult(r->conn);
+}
+
+static void
+send_query(Remote *r, const char *sql, int nparams, const char *const *params, int format)
+{
+	if (!PQsendQueryParams(r->conn, sql, nparams, NULL, params, NULL, NULL, format))
+		remote_error(r, NULL);
+}
+
+/*
+ * Run one statement and return its result, which must have the expected
+ * status (the caller clears it).
+ */
+PGresult *
+remote_exec(Remote *r, const char *sql, int nparams, const char *const *params,
+			ExecStatusType expected)
+{
+	PGresult   *last = NULL;
+	PGresult   *res;
+
+	send_query(r, sql, nparams, params, 0);
+	while ((res = next_result(r)) != NULL)
+	{
+		if (last)
+			PQclear(last);
+		last = res;
+		if (PQstatus(r->conn) == CONNECTION_BAD)
+			break;
+	}
+	if (last == NULL || PQresultStatus(last) != expected)
+		remote_error(r, last);
+	return last;
+}
+
+/*
+ * Start a query whose rows (binary format) remote_next_row() returns one
+ * at a time: memory holds one row, whatever the size of the result.
+ */
+void
+remote_stream(Remote *r, const char *sql, int nparams, const char *const *params)
+{
+	send_query(r, sql, nparams, params, 1);
+	if (!PQsetSingleRowMode(r->conn))
+		elog(ERROR, "replstamp: could not stream the rows of peer \"%s\"", r->peer);
+	r->streaming = true;
+}
+
+/*
+ * The next row of the streaming query (the caller clears it), or NULL once
+ * all rows have come.
+ */
+PGresult *
+remote_next_row(Remote *r)
+{
+	PGresult   *res;
+
+	Assert(r->streaming);
+	res = next_result(r);
+	if (res == NULL)
+		remote_error(r, NULL);
+	if (PQresultStatus(res) == PGRES_SINGLE_TUPLE)
+		return res;
+	if (PQresultStatus(res) != PGRES_TUPLES_OK)
+		remote_error(r, res);
+	PQclear(res);
+	/* The end of the query. */
+	while ((res = next_result(r)) != NULL)
+	{
+		if (PQresultStatus(res) != PGRES_TUPLES_OK)
+			remote_error(r, res);
+		PQclear(res);
+	}
+	r->streaming = false;
+	return NULL;
+}

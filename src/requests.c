@@ -1,0 +1,308 @@
+/*-------------------------------------------------------------------------
+ *
+ * requests.c
+ *		replstamp.sync(), replstamp.sync_all() and replstamp.prune() run in
+ *		a background worker, which commits page by page (a function in the
+ *		caller's transaction could not), while the caller waits for it.
+ *
+ * The caller takes a slot in shared memory (replstamp_shared->requests,
+ * under its lock), starts the worker, waits for it, and reads the outcome
+ * from the slot: the number of changes, or the error with its SQLSTATE,
+ * detail and hint, which it raises again as its own.  A caller that is
+ * cancelled or terminated stops the worker; its slot is released by a
+ * before_shmem_exit callback if it exits without the usual cleanup.  The
+ * generation number makes a worker that outlives its caller report
+ * nowhere.
+ *
+ * The worker runs as the role that called, in the same database.  These
+ * functions refuse to run inside a transaction block: the worker would
+ * wait for locks the caller holds.
+ *
+ * Copyright (c) 2026, the replstamp authors
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "fmgr.h"
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "postmaster/bgworker.h"
+#include "storage/ipc.h"
+#include "storage/lwlock.h"
+#include "tcop/tcopprot.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+
+#include "catalog.h"
+#include "maintenance.h"
+#include "shmem.h"
+#include "sync.h"
+#include "workers.h"
+
+PG_FUNCTION_INFO_V1(replstamp_sync);
+PG_FUNCTION_INFO_V1(replstamp_sync_all);
+PG_FUNCTION_INFO_V1(replstamp_prune);
+
+PGDLLEXPORT void replstamp_request_main(Datum arg);
+
+/* What a request worker is asked to do, in bgw_extra. */
+typedef struct Assignment
+{
+	int			index;
+	uint32		generation;
+	char		kind;			/* 'S' one peer, 'A' all peers, 'P' prune */
+} Assignment;
+
+static int	my_request = -1;
+
+/* In a request worker: the warnings it emits, relayed to the caller. */
+static StringInfo relayed = NULL;
+static emit_log_hook_type prev_emit_log_hook = NULL;
+
+static void
+relay_warnings(ErrorData *edata)
+{
+	if (relayed && edata->elevel == WARNING && edata->message &&
+		relayed->len + strlen(edata->message) + 2 < SYNC_MESSAGE_LEN)
+		appendStringInfo(relayed, "%s%s", relayed->len ? "\n" : "", edata->message);
+	if (prev_emit_log_hook)
+		prev_emit_log_hook(edata);
+}
+
+static void
+release_request(int code, Datum arg)
+{
+	if (my_request < 0 || replstamp_shared == NULL)
+		return;
+	LWLockAcquire(replstamp_shared->lock, LW_EXCLUSIVE);
+	if (replstamp_shared->requests[my_request].requester == MyProcPid)
+	{
+		replstamp_shared->requests[my_request].in_use = false;
+		replstamp_shared->requests[my_request].generation++;
+	}
+	LWLockRelease(replstamp_shared->lock);
+	my_request = -1;
+}
+
+static const char *
+kind_name(char kind)
+{
+	return kind == 'S' ? "replstamp.sync()" : kind == 'A' ? "replstamp.sync_all()" : "replstamp.prune()";
+}
+
+/*
+ * Run a request in a background worker and wait for it.
+ */
+static int64
+run_in_worker(char kind, const char *peer)
+{
+	Assignment	a;
+	BackgroundWorkerHandle *handle;
+	SyncRequest result;
+	static bool callback_registered = false;
+
+	replstamp_require_shmem();
+	(void) replstamp_catalog_v11(kind_name(kind));
+	PreventInTransactionBlock(true, kind_name(kind));
+	if (kind == 'S')
+		sync_check_peer(peer);
+
+	if (!callback_registered)
+	{
+		before_shmem_exit(release_request, (Datum) 0);
+		callback_registered = true;
+	}
+	a.kind = kind;
+	LWLockAcquire(replstamp_shared->lock, LW_EXCLUSIVE);
+	for (a.index = 0; a.index < MAX_SYNC_REQUESTS; a.index++)
+		if (!replstamp_shared->requests[a.index].in_use)
+			break;
+	if (a.index < MAX_SYNC_REQUESTS)
+	{
+		SyncRequest *req = &replstamp_shared->requests[a.index];
+		uint32		generation = req->generation + 1;
+
+		memset(req, 0, sizeof(SyncRequest));
+		req->in_use = true;
+		req->generation = generation;
+		req->dboid = MyDatabaseId;
+		req->userid = GetUserId();
+		strlcpy(req->peer, peer, sizeof(req->peer));
+		req->requester = MyProcPid;
+		a.generation = generation;
+		my_request = a.index;
+	}
+	LWLockRelease(replstamp_shared->lock);
+	if (a.index >= MAX_SYNC_REQUESTS)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("too many syncs and prunes are running"),
+				 errhint("Wait for one to finish.")));
+
+	PG_TRY();
+	{
+		if (!replstamp_start_worker("replstamp_request_main",
+									kind == 'P' ? "replstamp prune" : "replstamp sync request",
+									MyDatabaseId, GetUserId(), &a, sizeof(a), &handle))
+			ereport(ERROR,
+					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+					 errmsg("could not start a background worker for %s", kind_name(kind)),
+					 errhint("Raise max_worker_processes.")));
+		PG_TRY();
+		{
+			(void) WaitForBackgroundWorkerShutdown(handle);
+		}
+		PG_CATCH();
+		{
+			/* Cancelled or terminated: the worker stops with us. */
+			TerminateBackgroundWorker(handle);
+			PG_RE_THROW();
+		}
+		PG_END_TRY();
+		LWLockAcquire(replstamp_shared->lock, LW_SHARED);
+		result = replstamp_shared->requests[a.index];
+		LWLockRelease(replstamp_shared->lock);
+	}
+	PG_FINALLY();
+	{
+		release_request(0, (Datum) 0);
+	}
+	PG_END_TRY();
+
+	if (!result.done)
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("the background worker of %s exited without reporting", kind_name(kind)),
+				 errhint("See the server log.")));
+	if (result.warnings[0])
+	{
+		char	   *w = pstrdup(result.warnings);
+		char	   *save;
+
+		for (char *line = strtok_r(w, "\n", &save); line; line = strtok_r(NULL, "\n", &save))
+			ereport(WARNING, (errmsg_internal("%s", line)));
+	}
+	if (result.sqlerrcode != 0)
+		ereport(ERROR,
+				(errcode(result.sqlerrcode),
+				 errmsg_internal("%s", result.message),
+				 result.detail[0] ? errdetail_internal("%s", result.detail) : 0,
+				 result.hint[0] ? errhint("%s", result.hint) : 0,
+				 result.context[0] ? errcontext("%s", result.context) : 0));
+	return result.applied;
+}
+
+/*
+ * replstamp.sync(peer text) RETURNS bigint: pull from one peer; returns
+ * the number of changes applied.
+ */
+Datum
+replstamp_sync(PG_FUNCTION_ARGS)
+{
+	char	   *peer = text_to_cstring(PG_GETARG_TEXT_PP(0));
+
+	if (peer[0] == '\0' || strlen(peer) >= NAMEDATALEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("peer \"%s\" does not exist", peer)));
+	PG_RETURN_INT64(run_in_worker('S', peer));
+}
+
+/*
+ * replstamp.sync_all() RETURNS bigint: every peer, each on its own.
+ */
+Datum
+replstamp_sync_all(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_INT64(run_in_worker('A', ""));
+}
+
+/*
+ * replstamp.prune() RETURNS bigint: changes removed.
+ */
+Datum
+replstamp_prune(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_INT64(run_in_worker('P', ""));
+}
+
+/* Report to the request, if it is still ours. */
+static void
+report(Assignment *a, int64 result, ErrorData *e, const char *warnings)
+{
+	SyncRequest *req = &replstamp_shared->requests[a->index];
+
+	LWLockAcquire(replstamp_shared->lock, LW_EXCLUSIVE);
+	if (req->in_use && req->generation == a->generation)
+	{
+		req->done = true;
+		req->applied = result;
+		if (e)
+		{
+			req->sqlerrcode = e->sqlerrcode ? e->sqlerrcode : ERRCODE_INTERNAL_ERROR;
+			strlcpy(req->message, e->message ? e->message : "unknown error", SYNC_MESSAGE_LEN);
+			strlcpy(req->detail, e->detail ? e->detail : "", SYNC_MESSAGE_LEN);
+			strlcpy(req->hint, e->hint ? e->hint : "", SYNC_MESSAGE_LEN);
+			strlcpy(req->context, e->context ? e->context : "", SYNC_MESSAGE_LEN);
+		}
+		strlcpy(req->warnings, warnings ? warnings : "", SYNC_MESSAGE_LEN);
+	}
+	LWLockRelease(replstamp_shared->lock);
+}
+
+/*
+ * The worker behind a request.
+ */
+void
+replstamp_request_main(Datum arg)
+{
+	Assignment	a;
+	char		peer[NAMEDATALEN];
+	MemoryContext cxt;
+
+	pqsignal(SIGTERM, die);
+	replstamp_worker_connect(arg, &a, sizeof(a));
+
+	LWLockAcquire(replstamp_shared->lock, LW_SHARED);
+	if (!replstamp_shared->requests[a.index].in_use ||
+		replstamp_shared->requests[a.index].generation != a.generation)
+	{
+		LWLockRelease(replstamp_shared->lock);
+		proc_exit(0);			/* the caller is gone */
+	}
+	strlcpy(peer, replstamp_shared->requests[a.index].peer, sizeof(peer));
+	LWLockRelease(replstamp_shared->lock);
+
+	cxt = CurrentMemoryContext;
+	relayed = makeStringInfo();
+	prev_emit_log_hook = emit_log_hook;
+	emit_log_hook = relay_warnings;
+	PG_TRY();
+	{
+		int64		result;
+
+		if (a.kind == 'S')
+			result = sync_one_peer(peer);
+		else if (a.kind == 'A')
+			result = sync_all_peers();
+		else
+			result = prune_run();
+		report(&a, result, NULL, relayed->data);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *e;
+
+		MemoryContextSwitchTo(cxt);
+		e = CopyErrorData();
+		FlushErrorState();
+		AbortOutOfAnyTransaction();
+		report(&a, 0, e, relayed->data);
+		ereport(LOG,
+				(errmsg("replstamp: %s failed: %s", kind_name(a.kind), e->message)));
+	}
+	PG_END_TRY();
+	proc_exit(0);
+}

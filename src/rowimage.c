@@ -1,0 +1,868 @@
+/*-------------------------------------------------------------------------
+ *
+ * rowimage.c
+ *		Row images: a row of a tracked table as a jsonb object keyed by
+ *		column name, that reads back to exactly the same values on every
+ *		node, whatever the session settings of the writer and the reader.
+ *
+ * Encoding: booleans as JSON booleans; integers and finite numerics as JSON
+ * numbers; money as a JSON number holding the stored amount (its text form
+ * depends on lc_monetary); everything else as the text its output function
+ * gives under canonical settings: DateStyle ISO, IntervalStyle postgres,
+ * TimeZone UTC, extra_float_digits 1 (shortest exact), bytea_output hex,
+ * and, for types that need them, lc_monetary C and search_path pg_catalog.
+ * Only columns whose text form depends on a setting pay for it: their
+ * types are classified once per table (arrays, ranges, composites and
+ * domains by what they contain; types of other extensions are assumed to
+ * depend).  The five output settings are swapped around the output calls
+ * directly (they are plain variables the output functions read); the two
+ * others need the GUC machinery and are set in a GUC nest level.
+ *
+ * Decoding: each value goes through the column type's input function with
+ * the column's type modifier, as COPY and INSERT do (a value too long for
+ * varchar(5) is an error, numeric(6,1) rounds), under canonical settings
+ * the caller establishes once (rowimage_enter_input_settings()).
+ *
+ * Copyright (c) 2026, the replstamp authors
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "access/genam.h"
+#include "catalog/pg_type.h"
+#include "common/hashfn.h"
+#include "miscadmin.h"
+#include "pgtime.h"
+#include "lib/stringinfo.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/bytea.h"
+#include "utils/cash.h"
+#include "utils/float.h"
+#include "utils/guc.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/numeric.h"
+#include "utils/rel.h"
+#include "utils/syscache.h"
+#include "utils/typcache.h"
+#include "utils/xml.h"
+
+#include "rowimage.h"
+
+static HTAB *layouts = NULL;
+static pg_tz *utc_tz = NULL;
+
+typedef struct NameEntry
+{
+	char		name[NAMEDATALEN];	/* hash key */
+	int			index;
+} NameEntry;
+
+static void
+layout_callback(Datum arg, Oid relid)
+{
+	HASH_SEQ_STATUS status;
+	RowLayout  *layout;
+
+	if (layouts == NULL)
+		return;
+	if (OidIsValid(relid))
+	{
+		layout = hash_search(layouts, &relid, HASH_FIND, NULL);
+		if (layout)
+			layout->valid = false;
+		return;
+	}
+	hash_seq_init(&status, layouts);
+	while ((layout = hash_seq_search(&status)) != NULL)
+		layout->valid = false;
+}
+
+/*
+ * Register the invalidation callback.  Called from _PG_init.
+ */
+void
+rowimage_init(void)
+{
+	CacheRegisterRelcacheCallback(layout_callback, (Datum) 0);
+}
+
+/*
+ * Does the text form of values of this type depend on session settings?
+ */
+static ImageSensitivity
+type_sensitivity(Oid typid, int depth)
+{
+	HeapTuple	tup;
+	Form_pg_type typ;
+	ImageSensitivity result = SENSITIVE_NONE;
+
+	if (depth > 16)
+		return SENSITIVE_GUC;
+	switch (typid)
+	{
+		case DATEOID:
+		case TIMEOID:
+		case TIMETZOID:
+		case TIMESTAMPOID:
+		case TIMESTAMPTZOID:
+		case INTERVALOID:
+		case FLOAT4OID:
+		case FLOAT8OID:
+		case BYTEAOID:
+		case POINTOID:
+		case LSEGOID:
+		case PATHOID:
+		case BOXOID:
+		case POLYGONOID:
+		case LINEOID:
+		case CIRCLEOID:
+			return SENSITIVE_OUTPUT;
+		case CASHOID:			/* lc_monetary */
+		case REGCLASSOID:		/* search_path, and the rest likewise */
+		case REGPROCOID:
+		case REGPROCEDUREOID:
+		case REGOPEROID:
+		case REGOPERATOROID:
+		case REGTYPEOID:
+		case REGCONFIGOID:
+		case REGDICTIONARYOID:
+		case REGNAMESPACEOID:
+		case REGROLEOID:
+		case REGCOLLATIONOID:
+			return SENSITIVE_GUC;
+		default:
+			break;
+	}
+
+	tup = SearchSysCache1(TYPEOID, ObjectIdGetDatum(typid));
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for type %u", typid);
+	typ = (Form_pg_type) GETSTRUCT(tup);
+	switch (typ->typtype)
+	{
+		case TYPTYPE_DOMAIN:
+			result = type_sensitivity(typ->typbasetype, depth + 1);
+			break;
+		case TYPTYPE_RANGE:
+			result = type_sensitivity(get_range_subtype(typid), depth + 1);
+			break;
+		case TYPTYPE_MULTIRANGE:
+			result = type_sensitivity(get_multirange_range(typid), depth + 1);
+			break;
+		case TYPTYPE_COMPOSITE:
+			{
+				TupleDesc	desc = lookup_rowtype_tupdesc(typid, -1);
+
+				for (int i = 0; i < desc->natts; i++)
+				{
+					Form_pg_attribute att = TupleDescAttr(desc, i);
+
+					if (!att->attisdropped)
+						result = Max(result, type_sensitivity(att->atttypid, depth + 1));
+				}
+				ReleaseTupleDesc(desc);
+			}
+			break;
+		case TYPTYPE_BASE:
+			if (IsTrueArrayType(typ))
+				result = type_sensitivity(typ->typelem, depth + 1);
+			else if (typid >= FirstNormalObjectId)
+				result = SENSITIVE_OUTPUT;	/* another extension's: be safe */
+			break;
+		default:
+			break;
+	}
+	ReleaseSysCache(tup);
+	return result;
+}
+
+static void
+column_init(ImageColumn *col, Form_pg_attribute att, MemoryContext cxt)
+{
+	col->attnum = att->attnum;
+	col->name = MemoryContextStrdup(cxt, NameStr(att->attname));
+	col->namelen = strlen(col->name);
+	col->typid = att->atttypid;
+	col->typmod = att->atttypmod;
+	col->in_ready = false;
+	col->sensitivity = SENSITIVE_NONE;
+	switch (getBaseType(att->atttypid) == att->atttypid ? att->atttypid : InvalidOid)
+	{
+		case BOOLOID:
+			col->kind = IMAGE_BOOL;
+			break;
+		case INT2OID:
+			col->kind = IMAGE_INT2;
+			break;
+		case INT4OID:
+			col->kind = IMAGE_INT4;
+			break;
+		case INT8OID:
+			col->kind = IMAGE_INT8;
+			break;
+		case NUMERICOID:
+			col->kind = IMAGE_NUMERIC;
+			break;
+		case CASHOID:
+			col->kind = IMAGE_MONEY;
+			break;
+		default:
+			{
+				Oid			outfunc;
+				bool		isvarlena;
+
+				col->kind = IMAGE_TEXT;
+				col->sensitivity = type_sensitivity(att->atttypid, 0);
+				getTypeOutputInfo(att->atttypid, &outfunc, &isvarlena);
+				fmgr_info_cxt(outfunc, &col->out, cxt);
+			}
+			break;
+	}
+}
+
+static void
+layout_build(RowLayout *layout, Relation rel)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	MemoryContext old;
+
+	if (layout->cxt)
+		MemoryContextReset(layout->cxt);
+	else
+		layout->cxt = AllocSetContextCreate(CacheMemoryContext,
+											"replstamp table layout",
+											ALLOCSET_SMALL_SIZES);
+	old = MemoryContextSwitchTo(layout->cxt);
+
+	layout->relname = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
+												 RelationGetRelationName(rel));
+	layout->relname_text = cstring_to_text(layout->relname);
+	layout->sensitivity = SENSITIVE_NONE;
+	layout->byname = NULL;
+
+	layout->cols = palloc(sizeof(ImageColumn) * Max(desc->natts, 1));
+	layout->ncols = 0;
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+		ImageColumn *col;
+
+		if (att->attisdropped || att->attgenerated)
+			continue;
+		col = &layout->cols[layout->ncols++];
+		column_init(col, att, layout->cxt);
+		layout->sensitivity = Max(layout->sensitivity, col->sensitivity);
+	}
+
+	layout->pkoid = RelationGetPrimaryKeyIndex(rel);
+	layout->npk = 0;
+	layout->pk = NULL;
+	if (OidIsValid(layout->pkoid))
+	{
+		Relation	pkrel = index_open(layout->pkoid, AccessShareLock);
+
+		layout->npk = pkrel->rd_index->indnkeyatts;
+		layout->pk = palloc(sizeof(ImageColumn) * layout->npk);
+		for (int i = 0; i < layout->npk; i++)
+		{
+			column_init(&layout->pk[i],
+						TupleDescAttr(desc, pkrel->rd_index->indkey.values[i] - 1),
+						layout->cxt);
+			layout->sensitivity = Max(layout->sensitivity, layout->pk[i].sensitivity);
+		}
+		index_close(pkrel, AccessShareLock);
+	}
+
+	MemoryContextSwitchTo(old);
+	layout->valid = true;
+}
+
+/*
+ * The column layout of a table, built once and kept until a relcache
+ * invalidation of the table.
+ */
+RowLayout *
+rowimage_layout(Relation rel)
+{
+	Oid			relid = RelationGetRelid(rel);
+	RowLayout  *layout;
+	bool		found;
+
+	if (layouts == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = sizeof(Oid);
+		ctl.entrysize = sizeof(RowLayout);
+		ctl.hcxt = CacheMemoryContext;
+		layouts = hash_create("replstamp table layouts", 64, &ctl,
+							  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+
+	layout = hash_search(layouts, &relid, HASH_ENTER, &found);
+	if (!found)
+	{
+		layout->valid = false;
+		layout->cxt = NULL;
+	}
+	if (!layout->valid)
+		layout_build(layout, rel);
+	return layout;
+}
+
+/* ---------------------------------------------------------------------
+ * Encoding
+ * ---------------------------------------------------------------------
+ */
+
+static void
+column_value(ImageColumn *col, Datum value, bool isnull, JsonbValue *v)
+{
+	if (isnull)
+	{
+		v->type = jbvNull;
+		return;
+	}
+	switch (col->kind)
+	{
+		case IMAGE_BOOL:
+			v->type = jbvBool;
+			v->val.boolean = DatumGetBool(value);
+			return;
+		case IMAGE_INT2:
+			v->type = jbvNumeric;
+			v->val.numeric = int64_to_numeric(DatumGetInt16(value));
+			return;
+		case IMAGE_INT4:
+			v->type = jbvNumeric;
+			v->val.numeric = int64_to_numeric(DatumGetInt32(value));
+			return;
+		case IMAGE_INT8:
+		case IMAGE_MONEY:
+			v->type = jbvNumeric;
+			v->val.numeric = int64_to_numeric(DatumGetInt64(value));
+			return;
+		case IMAGE_NUMERIC:
+			{
+				Numeric		num = DatumGetNumeric(value);
+
+				/* JSON has no NaN or Infinity: those go as text */
+				if (!numeric_is_nan(num) && !numeric_is_inf(num))
+				{
+					v->type = jbvNumeric;
+					v->val.numeric = num;
+					return;
+				}
+				v->type = jbvString;
+				v->val.string.val = DatumGetCString(DirectFunctionCall1(numeric_out,
+																		value));
+				v->val.string.len = strlen(v->val.string.val);
+				return;
+			}
+		case IMAGE_TEXT:
+			v->type = jbvString;
+			v->val.string.val = OutputFunctionCall(&col->out, value);
+			v->val.string.len = strlen(v->val.string.val);
+			return;
+	}
+}
+
+static Jsonb *
+build_image(ImageColumn *cols, int ncols, TupleDesc desc, HeapTuple tuple)
+{
+	JsonbParseState *state = NULL;
+	JsonbValue *result;
+
+	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
+	for (int i = 0; i < ncols; i++)
+	{
+		ImageColumn *col = &cols[i];
+		JsonbValue	key;
+		JsonbValue	val;
+		bool		isnull;
+		Datum		d = heap_getattr(tuple, col->attnum, desc, &isnull);
+
+		key.type = jbvString;
+		key.val.string.val = (char *) col->name;
+		key.val.string.len = col->namelen;
+		pushJsonbValue(&state, WJB_KEY, &key);
+		column_value(col, d, isnull, &val);
+		pushJsonbValue(&state, WJB_VALUE, &val);
+	}
+	result = pushJsonbValue(&state, WJB_END_OBJECT, NULL);
+	return JsonbValueToJsonb(result);
+}
+
+static pg_tz *
+get_utc(void)
+{
+	if (utc_tz == NULL)
+	{
+		utc_tz = pg_tzset("UTC");
+		if (utc_tz == NULL)
+			elog(ERROR, "replstamp: could not load time zone UTC");
+	}
+	return utc_tz;
+}
+
+/* Are the five output settings canonical already? */
+static bool
+output_settings_canonical(void)
+{
+	return DateStyle == USE_ISO_DATES && IntervalStyle == INTSTYLE_POSTGRES &&
+		extra_float_digits > 0 && bytea_output == BYTEA_OUTPUT_HEX &&
+		session_timezone == get_utc();
+}
+
+/* Canonical values of every setting an output or input function reads. */
+static const char *const canonical_gucs[][2] = {
+	{"datestyle", "ISO, YMD"},
+	{"intervalstyle", "postgres"},
+	{"timezone", "UTC"},
+	{"extra_float_digits", "1"},
+	{"bytea_output", "hex"},
+	{"lc_monetary", "C"},
+	{"search_path", "pg_catalog, pg_temp"},
+	{"xmloption", "content"},
+	{NULL, NULL}
+};
+
+static void
+set_canonical_gucs(GucAction action)
+{
+	for (int i = 0; canonical_gucs[i][0]; i++)
+		(void) set_config_option(canonical_gucs[i][0], canonical_gucs[i][1],
+								 PGC_USERSET, PGC_S_SESSION, action,
+								 true, 0, false);
+}
+
+/*
+ * The images of a row change: the key of keytuple (if pk) and the whole of
+ * newtuple (if row), built under canonical settings.
+ */
+void
+rowimage_both(RowLayout *layout, TupleDesc desc, HeapTuple keytuple,
+			  HeapTuple newtuple, Jsonb **pk, Jsonb **row)
+{
+	if (layout->sensitivity == SENSITIVE_NONE ||
+		(layout->sensitivity == SENSITIVE_OUTPUT && output_settings_canonical()))
+	{
+		if (pk)
+			*pk = build_image(layout->pk, layout->npk, desc, keytuple);
+		if (row)
+			*row = build_image(layout->cols, layout->ncols, desc, newtuple);
+	}
+	else if (layout->sensitivity == SENSITIVE_OUTPUT)
+	{
+		/* Swap the five variables the output functions read, and back. */
+		int			save_datestyle = DateStyle;
+		int			save_dateorder = DateOrder;
+		int			save_intervalstyle = IntervalStyle;
+		int			save_efd = extra_float_digits;
+		int			save_bytea = bytea_output;
+		pg_tz	   *save_tz = session_timezone;
+		pg_tz	   *utc = get_utc();
+
+		PG_TRY();
+		{
+			DateStyle = USE_ISO_DATES;
+			DateOrder = DATEORDER_YMD;
+			IntervalStyle = INTSTYLE_POSTGRES;
+			extra_float_digits = 1;
+			bytea_output = BYTEA_OUTPUT_HEX;
+			session_timezone = utc;
+			if (pk)
+				*pk = build_image(layout->pk, layout->npk, desc, keytuple);
+			if (row)
+				*row = build_image(layout->cols, layout->ncols, desc, newtuple);
+		}
+		PG_FINALLY();
+		{
+			DateStyle = save_datestyle;
+			DateOrder = save_dateorder;
+			IntervalStyle = save_intervalstyle;
+			extra_float_digits = save_efd;
+			bytea_output = save_bytea;
+			session_timezone = save_tz;
+		}
+		PG_END_TRY();
+	}
+	else
+	{
+		/* lc_monetary or search_path: the GUC machinery, undone whatever happens */
+		int			nestlevel = NewGUCNestLevel();
+
+		set_canonical_gucs(GUC_ACTION_SAVE);
+		if (pk)
+			*pk = build_image(layout->pk, layout->npk, desc, keytuple);
+		if (row)
+			*row = build_image(layout->cols, layout->ncols, desc, newtuple);
+		AtEOXact_GUC(false, nestlevel);
+	}
+}
+
+/*
+ * The primary key of a row, as a jsonb object.
+ */
+Jsonb *
+rowimage_pk(RowLayout *layout, TupleDesc desc, HeapTuple tuple)
+{
+	Jsonb	   *pk;
+
+	rowimage_both(layout, desc, tuple, NULL, &pk, NULL);
+	return pk;
+}
+
+/*
+ * The whole row (generated columns left out), as a jsonb object.
+ */
+Jsonb *
+rowimage_row(RowLayout *layout, TupleDesc desc, HeapTuple tuple)
+{
+	Jsonb	   *row;
+
+	rowimage_both(layout, desc, NULL, tuple, NULL, &row);
+	return row;
+}
+
+/*
+ * The row's identity across nodes as a number: table name and key.  Equal
+ * keys hash equally whatever their text form (jsonb compares numbers by
+ * value).
+ */
+int64
+rowimage_row_hash(const char *relation, int len, Jsonb *pk)
+{
+	uint64		h1 = hash_bytes_extended((const unsigned char *) relation, len, 0);
+	uint64		h2 = DatumGetUInt64(DirectFunctionCall2(jsonb_hash_extended,
+														JsonbPGetDatum(pk),
+														Int64GetDatum(0)));
+
+	return (int64) hash_combine64(h1, h2);
+}
+
+/* ---------------------------------------------------------------------
+ * Decoding
+ * ---------------------------------------------------------------------
+ */
+
+/*
+ * Canonical settings for input functions.  With session, for the rest of
+ * the session (a background worker that only applies changes); without,
+ * in the current GUC nest level, which the caller opened and ends with
+ * AtEOXact_GUC(false).  In a transaction, either way.
+ */
+void
+rowimage_enter_input_settings(bool session)
+{
+	set_canonical_gucs(session ? GUC_ACTION_SET : GUC_ACTION_SAVE);
+}
+
+static void
+column_input_init(RowLayout *layout, ImageColumn *col)
+{
+	Oid			infunc;
+	MemoryContext old;
+
+	if (col->in_ready)
+		return;
+	old = MemoryContextSwitchTo(layout->cxt);
+	getTypeInputInfo(col->typid, &infunc, &col->typioparam);
+	fmgr_info_cxt(infunc, &col->in, layout->cxt);
+	col->in_ready = true;
+	MemoryContextSwitchTo(old);
+}
+
+static void
+build_name_index(RowLayout *layout)
+{
+	HASHCTL		ctl;
+
+	ctl.keysize = NAMEDATALEN;
+	ctl.entrysize = sizeof(NameEntry);
+	ctl.hcxt = layout->cxt;
+	layout->byname = hash_create("replstamp column names", Max(layout->ncols, 8), &ctl,
+								 HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+	for (int i = 0; i < layout->ncols; i++)
+	{
+		NameEntry  *e = hash_search(layout->byname, layout->cols[i].name, HASH_ENTER, NULL);
+
+		e->index = i;
+	}
+}
+
+static ImageColumn *
+find_column(RowLayout *layout, ImageColumn *cols, int ncols, const char *name, int len)
+{
+	char		key[NAMEDATALEN];
+	NameEntry  *e;
+
+	if (len >= NAMEDATALEN)
+		return NULL;
+	if (cols != layout->cols)
+	{
+		for (int i = 0; i < ncols; i++)
+			if (cols[i].namelen == len && memcmp(cols[i].name, name, len) == 0)
+				return &cols[i];
+		return NULL;
+	}
+	if (layout->byname == NULL)
+		build_name_index(layout);
+	memset(key, 0, sizeof(key));
+	memcpy(key, name, len);
+	e = hash_search(layout->byname, key, HASH_FIND, NULL);
+	return e ? &layout->cols[e->index] : NULL;
+}
+
+/* The value of one image entry for a column, converted as INSERT would. */
+static Datum
+decode_value(RowLayout *layout, ImageColumn *col, JsonbValue *v, bool *isnull)
+{
+	char	   *str;
+
+	*isnull = false;
+	switch (v->type)
+	{
+		case jbvNull:
+			*isnull = true;
+			return (Datum) 0;
+		case jbvString:
+			str = pnstrdup(v->val.string.val, v->val.string.len);
+			break;
+		case jbvNumeric:
+			if (col->kind == IMAGE_MONEY)
+				return DirectFunctionCall1(numeric_int8, NumericGetDatum(v->val.numeric));
+			str = DatumGetCString(DirectFunctionCall1(numeric_out,
+													  NumericGetDatum(v->val.numeric)));
+			break;
+		case jbvBool:
+			str = v->val.boolean ? "true" : "false";
+			break;
+		case jbvBinary:
+			str = JsonbToCString(NULL, v->val.binary.data, v->val.binary.len);
+			break;
+		default:
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_EXCEPTION),
+					 errmsg("row image has a value of an unexpected kind for column \"%s\"",
+							col->name)));
+	}
+	column_input_init(layout, col);
+	return InputFunctionCall(&col->in, str, col->typioparam, col->typmod);
+}
+
+/* The value currently being decoded, for error messages (no values). */
+static const char *decoding_column = NULL;
+static const char *decoding_table = NULL;
+
+static void
+decode_error_context(void *arg)
+{
+	if (decoding_column)
+		errcontext("column \"%s\" of table %s", decoding_column,
+				   decoding_table ? decoding_table : "?");
+}
+
+static void
+check_object(Jsonb *image, const char *what)
+{
+	if (!JB_ROOT_IS_OBJECT(image) || JB_ROOT_IS_SCALAR(image))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_EXCEPTION),
+				 errmsg("%s is not a JSON object", what)));
+}
+
+/*
+ * The values of a row image for this node's table: values[], nulls[] and
+ * present[] are indexed by attribute number - 1.  Returns how many columns
+ * of the image this table lacks (the first one's name in *missing).
+ */
+int
+rowimage_decode(RowLayout *layout, Jsonb *image, Datum *values, bool *nulls,
+				bool *present, const char **missing)
+{
+	JsonbIterator *it;
+	JsonbValue	k,
+				v;
+	JsonbIteratorToken tok;
+	int			extra = 0;
+	ErrorContextCallback errcb;
+
+	check_object(image, "row image");
+	if (missing)
+		*missing = NULL;
+	errcb.callback = decode_error_context;
+	errcb.arg = NULL;
+	errcb.previous = error_context_stack;
+	error_context_stack = &errcb;
+	decoding_table = layout->relname;
+
+	it = JsonbIteratorInit(&image->root);
+	while ((tok = JsonbIteratorNext(&it, &k, true)) != WJB_DONE)
+	{
+		ImageColumn *col;
+		int			a;
+
+		if (tok != WJB_KEY)
+			continue;
+		tok = JsonbIteratorNext(&it, &v, true);
+		col = find_column(layout, layout->cols, layout->ncols,
+						  k.val.string.val, k.val.string.len);
+		if (col == NULL)
+		{
+			if (extra++ == 0 && missing)
+				*missing = pnstrdup(k.val.string.val, k.val.string.len);
+			continue;
+		}
+		a = col->attnum - 1;
+		decoding_column = col->name;
+		values[a] = decode_value(layout, col, &v, &nulls[a]);
+		present[a] = true;
+	}
+	decoding_column = NULL;
+	error_context_stack = errcb.previous;
+	return extra;
+}
+
+/*
+ * Does the key object name exactly the primary key columns of this table?
+ */
+bool
+rowimage_key_matches(RowLayout *layout, Jsonb *pk)
+{
+	JsonbIterator *it;
+	JsonbValue	k;
+	JsonbIteratorToken tok;
+	int			n = 0;
+
+	check_object(pk, "primary key image");
+	it = JsonbIteratorInit(&pk->root);
+	while ((tok = JsonbIteratorNext(&it, &k, true)) != WJB_DONE)
+	{
+		if (tok != WJB_KEY)
+			continue;
+		if (find_column(layout, layout->pk, layout->npk,
+						k.val.string.val, k.val.string.len) == NULL)
+			return false;
+		n++;
+	}
+	return n == layout->npk;
+}
+
+/*
+ * The key columns of a key image into values[]/nulls[] (by attribute
+ * number - 1).  The caller has checked the key with rowimage_key_matches().
+ */
+void
+rowimage_decode_key(RowLayout *layout, Jsonb *pk, Datum *values, bool *nulls)
+{
+	ErrorContextCallback errcb;
+
+	errcb.callback = decode_error_context;
+	errcb.arg = NULL;
+	errcb.previous = error_context_stack;
+	error_context_stack = &errcb;
+	decoding_table = layout->relname;
+	for (int i = 0; i < layout->npk; i++)
+	{
+		ImageColumn *col = &layout->pk[i];
+		JsonbValue	kv;
+		JsonbValue *v;
+		int			a = col->attnum - 1;
+
+		kv.type = jbvString;
+		kv.val.string.val = (char *) col->name;
+		kv.val.string.len = col->namelen;
+		v = findJsonbValueFromContainer(&pk->root, JB_FOBJECT, &kv);
+		if (v == NULL)
+			elog(ERROR, "replstamp: key image lacks column \"%s\"", col->name);
+		decoding_column = col->name;
+		values[a] = decode_value(layout, col, v, &nulls[a]);
+		if (nulls[a])
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_EXCEPTION),
+					 errmsg("primary key image has a null value")));
+	}
+	decoding_column = NULL;
+	error_context_stack = errcb.previous;
+}
+
+/*
+ * The key of the row a row image describes: the members of image named by
+ * the keys of pk (an UPDATE's change holds the old key in pk and the new
+ * row in its image).
+ */
+Jsonb *
+rowimage_key_of(Jsonb *pk, Jsonb *image)
+{
+	JsonbParseState *state = NULL;
+	JsonbIterator *it;
+	JsonbValue	k;
+	JsonbIteratorToken tok;
+	JsonbValue *result;
+
+	check_object(pk, "primary key image");
+	check_object(image, "row image");
+	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
+	it = JsonbIteratorInit(&pk->root);
+	while ((tok = JsonbIteratorNext(&it, &k, true)) != WJB_DONE)
+	{
+		JsonbValue *v;
+		JsonbValue	key = k;
+
+		if (tok != WJB_KEY)
+			continue;
+		v = findJsonbValueFromContainer(&image->root, JB_FOBJECT, &k);
+		if (v == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_EXCEPTION),
+					 errmsg("row image lacks key column \"%.*s\"",
+							k.val.string.len, k.val.string.val)));
+		pushJsonbValue(&state, WJB_KEY, &key);
+		pushJsonbValue(&state, WJB_VALUE, v);
+	}
+	result = pushJsonbValue(&state, WJB_END_OBJECT, NULL);
+	return JsonbValueToJsonb(result);
+}
+
+/*
+ * The names of the members of a key image, for messages: "a, b".
+ */
+char *
+rowimage_key_names(Jsonb *pk)
+{
+	StringInfoData buf;
+	JsonbIterator *it;
+	JsonbValue	k;
+	JsonbIteratorToken tok;
+
+	initStringInfo(&buf);
+	if (JB_ROOT_IS_SCALAR(pk) || !JB_ROOT_IS_OBJECT(pk))
+		return buf.data;
+	it = JsonbIteratorInit(&pk->root);
+	while ((tok = JsonbIteratorNext(&it, &k, true)) != WJB_DONE)
+		if (tok == WJB_KEY)
+			appendStringInfo(&buf, "%s%s", buf.len ? ", " : "",
+							 quote_identifier(pnstrdup(k.val.string.val, k.val.string.len)));
+	return buf.data;
+}
+
+/*
+ * The primary key columns of a table, for messages: "a, b".
+ */
+char *
+rowimage_layout_key_names(RowLayout *layout)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	for (int i = 0; i < layout->npk; i++)
+		appendStringInfo(&buf, "%s%s", i ? ", " : "", quote_identifier(layout->pk[i].name));
+	return buf.data;
+}

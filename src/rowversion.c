@@ -1,0 +1,601 @@
+/*-------------------------------------------------------------------------
+ *
+ * rowversion.c
+ *		replstamp.row_version: per row (table and key), the stamp and time
+ *		of the latest change of it held here, and whether that change
+ *		deleted it.  Last writer wins compares an incoming change with one
+ *		row of it, found through an index on row_hash, instead of scanning
+ *		the row's history: one lookup per change, whatever the backlog and
+ *		however often the row changed.  It is also what pruning keeps: the
+ *		change a row_version names is the latest of its row.
+ *
+ * Who writes it:
+ *	- the apply (apply.c), for every change it pulls;
+ *	- the reconciliation below, for the changes stamped here: the stamp
+ *	  trigger does not touch row_version (an index write there was 40 % of
+ *	  its cost); a sync or a prune reads the changes stamped here since it
+ *	  last looked, in serial order, and records them.  Before it decides on
+ *	  a row, the apply has locked the row in its table, so any local change
+ *	  of it has committed and is found by reconciling once more; when no
+ *	  serial was taken since the last look and none was in flight, there is
+ *	  nothing to read;
+ *	- a rotation that re-issues changes (identity.c), which moves the rows
+ *	  that named an old stamp to the new one.
+ * Syncs and prunes of one database run one at a time (sync.c holds a
+ * session lock), so only a rotation can write concurrently; the writes
+ * here then fail with "tuple concurrently updated" and the page is tried
+ * again.
+ *
+ * An UPDATE that changes the key is two rows' versions: the old key
+ * deleted, the new key written, both at the change's stamp.  Every node
+ * applies the same rule, so nodes converge whatever order key changes and
+ * other changes of the same keys arrive in.
+ *
+ * Copyright (c) 2026, the replstamp authors
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "executor/executor.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "nodes/makefuncs.h"
+#include "parser/parsetree.h"
+#include "storage/lmgr.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/hsearch.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "catalog.h"
+#include "changelog.h"
+#include "rowimage.h"
+#include "rowversion.h"
+#include "serial.h"
+
+/*
+ * Order of two versions: the later stamp time wins, then the greater
+ * replica ID, then the greater serial.  The same on every node.
+ */
+int
+version_cmp(const Version *a, const Version *b)
+{
+	int			c;
+
+	if (a->changed_at != b->changed_at)
+		return a->changed_at > b->changed_at ? 1 : -1;
+	c = memcmp(a->replica_id.data, b->replica_id.data, UUID_LEN);
+	if (c != 0)
+		return c > 0 ? 1 : -1;
+	if (a->serial != b->serial)
+		return a->serial > b->serial ? 1 : -1;
+	return 0;
+}
+
+static bool
+jsonb_equal(Jsonb *a, Jsonb *b)
+{
+	return DatumGetBool(DirectFunctionCall2(jsonb_eq, JsonbPGetDatum(a), JsonbPGetDatum(b)));
+}
+
+static bool
+text_bytes_equal(text *a, text *b)
+{
+	return VARSIZE_ANY_EXHDR(a) == VARSIZE_ANY_EXHDR(b) &&
+		memcmp(VARDATA_ANY(a), VARDATA_ANY(b), VARSIZE_ANY_EXHDR(a)) == 0;
+}
+
+/*
+ * The rows a change affects, into rows[] (room for 2): an INSERT or an
+ * UPDATE that keeps the key writes one row, a DELETE deletes one, an
+ * UPDATE that changes the key deletes the old key and writes the new one.
+ */
+int
+change_rows(Change *change, ChangeRow *rows)
+{
+	const char *rel = VARDATA_ANY(change->relation);
+	int			len = VARSIZE_ANY_EXHDR(change->relation);
+
+	rows[0].key = change->pk;
+	rows[0].hash = rowimage_row_hash(rel, len, change->pk);
+	rows[0].deleted = (change->op == 'D');
+	if (change->op != 'U')
+		return 1;
+	rows[1].key = rowimage_key_of(change->pk, change->image);
+	if (jsonb_equal(rows[1].key, change->pk))
+		return 1;
+	rows[0].deleted = true;
+	rows[1].hash = rowimage_row_hash(rel, len, rows[1].key);
+	rows[1].deleted = false;
+	return 2;
+}
+
+/*
+ * Open replstamp.row_version for writing in the current transaction.
+ */
+RowVersionWriter *
+rowversion_writer_begin(const ReplstampCatalog *cat)
+{
+	RowVersionWriter *w = palloc0(sizeof(RowVersionWriter));
+	RangeTblEntry *rte;
+
+	w->cat = cat;
+	w->rel = table_open(cat->row_version, RowExclusiveLock);
+	w->estate = CreateExecutorState();
+	rte = makeNode(RangeTblEntry);
+	rte->rtekind = RTE_RELATION;
+	rte->relid = cat->row_version;
+	rte->relkind = w->rel->rd_rel->relkind;
+	rte->rellockmode = RowExclusiveLock;
+	ExecInitRangeTable(w->estate, list_make1(rte));
+	w->rri = makeNode(ResultRelInfo);
+	InitResultRelInfo(w->rri, w->rel, 1, NULL, 0);
+	w->estate->es_opened_result_relations = lappend(w->estate->es_opened_result_relations, w->rri);
+	ExecOpenIndices(w->rri, false);
+	w->estate->es_output_cid = GetCurrentCommandId(true);
+	w->slot = table_slot_create(w->rel, &w->estate->es_tupleTable);
+	w->oldslot = table_slot_create(w->rel, &w->estate->es_tupleTable);
+	w->walked = NULL;
+	w->cxt = CurrentMemoryContext;
+	return w;
+}
+
+typedef struct WalkedEntry
+{
+	pg_uuid_t	id;				/* hash key */
+	int64		walked_upto;
+} WalkedEntry;
+
+/* How far pruning has looked at the changes of id (prune.c). */
+static int64
+walked_upto(RowVersionWriter *w, const pg_uuid_t *id)
+{
+	WalkedEntry *e;
+
+	if (w->walked == NULL)
+	{
+		HASHCTL		ctl;
+		ReplstampOwnerContext ctx;
+
+		ctl.keysize = sizeof(pg_uuid_t);
+		ctl.entrysize = sizeof(WalkedEntry);
+		ctl.hcxt = w->cxt;		/* lives as long as the writer */
+		w->walked = hash_create("replstamp prune progress", 16, &ctl,
+								HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+		replstamp_become_owner(&ctx);
+		SPI_connect();
+		if (SPI_execute("SELECT replica_id, walked_upto FROM replstamp.prune_progress",
+						true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "replstamp: could not read replstamp.prune_progress");
+		for (uint64 i = 0; i < SPI_processed; i++)
+		{
+			bool		isnull;
+			pg_uuid_t	key;
+
+			memcpy(&key, DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc,
+													 1, &isnull)), sizeof(pg_uuid_t));
+			e = hash_search(w->walked, &key, HASH_ENTER, NULL);
+			e->walked_upto = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
+														 SPI_tuptable->tupdesc, 2, &isnull));
+		}
+		SPI_finish();
+		replstamp_restore_user(&ctx);
+	}
+	e = hash_search(w->walked, id, HASH_FIND, NULL);
+	return e ? e->walked_upto : 0;
+}
+
+/*
+ * A latest version is superseded.  If pruning has looked at its change
+ * already (and kept it for being the latest), queue it: the next prune
+ * looks at it again.
+ */
+static void
+superseded(RowVersionWriter *w, const Version *old)
+{
+	ReplstampOwnerContext ctx;
+	Oid			types[2] = {UUIDOID, INT8OID};
+	Datum		values[2];
+
+	if (old->serial > walked_upto(w, &old->replica_id))
+		return;
+	values[0] = UUIDPGetDatum(&old->replica_id);
+	values[1] = Int64GetDatum(old->serial);
+	replstamp_become_owner(&ctx);
+	SPI_connect();
+	if (SPI_execute_with_args("INSERT INTO replstamp.prune_queue (replica_id, serial) VALUES ($1, $2) "
+							  "ON CONFLICT DO NOTHING", 2, types, values, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "replstamp: could not queue a superseded change");
+	SPI_finish();
+	replstamp_restore_user(&ctx);
+}
+
+void
+rowversion_writer_end(RowVersionWriter *w)
+{
+	ExecCloseResultRelations(w->estate);
+	ExecCloseRangeTableRelations(w->estate);
+	ExecResetTupleTable(w->estate->es_tupleTable, false);
+	FreeExecutorState(w->estate);
+	table_close(w->rel, NoLock);
+	pfree(w);
+}
+
+/*
+ * The recorded latest version of a row, if any.
+ */
+void
+rowversion_get(RowVersionWriter *w, text *relation, ChangeRow *row, RowVersion *out)
+{
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tuple;
+	TupleDesc	desc = RelationGetDescr(w->rel);
+
+	out->found = false;
+	ScanKeyInit(&key, Anum_row_version_row_hash, BTEqualStrategyNumber,
+				F_INT8EQ, Int64GetDatum(row->hash));
+	scan = systable_beginscan(w->rel, w->cat->row_version_hash, true, SnapshotSelf, 1, &key);
+	while ((tuple = systable_getnext(scan)) != NULL)
+	{
+		Datum		values[Natts_row_version];
+		bool		nulls[Natts_row_version];
+
+		heap_deform_tuple(tuple, desc, values, nulls);
+		if (!text_bytes_equal(DatumGetTextPP(values[Anum_row_version_relation - 1]), relation) ||
+			!jsonb_equal(DatumGetJsonbP(values[Anum_row_version_pk - 1]), row->key))
+			continue;
+		out->found = true;
+		out->tid = tuple->t_self;
+		out->v.changed_at = DatumGetTimestampTz(values[Anum_row_version_changed_at - 1]);
+		memcpy(&out->v.replica_id, DatumGetUUIDP(values[Anum_row_version_replica_id - 1]),
+			   sizeof(pg_uuid_t));
+		out->v.serial = DatumGetInt64(values[Anum_row_version_serial - 1]);
+		out->deleted = DatumGetBool(values[Anum_row_version_deleted - 1]);
+		out->partial = DatumGetBool(values[Anum_row_version_partial - 1]);
+		break;
+	}
+	systable_endscan(scan);
+}
+
+/*
+ * Record v as the latest version of a row (current is what rowversion_get
+ * found for it).
+ */
+void
+rowversion_put(RowVersionWriter *w, text *relation, ChangeRow *row,
+			   RowVersion *current, const Version *v, bool deleted, bool partial)
+{
+	TupleTableSlot *slot = w->slot;
+
+	ExecClearTuple(slot);
+	slot->tts_values[Anum_row_version_row_hash - 1] = Int64GetDatum(row->hash);
+	slot->tts_values[Anum_row_version_relation - 1] = PointerGetDatum(relation);
+	slot->tts_values[Anum_row_version_pk - 1] = JsonbPGetDatum(row->key);
+	slot->tts_values[Anum_row_version_replica_id - 1] = UUIDPGetDatum(&v->replica_id);
+	slot->tts_values[Anum_row_version_serial - 1] = Int64GetDatum(v->serial);
+	slot->tts_values[Anum_row_version_changed_at - 1] = TimestampTzGetDatum(v->changed_at);
+	slot->tts_values[Anum_row_version_deleted - 1] = BoolGetDatum(deleted);
+	slot->tts_values[Anum_row_version_partial - 1] = BoolGetDatum(partial);
+	memset(slot->tts_isnull, false, sizeof(bool) * Natts_row_version);
+	ExecStoreVirtualTuple(slot);
+
+	w->estate->es_output_cid = GetCurrentCommandId(true);
+	if (current->found &&
+		(current->v.serial != v->serial ||
+		 memcmp(current->v.replica_id.data, v->replica_id.data, UUID_LEN) != 0))
+		superseded(w, &current->v);
+	if (current->found)
+	{
+		ExecClearTuple(w->oldslot);
+		w->oldslot->tts_tid = current->tid;
+		ExecSimpleRelationUpdate(w->rri, w->estate, NULL, w->oldslot, slot);
+		current->tid = slot->tts_tid;
+	}
+	else
+	{
+		ExecSimpleRelationInsert(w->rri, w->estate, slot);
+		current->found = true;
+		current->tid = slot->tts_tid;
+	}
+	current->v = *v;
+	current->deleted = deleted;
+	current->partial = partial;
+	/* The next lookup of the same row, and the next update, must see it. */
+	CommandCounterIncrement();
+}
+
+/*
+ * A change was re-issued under (new_id, new_serial): rows whose latest
+ * version was the old stamp now name the new one.
+ */
+void
+rowversion_restamp(const ReplstampCatalog *cat, Change *change,
+				   const pg_uuid_t *new_id, int64 new_serial)
+{
+	ChangeRow	rows[2];
+	int			n = change_rows(change, rows);
+
+	for (int i = 0; i < n; i++)
+	{
+		Oid			types[7] = {INT8OID, TEXTOID, JSONBOID, UUIDOID, INT8OID, UUIDOID, INT8OID};
+		Datum		values[7];
+		int			ret;
+
+		values[0] = Int64GetDatum(rows[i].hash);
+		values[1] = PointerGetDatum(change->relation);
+		values[2] = JsonbPGetDatum(rows[i].key);
+		values[3] = UUIDPGetDatum(&change->replica_id);
+		values[4] = Int64GetDatum(change->serial);
+		values[5] = UUIDPGetDatum(new_id);
+		values[6] = Int64GetDatum(new_serial);
+		ret = SPI_execute_with_args("UPDATE replstamp.row_version SET replica_id = $6, serial = $7 "
+									"WHERE row_hash OPERATOR(pg_catalog.=) $1 "
+									"AND relation OPERATOR(pg_catalog.=) $2 "
+									"AND pk OPERATOR(pg_catalog.=) $3 "
+									"AND replica_id OPERATOR(pg_catalog.=) $4 "
+									"AND serial OPERATOR(pg_catalog.=) $5",
+									7, types, values, NULL, false, 0);
+		if (ret != SPI_OK_UPDATE)
+			elog(ERROR, "replstamp: could not move a row version: %s", SPI_result_code_string(ret));
+	}
+}
+
+/* ---------------------------------------------------------------------
+ * Reconciling the changes stamped here
+ * ---------------------------------------------------------------------
+ */
+
+ReconcileState *
+reconcile_begin(MemoryContext cxt)
+{
+	ReconcileState *st = MemoryContextAllocZero(cxt, sizeof(ReconcileState));
+
+	st->cxt = cxt;
+	return st;
+}
+
+/* Read this node's replica IDs and how far each was reconciled. */
+static void
+load_ids(ReconcileState *st)
+{
+	MemoryContext old;
+	ReplstampOwnerContext ctx;
+
+	replstamp_become_owner(&ctx);
+	SPI_connect();
+	if (SPI_execute("SELECT replica_id, reconciled_upto FROM replstamp.replica_history",
+					true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "replstamp: could not read the replica history");
+	old = MemoryContextSwitchTo(st->cxt);
+	if (st->ids)
+	{
+		for (int i = 0; i < st->nids; i++)
+			if (st->ids[i].holes)
+				pfree(st->ids[i].holes);
+		pfree(st->ids);
+	}
+	st->nids = SPI_processed;
+	st->ids = palloc0(sizeof(OwnIdState) * Max(st->nids, 1));
+	for (int i = 0; i < st->nids; i++)
+	{
+		bool		isnull;
+		OwnIdState *o = &st->ids[i];
+
+		memcpy(&o->id, DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc,
+												   1, &isnull)), sizeof(pg_uuid_t));
+		o->done_upto = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc,
+												   2, &isnull));
+		o->saved_upto = o->done_upto;
+		o->hi = o->done_upto;
+	}
+	MemoryContextSwitchTo(old);
+	SPI_finish();
+	replstamp_restore_user(&ctx);
+	st->current_id = replstamp_node()->replica_id;
+	st->loaded = true;
+}
+
+/* Record one local change in row_version, if it is the latest of its rows. */
+static void
+reconcile_change(RowVersionWriter *w, Change *change)
+{
+	ChangeRow	rows[2];
+	int			n = change_rows(change, rows);
+	Version		v;
+
+	v.changed_at = change->changed_at;
+	v.replica_id = change->replica_id;
+	v.serial = change->serial;
+	for (int i = 0; i < n; i++)
+	{
+		RowVersion	cur;
+
+		rowversion_get(w, change->relation, &rows[i], &cur);
+		if (!cur.found || version_cmp(&v, &cur.v) > 0)
+			rowversion_put(w, change->relation, &rows[i], &cur, &v, rows[i].deleted, false);
+	}
+}
+
+typedef struct ScanArg
+{
+	RowVersionWriter *w;
+	ReconcileState *st;
+	OwnIdState *o;
+	int64		lus;
+	int64		prev;
+} ScanArg;
+
+static void
+add_hole(ReconcileState *st, OwnIdState *o, int64 serial)
+{
+	if (o->nholes >= o->maxholes)
+	{
+		o->maxholes = Max(16, o->maxholes * 2);
+		o->holes = o->holes ?
+			repalloc_huge(o->holes, sizeof(int64) * o->maxholes) :
+			MemoryContextAlloc(st->cxt, sizeof(int64) * o->maxholes);
+	}
+	o->holes[o->nholes++] = serial;
+}
+
+static bool
+scan_callback(Change *change, void *arg)
+{
+	ScanArg    *a = arg;
+
+	/*
+	 * Serials skipped between two we see were not committed when we looked:
+	 * those at or above the lowest uncommitted serial may still commit (they
+	 * are looked at again), those below it never will.
+	 */
+	for (int64 s = Max(a->prev + 1, a->lus); s < change->serial; s++)
+		add_hole(a->st, a->o, s);
+	a->prev = change->serial;
+	if (change->serial > a->o->hi)
+		a->o->hi = change->serial;
+	if (!change->applied)
+		reconcile_change(a->w, change);
+	return true;
+}
+
+/*
+ * Bring every change stamped here and committed by now into row_version.
+ */
+void
+reconcile(RowVersionWriter *w, ReconcileState *st)
+{
+	const ReplstampCatalog *cat = w->cat;
+	uint64		activity = serial_activity();
+	bool		holes = false;
+	int64		lus;
+
+	if (!st->loaded ||
+		memcmp(replstamp_node()->replica_id.data, st->current_id.data, UUID_LEN) != 0)
+		load_ids(st);
+	for (int i = 0; i < st->nids; i++)
+		holes |= st->ids[i].nholes > 0;
+	if (st->looked && st->activity == activity && !holes && !st->inflight)
+		return;
+	/* Taken before the look: a serial taken during it makes the next look read again. */
+	st->activity = activity;
+	st->looked = true;
+	lus = serial_lus(cat->serial_seq);
+	/* A serial in flight now may commit without another being taken. */
+	st->inflight = lus < serial_next(cat->serial_seq);
+
+	for (int i = 0; i < st->nids; i++)
+	{
+		OwnIdState *o = &st->ids[i];
+		ScanArg		arg;
+		int			keep = 0;
+
+		/* Serials that were in flight at the last look. */
+		for (int h = 0; h < o->nholes; h++)
+		{
+			Change		change;
+
+			if (changelog_fetch(cat, &o->id, o->holes[h], &change))
+			{
+				if (!change.applied)
+					reconcile_change(w, &change);
+			}
+			else if (o->holes[h] >= lus)
+				o->holes[keep++] = o->holes[h];
+		}
+		o->nholes = keep;
+
+		arg.w = w;
+		arg.st = st;
+		arg.o = o;
+		arg.lus = lus;
+		arg.prev = o->hi;
+		(void) changelog_scan(cat, &o->id, o->hi, PG_INT64_MAX, false, scan_callback, &arg);
+
+		/* Every serial below the LUS is final, and was seen now or before. */
+		o->done_upto = Max(o->done_upto, lus - 1);
+	}
+}
+
+/*
+ * Save how far each ID is reconciled, in the current transaction.
+ */
+void
+reconcile_save(ReconcileState *st)
+{
+	ReplstampOwnerContext ctx;
+	bool		connected = false;
+
+	for (int i = 0; i < st->nids; i++)
+	{
+		OwnIdState *o = &st->ids[i];
+		Oid			types[2] = {UUIDOID, INT8OID};
+		Datum		values[2];
+
+		if (o->done_upto <= o->saved_upto)
+			continue;
+		if (!connected)
+		{
+			replstamp_become_owner(&ctx);
+			SPI_connect();
+			connected = true;
+		}
+		values[0] = UUIDPGetDatum(&o->id);
+		values[1] = Int64GetDatum(o->done_upto);
+		if (SPI_execute_with_args("UPDATE replstamp.replica_history SET reconciled_upto = $2 "
+								  "WHERE replica_id OPERATOR(pg_catalog.=) $1",
+								  2, types, values, NULL, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "replstamp: could not save the reconciliation");
+		o->saved_upto = o->done_upto;
+	}
+	if (connected)
+	{
+		SPI_finish();
+		replstamp_restore_user(&ctx);
+	}
+}
+
+/* ---------------------------------------------------------------------
+ * One writer at a time
+ * ---------------------------------------------------------------------
+ */
+
+static LOCKTAG
+writer_locktag(void)
+{
+	LOCKTAG		tag;
+
+	/* An advisory lock in a space of its own (field4 3: not a SQL function's). */
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, 0x72737470, 0x73796e63, 3);
+	return tag;
+}
+
+/*
+ * Syncs and prunes of a database run one at a time: each holds this
+ * session lock (an advisory lock, shown in pg_locks) across its
+ * transactions.  Call inside a transaction.
+ */
+void
+rowversion_lock(void)
+{
+	LOCKTAG		tag = writer_locktag();
+
+	(void) LockAcquire(&tag, ExclusiveLock, true, false);
+}
+
+void
+rowversion_unlock(void)
+{
+	LOCKTAG		tag = writer_locktag();
+
+	(void) LockRelease(&tag, ExclusiveLock, true);
+}

@@ -1,0 +1,281 @@
+/*-------------------------------------------------------------------------
+ *
+ * serve.c
+ *		The serving side of a sync: replstamp.serve(request), the handshake
+ *		a pulling node starts with, and replstamp.serve_vector(), the 1.0
+ *		handshake kept for pullers that still run 1.0.
+ *
+ * serve() answers with this node's vector, computed from its lowest
+ * uncommitted serial before the puller reads a single change (the puller
+ * reads them afterwards, in a transaction of its own whose snapshot is
+ * later), after flushing WAL: a change below the vector has committed and
+ * is durable, so a crash cannot make this node hand its serial out again.
+ *
+ * On the way it
+ *	- refuses while the server is in recovery: a standby cannot know which
+ *	  of its primary's serials are final (it sees neither the primary's
+ *	  open transactions nor its sequence as handed out);
+ *	- compares the puller's history of this node's current replica ID with
+ *	  its own (proto.c): if the puller holds changes of this ID that this
+ *	  data set never made or made differently, this data set went back in
+ *	  time or is a clone, and it rotates now (identity.c);
+ *	- learns the epochs the puller knows to be dead;
+ *	- refuses a puller that could bring deleted rows back: one that holds a
+ *	  replica ID only up to a serial below a tombstone this node has dropped;
+ *	- records what the puller holds, so that pruning keeps what it lacks,
+ *	  and forgets the puller's retired IDs as pullers.
+ * It runs as the extension's owner for these writes; the role the puller
+ * connects as needs EXECUTE on it and SELECT on replstamp.changes.
+ *
+ * Copyright (c) 2026, the replstamp authors
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xlog.h"
+#include "access/xlog_internal.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/timestamp.h"
+
+#include "catalog.h"
+#include "epochs.h"
+#include "identity.h"
+#include "proto.h"
+#include "serial.h"
+#include "shmem.h"
+
+PG_FUNCTION_INFO_V1(replstamp_serve);
+PG_FUNCTION_INFO_V1(replstamp_serve_vector);
+
+static void
+refuse_in_recovery(void)
+{
+	if (RecoveryInProgress())
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cannot serve changes while the server is in recovery"),
+				 errdetail("A standby cannot tell which serials of its primary are final: it sees neither the primary's open transactions nor the serials it has handed out."),
+				 errhint("Pull from the primary.")));
+}
+
+/*
+ * Make every committed change durable: flush WAL up to the end of the last
+ * record inserted.  (The insert position right after a page header is not
+ * a record's end, and a flush request beyond what was ever written fails.)
+ */
+static void
+flush_wal(void)
+{
+	XLogRecPtr	upto = GetXLogInsertRecPtr();
+
+	if (XLogSegmentOffset(upto, wal_segment_size) == SizeOfXLogLongPHD)
+		upto -= SizeOfXLogLongPHD;
+	else if (upto % XLOG_BLCKSZ == SizeOfXLogShortPHD)
+		upto -= SizeOfXLogShortPHD;
+	XLogFlush(upto);
+}
+
+static void
+spi_exec(const char *sql, int nargs, Oid *types, Datum *values, int expected)
+{
+	int			ret = SPI_execute_with_args(sql, nargs, types, values, NULL, false, 0);
+
+	if (ret != expected)
+		elog(ERROR, "replstamp: query failed (%s): %s", SPI_result_code_string(ret), sql);
+}
+
+/* Refuse a puller that holds an ID only below a dropped tombstone. */
+static void
+refuse_stale_puller(Handshake *req)
+{
+	for (int i = 0; i < req->nvector; i++)
+	{
+		VectorItem *v = &req->vector[i];
+		Oid			types[2] = {UUIDOID, INT8OID};
+		Datum		values[2] = {UUIDPGetDatum(&v->id), Int64GetDatum(v->serial)};
+
+		if (v->serial <= 0)
+			continue;			/* holds nothing of it: it cannot bring it back */
+		spi_exec("SELECT serial FROM replstamp.purged WHERE replica_id OPERATOR(pg_catalog.=) $1 "
+				 "AND serial OPERATOR(pg_catalog.>) $2", 2, types, values, SPI_OK_SELECT);
+		if (SPI_processed > 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_SNAPSHOT_TOO_OLD),
+					 errmsg("node \"%s\" is too far behind to pull from here", req->label),
+					 errdetail("It holds changes of replica ID %s only up to serial " INT64_FORMAT
+							   ", and this node has dropped the tombstones of rows deleted after that: it could bring them back.",
+							   replstamp_uuid_text(&v->id), v->serial),
+					 errhint("Rebuild that node from a fresh backup of a current node (its data is older than replstamp.tombstone_lifetime).")));
+	}
+}
+
+/* Record what the puller holds; forget it under its retired IDs. */
+static void
+record_puller(Handshake *req)
+{
+	Oid			types[3] = {UUIDOID, TEXTOID, INT8OID};
+	Datum		values[3];
+
+	values[0] = UUIDPGetDatum(&req->replica_id);
+	values[1] = CStringGetTextDatum(req->label);
+	spi_exec("INSERT INTO replstamp.puller (replica_id, label, last_pull_at) "
+			 "VALUES ($1, $2, pg_catalog.now()) ON CONFLICT (replica_id) "
+			 "DO UPDATE SET label = EXCLUDED.label, last_pull_at = EXCLUDED.last_pull_at",
+			 2, types, values, SPI_OK_INSERT);
+	spi_exec("DELETE FROM replstamp.puller_vector WHERE puller OPERATOR(pg_catalog.=) $1",
+			 1, types, values, SPI_OK_DELETE);
+	for (int i = 0; i < req->nvector; i++)
+	{
+		Oid			vt[3] = {UUIDOID, UUIDOID, INT8OID};
+		Datum		vv[3];
+
+		vv[0] = UUIDPGetDatum(&req->replica_id);
+		vv[1] = UUIDPGetDatum(&req->vector[i].id);
+		vv[2] = Int64GetDatum(req->vector[i].serial);
+		spi_exec("INSERT INTO replstamp.puller_vector (puller, replica_id, serial) VALUES ($1, $2, $3)",
+				 3, vt, vv, SPI_OK_INSERT);
+	}
+	for (int i = 0; i < req->nretired; i++)
+	{
+		values[0] = UUIDPGetDatum(&req->retired[i]);
+		spi_exec("DELETE FROM replstamp.puller WHERE replica_id OPERATOR(pg_catalog.=) $1",
+				 1, types, values, SPI_OK_DELETE);
+	}
+}
+
+/* How many changes above the puller's entry, and the oldest one's time. */
+static void
+add_lag(VectorItem *mine, VectorItem *theirs)
+{
+	Oid			types[3] = {UUIDOID, INT8OID, INT8OID};
+	Datum		values[3];
+	bool		isnull;
+	Datum		d;
+	int64		lo = theirs ? theirs->serial : 0;
+
+	mine->count = 0;
+	mine->oldest = 0;
+	if (mine->serial <= lo)
+		return;
+	values[0] = UUIDPGetDatum(&mine->id);
+	values[1] = Int64GetDatum(lo);
+	values[2] = Int64GetDatum(mine->serial);
+	spi_exec("SELECT pg_catalog.count(*), pg_catalog.min(changed_at) FROM replstamp.changes "
+			 "WHERE replica_id OPERATOR(pg_catalog.=) $1 AND serial OPERATOR(pg_catalog.>) $2 "
+			 "AND serial OPERATOR(pg_catalog.<=) $3", 3, types, values, SPI_OK_SELECT);
+	mine->count = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+	if (!isnull)
+		mine->oldest = DatumGetTimestampTz(d);
+}
+
+/*
+ * replstamp.serve(request jsonb) RETURNS jsonb
+ */
+Datum
+replstamp_serve(PG_FUNCTION_ARGS)
+{
+	Jsonb	   *json = PG_GETARG_JSONB_P(0);
+	Handshake	req;
+	Handshake	me;
+	ReplstampOwnerContext ctx;
+	char	   *from;
+
+	replstamp_require_shmem();
+	(void) replstamp_catalog_v11("serving changes");
+	refuse_in_recovery();
+	/* A data set restored and not checked yet must rotate before it serves. */
+	identity_ensure_verified();
+
+	proto_decode(json, &req, "the pulling node");
+	from = psprintf("node \"%s\"", req.label);
+	if (req.protocol != REPLSTAMP_PROTOCOL)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("%s speaks sync protocol %d, this node %d", from, req.protocol,
+						REPLSTAMP_PROTOCOL),
+				 errhint("Run the same version of replstamp on every node.")));
+
+	replstamp_become_owner(&ctx);
+	SPI_connect();
+
+	/* Has this data set gone back in time, as the puller sees it? */
+	if (identity_check_histories())
+	{
+		const ReplstampNode *node = replstamp_node();
+		pg_uuid_t	current = node->replica_id;
+		VectorItem *theirs = proto_find(&req, &current);
+
+		if (theirs && theirs->serial > 0)
+		{
+			int64		diverge_at;
+			char	   *why = epochs_own_divergence(&current, theirs, &diverge_at);
+
+			if (why)
+			{
+				ereport(WARNING,
+						(errmsg("replstamp: %s holds changes of this node's replica ID %s that this data set does not have: %s",
+								from, replstamp_uuid_text(&current), why),
+						 errhint("This node rotates its replica ID now and re-issues what it stamped since serial " INT64_FORMAT ".",
+								 diverge_at)));
+				(void) identity_rotate_diverged(&current, diverge_at,
+												psprintf("peer history: %s", why));
+			}
+		}
+	}
+
+	epochs_learn_dead(&req, from);
+	refuse_stale_puller(&req);
+	record_puller(&req);
+
+	/* This node's vector, before any change is read; then make it durable. */
+	proto_local(&me, false);
+	flush_wal();
+	for (int i = 0; i < me.nvector; i++)
+		add_lag(&me.vector[i], proto_find(&req, &me.vector[i].id));
+
+	SPI_finish();
+	replstamp_restore_user(&ctx);
+	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(proto_encode(&me))));
+}
+
+/*
+ * replstamp.serve_vector(): the 1.0 handshake, for pullers still on 1.0.
+ * What a peer may pull from this node, per replica ID.  Flushes WAL so
+ * that everything below it is durable.
+ */
+Datum
+replstamp_serve_vector(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	int			ret;
+
+	(void) replstamp_catalog(false);
+	refuse_in_recovery();
+	identity_ensure_verified();
+	InitMaterializedSRF(fcinfo, 0);
+
+	SPI_connect();
+	ret = SPI_execute("SELECT replica_id, serial FROM replstamp.vector", true, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "could not read the vector: %s", SPI_result_code_string(ret));
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		Datum		values[2];
+		bool		nulls[2];
+
+		values[0] = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &nulls[0]);
+		values[1] = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &nulls[1]);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	SPI_finish();
+	flush_wal();
+	return (Datum) 0;
+}

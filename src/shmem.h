@@ -1,0 +1,109 @@
+/*-------------------------------------------------------------------------
+ *
+ * shmem.h
+ *		replstamp's one shared-memory struct, and the check that it exists
+ *		(the library was preloaded).
+ *
+ * Concurrency contract, field by field (see each part's file for how it
+ * uses its fields):
+ *	- start_token, nslots: written once at start-up, read-only afterwards;
+ *	- clock_floor, serials_taken, slots[].*: 64/32-bit atomics, no lock
+ *	  (serial.c documents the order of reads and writes);
+ *	- flip_owner, backup_owner, flip_label, flip[]: protected by mutex
+ *	  (backup_mark.c);
+ *	- requests[]: protected by lock (sync.c).
+ *
+ * Copyright (c) 2026, the replstamp authors
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef REPLSTAMP_SHMEM_H
+#define REPLSTAMP_SHMEM_H
+
+#include "port/atomics.h"
+#include "storage/lwlock.h"
+#include "storage/spin.h"
+#include "utils/uuid.h"
+
+/* How many databases one state flip handles at a time (backup_mark.c). */
+#define FLIP_BATCH			64
+#define FLIP_MESSAGE_LEN	256
+#define FLIP_LABEL_LEN		1024
+
+/* Sync requests from SQL sessions to sync workers (sync.c). */
+#define MAX_SYNC_REQUESTS	32
+#define SYNC_MESSAGE_LEN	1024
+
+typedef enum FlipStatus
+{
+	FLIP_PENDING = 0,			/* the worker has not reported */
+	FLIP_DONE,					/* the state was changed */
+	FLIP_NOT_INSTALLED,			/* no replstamp in this database */
+	FLIP_UNCHANGED,				/* already in the requested state */
+	FLIP_FAILED					/* error; see message */
+} FlipStatus;
+
+typedef struct FlipResult
+{
+	FlipStatus	status;
+	char		message[FLIP_MESSAGE_LEN];
+} FlipResult;
+
+/* Per backend: the lowest serial its open transaction holds. */
+typedef struct SerialSlot
+{
+	pg_atomic_uint32 dboid;		/* database of the owning backend */
+	pg_atomic_uint64 lowest;	/* lowest serial held, 0 = none */
+} SerialSlot;
+
+/* A sync asked for by a SQL session and run by a background worker. */
+typedef struct SyncRequest
+{
+	bool		in_use;
+	uint32		generation;		/* a worker reports only to its request */
+	Oid			dboid;
+	Oid			userid;			/* the worker runs as this role */
+	char		peer[NAMEDATALEN];	/* "" = every peer */
+	pid_t		requester;
+	bool		done;			/* the worker has reported */
+	int64		applied;
+	int			sqlerrcode;		/* 0 = success */
+	char		message[SYNC_MESSAGE_LEN];
+	char		detail[SYNC_MESSAGE_LEN];
+	char		hint[SYNC_MESSAGE_LEN];
+	char		context[SYNC_MESSAGE_LEN];
+	char		warnings[SYNC_MESSAGE_LEN]; /* what sync_all() warned of */
+} SyncRequest;
+
+typedef struct ReplstampShared
+{
+	/* Set at start-up, read-only afterwards. */
+	pg_uuid_t	start_token;	/* random, new at every start, crash restarts
+								 * included: identity checks are per start */
+	int			nslots;			/* MaxBackends */
+
+	/* Atomics, no lock. */
+	pg_atomic_uint64 clock_floor;	/* latest stamp time handed out or seen */
+	pg_atomic_uint64 serials_taken; /* bumped by every serial taken */
+
+	/* The state flip around backups (backup_mark.c). */
+	slock_t		mutex;
+	pid_t		flip_owner;		/* backend running a flip, or 0 */
+	pid_t		backup_owner;	/* backend running replstamp.backup(), or 0 */
+	char		flip_label[FLIP_LABEL_LEN];
+	FlipResult	flip[FLIP_BATCH];
+
+	/* Sync requests (sync.c). */
+	LWLock	   *lock;
+	SyncRequest requests[MAX_SYNC_REQUESTS];
+
+	/* Per backend, indexed by BackendId - 1 (serial.c). */
+	SerialSlot	slots[FLEXIBLE_ARRAY_MEMBER];
+} ReplstampShared;
+
+extern PGDLLIMPORT ReplstampShared *replstamp_shared;
+
+extern void shmem_init(void);
+extern void replstamp_require_shmem(void);
+
+#endif							/* REPLSTAMP_SHMEM_H */

@@ -1,0 +1,21 @@
+/*-------------------------------------------------------------------------
+ *
+ * sync.h
+ *		Pulling from peers: replstamp.sync(), replstamp.sync_all(), and the
+ *		same for the background worker (launcher.c).
+ *
+ * Copyright (c) 2026, the replstamp authors
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef REPLSTAMP_SYNC_H
+#define REPLSTAMP_SYNC_H
+
+#include "lib/stringinfo.h"
+
+extern void sync_init(void);
+extern int64 sync_one_peer(const char *peer);
+extern void sync_check_peer(const char *peer);
+extern int64 sync_all_peers(void);
+
+#endif							/* REPLSTAMP_SYNC_H */

@@ -1,0 +1,27 @@
+/*-------------------------------------------------------------------------
+ *
+ * workers.h
+ *		Starting replstamp's short-lived background workers, and the list
+ *		of databases they visit.  Used by the launcher, the backup flip and
+ *		sync requests.
+ *
+ * Copyright (c) 2026, the replstamp authors
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef REPLSTAMP_WORKERS_H
+#define REPLSTAMP_WORKERS_H
+
+#include "nodes/pg_list.h"
+
+struct BackgroundWorkerHandle;
+
+extern bool replstamp_start_worker(const char *function, const char *type, Oid dboid,
+								   Oid userid, const void *extra, Size extralen,
+								   struct BackgroundWorkerHandle **handle);
+extern void replstamp_worker_connect(Datum main_arg, void *extra, Size extralen);
+extern List *replstamp_connectable_databases(void);
+extern void worker_begin_xact(void);
+extern void worker_commit_xact(void);
+
+#endif							/* REPLSTAMP_WORKERS_H */
