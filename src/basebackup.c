@@ -5,8 +5,10 @@
  *		backup of the whole cluster, taken inside the backup/original flip.
  *
  * The steps, in order:
- *	1. check the target (absolute, outside the cluster, empty or absent,
- *	   writable) and claim the one backup slot of the cluster;
+ *	1. check the target (absolute; outside the data directory, the WAL
+ *	   directory and every tablespace, symbolic links resolved, and not
+ *	   holding any of them; empty or absent; writable) and claim the one
+ *	   backup slot of the cluster;
  *	2. mark every database with replstamp 'backup' (backup.c), durably;
  *	3. keep WAL from recycling with a temporary physical replication slot,
  *	   then start a backup (do_pg_backup_start, as pg_backup_start does);
@@ -54,6 +56,7 @@
 #include "access/xlog.h"
 #include "access/xlog_internal.h"
 #include "commands/progress.h"
+#include "commands/tablespace.h"
 #include "common/cryptohash.h"
 #include "common/file_perm.h"
 #include "common/sha2.h"
@@ -120,7 +123,9 @@ typedef struct CopiedFile
 /* Everything about the backup in progress. */
 typedef struct BackupRun
 {
-	char	   *target;
+	char	   *target;			/* real path: no symbolic links, . or .. */
+	dev_t		target_dev;		/* the target directory, to recognise it */
+	ino_t		target_ino;
 	bool		created_target; /* we created it (else it was empty) */
 	List	   *flipped;		/* databases marked 'backup' */
 	bool		session_started;	/* do_pg_backup_start done */
@@ -427,6 +432,14 @@ walk(BackupRun *run, const char *src, const char *dst, const char *rel,
 		{
 			bool		sub_dbdir;
 
+			/* prepare_target() keeps it out; never copy the copy. */
+			if (st.st_dev == run->target_dev && st.st_ino == run->target_ino)
+				ereport(ERROR,
+						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+						 errmsg("backup target \"%s\" is inside the cluster, at \"%s\"",
+								run->target, spath),
+						 errhint("Choose a target outside the data directory, the WAL directory and every tablespace.")));
+
 			if (is_tblspc_link && dst == NULL)
 				run->ntablespaces++;
 			if (dst)
@@ -683,28 +696,189 @@ backup_cleanup(int code, Datum arg)
 }
 
 /*
- * Check the target: absolute, outside the data directory, absent or an
- * empty directory, writable.  Creates it (or its marker) on success.
+ * Is path the same as dir or below it?  Both are real paths.
+ */
+static bool
+path_within(const char *path, const char *dir)
+{
+	size_t		len = strlen(dir);
+
+	if (strcmp(dir, "/") == 0)
+		return true;
+	return strncmp(path, dir, len) == 0 && (path[len] == '\0' || path[len] == '/');
+}
+
+/*
+ * The real path of an absolute path, whether or not it exists yet: each
+ * component that exists is resolved with realpath(), symbolic links
+ * included; the rest, which pg_mkdir_p() will create, are appended as they
+ * are, "." dropped and ".." taking back the component before it (the
+ * parent of a directory just created is the one it was created in).
+ */
+static char *
+resolve_path(const char *path)
+{
+	StringInfoData res;
+	const char *p = path;
+
+	initStringInfo(&res);
+	appendStringInfoChar(&res, '/');
+	while (*p)
+	{
+		const char *end = strchr(p, '/');
+		int			len = end ? end - p : strlen(p);
+		struct stat st;
+		char	   *real;
+
+		if (len == 0 || (len == 1 && p[0] == '.'))
+			;
+		else if (len == 2 && p[0] == '.' && p[1] == '.')
+		{
+			char	   *slash = strrchr(res.data, '/');
+
+			res.len = (slash == res.data) ? 1 : slash - res.data;
+			res.data[res.len] = '\0';
+		}
+		else
+		{
+			if (res.len > 1)
+				appendStringInfoChar(&res, '/');
+			appendBinaryStringInfo(&res, p, len);
+			if (lstat(res.data, &st) != 0)
+			{
+				if (errno != ENOENT)
+					ereport(ERROR,
+							(errcode_for_file_access(),
+							 errmsg("could not access \"%s\" on the way to the backup target: %m",
+									res.data)));
+			}
+			else if ((real = realpath(res.data, NULL)) == NULL)
+				ereport(ERROR,
+						(errcode_for_file_access(),
+						 errmsg("could not resolve \"%s\" on the way to the backup target: %m",
+								res.data),
+						 errhint("Check the symbolic links in the path of the target.")));
+			else
+			{
+				resetStringInfo(&res);
+				appendStringInfoString(&res, real);
+				free(real);
+			}
+		}
+		p += len;
+		if (*p == '/')
+			p++;
+	}
+	return res.data;
+}
+
+/* A place that belongs to the cluster: the target must keep out of it. */
+typedef struct ClusterArea
+{
+	char	   *what;			/* for messages: the data directory at "..." */
+	char	   *path;			/* real path */
+} ClusterArea;
+
+static ClusterArea *
+cluster_area(const char *path, const char *label)
+{
+	ClusterArea *area = palloc(sizeof(ClusterArea));
+	char	   *real = realpath(path, NULL);
+
+	if (real == NULL)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not resolve \"%s\": %m", path)));
+	area->path = pstrdup(real);
+	free(real);
+	area->what = psprintf("%s at \"%s\"", label, area->path);
+	return area;
+}
+
+/*
+ * Where the cluster keeps its files: the data directory, the WAL directory
+ * when pg_wal links elsewhere, and every tablespace location.
+ */
+static List *
+cluster_areas(void)
+{
+	List	   *areas = NIL;
+	struct stat st;
+	DIR		   *dir;
+	struct dirent *de;
+
+	areas = lappend(areas, cluster_area(DataDir, "the data directory"));
+	if (lstat(XLOGDIR, &st) == 0 && S_ISLNK(st.st_mode))
+		areas = lappend(areas, cluster_area(XLOGDIR, "the WAL directory"));
+
+	dir = AllocateDir("pg_tblspc");
+	while ((de = ReadDir(dir, "pg_tblspc")) != NULL)
+	{
+		char		link[MAXPGPATH];
+		char	   *name = NULL;
+
+		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+			continue;
+		snprintf(link, sizeof(link), "pg_tblspc/%s", de->d_name);
+		if (lstat(link, &st) != 0)
+			continue;			/* dropped meanwhile */
+		if (strspn(de->d_name, "0123456789") == strlen(de->d_name))
+			name = get_tablespace_name(atooid(de->d_name));
+		areas = lappend(areas,
+						cluster_area(link, name ? psprintf("tablespace \"%s\"", name) :
+									 "a tablespace"));
+	}
+	FreeDir(dir);
+	return areas;
+}
+
+/*
+ * Check the target: absolute, outside the data directory, the WAL
+ * directory and every tablespace (after resolving symbolic links, and also
+ * when it would not exist yet), absent or an empty directory, writable.
+ * Nothing is written until all of that holds.  Creates the target (or its
+ * marker) on success; from then on the real path is used.
  */
 static void
 prepare_target(BackupRun *run, const char *target)
 {
 	struct stat st;
-	char	   *path = pstrdup(target);
+	char	   *given = pstrdup(target);
+	char	   *path;
 	char		marker[MAXPGPATH];
 	int			fd;
+	ListCell   *lc;
 
-	if (!is_absolute_path(path))
+	if (!is_absolute_path(given))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("backup target must be an absolute path: \"%s\"", target),
 				 errhint("The path is read by the server, whose working directory is the data directory.")));
-	canonicalize_path(path);
-	if (path_is_prefix_of_path(DataDir, path) || path_is_prefix_of_path(path, DataDir))
+	canonicalize_path(given);
+	path = resolve_path(target);
+
+	foreach(lc, cluster_areas())
+	{
+		ClusterArea *area = lfirst(lc);
+		bool		inside = path_within(path, area->path);
+
+		if (!inside && !path_within(area->path, path))
+			continue;
+		if (strcmp(path, given) != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("backup target \"%s\" overlaps %s", target, area->what),
+					 errdetail(inside ?
+							   "With its symbolic links resolved, the target is \"%s\", which is inside it." :
+							   "With its symbolic links resolved, the target is \"%s\", which holds it.",
+							   path),
+					 errhint("Choose a target outside the data directory, the WAL directory and every tablespace.")));
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("backup target \"%s\" overlaps the data directory \"%s\"", path, DataDir),
-				 errhint("Choose a directory outside the data directory.")));
+				 errmsg("backup target \"%s\" overlaps %s", target, area->what),
+				 errdetail(inside ? "The target is inside it." : "The target holds it."),
+				 errhint("Choose a target outside the data directory, the WAL directory and every tablespace.")));
+	}
 
 	if (stat(path, &st) == 0)
 	{
@@ -743,6 +917,12 @@ prepare_target(BackupRun *run, const char *target)
 				 errmsg("could not access backup target \"%s\": %m", path)));
 
 	run->target = path;
+	if (stat(path, &st) != 0)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not stat backup target \"%s\": %m", path)));
+	run->target_dev = st.st_dev;
+	run->target_ino = st.st_ino;
 	snprintf(marker, sizeof(marker), "%s/%s", path, INCOMPLETE_MARKER);
 	fd = OpenTransientFile(marker, O_WRONLY | O_CREAT | O_EXCL | PG_BINARY);
 	if (fd < 0)
