@@ -89,6 +89,23 @@ PG_FUNCTION_INFO_V1(replstamp_backup);
 #define MANIFEST_FILE		"backup_manifest"
 
 /*
+ * The longest path, relative to the data directory, that PostgreSQL 15
+ * gives a file of its own, which may appear while the backup runs: a
+ * logical rewrite mapping, pg_logical/mappings/map-<six 32-bit numbers in
+ * hex> (77 bytes); a relation segment, pg_tblspc/<oid>/<version
+ * directory>/<oid>/<oid>_<fork>.<segment>, takes at most 74.  A target
+ * must leave room for it before anything is written; the size estimate
+ * then checks the names that are actually there.
+ */
+#define LONGEST_MAPPING_PATH \
+	(sizeof("pg_logical/mappings/map-") - 1 + 6 * 8 + 5)
+#define LONGEST_SEGMENT_PATH \
+	(sizeof("pg_tblspc/") - 1 + OIDCHARS + 1 + \
+	 sizeof(TABLESPACE_VERSION_DIRECTORY) - 1 + 1 + OIDCHARS + 1 + \
+	 OIDCHARS + 1 + FORKNAMECHARS + 1 + 10)
+#define LONGEST_PG_PATH		((int) Max(LONGEST_MAPPING_PATH, LONGEST_SEGMENT_PATH))
+
+/*
  * Tablespaces are copied into pg_tblspc/<oid> as directories; PostgreSQL
  * 15 accepts such in-place tablespaces only with this setting, which is
  * appended to the copy's postgresql.auto.conf.
@@ -127,6 +144,7 @@ typedef struct BackupRun
 	dev_t		target_dev;		/* the target directory, to recognise it */
 	ino_t		target_ino;
 	bool		created_target; /* we created it (else it was empty) */
+	char	   *created_root;	/* the highest directory we created for it */
 	List	   *flipped;		/* databases marked 'backup' */
 	bool		session_started;	/* do_pg_backup_start done */
 	char		slot_name[NAMEDATALEN];
@@ -136,6 +154,7 @@ typedef struct BackupRun
 	List	   *files;			/* CopiedFile *, in copy order */
 	uint64		total_bytes;	/* estimate for the data files */
 	uint64		done_bytes;
+	char	   *longest_rel;	/* the longest path the copy will write */
 	int			ntablespaces;
 	int			done_tablespaces;
 	int			max_rate;		/* kB/s, 0 = unlimited */
@@ -153,6 +172,70 @@ in_list(const char *name, const char *const *list)
 		if (strcmp(name, *list) == 0)
 			return true;
 	return false;
+}
+
+/*
+ * Is path the same as dir or below it?  Both are real paths.
+ */
+static bool
+path_within(const char *path, const char *dir)
+{
+	size_t		len = strlen(dir);
+
+	if (strcmp(dir, "/") == 0)
+		return true;
+	return strncmp(path, dir, len) == 0 && (path[len] == '\0' || path[len] == '/');
+}
+
+/*
+ * Format a path into buf, which has MAXPGPATH bytes.  A path that does not
+ * fit is an error, never a silently shortened name.  (The target's length
+ * is checked before anything is written and again before anything is
+ * copied, so this is the last line of defence.)
+ */
+static void build_path(char *buf, const char *fmt,...) pg_attribute_printf(2, 3);
+
+static void
+build_path(char *buf, const char *fmt,...)
+{
+	va_list		args;
+	int			len;
+
+	va_start(args, fmt);
+	len = vsnprintf(buf, MAXPGPATH, fmt, args);
+	va_end(args);
+	if (len < 0 || len >= MAXPGPATH)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("path \"%s...\" is too long (maximum %d bytes)", buf, MAXPGPATH - 1),
+				 errhint("Choose a shorter backup target.")));
+}
+
+/*
+ * Refuse the target when a file named rel (relative to the data directory,
+ * rellen bytes) would not fit below it.  rel NULL: the longest name
+ * PostgreSQL gives a file of its own.
+ */
+static void
+check_room(const char *target, const char *rel, int rellen)
+{
+	int			room = MAXPGPATH - 2 - rellen;
+
+	if ((int) strlen(target) <= room)
+		return;
+	if (rel == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("backup target \"%s\" is too long", target),
+				 errdetail("PostgreSQL names files up to %d bytes long below the target, and a path must be shorter than %d bytes.",
+						   rellen, MAXPGPATH),
+				 errhint("Choose a target path of at most %d bytes.", room)));
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("backup target \"%s\" is too long for the file \"%s\"", target, rel),
+			 errdetail("Below the target, its path would have %d bytes; a path must be shorter than %d bytes.",
+					   (int) strlen(target) + 1 + rellen, MAXPGPATH),
+			 errhint("Choose a target path of at most %d bytes.", room)));
 }
 
 static char *
@@ -359,8 +442,16 @@ skip_relation_file(const char *dir, const char *name)
 		return false;
 	if (fork == INIT_FORKNUM)
 		return false;
-	snprintf(initpath, sizeof(initpath), "%s/%.*s_init", dir, oidchars, name);
+	build_path(initpath, "%s/%.*s_init", dir, oidchars, name);
 	return lstat(initpath, &st) == 0;
+}
+
+/* Remember the longest relative path the copy will write. */
+static void
+note_length(BackupRun *run, const char *rel)
+{
+	if (run->longest_rel == NULL || strlen(rel) > strlen(run->longest_rel))
+		run->longest_rel = pstrdup(rel);
 }
 
 /*
@@ -396,12 +487,13 @@ walk(BackupRun *run, const char *src, const char *dst, const char *rel,
 		if (strcmp(rel, "global") == 0 && strcmp(de->d_name, "pg_control") == 0)
 			continue;
 
-		snprintf(spath, sizeof(spath), "%s/%s", src, de->d_name);
-		snprintf(dpath, sizeof(dpath), "%s/%s", dst ? dst : "", de->d_name);
+		build_path(spath, "%s/%s", src, de->d_name);
+		if (dst)
+			build_path(dpath, "%s/%s", dst, de->d_name);
 		if (rel[0] == '\0')
-			strlcpy(rpath, de->d_name, sizeof(rpath));
+			build_path(rpath, "%s", de->d_name);
 		else
-			snprintf(rpath, sizeof(rpath), "%s/%s", rel, de->d_name);
+			build_path(rpath, "%s/%s", rel, de->d_name);
 
 		if (lstat(spath, &st) < 0)
 		{
@@ -442,6 +534,8 @@ walk(BackupRun *run, const char *src, const char *dst, const char *rel,
 
 			if (is_tblspc_link && dst == NULL)
 				run->ntablespaces++;
+			if (dst == NULL)
+				note_length(run, rpath);
 			if (dst)
 				make_dir(run, dpath);
 			if (in_list(de->d_name, skip_contents) && rel[0] == '\0')
@@ -449,7 +543,7 @@ walk(BackupRun *run, const char *src, const char *dst, const char *rel,
 				/* pg_wal keeps an empty archive_status. */
 				if (dst && strcmp(de->d_name, "pg_wal") == 0)
 				{
-					snprintf(dpath, sizeof(dpath), "%s/pg_wal/archive_status", dst);
+					build_path(dpath, "%s/pg_wal/archive_status", dst);
 					make_dir(run, dpath);
 				}
 				continue;
@@ -471,7 +565,10 @@ walk(BackupRun *run, const char *src, const char *dst, const char *rel,
 			if (dbdir && skip_relation_file(src, de->d_name))
 				continue;
 			if (dst == NULL)
+			{
 				run->total_bytes += st.st_size;
+				note_length(run, rpath);
+			}
 			else
 				(void) copy_file(run, spath, dpath, rpath,
 								 (rel[0] == '\0' && run->ntablespaces > 0 &&
@@ -492,7 +589,7 @@ write_target_file(BackupRun *run, const char *name, const char *data, size_t len
 	int			fd;
 	CopiedFile *cf;
 
-	snprintf(path, sizeof(path), "%s/%s", run->target, name);
+	build_path(path, "%s/%s", run->target, name);
 	fd = create_target_file(run, path, O_TRUNC);
 	write_target(fd, path, data, len);
 	if (pg_fsync(fd) != 0)
@@ -535,7 +632,7 @@ fsync_tree(const char *path)
 		CHECK_FOR_INTERRUPTS();
 		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
 			continue;
-		snprintf(sub, sizeof(sub), "%s/%s", path, de->d_name);
+		build_path(sub, "%s/%s", path, de->d_name);
 		if (lstat(sub, &st) < 0)
 			ereport(ERROR,
 					(errcode_for_file_access(),
@@ -633,8 +730,8 @@ copy_wal(BackupRun *run, TimeLineID tli, XLogRecPtr start, XLogRecPtr stop)
 	for (seg = startseg; seg <= endseg; seg++)
 	{
 		XLogFileName(fname, tli, seg, wal_segment_size);
-		snprintf(src, sizeof(src), XLOGDIR "/%s", fname);
-		snprintf(dst, sizeof(dst), "%s/" XLOGDIR "/%s", run->target, fname);
+		build_path(src, XLOGDIR "/%s", fname);
+		build_path(dst, "%s/" XLOGDIR "/%s", run->target, fname);
 		/* WAL is not in the manifest: pg_verifybackup checks it with pg_waldump. */
 		if (!copy_file(run, src, dst, NULL, NULL))
 			ereport(ERROR,
@@ -644,10 +741,28 @@ copy_wal(BackupRun *run, TimeLineID tli, XLogRecPtr start, XLogRecPtr stop)
 	if (tli > 1)
 	{
 		TLHistoryFileName(fname, tli);
-		snprintf(src, sizeof(src), XLOGDIR "/%s", fname);
-		snprintf(dst, sizeof(dst), "%s/" XLOGDIR "/%s", run->target, fname);
+		build_path(src, XLOGDIR "/%s", fname);
+		build_path(dst, "%s/" XLOGDIR "/%s", run->target, fname);
 		(void) copy_file(run, src, dst, NULL, NULL);
 	}
+}
+
+/*
+ * Remove the directories created on the way to the target, as long as they
+ * are empty (someone else may have put something there meanwhile).
+ */
+static void
+remove_created_parents(BackupRun *run)
+{
+	char	   *dir = pstrdup(run->target);
+
+	while (path_within(dir, run->created_root) && strcmp(dir, run->created_root) != 0)
+	{
+		*strrchr(dir, '/') = '\0';
+		if (rmdir(dir) != 0)
+			break;
+	}
+	pfree(dir);
 }
 
 /*
@@ -684,6 +799,8 @@ backup_cleanup(int code, Datum arg)
 			ereport(WARNING,
 					(errmsg("could not remove the incomplete backup in \"%s\"", run->target),
 					 errhint("Remove it by hand; it is marked by the file %s.", INCOMPLETE_MARKER)));
+		else if (run->created_target)
+			remove_created_parents(run);
 	}
 	if (run->flipped != NIL)
 	{
@@ -693,19 +810,6 @@ backup_cleanup(int code, Datum arg)
 			(void) backup_flip(run->flipped, false, NULL);
 	}
 	RESUME_INTERRUPTS();
-}
-
-/*
- * Is path the same as dir or below it?  Both are real paths.
- */
-static bool
-path_within(const char *path, const char *dir)
-{
-	size_t		len = strlen(dir);
-
-	if (strcmp(dir, "/") == 0)
-		return true;
-	return strncmp(path, dir, len) == 0 && (path[len] == '\0' || path[len] == '/');
 }
 
 /*
@@ -772,6 +876,32 @@ resolve_path(const char *path)
 	return res.data;
 }
 
+/*
+ * The highest directory on the way to path (path included) that does not
+ * exist: what pg_mkdir_p(path) creates, and a failed backup removes.
+ */
+static char *
+first_missing_dir(const char *path)
+{
+	char	   *top = pstrdup(path);
+	char	   *parent = pstrdup(path);
+
+	for (;;)
+	{
+		char	   *slash = strrchr(parent, '/');
+		struct stat st;
+
+		if (slash == NULL || slash == parent)
+			break;
+		*slash = '\0';
+		if (stat(parent, &st) == 0 || errno != ENOENT)
+			break;
+		strcpy(top, parent);
+	}
+	pfree(parent);
+	return top;
+}
+
 /* A place that belongs to the cluster: the target must keep out of it. */
 typedef struct ClusterArea
 {
@@ -819,7 +949,7 @@ cluster_areas(void)
 
 		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
 			continue;
-		snprintf(link, sizeof(link), "pg_tblspc/%s", de->d_name);
+		build_path(link, "pg_tblspc/%s", de->d_name);
 		if (lstat(link, &st) != 0)
 			continue;			/* dropped meanwhile */
 		if (strspn(de->d_name, "0123456789") == strlen(de->d_name))
@@ -856,6 +986,7 @@ prepare_target(BackupRun *run, const char *target)
 				 errhint("The path is read by the server, whose working directory is the data directory.")));
 	canonicalize_path(given);
 	path = resolve_path(target);
+	check_room(path, NULL, LONGEST_PG_PATH);
 
 	foreach(lc, cluster_areas())
 	{
@@ -904,6 +1035,7 @@ prepare_target(BackupRun *run, const char *target)
 	{
 		char	   *copy = pstrdup(path);
 
+		run->created_root = first_missing_dir(path);
 		if (pg_mkdir_p(copy, pg_dir_create_mode) != 0 && errno != EEXIST)
 			ereport(ERROR,
 					(errcode_for_file_access(),
@@ -923,7 +1055,7 @@ prepare_target(BackupRun *run, const char *target)
 				 errmsg("could not stat backup target \"%s\": %m", path)));
 	run->target_dev = st.st_dev;
 	run->target_ino = st.st_ino;
-	snprintf(marker, sizeof(marker), "%s/%s", path, INCOMPLETE_MARKER);
+	build_path(marker, "%s/%s", path, INCOMPLETE_MARKER);
 	fd = OpenTransientFile(marker, O_WRONLY | O_CREAT | O_EXCL | PG_BINARY);
 	if (fd < 0)
 		ereport(ERROR,
@@ -1047,6 +1179,8 @@ replstamp_backup(PG_FUNCTION_ARGS)
 		pgstat_progress_update_param(PROGRESS_BASEBACKUP_PHASE,
 									 PROGRESS_BASEBACKUP_PHASE_ESTIMATE_BACKUP_SIZE);
 		walk(run, ".", NULL, "", false);
+		if (run->longest_rel)
+			check_room(run->target, run->longest_rel, strlen(run->longest_rel));
 		if (stat(XLOG_CONTROL_FILE, &st) == 0)
 			run->total_bytes += st.st_size;
 		{
@@ -1063,7 +1197,7 @@ replstamp_backup(PG_FUNCTION_ARGS)
 						pretty_bytes(run->total_bytes), run->ntablespaces,
 						run->ntablespaces == 1 ? "" : "s", run->target)));
 		walk(run, ".", run->target, "", false);
-		snprintf(dst, sizeof(dst), "%s/%s", run->target, XLOG_CONTROL_FILE);
+		build_path(dst, "%s/%s", run->target, XLOG_CONTROL_FILE);
 		(void) copy_file(run, XLOG_CONTROL_FILE, dst, XLOG_CONTROL_FILE, NULL);
 		pgstat_progress_update_param(PROGRESS_BASEBACKUP_TBLSPC_STREAMED,
 									 run->ntablespaces + 1);
@@ -1083,7 +1217,7 @@ replstamp_backup(PG_FUNCTION_ARGS)
 		ereport(NOTICE, (errmsg("syncing the backup to disk")));
 		fsync_tree(run->target);
 		write_manifest(run, starttli, startpoint, stoppoint);
-		snprintf(src, sizeof(src), "%s/%s", run->target, INCOMPLETE_MARKER);
+		build_path(src, "%s/%s", run->target, INCOMPLETE_MARKER);
 		if (unlink(src) != 0)
 			ereport(ERROR,
 					(errcode_for_file_access(),
