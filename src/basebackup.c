@@ -67,7 +67,9 @@
 #include "nodes/parsenodes.h"
 #include "pgstat.h"
 #include "port/pg_crc32c.h"
+#include "postmaster/syslogger.h"
 #include "replication/slot.h"
+#include "storage/dsm_impl.h"
 #include "storage/fd.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
@@ -75,6 +77,7 @@
 #include "utils/builtins.h"
 #include "utils/json.h"
 #include "utils/memutils.h"
+#include "utils/relcache.h"
 #include "utils/timestamp.h"
 #include "utils/wait_event.h"
 
@@ -115,18 +118,57 @@ PG_FUNCTION_INFO_V1(replstamp_backup);
 	"# directories in pg_tblspc, so that it can be moved anywhere.\n" \
 	"allow_in_place_tablespaces = on\n"
 
-/* Directories whose contents are not copied (the directory itself is). */
+/*
+ * What is skipped follows PostgreSQL 15's own base backup
+ * (src/backend/replication/basebackup.c): the lists below, files and
+ * directories whose names start with pgsql_tmp, temporary relations, every
+ * fork but the init fork of an unlogged relation, and of a tablespace all
+ * but this server's version directory.
+ */
+
+/*
+ * Directories of the data directory whose contents the server clears or
+ * rebuilds when it starts: copied empty, also when they are symbolic links
+ * to elsewhere.  (pg_wal too, whose WAL is copied afterwards.)
+ */
 static const char *const skip_contents[] = {
-	"pg_stat_tmp", "pg_replslot", "pg_dynshmem", "pg_notify", "pg_serial",
-	"pg_snapshots", "pg_subtrans", "pg_wal", NULL
+	PG_STAT_TMP_DIR, "pg_replslot", PG_DYNSHMEM_DIR, "pg_notify", "pg_serial",
+	"pg_snapshots", "pg_subtrans", NULL
 };
 
-/* Files not copied, wherever they are. */
-static const char *const skip_files[] = {
-	"postmaster.pid", "postmaster.opts", "pg_internal.init", "backup_label",
-	"tablespace_map", "backup_manifest", "current_logfiles.tmp",
-	"postgresql.auto.conf.tmp", NULL
+/* Files not copied, wherever they are; prefix: any name that starts so. */
+typedef struct SkipFile
+{
+	const char *name;
+	bool		prefix;
+} SkipFile;
+
+static const SkipFile skip_files[] = {
+	{"postmaster.pid", false},
+	{"postmaster.opts", false},
+	/* rebuilt at start; pg_internal.init.<pid> are its temporary files */
+	{RELCACHE_INIT_FILENAME, true},
+	/* a running server has none of its own; ours are written apart */
+	{BACKUP_LABEL_FILE, false},
+	{TABLESPACE_MAP, false},
+	{MANIFEST_FILE, false},
+	{LOG_METAINFO_DATAFILE_TMP, false},
+	{PG_AUTOCONF_FILENAME ".tmp", false},
+	{NULL, false}
 };
+
+/* What a directory holds, which decides what is skipped in it. */
+typedef enum DirKind
+{
+	DIR_TOP,					/* the data directory */
+	DIR_BASE,					/* base: a directory per database */
+	DIR_GLOBAL,					/* global: shared relations, pg_control */
+	DIR_TBLSPC_LINKS,			/* pg_tblspc: an entry per tablespace */
+	DIR_TBLSPC,					/* pg_tblspc/<oid>: version directories */
+	DIR_VERSION,				/* pg_tblspc/<oid>/<this version> */
+	DIR_DATABASE,				/* base/<oid>, pg_tblspc/<oid>/<version>/<oid> */
+	DIR_OTHER
+} DirKind;
 
 /* One copied file, for the manifest. */
 typedef struct CopiedFile
@@ -136,6 +178,13 @@ typedef struct CopiedFile
 	pg_time_t	mtime;
 	pg_crc32c	crc;
 } CopiedFile;
+
+/* A directory, recognised whatever the path that leads to it. */
+typedef struct FileId
+{
+	dev_t		dev;
+	ino_t		ino;
+} FileId;
 
 /* Everything about the backup in progress. */
 typedef struct BackupRun
@@ -155,6 +204,7 @@ typedef struct BackupRun
 	uint64		total_bytes;	/* estimate for the data files */
 	uint64		done_bytes;
 	char	   *longest_rel;	/* the longest path the copy will write */
+	List	   *tblspc_dirs;	/* FileId of every tablespace location */
 	int			ntablespaces;
 	int			done_tablespaces;
 	int			max_rate;		/* kB/s, 0 = unlimited */
@@ -172,6 +222,50 @@ in_list(const char *name, const char *const *list)
 		if (strcmp(name, *list) == 0)
 			return true;
 	return false;
+}
+
+static bool
+skip_file_name(const char *name)
+{
+	const SkipFile *sf;
+
+	for (sf = skip_files; sf->name; sf++)
+		if (sf->prefix ? strncmp(name, sf->name, strlen(sf->name)) == 0 :
+			strcmp(name, sf->name) == 0)
+			return true;
+	return false;
+}
+
+static bool
+all_digits(const char *name)
+{
+	return name[0] != '\0' && strspn(name, "0123456789") == strlen(name);
+}
+
+/* The kind of the directory name in a directory of kind parent. */
+static DirKind
+child_kind(DirKind parent, const char *name)
+{
+	switch (parent)
+	{
+		case DIR_TOP:
+			if (strcmp(name, "base") == 0)
+				return DIR_BASE;
+			if (strcmp(name, "global") == 0)
+				return DIR_GLOBAL;
+			if (strcmp(name, "pg_tblspc") == 0)
+				return DIR_TBLSPC_LINKS;
+			return DIR_OTHER;
+		case DIR_TBLSPC_LINKS:
+			return DIR_TBLSPC;
+		case DIR_TBLSPC:
+			return DIR_VERSION;
+		case DIR_BASE:
+		case DIR_VERSION:
+			return all_digits(name) ? DIR_DATABASE : DIR_OTHER;
+		default:
+			return DIR_OTHER;
+	}
 }
 
 /*
@@ -455,17 +549,75 @@ note_length(BackupRun *run, const char *rel)
 }
 
 /*
- * Walk one directory: with dst == NULL only add up the sizes of what would
- * be copied; else copy it.  rel is the path relative to the data directory
- * (the manifest's name for it); dbdir tells whether the directory holds
- * relation files.  global/pg_control is skipped here and copied last.
+ * Remember where the tablespaces are, so that one located inside the data
+ * directory is copied once, from pg_tblspc, and not a second time where it
+ * lies.
  */
 static void
-walk(BackupRun *run, const char *src, const char *dst, const char *rel,
-	 bool dbdir)
+find_tablespace_dirs(BackupRun *run)
 {
 	DIR		   *dir;
 	struct dirent *de;
+
+	dir = AllocateDir("pg_tblspc");
+	while ((de = ReadDir(dir, "pg_tblspc")) != NULL)
+	{
+		char		path[MAXPGPATH];
+		struct stat st;
+		FileId	   *id;
+
+		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+			continue;
+		build_path(path, "pg_tblspc/%s", de->d_name);
+		if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode))
+			continue;			/* the walk reports it */
+		id = palloc(sizeof(FileId));
+		id->dev = st.st_dev;
+		id->ino = st.st_ino;
+		run->tblspc_dirs = lappend(run->tblspc_dirs, id);
+	}
+	FreeDir(dir);
+}
+
+static bool
+is_tablespace_dir(BackupRun *run, const struct stat *st)
+{
+	ListCell   *lc;
+
+	foreach(lc, run->tblspc_dirs)
+	{
+		FileId	   *id = lfirst(lc);
+
+		if (id->dev == st->st_dev && id->ino == st->st_ino)
+			return true;
+	}
+	return false;
+}
+
+/* Create (or count) a directory of the copy. */
+static void
+copy_dir(BackupRun *run, const char *dst, const char *rel)
+{
+	if (dst)
+		make_dir(run, dst);
+	else
+		note_length(run, rel);
+}
+
+/*
+ * Walk one directory: with dst == NULL only add up the sizes of what would
+ * be copied; else copy it.  rel is the path relative to the data directory
+ * (the manifest's name for it); kind says what the directory holds.
+ * global/pg_control is skipped here and copied last.
+ */
+static void
+walk(BackupRun *run, const char *src, const char *dst, const char *rel,
+	 DirKind kind)
+{
+	DIR		   *dir;
+	struct dirent *de;
+	bool		in_tblspc = strncmp(rel, "pg_tblspc", 9) == 0 &&
+		(rel[9] == '\0' || rel[9] == '/');
 
 	dir = AllocateDir(src);
 	while ((de = ReadDir(dir, src)) != NULL)
@@ -474,17 +626,21 @@ walk(BackupRun *run, const char *src, const char *dst, const char *rel,
 		char		dpath[MAXPGPATH];
 		char		rpath[MAXPGPATH];
 		struct stat st;
-		bool		is_tblspc_link;
 
 		CHECK_FOR_INTERRUPTS();
 		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
 			continue;
-		if (in_list(de->d_name, skip_files) ||
-			strncmp(de->d_name, PG_TEMP_FILE_PREFIX, strlen(PG_TEMP_FILE_PREFIX)) == 0)
+		if (strncmp(de->d_name, PG_TEMP_FILE_PREFIX, strlen(PG_TEMP_FILE_PREFIX)) == 0 ||
+			skip_file_name(de->d_name))
 			continue;
-		if (rel[0] == '\0' && strcmp(de->d_name, INCOMPLETE_MARKER) == 0)
+		if (kind == DIR_DATABASE && skip_relation_file(src, de->d_name))
 			continue;
-		if (strcmp(rel, "global") == 0 && strcmp(de->d_name, "pg_control") == 0)
+		if (kind == DIR_TOP && strcmp(de->d_name, INCOMPLETE_MARKER) == 0)
+			continue;
+		if (kind == DIR_GLOBAL && strcmp(de->d_name, "pg_control") == 0)
+			continue;
+		/* Another major version's directory is another cluster's data. */
+		if (kind == DIR_TBLSPC && strcmp(de->d_name, TABLESPACE_VERSION_DIRECTORY) != 0)
 			continue;
 
 		build_path(spath, "%s/%s", src, de->d_name);
@@ -504,14 +660,29 @@ walk(BackupRun *run, const char *src, const char *dst, const char *rel,
 					 errmsg("could not stat file or directory \"%s\": %m", spath)));
 		}
 
-		/* Tablespaces and a pg_wal elsewhere are followed. */
-		is_tblspc_link = strcmp(rel, "pg_tblspc") == 0;
+		/* Copied empty, whether directories or links to elsewhere. */
+		if (kind == DIR_TOP && (S_ISDIR(st.st_mode) || S_ISLNK(st.st_mode)) &&
+			(in_list(de->d_name, skip_contents) || strcmp(de->d_name, XLOGDIR) == 0))
+		{
+			copy_dir(run, dst ? dpath : NULL, rpath);
+			if (strcmp(de->d_name, XLOGDIR) == 0)
+			{
+				/* pg_wal keeps an empty archive_status. */
+				if (dst)
+					build_path(dpath, "%s/%s", dst, XLOGDIR "/archive_status");
+				copy_dir(run, dst ? dpath : NULL, XLOGDIR "/archive_status");
+			}
+			continue;
+		}
+
+		/* Of the other symbolic links, tablespaces are followed. */
 		if (S_ISLNK(st.st_mode))
 		{
-			if (!is_tblspc_link && strcmp(rpath, "pg_wal") != 0)
+			if (kind != DIR_TBLSPC_LINKS)
 			{
-				ereport(WARNING,
-						(errmsg("skipping symbolic link \"%s\"", spath)));
+				if (dst)
+					ereport(WARNING,
+							(errmsg("skipping symbolic link \"%s\"", spath)));
 				continue;
 			}
 			if (stat(spath, &st) < 0 || !S_ISDIR(st.st_mode))
@@ -522,8 +693,6 @@ walk(BackupRun *run, const char *src, const char *dst, const char *rel,
 
 		if (S_ISDIR(st.st_mode))
 		{
-			bool		sub_dbdir;
-
 			/* prepare_target() keeps it out; never copy the copy. */
 			if (st.st_dev == run->target_dev && st.st_ino == run->target_ino)
 				ereport(ERROR,
@@ -532,28 +701,14 @@ walk(BackupRun *run, const char *src, const char *dst, const char *rel,
 								run->target, spath),
 						 errhint("Choose a target outside the data directory, the WAL directory and every tablespace.")));
 
-			if (is_tblspc_link && dst == NULL)
+			if (kind == DIR_TBLSPC_LINKS && dst == NULL)
 				run->ntablespaces++;
-			if (dst == NULL)
-				note_length(run, rpath);
-			if (dst)
-				make_dir(run, dpath);
-			if (in_list(de->d_name, skip_contents) && rel[0] == '\0')
-			{
-				/* pg_wal keeps an empty archive_status. */
-				if (dst && strcmp(de->d_name, "pg_wal") == 0)
-				{
-					build_path(dpath, "%s/pg_wal/archive_status", dst);
-					make_dir(run, dpath);
-				}
+			copy_dir(run, dst ? dpath : NULL, rpath);
+			/* A tablespace inside the data directory: from pg_tblspc only. */
+			if (!in_tblspc && is_tablespace_dir(run, &st))
 				continue;
-			}
-			/* base/<oid> and pg_tblspc/<oid>/<version>/<oid> hold relations */
-			sub_dbdir = strcmp(rel, "base") == 0 ||
-				(strncmp(rel, "pg_tblspc/", 10) == 0 && strchr(rel + 10, '/') != NULL &&
-				 strchr(strchr(rel + 10, '/') + 1, '/') == NULL);
-			walk(run, spath, dst ? dpath : NULL, rpath, sub_dbdir);
-			if (is_tblspc_link && dst)
+			walk(run, spath, dst ? dpath : NULL, rpath, child_kind(kind, de->d_name));
+			if (kind == DIR_TBLSPC_LINKS && dst)
 			{
 				run->done_tablespaces++;
 				pgstat_progress_update_param(PROGRESS_BASEBACKUP_TBLSPC_STREAMED,
@@ -562,8 +717,6 @@ walk(BackupRun *run, const char *src, const char *dst, const char *rel,
 		}
 		else if (S_ISREG(st.st_mode))
 		{
-			if (dbdir && skip_relation_file(src, de->d_name))
-				continue;
 			if (dst == NULL)
 			{
 				run->total_bytes += st.st_size;
@@ -571,11 +724,13 @@ walk(BackupRun *run, const char *src, const char *dst, const char *rel,
 			}
 			else
 				(void) copy_file(run, spath, dpath, rpath,
-								 (rel[0] == '\0' && run->ntablespaces > 0 &&
+								 (kind == DIR_TOP && run->ntablespaces > 0 &&
 								  strcmp(de->d_name, PG_AUTOCONF_FILENAME) == 0) ?
 								 IN_PLACE_SETTING : NULL);
 		}
-		/* sockets, fifos and the like are not part of a backup */
+		else if (dst)
+			ereport(WARNING,
+					(errmsg("skipping special file \"%s\"", spath)));
 	}
 	FreeDir(dir);
 }
@@ -1178,7 +1333,8 @@ replstamp_backup(PG_FUNCTION_ARGS)
 		/* 4. Estimate, then copy. */
 		pgstat_progress_update_param(PROGRESS_BASEBACKUP_PHASE,
 									 PROGRESS_BASEBACKUP_PHASE_ESTIMATE_BACKUP_SIZE);
-		walk(run, ".", NULL, "", false);
+		find_tablespace_dirs(run);
+		walk(run, ".", NULL, "", DIR_TOP);
 		if (run->longest_rel)
 			check_room(run->target, run->longest_rel, strlen(run->longest_rel));
 		if (stat(XLOG_CONTROL_FILE, &st) == 0)
@@ -1196,7 +1352,7 @@ replstamp_backup(PG_FUNCTION_ARGS)
 				(errmsg("copying %s from the data directory and %d tablespace%s to \"%s\"",
 						pretty_bytes(run->total_bytes), run->ntablespaces,
 						run->ntablespaces == 1 ? "" : "s", run->target)));
-		walk(run, ".", run->target, "", false);
+		walk(run, ".", run->target, "", DIR_TOP);
 		build_path(dst, "%s/%s", run->target, XLOG_CONTROL_FILE);
 		(void) copy_file(run, XLOG_CONTROL_FILE, dst, XLOG_CONTROL_FILE, NULL);
 		pgstat_progress_update_param(PROGRESS_BASEBACKUP_TBLSPC_STREAMED,
