@@ -14,7 +14,9 @@
  *	   then start a backup (do_pg_backup_start, as pg_backup_start does);
  *	4. copy the data directory and every tablespace into the target,
  *	   skipping what PostgreSQL's own base backup skips, computing a
- *	   CRC-32C of every file; global/pg_control is copied last;
+ *	   CRC-32C of every file and, when the cluster has data checksums,
+ *	   verifying the checksum of every page of every relation file;
+ *	   global/pg_control is copied last; bad pages fail the backup;
  *	5. stop the backup, write its backup_label, copy every WAL segment from
  *	   the start to the stop location into target/pg_wal;
  *	6. fsync everything, write backup_manifest (the format pg_verifybackup
@@ -70,6 +72,8 @@
 #include "postmaster/syslogger.h"
 #include "replication/slot.h"
 #include "storage/dsm_impl.h"
+#include "storage/bufpage.h"
+#include "storage/checksum.h"
 #include "storage/fd.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
@@ -87,6 +91,7 @@
 PG_FUNCTION_INFO_V1(replstamp_backup);
 
 #define COPY_BUFSIZE		(1024 * 1024)
+StaticAssertDecl(COPY_BUFSIZE % BLCKSZ == 0, "pages are verified a buffer at a time");
 #define NOTICE_INTERVAL_MS	5000
 #define INCOMPLETE_MARKER	"replstamp_backup.incomplete"
 #define MANIFEST_FILE		"backup_manifest"
@@ -179,6 +184,20 @@ typedef struct CopiedFile
 	pg_crc32c	crc;
 } CopiedFile;
 
+/*
+ * A relation file whose page checksums are verified as it is copied.
+ */
+typedef struct PageCheck
+{
+	BlockNumber first_block;	/* of the file in its relation fork */
+	Oid			dboid;			/* for pg_stat_database; InvalidOid: shared */
+} PageCheck;
+
+/* Pages listed in the error that fails a backup for bad checksums. */
+#define MAX_BAD_PAGES_LISTED	20
+/* Bad pages reported as warnings, per file. */
+#define MAX_BAD_PAGE_WARNINGS	5
+
 /* A directory, recognised whatever the path that leads to it. */
 typedef struct FileId
 {
@@ -201,6 +220,11 @@ typedef struct BackupRun
 	bool		wrote_target;
 
 	List	   *files;			/* CopiedFile *, in copy order */
+	bool		verify_checksums;	/* the cluster has data checksums */
+	XLogRecPtr	start_lsn;		/* pages from here on are WAL's to restore */
+	int			bad_pages;		/* pages that failed verification */
+	int			bad_files;		/* files that have any */
+	StringInfoData bad_list;	/* the first few, for the error */
 	uint64		total_bytes;	/* estimate for the data files */
 	uint64		done_bytes;
 	char	   *longest_rel;	/* the longest path the copy will write */
@@ -419,6 +443,88 @@ write_target(int fd, const char *path, const void *buf, size_t len)
 	}
 }
 
+/* Read up to len bytes at offset; fewer only at the end of the file. */
+static ssize_t
+read_block(int fd, const char *path, char *buf, size_t len, off_t offset)
+{
+	size_t		done = 0;
+
+	while (done < len)
+	{
+		ssize_t		n;
+
+		pgstat_report_wait_start(WAIT_EVENT_BASEBACKUP_READ);
+		n = pg_pread(fd, buf + done, len - done, offset + done);
+		pgstat_report_wait_end();
+		if (n < 0)
+			ereport(ERROR,
+					(errcode_for_file_access(),
+					 errmsg("could not read file \"%s\": %m", path)));
+		if (n == 0)
+			break;
+		done += n;
+	}
+	return done;
+}
+
+/*
+ * Does the page pass: new (never written, so without a checksum), written
+ * since the backup started (WAL replay restores it, and it may have been
+ * read half-written), or with the checksum its contents give?
+ */
+static bool
+page_passes(BackupRun *run, char *page, BlockNumber blkno, uint16 *computed)
+{
+	if (PageIsNew(page) || PageGetLSN(page) >= run->start_lsn)
+		return true;
+	*computed = pg_checksum_page(page, blkno);
+	return *computed == ((PageHeader) page)->pd_checksum;
+}
+
+/*
+ * Verify the checksums of the whole pages in buf, read from fd at offset.
+ * A page that fails is read once more before it counts as bad: the first
+ * read may have met it half-written, and a page written since carries an
+ * LSN past the start.  The fresher read is what gets copied.
+ */
+static void
+verify_pages(BackupRun *run, int fd, const char *src, const char *relpath,
+			 const PageCheck *check, char *buf, size_t len, off_t offset,
+			 int *failures)
+{
+	size_t		pos;
+
+	for (pos = 0; pos + BLCKSZ <= len; pos += BLCKSZ)
+	{
+		char	   *page = buf + pos;
+		BlockNumber blkno = (offset + pos) / BLCKSZ;
+		uint16		computed = 0;
+
+		if (page_passes(run, page, check->first_block + blkno, &computed))
+			continue;
+		if (read_block(fd, src, page, BLCKSZ, offset + pos) < BLCKSZ)
+			continue;			/* truncated meanwhile: WAL replay does that */
+		if (page_passes(run, page, check->first_block + blkno, &computed))
+			continue;
+
+		(*failures)++;
+		if (*failures <= MAX_BAD_PAGE_WARNINGS)
+			ereport(WARNING,
+					(errcode(ERRCODE_DATA_CORRUPTED),
+					 errmsg("checksum verification failed in file \"%s\", block %u: calculated %X but expected %X",
+							relpath, blkno, computed, ((PageHeader) page)->pd_checksum)));
+		if (*failures == MAX_BAD_PAGE_WARNINGS)
+			ereport(WARNING,
+					(errcode(ERRCODE_DATA_CORRUPTED),
+					 errmsg("further checksum verification failures in file \"%s\" are counted, not reported",
+							relpath)));
+		if (run->bad_pages < MAX_BAD_PAGES_LISTED)
+			appendStringInfo(&run->bad_list, "%sfile \"%s\" block %u",
+							 run->bad_pages > 0 ? ", " : "", relpath, blkno);
+		run->bad_pages++;
+	}
+}
+
 /*
  * Copy one file, computing its CRC-32C.  Returns false if the source
  * vanished before it could be opened (a relation dropped meanwhile: WAL
@@ -426,7 +532,7 @@ write_target(int fd, const char *path, const void *buf, size_t len)
  */
 static bool
 copy_file(BackupRun *run, const char *src, const char *dst, const char *relpath,
-		  const char *append)
+		  const char *append, const PageCheck *check)
 {
 	bool		data_file = (relpath != NULL);
 
@@ -435,6 +541,7 @@ copy_file(BackupRun *run, const char *src, const char *dst, const char *relpath,
 	struct stat st;
 	CopiedFile *cf;
 	uint64		size = 0;
+	int			failures = 0;
 
 	in = OpenTransientFile(src, O_RDONLY | PG_BINARY);
 	if (in < 0)
@@ -462,15 +569,11 @@ copy_file(BackupRun *run, const char *src, const char *dst, const char *relpath,
 		ssize_t		nread;
 
 		CHECK_FOR_INTERRUPTS();
-		pgstat_report_wait_start(WAIT_EVENT_BASEBACKUP_READ);
-		nread = read(in, run->buf, COPY_BUFSIZE);
-		pgstat_report_wait_end();
-		if (nread < 0)
-			ereport(ERROR,
-					(errcode_for_file_access(),
-					 errmsg("could not read file \"%s\": %m", src)));
+		nread = read_block(in, src, run->buf, COPY_BUFSIZE, size);
 		if (nread == 0)
 			break;
+		if (check)
+			verify_pages(run, in, src, relpath, check, run->buf, nread, size, &failures);
 		COMP_CRC32C(cf->crc, run->buf, nread);
 		write_target(out, dst, run->buf, nread);
 		size += nread;
@@ -496,6 +599,11 @@ copy_file(BackupRun *run, const char *src, const char *dst, const char *relpath,
 				(errcode_for_file_access(),
 				 errmsg("could not close file \"%s\": %m", dst)));
 	CloseTransientFile(in);
+	if (failures > 0)
+	{
+		run->bad_files++;
+		pgstat_report_checksum_failures_in_db(check->dboid, failures);
+	}
 
 	FIN_CRC32C(cf->crc);
 	cf->size = size;
@@ -594,6 +702,28 @@ is_tablespace_dir(BackupRun *run, const struct stat *st)
 	return false;
 }
 
+/*
+ * Should the pages of file name, in directory rel of kind kind, be
+ * verified?  With data checksums, those of every relation file (the same
+ * files pg_checksums verifies): fills *check and returns it, else NULL.
+ */
+static const PageCheck *
+page_check(BackupRun *run, DirKind kind, const char *rel, const char *name,
+		   PageCheck *check)
+{
+	int			oidchars;
+	ForkNumber	fork;
+	const char *dot;
+
+	if (!run->verify_checksums || (kind != DIR_DATABASE && kind != DIR_GLOBAL) ||
+		!parse_filename_for_nontemp_relation(name, &oidchars, &fork))
+		return NULL;
+	dot = strchr(name, '.');
+	check->first_block = dot ? (BlockNumber) strtoul(dot + 1, NULL, 10) * RELSEG_SIZE : 0;
+	check->dboid = kind == DIR_DATABASE ? atooid(strrchr(rel, '/') + 1) : InvalidOid;
+	return check;
+}
+
 /* Create (or count) a directory of the copy. */
 static void
 copy_dir(BackupRun *run, const char *dst, const char *rel)
@@ -626,6 +756,7 @@ walk(BackupRun *run, const char *src, const char *dst, const char *rel,
 		char		dpath[MAXPGPATH];
 		char		rpath[MAXPGPATH];
 		struct stat st;
+		PageCheck	check;
 
 		CHECK_FOR_INTERRUPTS();
 		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
@@ -726,7 +857,8 @@ walk(BackupRun *run, const char *src, const char *dst, const char *rel,
 				(void) copy_file(run, spath, dpath, rpath,
 								 (kind == DIR_TOP && run->ntablespaces > 0 &&
 								  strcmp(de->d_name, PG_AUTOCONF_FILENAME) == 0) ?
-								 IN_PLACE_SETTING : NULL);
+								 IN_PLACE_SETTING : NULL,
+								 page_check(run, kind, rel, de->d_name, &check));
 		}
 		else if (dst)
 			ereport(WARNING,
@@ -888,7 +1020,7 @@ copy_wal(BackupRun *run, TimeLineID tli, XLogRecPtr start, XLogRecPtr stop)
 		build_path(src, XLOGDIR "/%s", fname);
 		build_path(dst, "%s/" XLOGDIR "/%s", run->target, fname);
 		/* WAL is not in the manifest: pg_verifybackup checks it with pg_waldump. */
-		if (!copy_file(run, src, dst, NULL, NULL))
+		if (!copy_file(run, src, dst, NULL, NULL, NULL))
 			ereport(ERROR,
 					(errcode_for_file_access(),
 					 errmsg("WAL segment \"%s\" needed by the backup is missing", src)));
@@ -898,7 +1030,7 @@ copy_wal(BackupRun *run, TimeLineID tli, XLogRecPtr start, XLogRecPtr stop)
 		TLHistoryFileName(fname, tli);
 		build_path(src, XLOGDIR "/%s", fname);
 		build_path(dst, "%s/" XLOGDIR "/%s", run->target, fname);
-		(void) copy_file(run, src, dst, NULL, NULL);
+		(void) copy_file(run, src, dst, NULL, NULL, NULL);
 	}
 }
 
@@ -1329,6 +1461,9 @@ replstamp_backup(PG_FUNCTION_ARGS)
 		tblspcmap = makeStringInfo();
 		run->session_started = true;
 		startpoint = do_pg_backup_start(label, fast, &starttli, labelfile, NULL, tblspcmap);
+		run->start_lsn = startpoint;
+		run->verify_checksums = DataChecksumsEnabled();
+		initStringInfo(&run->bad_list);
 
 		/* 4. Estimate, then copy. */
 		pgstat_progress_update_param(PROGRESS_BASEBACKUP_PHASE,
@@ -1354,10 +1489,21 @@ replstamp_backup(PG_FUNCTION_ARGS)
 						run->ntablespaces == 1 ? "" : "s", run->target)));
 		walk(run, ".", run->target, "", DIR_TOP);
 		build_path(dst, "%s/%s", run->target, XLOG_CONTROL_FILE);
-		(void) copy_file(run, XLOG_CONTROL_FILE, dst, XLOG_CONTROL_FILE, NULL);
+		(void) copy_file(run, XLOG_CONTROL_FILE, dst, XLOG_CONTROL_FILE, NULL, NULL);
 		pgstat_progress_update_param(PROGRESS_BASEBACKUP_TBLSPC_STREAMED,
 									 run->ntablespaces + 1);
 		progress_notice(run, true);
+		if (run->bad_pages > 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_CORRUPTED),
+					 errmsg_plural("data checksum verification failed for %d page",
+								   "data checksum verification failed for %d pages",
+								   run->bad_pages, run->bad_pages),
+					 run->bad_pages > MAX_BAD_PAGES_LISTED ?
+					 errdetail("Bad pages, in %d files, the first %d: %s.",
+							   run->bad_files, MAX_BAD_PAGES_LISTED, run->bad_list.data) :
+					 errdetail("Bad pages: %s.", run->bad_list.data),
+					 errhint("Find the relation of each file with pg_filenode_relation(), restore it from an earlier backup or rebuild it, then take the backup again.")));
 
 		/* 5. Stop the session; the label and the WAL it needs. */
 		stoppoint = do_pg_backup_stop(labelfile->data, false, &stoptli);
