@@ -5,14 +5,18 @@
  *		backup of the whole cluster, taken inside the backup/original flip.
  *
  * The steps, in order:
- *	1. check the target (absolute, outside the cluster, empty or absent,
- *	   writable) and claim the one backup slot of the cluster;
+ *	1. check the target (absolute; outside the data directory, the WAL
+ *	   directory and every tablespace, symbolic links resolved, and not
+ *	   holding any of them; empty or absent; writable) and claim the one
+ *	   backup slot of the cluster;
  *	2. mark every database with replstamp 'backup' (backup.c), durably;
  *	3. keep WAL from recycling with a temporary physical replication slot,
  *	   then start a backup (do_pg_backup_start, as pg_backup_start does);
  *	4. copy the data directory and every tablespace into the target,
  *	   skipping what PostgreSQL's own base backup skips, computing a
- *	   CRC-32C of every file; global/pg_control is copied last;
+ *	   CRC-32C of every file and, when the cluster has data checksums,
+ *	   verifying the checksum of every page of every relation file;
+ *	   global/pg_control is copied last; bad pages fail the backup;
  *	5. stop the backup, write its backup_label, copy every WAL segment from
  *	   the start to the stop location into target/pg_wal;
  *	6. fsync everything, write backup_manifest (the format pg_verifybackup
@@ -54,6 +58,7 @@
 #include "access/xlog.h"
 #include "access/xlog_internal.h"
 #include "commands/progress.h"
+#include "commands/tablespace.h"
 #include "common/cryptohash.h"
 #include "common/file_perm.h"
 #include "common/sha2.h"
@@ -64,7 +69,11 @@
 #include "nodes/parsenodes.h"
 #include "pgstat.h"
 #include "port/pg_crc32c.h"
+#include "postmaster/syslogger.h"
 #include "replication/slot.h"
+#include "storage/dsm_impl.h"
+#include "storage/bufpage.h"
+#include "storage/checksum.h"
 #include "storage/fd.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
@@ -72,6 +81,7 @@
 #include "utils/builtins.h"
 #include "utils/json.h"
 #include "utils/memutils.h"
+#include "utils/relcache.h"
 #include "utils/timestamp.h"
 #include "utils/wait_event.h"
 
@@ -83,9 +93,27 @@
 PG_FUNCTION_INFO_V1(replstamp_backup);
 
 #define COPY_BUFSIZE		(1024 * 1024)
+StaticAssertDecl(COPY_BUFSIZE % BLCKSZ == 0, "pages are verified a buffer at a time");
 #define NOTICE_INTERVAL_MS	5000
 #define INCOMPLETE_MARKER	"replstamp_backup.incomplete"
 #define MANIFEST_FILE		"backup_manifest"
+
+/*
+ * The longest path, relative to the data directory, that PostgreSQL 15
+ * gives a file of its own, which may appear while the backup runs: a
+ * logical rewrite mapping, pg_logical/mappings/map-<six 32-bit numbers in
+ * hex> (77 bytes); a relation segment, pg_tblspc/<oid>/<version
+ * directory>/<oid>/<oid>_<fork>.<segment>, takes at most 74.  A target
+ * must leave room for it before anything is written; the size estimate
+ * then checks the names that are actually there.
+ */
+#define LONGEST_MAPPING_PATH \
+	(sizeof("pg_logical/mappings/map-") - 1 + 6 * 8 + 5)
+#define LONGEST_SEGMENT_PATH \
+	(sizeof("pg_tblspc/") - 1 + OIDCHARS + 1 + \
+	 sizeof(TABLESPACE_VERSION_DIRECTORY) - 1 + 1 + OIDCHARS + 1 + \
+	 OIDCHARS + 1 + FORKNAMECHARS + 1 + 10)
+#define LONGEST_PG_PATH		((int) Max(LONGEST_MAPPING_PATH, LONGEST_SEGMENT_PATH))
 
 /*
  * Tablespaces are copied into pg_tblspc/<oid> as directories; PostgreSQL
@@ -97,18 +125,57 @@ PG_FUNCTION_INFO_V1(replstamp_backup);
 	"# directories in pg_tblspc, so that it can be moved anywhere.\n" \
 	"allow_in_place_tablespaces = on\n"
 
-/* Directories whose contents are not copied (the directory itself is). */
+/*
+ * What is skipped follows PostgreSQL 15's own base backup
+ * (src/backend/replication/basebackup.c): the lists below, files and
+ * directories whose names start with pgsql_tmp, temporary relations, every
+ * fork but the init fork of an unlogged relation, and of a tablespace all
+ * but this server's version directory.
+ */
+
+/*
+ * Directories of the data directory whose contents the server clears or
+ * rebuilds when it starts: copied empty, also when they are symbolic links
+ * to elsewhere.  (pg_wal too, whose WAL is copied afterwards.)
+ */
 static const char *const skip_contents[] = {
-	"pg_stat_tmp", "pg_replslot", "pg_dynshmem", "pg_notify", "pg_serial",
-	"pg_snapshots", "pg_subtrans", "pg_wal", NULL
+	PG_STAT_TMP_DIR, "pg_replslot", PG_DYNSHMEM_DIR, "pg_notify", "pg_serial",
+	"pg_snapshots", "pg_subtrans", NULL
 };
 
-/* Files not copied, wherever they are. */
-static const char *const skip_files[] = {
-	"postmaster.pid", "postmaster.opts", "pg_internal.init", "backup_label",
-	"tablespace_map", "backup_manifest", "current_logfiles.tmp",
-	"postgresql.auto.conf.tmp", NULL
+/* Files not copied, wherever they are; prefix: any name that starts so. */
+typedef struct SkipFile
+{
+	const char *name;
+	bool		prefix;
+} SkipFile;
+
+static const SkipFile skip_files[] = {
+	{"postmaster.pid", false},
+	{"postmaster.opts", false},
+	/* rebuilt at start; pg_internal.init.<pid> are its temporary files */
+	{RELCACHE_INIT_FILENAME, true},
+	/* a running server has none of its own; ours are written apart */
+	{BACKUP_LABEL_FILE, false},
+	{TABLESPACE_MAP, false},
+	{MANIFEST_FILE, false},
+	{LOG_METAINFO_DATAFILE_TMP, false},
+	{PG_AUTOCONF_FILENAME ".tmp", false},
+	{NULL, false}
 };
+
+/* What a directory holds, which decides what is skipped in it. */
+typedef enum DirKind
+{
+	DIR_TOP,					/* the data directory */
+	DIR_BASE,					/* base: a directory per database */
+	DIR_GLOBAL,					/* global: shared relations, pg_control */
+	DIR_TBLSPC_LINKS,			/* pg_tblspc: an entry per tablespace */
+	DIR_TBLSPC,					/* pg_tblspc/<oid>: version directories */
+	DIR_VERSION,				/* pg_tblspc/<oid>/<this version> */
+	DIR_DATABASE,				/* base/<oid>, pg_tblspc/<oid>/<version>/<oid> */
+	DIR_OTHER
+} DirKind;
 
 /* One copied file, for the manifest. */
 typedef struct CopiedFile
@@ -119,11 +186,35 @@ typedef struct CopiedFile
 	pg_crc32c	crc;
 } CopiedFile;
 
+/*
+ * A relation file whose page checksums are verified as it is copied.
+ */
+typedef struct PageCheck
+{
+	BlockNumber first_block;	/* of the file in its relation fork */
+	Oid			dboid;			/* for pg_stat_database; InvalidOid: shared */
+} PageCheck;
+
+/* Pages listed in the error that fails a backup for bad checksums. */
+#define MAX_BAD_PAGES_LISTED	20
+/* Bad pages reported as warnings, per file. */
+#define MAX_BAD_PAGE_WARNINGS	5
+
+/* A directory, recognised whatever the path that leads to it. */
+typedef struct FileId
+{
+	dev_t		dev;
+	ino_t		ino;
+} FileId;
+
 /* Everything about the backup in progress. */
 typedef struct BackupRun
 {
-	char	   *target;
+	char	   *target;			/* real path: no symbolic links, . or .. */
+	dev_t		target_dev;		/* the target directory, to recognise it */
+	ino_t		target_ino;
 	bool		created_target; /* we created it (else it was empty) */
+	char	   *created_root;	/* the highest directory we created for it */
 	List	   *flipped;		/* databases marked 'backup' */
 	bool		session_started;	/* do_pg_backup_start done */
 	char		slot_name[NAMEDATALEN];
@@ -131,8 +222,15 @@ typedef struct BackupRun
 	bool		wrote_target;
 
 	List	   *files;			/* CopiedFile *, in copy order */
+	bool		verify_checksums;	/* the cluster has data checksums */
+	XLogRecPtr	start_lsn;		/* pages from here on are WAL's to restore */
+	int			bad_pages;		/* pages that failed verification */
+	int			bad_files;		/* files that have any */
+	StringInfoData bad_list;	/* the first few, for the error */
 	uint64		total_bytes;	/* estimate for the data files */
 	uint64		done_bytes;
+	char	   *longest_rel;	/* the longest path the copy will write */
+	List	   *tblspc_dirs;	/* FileId of every tablespace location */
 	int			ntablespaces;
 	int			done_tablespaces;
 	int			max_rate;		/* kB/s, 0 = unlimited */
@@ -150,6 +248,114 @@ in_list(const char *name, const char *const *list)
 		if (strcmp(name, *list) == 0)
 			return true;
 	return false;
+}
+
+static bool
+skip_file_name(const char *name)
+{
+	const SkipFile *sf;
+
+	for (sf = skip_files; sf->name; sf++)
+		if (sf->prefix ? strncmp(name, sf->name, strlen(sf->name)) == 0 :
+			strcmp(name, sf->name) == 0)
+			return true;
+	return false;
+}
+
+static bool
+all_digits(const char *name)
+{
+	return name[0] != '\0' && strspn(name, "0123456789") == strlen(name);
+}
+
+/* The kind of the directory name in a directory of kind parent. */
+static DirKind
+child_kind(DirKind parent, const char *name)
+{
+	switch (parent)
+	{
+		case DIR_TOP:
+			if (strcmp(name, "base") == 0)
+				return DIR_BASE;
+			if (strcmp(name, "global") == 0)
+				return DIR_GLOBAL;
+			if (strcmp(name, "pg_tblspc") == 0)
+				return DIR_TBLSPC_LINKS;
+			return DIR_OTHER;
+		case DIR_TBLSPC_LINKS:
+			return DIR_TBLSPC;
+		case DIR_TBLSPC:
+			return DIR_VERSION;
+		case DIR_BASE:
+		case DIR_VERSION:
+			return all_digits(name) ? DIR_DATABASE : DIR_OTHER;
+		default:
+			return DIR_OTHER;
+	}
+}
+
+/*
+ * Is path the same as dir or below it?  Both are real paths.
+ */
+static bool
+path_within(const char *path, const char *dir)
+{
+	size_t		len = strlen(dir);
+
+	if (strcmp(dir, "/") == 0)
+		return true;
+	return strncmp(path, dir, len) == 0 && (path[len] == '\0' || path[len] == '/');
+}
+
+/*
+ * Format a path into buf, which has MAXPGPATH bytes.  A path that does not
+ * fit is an error, never a silently shortened name.  (The target's length
+ * is checked before anything is written and again before anything is
+ * copied, so this is the last line of defence.)
+ */
+static void build_path(char *buf, const char *fmt,...) pg_attribute_printf(2, 3);
+
+static void
+build_path(char *buf, const char *fmt,...)
+{
+	va_list		args;
+	int			len;
+
+	va_start(args, fmt);
+	len = vsnprintf(buf, MAXPGPATH, fmt, args);
+	va_end(args);
+	if (len < 0 || len >= MAXPGPATH)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("path \"%s...\" is too long (maximum %d bytes)", buf, MAXPGPATH - 1),
+				 errhint("Choose a shorter backup target.")));
+}
+
+/*
+ * Refuse the target when a file named rel (relative to the data directory,
+ * rellen bytes) would not fit below it.  rel NULL: the longest name
+ * PostgreSQL gives a file of its own.
+ */
+static void
+check_room(const char *target, const char *rel, int rellen)
+{
+	int			room = MAXPGPATH - 2 - rellen;
+
+	if ((int) strlen(target) <= room)
+		return;
+	if (rel == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("backup target \"%s\" is too long", target),
+				 errdetail("PostgreSQL names files up to %d bytes long below the target, and a path must be shorter than %d bytes.",
+						   rellen, MAXPGPATH),
+				 errhint("Choose a target path of at most %d bytes.", room)));
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("backup target \"%s\" is too long for the file \"%s\"", target, rel),
+			 errdetail("Below the target, its path would have %d bytes; a path must be shorter than %d bytes.",
+					   (int) strlen(target) + 1 + rellen, MAXPGPATH),
+			 errhint("Choose a target path of at most %d bytes.", room)));
 }
 
 static char *
@@ -239,6 +445,88 @@ write_target(int fd, const char *path, const void *buf, size_t len)
 	}
 }
 
+/* Read up to len bytes at offset; fewer only at the end of the file. */
+static ssize_t
+read_block(int fd, const char *path, char *buf, size_t len, off_t offset)
+{
+	size_t		done = 0;
+
+	while (done < len)
+	{
+		ssize_t		n;
+
+		pgstat_report_wait_start(WAIT_EVENT_BASEBACKUP_READ);
+		n = pg_pread(fd, buf + done, len - done, offset + done);
+		pgstat_report_wait_end();
+		if (n < 0)
+			ereport(ERROR,
+					(errcode_for_file_access(),
+					 errmsg("could not read file \"%s\": %m", path)));
+		if (n == 0)
+			break;
+		done += n;
+	}
+	return done;
+}
+
+/*
+ * Does the page pass: new (never written, so without a checksum), written
+ * since the backup started (WAL replay restores it, and it may have been
+ * read half-written), or with the checksum its contents give?
+ */
+static bool
+page_passes(BackupRun *run, char *page, BlockNumber blkno, uint16 *computed)
+{
+	if (PageIsNew(page) || PageGetLSN(page) >= run->start_lsn)
+		return true;
+	*computed = pg_checksum_page(page, blkno);
+	return *computed == ((PageHeader) page)->pd_checksum;
+}
+
+/*
+ * Verify the checksums of the whole pages in buf, read from fd at offset.
+ * A page that fails is read once more before it counts as bad: the first
+ * read may have met it half-written, and a page written since carries an
+ * LSN past the start.  The fresher read is what gets copied.
+ */
+static void
+verify_pages(BackupRun *run, int fd, const char *src, const char *relpath,
+			 const PageCheck *check, char *buf, size_t len, off_t offset,
+			 int *failures)
+{
+	size_t		pos;
+
+	for (pos = 0; pos + BLCKSZ <= len; pos += BLCKSZ)
+	{
+		char	   *page = buf + pos;
+		BlockNumber blkno = (offset + pos) / BLCKSZ;
+		uint16		computed = 0;
+
+		if (page_passes(run, page, check->first_block + blkno, &computed))
+			continue;
+		if (read_block(fd, src, page, BLCKSZ, offset + pos) < BLCKSZ)
+			continue;			/* truncated meanwhile: WAL replay does that */
+		if (page_passes(run, page, check->first_block + blkno, &computed))
+			continue;
+
+		(*failures)++;
+		if (*failures <= MAX_BAD_PAGE_WARNINGS)
+			ereport(WARNING,
+					(errcode(ERRCODE_DATA_CORRUPTED),
+					 errmsg("checksum verification failed in file \"%s\", block %u: calculated %X but expected %X",
+							relpath, blkno, computed, ((PageHeader) page)->pd_checksum)));
+		if (*failures == MAX_BAD_PAGE_WARNINGS)
+			ereport(WARNING,
+					(errcode(ERRCODE_DATA_CORRUPTED),
+					 errmsg("further checksum verification failures in file \"%s\" are counted, not reported",
+							relpath)));
+		if (run->bad_pages < MAX_BAD_PAGES_LISTED)
+			appendStringInfo(&run->bad_list, "%sfile \"%s\" block %u",
+							 run->bad_pages > 0 ? ", " : "", relpath, blkno);
+		run->bad_pages++;
+	}
+}
+
 /*
  * Copy one file, computing its CRC-32C.  Returns false if the source
  * vanished before it could be opened (a relation dropped meanwhile: WAL
@@ -246,7 +534,7 @@ write_target(int fd, const char *path, const void *buf, size_t len)
  */
 static bool
 copy_file(BackupRun *run, const char *src, const char *dst, const char *relpath,
-		  const char *append)
+		  const char *append, const PageCheck *check)
 {
 	bool		data_file = (relpath != NULL);
 
@@ -255,6 +543,7 @@ copy_file(BackupRun *run, const char *src, const char *dst, const char *relpath,
 	struct stat st;
 	CopiedFile *cf;
 	uint64		size = 0;
+	int			failures = 0;
 
 	in = OpenTransientFile(src, O_RDONLY | PG_BINARY);
 	if (in < 0)
@@ -282,15 +571,11 @@ copy_file(BackupRun *run, const char *src, const char *dst, const char *relpath,
 		ssize_t		nread;
 
 		CHECK_FOR_INTERRUPTS();
-		pgstat_report_wait_start(WAIT_EVENT_BASEBACKUP_READ);
-		nread = read(in, run->buf, COPY_BUFSIZE);
-		pgstat_report_wait_end();
-		if (nread < 0)
-			ereport(ERROR,
-					(errcode_for_file_access(),
-					 errmsg("could not read file \"%s\": %m", src)));
+		nread = read_block(in, src, run->buf, COPY_BUFSIZE, size);
 		if (nread == 0)
 			break;
+		if (check)
+			verify_pages(run, in, src, relpath, check, run->buf, nread, size, &failures);
 		COMP_CRC32C(cf->crc, run->buf, nread);
 		write_target(out, dst, run->buf, nread);
 		size += nread;
@@ -316,6 +601,11 @@ copy_file(BackupRun *run, const char *src, const char *dst, const char *relpath,
 				(errcode_for_file_access(),
 				 errmsg("could not close file \"%s\": %m", dst)));
 	CloseTransientFile(in);
+	if (failures > 0)
+	{
+		run->bad_files++;
+		pgstat_report_checksum_failures_in_db(check->dboid, failures);
+	}
 
 	FIN_CRC32C(cf->crc);
 	cf->size = size;
@@ -356,22 +646,110 @@ skip_relation_file(const char *dir, const char *name)
 		return false;
 	if (fork == INIT_FORKNUM)
 		return false;
-	snprintf(initpath, sizeof(initpath), "%s/%.*s_init", dir, oidchars, name);
+	build_path(initpath, "%s/%.*s_init", dir, oidchars, name);
 	return lstat(initpath, &st) == 0;
+}
+
+/* Remember the longest relative path the copy will write. */
+static void
+note_length(BackupRun *run, const char *rel)
+{
+	if (run->longest_rel == NULL || strlen(rel) > strlen(run->longest_rel))
+		run->longest_rel = pstrdup(rel);
+}
+
+/*
+ * Remember where the tablespaces are, so that one located inside the data
+ * directory is copied once, from pg_tblspc, and not a second time where it
+ * lies.
+ */
+static void
+find_tablespace_dirs(BackupRun *run)
+{
+	DIR		   *dir;
+	struct dirent *de;
+
+	dir = AllocateDir("pg_tblspc");
+	while ((de = ReadDir(dir, "pg_tblspc")) != NULL)
+	{
+		char		path[MAXPGPATH];
+		struct stat st;
+		FileId	   *id;
+
+		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+			continue;
+		build_path(path, "pg_tblspc/%s", de->d_name);
+		if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode))
+			continue;			/* the walk reports it */
+		id = palloc(sizeof(FileId));
+		id->dev = st.st_dev;
+		id->ino = st.st_ino;
+		run->tblspc_dirs = lappend(run->tblspc_dirs, id);
+	}
+	FreeDir(dir);
+}
+
+static bool
+is_tablespace_dir(BackupRun *run, const struct stat *st)
+{
+	ListCell   *lc;
+
+	foreach(lc, run->tblspc_dirs)
+	{
+		FileId	   *id = lfirst(lc);
+
+		if (id->dev == st->st_dev && id->ino == st->st_ino)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * Should the pages of file name, in directory rel of kind kind, be
+ * verified?  With data checksums, those of every relation file (the same
+ * files pg_checksums verifies): fills *check and returns it, else NULL.
+ */
+static const PageCheck *
+page_check(BackupRun *run, DirKind kind, const char *rel, const char *name,
+		   PageCheck *check)
+{
+	int			oidchars;
+	ForkNumber	fork;
+	const char *dot;
+
+	if (!run->verify_checksums || (kind != DIR_DATABASE && kind != DIR_GLOBAL) ||
+		!parse_filename_for_nontemp_relation(name, &oidchars, &fork))
+		return NULL;
+	dot = strchr(name, '.');
+	check->first_block = dot ? (BlockNumber) strtoul(dot + 1, NULL, 10) * RELSEG_SIZE : 0;
+	check->dboid = kind == DIR_DATABASE ? atooid(strrchr(rel, '/') + 1) : InvalidOid;
+	return check;
+}
+
+/* Create (or count) a directory of the copy. */
+static void
+copy_dir(BackupRun *run, const char *dst, const char *rel)
+{
+	if (dst)
+		make_dir(run, dst);
+	else
+		note_length(run, rel);
 }
 
 /*
  * Walk one directory: with dst == NULL only add up the sizes of what would
  * be copied; else copy it.  rel is the path relative to the data directory
- * (the manifest's name for it); dbdir tells whether the directory holds
- * relation files.  global/pg_control is skipped here and copied last.
+ * (the manifest's name for it); kind says what the directory holds.
+ * global/pg_control is skipped here and copied last.
  */
 static void
 walk(BackupRun *run, const char *src, const char *dst, const char *rel,
-	 bool dbdir)
+	 DirKind kind)
 {
 	DIR		   *dir;
 	struct dirent *de;
+	bool		in_tblspc = strncmp(rel, "pg_tblspc", 9) == 0 &&
+		(rel[9] == '\0' || rel[9] == '/');
 
 	dir = AllocateDir(src);
 	while ((de = ReadDir(dir, src)) != NULL)
@@ -380,25 +758,31 @@ walk(BackupRun *run, const char *src, const char *dst, const char *rel,
 		char		dpath[MAXPGPATH];
 		char		rpath[MAXPGPATH];
 		struct stat st;
-		bool		is_tblspc_link;
+		PageCheck	check;
 
 		CHECK_FOR_INTERRUPTS();
 		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
 			continue;
-		if (in_list(de->d_name, skip_files) ||
-			strncmp(de->d_name, PG_TEMP_FILE_PREFIX, strlen(PG_TEMP_FILE_PREFIX)) == 0)
+		if (strncmp(de->d_name, PG_TEMP_FILE_PREFIX, strlen(PG_TEMP_FILE_PREFIX)) == 0 ||
+			skip_file_name(de->d_name))
 			continue;
-		if (rel[0] == '\0' && strcmp(de->d_name, INCOMPLETE_MARKER) == 0)
+		if (kind == DIR_DATABASE && skip_relation_file(src, de->d_name))
 			continue;
-		if (strcmp(rel, "global") == 0 && strcmp(de->d_name, "pg_control") == 0)
+		if (kind == DIR_TOP && strcmp(de->d_name, INCOMPLETE_MARKER) == 0)
+			continue;
+		if (kind == DIR_GLOBAL && strcmp(de->d_name, "pg_control") == 0)
+			continue;
+		/* Another major version's directory is another cluster's data. */
+		if (kind == DIR_TBLSPC && strcmp(de->d_name, TABLESPACE_VERSION_DIRECTORY) != 0)
 			continue;
 
-		snprintf(spath, sizeof(spath), "%s/%s", src, de->d_name);
-		snprintf(dpath, sizeof(dpath), "%s/%s", dst ? dst : "", de->d_name);
+		build_path(spath, "%s/%s", src, de->d_name);
+		if (dst)
+			build_path(dpath, "%s/%s", dst, de->d_name);
 		if (rel[0] == '\0')
-			strlcpy(rpath, de->d_name, sizeof(rpath));
+			build_path(rpath, "%s", de->d_name);
 		else
-			snprintf(rpath, sizeof(rpath), "%s/%s", rel, de->d_name);
+			build_path(rpath, "%s/%s", rel, de->d_name);
 
 		if (lstat(spath, &st) < 0)
 		{
@@ -409,14 +793,29 @@ walk(BackupRun *run, const char *src, const char *dst, const char *rel,
 					 errmsg("could not stat file or directory \"%s\": %m", spath)));
 		}
 
-		/* Tablespaces and a pg_wal elsewhere are followed. */
-		is_tblspc_link = strcmp(rel, "pg_tblspc") == 0;
+		/* Copied empty, whether directories or links to elsewhere. */
+		if (kind == DIR_TOP && (S_ISDIR(st.st_mode) || S_ISLNK(st.st_mode)) &&
+			(in_list(de->d_name, skip_contents) || strcmp(de->d_name, XLOGDIR) == 0))
+		{
+			copy_dir(run, dst ? dpath : NULL, rpath);
+			if (strcmp(de->d_name, XLOGDIR) == 0)
+			{
+				/* pg_wal keeps an empty archive_status. */
+				if (dst)
+					build_path(dpath, "%s/%s", dst, XLOGDIR "/archive_status");
+				copy_dir(run, dst ? dpath : NULL, XLOGDIR "/archive_status");
+			}
+			continue;
+		}
+
+		/* Of the other symbolic links, tablespaces are followed. */
 		if (S_ISLNK(st.st_mode))
 		{
-			if (!is_tblspc_link && strcmp(rpath, "pg_wal") != 0)
+			if (kind != DIR_TBLSPC_LINKS)
 			{
-				ereport(WARNING,
-						(errmsg("skipping symbolic link \"%s\"", spath)));
+				if (dst)
+					ereport(WARNING,
+							(errmsg("skipping symbolic link \"%s\"", spath)));
 				continue;
 			}
 			if (stat(spath, &st) < 0 || !S_ISDIR(st.st_mode))
@@ -427,28 +826,22 @@ walk(BackupRun *run, const char *src, const char *dst, const char *rel,
 
 		if (S_ISDIR(st.st_mode))
 		{
-			bool		sub_dbdir;
+			/* prepare_target() keeps it out; never copy the copy. */
+			if (st.st_dev == run->target_dev && st.st_ino == run->target_ino)
+				ereport(ERROR,
+						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+						 errmsg("backup target \"%s\" is inside the cluster, at \"%s\"",
+								run->target, spath),
+						 errhint("Choose a target outside the data directory, the WAL directory and every tablespace.")));
 
-			if (is_tblspc_link && dst == NULL)
+			if (kind == DIR_TBLSPC_LINKS && dst == NULL)
 				run->ntablespaces++;
-			if (dst)
-				make_dir(run, dpath);
-			if (in_list(de->d_name, skip_contents) && rel[0] == '\0')
-			{
-				/* pg_wal keeps an empty archive_status. */
-				if (dst && strcmp(de->d_name, "pg_wal") == 0)
-				{
-					snprintf(dpath, sizeof(dpath), "%s/pg_wal/archive_status", dst);
-					make_dir(run, dpath);
-				}
+			copy_dir(run, dst ? dpath : NULL, rpath);
+			/* A tablespace inside the data directory: from pg_tblspc only. */
+			if (!in_tblspc && is_tablespace_dir(run, &st))
 				continue;
-			}
-			/* base/<oid> and pg_tblspc/<oid>/<version>/<oid> hold relations */
-			sub_dbdir = strcmp(rel, "base") == 0 ||
-				(strncmp(rel, "pg_tblspc/", 10) == 0 && strchr(rel + 10, '/') != NULL &&
-				 strchr(strchr(rel + 10, '/') + 1, '/') == NULL);
-			walk(run, spath, dst ? dpath : NULL, rpath, sub_dbdir);
-			if (is_tblspc_link && dst)
+			walk(run, spath, dst ? dpath : NULL, rpath, child_kind(kind, de->d_name));
+			if (kind == DIR_TBLSPC_LINKS && dst)
 			{
 				run->done_tablespaces++;
 				pgstat_progress_update_param(PROGRESS_BASEBACKUP_TBLSPC_STREAMED,
@@ -457,17 +850,21 @@ walk(BackupRun *run, const char *src, const char *dst, const char *rel,
 		}
 		else if (S_ISREG(st.st_mode))
 		{
-			if (dbdir && skip_relation_file(src, de->d_name))
-				continue;
 			if (dst == NULL)
+			{
 				run->total_bytes += st.st_size;
+				note_length(run, rpath);
+			}
 			else
 				(void) copy_file(run, spath, dpath, rpath,
-								 (rel[0] == '\0' && run->ntablespaces > 0 &&
+								 (kind == DIR_TOP && run->ntablespaces > 0 &&
 								  strcmp(de->d_name, PG_AUTOCONF_FILENAME) == 0) ?
-								 IN_PLACE_SETTING : NULL);
+								 IN_PLACE_SETTING : NULL,
+								 page_check(run, kind, rel, de->d_name, &check));
 		}
-		/* sockets, fifos and the like are not part of a backup */
+		else if (dst)
+			ereport(WARNING,
+					(errmsg("skipping special file \"%s\"", spath)));
 	}
 	FreeDir(dir);
 }
@@ -481,7 +878,7 @@ write_target_file(BackupRun *run, const char *name, const char *data, size_t len
 	int			fd;
 	CopiedFile *cf;
 
-	snprintf(path, sizeof(path), "%s/%s", run->target, name);
+	build_path(path, "%s/%s", run->target, name);
 	fd = create_target_file(run, path, O_TRUNC);
 	write_target(fd, path, data, len);
 	if (pg_fsync(fd) != 0)
@@ -524,7 +921,7 @@ fsync_tree(const char *path)
 		CHECK_FOR_INTERRUPTS();
 		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
 			continue;
-		snprintf(sub, sizeof(sub), "%s/%s", path, de->d_name);
+		build_path(sub, "%s/%s", path, de->d_name);
 		if (lstat(sub, &st) < 0)
 			ereport(ERROR,
 					(errcode_for_file_access(),
@@ -622,10 +1019,10 @@ copy_wal(BackupRun *run, TimeLineID tli, XLogRecPtr start, XLogRecPtr stop)
 	for (seg = startseg; seg <= endseg; seg++)
 	{
 		XLogFileName(fname, tli, seg, wal_segment_size);
-		snprintf(src, sizeof(src), XLOGDIR "/%s", fname);
-		snprintf(dst, sizeof(dst), "%s/" XLOGDIR "/%s", run->target, fname);
+		build_path(src, XLOGDIR "/%s", fname);
+		build_path(dst, "%s/" XLOGDIR "/%s", run->target, fname);
 		/* WAL is not in the manifest: pg_verifybackup checks it with pg_waldump. */
-		if (!copy_file(run, src, dst, NULL, NULL))
+		if (!copy_file(run, src, dst, NULL, NULL, NULL))
 			ereport(ERROR,
 					(errcode_for_file_access(),
 					 errmsg("WAL segment \"%s\" needed by the backup is missing", src)));
@@ -633,10 +1030,28 @@ copy_wal(BackupRun *run, TimeLineID tli, XLogRecPtr start, XLogRecPtr stop)
 	if (tli > 1)
 	{
 		TLHistoryFileName(fname, tli);
-		snprintf(src, sizeof(src), XLOGDIR "/%s", fname);
-		snprintf(dst, sizeof(dst), "%s/" XLOGDIR "/%s", run->target, fname);
-		(void) copy_file(run, src, dst, NULL, NULL);
+		build_path(src, XLOGDIR "/%s", fname);
+		build_path(dst, "%s/" XLOGDIR "/%s", run->target, fname);
+		(void) copy_file(run, src, dst, NULL, NULL, NULL);
 	}
+}
+
+/*
+ * Remove the directories created on the way to the target, as long as they
+ * are empty (someone else may have put something there meanwhile).
+ */
+static void
+remove_created_parents(BackupRun *run)
+{
+	char	   *dir = pstrdup(run->target);
+
+	while (path_within(dir, run->created_root) && strcmp(dir, run->created_root) != 0)
+	{
+		*strrchr(dir, '/') = '\0';
+		if (rmdir(dir) != 0)
+			break;
+	}
+	pfree(dir);
 }
 
 /*
@@ -673,6 +1088,8 @@ backup_cleanup(int code, Datum arg)
 			ereport(WARNING,
 					(errmsg("could not remove the incomplete backup in \"%s\"", run->target),
 					 errhint("Remove it by hand; it is marked by the file %s.", INCOMPLETE_MARKER)));
+		else if (run->created_target)
+			remove_created_parents(run);
 	}
 	if (run->flipped != NIL)
 	{
@@ -685,28 +1102,203 @@ backup_cleanup(int code, Datum arg)
 }
 
 /*
- * Check the target: absolute, outside the data directory, absent or an
- * empty directory, writable.  Creates it (or its marker) on success.
+ * The real path of an absolute path, whether or not it exists yet: each
+ * component that exists is resolved with realpath(), symbolic links
+ * included; the rest, which pg_mkdir_p() will create, are appended as they
+ * are, "." dropped and ".." taking back the component before it (the
+ * parent of a directory just created is the one it was created in).
+ */
+static char *
+resolve_path(const char *path)
+{
+	StringInfoData res;
+	const char *p = path;
+
+	initStringInfo(&res);
+	appendStringInfoChar(&res, '/');
+	while (*p)
+	{
+		const char *end = strchr(p, '/');
+		int			len = end ? end - p : strlen(p);
+		struct stat st;
+		char	   *real;
+
+		if (len == 0 || (len == 1 && p[0] == '.'))
+			;
+		else if (len == 2 && p[0] == '.' && p[1] == '.')
+		{
+			char	   *slash = strrchr(res.data, '/');
+
+			res.len = (slash == res.data) ? 1 : slash - res.data;
+			res.data[res.len] = '\0';
+		}
+		else
+		{
+			if (res.len > 1)
+				appendStringInfoChar(&res, '/');
+			appendBinaryStringInfo(&res, p, len);
+			if (lstat(res.data, &st) != 0)
+			{
+				if (errno != ENOENT)
+					ereport(ERROR,
+							(errcode_for_file_access(),
+							 errmsg("could not access \"%s\" on the way to the backup target: %m",
+									res.data)));
+			}
+			else if ((real = realpath(res.data, NULL)) == NULL)
+				ereport(ERROR,
+						(errcode_for_file_access(),
+						 errmsg("could not resolve \"%s\" on the way to the backup target: %m",
+								res.data),
+						 errhint("Check the symbolic links in the path of the target.")));
+			else
+			{
+				resetStringInfo(&res);
+				appendStringInfoString(&res, real);
+				free(real);
+			}
+		}
+		p += len;
+		if (*p == '/')
+			p++;
+	}
+	return res.data;
+}
+
+/*
+ * The highest directory on the way to path (path included) that does not
+ * exist: what pg_mkdir_p(path) creates, and a failed backup removes.
+ */
+static char *
+first_missing_dir(const char *path)
+{
+	char	   *top = pstrdup(path);
+	char	   *parent = pstrdup(path);
+
+	for (;;)
+	{
+		char	   *slash = strrchr(parent, '/');
+		struct stat st;
+
+		if (slash == NULL || slash == parent)
+			break;
+		*slash = '\0';
+		if (stat(parent, &st) == 0 || errno != ENOENT)
+			break;
+		strcpy(top, parent);
+	}
+	pfree(parent);
+	return top;
+}
+
+/* A place that belongs to the cluster: the target must keep out of it. */
+typedef struct ClusterArea
+{
+	char	   *what;			/* for messages: the data directory at "..." */
+	char	   *path;			/* real path */
+} ClusterArea;
+
+static ClusterArea *
+cluster_area(const char *path, const char *label)
+{
+	ClusterArea *area = palloc(sizeof(ClusterArea));
+	char	   *real = realpath(path, NULL);
+
+	if (real == NULL)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not resolve \"%s\": %m", path)));
+	area->path = pstrdup(real);
+	free(real);
+	area->what = psprintf("%s at \"%s\"", label, area->path);
+	return area;
+}
+
+/*
+ * Where the cluster keeps its files: the data directory, the WAL directory
+ * when pg_wal links elsewhere, and every tablespace location.
+ */
+static List *
+cluster_areas(void)
+{
+	List	   *areas = NIL;
+	struct stat st;
+	DIR		   *dir;
+	struct dirent *de;
+
+	areas = lappend(areas, cluster_area(DataDir, "the data directory"));
+	if (lstat(XLOGDIR, &st) == 0 && S_ISLNK(st.st_mode))
+		areas = lappend(areas, cluster_area(XLOGDIR, "the WAL directory"));
+
+	dir = AllocateDir("pg_tblspc");
+	while ((de = ReadDir(dir, "pg_tblspc")) != NULL)
+	{
+		char		link[MAXPGPATH];
+		char	   *name = NULL;
+
+		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+			continue;
+		build_path(link, "pg_tblspc/%s", de->d_name);
+		if (lstat(link, &st) != 0)
+			continue;			/* dropped meanwhile */
+		if (strspn(de->d_name, "0123456789") == strlen(de->d_name))
+			name = get_tablespace_name(atooid(de->d_name));
+		areas = lappend(areas,
+						cluster_area(link, name ? psprintf("tablespace \"%s\"", name) :
+									 "a tablespace"));
+	}
+	FreeDir(dir);
+	return areas;
+}
+
+/*
+ * Check the target: absolute, outside the data directory, the WAL
+ * directory and every tablespace (after resolving symbolic links, and also
+ * when it would not exist yet), absent or an empty directory, writable.
+ * Nothing is written until all of that holds.  Creates the target (or its
+ * marker) on success; from then on the real path is used.
  */
 static void
 prepare_target(BackupRun *run, const char *target)
 {
 	struct stat st;
-	char	   *path = pstrdup(target);
+	char	   *given = pstrdup(target);
+	char	   *path;
 	char		marker[MAXPGPATH];
 	int			fd;
+	ListCell   *lc;
 
-	if (!is_absolute_path(path))
+	if (!is_absolute_path(given))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("backup target must be an absolute path: \"%s\"", target),
 				 errhint("The path is read by the server, whose working directory is the data directory.")));
-	canonicalize_path(path);
-	if (path_is_prefix_of_path(DataDir, path) || path_is_prefix_of_path(path, DataDir))
+	canonicalize_path(given);
+	path = resolve_path(target);
+	check_room(path, NULL, LONGEST_PG_PATH);
+
+	foreach(lc, cluster_areas())
+	{
+		ClusterArea *area = lfirst(lc);
+		bool		inside = path_within(path, area->path);
+
+		if (!inside && !path_within(area->path, path))
+			continue;
+		if (strcmp(path, given) != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("backup target \"%s\" overlaps %s", target, area->what),
+					 errdetail(inside ?
+							   "With its symbolic links resolved, the target is \"%s\", which is inside it." :
+							   "With its symbolic links resolved, the target is \"%s\", which holds it.",
+							   path),
+					 errhint("Choose a target outside the data directory, the WAL directory and every tablespace.")));
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("backup target \"%s\" overlaps the data directory \"%s\"", path, DataDir),
-				 errhint("Choose a directory outside the data directory.")));
+				 errmsg("backup target \"%s\" overlaps %s", target, area->what),
+				 errdetail(inside ? "The target is inside it." : "The target holds it."),
+				 errhint("Choose a target outside the data directory, the WAL directory and every tablespace.")));
+	}
 
 	if (stat(path, &st) == 0)
 	{
@@ -732,6 +1324,7 @@ prepare_target(BackupRun *run, const char *target)
 	{
 		char	   *copy = pstrdup(path);
 
+		run->created_root = first_missing_dir(path);
 		if (pg_mkdir_p(copy, pg_dir_create_mode) != 0 && errno != EEXIST)
 			ereport(ERROR,
 					(errcode_for_file_access(),
@@ -745,7 +1338,13 @@ prepare_target(BackupRun *run, const char *target)
 				 errmsg("could not access backup target \"%s\": %m", path)));
 
 	run->target = path;
-	snprintf(marker, sizeof(marker), "%s/%s", path, INCOMPLETE_MARKER);
+	if (stat(path, &st) != 0)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not stat backup target \"%s\": %m", path)));
+	run->target_dev = st.st_dev;
+	run->target_ino = st.st_ino;
+	build_path(marker, "%s/%s", path, INCOMPLETE_MARKER);
 	fd = OpenTransientFile(marker, O_WRONLY | O_CREAT | O_EXCL | PG_BINARY);
 	if (fd < 0)
 		ereport(ERROR,
@@ -864,11 +1463,17 @@ replstamp_backup(PG_FUNCTION_ARGS)
 		tblspcmap = makeStringInfo();
 		run->session_started = true;
 		startpoint = do_pg_backup_start(label, fast, &starttli, labelfile, NULL, tblspcmap);
+		run->start_lsn = startpoint;
+		run->verify_checksums = DataChecksumsEnabled();
+		initStringInfo(&run->bad_list);
 
 		/* 4. Estimate, then copy. */
 		pgstat_progress_update_param(PROGRESS_BASEBACKUP_PHASE,
 									 PROGRESS_BASEBACKUP_PHASE_ESTIMATE_BACKUP_SIZE);
-		walk(run, ".", NULL, "", false);
+		find_tablespace_dirs(run);
+		walk(run, ".", NULL, "", DIR_TOP);
+		if (run->longest_rel)
+			check_room(run->target, run->longest_rel, strlen(run->longest_rel));
 		if (stat(XLOG_CONTROL_FILE, &st) == 0)
 			run->total_bytes += st.st_size;
 		{
@@ -884,12 +1489,23 @@ replstamp_backup(PG_FUNCTION_ARGS)
 				(errmsg("copying %s from the data directory and %d tablespace%s to \"%s\"",
 						pretty_bytes(run->total_bytes), run->ntablespaces,
 						run->ntablespaces == 1 ? "" : "s", run->target)));
-		walk(run, ".", run->target, "", false);
-		snprintf(dst, sizeof(dst), "%s/%s", run->target, XLOG_CONTROL_FILE);
-		(void) copy_file(run, XLOG_CONTROL_FILE, dst, XLOG_CONTROL_FILE, NULL);
+		walk(run, ".", run->target, "", DIR_TOP);
+		build_path(dst, "%s/%s", run->target, XLOG_CONTROL_FILE);
+		(void) copy_file(run, XLOG_CONTROL_FILE, dst, XLOG_CONTROL_FILE, NULL, NULL);
 		pgstat_progress_update_param(PROGRESS_BASEBACKUP_TBLSPC_STREAMED,
 									 run->ntablespaces + 1);
 		progress_notice(run, true);
+		if (run->bad_pages > 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_CORRUPTED),
+					 errmsg_plural("data checksum verification failed for %d page",
+								   "data checksum verification failed for %d pages",
+								   run->bad_pages, run->bad_pages),
+					 run->bad_pages > MAX_BAD_PAGES_LISTED ?
+					 errdetail("Bad pages, in %d files, the first %d: %s.",
+							   run->bad_files, MAX_BAD_PAGES_LISTED, run->bad_list.data) :
+					 errdetail("Bad pages: %s.", run->bad_list.data),
+					 errhint("Find the relation of each file with pg_filenode_relation(), restore it from an earlier backup or rebuild it, then take the backup again.")));
 
 		/* 5. Stop the session; the label and the WAL it needs. */
 		stoppoint = do_pg_backup_stop(labelfile->data, false, &stoptli);
@@ -905,7 +1521,7 @@ replstamp_backup(PG_FUNCTION_ARGS)
 		ereport(NOTICE, (errmsg("syncing the backup to disk")));
 		fsync_tree(run->target);
 		write_manifest(run, starttli, startpoint, stoppoint);
-		snprintf(src, sizeof(src), "%s/%s", run->target, INCOMPLETE_MARKER);
+		build_path(src, "%s/%s", run->target, INCOMPLETE_MARKER);
 		if (unlink(src) != 0)
 			ereport(ERROR,
 					(errcode_for_file_access(),
