@@ -83,21 +83,40 @@ private_install() {
 bench_cluster() {
 	WORK=$(mktemp -d /tmp/replstamp-bench.XXXXXX)
 	PORT=$((5400 + RANDOM % 500))
+	# Before the build, so that a failed build removes the directory too.
+	trap bench_cleanup EXIT
 	local bin
 	bin=$(private_install "$WORK") || exit 1
 	export PATH="$bin:$PATH" PGHOST="$WORK" PGPORT="$PORT" PGDATABASE=bench
 	unset PGUSER PGSERVICE
-	trap bench_cleanup EXIT
-	initdb -D "$WORK/data" -A trust >/dev/null
+	bench_initdb "$WORK/data" "$PORT" "$@"
+	pg_ctl -D "$WORK/data" -l "$WORK/log" -w start >/dev/null
+	createdb bench
+}
+
+# For benchmarks that need more than one cluster, after bench_cluster:
+# another one in $WORK/$1 on port $2 (its socket in $WORK too), with the
+# same settings and the extra postgresql.conf lines given, logging to
+# $WORK/$1.log, with a database "bench".  bench_cleanup stops it.
+bench_node() {
+	local dir="$WORK/$1" port="$2"
+	shift 2
+	bench_initdb "$dir" "$port" "$@"
+	pg_ctl -D "$dir" -l "$dir.log" -w start >/dev/null
+	createdb -p "$port" bench
+}
+
+bench_initdb() {
+	local dir="$1" port="$2"
+	shift 2
+	initdb -D "$dir" -A trust >/dev/null
 	{
 		echo "shared_preload_libraries = 'replstamp'"
 		echo "listen_addresses = ''"
 		echo "unix_socket_directories = '$WORK'"
-		echo "port = $PORT"
+		echo "port = $port"
 		printf '%s\n' "$@"
-	} >>"$WORK/data/postgresql.conf"
-	pg_ctl -D "$WORK/data" -l "$WORK/log" -w start >/dev/null
-	createdb bench
+	} >>"$dir/postgresql.conf"
 }
 
 bench_cleanup() {
