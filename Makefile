@@ -16,9 +16,28 @@ ifdef WERROR
 PG_CFLAGS += -Werror
 endif
 
+# Tests, for "make installcheck" after "make install" (what pg_buildext and
+# PGXN clients run).  replstamp must be preloaded, which an installed server
+# may not do, so pg_regress and pg_isolation_regress start their own
+# temporary server with test/regress.conf, as pg_cron does.  The lists are
+# the files present: a new test file is run without editing this Makefile.
+REGRESS = $(sort $(patsubst sql/%.sql,%,$(wildcard sql/*.sql)))
+REGRESS_OPTS = --temp-config=./test/regress.conf --temp-instance=./tmp_check
+ISOLATION = $(sort $(patsubst test/isolation/specs/%.spec,%,$(wildcard test/isolation/specs/*.spec)))
+ISOLATION_OPTS = --inputdir=./test/isolation \
+	--temp-config=./test/regress.conf --temp-instance=./tmp_check_iso
+TAP_TESTS = 1
+PROVE_TESTS = $(sort $(wildcard test/t/*.pl))
+EXTRA_CLEAN = tmp_check_iso output_iso
+
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# After the include: Makefile.global resets PROVE_FLAGS.  "override" keeps
+# the test helpers (ReplstampTest.pm) on the path when PROVE_FLAGS is also
+# given on the command line.
+override PROVE_FLAGS += -I ./test/t
 
 # The two commands the README gives.
 .PHONY: demo test
