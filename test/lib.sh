@@ -6,7 +6,7 @@
 
 PGVER=15
 PGBIN_SYS=/usr/lib/postgresql/$PGVER/bin
-PACKAGES="postgresql-$PGVER postgresql-server-dev-$PGVER libipc-run-perl build-essential rsync"
+PACKAGES="postgresql-$PGVER postgresql-server-dev-$PGVER libipc-run-perl build-essential rsync pgbackrest barman"
 
 say() { printf '%s\n' "$*" >&2; }
 
