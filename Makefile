@@ -39,28 +39,22 @@ include $(PGXS)
 # given on the command line.
 override PROVE_FLAGS += -I ./test/t
 
-# The oldest PostgreSQL the build works with.  src/replicator.c calls the
-# interrupt-safe libpq helpers of libpq/libpq-be-fe-helpers.h:
-# libpqsrv_exec() and libpqsrv_exec_params() are PostgreSQL 17 code that
-# 15.13 back-patched (release notes of 15.13, "Allow contrib/dblink queries
-# to be interrupted by query cancel", commits 63f6ecb6b and 9e129a224);
-# libpqsrv_connect_params() and libpqsrv_disconnect() came with 16 and no
-# earlier 15.x release notes them, so 15.13 is the minimum for both.  With
-# older headers the compiler would only say "implicit declaration", so this
-# is checked before anything is compiled ("make clean" and "make
-# installcheck" do not check).
-PG_MIN_VERSION = 15.13
+# The PostgreSQL the build works with: 15, any minor release.  The code
+# uses the executor's replication routines and the shared-memory hooks in
+# their PostgreSQL 15 form (16 changed both), and nothing added by a later
+# 15.x minor release: its libpq client code (src/remote.c) does not use the
+# libpq-be-fe-helpers.h functions that 15.13 back-patched.  Tested with
+# 15.18 and 15.20.  Checked before anything is compiled ("make clean" and
+# "make installcheck" do not check).
+PG_MAJOR_WANTED = 15
 PG_VERSION_FULL := $(shell $(PG_CONFIG) --version)
-PG_VERSION_NUMS := $(shell echo '$(PG_VERSION_FULL)' | sed -n 's/^PostgreSQL \([0-9][0-9]*\)\.\([0-9][0-9]*\).*/\1 \2/p; s/^PostgreSQL \([0-9][0-9]*\)[^.0-9].*/\1 0/p')
+PG_VERSION_MAJOR := $(shell echo '$(PG_VERSION_FULL)' | sed -n 's/^PostgreSQL \([0-9][0-9]*\).*/\1/p')
 
 .PHONY: check-pg-version
 check-pg-version:
-	@set -- $(PG_VERSION_NUMS) 0 0; min_major=$(word 1,$(subst ., ,$(PG_MIN_VERSION))); \
-	min_minor=$(word 2,$(subst ., ,$(PG_MIN_VERSION))); \
-	if [ "$$1" -lt "$$min_major" ] || { [ "$$1" -eq "$$min_major" ] && [ "$$2" -lt "$$min_minor" ]; }; then \
-		echo "replstamp needs PostgreSQL $(PG_MIN_VERSION) or later; $(PG_CONFIG) is \"$(PG_VERSION_FULL)\"." >&2; \
-		echo "15.13 is the first 15.x whose libpq/libpq-be-fe-helpers.h has libpqsrv_exec(), which src/replicator.c calls." >&2; \
-		echo "Upgrade the server development package (postgresql-server-dev-15), or set PG_CONFIG to a newer pg_config." >&2; \
+	@if [ "$(PG_VERSION_MAJOR)" != "$(PG_MAJOR_WANTED)" ]; then \
+		echo "replstamp is built for PostgreSQL $(PG_MAJOR_WANTED); $(PG_CONFIG) is \"$(PG_VERSION_FULL)\"." >&2; \
+		echo "Install postgresql-server-dev-$(PG_MAJOR_WANTED), or set PG_CONFIG to its pg_config (make PG_CONFIG=/usr/lib/postgresql/$(PG_MAJOR_WANTED)/bin/pg_config)." >&2; \
 		exit 1; \
 	fi
 
