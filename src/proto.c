@@ -45,10 +45,11 @@ epoch_cmp(const void *a, const void *b)
 	return memcmp(x->token.data, y->token.data, UUID_LEN);
 }
 
+/* Not read-only: this transaction may just have rotated (identity.c). */
 static void
 spi_select(const char *sql)
 {
-	if (SPI_execute(sql, true, 0) != SPI_OK_SELECT)
+	if (SPI_execute(sql, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "replstamp: query failed: %s", sql);
 }
 
@@ -203,7 +204,7 @@ proto_encode(Handshake *h)
 		append_uuid(&buf, &h->dead[i].token);
 		appendStringInfo(&buf, ", " INT64_FORMAT "]", h->dead[i].first);
 	}
-	appendStringInfoString(&buf, "]}");
+	appendStringInfo(&buf, "], \"rotated\": %s}", h->rotated ? "true" : "false");
 	return buf.data;
 }
 
@@ -359,6 +360,14 @@ proto_decode(Jsonb *json, Handshake *h, const char *from)
 	h->retired = palloc(sizeof(pg_uuid_t) * Max(n, 1));
 	for (int i = 0; i < n; i++)
 		h->retired[i] = as_uuid(element(arr, i), "a retired ID");
+
+	{
+		JsonbValue *rot = member(root, "rotated");
+
+		if (rot && rot->type != jbvBool)
+			malformed("rotated is not a boolean");
+		h->rotated = rot && rot->val.boolean;
+	}
 
 	arr = as_array(member(root, "dead"), "dead", &n);
 	h->ndead = n;

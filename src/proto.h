@@ -60,6 +60,7 @@ typedef struct Handshake
 	pg_uuid_t  *retired;
 	int			ndead;
 	DeadMark   *dead;
+	bool		rotated;		/* response: the server rotated while answering */
 } Handshake;
 
 extern void proto_local(Handshake *h, bool with_lag_for);

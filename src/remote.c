@@ -104,6 +104,18 @@ wait_deadline(Remote *r)
 		TimestampTzPlusMilliseconds(GetCurrentTimestamp(), r->timeout_ms) : 0;
 }
 
+/* What the peer's session says (its warnings, notices) goes to our log. */
+static void
+notice_receiver(void *arg, const PGresult *res)
+{
+	Remote	   *r = arg;
+	char	   *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+
+	if (msg)
+		ereport(LOG,
+				(errmsg("replstamp: peer \"%s\" says: %s", r->peer, msg)));
+}
+
 /*
  * Connect to a peer.  conninfo may name connect_timeout; otherwise 10 s.
  */
@@ -173,6 +185,7 @@ remote_connect(Remote *r, const char *peer, const char *conninfo)
 	}
 	if (PQstatus(r->conn) != CONNECTION_OK)
 		connection_failed(r, NULL);
+	PQsetNoticeReceiver(r->conn, notice_receiver, r);
 }
 
 /*

@@ -187,6 +187,7 @@ replstamp_serve(PG_FUNCTION_ARGS)
 	Handshake	me;
 	ReplstampOwnerContext ctx;
 	char	   *from;
+	bool		rotated = false;
 
 	replstamp_require_shmem();
 	(void) replstamp_catalog_v11("serving changes");
@@ -225,8 +226,8 @@ replstamp_serve(PG_FUNCTION_ARGS)
 								from, replstamp_uuid_text(&current), why),
 						 errhint("This node rotates its replica ID now and re-issues what it stamped since serial " INT64_FORMAT ".",
 								 diverge_at)));
-				(void) identity_rotate_diverged(&current, diverge_at,
-												psprintf("peer history: %s", why));
+				rotated = identity_rotate_diverged(&current, diverge_at,
+												   psprintf("peer history: %s", why));
 			}
 		}
 	}
@@ -237,6 +238,8 @@ replstamp_serve(PG_FUNCTION_ARGS)
 
 	/* This node's vector, before any change is read; then make it durable. */
 	proto_local(&me, false);
+	/* What it re-issued commits with this call: the puller asks again. */
+	me.rotated = rotated;
 	flush_wal();
 	for (int i = 0; i < me.nvector; i++)
 		add_lag(&me.vector[i], proto_find(&req, &me.vector[i].id));
@@ -263,7 +266,7 @@ replstamp_serve_vector(PG_FUNCTION_ARGS)
 	InitMaterializedSRF(fcinfo, 0);
 
 	SPI_connect();
-	ret = SPI_execute("SELECT replica_id, serial FROM replstamp.vector", true, 0);
+	ret = SPI_execute("SELECT replica_id, serial FROM replstamp.vector", false, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not read the vector: %s", SPI_result_code_string(ret));
 	for (uint64 i = 0; i < SPI_processed; i++)

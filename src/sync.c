@@ -307,6 +307,8 @@ handshake(SyncRun *r)
 					(errcode(ERRCODE_DATA_EXCEPTION),
 					 errmsg("peer \"%s\" sent a malformed handshake", r->peer)));
 		}
+		ereport(DEBUG1, (errmsg_internal("replstamp: handshake from peer \"%s\": %s", r->peer,
+										 PQgetvalue(res, 0, 0))));
 		json = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(PQgetvalue(res, 0, 0))));
 		PQclear(res);
 		proto_decode(json, &r->srv, from);
@@ -971,6 +973,15 @@ sync_peer(const char *peer)
 		describe_self(r);
 		remote_connect(&r->remote, r->peer, conninfo);
 		handshake(r);
+		if (r->srv.rotated)
+		{
+			/*
+			 * The peer saw that its data went back in time and rotated while
+			 * it answered: what it re-issued is committed now; ask again.
+			 */
+			describe_self(r);
+			handshake(r);
+		}
 		plan(r);
 
 		(void) PQclear(remote_exec(&r->remote, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The replstamp story on three temporary nodes, in under a minute:
 # replicate, back up, lose a node, restore it, watch it rotate its replica
-# ID and re-converge -- and what happens without the rotation.
+# ID and re-converge; put a node back in time without the mark and watch
+# its peers catch it -- and what happens without either.
 #
 # Servers run on private ports with sockets in a private directory under
 # /tmp, as the user postgres when started as root, and are removed at the
@@ -113,8 +114,25 @@ same=$( [ "$(val a_restored 'SELECT string_agg(format($$%s%s$$, id, balance), $$
           "$(val b 'SELECT string_agg(format($$%s%s$$, id, balance), $$,$$ ORDER BY id) FROM accounts')" ] && echo yes || echo NO)
 say_ "restored a and b hold the same rows: $same"
 
-step "Without the rotation (replstamp.rotate_on_restore = off): the USN rollback"
-restore a_norotate "replstamp.rotate_on_restore = off"
+step "A node put back in time without the mark (a VM snapshot): its peers catch it"
+pg_ctl -D "$WORK/c" -m fast stop >/dev/null
+cp -a "$WORK/c" "$WORK/c_snapshot"
+pg_ctl -D "$WORK/c" -l "$WORK/c.log" -w start >/dev/null
+sql c -c "INSERT INTO accounts VALUES (7, 'gil', 7)"
+say_ "c takes a snapshot, then writes gil: b pulls $(val b "SELECT replstamp.sync('c')") change"
+pg_ctl -D "$WORK/c" -m immediate stop >/dev/null
+rm -rf "$WORK/c"; mv "$WORK/c_snapshot" "$WORK/c"
+pg_ctl -D "$WORK/c" -l "$WORK/c.log" -w start >/dev/null
+sql c -c "INSERT INTO accounts VALUES (8, 'hal', 8)"
+say_ "c is put back to the snapshot (gil is gone there) and writes hal: $(val c "SELECT format('(%s, %s)', left(replica_id::text, 8), serial) FROM replstamp.changes WHERE (pk->>'id')::int = 8"), the stamp gil had"
+say_ "b syncs from c: $(val b "SELECT replstamp.sync('c')" 2>/dev/null) change; c's log: $(grep -h 'retired replica ID' "$WORK/c.log" | tail -1 | sed 's/.*LOG: *//')"
+say_ "c syncs from b: $(val c "SELECT replstamp.sync('b')") changes (gil comes back)"
+for n in b c; do say_ "node $n: $(val "$n" "SELECT string_agg(owner, ' ' ORDER BY id) FROM accounts")"; done
+
+step "Without the rotation and the peers' check: the USN rollback"
+restore a_norotate "replstamp.rotate_on_restore = off
+replstamp.check_histories = off"
+sql b -c "ALTER SYSTEM SET replstamp.check_histories = off" -c "SELECT pg_reload_conf()" >/dev/null
 sql a_norotate -c "INSERT INTO accounts VALUES (6, 'fay', 6)"
 say_ "the server log warns: $(grep -h 'keeps replica ID' "$WORK/a_norotate.log" | sed 's/.*WARNING: *//' | head -1)"
 say_ "fay's change is stamped $(val a_norotate "SELECT format('(%s, %s)', left(replica_id::text, 8), serial) FROM replstamp.changes WHERE (pk->>'id')::int = 6")"
