@@ -93,7 +93,8 @@ CREATE TABLE replstamp.tracked (
     backfill_rows  bigint NOT NULL DEFAULT 0,
     backfill_after tid,               -- the backfill went up to this row
     backfill_error text,
-    conflicts      bigint NOT NULL DEFAULT 0
+    conflicts      bigint NOT NULL DEFAULT 0,
+    log_purged     boolean NOT NULL DEFAULT false  -- dropped/untracked: its changes are gone from the log
 );
 INSERT INTO replstamp.tracked (relation, relid, state)
     SELECT pg_catalog.quote_ident(schema_name) OPERATOR(pg_catalog.||) '.'

@@ -564,6 +564,229 @@ keep_base(ApplyTable *t)
 	ExecMaterializeSlot(t->baseslot);
 }
 
+/* ---------------------------------------------------------------------
+ * Columns added here after changes that carried them were applied
+ * ---------------------------------------------------------------------
+ */
+
+/* The table's columns as the apply sees them (not dropped, not generated). */
+static List *
+current_columns(Relation rel)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	List	   *cols = NIL;
+
+	for (int a = 0; a < desc->natts; a++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, a);
+
+		if (!att->attisdropped && !att->attgenerated)
+			cols = lappend(cols, pstrdup(NameStr(att->attname)));
+	}
+	return cols;
+}
+
+static bool
+list_has_name(List *names, const char *name)
+{
+	ListCell   *lc;
+
+	foreach(lc, names)
+		if (strcmp(lfirst(lc), name) == 0)
+			return true;
+	return false;
+}
+
+/*
+ * Fill the columns in new_cols of the rows of t whose latest version was
+ * applied with columns this node lacked then (row_version.partial), from
+ * the images kept in the change log.  Only those columns are written: the
+ * rest of each row is that version already.
+ */
+static void
+fill_columns(ApplySession *s, ApplyTable *t, List *new_cols)
+{
+	ReplstampOwnerContext octx;
+	ReplstampOwnerContext uctx;
+	Oid			types[1] = {TEXTOID};
+	Datum		args[1] = {CStringGetTextDatum(t->relation)};
+	int			n;
+	Change	   *changes;
+	int64		filled = 0;
+	TupleDesc	desc;
+
+	MemoryContext caller = CurrentMemoryContext;
+
+	replstamp_become_owner(&octx);
+	SPI_connect();
+	if (SPI_execute_with_args("SELECT replica_id, serial FROM replstamp.row_version "
+							  "WHERE relation OPERATOR(pg_catalog.=) $1 AND partial AND NOT deleted",
+							  1, types, args, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "replstamp: could not read replstamp.row_version");
+	n = SPI_processed;
+	/* Outlives SPI_finish(). */
+	changes = MemoryContextAllocZero(caller, sizeof(Change) * Max(n, 1));
+	for (int i = 0; i < n; i++)
+	{
+		bool		isnull;
+
+		memcpy(&changes[i].replica_id,
+			   DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull)),
+			   sizeof(pg_uuid_t));
+		changes[i].serial = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
+														SPI_tuptable->tupdesc, 2, &isnull));
+	}
+	SPI_finish();
+	replstamp_restore_user(&octx);
+
+	table_open_page(s, t);
+	desc = RelationGetDescr(t->rel);
+	for (int i = 0; i < n; i++)
+	{
+		Change		c;
+		ChangeRow	rows[2];
+		int			nrows;
+		Datum	   *values = palloc(sizeof(Datum) * desc->natts);
+		bool	   *nulls = palloc0(sizeof(bool) * desc->natts);
+		bool	   *present = palloc0(sizeof(bool) * desc->natts);
+		Datum	   *keyvalues = palloc(sizeof(Datum) * desc->natts);
+		bool	   *keynulls = palloc0(sizeof(bool) * desc->natts);
+		bool		found;
+		bool		still_partial;
+
+		CHECK_FOR_INTERRUPTS();
+		if (!changelog_fetch(s->cat, &changes[i].replica_id, changes[i].serial, &c) ||
+			c.image == NULL)
+			continue;
+		nrows = change_rows(&c, rows);
+
+		replstamp_become_untrusted(t->owner, &uctx);
+		still_partial = rowimage_decode(t->layout, c.image, values, nulls, present, NULL) > 0;
+		/* Only the new columns: the rest of the row is this version already. */
+		for (int a = 0; a < desc->natts; a++)
+			if (present[a] && !list_has_name(new_cols, NameStr(TupleDescAttr(desc, a)->attname)))
+				present[a] = false;
+		rowimage_decode_key(t->layout, rows[nrows - 1].key, keyvalues, keynulls);
+		ExecClearTuple(t->keyslot);
+		memset(t->keyslot->tts_isnull, true, sizeof(bool) * desc->natts);
+		for (int k = 0; k < t->layout->npk; k++)
+		{
+			int			a = t->layout->pk[k].attnum - 1;
+
+			t->keyslot->tts_values[a] = keyvalues[a];
+			t->keyslot->tts_isnull[a] = keynulls[a];
+		}
+		ExecStoreVirtualTuple(t->keyslot);
+		PushActiveSnapshot(GetLatestSnapshot());
+		found = RelationFindReplTupleByIndex(t->rel, t->layout->pkoid, LockTupleExclusive,
+											 t->keyslot, t->localslot);
+		if (found)
+		{
+			t->estate->es_output_cid = GetCurrentCommandId(true);
+			AfterTriggerBeginQuery();
+			build_new_row(t, true, false, values, nulls, present);
+			ExecSimpleRelationUpdate(t->rri, t->estate, &t->epq, t->localslot, t->newslot);
+			stamp_skip_tuple(t->relid, &t->newslot->tts_tid);
+			AfterTriggerEndQuery(t->estate);
+			stamp_skip_clear();
+			filled++;
+		}
+		PopActiveSnapshot();
+		replstamp_restore_user(&uctx);
+		CommandCounterIncrement();
+
+		if (!still_partial)
+		{
+			Oid			ut[2] = {UUIDOID, INT8OID};
+			Datum		uv[2] = {UUIDPGetDatum(&c.replica_id), Int64GetDatum(c.serial)};
+
+			spi_owner_exec("UPDATE replstamp.row_version SET partial = false "
+						   "WHERE replica_id OPERATOR(pg_catalog.=) $1 AND serial OPERATOR(pg_catalog.=) $2",
+						   2, ut, uv, SPI_OK_UPDATE);
+		}
+	}
+	if (filled > 0)
+		ereport(LOG,
+				(errmsg("replstamp: filled the new columns of %lld rows of table %s from the changes that carried them",
+						(long long) filled, t->relation)));
+}
+
+/*
+ * For every tracked table: if columns were added since the apply last
+ * looked, fill them in from the kept images (a rolling ADD COLUMN); then
+ * remember the columns.  In a page's transaction.
+ */
+void
+apply_fill_new_columns(ApplySession *s)
+{
+	ReplstampOwnerContext ctx;
+	int			n;
+	char	  **relations;
+	char	  **known;
+
+	replstamp_become_owner(&ctx);
+	SPI_connect();
+	if (SPI_execute("SELECT relation, pg_catalog.array_to_string(columns, ',') FROM replstamp.tracked "
+					"WHERE state = 'tracked' AND relid IS NOT NULL", false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "replstamp: could not read replstamp.tracked");
+	n = SPI_processed;
+	/* Outlive SPI_finish(). */
+	relations = MemoryContextAlloc(s->page_cxt, sizeof(char *) * Max(n, 1));
+	known = MemoryContextAlloc(s->page_cxt, sizeof(char *) * Max(n, 1));
+	for (int i = 0; i < n; i++)
+	{
+		relations[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+		known[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
+		relations[i] = relations[i] ? MemoryContextStrdup(s->page_cxt, relations[i]) : NULL;
+		known[i] = known[i] ? MemoryContextStrdup(s->page_cxt, known[i]) : NULL;
+	}
+	SPI_finish();
+	replstamp_restore_user(&ctx);
+
+	for (int i = 0; i < n; i++)
+	{
+		Change		probe;
+		ApplyTable *t;
+		List	   *cols;
+		List	   *known_cols = NIL;
+		List	   *new_cols = NIL;
+		ListCell   *lc;
+		StringInfoData arr;
+		Oid			types[2] = {TEXTOID, TEXTOID};
+		Datum		values[2];
+
+		memset(&probe, 0, sizeof(probe));
+		probe.relation = cstring_to_text(relations[i]);
+		t = resolve_table(s, &probe);
+		if (t->state != TABLE_OK)
+			continue;
+		table_open_page(s, t);
+		cols = current_columns(t->rel);
+		if (known[i])
+		{
+			char	   *copy = pstrdup(known[i]);
+			char	   *save;
+
+			for (char *name = strtok_r(copy, ",", &save); name; name = strtok_r(NULL, ",", &save))
+				known_cols = lappend(known_cols, name);
+			foreach(lc, cols)
+				if (!list_has_name(known_cols, lfirst(lc)))
+					new_cols = lappend(new_cols, lfirst(lc));
+			if (new_cols == NIL && list_length(known_cols) == list_length(cols))
+				continue;		/* nothing changed */
+			if (new_cols != NIL)
+				fill_columns(s, t, new_cols);
+		}
+		initStringInfo(&arr);
+		foreach(lc, cols)
+			appendStringInfo(&arr, "%s%s", arr.len ? "," : "", (char *) lfirst(lc));
+		values[0] = CStringGetTextDatum(relations[i]);
+		values[1] = CStringGetTextDatum(arr.data);
+		spi_owner_exec("UPDATE replstamp.tracked SET columns = pg_catalog.string_to_array($2, ',') "
+					   "WHERE relation OPERATOR(pg_catalog.=) $1", 2, types, values, SPI_OK_UPDATE);
+	}
+}
+
 /*
  * Apply one change, in the current page's transaction.
  */
@@ -582,8 +805,8 @@ apply_change(ApplySession *s, Change *change)
 	Datum	   *values = NULL;
 	bool	   *nulls = NULL;
 	bool	   *present = NULL;
-	Datum		keyvalues[2][INDEX_MAX_KEYS];
-	bool		keynulls[2][INDEX_MAX_KEYS];
+	Datum	   *keyvalues[2];
+	bool	   *keynulls[2];
 	bool		partial = false;
 	bool		have_base = false;
 	const char *missing = NULL;
@@ -653,7 +876,11 @@ apply_change(ApplySession *s, Change *change)
 		partial = rowimage_decode(t->layout, change->image, values, nulls, present, &missing) > 0;
 	}
 	for (int i = 0; i < nrows; i++)
+	{
+		keyvalues[i] = palloc(sizeof(Datum) * natts);
+		keynulls[i] = palloc0(sizeof(bool) * natts);
 		rowimage_decode_key(t->layout, rows[i].key, keyvalues[i], keynulls[i]);
+	}
 
 	for (int i = 0; i < nrows; i++)
 	{

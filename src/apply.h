@@ -25,6 +25,7 @@ typedef struct ApplySession ApplySession;
 
 extern ApplySession *apply_session_begin(const char *peer, MemoryContext cxt);
 extern void apply_page_begin(ApplySession *s);
+extern void apply_fill_new_columns(ApplySession *s);
 extern ApplyOutcome apply_change(ApplySession *s, Change *change);
 extern void apply_page_end(ApplySession *s);
 extern void apply_page_abort(ApplySession *s);

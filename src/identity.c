@@ -103,6 +103,7 @@ PGDLLEXPORT void replstamp_identity_db_main(Datum arg);
 /* GUCs */
 static bool rotate_on_restore = true;
 static bool check_histories = true;
+static bool reissue_on_rotation = true;
 static int	debug_rotation_pause = 0;
 
 /* 1.0 catalog only: this backend's check has committed / is in this xact. */
@@ -133,6 +134,16 @@ identity_init(void)
 							 "Off pulls without looking, so that a rolled-back node or a clone silently "
 							 "diverges; it exists to show that failure.",
 							 &check_histories,
+							 true,
+							 PGC_SUSET,
+							 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("replstamp.reissue_on_rotation",
+							 "Re-issues under the new replica ID the changes a rotation no longer claims under the old one.",
+							 "Off leaves them stranded: held here, claimed nowhere, never served; it exists "
+							 "to show that failure.",
+							 &reissue_on_rotation,
 							 true,
 							 PGC_SUSET,
 							 0,
@@ -405,7 +416,7 @@ rotate_locked(const ReplstampCatalog *cat, const ReplstampNode *node,
 	{
 		/* The new ID's first epoch starts below every serial it will use. */
 		mint_epoch(new_id, serial_next(cat->serial_seq));
-		if (lost_after >= 1)
+		if (lost_after >= 1 && reissue_on_rotation)
 			reissued = identity_reissue(cat, &old_id, lost_after, PG_INT64_MAX, new_id);
 	}
 

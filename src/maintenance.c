@@ -532,6 +532,31 @@ prune_retired(PruneRun *p)
 }
 
 /*
+ * Tables dropped or untracked here: their changes leave the log (peers
+ * that still track them keep theirs; a node that never had them is not
+ * bothered by them).  Once per table.
+ */
+static void
+prune_dropped_tables(PruneRun *p)
+{
+	ReplstampOwnerContext ctx;
+
+	batch_begin();
+	replstamp_become_owner(&ctx);
+	SPI_connect();
+	spi_exec("WITH gone AS (UPDATE replstamp.tracked SET log_purged = true "
+			 "  WHERE state OPERATOR(pg_catalog.<>) 'tracked' AND NOT log_purged RETURNING relation), "
+			 "rv AS (DELETE FROM replstamp.row_version v USING gone "
+			 "  WHERE v.relation OPERATOR(pg_catalog.=) gone.relation) "
+			 "DELETE FROM replstamp.changes c USING gone WHERE c.relation OPERATOR(pg_catalog.=) gone.relation",
+			 0, NULL, NULL, SPI_OK_DELETE);
+	p->removed += SPI_processed;
+	SPI_finish();
+	replstamp_restore_user(&ctx);
+	batch_end();
+}
+
+/*
  * Prune the change log of the current database.  For background workers,
  * outside any transaction.  Returns the number of changes removed.
  */
@@ -550,6 +575,7 @@ prune_run(void)
 	p->cat = replstamp_catalog_v11("replstamp.prune()");
 	prune_plan(p);
 	batch_end();
+	prune_dropped_tables(p);
 	prune_walk(p);
 	prune_queue(p);
 	prune_tombstones(p);
@@ -615,6 +641,7 @@ backfill_batch(const ReplstampCatalog *cat, Oid relid, ItemPointer after)
 	RowLayout  *layout;
 	TupleTableSlot *slot;
 	Snapshot	snap;
+	MemoryContext caller = CurrentMemoryContext;
 
 	if (rel == NULL)
 		return -1;
@@ -626,7 +653,8 @@ backfill_batch(const ReplstampCatalog *cat, Oid relid, ItemPointer after)
 					  CppAsString2(BACKFILL_BATCH) " FOR SHARE", qname),
 			 1, types, values, SPI_OK_SELECT);
 	n = SPI_processed;
-	tids = palloc(sizeof(ItemPointerData) * Max(n, 1));
+	/* Outlives SPI_finish(). */
+	tids = MemoryContextAlloc(caller, sizeof(ItemPointerData) * Max(n, 1));
 	for (int i = 0; i < n; i++)
 	{
 		bool		isnull;

@@ -188,6 +188,7 @@ replstamp_serve(PG_FUNCTION_ARGS)
 	ReplstampOwnerContext ctx;
 	char	   *from;
 	bool		rotated = false;
+	MemoryContext caller = CurrentMemoryContext;
 
 	replstamp_require_shmem();
 	(void) replstamp_catalog_v11("serving changes");
@@ -237,7 +238,13 @@ replstamp_serve(PG_FUNCTION_ARGS)
 	record_puller(&req);
 
 	/* This node's vector, before any change is read; then make it durable. */
-	proto_local(&me, false);
+	{
+		/* In the caller's memory: it is encoded after SPI_finish(). */
+		MemoryContext spi = MemoryContextSwitchTo(caller);
+
+		proto_local(&me, false);
+		MemoryContextSwitchTo(spi);
+	}
 	/* What it re-issued commits with this call: the puller asks again. */
 	me.rotated = rotated;
 	flush_wal();

@@ -287,7 +287,8 @@ registry_set(const ReplstampCatalog *cat, Oid relid, const char *state, bool bac
 								"VALUES ($1, $2, $3, pg_catalog.now(), CASE WHEN $4 THEN 'pending' END) "
 								"ON CONFLICT (relation) DO UPDATE SET relid = EXCLUDED.relid, "
 								"state = EXCLUDED.state, since = EXCLUDED.since, "
-								"backfill = EXCLUDED.backfill, backfill_rows = 0, backfill_error = NULL",
+								"backfill = EXCLUDED.backfill, backfill_rows = 0, backfill_after = NULL, "
+								"backfill_error = NULL, log_purged = false",
 								4, types, values, NULL, false, 0);
 	if (ret != SPI_OK_INSERT)
 		elog(ERROR, "replstamp: could not record the table: %s", SPI_result_code_string(ret));

@@ -762,11 +762,22 @@ pull_range(SyncRun *r, Range *rg)
 	memset(&page, 0, sizeof(page));
 	page.cxt = AllocSetContextCreate(r->cxt, "replstamp sync page", ALLOCSET_DEFAULT_SIZES);
 
-	remote_stream(&r->remote,
+	/*
+	 * A 1.1 peer leaves out the changes of tables it dropped or untracked:
+	 * a node that never had such a table must not be stopped by them.
+	 */
+	remote_stream(&r->remote, r->legacy ?
 				  "SELECT replica_id, serial, relation, op, pk, row_image, changed_at "
 				  "FROM replstamp.changes WHERE replica_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid "
 				  "AND serial OPERATOR(pg_catalog.>) $2::pg_catalog.int8 "
-				  "AND serial OPERATOR(pg_catalog.<=) $3::pg_catalog.int8 ORDER BY serial",
+				  "AND serial OPERATOR(pg_catalog.<=) $3::pg_catalog.int8 ORDER BY serial" :
+				  "SELECT c.replica_id, c.serial, c.relation, c.op, c.pk, c.row_image, c.changed_at "
+				  "FROM replstamp.changes c WHERE c.replica_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid "
+				  "AND c.serial OPERATOR(pg_catalog.>) $2::pg_catalog.int8 "
+				  "AND c.serial OPERATOR(pg_catalog.<=) $3::pg_catalog.int8 "
+				  "AND NOT EXISTS (SELECT 1 FROM replstamp.tracked t "
+				  "  WHERE t.relation OPERATOR(pg_catalog.=) c.relation AND t.state OPERATOR(pg_catalog.<>) 'tracked') "
+				  "ORDER BY c.serial",
 				  3, params);
 	for (;;)
 	{
@@ -968,6 +979,10 @@ sync_peer(const char *peer)
 		SPI_finish();
 		replstamp_restore_user(&ctx);
 		r->apply = apply_session_begin(peer, cxt);
+		/* Columns added here since the last sync: fill them in first. */
+		apply_page_begin(r->apply);
+		apply_fill_new_columns(r->apply);
+		apply_page_end(r->apply);
 		worker_commit_xact();
 
 		describe_self(r);
