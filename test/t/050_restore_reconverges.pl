@@ -66,11 +66,14 @@ is(sq($a2, 'SELECT count(*) FROM accounts WHERE id BETWEEN 11 AND 15'), '5',
 	'the restored A pulls back from B what it lost');
 is(content($a2), content($b), 'A and B hold the same rows');
 
-# Negative control: the same restore with the rotation switched off.
+# Negative control: the same restore with the rotation switched off, and
+# the peers' comparison of histories too (it would catch the copy).
 my $a3 = PostgreSQL::Test::Cluster->new('a_norotate');
 $a3->init_from_backup($a, 'bk');
-$a3->append_conf('postgresql.conf', 'replstamp.rotate_on_restore = off');
+$a3->append_conf('postgresql.conf', "replstamp.rotate_on_restore = off\nreplstamp.check_histories = off");
 $a3->start;
+sq($b, 'ALTER SYSTEM SET replstamp.check_histories = off');
+sq($b, 'SELECT pg_reload_conf()');
 sq($a3, "INSERT INTO accounts SELECT g, 'restored without rotation' FROM generate_series(21, 25) g");
 is(sq($a3, 'SELECT replica_id FROM replstamp.node'), $id_a, 'without rotation the old ID stays');
 sq($b, "SELECT replstamp.add_peer('a3', \$\$" . $a3->connstr('postgres') . "\$\$)");
