@@ -704,6 +704,8 @@ backfill_batch(const ReplstampCatalog *cat, Oid relid, ItemPointer after)
 void
 backfill_run(void)
 {
+	MemoryContext caller = CurrentMemoryContext;
+
 	for (;;)
 	{
 		ReplstampOwnerContext ctx;
@@ -730,7 +732,9 @@ backfill_run(void)
 				 0, NULL, NULL, SPI_OK_SELECT);
 		if (SPI_processed > 0)
 		{
-			relation = pstrdup(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
+			/* Outlives SPI_finish(). */
+			relation = MemoryContextStrdup(caller, SPI_getvalue(SPI_tuptable->vals[0],
+																SPI_tuptable->tupdesc, 1));
 			relid = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
 			after = *(ItemPointer) DatumGetPointer(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
 		}
@@ -752,6 +756,8 @@ backfill_run(void)
 		spi_exec("UPDATE replstamp.tracked SET backfill = $4, "
 				 "backfill_rows = backfill_rows OPERATOR(pg_catalog.+) $2, backfill_after = $3 "
 				 "WHERE relation OPERATOR(pg_catalog.=) $1", 4, types, values, SPI_OK_UPDATE);
+		if (SPI_processed != 1)
+			elog(ERROR, "replstamp: could not record the progress of the backfill of %s", relation);
 		SPI_finish();
 		replstamp_restore_user(&ctx);
 		worker_commit_xact();

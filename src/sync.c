@@ -369,6 +369,43 @@ purged_upto(const pg_uuid_t *id)
 }
 
 /*
+ * Record what the peer held that this node lacked, as the handshake said
+ * (replstamp.lag): a failed or interrupted sync leaves it there.
+ */
+static void
+record_lag(SyncRun *r)
+{
+	/* What the peer held that we lacked at the start of this sync. */
+	{
+		Oid			dt[1] = {TEXTOID};
+		Datum		dv[1] = {CStringGetTextDatum(r->peer)};
+
+		spi_exec("DELETE FROM replstamp.peer_lag WHERE peer OPERATOR(pg_catalog.=) $1",
+				 1, dt, dv, NULL, SPI_OK_DELETE);
+	}
+	for (int i = 0; i < r->srv.nvector; i++)
+	{
+		VectorItem *v = &r->srv.vector[i];
+		Oid			lt[5] = {TEXTOID, UUIDOID, INT8OID, INT8OID, TIMESTAMPTZOID};
+		Datum		lv[5];
+		char		ln[5] = {' ', ' ', ' ', ' ', ' '};
+
+		if (same_id(&v->id, &r->me.replica_id))
+			continue;
+		lv[0] = CStringGetTextDatum(r->peer);
+		lv[1] = UUIDPGetDatum(&v->id);
+		lv[2] = Int64GetDatum(v->serial);
+		lv[3] = Int64GetDatum(v->count);
+		if (v->oldest != 0)
+			lv[4] = TimestampTzGetDatum(v->oldest);
+		else
+			ln[4] = 'n';
+		spi_exec("INSERT INTO replstamp.peer_lag (peer, replica_id, peer_serial, pending, oldest_pending, observed_at) "
+				 "VALUES ($1, $2, $3, $4, $5, pg_catalog.now())", 5, lt, lv, ln, SPI_OK_INSERT);
+	}
+}
+
+/*
  * Act on the peer's handshake and decide what to pull, in a transaction.
  * May rotate this node's replica ID (the peer shows it went back in time)
  * and re-issue changes of dead epochs.
@@ -489,6 +526,7 @@ plan(SyncRun *r)
 		r->ranges[r->nranges].hi = hi;
 		r->nranges++;
 	}
+	record_lag(r);
 
 	SPI_finish();
 	replstamp_restore_user(&ctx);
@@ -866,29 +904,6 @@ record_success(SyncRun *r)
 				 "WHERE replica_id OPERATOR(pg_catalog.=) $1 AND NOT retired", 1, rt, rv, NULL, SPI_OK_UPDATE);
 	}
 
-	/* What the peer held that we lacked at the start of this sync. */
-	spi_exec("DELETE FROM replstamp.peer_lag WHERE peer OPERATOR(pg_catalog.=) $1",
-			 1, types, values, NULL, SPI_OK_DELETE);
-	for (int i = 0; i < r->srv.nvector; i++)
-	{
-		VectorItem *v = &r->srv.vector[i];
-		Oid			lt[5] = {TEXTOID, UUIDOID, INT8OID, INT8OID, TIMESTAMPTZOID};
-		Datum		lv[5];
-		char		ln[5] = {' ', ' ', ' ', ' ', ' '};
-
-		if (same_id(&v->id, &r->me.replica_id))
-			continue;
-		lv[0] = values[0];
-		lv[1] = UUIDPGetDatum(&v->id);
-		lv[2] = Int64GetDatum(v->serial);
-		lv[3] = Int64GetDatum(v->count);
-		if (v->oldest != 0)
-			lv[4] = TimestampTzGetDatum(v->oldest);
-		else
-			ln[4] = 'n';
-		spi_exec("INSERT INTO replstamp.peer_lag (peer, replica_id, peer_serial, pending, oldest_pending, observed_at) "
-				 "VALUES ($1, $2, $3, $4, $5, pg_catalog.now())", 5, lt, lv, ln, SPI_OK_INSERT);
-	}
 	SPI_finish();
 	replstamp_restore_user(&ctx);
 	maintenance_mark_lus();
@@ -900,9 +915,11 @@ static void
 record_failure(const char *peer, ErrorData *e)
 {
 	ReplstampOwnerContext ctx;
-	Oid			types[3] = {TEXTOID, TEXTOID, TEXTOID};
-	Datum		values[3];
+	Oid			types[4] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID};
+	Datum		values[4];
+	char		nulls[4] = {' ', ' ', ' ', ' '};
 	char	   *msg;
+	char	   *stamp = NULL;
 
 	/*
 	 * Messages of data exceptions quote the value that did not fit (an
@@ -921,6 +938,9 @@ record_failure(const char *peer, ErrorData *e)
 
 		ctxline[strcspn(ctxline, "\n")] = '\0';
 		msg = psprintf("%s (%s)", msg, ctxline);
+		/* "applying change <id>/<serial> (...": what replstamp.skip() takes */
+		stamp = pstrdup(e->context + 16);
+		stamp[strcspn(stamp, " \n")] = '\0';
 	}
 
 	worker_begin_xact();
@@ -929,9 +949,14 @@ record_failure(const char *peer, ErrorData *e)
 	values[0] = CStringGetTextDatum(peer);
 	values[1] = CStringGetTextDatum(msg);
 	values[2] = CStringGetTextDatum(unpack_sql_state(e->sqlerrcode));
+	if (stamp)
+		values[3] = CStringGetTextDatum(stamp);
+	else
+		nulls[3] = 'n';
 	spi_exec("UPDATE replstamp.peer SET last_error = $2, last_error_at = pg_catalog.now(), "
-			 "last_error_sqlstate = $3, status = CASE WHEN $3 = '72000' THEN 'stale' ELSE 'failing' END "
-			 "WHERE name OPERATOR(pg_catalog.=) $1", 3, types, values, NULL, SPI_OK_UPDATE);
+			 "last_error_sqlstate = $3, last_error_change = $4, "
+			 "status = CASE WHEN $3 = '72000' THEN 'stale' ELSE 'failing' END "
+			 "WHERE name OPERATOR(pg_catalog.=) $1", 4, types, values, nulls, SPI_OK_UPDATE);
 	SPI_finish();
 	replstamp_restore_user(&ctx);
 	worker_commit_xact();
