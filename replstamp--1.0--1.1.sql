@@ -63,7 +63,17 @@ CREATE TABLE replstamp.row_version (
     serial      bigint NOT NULL,
     changed_at  timestamptz NOT NULL,
     deleted     boolean NOT NULL,    -- that change deleted the row: a tombstone
-    partial     boolean NOT NULL DEFAULT false  -- its image had columns this node lacks
+    -- During a rolling ADD COLUMN, versions of a row carry different
+    -- columns.  A column's value is the one of the latest version that
+    -- carries it: the carry is the latest version that carries columns the
+    -- row's latest version lacks (carry_columns), kept until a later version
+    -- carries them; once this node has such a column, it is filled in from
+    -- the carry.
+    partial          boolean NOT NULL DEFAULT false,
+    carry_replica_id uuid,
+    carry_serial     bigint,
+    carry_columns    text[],
+    carry_changed_at timestamptz
 );
 CREATE INDEX row_version_hash ON replstamp.row_version (row_hash);
 CREATE INDEX row_version_tombstones ON replstamp.row_version (changed_at) WHERE deleted;
@@ -94,7 +104,8 @@ CREATE TABLE replstamp.tracked (
     backfill_after tid,               -- the backfill went up to this row
     backfill_error text,
     conflicts      bigint NOT NULL DEFAULT 0,
-    log_purged     boolean NOT NULL DEFAULT false  -- dropped/untracked: its changes are gone from the log
+    log_purged     boolean NOT NULL DEFAULT false, -- dropped/untracked: its changes are gone from the log
+    dropped_columns text[]            -- columns dropped here: peers' values of them are not kept
 );
 INSERT INTO replstamp.tracked (relation, relid, state)
     SELECT pg_catalog.quote_ident(schema_name) OPERATOR(pg_catalog.||) '.'

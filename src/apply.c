@@ -47,6 +47,7 @@
 #include "nodes/makefuncs.h"
 #include "optimizer/optimizer.h"
 #include "rewrite/rewriteHandler.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
 #include "utils/lsyscache.h"
@@ -79,6 +80,7 @@ typedef struct ApplyTable
 	Oid			relid;
 	Oid			owner;
 	int64		conflicts;		/* in this page */
+	List	   *dropped;		/* columns dropped here (not carried) */
 
 	/* Open for the current page only. */
 	bool		open;
@@ -361,6 +363,7 @@ resolve_table(ApplySession *s, Change *change)
 	t->state = TABLE_OK;
 	t->open = false;
 	t->conflicts = 0;
+	t->dropped = NIL;
 
 	PG_TRY();
 	{
@@ -598,43 +601,42 @@ list_has_name(List *names, const char *name)
 }
 
 /*
- * Fill the columns in new_cols of the rows of t whose latest version was
- * applied with columns this node lacked then (row_version.partial), from
- * the images kept in the change log.  Only those columns are written: the
- * rest of each row is that version already.
+ * Fill the columns in new_cols of t's rows from the change that last
+ * carried them while this node lacked them (row_version's carry), kept in
+ * the change log.  Only those columns are written: the rest of each row is
+ * as the later versions left it.
  */
 static void
-fill_columns(ApplySession *s, ApplyTable *t, List *new_cols)
+fill_columns(ApplySession *s, ApplyTable *t, List *new_cols, List *all_cols)
 {
 	ReplstampOwnerContext octx;
 	ReplstampOwnerContext uctx;
 	Oid			types[1] = {TEXTOID};
 	Datum		args[1] = {CStringGetTextDatum(t->relation)};
 	int			n;
-	Change	   *changes;
+	Jsonb	  **keys;
 	int64		filled = 0;
 	TupleDesc	desc;
-
+	text	   *relation = cstring_to_text(t->relation);
 	MemoryContext caller = CurrentMemoryContext;
 
 	replstamp_become_owner(&octx);
 	SPI_connect();
-	if (SPI_execute_with_args("SELECT replica_id, serial FROM replstamp.row_version "
+	if (SPI_execute_with_args("SELECT pk FROM replstamp.row_version "
 							  "WHERE relation OPERATOR(pg_catalog.=) $1 AND partial AND NOT deleted",
 							  1, types, args, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "replstamp: could not read replstamp.row_version");
 	n = SPI_processed;
 	/* Outlives SPI_finish(). */
-	changes = MemoryContextAllocZero(caller, sizeof(Change) * Max(n, 1));
+	keys = MemoryContextAlloc(caller, sizeof(Jsonb *) * Max(n, 1));
 	for (int i = 0; i < n; i++)
 	{
 		bool		isnull;
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
+		MemoryContext spi = MemoryContextSwitchTo(caller);
 
-		memcpy(&changes[i].replica_id,
-			   DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull)),
-			   sizeof(pg_uuid_t));
-		changes[i].serial = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
-														SPI_tuptable->tupdesc, 2, &isnull));
+		keys[i] = DatumGetJsonbPCopy(d);
+		MemoryContextSwitchTo(spi);
 	}
 	SPI_finish();
 	replstamp_restore_user(&octx);
@@ -644,29 +646,38 @@ fill_columns(ApplySession *s, ApplyTable *t, List *new_cols)
 	for (int i = 0; i < n; i++)
 	{
 		Change		c;
-		ChangeRow	rows[2];
-		int			nrows;
+		ChangeRow	row;
+		RowVersion	cur;
 		Datum	   *values = palloc(sizeof(Datum) * desc->natts);
 		bool	   *nulls = palloc0(sizeof(bool) * desc->natts);
 		bool	   *present = palloc0(sizeof(bool) * desc->natts);
 		Datum	   *keyvalues = palloc(sizeof(Datum) * desc->natts);
 		bool	   *keynulls = palloc0(sizeof(bool) * desc->natts);
+		List	   *remaining = NIL;
+		ListCell   *lc;
 		bool		found;
-		bool		still_partial;
 
 		CHECK_FOR_INTERRUPTS();
-		if (!changelog_fetch(s->cat, &changes[i].replica_id, changes[i].serial, &c) ||
+		row.key = keys[i];
+		row.hash = rowimage_row_hash(t->relation, strlen(t->relation), keys[i]);
+		row.deleted = false;
+		rowversion_get(s->rvw, relation, &row, &cur);
+		if (!cur.found || !cur.partial ||
+			!changelog_fetch(s->cat, &cur.carry.replica_id, cur.carry.serial, &c) ||
 			c.image == NULL)
 			continue;
-		nrows = change_rows(&c, rows);
 
 		replstamp_become_untrusted(t->owner, &uctx);
-		still_partial = rowimage_decode(t->layout, c.image, values, nulls, present, NULL) > 0;
-		/* Only the new columns: the rest of the row is this version already. */
+		(void) rowimage_decode(t->layout, c.image, values, nulls, present, NULL);
+		/* Only the columns added here that the carry has a value for. */
 		for (int a = 0; a < desc->natts; a++)
-			if (present[a] && !list_has_name(new_cols, NameStr(TupleDescAttr(desc, a)->attname)))
+		{
+			const char *name = NameStr(TupleDescAttr(desc, a)->attname);
+
+			if (present[a] && (!list_has_name(new_cols, name) || !list_has_name(cur.carry_columns, name)))
 				present[a] = false;
-		rowimage_decode_key(t->layout, rows[nrows - 1].key, keyvalues, keynulls);
+		}
+		rowimage_decode_key(t->layout, keys[i], keyvalues, keynulls);
 		ExecClearTuple(t->keyslot);
 		memset(t->keyslot->tts_isnull, true, sizeof(bool) * desc->natts);
 		for (int k = 0; k < t->layout->npk; k++)
@@ -695,15 +706,11 @@ fill_columns(ApplySession *s, ApplyTable *t, List *new_cols)
 		replstamp_restore_user(&uctx);
 		CommandCounterIncrement();
 
-		if (!still_partial)
-		{
-			Oid			ut[2] = {UUIDOID, INT8OID};
-			Datum		uv[2] = {UUIDPGetDatum(&c.replica_id), Int64GetDatum(c.serial)};
-
-			spi_owner_exec("UPDATE replstamp.row_version SET partial = false "
-						   "WHERE replica_id OPERATOR(pg_catalog.=) $1 AND serial OPERATOR(pg_catalog.=) $2",
-						   2, ut, uv, SPI_OK_UPDATE);
-		}
+		/* What the carry still has that this node lacks. */
+		foreach(lc, cur.carry_columns)
+			if (!list_has_name(all_cols, lfirst(lc)))
+				remaining = lappend(remaining, lfirst(lc));
+		rowversion_set_carry(s->rvw, relation, &row, &cur, remaining);
 	}
 	if (filled > 0)
 		ereport(LOG,
@@ -711,10 +718,40 @@ fill_columns(ApplySession *s, ApplyTable *t, List *new_cols)
 						(long long) filled, t->relation)));
 }
 
+static List *
+names_of(Datum d, bool isnull)
+{
+	List	   *names = NIL;
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+
+	if (isnull)
+		return NIL;
+	deconstruct_array(DatumGetArrayTypeP(d), TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
+	for (int i = 0; i < n; i++)
+		if (!nulls[i])
+			names = lappend(names, TextDatumGetCString(elems[i]));
+	return names;
+}
+
+static Datum
+names_datum(List *names)
+{
+	Datum	   *elems = palloc(sizeof(Datum) * Max(list_length(names), 1));
+	ListCell   *lc;
+	int			n = 0;
+
+	foreach(lc, names)
+		elems[n++] = CStringGetTextDatum(lfirst(lc));
+	return PointerGetDatum(construct_array(elems, n, TEXTOID, -1, false, TYPALIGN_INT));
+}
+
 /*
  * For every tracked table: if columns were added since the apply last
- * looked, fill them in from the kept images (a rolling ADD COLUMN); then
- * remember the columns.  In a page's transaction.
+ * looked, fill them in from the changes that carried them (a rolling ADD
+ * COLUMN); columns dropped here are remembered, so that peers' values of
+ * them are not kept for filling in.  In a page's transaction.
  */
 void
 apply_fill_new_columns(ApplySession *s)
@@ -722,23 +759,39 @@ apply_fill_new_columns(ApplySession *s)
 	ReplstampOwnerContext ctx;
 	int			n;
 	char	  **relations;
-	char	  **known;
+	List	  **known;
+	List	  **dropped;
+	bool	   *have_known;
+	MemoryContext caller = CurrentMemoryContext;
 
 	replstamp_become_owner(&ctx);
 	SPI_connect();
-	if (SPI_execute("SELECT relation, pg_catalog.array_to_string(columns, ',') FROM replstamp.tracked "
+	if (SPI_execute("SELECT relation, columns, dropped_columns FROM replstamp.tracked "
 					"WHERE state = 'tracked' AND relid IS NOT NULL", false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "replstamp: could not read replstamp.tracked");
 	n = SPI_processed;
 	/* Outlive SPI_finish(). */
-	relations = MemoryContextAlloc(s->page_cxt, sizeof(char *) * Max(n, 1));
-	known = MemoryContextAlloc(s->page_cxt, sizeof(char *) * Max(n, 1));
+	relations = MemoryContextAlloc(caller, sizeof(char *) * Max(n, 1));
+	known = MemoryContextAlloc(caller, sizeof(List *) * Max(n, 1));
+	dropped = MemoryContextAlloc(caller, sizeof(List *) * Max(n, 1));
+	have_known = MemoryContextAlloc(caller, sizeof(bool) * Max(n, 1));
 	for (int i = 0; i < n; i++)
 	{
-		relations[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
-		known[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
-		relations[i] = relations[i] ? MemoryContextStrdup(s->page_cxt, relations[i]) : NULL;
-		known[i] = known[i] ? MemoryContextStrdup(s->page_cxt, known[i]) : NULL;
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	td = SPI_tuptable->tupdesc;
+		bool		isnull;
+		Datum		cols = SPI_getbinval(tup, td, 2, &isnull);
+		Datum		drop;
+		bool		dropnull;
+		MemoryContext spi;
+
+		drop = SPI_getbinval(tup, td, 3, &dropnull);
+		spi = MemoryContextSwitchTo(caller);
+		relations[i] = pstrdup(SPI_getvalue(tup, td, 1));
+		have_known[i] = !isnull;
+		known[i] = names_of(cols, isnull);
+		dropped[i] = names_of(drop, dropnull);
+		MemoryContextSwitchTo(spi);
 	}
 	SPI_finish();
 	replstamp_restore_user(&ctx);
@@ -748,12 +801,12 @@ apply_fill_new_columns(ApplySession *s)
 		Change		probe;
 		ApplyTable *t;
 		List	   *cols;
-		List	   *known_cols = NIL;
 		List	   *new_cols = NIL;
+		List	   *now_dropped = NIL;
 		ListCell   *lc;
-		StringInfoData arr;
-		Oid			types[2] = {TEXTOID, TEXTOID};
-		Datum		values[2];
+		Oid			types[3] = {TEXTOID, TEXTARRAYOID, TEXTARRAYOID};
+		Datum		values[3];
+		MemoryContext old;
 
 		memset(&probe, 0, sizeof(probe));
 		probe.relation = cstring_to_text(relations[i]);
@@ -762,29 +815,171 @@ apply_fill_new_columns(ApplySession *s)
 			continue;
 		table_open_page(s, t);
 		cols = current_columns(t->rel);
-		if (known[i])
-		{
-			char	   *copy = pstrdup(known[i]);
-			char	   *save;
-
-			for (char *name = strtok_r(copy, ",", &save); name; name = strtok_r(NULL, ",", &save))
-				known_cols = lappend(known_cols, name);
-			foreach(lc, cols)
-				if (!list_has_name(known_cols, lfirst(lc)))
-					new_cols = lappend(new_cols, lfirst(lc));
-			if (new_cols == NIL && list_length(known_cols) == list_length(cols))
-				continue;		/* nothing changed */
-			if (new_cols != NIL)
-				fill_columns(s, t, new_cols);
-		}
-		initStringInfo(&arr);
 		foreach(lc, cols)
-			appendStringInfo(&arr, "%s%s", arr.len ? "," : "", (char *) lfirst(lc));
+			if (have_known[i] && !list_has_name(known[i], lfirst(lc)))
+				new_cols = lappend(new_cols, lfirst(lc));
+		/* Dropped here: what was known and is gone, plus what was before. */
+		foreach(lc, known[i])
+			if (!list_has_name(cols, lfirst(lc)))
+				now_dropped = lappend(now_dropped, lfirst(lc));
+		foreach(lc, dropped[i])
+			if (!list_has_name(cols, lfirst(lc)) && !list_has_name(now_dropped, lfirst(lc)))
+				now_dropped = lappend(now_dropped, lfirst(lc));
+		old = MemoryContextSwitchTo(s->cxt);
+		list_free_deep(t->dropped);
+		t->dropped = NIL;
+		foreach(lc, now_dropped)
+			t->dropped = lappend(t->dropped, pstrdup(lfirst(lc)));
+		MemoryContextSwitchTo(old);
+
+		if (have_known[i] && new_cols == NIL &&
+			list_length(known[i]) == list_length(cols) &&
+			list_length(dropped[i]) == list_length(now_dropped))
+			continue;			/* nothing changed */
+		if (new_cols != NIL)
+			fill_columns(s, t, new_cols, cols);
 		values[0] = CStringGetTextDatum(relations[i]);
-		values[1] = CStringGetTextDatum(arr.data);
-		spi_owner_exec("UPDATE replstamp.tracked SET columns = pg_catalog.string_to_array($2, ',') "
-					   "WHERE relation OPERATOR(pg_catalog.=) $1", 2, types, values, SPI_OK_UPDATE);
+		values[1] = names_datum(cols);
+		values[2] = names_datum(now_dropped);
+		spi_owner_exec("UPDATE replstamp.tracked SET columns = $2, dropped_columns = $3 "
+					   "WHERE relation OPERATOR(pg_catalog.=) $1", 3, types, values, SPI_OK_UPDATE);
 	}
+}
+
+/* ---------------------------------------------------------------------
+ * Rows whose versions carry different columns (a rolling ADD COLUMN)
+ * ---------------------------------------------------------------------
+ */
+
+/* The names of the members of an image, or NIL. */
+static List *
+image_names(Jsonb *image)
+{
+	List	   *names = NIL;
+	JsonbIterator *it;
+	JsonbValue	k;
+	JsonbIteratorToken tok;
+
+	if (image == NULL || JB_ROOT_IS_SCALAR(image) || !JB_ROOT_IS_OBJECT(image))
+		return NIL;
+	it = JsonbIteratorInit(&image->root);
+	while ((tok = JsonbIteratorNext(&it, &k, true)) != WJB_DONE)
+		if (tok == WJB_KEY)
+			names = lappend(names, pnstrdup(k.val.string.val, k.val.string.len));
+	return names;
+}
+
+/* The image of a version held here, or NULL. */
+static Jsonb *
+version_image(ApplySession *s, const Version *v)
+{
+	Change		c;
+
+	if (!changelog_fetch(s->cat, &v->replica_id, v->serial, &c))
+		return NULL;
+	return c.image;
+}
+
+/*
+ * A winning version becomes the row's latest.  Its carry: the latest
+ * version carrying columns it lacks.  That is the winner itself if it
+ * carries columns this table lacks; else the old latest version, if it
+ * carries columns of this table the winner lacks (the winner came from a
+ * node without them: their values stay the old version's); else what is
+ * left of the old carry.
+ */
+static void
+put_winner(ApplySession *s, ApplyTable *t, Change *change, ChangeRow *row,
+		   RowVersion *cur, const Version *ver, List *lacked, bool *present)
+{
+	TupleDesc	desc = RelationGetDescr(t->rel);
+	List	   *absent = NIL;
+	List	   *left;
+	Version		old_carry = cur->carry;
+	Version		old_latest = cur->v;
+
+	if (lacked != NIL)
+	{
+		rowversion_put(s->rvw, change->relation, row, cur, ver, false, ver, lacked);
+		return;
+	}
+	/* Columns of this table the winner does not carry. */
+	for (int a = 0; a < desc->natts; a++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, a);
+
+		if (!att->attisdropped && !att->attgenerated && !present[a])
+			absent = lappend(absent, pstrdup(NameStr(att->attname)));
+	}
+	if (absent != NIL && cur->found && !cur->deleted)
+	{
+		List	   *old_names = image_names(version_image(s, &old_latest));
+		List	   *kept = NIL;
+		ListCell   *lc;
+
+		foreach(lc, absent)
+			if (list_has_name(old_names, lfirst(lc)))
+				kept = lappend(kept, lfirst(lc));
+		if (kept != NIL)
+		{
+			rowversion_put(s->rvw, change->relation, row, cur, ver, false, &old_latest, kept);
+			return;
+		}
+	}
+	left = rowversion_carry_left(cur, change->image);
+	rowversion_put(s->rvw, change->relation, row, cur, ver, false, left ? &old_carry : NULL, left);
+}
+
+/*
+ * A losing version may still carry the latest values of columns the row's
+ * latest version lacks (it came from a node without them).  Those values
+ * are written (if this table has the columns) and the loser becomes the
+ * row's carry, unless a later carry holds them already.
+ */
+static void
+carry_from_loser(ApplySession *s, ApplyTable *t, Change *change, ChangeRow *row,
+				 RowVersion *cur, const Version *ver, bool found,
+				 Datum *values, bool *nulls, bool *present)
+{
+	TupleDesc	desc = RelationGetDescr(t->rel);
+	List	   *latest_names;
+	List	   *theirs = image_names(change->image);
+	List	   *only_here = NIL;
+	ListCell   *lc;
+	bool	   *write;
+	bool		any = false;
+	Version		latest = cur->v;
+
+	if (cur->partial && version_cmp(ver, &cur->carry) < 0)
+		return;					/* a later version carries them already */
+	/* Fetched only when versions are compared: during rolling DDL. */
+	latest_names = image_names(version_image(s, &latest));
+	if (latest_names == NIL)
+		return;
+	foreach(lc, theirs)
+		if (!list_has_name(latest_names, lfirst(lc)) && !list_has_name(t->dropped, lfirst(lc)))
+			only_here = lappend(only_here, lfirst(lc));
+	if (only_here == NIL)
+		return;
+
+	write = palloc0(sizeof(bool) * desc->natts);
+	for (int a = 0; a < desc->natts; a++)
+		if (present[a] && list_has_name(only_here, NameStr(TupleDescAttr(desc, a)->attname)))
+			write[a] = any = true;
+	if (any && found)
+	{
+		PushActiveSnapshot(GetLatestSnapshot());
+		t->estate->es_output_cid = GetCurrentCommandId(true);
+		AfterTriggerBeginQuery();
+		build_new_row(t, true, false, values, nulls, write);
+		ExecSimpleRelationUpdate(t->rri, t->estate, &t->epq, t->localslot, t->newslot);
+		stamp_skip_tuple(t->relid, &t->newslot->tts_tid);
+		AfterTriggerEndQuery(t->estate);
+		stamp_skip_clear();
+		PopActiveSnapshot();
+		ResetPerTupleExprContext(t->estate);
+	}
+	rowversion_put(s->rvw, change->relation, row, cur, &latest, false, ver, only_here);
 }
 
 /*
@@ -807,9 +1002,8 @@ apply_change(ApplySession *s, Change *change)
 	bool	   *present = NULL;
 	Datum	   *keyvalues[2];
 	bool	   *keynulls[2];
-	bool		partial = false;
+	List	   *lacked = NIL;
 	bool		have_base = false;
-	const char *missing = NULL;
 
 	if (changelog_held(s->cat, &change->replica_id, change->serial))
 		return APPLY_HELD;
@@ -870,10 +1064,17 @@ apply_change(ApplySession *s, Change *change)
 	/* Decode first: nothing the owner's code does later can sway it. */
 	if (change->image)
 	{
+		List	   *missing = NIL;
+		ListCell   *lc;
+
 		values = palloc(sizeof(Datum) * natts);
 		nulls = palloc0(sizeof(bool) * natts);
 		present = palloc0(sizeof(bool) * natts);
-		partial = rowimage_decode(t->layout, change->image, values, nulls, present, &missing) > 0;
+		(void) rowimage_decode(t->layout, change->image, values, nulls, present, &missing);
+		/* Columns this table lacks, unless dropped here on purpose. */
+		foreach(lc, missing)
+			if (!list_has_name(t->dropped, lfirst(lc)))
+				lacked = lappend(lacked, lfirst(lc));
 	}
 	for (int i = 0; i < nrows; i++)
 	{
@@ -917,6 +1118,8 @@ apply_change(ApplySession *s, Change *change)
 		if (cur.found && version_cmp(&ver, &cur.v) < 0)
 		{
 			log_conflict(s, t, change, row, "incoming_lost", &cur.v, &ver);
+			if (!row->deleted && !cur.deleted)
+				carry_from_loser(s, t, change, row, &cur, &ver, found, values, nulls, present);
 			continue;
 		}
 		if (cur.found && !cur.deleted &&
@@ -949,8 +1152,10 @@ apply_change(ApplySession *s, Change *change)
 		PopActiveSnapshot();
 		ResetPerTupleExprContext(t->estate);
 
-		rowversion_put(s->rvw, change->relation, row, &cur, &ver, row->deleted,
-					   partial && !row->deleted);
+		if (row->deleted)
+			rowversion_put(s->rvw, change->relation, row, &cur, &ver, true, NULL, NIL);
+		else
+			put_winner(s, t, change, row, &cur, &ver, lacked, present);
 	}
 	replstamp_restore_user(&uctx);
 

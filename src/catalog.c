@@ -134,7 +134,7 @@ replstamp_catalog(bool missing_ok)
 	if (catalog.v11)
 	{
 		check_attnum(catalog.node, Anum_node_verified_token, "verified_token");
-		check_attnum(catalog.row_version, Anum_row_version_partial, "partial");
+		check_attnum(catalog.row_version, Anum_row_version_carry_changed_at, "carry_changed_at");
 	}
 	catalog_valid = true;
 	return &catalog;

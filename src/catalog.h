@@ -57,7 +57,11 @@
 #define Anum_row_version_changed_at	6
 #define Anum_row_version_deleted	7
 #define Anum_row_version_partial	8
-#define Natts_row_version			8
+#define Anum_row_version_carry_replica_id	9
+#define Anum_row_version_carry_serial	10
+#define Anum_row_version_carry_columns	11
+#define Anum_row_version_carry_changed_at	12
+#define Natts_row_version			12
 
 /*
  * OIDs of the extension's objects in the current database, looked up once per

@@ -225,6 +225,10 @@ kept(PruneRun *p, Change *c)
 		if (cur.found && cur.v.serial == c->serial &&
 			memcmp(cur.v.replica_id.data, c->replica_id.data, UUID_LEN) == 0)
 			return true;
+		/* The change a rolling ADD COLUMN will fill the row in from. */
+		if (cur.found && cur.partial && cur.carry.serial == c->serial &&
+			memcmp(cur.carry.replica_id.data, c->replica_id.data, UUID_LEN) == 0)
+			return true;
 	}
 	return false;
 }

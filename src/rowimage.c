@@ -681,11 +681,11 @@ check_object(Jsonb *image, const char *what)
 /*
  * The values of a row image for this node's table: values[], nulls[] and
  * present[] are indexed by attribute number - 1.  Returns how many columns
- * of the image this table lacks (the first one's name in *missing).
+ * of the image this table lacks (their names in *missing, if given).
  */
 int
 rowimage_decode(RowLayout *layout, Jsonb *image, Datum *values, bool *nulls,
-				bool *present, const char **missing)
+				bool *present, List **missing)
 {
 	JsonbIterator *it;
 	JsonbValue	k,
@@ -696,7 +696,7 @@ rowimage_decode(RowLayout *layout, Jsonb *image, Datum *values, bool *nulls,
 
 	check_object(image, "row image");
 	if (missing)
-		*missing = NULL;
+		*missing = NIL;
 	errcb.callback = decode_error_context;
 	errcb.arg = NULL;
 	errcb.previous = error_context_stack;
@@ -716,8 +716,9 @@ rowimage_decode(RowLayout *layout, Jsonb *image, Datum *values, bool *nulls,
 						  k.val.string.val, k.val.string.len);
 		if (col == NULL)
 		{
-			if (extra++ == 0 && missing)
-				*missing = pnstrdup(k.val.string.val, k.val.string.len);
+			extra++;
+			if (missing)
+				*missing = lappend(*missing, pnstrdup(k.val.string.val, k.val.string.len));
 			continue;
 		}
 		a = col->attnum - 1;

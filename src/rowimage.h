@@ -24,6 +24,7 @@
 
 #include "access/htup.h"
 #include "fmgr.h"
+#include "nodes/pg_list.h"
 #include "utils/jsonb.h"
 #include "utils/relcache.h"
 
@@ -87,7 +88,7 @@ extern Jsonb *rowimage_row(RowLayout *layout, TupleDesc desc, HeapTuple tuple);
 extern void rowimage_both(RowLayout *layout, TupleDesc desc, HeapTuple keytuple,
 						  HeapTuple newtuple, Jsonb **pk, Jsonb **row);
 extern int	rowimage_decode(RowLayout *layout, Jsonb *image, Datum *values,
-							bool *nulls, bool *present, const char **missing);
+							bool *nulls, bool *present, List **missing);
 extern void rowimage_decode_key(RowLayout *layout, Jsonb *pk, Datum *values, bool *nulls);
 extern bool rowimage_key_matches(RowLayout *layout, Jsonb *pk);
 extern Jsonb *rowimage_key_of(Jsonb *pk, Jsonb *image);

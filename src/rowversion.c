@@ -42,12 +42,14 @@
 #include "access/table.h"
 #include "access/xact.h"
 #include "catalog/pg_type.h"
+#include "utils/jsonb.h"
 #include "executor/executor.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "nodes/makefuncs.h"
 #include "parser/parsetree.h"
 #include "storage/lmgr.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/hsearch.h"
@@ -262,56 +264,162 @@ rowversion_get(RowVersionWriter *w, text *relation, ChangeRow *row, RowVersion *
 		out->v.serial = DatumGetInt64(values[Anum_row_version_serial - 1]);
 		out->deleted = DatumGetBool(values[Anum_row_version_deleted - 1]);
 		out->partial = DatumGetBool(values[Anum_row_version_partial - 1]);
+		out->carry_columns = NIL;
+		memset(&out->carry, 0, sizeof(Version));
+		if (out->partial && !nulls[Anum_row_version_carry_replica_id - 1])
+		{
+			Datum	   *elems;
+			int			nelems;
+
+			memcpy(&out->carry.replica_id,
+				   DatumGetUUIDP(values[Anum_row_version_carry_replica_id - 1]), sizeof(pg_uuid_t));
+			out->carry.serial = DatumGetInt64(values[Anum_row_version_carry_serial - 1]);
+			out->carry.changed_at = nulls[Anum_row_version_carry_changed_at - 1] ? 0 :
+				DatumGetTimestampTz(values[Anum_row_version_carry_changed_at - 1]);
+			if (!nulls[Anum_row_version_carry_columns - 1])
+			{
+				deconstruct_array(DatumGetArrayTypeP(values[Anum_row_version_carry_columns - 1]),
+								  TEXTOID, -1, false, TYPALIGN_INT, &elems, NULL, &nelems);
+				for (int k = 0; k < nelems; k++)
+					out->carry_columns = lappend(out->carry_columns, TextDatumGetCString(elems[k]));
+			}
+		}
 		break;
 	}
 	systable_endscan(scan);
 }
 
-/*
- * Record v as the latest version of a row (current is what rowversion_get
- * found for it).
- */
-void
-rowversion_put(RowVersionWriter *w, text *relation, ChangeRow *row,
-			   RowVersion *current, const Version *v, bool deleted, bool partial)
+static Datum
+names_array(List *names)
 {
-	TupleTableSlot *slot = w->slot;
+	Datum	   *elems = palloc(sizeof(Datum) * Max(list_length(names), 1));
+	ListCell   *lc;
+	int			n = 0;
 
-	ExecClearTuple(slot);
-	slot->tts_values[Anum_row_version_row_hash - 1] = Int64GetDatum(row->hash);
-	slot->tts_values[Anum_row_version_relation - 1] = PointerGetDatum(relation);
-	slot->tts_values[Anum_row_version_pk - 1] = JsonbPGetDatum(row->key);
-	slot->tts_values[Anum_row_version_replica_id - 1] = UUIDPGetDatum(&v->replica_id);
-	slot->tts_values[Anum_row_version_serial - 1] = Int64GetDatum(v->serial);
-	slot->tts_values[Anum_row_version_changed_at - 1] = TimestampTzGetDatum(v->changed_at);
-	slot->tts_values[Anum_row_version_deleted - 1] = BoolGetDatum(deleted);
-	slot->tts_values[Anum_row_version_partial - 1] = BoolGetDatum(partial);
-	memset(slot->tts_isnull, false, sizeof(bool) * Natts_row_version);
-	ExecStoreVirtualTuple(slot);
+	foreach(lc, names)
+		elems[n++] = CStringGetTextDatum(lfirst(lc));
+	return PointerGetDatum(construct_array(elems, n, TEXTOID, -1, false, TYPALIGN_INT));
+}
 
+/* Write the row_version tuple from the slot: insert or update current. */
+static void
+write_version(RowVersionWriter *w, RowVersion *current)
+{
 	w->estate->es_output_cid = GetCurrentCommandId(true);
-	if (current->found &&
-		(current->v.serial != v->serial ||
-		 memcmp(current->v.replica_id.data, v->replica_id.data, UUID_LEN) != 0))
-		superseded(w, &current->v);
 	if (current->found)
 	{
 		ExecClearTuple(w->oldslot);
 		w->oldslot->tts_tid = current->tid;
-		ExecSimpleRelationUpdate(w->rri, w->estate, NULL, w->oldslot, slot);
-		current->tid = slot->tts_tid;
+		ExecSimpleRelationUpdate(w->rri, w->estate, NULL, w->oldslot, w->slot);
+		current->tid = w->slot->tts_tid;
 	}
 	else
 	{
-		ExecSimpleRelationInsert(w->rri, w->estate, slot);
+		ExecSimpleRelationInsert(w->rri, w->estate, w->slot);
 		current->found = true;
-		current->tid = slot->tts_tid;
+		current->tid = w->slot->tts_tid;
 	}
-	current->v = *v;
-	current->deleted = deleted;
-	current->partial = partial;
 	/* The next lookup of the same row, and the next update, must see it. */
 	CommandCounterIncrement();
+}
+
+static void
+fill_slot(RowVersionWriter *w, text *relation, ChangeRow *row, RowVersion *rv)
+{
+	TupleTableSlot *slot = w->slot;
+
+	ExecClearTuple(slot);
+	memset(slot->tts_isnull, false, sizeof(bool) * Natts_row_version);
+	slot->tts_values[Anum_row_version_row_hash - 1] = Int64GetDatum(row->hash);
+	slot->tts_values[Anum_row_version_relation - 1] = PointerGetDatum(relation);
+	slot->tts_values[Anum_row_version_pk - 1] = JsonbPGetDatum(row->key);
+	slot->tts_values[Anum_row_version_replica_id - 1] = UUIDPGetDatum(&rv->v.replica_id);
+	slot->tts_values[Anum_row_version_serial - 1] = Int64GetDatum(rv->v.serial);
+	slot->tts_values[Anum_row_version_changed_at - 1] = TimestampTzGetDatum(rv->v.changed_at);
+	slot->tts_values[Anum_row_version_deleted - 1] = BoolGetDatum(rv->deleted);
+	slot->tts_values[Anum_row_version_partial - 1] = BoolGetDatum(rv->partial);
+	if (rv->partial)
+	{
+		slot->tts_values[Anum_row_version_carry_replica_id - 1] = UUIDPGetDatum(&rv->carry.replica_id);
+		slot->tts_values[Anum_row_version_carry_serial - 1] = Int64GetDatum(rv->carry.serial);
+		slot->tts_values[Anum_row_version_carry_columns - 1] = names_array(rv->carry_columns);
+		slot->tts_values[Anum_row_version_carry_changed_at - 1] = TimestampTzGetDatum(rv->carry.changed_at);
+	}
+	else
+	{
+		slot->tts_isnull[Anum_row_version_carry_replica_id - 1] = true;
+		slot->tts_isnull[Anum_row_version_carry_serial - 1] = true;
+		slot->tts_isnull[Anum_row_version_carry_columns - 1] = true;
+		slot->tts_isnull[Anum_row_version_carry_changed_at - 1] = true;
+	}
+	ExecStoreVirtualTuple(slot);
+}
+
+/*
+ * What is left of the row's carry once a version carrying the columns of
+ * image becomes the latest: the carry's columns that image lacks (NIL: no
+ * carry any more).  NIL for a row without a carry.
+ */
+List *
+rowversion_carry_left(RowVersion *current, Jsonb *image)
+{
+	List	   *left = NIL;
+	ListCell   *lc;
+
+	if (!current->found || !current->partial || image == NULL)
+		return NIL;
+	foreach(lc, current->carry_columns)
+	{
+		JsonbValue	k;
+
+		k.type = jbvString;
+		k.val.string.val = lfirst(lc);
+		k.val.string.len = strlen(lfirst(lc));
+		if (findJsonbValueFromContainer(&image->root, JB_FOBJECT, &k) == NULL)
+			left = lappend(left, lfirst(lc));
+	}
+	return left;
+}
+
+/*
+ * Record v as the latest version of a row (current is what rowversion_get
+ * found for it), with carry (NULL: none) and its columns as the row's
+ * carry: the latest version carrying columns v does not (see apply.c).
+ */
+void
+rowversion_put(RowVersionWriter *w, text *relation, ChangeRow *row,
+			   RowVersion *current, const Version *v, bool deleted,
+			   const Version *carry, List *carry_columns)
+{
+	if (current->found &&
+		(current->v.serial != v->serial ||
+		 memcmp(current->v.replica_id.data, v->replica_id.data, UUID_LEN) != 0))
+		superseded(w, &current->v);
+
+	current->v = *v;
+	current->deleted = deleted;
+	current->partial = !deleted && carry != NULL && carry_columns != NIL;
+	if (current->partial)
+	{
+		current->carry = *carry;
+		current->carry_columns = carry_columns;
+	}
+	fill_slot(w, relation, row, current);
+	write_version(w, current);
+}
+
+/*
+ * The row's carry now lacks only columns (those still missing here; none:
+ * the carry is done).
+ */
+void
+rowversion_set_carry(RowVersionWriter *w, text *relation, ChangeRow *row,
+					 RowVersion *current, List *columns)
+{
+	current->partial = (columns != NIL);
+	current->carry_columns = columns;
+	fill_slot(w, relation, row, current);
+	write_version(w, current);
 }
 
 /*
@@ -338,12 +446,20 @@ rowversion_restamp(const ReplstampCatalog *cat, Change *change,
 		values[4] = Int64GetDatum(change->serial);
 		values[5] = UUIDPGetDatum(new_id);
 		values[6] = Int64GetDatum(new_serial);
-		ret = SPI_execute_with_args("UPDATE replstamp.row_version SET replica_id = $6, serial = $7 "
+		ret = SPI_execute_with_args("UPDATE replstamp.row_version SET "
+									"replica_id = CASE WHEN replica_id OPERATOR(pg_catalog.=) $4 "
+									"  AND serial OPERATOR(pg_catalog.=) $5 THEN $6 ELSE replica_id END, "
+									"serial = CASE WHEN replica_id OPERATOR(pg_catalog.=) $4 "
+									"  AND serial OPERATOR(pg_catalog.=) $5 THEN $7 ELSE serial END, "
+									"carry_replica_id = CASE WHEN carry_replica_id OPERATOR(pg_catalog.=) $4 "
+									"  AND carry_serial OPERATOR(pg_catalog.=) $5 THEN $6 ELSE carry_replica_id END, "
+									"carry_serial = CASE WHEN carry_replica_id OPERATOR(pg_catalog.=) $4 "
+									"  AND carry_serial OPERATOR(pg_catalog.=) $5 THEN $7 ELSE carry_serial END "
 									"WHERE row_hash OPERATOR(pg_catalog.=) $1 "
 									"AND relation OPERATOR(pg_catalog.=) $2 "
 									"AND pk OPERATOR(pg_catalog.=) $3 "
-									"AND replica_id OPERATOR(pg_catalog.=) $4 "
-									"AND serial OPERATOR(pg_catalog.=) $5",
+									"AND ((replica_id OPERATOR(pg_catalog.=) $4 AND serial OPERATOR(pg_catalog.=) $5) "
+									" OR (carry_replica_id OPERATOR(pg_catalog.=) $4 AND carry_serial OPERATOR(pg_catalog.=) $5))",
 									7, types, values, NULL, false, 0);
 		if (ret != SPI_OK_UPDATE)
 			elog(ERROR, "replstamp: could not move a row version: %s", SPI_result_code_string(ret));
@@ -422,7 +538,14 @@ reconcile_change(RowVersionWriter *w, Change *change)
 
 		rowversion_get(w, change->relation, &rows[i], &cur);
 		if (!cur.found || version_cmp(&v, &cur.v) > 0)
-			rowversion_put(w, change->relation, &rows[i], &cur, &v, rows[i].deleted, false);
+		{
+			/* A local change carries every column this node has. */
+			List	   *left = rowversion_carry_left(&cur, change->image);
+			Version		carry = cur.carry;
+
+			rowversion_put(w, change->relation, &rows[i], &cur, &v, rows[i].deleted,
+						   left ? &carry : NULL, left);
+		}
 	}
 }
 

@@ -34,7 +34,9 @@ typedef struct RowVersion
 	ItemPointerData tid;		/* of the row_version tuple */
 	Version		v;
 	bool		deleted;
-	bool		partial;		/* its image had columns this node lacks */
+	bool		partial;		/* a version carries columns the latest lacks: */
+	Version		carry;			/* the latest such change */
+	List	   *carry_columns;	/* and those columns (char *) */
 } RowVersion;
 
 /* One row a change affects (an UPDATE that changes the key affects two). */
@@ -88,8 +90,12 @@ extern int	change_rows(Change *change, ChangeRow *rows);
 extern RowVersionWriter *rowversion_writer_begin(const ReplstampCatalog *cat);
 extern void rowversion_writer_end(RowVersionWriter *w);
 extern void rowversion_get(RowVersionWriter *w, text *relation, ChangeRow *row, RowVersion *out);
+extern List *rowversion_carry_left(RowVersion *current, Jsonb *image);
 extern void rowversion_put(RowVersionWriter *w, text *relation, ChangeRow *row,
-						   RowVersion *current, const Version *v, bool deleted, bool partial);
+						   RowVersion *current, const Version *v, bool deleted,
+						   const Version *carry, List *carry_columns);
+extern void rowversion_set_carry(RowVersionWriter *w, text *relation, ChangeRow *row,
+								 RowVersion *current, List *columns);
 extern void rowversion_restamp(const ReplstampCatalog *cat, Change *change,
 							   const pg_uuid_t *new_id, int64 new_serial);
 
