@@ -23,8 +23,10 @@
  * What a node accepts from a peer (a hostile or broken peer cannot make it
  * diverge or stop others): never changes of its own current replica ID;
  * for the peer's own ID, no serial beyond what the peer says it handed
- * out; for the current ID of another node it also pulls from, no serial
- * beyond what that node itself said; no replica ID whose history parts
+ * out; for the current ID of another node it also pulls from, the changes
+ * the peer sends, but the vector moves past what that node itself said it
+ * handed out only as far as those changes go (a peer cannot claim changes
+ * of a node it relays and leave them unsent); no replica ID whose history parts
  * from what this node holds of it (a rolled-back or cloned node: see
  * epochs.c); stamp times that are finite and at most
  * replstamp.max_clock_skew ahead of this node's clock; at most
@@ -96,6 +98,7 @@ typedef struct Range
 	VectorItem *item;			/* the peer's entry */
 	int64		lo;				/* we hold it up to here */
 	int64		hi;				/* pull up to here */
+	int64		vector_to;		/* then hold it up to here, at least */
 } Range;
 
 /* Changes read but not applied yet. */
@@ -458,6 +461,7 @@ plan(SyncRun *r)
 		int64		hi = v->serial;
 		int64		lo = ours ? ours->serial : 0;
 		int64		cap;
+		int64		vector_to;
 		bool		peers_own = !r->legacy && same_id(&v->id, &r->srv.replica_id);
 
 		/* A peer that could bring deleted rows back is not pulled from. */
@@ -498,9 +502,17 @@ plan(SyncRun *r)
 					(errcode(ERRCODE_DATA_EXCEPTION),
 					 errmsg("peer \"%s\" claims serials of its own replica ID up to " INT64_FORMAT
 							" but says it handed out only up to " INT64_FORMAT, r->peer, hi, r->srv.issued)));
-		/* Another node we pull from directly said how far it went. */
+		/*
+		 * A relayed ID whose node we also pull from: the peer may well be
+		 * ahead of what that node last told us, so everything it has is
+		 * pulled, but the vector moves beyond what that node said it handed
+		 * out only as far as the changes actually sent.  A peer claiming
+		 * that ID up to 2^63-1 without the changes cannot make this node
+		 * skip that node's next changes.
+		 */
+		vector_to = hi;
 		if (!peers_own && issued_by_other_peer(r, &v->id, &cap) && hi > cap)
-			hi = cap;
+			vector_to = Max(cap, lo);
 
 		if (!r->legacy && identity_check_histories())
 		{
@@ -524,6 +536,7 @@ plan(SyncRun *r)
 		r->ranges[r->nranges].item = v;
 		r->ranges[r->nranges].lo = lo;
 		r->ranges[r->nranges].hi = hi;
+		r->ranges[r->nranges].vector_to = vector_to;
 		r->nranges++;
 	}
 	record_lag(r);
@@ -839,7 +852,7 @@ pull_range(SyncRun *r, Range *rg)
 			apply_page(r, rg, &page, 0);
 	}
 	/* The last page carries the end of the range. */
-	apply_page(r, rg, &page, rg->hi);
+	apply_page(r, rg, &page, rg->vector_to);
 	MemoryContextDelete(page.cxt);
 }
 

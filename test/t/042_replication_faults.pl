@@ -185,5 +185,32 @@ like($err, qr/must be superuser to alter superuser roles/, "the owner's trigger 
 is(sq($b, "SELECT rolsuper FROM pg_roles WHERE rolname = 'mallory'"), 'f', 'mallory is not a superuser');
 is(sq($b, 'SELECT count(*) FROM trap'), '0', 'and nothing of that batch was applied');
 
+# 5. A relay that claims another node's changes it does not send: b
+# pulls a's ID from evil as well, but its vector moves past what a itself
+# said only as far as the changes evil sends, so a's next changes still
+# reach b from a.
+sq($evil, q{DROP FUNCTION replstamp.serve(jsonb);
+	ALTER FUNCTION replstamp.serve_real(jsonb) RENAME TO serve});
+sq($b, 'DROP TRIGGER escalate ON trap');
+sq($evil, "CREATE TABLE trap (id int PRIMARY KEY); SELECT replstamp.track('trap')");
+add_peer($evil, 'a', $a);
+sq($a, 'INSERT INTO t2 VALUES (2000, 1)');
+sq($evil, "SELECT replstamp.sync('a')");
+sq($b, "SELECT replstamp.sync('a')");
+my $a_id = sq($a, 'SELECT replica_id FROM replstamp.node');
+my $a_held = sq($b, "SELECT serial FROM replstamp.vector WHERE replica_id = '$a_id'");
+sq($evil, qq{ALTER FUNCTION replstamp.serve(jsonb) RENAME TO serve_real;
+	CREATE FUNCTION replstamp.serve(req jsonb) RETURNS jsonb LANGUAGE sql AS \$\$
+		SELECT jsonb_set(r, '{vector}',
+		       (SELECT jsonb_agg(CASE WHEN e->>'id' = '$a_id' THEN jsonb_set(e, '{serial}', '9223372036854775807') ELSE e END)
+		          FROM jsonb_array_elements(r->'vector') e))
+		  FROM replstamp.serve_real(req) r \$\$});
+$b->psql('postgres', "SELECT replstamp.sync('evil')");
+is(sq($b, "SELECT serial FROM replstamp.vector WHERE replica_id = '$a_id'"), $a_held,
+	"a relay claiming a's ID up to 2^63-1 does not move b's vector of it");
+sq($a, 'INSERT INTO t2 VALUES (2001, 1)');
+sq($b, "SELECT replstamp.sync('a')");
+is(sq($b, 'SELECT count(*) FROM t2 WHERE id = 2001'), '1', "and a's next change still reaches b");
+
 $_->stop for ($a, $b, $evil);
 done_testing();
