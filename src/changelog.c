@@ -407,33 +407,3 @@ changelog_scan(const ReplstampCatalog *cat, const pg_uuid_t *id, int64 after,
 	table_close(rel, AccessShareLock);
 	return n;
 }
-
-/*
- * The highest serial of id in the log, or 0.
- */
-int64
-changelog_max_serial(const ReplstampCatalog *cat, const pg_uuid_t *id)
-{
-	Relation	rel = table_open(cat->changes, AccessShareLock);
-	Relation	idx = index_open(cat->changes_pkey, AccessShareLock);
-	ScanKeyData keys[1];
-	SysScanDesc scan;
-	HeapTuple	tuple;
-	int64		max = 0;
-
-	ScanKeyInit(&keys[0], Anum_changes_replica_id, BTEqualStrategyNumber,
-				F_UUID_EQ, UUIDPGetDatum(id));
-	scan = systable_beginscan_ordered(rel, idx, SnapshotSelf, 1, keys);
-	tuple = systable_getnext_ordered(scan, BackwardScanDirection);
-	if (tuple != NULL)
-	{
-		bool		isnull;
-
-		max = DatumGetInt64(heap_getattr(tuple, Anum_changes_serial,
-										 RelationGetDescr(rel), &isnull));
-	}
-	systable_endscan_ordered(scan);
-	index_close(idx, AccessShareLock);
-	table_close(rel, AccessShareLock);
-	return max;
-}

@@ -47,6 +47,5 @@ extern bool changelog_delete(const ReplstampCatalog *cat, const pg_uuid_t *id, i
 extern void changelog_delete_tid(const ReplstampCatalog *cat, ItemPointer tid);
 extern int64 changelog_scan(const ReplstampCatalog *cat, const pg_uuid_t *id, int64 after,
 							int64 upto, bool local_only, ChangeCallback callback, void *arg);
-extern int64 changelog_max_serial(const ReplstampCatalog *cat, const pg_uuid_t *id);
 
 #endif							/* REPLSTAMP_CHANGELOG_H */

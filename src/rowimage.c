@@ -508,30 +508,6 @@ rowimage_both(RowLayout *layout, TupleDesc desc, HeapTuple keytuple,
 }
 
 /*
- * The primary key of a row, as a jsonb object.
- */
-Jsonb *
-rowimage_pk(RowLayout *layout, TupleDesc desc, HeapTuple tuple)
-{
-	Jsonb	   *pk;
-
-	rowimage_both(layout, desc, tuple, NULL, &pk, NULL);
-	return pk;
-}
-
-/*
- * The whole row (generated columns left out), as a jsonb object.
- */
-Jsonb *
-rowimage_row(RowLayout *layout, TupleDesc desc, HeapTuple tuple)
-{
-	Jsonb	   *row;
-
-	rowimage_both(layout, desc, NULL, tuple, NULL, &row);
-	return row;
-}
-
-/*
  * The row's identity across nodes as a number: table name and key.  Equal
  * keys hash equally whatever their text form (jsonb compares numbers by
  * value).

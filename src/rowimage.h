@@ -8,7 +8,7 @@
  * What it offers:
  *	- rowimage_layout(): the per-table column layout, cached per backend
  *	  and dropped on a relcache invalidation of the table;
- *	- rowimage_pk() / rowimage_row(): the images of a heap tuple (stamp
+ *	- rowimage_both(): the key and row images of heap tuples (stamp
  *	  trigger, backfill);
  *	- rowimage_decode() / rowimage_decode_key(): the values of an image for
  *	  this node's table, converted as an INSERT would (the apply);
@@ -83,8 +83,6 @@ typedef struct RowLayout
 
 extern void rowimage_init(void);
 extern RowLayout *rowimage_layout(Relation rel);
-extern Jsonb *rowimage_pk(RowLayout *layout, TupleDesc desc, HeapTuple tuple);
-extern Jsonb *rowimage_row(RowLayout *layout, TupleDesc desc, HeapTuple tuple);
 extern void rowimage_both(RowLayout *layout, TupleDesc desc, HeapTuple keytuple,
 						  HeapTuple newtuple, Jsonb **pk, Jsonb **row);
 extern int	rowimage_decode(RowLayout *layout, Jsonb *image, Datum *values,

@@ -177,15 +177,6 @@ serial_take(Oid seqoid)
 }
 
 /*
- * Does the current transaction hold a serial?
- */
-bool
-serial_xact_holds_serial(void)
-{
-	return xact_holds_serial;
-}
-
-/*
  * A number that changes whenever a serial is taken, in any database: a
  * sync that sees it unchanged knows no local change was stamped meanwhile.
  */

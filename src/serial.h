@@ -23,7 +23,6 @@ extern int64 serial_take(Oid seqoid);
 extern int64 serial_next(Oid seqoid);
 extern int64 serial_lus(Oid seqoid);
 extern int	serial_lus_holder(Oid seqoid);
-extern bool serial_xact_holds_serial(void);
 extern uint64 serial_activity(void);
 
 extern TimestampTz serial_clock_now(void);
