@@ -802,8 +802,6 @@ replstamp_restore_version(PG_FUNCTION_ARGS)
 	char	   *pnulls;
 	int			np = 0;
 	int			nestlevel;
-	ChangeRow	rows[2];
-	int			nrows;
 
 	if (!changelog_fetch(cat, id, serial, &c))
 		ereport(ERROR,
@@ -830,7 +828,6 @@ replstamp_restore_version(PG_FUNCTION_ARGS)
 	params = palloc(sizeof(Datum) * (desc->natts + INDEX_MAX_KEYS));
 	pnulls = palloc(desc->natts + INDEX_MAX_KEYS);
 	initStringInfo(&sql);
-	nrows = change_rows(&c, rows);
 
 	if (c.op == 'D')
 	{
@@ -878,7 +875,6 @@ replstamp_restore_version(PG_FUNCTION_ARGS)
 		appendStringInfo(&sql, "INSERT INTO %s (%s) VALUES (%s) ON CONFLICT (%s) DO UPDATE SET %s",
 						 qname, cols.data, args.data, keys.data, sets.data);
 	}
-	(void) nrows;
 	table_close(rel, NoLock);
 
 	/* As the caller, with the caller's privileges: the stamp trigger stamps it. */
