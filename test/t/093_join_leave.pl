@@ -1,0 +1,145 @@
+# Joining and leaving.
+#  1. A node started from the schema only joins two nodes that hold data
+#     (add_peer both ways, one sync): it ends with exactly their rows, and
+#     its own writes reach them.
+#  2. The same once the existing nodes have pruned their change logs: the
+#     latest change of every row is kept, so the new node still gets every
+#     row; a row deleted before the prune stays deleted, also once its
+#     tombstone has expired.  Rows that were never stamped (a table tracked
+#     after it had rows, without backfill) reach it only after a backfill
+#     on a node that has them.
+#  3. A node made from CALL replstamp.backup() of a live node rotates its
+#     replica ID when it starts, joins without copying the data again (it
+#     pulls only what changed since the backup), and its stamps never
+#     collide with the live node's.
+#  4. A node leaves for good: until the remaining nodes drop it, it holds
+#     back their pruning; one replstamp.drop_peer() on each releases it.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use ReplstampTest;
+
+my $schema = q{
+	CREATE EXTENSION replstamp;
+	CREATE TABLE t (id int PRIMARY KEY, v text);
+	CREATE TABLE late (id int PRIMARY KEY, v text);
+	SELECT replstamp.track('t');
+};
+my @conf = ('replstamp.prune_interval = 0');
+
+sub sq { my ($n, $sql) = @_; return $n->safe_psql('postgres', $sql); }
+sub content
+{
+	my ($n, $table) = @_;
+	$table //= 't';
+	return sq($n, "SELECT coalesce(string_agg(id || ':' || v, ',' ORDER BY id), '') FROM $table");
+}
+sub rid { my ($n) = @_; return sq($n, 'SELECT replica_id FROM replstamp.node'); }
+
+# x pulls from y and y from x.
+sub join_peers
+{
+	my ($x, $y) = @_;
+	add_peer($x, $y->name, $y);
+	add_peer($y, $x->name, $x);
+	return;
+}
+# Every node pulls from every other, twice (what travels through a relay
+# arrives in the second round).  Returns the changes applied per node.
+sub sync_round
+{
+	my @nodes = @_;
+	my %applied;
+	for (1 .. 2)
+	{
+		for my $x (@nodes)
+		{
+			for my $y (@nodes)
+			{
+				next if $x == $y;
+				$applied{ $x->name } += sq($x, "SELECT replstamp.sync('" . $y->name . "')");
+			}
+		}
+	}
+	return \%applied;
+}
+# The changes of one row of t held here.
+sub row_changes
+{
+	my ($n, $id) = @_;
+	return sq($n, qq{SELECT count(*) FROM replstamp.changes WHERE relation = 'public.t' AND pk = '{"id": $id}'});
+}
+
+my $a = replstamp_node('a', init => { allows_streaming => 1 }, conf => \@conf, sql => $schema);
+my $b = replstamp_node('b', conf => \@conf, sql => $schema);
+join_peers($a, $b);
+
+# a holds rows in late from before it was tracked there, without backfill.
+sq($a, q{INSERT INTO late SELECT g, 'untracked ' || g FROM generate_series(1, 20) g;
+	SELECT replstamp.track('late')});
+sq($b, q{SELECT replstamp.track('late')});
+
+sq($a, q{INSERT INTO t SELECT g, 'a' || g FROM generate_series(1, 100) g});
+sq($b, q{INSERT INTO t SELECT g, 'b' || g FROM generate_series(101, 150) g});
+sync_round($a, $b);
+sq($a, q{UPDATE t SET v = 'a updated' WHERE id BETWEEN 1 AND 10});
+sq($b, q{UPDATE t SET v = 'b updated' WHERE id BETWEEN 5 AND 15});
+sq($a, q{DELETE FROM t WHERE id BETWEEN 20 AND 24});
+sq($b, q{DELETE FROM t WHERE id IN (101, 102)});
+sq($a, q{INSERT INTO late VALUES (21, 'stamped')});
+sync_round($a, $b);
+is(content($a), content($b), 'a and b hold the same rows before anyone joins');
+
+# 1. c, from the schema only, joins.
+my $c = replstamp_node('c', conf => \@conf, sql => $schema . q{SELECT replstamp.track('late');});
+join_peers($c, $a);
+join_peers($c, $b);
+my $applied = sq($c, 'SELECT replstamp.sync_all()');
+ok($applied > 0, "c's first sync applies the changes a and b hold ($applied)");
+is(content($c), content($a), 'c holds exactly the rows of a');
+is(sq($c, 'SELECT count(*) FROM t WHERE id BETWEEN 20 AND 24 OR id IN (101, 102)'), '0',
+	'the rows deleted on a and b are not on c');
+sq($c, q{INSERT INTO t VALUES (1000, 'from c'); UPDATE t SET v = 'c updated' WHERE id = 1});
+sq($a, q{SELECT replstamp.sync('c')});
+sq($b, q{SELECT replstamp.sync('c')});
+is(content($a), content($c), "c's writes reach a");
+is(content($b), content($c), "c's writes reach b");
+is(content($c, 'late'), '21:stamped',
+	"but of the rows a held before it tracked late, none reach c: they were never stamped");
+
+# 2. The existing nodes prune; then e, from the schema only, joins.
+sq($a, q{UPDATE t SET v = 'a again' WHERE id BETWEEN 30 AND 39});
+sq($a, q{DELETE FROM t WHERE id = 40});
+sync_round($a, $b, $c);
+my $before = row_changes($a, 30);
+my %pruned = map { $_->name => sq($_, 'SELECT replstamp.prune()') } ($a, $b, $c);
+ok($pruned{a} > 0 && $pruned{b} > 0 && $pruned{c} > 0,
+	"every puller holds everything: pruning removes changes (a $pruned{a}, b $pruned{b}, c $pruned{c})");
+is(row_changes($a, 30) . ' of ' . $before, "1 of $before", 'of a row changed several times only the latest change is left');
+is(sq($a, q{SELECT op FROM replstamp.changes WHERE pk = '{"id": 40}' AND relation = 'public.t'}), 'DELETE',
+	'of a deleted row its tombstone is left');
+
+my $e = replstamp_node('e', conf => \@conf, sql => $schema . q{SELECT replstamp.track('late');});
+join_peers($e, $_) for ($a, $b, $c);
+sq($e, 'SELECT replstamp.sync_all()');
+is(content($e), content($a), 'e, joining after the prune, holds exactly the rows of a');
+is(sq($e, 'SELECT count(*) FROM t WHERE id = 40 OR id BETWEEN 20 AND 24'), '0',
+	'the rows deleted before the prune are not on e');
+is(sq($e, q{SELECT count(*) FROM replstamp.row_version WHERE relation = 'public.t' AND pk = '{"id": 40}' AND deleted}),
+	'1', 'e holds the tombstone of the row deleted before the prune');
+
+# Rows that were never stamped reach the new nodes after a backfill on a.
+sq($a, q{SELECT replstamp.track('late', backfill => true)});
+$a->poll_query_until('postgres', q{SELECT backfill = 'done' FROM replstamp.tracked WHERE relation = 'public.late'})
+  or die 'the backfill does not end';
+sync_round($a, $b, $c, $e);
+is(content($_, 'late'), content($a, 'late'), $_->name . ': after the backfill on a, the rows of late are here')
+  for ($b, $c, $e);
+
+sq($e, q{INSERT INTO t VALUES (2000, 'from e')});
+sync_round($a, $b, $c, $e);
+is(content($_), content($e), $_->name . ": e's writes are here") for ($a, $b, $c);
+
+done_testing();
