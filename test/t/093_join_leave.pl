@@ -46,13 +46,12 @@ sub join_peers
 	add_peer($y, $x->name, $x);
 	return;
 }
-# Every node pulls from every other, twice (what travels through a relay
-# arrives in the second round).  Returns the changes applied per node.
+# Every node pulls from every other.  Returns the changes applied per node.
 sub sync_round
 {
 	my @nodes = @_;
 	my %applied;
-	for (1 .. 2)
+	for (1)
 	{
 		for my $x (@nodes)
 		{
@@ -141,5 +140,76 @@ is(content($_, 'late'), content($a, 'late'), $_->name . ': after the backfill on
 sq($e, q{INSERT INTO t VALUES (2000, 'from e')});
 sync_round($a, $b, $c, $e);
 is(content($_), content($e), $_->name . ": e's writes are here") for ($a, $b, $c);
+
+
+# 3. d, made from a backup of a, joins: it pulls only what changed since.
+my $id_a = rid($a);
+my $backup = $a->backup_dir . '/for_d';
+sq($a, "CALL replstamp.backup('$backup')");
+sq($a, q{UPDATE t SET v = 'a after the backup' WHERE id BETWEEN 50 AND 56});
+sq($b, q{UPDATE t SET v = 'b after the backup' WHERE id BETWEEN 60 AND 63});
+sq($a, q{SELECT replstamp.sync('b')});
+my $d = PostgreSQL::Test::Cluster->new('d');
+$d->init_from_backup($a, 'for_d');
+start_verified($d, sub { $d->start });
+my $id_d = rid($d);
+isnt($id_d, $id_a, 'd, started from the backup, has a replica ID of its own');
+like(sq($d, "SELECT retired_reason FROM replstamp.replica_history WHERE replica_id = '$id_a'"),
+	qr/restored from backup/, "and retired a's, as a restored copy");
+is(sq($d, 'SELECT string_agg(name, \',\' ORDER BY name) FROM replstamp.peer'), 'b,c,e',
+	"d has a's peers already");
+my $held = sq($d, 'SELECT count(*) FROM replstamp.changes');
+add_peer($d, 'a', $a);
+add_peer($_, 'd', $d) for ($a, $b, $c, $e);
+is(sq($d, 'SELECT replstamp.sync_all()'), '11',
+	'its first sync applies only the 11 changes made after the backup');
+is(sq($d, 'SELECT count(*) FROM replstamp.changes'), $held + 11, 'and it holds just those more');
+is(content($d), content($a), 'd holds the rows of a');
+is(sq($_, "SELECT count(*) FROM replstamp.puller WHERE replica_id = '$id_a'"), '1',
+	$_->name . ": a is still a puller after d, which retired a's replica ID, pulled")
+  for ($b, $c, $e);
+
+sq($d, q{INSERT INTO t VALUES (3000, 'from d'); UPDATE t SET v = 'd updated' WHERE id = 2});
+sq($a, q{UPDATE t SET v = 'a after d joined' WHERE id = 3});
+sync_round($a, $b, $c, $e, $d);
+is(content($_), content($d), $_->name . ": d's writes are here and the rows are the same") for ($a, $b, $c, $e);
+is(sq($d, "SELECT count(*) FROM replstamp.changes WHERE NOT applied AND replica_id <> '$id_d' "
+	  . "AND serial >= (SELECT lus_at_retirement FROM replstamp.replica_history WHERE replica_id = '$id_a')"), '0',
+	'since the backup, d stamps only with its own replica ID');
+# No stamp names two different changes anywhere.
+my (%seen, @clashes);
+for my $n ($a, $b, $c, $e, $d)
+{
+	for my $line (split /\n/, sq($n, q{SELECT replica_id || '/' || serial || ' ' || md5(relation || op || pk::text || coalesce(row_image::text, '')) FROM replstamp.changes}))
+	{
+		my ($stamp, $digest) = split / /, $line;
+		push @clashes, $stamp if defined $seen{$stamp} && $seen{$stamp} ne $digest;
+		$seen{$stamp} //= $digest;
+	}
+}
+is(scalar(@clashes), 0, 'no stamp names two different changes on any two nodes (' . scalar(keys %seen) . ' stamps)');
+
+# 4. d leaves for good.  Until the others drop it, it holds back their pruning.
+$d->stop;
+sq($a, qq{UPDATE t SET v = 'a, version ' || $_ WHERE id = 70}) for (1 .. 10);
+# Twice: a puller's next pull tells what it holds after the first.
+sync_round($a, $b, $c, $e) for (1 .. 2);
+for my $n ($a, $b, $c, $e)
+{
+	ok(sq($n, "SELECT changes_not_held FROM replstamp.pullers WHERE replica_id = '$id_d'") >= 10,
+		$n->name . ': replstamp.pullers shows d lacking the changes made since it left');
+	sq($n, 'SELECT replstamp.prune()');
+	is(row_changes($n, 70), '10', $n->name . ': pruning keeps the 10 changes of a row d lacks');
+}
+sq($_, q{SELECT replstamp.drop_peer('d')}) for ($a, $b, $c, $e);
+for my $n ($a, $b, $c, $e)
+{
+	is(sq($n, "SELECT count(*) FROM replstamp.pullers WHERE replica_id = '$id_d'"), '0',
+		$n->name . ': after drop_peer(\'d\') d is no puller');
+	ok(sq($n, 'SELECT replstamp.prune()') >= 9, $n->name . ': and pruning removes what only d lacked');
+	is(row_changes($n, 70), '1', $n->name . ': the latest change of the row is left');
+}
+sync_round($a, $b, $c, $e);
+is(content($_), content($a), $_->name . ' holds the rows of a') for ($b, $c, $e);
 
 done_testing();
