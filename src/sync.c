@@ -1251,13 +1251,27 @@ replstamp_drop_peer(PG_FUNCTION_ARGS)
 	(void) replstamp_catalog_v11("replstamp.drop_peer()");
 	replstamp_become_owner(&ctx);
 	SPI_connect();
-	spi_exec("WITH gone AS (DELETE FROM replstamp.peer p WHERE p.name OPERATOR(pg_catalog.=) $1 "
-			 "RETURNING p.replica_id) "
-			 "DELETE FROM replstamp.puller u USING gone "
-			 "WHERE u.replica_id OPERATOR(pg_catalog.=) gone.replica_id", 1, types, values, NULL,
-			 SPI_OK_DELETE);
-	spi_exec("SELECT 1 FROM replstamp.peer WHERE name OPERATOR(pg_catalog.=) $1",
-			 1, types, values, NULL, SPI_OK_SELECT);
+	spi_exec("DELETE FROM replstamp.peer p WHERE p.name OPERATOR(pg_catalog.=) $1 "
+			 "RETURNING p.replica_id", 1, types, values, NULL, SPI_OK_DELETE_RETURNING);
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("peer \"%s\" does not exist", name),
+				 errhint("replstamp.peers lists the peers; a node that only pulled from here is forgotten with replstamp.forget_puller().")));
+	/* Its replica ID as of the last sync from it: it pulled under that one. */
+	{
+		bool		isnull;
+		Datum		id = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+
+		if (!isnull)
+		{
+			Oid			ut[1] = {UUIDOID};
+			Datum		uv[1] = {id};
+
+			spi_exec("DELETE FROM replstamp.puller WHERE replica_id OPERATOR(pg_catalog.=) $1",
+					 1, ut, uv, NULL, SPI_OK_DELETE);
+		}
+	}
 	SPI_finish();
 	replstamp_restore_user(&ctx);
 	PG_RETURN_VOID();

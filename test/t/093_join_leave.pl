@@ -209,6 +209,8 @@ for my $n ($a, $b, $c, $e)
 	ok(sq($n, 'SELECT replstamp.prune()') >= 9, $n->name . ': and pruning removes what only d lacked');
 	is(row_changes($n, 70), '1', $n->name . ': the latest change of the row is left');
 }
+my ($rc, $out, $err) = $a->psql('postgres', q{SELECT replstamp.drop_peer('d')});
+like($err, qr/peer "d" does not exist/, 'dropping a peer that is not there is an error');
 sync_round($a, $b, $c, $e);
 is(content($_), content($a), $_->name . ' holds the rows of a') for ($b, $c, $e);
 
