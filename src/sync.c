@@ -32,7 +32,8 @@
  * replstamp.max_clock_skew ahead of this node's clock; at most
  * replstamp.max_new_replica_ids replica IDs it has never heard of per
  * sync; and a peer that could bring deleted rows back (it holds less of an
- * ID than a tombstone this node dropped) is refused.
+ * ID than a tombstone this node dropped, or learnt from a peer was
+ * dropped) is refused.
  *
  * Copyright (c) 2026, the replstamp authors
  *
@@ -354,6 +355,31 @@ issued_by_other_peer(SyncRun *r, const pg_uuid_t *id, int64 *issued)
 		return false;
 	*issued = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	return !isnull;
+}
+
+/*
+ * The peer dropped tombstones of some IDs up to a serial (or learnt that
+ * another node did): where this node now holds that ID at least that far,
+ * it refuses from now on, as the peer does, a node holding less.  A node
+ * that joined after the tombstones were dropped never held them: without
+ * the peer's word it would let such a node pass for current.
+ */
+static void
+adopt_purged(SyncRun *r)
+{
+	for (int i = 0; i < r->srv.npurged; i++)
+	{
+		Oid			types[2] = {UUIDOID, INT8OID};
+		Datum		values[2] = {UUIDPGetDatum(&r->srv.purged[i].id),
+		Int64GetDatum(r->srv.purged[i].serial)};
+
+		spi_exec("INSERT INTO replstamp.purged (replica_id, serial) SELECT $1, $2 "
+				 "WHERE EXISTS (SELECT 1 FROM replstamp.vector v WHERE v.replica_id OPERATOR(pg_catalog.=) $1 "
+				 "  AND v.serial OPERATOR(pg_catalog.>=) $2) "
+				 "ON CONFLICT (replica_id) DO UPDATE SET serial = "
+				 "GREATEST(replstamp.purged.serial, EXCLUDED.serial)",
+				 2, types, values, NULL, SPI_OK_INSERT);
+	}
 }
 
 /* The highest serial of id whose tombstone we dropped, or 0. */
@@ -916,6 +942,7 @@ record_success(SyncRun *r)
 		spi_exec("UPDATE replstamp.vector_state SET retired = true "
 				 "WHERE replica_id OPERATOR(pg_catalog.=) $1 AND NOT retired", 1, rt, rv, NULL, SPI_OK_UPDATE);
 	}
+	adopt_purged(r);
 
 	SPI_finish();
 	replstamp_restore_user(&ctx);

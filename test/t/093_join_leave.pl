@@ -214,4 +214,41 @@ like($err, qr/peer "d" does not exist/, 'dropping a peer that is not there is an
 sync_round($a, $b, $c, $e);
 is(content($_), content($a), $_->name . ' holds the rows of a') for ($b, $c, $e);
 
+# 5. A node that joins after tombstones expired refuses, as the others do,
+# a node away for longer than their lifetime: it holds a deleted row.
+$c->stop;
+sq($a, q{DELETE FROM t WHERE id = 80; UPDATE t SET v = 'after the delete' WHERE id = 81});
+sync_round($a, $b, $e) for (1 .. 2);
+for my $n ($a, $b, $e)
+{
+	sq($n, q{ALTER SYSTEM SET replstamp.tombstone_lifetime = '1s'; SELECT pg_reload_conf()});
+	$n->poll_query_until('postgres',
+		q{SELECT replstamp.prune() >= 0 AND EXISTS (SELECT 1 FROM replstamp.purged)})
+	  or die 'the tombstones do not expire on ' . $n->name;
+}
+is(sq($a, q{SELECT count(*) FROM replstamp.changes WHERE relation = 'public.t' AND pk = '{"id": 80}'}), '0',
+	'once its tombstone expired, nothing of the deleted row is left on a');
+my $f = replstamp_node('f', conf => \@conf, sql => $schema . q{SELECT replstamp.track('late');});
+join_peers($f, $_) for ($a, $b, $e);
+sq($f, 'SELECT replstamp.sync_all()');
+is(content($f), content($a), 'f, joining after the tombstones expired, holds the rows of a');
+
+$c->start;
+is(sq($c, 'SELECT count(*) FROM t WHERE id = 80'), '1', 'c, away since before the delete, still holds the row');
+($rc, $out, $err) = $c->psql('postgres', q{SELECT replstamp.sync('a')});
+like($err, qr/node "c\/postgres" is too far behind to pull from here/, 'a refuses c');
+add_peer($c, 'f', $f);
+add_peer($f, 'c', $c);
+($rc, $out, $err) = $c->psql('postgres', q{SELECT replstamp.sync('f')});
+like($err, qr/node "c\/postgres" is too far behind to pull from here/,
+	'f, which never held the tombstone, refuses c too');
+($rc, $out, $err) = $c->psql('postgres', q{SELECT replstamp.sync('a')});
+like($err, qr/node "c\/postgres" is too far behind to pull from here/,
+	'so c cannot pass for current with a either, with the deleted row still here');
+($rc, $out, $err) = $f->psql('postgres', q{SELECT replstamp.sync('c')});
+like($err, qr/peer "c" is too far behind to pull from/, 'and does not pull from c');
+is(sq($f, 'SELECT count(*) FROM t WHERE id = 80'), '0', 'the deleted row does not come back on f');
+$c->stop;
+sq($_, q{SELECT replstamp.drop_peer('c')}) for ($a, $b, $e, $f);
+
 done_testing();
