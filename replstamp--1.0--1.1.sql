@@ -247,7 +247,7 @@ RETURNS void
 LANGUAGE C
 AS 'MODULE_PATHNAME', 'replstamp_track';
 COMMENT ON FUNCTION replstamp.track(regclass, boolean) IS
-    'start stamping every change of a table (primary key required); with backfill, stamp its existing rows once';
+    'start stamping every change of a table (primary key required); with backfill, stamp its existing rows once (also when it is tracked already)';
 
 -- The process whose open transaction holds the lowest uncommitted serial.
 CREATE FUNCTION replstamp.lus_holder()

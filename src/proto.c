@@ -145,6 +145,14 @@ proto_local(Handshake *h, bool unused)
 		h->dead[i].token = spi_uuid(i, 2);
 		h->dead[i].first = spi_int64(i, 3);
 	}
+	spi_select("SELECT replica_id, serial FROM replstamp.purged");
+	h->npurged = SPI_processed;
+	h->purged = palloc(sizeof(PurgedMark) * Max(h->npurged, 1));
+	for (int i = 0; i < h->npurged; i++)
+	{
+		h->purged[i].id = spi_uuid(i, 1);
+		h->purged[i].serial = spi_int64(i, 2);
+	}
 }
 
 static void
@@ -203,6 +211,13 @@ proto_encode(Handshake *h)
 		appendStringInfoString(&buf, ", ");
 		append_uuid(&buf, &h->dead[i].token);
 		appendStringInfo(&buf, ", " INT64_FORMAT "]", h->dead[i].first);
+	}
+	appendStringInfoString(&buf, "], \"purged\": [");
+	for (int i = 0; i < h->npurged; i++)
+	{
+		appendStringInfoString(&buf, i ? ", [" : "[");
+		append_uuid(&buf, &h->purged[i].id);
+		appendStringInfo(&buf, ", " INT64_FORMAT "]", h->purged[i].serial);
 	}
 	appendStringInfo(&buf, "], \"rotated\": %s}", h->rotated ? "true" : "false");
 	return buf.data;
@@ -382,6 +397,26 @@ proto_decode(Jsonb *json, Handshake *h, const char *from)
 		h->dead[i].id = as_uuid(element(t, 0), "a dead epoch's replica ID");
 		h->dead[i].token = as_uuid(element(t, 1), "a dead epoch's token");
 		h->dead[i].first = as_int64(element(t, 2), "a dead epoch's first serial");
+	}
+
+	/* Absent from the handshakes of earlier 1.1 builds. */
+	if (member(root, "purged") != NULL)
+	{
+		arr = as_array(member(root, "purged"), "purged", &n);
+		h->npurged = n;
+		h->purged = palloc(sizeof(PurgedMark) * Max(n, 1));
+		for (int i = 0; i < n; i++)
+		{
+			int			two;
+			JsonbContainer *pm = as_array(element(arr, i), "a purged mark", &two);
+
+			if (two != 2)
+				malformed("a purged mark is not a [replica ID, serial] pair");
+			h->purged[i].id = as_uuid(element(pm, 0), "a purged mark's replica ID");
+			h->purged[i].serial = as_int64(element(pm, 1), "a purged mark's serial");
+			if (h->purged[i].serial <= 0)
+				malformed("a purged mark's serial is not positive");
+		}
 	}
 }
 

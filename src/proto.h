@@ -8,7 +8,8 @@
  * Each side describes itself the same way: its current replica ID, the
  * serials it has handed out, its vector with, per replica ID, the epochs
  * of that ID it knows (proof of which history its changes come from), its
- * retired IDs and the epochs it knows to be dead.
+ * retired IDs, the epochs it knows to be dead, and per replica ID the
+ * highest serial whose tombstone it dropped or learnt was dropped.
  *
  * Copyright (c) 2026, the replstamp authors
  *
@@ -46,6 +47,13 @@ typedef struct DeadMark
 	int64		first;
 } DeadMark;
 
+/* Tombstones of id were dropped up to serial (replstamp.purged). */
+typedef struct PurgedMark
+{
+	pg_uuid_t	id;
+	int64		serial;
+} PurgedMark;
+
 typedef struct Handshake
 {
 	int			protocol;
@@ -60,6 +68,8 @@ typedef struct Handshake
 	pg_uuid_t  *retired;
 	int			ndead;
 	DeadMark   *dead;
+	int			npurged;		/* absent from older 1.1 handshakes: none */
+	PurgedMark *purged;
 	bool		rotated;		/* response: the server rotated while answering */
 } Handshake;
 

@@ -23,7 +23,8 @@
  *	- refuses a puller that could bring deleted rows back: one that holds a
  *	  replica ID only up to a serial below a tombstone this node has dropped;
  *	- records what the puller holds, so that pruning keeps what it lacks,
- *	  and forgets the puller's retired IDs as pullers.
+ *	  and forgets the puller's retired IDs as pullers (but not the record
+ *	  of a live node that the puller is a copy of).
  * It runs as the extension's owner for these writes; the role the puller
  * connects as needs EXECUTE on it and SELECT on replstamp.changes.
  *
@@ -142,10 +143,21 @@ record_puller(Handshake *req)
 		spi_exec("INSERT INTO replstamp.puller_vector (puller, replica_id, serial) VALUES ($1, $2, $3)",
 				 3, vt, vv, SPI_OK_INSERT);
 	}
+
+	/*
+	 * The puller goes on under a new ID: its record under a retired one
+	 * would only hold pruning back.  Unless a peer of this node still said
+	 * at its last sync that it stamps under that ID: then the puller is a
+	 * copy of that node (made from its backup) and the record is the live
+	 * node's.  (A node restored in its own place stops saying so at the
+	 * next sync from it.)
+	 */
 	for (int i = 0; i < req->nretired; i++)
 	{
 		values[0] = UUIDPGetDatum(&req->retired[i]);
-		spi_exec("DELETE FROM replstamp.puller WHERE replica_id OPERATOR(pg_catalog.=) $1",
+		spi_exec("DELETE FROM replstamp.puller u WHERE u.replica_id OPERATOR(pg_catalog.=) $1 "
+				 "AND NOT EXISTS (SELECT 1 FROM replstamp.peer p "
+				 "  WHERE p.replica_id OPERATOR(pg_catalog.=) $1)",
 				 1, types, values, SPI_OK_DELETE);
 	}
 }

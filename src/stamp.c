@@ -297,6 +297,39 @@ registry_set(const ReplstampCatalog *cat, Oid relid, const char *state, bool bac
 }
 
 /*
+ * Stamp the existing rows of a table that is tracked already once more
+ * (track() with backfill on a tracked table): rows that were never stamped
+ * (the table had them before it was tracked), or whose changes a node that
+ * joins later cannot get otherwise.  Returns false if a backfill of the
+ * table is under way already.
+ */
+static bool
+registry_backfill_again(Oid relid)
+{
+	ReplstampOwnerContext ctx;
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1];
+	int			ret;
+	bool		started;
+
+	values[0] = CStringGetTextDatum(quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
+															   get_rel_name(relid)));
+	replstamp_become_owner(&ctx);
+	SPI_connect();
+	ret = SPI_execute_with_args("UPDATE replstamp.tracked SET backfill = 'pending', backfill_rows = 0, "
+								"backfill_after = NULL, backfill_error = NULL "
+								"WHERE relation OPERATOR(pg_catalog.=) $1 AND state = 'tracked' "
+								"AND backfill IS DISTINCT FROM 'pending' AND backfill IS DISTINCT FROM 'running'",
+								1, types, values, NULL, false, 0);
+	if (ret != SPI_OK_UPDATE)
+		elog(ERROR, "replstamp: could not record the backfill: %s", SPI_result_code_string(ret));
+	started = SPI_processed > 0;
+	SPI_finish();
+	replstamp_restore_user(&ctx);
+	return started;
+}
+
+/*
  * Open a table for track()/untrack(), checking the caller owns it.
  */
 static Relation
@@ -313,8 +346,8 @@ open_table_for_tracking(Oid relid)
 /*
  * replstamp.track(regclass [, backfill boolean]): from now on, every change
  * of the table is stamped; with backfill, its existing rows are stamped
- * once too (in the background, in batches).  Refuses what cannot be tracked
- * faithfully.
+ * once too (in the background, in batches), also when the table is tracked
+ * already.  Refuses what cannot be tracked faithfully.
  */
 Datum
 replstamp_track(PG_FUNCTION_ARGS)
@@ -370,9 +403,22 @@ replstamp_track(PG_FUNCTION_ARGS)
 				 errdetail("replstamp identifies rows by their primary key."),
 				 errhint("Add a primary key with ALTER TABLE ... ADD PRIMARY KEY, then track the table.")));
 	if (has_trigger(rel, STAMP_TRIGGER_NAME, false))
-		ereport(ERROR,
-				(errcode(ERRCODE_DUPLICATE_OBJECT),
-				 errmsg("table \"%s\" is already tracked", relname)));
+	{
+		if (!backfill)
+			ereport(ERROR,
+					(errcode(ERRCODE_DUPLICATE_OBJECT),
+					 errmsg("table \"%s\" is already tracked", relname),
+					 errhint("To stamp its existing rows once more, so that nodes lacking them get them, call replstamp.track() with backfill => true.")));
+		/* Tracked already: only its existing rows are stamped once more. */
+		relation_close(rel, NoLock);
+		if (registry_backfill_again(relid))
+			maintenance_request_backfill();	/* a worker starts at commit */
+		else
+			ereport(NOTICE,
+					(errmsg("a backfill of table \"%s\" is under way already", relname),
+					 errhint("replstamp.tracked shows its progress.")));
+		PG_RETURN_VOID();
+	}
 
 	qname = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
 									   relname);

@@ -32,7 +32,8 @@
  * replstamp.max_clock_skew ahead of this node's clock; at most
  * replstamp.max_new_replica_ids replica IDs it has never heard of per
  * sync; and a peer that could bring deleted rows back (it holds less of an
- * ID than a tombstone this node dropped) is refused.
+ * ID than a tombstone this node dropped, or learnt from a peer was
+ * dropped) is refused.
  *
  * Copyright (c) 2026, the replstamp authors
  *
@@ -354,6 +355,31 @@ issued_by_other_peer(SyncRun *r, const pg_uuid_t *id, int64 *issued)
 		return false;
 	*issued = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	return !isnull;
+}
+
+/*
+ * The peer dropped tombstones of some IDs up to a serial (or learnt that
+ * another node did): where this node now holds that ID at least that far,
+ * it refuses from now on, as the peer does, a node holding less.  A node
+ * that joined after the tombstones were dropped never held them: without
+ * the peer's word it would let such a node pass for current.
+ */
+static void
+adopt_purged(SyncRun *r)
+{
+	for (int i = 0; i < r->srv.npurged; i++)
+	{
+		Oid			types[2] = {UUIDOID, INT8OID};
+		Datum		values[2] = {UUIDPGetDatum(&r->srv.purged[i].id),
+		Int64GetDatum(r->srv.purged[i].serial)};
+
+		spi_exec("INSERT INTO replstamp.purged (replica_id, serial) SELECT $1, $2 "
+				 "WHERE EXISTS (SELECT 1 FROM replstamp.vector v WHERE v.replica_id OPERATOR(pg_catalog.=) $1 "
+				 "  AND v.serial OPERATOR(pg_catalog.>=) $2) "
+				 "ON CONFLICT (replica_id) DO UPDATE SET serial = "
+				 "GREATEST(replstamp.purged.serial, EXCLUDED.serial)",
+				 2, types, values, NULL, SPI_OK_INSERT);
+	}
 }
 
 /* The highest serial of id whose tombstone we dropped, or 0. */
@@ -916,6 +942,7 @@ record_success(SyncRun *r)
 		spi_exec("UPDATE replstamp.vector_state SET retired = true "
 				 "WHERE replica_id OPERATOR(pg_catalog.=) $1 AND NOT retired", 1, rt, rv, NULL, SPI_OK_UPDATE);
 	}
+	adopt_purged(r);
 
 	SPI_finish();
 	replstamp_restore_user(&ctx);
@@ -1251,13 +1278,27 @@ replstamp_drop_peer(PG_FUNCTION_ARGS)
 	(void) replstamp_catalog_v11("replstamp.drop_peer()");
 	replstamp_become_owner(&ctx);
 	SPI_connect();
-	spi_exec("WITH gone AS (DELETE FROM replstamp.peer p WHERE p.name OPERATOR(pg_catalog.=) $1 "
-			 "RETURNING p.replica_id) "
-			 "DELETE FROM replstamp.puller u USING gone "
-			 "WHERE u.replica_id OPERATOR(pg_catalog.=) gone.replica_id", 1, types, values, NULL,
-			 SPI_OK_DELETE);
-	spi_exec("SELECT 1 FROM replstamp.peer WHERE name OPERATOR(pg_catalog.=) $1",
-			 1, types, values, NULL, SPI_OK_SELECT);
+	spi_exec("DELETE FROM replstamp.peer p WHERE p.name OPERATOR(pg_catalog.=) $1 "
+			 "RETURNING p.replica_id", 1, types, values, NULL, SPI_OK_DELETE_RETURNING);
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("peer \"%s\" does not exist", name),
+				 errhint("replstamp.peers lists the peers; a node that only pulled from here is forgotten with replstamp.forget_puller().")));
+	/* Its replica ID as of the last sync from it: it pulled under that one. */
+	{
+		bool		isnull;
+		Datum		id = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+
+		if (!isnull)
+		{
+			Oid			ut[1] = {UUIDOID};
+			Datum		uv[1] = {id};
+
+			spi_exec("DELETE FROM replstamp.puller WHERE replica_id OPERATOR(pg_catalog.=) $1",
+					 1, ut, uv, NULL, SPI_OK_DELETE);
+		}
+	}
 	SPI_finish();
 	replstamp_restore_user(&ctx);
 	PG_RETURN_VOID();
