@@ -480,6 +480,38 @@ restore_clock_floor(void)
 }
 
 /*
+ * What says that the data set of the state row node is not the one that
+ * minted its replica ID (fp_now: identity_fingerprint()), appended to
+ * reason; nothing when it is.
+ */
+static void
+restore_signals(const ReplstampNode *node, const char *fp_now, StringInfo reason)
+{
+	if (node->in_backup)
+		appendStringInfo(reason, "restored from backup \"%s\" (state was 'backup')",
+						 node->backup_label ? node->backup_label : "?");
+	if (node->restore_fingerprint == NULL || strcmp(node->restore_fingerprint, fp_now) != 0)
+	{
+		char		dbpart[32];
+
+		snprintf(dbpart, sizeof(dbpart), "database %u", MyDatabaseId);
+		if (node->restore_fingerprint != NULL &&
+			strncmp(node->restore_fingerprint, dbpart, strlen(dbpart)) != 0)
+			appendStringInfo(reason, "%scopied from another database",
+							 reason->len ? "; " : "");
+		else
+			appendStringInfo(reason, "%sa base backup was restored (%s)",
+							 reason->len ? "; " : "", fp_now);
+	}
+	if (node->timeline != (int32) GetWALInsertionTimeLine())
+		appendStringInfo(reason, "%stimeline changed from %d to %u (point-in-time recovery or promoted standby)",
+						 reason->len ? "; " : "", node->timeline, GetWALInsertionTimeLine());
+	if (node->system_identifier != (int64) GetSystemIdentifier())
+		appendStringInfo(reason, "%ssystem identifier changed from " INT64_FORMAT " to " UINT64_FORMAT,
+						 reason->len ? "; " : "", node->system_identifier, GetSystemIdentifier());
+}
+
+/*
  * The check itself, in the current transaction, as the extension owner.
  * Returns true if it rotated.
  */
@@ -509,32 +541,10 @@ identity_check(void)
 	fp_now = identity_fingerprint();
 
 	initStringInfo(&reason);
+	restore_signals(node, fp_now, &reason);
+	/* Whatever was in flight or came after the backup started is lost. */
 	if (node->in_backup)
-	{
-		appendStringInfo(&reason, "restored from backup \"%s\" (state was 'backup')",
-						 node->backup_label ? node->backup_label : "?");
-		/* Whatever was in flight or came after the backup started is lost. */
 		lost_after = node->has_backup_lus ? node->backup_lus : 1;
-	}
-	if (node->restore_fingerprint == NULL || strcmp(node->restore_fingerprint, fp_now) != 0)
-	{
-		char		dbpart[32];
-
-		snprintf(dbpart, sizeof(dbpart), "database %u", MyDatabaseId);
-		if (node->restore_fingerprint != NULL &&
-			strncmp(node->restore_fingerprint, dbpart, strlen(dbpart)) != 0)
-			appendStringInfo(&reason, "%scopied from another database",
-							 reason.len ? "; " : "");
-		else
-			appendStringInfo(&reason, "%sa base backup was restored (%s)",
-							 reason.len ? "; " : "", fp_now);
-	}
-	if (node->timeline != (int32) GetWALInsertionTimeLine())
-		appendStringInfo(&reason, "%stimeline changed from %d to %u (point-in-time recovery or promoted standby)",
-						 reason.len ? "; " : "", node->timeline, GetWALInsertionTimeLine());
-	if (node->system_identifier != (int64) GetSystemIdentifier())
-		appendStringInfo(&reason, "%ssystem identifier changed from " INT64_FORMAT " to " UINT64_FORMAT,
-						 reason.len ? "; " : "", node->system_identifier, GetSystemIdentifier());
 	if (reason.len > 0 && lost_after == 0)
 		lost_after = marked_lus(cat, &node->replica_id);
 
@@ -668,6 +678,25 @@ identity_verify_slow(void)
 	 */
 	if (v10_verified || v10_checked_in_xact)
 		return;
+
+	/*
+	 * Nothing says this data set was restored or copied: then there is
+	 * nothing to rotate, and the state row is left unlocked.  The check
+	 * locks it until its transaction ends, which would make the first stamp
+	 * of every other session wait for this one's transaction, and fail in a
+	 * read-only transaction (a 1.0 node pulling through serve_vector()).
+	 */
+	{
+		StringInfoData reason;
+
+		initStringInfo(&reason);
+		restore_signals(replstamp_node(), identity_fingerprint(), &reason);
+		if (reason.len == 0)
+		{
+			v10_verified = true;
+			return;
+		}
+	}
 	if (!callbacks_registered)
 	{
 		RegisterXactCallback(v10_xact_callback, NULL);
