@@ -101,6 +101,16 @@ INSERT INTO replstamp.tracked (relation, relid, state)
                OPERATOR(pg_catalog.||) pg_catalog.quote_ident(table_name),
            relation::oid, 'tracked'
       FROM replstamp.tracked_tables;
+-- Tables with changes in the log that are tracked no more (dropped, or
+-- untracked, under 1.0): as for a table that leaves under 1.1, their
+-- changes are no longer served, so that a node that never had the table is
+-- not stopped by them, and pruning removes them.
+INSERT INTO replstamp.tracked (relation, relid, state)
+    SELECT c.relation, pg_catalog.to_regclass(c.relation)::oid,
+           CASE WHEN pg_catalog.to_regclass(c.relation) IS NULL THEN 'dropped' ELSE 'untracked' END
+      FROM (SELECT DISTINCT relation FROM replstamp.changes) c
+     WHERE NOT EXISTS (SELECT 1 FROM replstamp.tracked t
+                        WHERE t.relation OPERATOR(pg_catalog.=) c.relation);
 
 /*
  * Replication: peers, pullers, lag, conflicts, skipped changes.

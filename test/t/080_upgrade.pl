@@ -80,9 +80,17 @@ my $setup = q{
 		at timestamptz, data bytea, tags text[], PRIMARY KEY (order_id, line));
 	SELECT replstamp.track('"Shop"."Order Lines"');
 };
+# Tables that leave under 1.0: their changes stay in the log.
+my $leaving = q{
+	CREATE TABLE scratch (id int PRIMARY KEY);
+	SELECT replstamp.track('scratch');
+	CREATE TABLE notes (id int PRIMARY KEY, body text);
+	SELECT replstamp.track('notes');
+};
 my @conf = ('replstamp.prune_interval = 0');
-my $a = replstamp_node('a', install => $old, conf => \@conf, init => { allows_streaming => 1 }, sql => $setup);
-my $b = replstamp_node('b', install => $old, conf => \@conf, sql => $setup);
+my $a = replstamp_node('a', install => $old, conf => \@conf, init => { allows_streaming => 1 },
+	sql => $setup . $leaving);
+my $b = replstamp_node('b', install => $old, conf => \@conf, sql => $setup . $leaving);
 add_peer($a, 'b', $b);
 add_peer($b, 'a', $a);
 is(version_of($a), '1.0', 'release 1.0 installed');
@@ -95,8 +103,10 @@ sq($a, q{INSERT INTO "Shop"."Order Lines" VALUES
 sq($b, "INSERT INTO accounts SELECT g, 0, 'b' FROM generate_series(11, 20) g");
 sq($b, "DELETE FROM accounts WHERE id = 15");
 sq($b, "UPDATE accounts SET id = 21 WHERE id = 14");    # a key change
+sq($a, "INSERT INTO scratch VALUES (1), (2); INSERT INTO notes VALUES (1, 'note')");
 is(sq($a, "SELECT replstamp.sync('b')"), '12', '1.0: a pulls from b');
-is(sq($b, "SELECT replstamp.sync('a')"), '13', '1.0: b pulls from a');
+is(sq($b, "SELECT replstamp.sync('a')"), '16', '1.0: b pulls from a');
+sq($_, "DROP TABLE scratch; SELECT replstamp.untrack('notes')") for ($a, $b);
 # Conflicting changes, not synced before the upgrade: the later one must
 # win on both nodes, against versions written by 1.0.
 sq($b, "UPDATE accounts SET note = 'b, earlier' WHERE id = 3");
@@ -166,6 +176,8 @@ is(sq($a, 'SELECT count(*) FROM replstamp.replica_history'), '1', 'the update do
 is(stamps_intact($a), '0', 'the update keeps every stamp as it was');
 is(sq($a, 'SELECT string_agg(relation, \',\' ORDER BY relation) FROM replstamp.tracked WHERE state = \'tracked\''),
 	'"Shop"."Order Lines",public.accounts', 'the tracked tables are registered');
+is(sq($a, "SELECT string_agg(relation || ':' || state, ',' ORDER BY relation) FROM replstamp.tracked WHERE state <> 'tracked'"),
+	'public.notes:untracked,public.scratch:dropped', 'so are the tables that left, whose changes are in the log');
 is(sq($a, 'SELECT tracked_tables || \'/\' || tracked_tables_not_stamped FROM replstamp.status'), '2/0',
 	'replstamp.status sees them stamped');
 # row_version: per row, the latest change of the 1.0 log.
@@ -261,7 +273,7 @@ add_peer($d, 'a', $a);
 add_peer($d, 'b', $b);
 sq($d, 'SELECT replstamp.sync_all()');
 is(sq($d, "SELECT string_agg(coalesce(last_error, 'ok'), ',' ORDER BY name) FROM replstamp.peers"), 'ok,ok',
-	'a node that joins after the upgrade pulls from both');
+	'a node that joins after the upgrade is not stopped by changes of tables dropped or untracked under 1.0');
 is(content($d), content($b), 'it holds the same rows');
 sub catalog_of
 {
