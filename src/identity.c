@@ -580,6 +580,41 @@ identity_check(void)
 	return rotated;
 }
 
+/*
+ * 1.0 catalog only: has the current database been checked in this start?
+ * The catalog has no column for the start's token, so shared memory lists
+ * the databases checked.  Without that, a session that starts while the
+ * live node is marked 'backup' would take it for a restored copy and
+ * rotate.  Beyond V10_MAX_DBS such databases, the others are checked once
+ * per session, as release 1.0 did.
+ */
+static bool
+v10_checked_this_start(void)
+{
+	bool		found = false;
+
+	SpinLockAcquire(&replstamp_shared->mutex);
+	for (int i = 0; i < replstamp_shared->nv10_checked && !found; i++)
+		found = replstamp_shared->v10_checked[i] == MyDatabaseId;
+	SpinLockRelease(&replstamp_shared->mutex);
+	return found;
+}
+
+/* 1.0 catalog only: a check of the current database has committed. */
+static void
+v10_mark_checked(void)
+{
+	bool		found = false;
+
+	SpinLockAcquire(&replstamp_shared->mutex);
+	for (int i = 0; i < replstamp_shared->nv10_checked && !found; i++)
+		found = replstamp_shared->v10_checked[i] == MyDatabaseId;
+	if (!found && replstamp_shared->nv10_checked < V10_MAX_DBS)
+		replstamp_shared->v10_checked[replstamp_shared->nv10_checked++] = MyDatabaseId;
+	SpinLockRelease(&replstamp_shared->mutex);
+	v10_verified = true;
+}
+
 static void
 v10_xact_callback(XactEvent event, void *arg)
 {
@@ -587,7 +622,7 @@ v10_xact_callback(XactEvent event, void *arg)
 	{
 		case XACT_EVENT_COMMIT:
 			if (v10_checked_in_xact)
-				v10_verified = true;
+				v10_mark_checked();
 			v10_checked_in_xact = false;
 			break;
 		case XACT_EVENT_ABORT:
@@ -673,11 +708,16 @@ identity_verify_slow(void)
 	}
 
 	/*
-	 * The 1.0 catalog has no place for the token: check once per backend,
-	 * remembered when the check commits.
+	 * The 1.0 catalog has no place for the token: once per start, as
+	 * remembered in shared memory when the check commits.
 	 */
 	if (v10_verified || v10_checked_in_xact)
 		return;
+	if (v10_checked_this_start())
+	{
+		v10_verified = true;
+		return;
+	}
 
 	/*
 	 * Nothing says this data set was restored or copied: then there is
@@ -693,7 +733,7 @@ identity_verify_slow(void)
 		restore_signals(replstamp_node(), identity_fingerprint(), &reason);
 		if (reason.len == 0)
 		{
-			v10_verified = true;
+			v10_mark_checked();
 			return;
 		}
 	}
@@ -856,6 +896,7 @@ replstamp_identity_db_main(Datum arg)
 {
 	Oid			dboid = DatumGetObjectId(arg);
 	bool		installed;
+	bool		v10 = false;
 	char	   *dbname;
 	instr_time	start,
 				elapsed;
@@ -872,14 +913,19 @@ replstamp_identity_db_main(Datum arg)
 	dbname = pstrdup(get_database_name(dboid));
 	if (installed)
 	{
-		if (!replstamp_catalog(false)->v11)
+		v10 = !replstamp_catalog(false)->v11;
+		if (v10)
 			ereport(LOG,
 					(errmsg("replstamp: database \"%s\" still has the catalog of replstamp 1.0", dbname),
 					 errhint("Run ALTER EXTENSION replstamp UPDATE in that database; replication waits for it.")));
-		(void) identity_check();
+		/* A launcher restarted in this start leaves a checked database alone. */
+		if (!v10 || !v10_checked_this_start())
+			(void) identity_check();
 	}
 	PopActiveSnapshot();
 	CommitTransactionCommand();
+	if (v10)
+		v10_mark_checked();
 
 	pgstat_report_activity(STATE_IDLE, NULL);
 	if (installed)
