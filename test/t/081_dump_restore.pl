@@ -65,6 +65,8 @@ is(content($c), content($a), 'the rows of the tracked tables come back');
 # What the user configured comes back.
 is(sq($c, "SELECT name || ' ' || conninfo FROM replstamp.peer"), "b $conninfo_b",
 	'the peers come back with their connection strings');
+is(sq($c, 'SELECT p FROM replstamp.peer p'), sq($a, 'SELECT p FROM replstamp.peer p'),
+	'and with the figures of the source\'s last sync, until the copy\'s own');
 is(sq($c, 'SELECT replica_id || \'/\' || serial FROM replstamp.skipped'), "$id_b/1000",
 	'so do the changes chosen to skip');
 is(sq($c, q{SELECT string_agg(relation || ':' || state || ':' || coalesce(relid::regclass::text, '-'), ',' ORDER BY relation)
