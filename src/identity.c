@@ -112,6 +112,8 @@ static bool v10_checked_in_xact = false;
 static SubTransactionId v10_check_subid = InvalidSubTransactionId;
 static bool callbacks_registered = false;
 
+static bool v10_checked_this_start(void);
+
 /*
  * GUCs.  Called from _PG_init.
  */
@@ -541,7 +543,14 @@ identity_check(void)
 	fp_now = identity_fingerprint();
 
 	initStringInfo(&reason);
-	restore_signals(node, fp_now, &reason);
+
+	/*
+	 * Checked in this start while its catalog was 1.0: ALTER EXTENSION
+	 * replstamp UPDATE only records that check, and a 'backup' mark now is
+	 * a backup of the live node in progress, not a restore.
+	 */
+	if (!(cat->v11 && v10_checked_this_start()))
+		restore_signals(node, fp_now, &reason);
 	/* Whatever was in flight or came after the backup started is lost. */
 	if (node->in_backup)
 		lost_after = node->has_backup_lus ? node->backup_lus : 1;

@@ -234,8 +234,11 @@ is(stamps_intact($b), '0', 'every stamp b held is intact');
 # 6. ALTER EXTENSION replstamp UPDATE on b: both on 1.1.
 my $log_a = -s $a->logfile;
 my $log_b = -s $b->logfile;
+# While a backup of b runs: the update must not take its mark for a restore.
+sq($b, "SELECT replstamp.prepare_backup('during the update')");
 sq($b, 'ALTER EXTENSION replstamp UPDATE');
-is(id_of($b), $id_b, 'b keeps its replica ID through the update');
+sq($b, 'SELECT replstamp.finish_backup()');
+is(id_of($b), $id_b, 'b keeps its replica ID through an update run during its backup');
 is(stamps_intact($b), '0', 'b\'s update keeps every stamp as it was');
 is(try_sq($b, "SELECT replstamp.sync('a')"), '2', '1.1: b pulls what it lacks from a');
 is(sq($a, "SELECT replstamp.sync('b')"), '0', '1.1: a pulls from b, nothing new');
