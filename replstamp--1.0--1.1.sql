@@ -95,7 +95,7 @@ ALTER TABLE replstamp.vector_state
  */
 CREATE TABLE replstamp.tracked (
     relation       text PRIMARY KEY,  -- schema-qualified, as in replstamp.changes
-    relid          oid,               -- NULL once dropped
+    relid          oid,               -- while tracked; NULL once dropped or untracked
     state          text NOT NULL CHECK (state IN ('tracked', 'untracked', 'dropped')),
     since          timestamptz NOT NULL DEFAULT now(),
     columns        text[],
@@ -112,6 +112,16 @@ INSERT INTO replstamp.tracked (relation, relid, state)
                OPERATOR(pg_catalog.||) pg_catalog.quote_ident(table_name),
            relation::oid, 'tracked'
       FROM replstamp.tracked_tables;
+-- Tables with changes in the log that are tracked no more (dropped, or
+-- untracked, under 1.0): as for a table that leaves under 1.1, their
+-- changes are no longer served, so that a node that never had the table is
+-- not stopped by them, and pruning removes them.
+INSERT INTO replstamp.tracked (relation, state)
+    SELECT c.relation,
+           CASE WHEN pg_catalog.to_regclass(c.relation) IS NULL THEN 'dropped' ELSE 'untracked' END
+      FROM (SELECT DISTINCT relation FROM replstamp.changes) c
+     WHERE NOT EXISTS (SELECT 1 FROM replstamp.tracked t
+                        WHERE t.relation OPERATOR(pg_catalog.=) c.relation);
 
 /*
  * Replication: peers, pullers, lag, conflicts, skipped changes.
@@ -423,3 +433,8 @@ SELECT replstamp._verify_identity();
 
 -- pg_dump keeps what a user configured.
 SELECT pg_catalog.pg_extension_config_dump('replstamp.skipped', '');
+-- And the tables that left, so that a restored copy ignores their changes
+-- as this node does.  The tracked ones are not dumped (relid is this
+-- database's): pg_restore re-creates their triggers, and the DDL guard
+-- registers each table as the triggers are enabled again.
+SELECT pg_catalog.pg_extension_config_dump('replstamp.tracked', 'WHERE state <> ''tracked''');

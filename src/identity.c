@@ -112,6 +112,8 @@ static bool v10_checked_in_xact = false;
 static SubTransactionId v10_check_subid = InvalidSubTransactionId;
 static bool callbacks_registered = false;
 
+static bool v10_checked_this_start(void);
+
 /*
  * GUCs.  Called from _PG_init.
  */
@@ -480,6 +482,38 @@ restore_clock_floor(void)
 }
 
 /*
+ * What says that the data set of the state row node is not the one that
+ * minted its replica ID (fp_now: identity_fingerprint()), appended to
+ * reason; nothing when it is.
+ */
+static void
+restore_signals(const ReplstampNode *node, const char *fp_now, StringInfo reason)
+{
+	if (node->in_backup)
+		appendStringInfo(reason, "restored from backup \"%s\" (state was 'backup')",
+						 node->backup_label ? node->backup_label : "?");
+	if (node->restore_fingerprint == NULL || strcmp(node->restore_fingerprint, fp_now) != 0)
+	{
+		char		dbpart[32];
+
+		snprintf(dbpart, sizeof(dbpart), "database %u", MyDatabaseId);
+		if (node->restore_fingerprint != NULL &&
+			strncmp(node->restore_fingerprint, dbpart, strlen(dbpart)) != 0)
+			appendStringInfo(reason, "%scopied from another database",
+							 reason->len ? "; " : "");
+		else
+			appendStringInfo(reason, "%sa base backup was restored (%s)",
+							 reason->len ? "; " : "", fp_now);
+	}
+	if (node->timeline != (int32) GetWALInsertionTimeLine())
+		appendStringInfo(reason, "%stimeline changed from %d to %u (point-in-time recovery or promoted standby)",
+						 reason->len ? "; " : "", node->timeline, GetWALInsertionTimeLine());
+	if (node->system_identifier != (int64) GetSystemIdentifier())
+		appendStringInfo(reason, "%ssystem identifier changed from " INT64_FORMAT " to " UINT64_FORMAT,
+						 reason->len ? "; " : "", node->system_identifier, GetSystemIdentifier());
+}
+
+/*
  * The check itself, in the current transaction, as the extension owner.
  * Returns true if it rotated.
  */
@@ -509,32 +543,17 @@ identity_check(void)
 	fp_now = identity_fingerprint();
 
 	initStringInfo(&reason);
-	if (node->in_backup)
-	{
-		appendStringInfo(&reason, "restored from backup \"%s\" (state was 'backup')",
-						 node->backup_label ? node->backup_label : "?");
-		/* Whatever was in flight or came after the backup started is lost. */
-		lost_after = node->has_backup_lus ? node->backup_lus : 1;
-	}
-	if (node->restore_fingerprint == NULL || strcmp(node->restore_fingerprint, fp_now) != 0)
-	{
-		char		dbpart[32];
 
-		snprintf(dbpart, sizeof(dbpart), "database %u", MyDatabaseId);
-		if (node->restore_fingerprint != NULL &&
-			strncmp(node->restore_fingerprint, dbpart, strlen(dbpart)) != 0)
-			appendStringInfo(&reason, "%scopied from another database",
-							 reason.len ? "; " : "");
-		else
-			appendStringInfo(&reason, "%sa base backup was restored (%s)",
-							 reason.len ? "; " : "", fp_now);
-	}
-	if (node->timeline != (int32) GetWALInsertionTimeLine())
-		appendStringInfo(&reason, "%stimeline changed from %d to %u (point-in-time recovery or promoted standby)",
-						 reason.len ? "; " : "", node->timeline, GetWALInsertionTimeLine());
-	if (node->system_identifier != (int64) GetSystemIdentifier())
-		appendStringInfo(&reason, "%ssystem identifier changed from " INT64_FORMAT " to " UINT64_FORMAT,
-						 reason.len ? "; " : "", node->system_identifier, GetSystemIdentifier());
+	/*
+	 * Checked in this start while its catalog was 1.0: ALTER EXTENSION
+	 * replstamp UPDATE only records that check, and a 'backup' mark now is
+	 * a backup of the live node in progress, not a restore.
+	 */
+	if (!(cat->v11 && v10_checked_this_start()))
+		restore_signals(node, fp_now, &reason);
+	/* Whatever was in flight or came after the backup started is lost. */
+	if (node->in_backup)
+		lost_after = node->has_backup_lus ? node->backup_lus : 1;
 	if (reason.len > 0 && lost_after == 0)
 		lost_after = marked_lus(cat, &node->replica_id);
 
@@ -570,6 +589,41 @@ identity_check(void)
 	return rotated;
 }
 
+/*
+ * 1.0 catalog only: has the current database been checked in this start?
+ * The catalog has no column for the start's token, so shared memory lists
+ * the databases checked.  Without that, a session that starts while the
+ * live node is marked 'backup' would take it for a restored copy and
+ * rotate.  Beyond V10_MAX_DBS such databases, the others are checked once
+ * per session, as release 1.0 did.
+ */
+static bool
+v10_checked_this_start(void)
+{
+	bool		found = false;
+
+	SpinLockAcquire(&replstamp_shared->mutex);
+	for (int i = 0; i < replstamp_shared->nv10_checked && !found; i++)
+		found = replstamp_shared->v10_checked[i] == MyDatabaseId;
+	SpinLockRelease(&replstamp_shared->mutex);
+	return found;
+}
+
+/* 1.0 catalog only: a check of the current database has committed. */
+static void
+v10_mark_checked(void)
+{
+	bool		found = false;
+
+	SpinLockAcquire(&replstamp_shared->mutex);
+	for (int i = 0; i < replstamp_shared->nv10_checked && !found; i++)
+		found = replstamp_shared->v10_checked[i] == MyDatabaseId;
+	if (!found && replstamp_shared->nv10_checked < V10_MAX_DBS)
+		replstamp_shared->v10_checked[replstamp_shared->nv10_checked++] = MyDatabaseId;
+	SpinLockRelease(&replstamp_shared->mutex);
+	v10_verified = true;
+}
+
 static void
 v10_xact_callback(XactEvent event, void *arg)
 {
@@ -577,7 +631,7 @@ v10_xact_callback(XactEvent event, void *arg)
 	{
 		case XACT_EVENT_COMMIT:
 			if (v10_checked_in_xact)
-				v10_verified = true;
+				v10_mark_checked();
 			v10_checked_in_xact = false;
 			break;
 		case XACT_EVENT_ABORT:
@@ -663,11 +717,35 @@ identity_verify_slow(void)
 	}
 
 	/*
-	 * The 1.0 catalog has no place for the token: check once per backend,
-	 * remembered when the check commits.
+	 * The 1.0 catalog has no place for the token: once per start, as
+	 * remembered in shared memory when the check commits.
 	 */
 	if (v10_verified || v10_checked_in_xact)
 		return;
+	if (v10_checked_this_start())
+	{
+		v10_verified = true;
+		return;
+	}
+
+	/*
+	 * Nothing says this data set was restored or copied: then there is
+	 * nothing to rotate, and the state row is left unlocked.  The check
+	 * locks it until its transaction ends, which would make the first stamp
+	 * of every other session wait for this one's transaction, and fail in a
+	 * read-only transaction (a 1.0 node pulling through serve_vector()).
+	 */
+	{
+		StringInfoData reason;
+
+		initStringInfo(&reason);
+		restore_signals(replstamp_node(), identity_fingerprint(), &reason);
+		if (reason.len == 0)
+		{
+			v10_mark_checked();
+			return;
+		}
+	}
 	if (!callbacks_registered)
 	{
 		RegisterXactCallback(v10_xact_callback, NULL);
@@ -827,6 +905,7 @@ replstamp_identity_db_main(Datum arg)
 {
 	Oid			dboid = DatumGetObjectId(arg);
 	bool		installed;
+	bool		v10 = false;
 	char	   *dbname;
 	instr_time	start,
 				elapsed;
@@ -843,14 +922,19 @@ replstamp_identity_db_main(Datum arg)
 	dbname = pstrdup(get_database_name(dboid));
 	if (installed)
 	{
-		if (!replstamp_catalog(false)->v11)
+		v10 = !replstamp_catalog(false)->v11;
+		if (v10)
 			ereport(LOG,
 					(errmsg("replstamp: database \"%s\" still has the catalog of replstamp 1.0", dbname),
 					 errhint("Run ALTER EXTENSION replstamp UPDATE in that database; replication waits for it.")));
-		(void) identity_check();
+		/* A launcher restarted in this start leaves a checked database alone. */
+		if (!v10 || !v10_checked_this_start())
+			(void) identity_check();
 	}
 	PopActiveSnapshot();
 	CommitTransactionCommand();
+	if (v10)
+		v10_mark_checked();
 
 	pgstat_report_activity(STATE_IDLE, NULL);
 	if (installed)

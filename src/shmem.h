@@ -11,6 +11,7 @@
  *	  (serial.c documents the order of reads and writes);
  *	- flip_owner, backup_owner, flip_label, flip[]: protected by mutex
  *	  (backup_mark.c);
+ *	- nv10_checked, v10_checked[]: protected by mutex (identity.c);
  *	- requests[]: protected by lock (sync.c).
  *
  * Copyright (c) 2026, the replstamp authors
@@ -29,6 +30,9 @@
 #define FLIP_BATCH			64
 #define FLIP_MESSAGE_LEN	256
 #define FLIP_LABEL_LEN		1024
+
+/* Databases on the 1.0 catalog whose check this start remembers (identity.c). */
+#define V10_MAX_DBS			256
 
 /* Sync requests from SQL sessions to sync workers (sync.c). */
 #define MAX_SYNC_REQUESTS	32
@@ -92,6 +96,13 @@ typedef struct ReplstampShared
 	pid_t		backup_owner;	/* backend running replstamp.backup(), or 0 */
 	char		flip_label[FLIP_LABEL_LEN];
 	FlipResult	flip[FLIP_BATCH];
+
+	/*
+	 * Databases still on the 1.0 catalog checked in this start: that
+	 * catalog has no column for start_token (identity.c).
+	 */
+	int			nv10_checked;
+	Oid			v10_checked[V10_MAX_DBS];
 
 	/* Sync requests (sync.c). */
 	LWLock	   *lock;

@@ -263,7 +263,9 @@ run_as_owner(const char *const *commands, int ncommands, int expected)
 
 /*
  * Record a table's state in replstamp.tracked (1.1).  backfill: whether its
- * existing rows are to be stamped once by the background worker.
+ * existing rows are to be stamped once by the background worker.  The OID
+ * is kept only while the table is tracked: the rows of tables that left
+ * are dumped by pg_dump, and an OID means nothing in another database.
  */
 static void
 registry_set(const ReplstampCatalog *cat, Oid relid, const char *state, bool backfill)
@@ -271,6 +273,7 @@ registry_set(const ReplstampCatalog *cat, Oid relid, const char *state, bool bac
 	ReplstampOwnerContext ctx;
 	Oid			types[4] = {TEXTOID, OIDOID, TEXTOID, BOOLOID};
 	Datum		values[4];
+	char		nulls[4] = {' ', ' ', ' ', ' '};
 	int			ret;
 
 	if (!cat->v11)
@@ -278,6 +281,8 @@ registry_set(const ReplstampCatalog *cat, Oid relid, const char *state, bool bac
 	values[0] = CStringGetTextDatum(quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
 															   get_rel_name(relid)));
 	values[1] = ObjectIdGetDatum(relid);
+	if (strcmp(state, "tracked") != 0)
+		nulls[1] = 'n';
 	values[2] = CStringGetTextDatum(state);
 	values[3] = BoolGetDatum(backfill);
 	replstamp_become_owner(&ctx);
@@ -289,7 +294,7 @@ registry_set(const ReplstampCatalog *cat, Oid relid, const char *state, bool bac
 								"state = EXCLUDED.state, since = EXCLUDED.since, "
 								"backfill = EXCLUDED.backfill, backfill_rows = 0, backfill_after = NULL, "
 								"backfill_error = NULL, log_purged = false",
-								4, types, values, NULL, false, 0);
+								4, types, values, nulls, false, 0);
 	if (ret != SPI_OK_INSERT)
 		elog(ERROR, "replstamp: could not record the table: %s", SPI_result_code_string(ret));
 	SPI_finish();
@@ -510,6 +515,28 @@ registered_name(Oid relid)
 	return name;
 }
 
+/*
+ * A table that carries both triggers of track(), enabled ALWAYS, and is
+ * not registered: pg_restore has just re-created the triggers of a table
+ * that was tracked in the dumped database, whose row in replstamp.tracked
+ * is not dumped (its relid is the dumped database's).  Register it.
+ */
+static void
+register_restored(Oid relid)
+{
+	Relation	rel = try_relation_open(relid, AccessShareLock);
+	bool		tracked;
+
+	if (rel == NULL)
+		return;
+	tracked = rel->rd_rel->relkind == RELKIND_RELATION &&
+		has_trigger(rel, STAMP_TRIGGER_NAME, true) &&
+		has_trigger(rel, TRUNCATE_TRIGGER_NAME, true);
+	relation_close(rel, AccessShareLock);
+	if (tracked)
+		registry_set(replstamp_catalog(false), relid, "tracked", false);
+}
+
 /* Refuse if a tracked table lost its trigger, its ALWAYS mode or its name. */
 static void
 check_tracked(Oid relid, const char *regname)
@@ -540,7 +567,7 @@ check_tracked(Oid relid, const char *regname)
 /*
  * replstamp._ddl_guard(): event trigger on ddl_command_end for ALTER TABLE
  * and friends: a tracked table keeps its name and its ENABLE ALWAYS
- * triggers.
+ * triggers; a table whose triggers pg_restore re-enables is registered.
  */
 Datum
 replstamp_ddl_guard(PG_FUNCTION_ARGS)
@@ -570,6 +597,8 @@ replstamp_ddl_guard(PG_FUNCTION_ARGS)
 
 			if (regname)
 				check_tracked(relids[i], regname);
+			else
+				register_restored(relids[i]);
 		}
 	}
 	SPI_finish();

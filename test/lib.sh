@@ -45,6 +45,9 @@ drop_root() {
 	src=$(mktemp -d /tmp/replstamp-src.XXXXXX)
 	rsync -a --exclude .git --exclude 'tmp_*' --exclude '*.o' --exclude '*.so' \
 		--exclude '*.bc' "$SRCDIR"/ "$src"/
+	# The copy has no git history: bring along the released sources the
+	# upgrade test builds (release_source).
+	release_archive "$SRCDIR" >"$src/$RELEASE_ARCHIVE" 2>/dev/null || rm -f "$src/$RELEASE_ARCHIVE"
 	chown -R "$user": "$src"
 	local rel="${script#"$SRCDIR"/}"
 	set +e
@@ -54,20 +57,59 @@ drop_root() {
 	exit $rc
 }
 
+# The last release, which the upgrade test (test/t/080_upgrade.pl) installs
+# first and upgrades from: its version and its commit.  Its sources come
+# from the git history, as a tar archive named $RELEASE_ARCHIVE at the top
+# of a copy of the tree that has no history (drop_root makes one).
+RELEASE_VERSION=1.0
+RELEASE_COMMIT=76eb008
+RELEASE_ARCHIVE="tmp_release-$RELEASE_VERSION.tar"
+
+# The release's sources as a tar archive on stdout, from the git history of
+# the tree $1; fails if there is none.
+release_archive() {
+	git -C "$1" rev-parse -q --verify "$RELEASE_COMMIT^{commit}" >/dev/null 2>&1 &&
+		git -C "$1" archive --format=tar "$RELEASE_COMMIT"
+}
+
+# Unpack the release's sources into the directory $1 (created): from the
+# archive drop_root left, or from the git history of $SRCDIR.  Fails with
+# nothing unpacked when neither is there.
+release_source() {
+	local dir="$1"
+	mkdir -p "$dir"
+	if [ -s "$SRCDIR/$RELEASE_ARCHIVE" ]; then
+		tar -x -C "$dir" -f "$SRCDIR/$RELEASE_ARCHIVE"
+	elif git -C "$SRCDIR" rev-parse -q --verify "$RELEASE_COMMIT^{commit}" >/dev/null 2>&1; then
+		release_archive "$SRCDIR" | tar -x -C "$dir"
+	else
+		return 1
+	fi
+}
+
 # Build replstamp (warnings are errors) and install it into a private copy
 # of PostgreSQL under $1.  Prints the bin directory to use.
 private_install() {
-	local dest="$1"
+	private_install_from "$SRCDIR" "$1" 1
+}
+
+# Build the replstamp sources in $1 and install them into a private copy of
+# PostgreSQL under $2, with warnings as errors if $3 is 1 (not for a
+# release: a newer compiler may warn about code that can no longer change).
+# Prints the bin directory to use.
+private_install_from() {
+	local srcdir="$1" dest="$2" werror=""
 	local ti="$dest/install"
+	[ "$3" = 1 ] && werror=WERROR=1
 	mkdir -p "$ti/usr/lib/postgresql/$PGVER" "$ti/usr/share/postgresql"
 	# PostgreSQL finds its share and lib directories relative to its own
 	# binary, so real copies of the binaries make a relocated installation.
 	cp -a /usr/lib/postgresql/$PGVER/bin /usr/lib/postgresql/$PGVER/lib \
 		"$ti/usr/lib/postgresql/$PGVER/"
 	cp -a /usr/share/postgresql/$PGVER "$ti/usr/share/postgresql/"
-	rsync -a --exclude .git --exclude 'tmp_*' "$SRCDIR"/ "$dest/build"/
+	rsync -a --exclude .git --exclude 'tmp_*' "$srcdir"/ "$dest/build"/
 	(cd "$dest/build" && make -s clean >/dev/null 2>&1; \
-	 make -s WERROR=1 PG_CONFIG=$PGBIN_SYS/pg_config >&2 &&
+	 make -s $werror PG_CONFIG=$PGBIN_SYS/pg_config >&2 &&
 	 make -s install DESTDIR="$ti" PG_CONFIG=$PGBIN_SYS/pg_config >/dev/null) || {
 		say "replstamp: build failed"
 		return 1

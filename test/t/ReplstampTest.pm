@@ -8,15 +8,18 @@ use warnings;
 use Exporter 'import';
 use PostgreSQL::Test::Cluster;
 
-our @EXPORT = qw(replstamp_node add_peer start_verified);
+our @EXPORT = qw(replstamp_node add_peer start_verified use_install);
 
 # A started node with replstamp preloaded.  Options: init => { ... } for
 # PostgreSQL::Test::Cluster::init, conf => [ lines ] for postgresql.conf,
-# sql => statements to run in database postgres once it is up.
+# sql => statements to run in database postgres once it is up, install =>
+# the installation to run (the parent of its bin and lib directories; by
+# default the binaries on the PATH).
 sub replstamp_node
 {
 	my ($name, %opts) = @_;
-	my $node = PostgreSQL::Test::Cluster->new($name);
+	my $node = PostgreSQL::Test::Cluster->new($name,
+		$opts{install} ? (install_path => $opts{install}) : ());
 	$node->init(%{ $opts{init} // {} });
 	$node->append_conf('postgresql.conf',
 		join("\n", "shared_preload_libraries = 'replstamp'", @{ $opts{conf} // [] }) . "\n");
@@ -45,6 +48,26 @@ sub start_verified
 	$action->();
 	$node->wait_for_log(qr/identity of database "$_" verified/, $offset)
 	  for (@dbs ? @dbs : ('postgres'));
+	return;
+}
+
+# From the next start on, $node runs the installation $install (the parent
+# of its bin and lib directories; undef: the binaries on the PATH), on the
+# same data directory: what "replace the binaries" does to a real server.
+# Stop the node first.  PostgreSQL::Test::Cluster takes the installation
+# only in new(); every command it runs afterwards reads this field.
+sub use_install
+{
+	my ($node, $install) = @_;
+	die "node \"" . $node->name . "\" is running" if defined $node->{_pid};
+	if (defined $install)
+	{
+		$node->{_install_path} = $install;
+	}
+	else
+	{
+		delete $node->{_install_path};
+	}
 	return;
 }
 
