@@ -242,7 +242,8 @@ replstamp_node(void)
 	{
 		d = heap_getattr(tuple, Anum_node_verified_token, desc, &isnull);
 		node_cache.verified = !isnull && replstamp_shared != NULL &&
-			memcmp(DatumGetUUIDP(d)->data, replstamp_shared->start_token.data, UUID_LEN) == 0;
+			memcmp(DatumGetUUIDP(d)->data, replstamp_shared->start_token.data, UUID_LEN) == 0 &&
+			replstamp_fingerprint_is_this_database(node_cache.restore_fingerprint);
 	}
 
 	systable_endscan(scan);
@@ -253,6 +254,23 @@ replstamp_node(void)
 	/* An invalidation while we read means we must read again next time. */
 	node_valid = catalog_valid;
 	return &node_cache;
+}
+
+/*
+ * Does a restore fingerprint (identity.c) name this database?  A database
+ * copied with CREATE DATABASE ... TEMPLATE carries its template's state
+ * row, verified token included: it must not pass for verified.
+ */
+bool
+replstamp_fingerprint_is_this_database(const char *fp)
+{
+	char		dbpart[32];
+	size_t		len;
+
+	if (fp == NULL)
+		return false;
+	len = snprintf(dbpart, sizeof(dbpart), "database %u", MyDatabaseId);
+	return strncmp(fp, dbpart, len) == 0 && (fp[len] == '\0' || fp[len] == ';');
 }
 
 /*

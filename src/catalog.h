@@ -119,6 +119,7 @@ extern const ReplstampCatalog *replstamp_catalog(bool missing_ok);
 extern const ReplstampCatalog *replstamp_catalog_v11(const char *what);
 extern const ReplstampNode *replstamp_node(void);
 extern void replstamp_node_forget(void);
+extern bool replstamp_fingerprint_is_this_database(const char *fp);
 extern void replstamp_mint_uuid(pg_uuid_t *uuid);
 extern char *replstamp_uuid_text(const pg_uuid_t *uuid);
 

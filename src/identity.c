@@ -494,11 +494,8 @@ restore_signals(const ReplstampNode *node, const char *fp_now, StringInfo reason
 						 node->backup_label ? node->backup_label : "?");
 	if (node->restore_fingerprint == NULL || strcmp(node->restore_fingerprint, fp_now) != 0)
 	{
-		char		dbpart[32];
-
-		snprintf(dbpart, sizeof(dbpart), "database %u", MyDatabaseId);
 		if (node->restore_fingerprint != NULL &&
-			strncmp(node->restore_fingerprint, dbpart, strlen(dbpart)) != 0)
+			!replstamp_fingerprint_is_this_database(node->restore_fingerprint))
 			appendStringInfo(reason, "%scopied from another database",
 							 reason->len ? "; " : "");
 		else

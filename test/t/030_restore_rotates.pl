@@ -134,5 +134,30 @@ my ($rc, $out, $err) = $a->psql('postgres', q{
 	CREATE ROLE plain LOGIN; SET ROLE plain; SELECT replstamp.rotate('nope')});
 like($err, qr/permission denied for function rotate/, 'rotate() is for privileged roles only');
 
+# 9. A database copied with CREATE DATABASE ... TEMPLATE: a new database
+# OID.  Without a restart in between, its first write still rotates.
+$a->safe_psql('postgres', 'CREATE DATABASE app');
+$a->safe_psql('app', q{
+	CREATE EXTENSION replstamp;
+	CREATE TABLE t (id int PRIMARY KEY, v text);
+	SELECT replstamp.track('t');
+	INSERT INTO t VALUES (1, 'in app');
+});
+my $id_app = $a->safe_psql('app', 'SELECT replica_id FROM replstamp.node');
+$a->safe_psql('postgres', 'CREATE DATABASE app_copy TEMPLATE app');
+$a->safe_psql('app_copy', "INSERT INTO t VALUES (2, 'in the copy')");
+my $id_copy = $a->safe_psql('app_copy', 'SELECT replica_id FROM replstamp.node');
+isnt($id_copy, $id_app, 'a database copied from a template rotates before its first stamp');
+is($a->safe_psql('app_copy', 'SELECT replica_id FROM replstamp.changes WHERE (pk->>$$id$$)::int = 2'),
+	$id_copy, 'and stamps its first change with its new ID');
+like($a->safe_psql('app_copy', "SELECT retired_reason FROM replstamp.replica_history WHERE replica_id = '$id_app'"),
+	qr/copied from another database/, 'reason: copied from another database');
+$a->safe_psql('app', "INSERT INTO t VALUES (3, 'in app again')");
+is($a->safe_psql('app', 'SELECT replica_id FROM replstamp.node'), $id_app, 'the template keeps its ID');
+start_verified($a, sub { $a->restart }, 'postgres', 'app', 'app_copy');
+is($a->safe_psql('app_copy', 'SELECT replica_id FROM replstamp.node'), $id_copy,
+	'after a restart the copy keeps its new ID');
+is($a->safe_psql('app', 'SELECT replica_id FROM replstamp.node'), $id_app, 'and so does the template');
+
 $a->stop;
 done_testing();
