@@ -7,8 +7,11 @@ use strict;
 use warnings;
 use Exporter 'import';
 use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(usleep);
 
-our @EXPORT = qw(replstamp_node add_peer start_verified);
+our @EXPORT = qw(replstamp_node add_peer start_verified set_guc node_state wait_converged);
 
 # A started node with replstamp preloaded.  Options: init => { ... } for
 # PostgreSQL::Test::Cluster::init, conf => [ lines ] for postgresql.conf,
@@ -46,6 +49,51 @@ sub start_verified
 	$node->wait_for_log(qr/identity of database "$_" verified/, $offset)
 	  for (@dbs ? @dbs : ('postgres'));
 	return;
+}
+
+# ALTER SYSTEM SET $guc = $value on $node, and reload.
+sub set_guc
+{
+	my ($node, $guc, $value) = @_;
+	$node->safe_psql('postgres', "ALTER SYSTEM SET $guc = '$value'");
+	$node->safe_psql('postgres', 'SELECT pg_reload_conf()');
+	return;
+}
+
+# What every node must end with: the rows of each table in @tables and the
+# stamps of the change log, each as a count and a checksum.
+sub node_state
+{
+	my ($node, @tables) = @_;
+	my @parts = map {
+		"(SELECT '$_ ' || count(*) || ':' || md5(coalesce(string_agg(r::text, ',' ORDER BY r::text), '')) FROM $_ r)"
+	} @tables;
+	push @parts,
+	  "(SELECT 'changes ' || count(*) || ':' || md5(coalesce(string_agg(replica_id || '/' || serial, ',' "
+	  . "ORDER BY replica_id, serial), '')) FROM replstamp.changes)";
+	return $node->safe_psql('postgres', 'SELECT ' . join(" || ' ' || ", @parts));
+}
+
+# Poll (the sync workers pull meanwhile) until every node of @$nodes holds
+# the same rows of @$tables and the same change-log stamps, then assert it
+# for each node against the first.  Returns the common state.
+sub wait_converged
+{
+	my ($nodes, $tables, $what) = @_;
+	my $deadline = time + $PostgreSQL::Test::Utils::timeout_default;
+	my @states;
+	for (;;)
+	{
+		@states = map { node_state($_, @$tables) } @$nodes;
+		last if !grep { $_ ne $states[0] } @states;
+		last if time > $deadline;
+		usleep(100_000);
+	}
+	is($states[$_], $states[0],
+		"$what: " . $nodes->[$_]->name . ' and ' . $nodes->[0]->name
+		  . ' hold the same rows and the same change-log stamps')
+	  for (1 .. $#$nodes);
+	return $states[0];
 }
 
 1;
