@@ -35,9 +35,11 @@
  *
  * Epochs: every start of a database (every identity check) records in
  * replstamp.epoch, for its current replica ID, a random token and the
- * serial from which that start hands out serials.  Two copies of one data
- * set that both go on writing have different tokens at some serial; a peer
- * that holds changes of both sees it.
+ * serial from which that start's history may differ from the last one's:
+ * the lowest serial that may not have been final when the data set was
+ * last known to be whole (replstamp.lus_mark; see epoch_start()).  Two
+ * copies of one data set that both go on writing have different tokens
+ * from some serial on; a peer that holds changes of both sees it.
  *
  * Who checks: the launcher (launcher.c) starts one worker per database
  * after every start.  Until a database is checked, the stamp trigger does
@@ -227,8 +229,9 @@ lock_node(void)
 }
 
 /*
- * Record that this start of the server hands out serials of id from
- * first_serial on (1.1).  Caller is connected to SPI.
+ * Record an epoch of id: this start's (or a new ID's) history of id, which
+ * may part from any other's from first_serial on (1.1).  Caller is
+ * connected to SPI.
  */
 static void
 mint_epoch(const pg_uuid_t *id, int64 first_serial)
@@ -459,6 +462,50 @@ marked_lus(const ReplstampCatalog *cat, const pg_uuid_t *id)
 }
 
 /*
+ * Where the epoch of a start of id begins: the serial recorded in
+ * replstamp.lus_mark for id (else 1), at most the next serial.  Every
+ * serial below the mark was final when it was recorded, and no serial at
+ * or above it was ever served to a puller (identity_mark_served()), so a
+ * peer of this very history holds no change of the previous epochs from
+ * there on.  Not the sequence's position: after a crash the sequence
+ * resumes where it was WAL-logged ahead, and so does a copy of a running
+ * data set (a VM or storage snapshot), above serials the original went on
+ * to hand out, and the original commits what was in flight at the
+ * snapshot while the copy aborts it.  A peer that holds any of those sees
+ * another history from the mark on, and the copy rotates (epochs.c).
+ */
+static int64
+epoch_start(const ReplstampCatalog *cat, const pg_uuid_t *id)
+{
+	return Min(marked_lus(cat, id), serial_next(cat->serial_seq));
+}
+
+/*
+ * A node serves its vector, claiming its current replica ID id up to
+ * lus - 1: raise replstamp.lus_mark to lus, durably with this transaction,
+ * before the puller reads a change.  The mark never goes down while it is
+ * about one ID (maintenance_mark_lus() raises it too), so that the epoch
+ * of the next start begins above whatever a peer was served
+ * (epoch_start()).  Caller is connected to SPI as the extension owner.
+ */
+void
+identity_mark_served(const pg_uuid_t *id, int64 lus)
+{
+	Oid			types[2] = {UUIDOID, INT8OID};
+	Datum		values[2] = {UUIDPGetDatum(id), Int64GetDatum(lus)};
+
+	spi_exec("INSERT INTO replstamp.lus_mark (singleton, replica_id, lus, marked_at) "
+			 "VALUES (true, $1, $2, pg_catalog.now()) ON CONFLICT (singleton) DO UPDATE "
+			 "SET lus = CASE WHEN replstamp.lus_mark.replica_id OPERATOR(pg_catalog.=) EXCLUDED.replica_id "
+			 "  THEN GREATEST(replstamp.lus_mark.lus, EXCLUDED.lus) ELSE EXCLUDED.lus END, "
+			 "replica_id = EXCLUDED.replica_id, marked_at = EXCLUDED.marked_at",
+			 2, types, values, NULL, SPI_OK_INSERT);
+	/* Durable before the puller pulls, whatever synchronous_commit says. */
+	(void) set_config_option("synchronous_commit", "local", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_LOCAL, true, 0, false);
+}
+
+/*
  * After a start, stamps are later than every stamp this database holds:
  * the hybrid clock's floor is in shared memory, which a restart empties.
  */
@@ -558,7 +605,7 @@ identity_check(void)
 		Datum		values[1] = {UUIDPGetDatum(&replstamp_shared->start_token)};
 
 		if (!rotated)
-			mint_epoch(&node->replica_id, serial_next(cat->serial_seq));
+			mint_epoch(&node->replica_id, epoch_start(cat, &node->replica_id));
 		spi_exec("UPDATE replstamp.node SET verified_token = $1", 1, types, values, NULL,
 				 SPI_OK_UPDATE);
 		restore_clock_floor();
