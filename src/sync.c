@@ -336,7 +336,13 @@ own_local_id(const pg_uuid_t *id)
 	return SPI_processed > 0;
 }
 
-/* What another peer of ours said it handed out under its current ID id. */
+/*
+ * What another peer of ours said it handed out under its current ID id, if
+ * our last sync with it went through.  A node that cannot be reached any
+ * more (a primary that died, whose promoted standby serves its changes)
+ * says nothing of what it handed out since: its old word would strand
+ * them.
+ */
 static bool
 issued_by_other_peer(SyncRun *r, const pg_uuid_t *id, int64 *issued)
 {
@@ -345,7 +351,8 @@ issued_by_other_peer(SyncRun *r, const pg_uuid_t *id, int64 *issued)
 	bool		isnull;
 
 	spi_exec("SELECT pg_catalog.max(issued) FROM replstamp.peer WHERE replica_id OPERATOR(pg_catalog.=) $1 "
-			 "AND name OPERATOR(pg_catalog.<>) $2 AND issued IS NOT NULL",
+			 "AND name OPERATOR(pg_catalog.<>) $2 AND issued IS NOT NULL "
+			 "AND status OPERATOR(pg_catalog.=) ANY ('{ok,diverged}')",
 			 2, types, values, NULL, SPI_OK_SELECT);
 	if (SPI_processed == 0)
 		return false;

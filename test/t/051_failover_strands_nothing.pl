@@ -6,6 +6,9 @@
 # from it with the sync workers running, ends with all 20 rows and the same
 # change-log stamps.  Negative control: with replstamp.reissue_on_rotation
 # = off the promoted standby keeps them to itself and b never gets 11-20.
+# Also: b keeps the dead primary as a peer and adds the promoted standby as
+# another one, which this time claims a's old ID up to 20 (a recorded its
+# lowest uncommitted serial after writing them): b gets them too.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -99,5 +102,27 @@ is(sq($s_off, "SELECT count(*) FROM replstamp.changes WHERE replica_id = '$id_a'
 		  . "(SELECT serial FROM replstamp.vector WHERE replica_id = '$id_a')"),
 	'10', 'without the re-issue: they sit in the promoted node\'s log above its vector: stranded');
 $_->stop for ($s, $b, $s_off, $b_off);
+
+# 2. The dead primary stays a peer of b, the promoted standby is added as
+# another; a recorded its lowest uncommitted serial after rows 11-20, so
+# the promoted node claims the old ID up to 20 and re-issues nothing.
+my $a2 = replstamp_node('a2', init => { allows_streaming => 1 }, conf => \@conf, sql => $schema);
+my $b2 = replstamp_node('b2', conf => \@conf, sql => $schema);
+add_peer($a2, 'b', $b2);
+add_peer($b2, 'a', $a2);
+my $s2 = standby_of($a2, 's2');
+my $id_a2 = sq($a2, 'SELECT replica_id FROM replstamp.node');
+sq($a2, "INSERT INTO t SELECT g, 'pulled before the failover' FROM generate_series(1, 10) g");
+sq($b2, "SELECT replstamp.sync('a')");
+sq($a2, "INSERT INTO t SELECT g, 'only on the standby' FROM generate_series(11, 20) g");
+sq($a2, "SELECT replstamp.sync('b')");
+$a2->wait_for_catchup($s2);
+$a2->stop('immediate');
+fail_over($s2, $b2, 'add');
+is(sq($s2, "SELECT serial FROM replstamp.vector WHERE replica_id = '$id_a2'"), '20',
+	'the promoted standby claims the old ID up to 20');
+wait_converged([ $s2, $b2 ], ['t'], 'failover, the dead primary still a peer');
+is(sq($b2, 'SELECT count(*) FROM t'), '20', 'b holds all 20 rows although the dead primary said it had handed out 10');
+$_->stop for ($s2, $b2);
 
 done_testing();
