@@ -36,10 +36,10 @@
  * Epochs: every start of a database (every identity check) records in
  * replstamp.epoch, for its current replica ID, a random token and the
  * serial from which that start's history may differ from the last one's:
- * the lowest serial that may not have been final when the data set was
- * last known to be whole (replstamp.lus_mark; see epoch_start()).  Two
- * copies of one data set that both go on writing have different tokens
- * from some serial on; a peer that holds changes of both sees it.
+ * the first serial it does not hold from where it was last known to be
+ * whole (replstamp.lus_mark; see epoch_start()).  Two copies of one data
+ * set that both go on writing have different tokens from some serial on;
+ * a peer that holds changes of both sees it.
  *
  * Who checks: the launcher (launcher.c) starts one worker per database
  * after every start.  Until a database is checked, the stamp trigger does
@@ -462,22 +462,56 @@ marked_lus(const ReplstampCatalog *cat, const pg_uuid_t *id)
 }
 
 /*
- * Where the epoch of a start of id begins: the serial recorded in
- * replstamp.lus_mark for id (else 1), at most the next serial.  Every
- * serial below the mark was final when it was recorded, and no serial at
- * or above it was ever served to a puller (identity_mark_served()), so a
- * peer of this very history holds no change of the previous epochs from
- * there on.  Not the sequence's position: after a crash the sequence
- * resumes where it was WAL-logged ahead, and so does a copy of a running
- * data set (a VM or storage snapshot), above serials the original went on
- * to hand out, and the original commits what was in flight at the
- * snapshot while the copy aborts it.  A peer that holds any of those sees
- * another history from the mark on, and the copy rotates (epochs.c).
+ * Where the epoch of a start of id begins: the first serial of id this
+ * data set does not hold, from the floor below which it was known to be
+ * whole on: the lowest uncommitted serial recorded in replstamp.lus_mark,
+ * or above what pruning walked (else 1); at most the next serial.
+ *
+ * No peer of this very history holds a change of id from there on: no
+ * serial at or above the mark was ever served to a puller
+ * (identity_mark_served()), so a crash restart keeps its ID.  And every
+ * change a copy of this data set lacks and the original's peers hold is
+ * from there on: a copy of a running data set (a VM or storage snapshot)
+ * lacks what was in flight at the snapshot, which the original committed,
+ * and what came after it -- all at or above the lowest uncommitted serial
+ * of the snapshot, which is a serial the copy does not hold, at or above
+ * the floor.  Not the sequence's position: after a crash the sequence
+ * resumes where it was WAL-logged ahead, above serials the original went
+ * on to hand out.  A peer that holds any of those sees another history
+ * from this epoch on, and the copy rotates (epochs.c).  Between the floor
+ * and the first serial not held, the serials were final and held in both
+ * histories: scanning over them keeps a copy from re-issuing them.
  */
 static int64
 epoch_start(const ReplstampCatalog *cat, const pg_uuid_t *id)
 {
-	return Min(marked_lus(cat, id), serial_next(cat->serial_seq));
+	Oid			types[2] = {UUIDOID, INT8OID};
+	Datum		values[2];
+	int64		from = marked_lus(cat, id);
+	int64		first;
+	bool		isnull;
+
+	values[0] = UUIDPGetDatum(id);
+	spi_exec("SELECT walked_upto FROM replstamp.prune_progress WHERE replica_id OPERATOR(pg_catalog.=) $1",
+			 1, types, values, NULL, SPI_OK_SELECT);
+	if (SPI_processed > 0)
+	{
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+
+		if (!isnull)
+			from = Max(from, DatumGetInt64(d) + 1);
+	}
+
+	values[1] = Int64GetDatum(from);
+	spi_exec("SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM replstamp.changes "
+			 "  WHERE replica_id OPERATOR(pg_catalog.=) $1 AND serial OPERATOR(pg_catalog.=) $2) THEN $2 "
+			 "ELSE (SELECT pg_catalog.min(c.serial) OPERATOR(pg_catalog.+) 1 FROM replstamp.changes c "
+			 "  WHERE c.replica_id OPERATOR(pg_catalog.=) $1 AND c.serial OPERATOR(pg_catalog.>=) $2 "
+			 "  AND NOT EXISTS (SELECT 1 FROM replstamp.changes n WHERE n.replica_id OPERATOR(pg_catalog.=) $1 "
+			 "    AND n.serial OPERATOR(pg_catalog.=) (c.serial OPERATOR(pg_catalog.+) 1))) END",
+			 2, types, values, NULL, SPI_OK_SELECT);
+	first = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	return Min(first, serial_next(cat->serial_seq));
 }
 
 /*
