@@ -60,9 +60,9 @@ sub fail_over
 
 # 1. The issue's scenario, and its negative control on a second standby of
 # the same primary, each with a node b of its own.
-my $a = replstamp_node('a', init => { allows_streaming => 1 }, conf => \@conf, sql => $schema);
-my $b = replstamp_node('b', conf => \@conf, sql => $schema);
-my $b_off = replstamp_node('b_off', conf => \@conf, sql => $schema);
+my $a = replstamp_node('a', template => 1, init => { allows_streaming => 1 }, conf => \@conf, sql => $schema);
+my $b = replstamp_node('b', template => 1, conf => \@conf, sql => $schema);
+my $b_off = replstamp_node('b_off', template => 1, conf => \@conf, sql => $schema);
 add_peer($a, 'b', $b);
 add_peer($b, 'a', $a);
 add_peer($b_off, 'a', $a);
@@ -106,8 +106,8 @@ $_->stop for ($s, $b, $s_off, $b_off);
 # 2. The dead primary stays a peer of b, the promoted standby is added as
 # another; a recorded its lowest uncommitted serial after rows 11-20, so
 # the promoted node claims the old ID up to 20 and re-issues nothing.
-my $a2 = replstamp_node('a2', init => { allows_streaming => 1 }, conf => \@conf, sql => $schema);
-my $b2 = replstamp_node('b2', conf => \@conf, sql => $schema);
+my $a2 = replstamp_node('a2', template => 1, init => { allows_streaming => 1 }, conf => \@conf, sql => $schema);
+my $b2 = replstamp_node('b2', template => 1, conf => \@conf, sql => $schema);
 add_peer($a2, 'b', $b2);
 add_peer($b2, 'a', $a2);
 my $s2 = standby_of($a2, 's2');

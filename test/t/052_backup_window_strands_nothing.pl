@@ -44,10 +44,10 @@ sub workers_off
 my %u;
 for my $reissue ('on', 'off')
 {
-	my $a = replstamp_node("a_$reissue", init => { allows_streaming => 1 },
+	my $a = replstamp_node("a_$reissue", template => 1, init => { allows_streaming => 1 },
 		conf => [ 'replstamp.prune_interval = 0', "replstamp.reissue_on_rotation = $reissue" ],
 		sql => $schema);
-	my $b = replstamp_node("b_$reissue", conf => ['replstamp.prune_interval = 0'], sql => $schema);
+	my $b = replstamp_node("b_$reissue", template => 1, conf => ['replstamp.prune_interval = 0'], sql => $schema);
 	add_peer($a, 'b', $b);
 	add_peer($b, 'a', $a);
 	set_guc($_, 'replstamp.sync_interval', 1) for ($a, $b);

@@ -27,8 +27,8 @@ sub rollback_scenario
 	my ($check) = @_;
 	my $tag = $check eq 'on' ? '' : ' (check_histories off)';
 	my @conf = ('replstamp.prune_interval = 0', "replstamp.check_histories = $check");
-	my $a = replstamp_node("a_$check", conf => \@conf, sql => $schema);
-	my $b = replstamp_node("b_$check", conf => \@conf, sql => $schema);
+	my $a = replstamp_node("a_$check", template => 1, conf => \@conf, sql => $schema);
+	my $b = replstamp_node("b_$check", template => 1, conf => \@conf, sql => $schema);
 	add_peer($a, 'b', $b);
 	add_peer($b, 'a', $a);
 

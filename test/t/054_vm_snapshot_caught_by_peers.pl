@@ -55,8 +55,8 @@ sub snapshot_scenario
 	my ($check, $after) = @_;
 	my $tag = "$after changes after the snapshot" . ($check eq 'on' ? '' : ', check_histories off');
 	my @conf = ('replstamp.prune_interval = 0', "replstamp.check_histories = $check");
-	my $a = replstamp_node("a_${check}_$after", conf => \@conf, sql => $schema);
-	my $b = replstamp_node("b_${check}_$after", conf => \@conf, sql => $schema);
+	my $a = replstamp_node("a_${check}_$after", template => 1, conf => \@conf, sql => $schema);
+	my $b = replstamp_node("b_${check}_$after", template => 1, conf => \@conf, sql => $schema);
 	add_peer($a, 'b', $b);
 	add_peer($b, 'a', $a);
 	# Once the extension exists (a sync worker that finds none waits a minute).

@@ -24,8 +24,8 @@ sub clones
 {
 	my ($check) = @_;
 	my @conf = ('replstamp.prune_interval = 0', "replstamp.check_histories = $check");
-	my $p = replstamp_node("p_$check", conf => \@conf, sql => $schema);
-	my $s = replstamp_node("s_$check", conf => \@conf, sql => $schema);
+	my $p = replstamp_node("p_$check", template => 1, conf => \@conf, sql => $schema);
+	my $s = replstamp_node("s_$check", template => 1, conf => \@conf, sql => $schema);
 	add_peer($s, 'p', $p);
 	add_peer($p, 's', $s);
 	sq($p, "INSERT INTO t SELECT g, 'before the clone' FROM generate_series(1, 10) g");

@@ -30,7 +30,7 @@ sub ring
 	my ($check) = @_;
 	my $tag = $check eq 'on' ? '' : ' (check_histories off)';
 	my @conf = ('replstamp.prune_interval = 0', "replstamp.check_histories = $check");
-	my %n = map { $_ => replstamp_node("${_}_$check", conf => \@conf, sql => $schema) } qw(a b c);
+	my %n = map { $_ => replstamp_node("${_}_$check", template => 1, conf => \@conf, sql => $schema) } qw(a b c);
 	my ($a, $b, $c) = @n{qw(a b c)};
 	add_peer($b, 'a', $a);
 	add_peer($c, 'b', $b);
@@ -66,7 +66,7 @@ sub ring
 	my $d;
 	if ($check eq 'on')
 	{
-		$d = replstamp_node("d_$check", conf => \@conf, sql => $schema);
+		$d = replstamp_node("d_$check", template => 1, conf => \@conf, sql => $schema);
 		add_peer($d, 'a', $a);
 		sq($d, "SELECT replstamp.sync('a')");
 		is(sq($d, "SELECT count(*) FROM replstamp.changes WHERE replica_id = '$id' AND (pk->>'id')::int BETWEEN 16 AND 20"),
