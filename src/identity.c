@@ -35,9 +35,11 @@
  *
  * Epochs: every start of a database (every identity check) records in
  * replstamp.epoch, for its current replica ID, a random token and the
- * serial from which that start hands out serials.  Two copies of one data
- * set that both go on writing have different tokens at some serial; a peer
- * that holds changes of both sees it.
+ * serial from which that start's history may differ from the last one's:
+ * the first serial it does not hold from where it was last known to be
+ * whole (replstamp.lus_mark; see epoch_start()).  Two copies of one data
+ * set that both go on writing have different tokens from some serial on;
+ * a peer that holds changes of both sees it.
  *
  * Who checks: the launcher (launcher.c) starts one worker per database
  * after every start.  Until a database is checked, the stamp trigger does
@@ -229,8 +231,9 @@ lock_node(void)
 }
 
 /*
- * Record that this start of the server hands out serials of id from
- * first_serial on (1.1).  Caller is connected to SPI.
+ * Record an epoch of id: this start's (or a new ID's) history of id, which
+ * may part from any other's from first_serial on (1.1).  Caller is
+ * connected to SPI.
  */
 static void
 mint_epoch(const pg_uuid_t *id, int64 first_serial)
@@ -461,6 +464,84 @@ marked_lus(const ReplstampCatalog *cat, const pg_uuid_t *id)
 }
 
 /*
+ * Where the epoch of a start of id begins: the first serial of id this
+ * data set does not hold, from the floor below which it was known to be
+ * whole on: the lowest uncommitted serial recorded in replstamp.lus_mark,
+ * or above what pruning walked (else 1); at most the next serial.
+ *
+ * No peer of this very history holds a change of id from there on: no
+ * serial at or above the mark was ever served to a puller
+ * (identity_mark_served()), so a crash restart keeps its ID.  And every
+ * change a copy of this data set lacks and the original's peers hold is
+ * from there on: a copy of a running data set (a VM or storage snapshot)
+ * lacks what was in flight at the snapshot, which the original committed,
+ * and what came after it -- all at or above the lowest uncommitted serial
+ * of the snapshot, which is a serial the copy does not hold, at or above
+ * the floor.  Not the sequence's position: after a crash the sequence
+ * resumes where it was WAL-logged ahead, above serials the original went
+ * on to hand out.  A peer that holds any of those sees another history
+ * from this epoch on, and the copy rotates (epochs.c).  Between the floor
+ * and the first serial not held, the serials were final and held in both
+ * histories: scanning over them keeps a copy from re-issuing them.
+ */
+static int64
+epoch_start(const ReplstampCatalog *cat, const pg_uuid_t *id)
+{
+	Oid			types[2] = {UUIDOID, INT8OID};
+	Datum		values[2];
+	int64		from = marked_lus(cat, id);
+	int64		first;
+	bool		isnull;
+
+	values[0] = UUIDPGetDatum(id);
+	spi_exec("SELECT walked_upto FROM replstamp.prune_progress WHERE replica_id OPERATOR(pg_catalog.=) $1",
+			 1, types, values, NULL, SPI_OK_SELECT);
+	if (SPI_processed > 0)
+	{
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+
+		if (!isnull)
+			from = Max(from, DatumGetInt64(d) + 1);
+	}
+
+	values[1] = Int64GetDatum(from);
+	spi_exec("SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM replstamp.changes "
+			 "  WHERE replica_id OPERATOR(pg_catalog.=) $1 AND serial OPERATOR(pg_catalog.=) $2) THEN $2 "
+			 "ELSE (SELECT pg_catalog.min(c.serial) OPERATOR(pg_catalog.+) 1 FROM replstamp.changes c "
+			 "  WHERE c.replica_id OPERATOR(pg_catalog.=) $1 AND c.serial OPERATOR(pg_catalog.>=) $2 "
+			 "  AND NOT EXISTS (SELECT 1 FROM replstamp.changes n WHERE n.replica_id OPERATOR(pg_catalog.=) $1 "
+			 "    AND n.serial OPERATOR(pg_catalog.=) (c.serial OPERATOR(pg_catalog.+) 1))) END",
+			 2, types, values, NULL, SPI_OK_SELECT);
+	first = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	return Min(first, serial_next(cat->serial_seq));
+}
+
+/*
+ * A node serves its vector, claiming its current replica ID id up to
+ * lus - 1: raise replstamp.lus_mark to lus, durably with this transaction,
+ * before the puller reads a change.  The mark never goes down while it is
+ * about one ID (maintenance_mark_lus() raises it too), so that the epoch
+ * of the next start begins above whatever a peer was served
+ * (epoch_start()).  Caller is connected to SPI as the extension owner.
+ */
+void
+identity_mark_served(const pg_uuid_t *id, int64 lus)
+{
+	Oid			types[2] = {UUIDOID, INT8OID};
+	Datum		values[2] = {UUIDPGetDatum(id), Int64GetDatum(lus)};
+
+	spi_exec("INSERT INTO replstamp.lus_mark (singleton, replica_id, lus, marked_at) "
+			 "VALUES (true, $1, $2, pg_catalog.now()) ON CONFLICT (singleton) DO UPDATE "
+			 "SET lus = CASE WHEN replstamp.lus_mark.replica_id OPERATOR(pg_catalog.=) EXCLUDED.replica_id "
+			 "  THEN GREATEST(replstamp.lus_mark.lus, EXCLUDED.lus) ELSE EXCLUDED.lus END, "
+			 "replica_id = EXCLUDED.replica_id, marked_at = EXCLUDED.marked_at",
+			 2, types, values, NULL, SPI_OK_INSERT);
+	/* Durable before the puller pulls, whatever synchronous_commit says. */
+	(void) set_config_option("synchronous_commit", "local", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_LOCAL, true, 0, false);
+}
+
+/*
  * After a start, stamps are later than every stamp this database holds:
  * the hybrid clock's floor is in shared memory, which a restart empties.
  */
@@ -574,7 +655,7 @@ identity_check(void)
 		Datum		values[1] = {UUIDPGetDatum(&replstamp_shared->start_token)};
 
 		if (!rotated)
-			mint_epoch(&node->replica_id, serial_next(cat->serial_seq));
+			mint_epoch(&node->replica_id, epoch_start(cat, &node->replica_id));
 		spi_exec("UPDATE replstamp.node SET verified_token = $1", 1, types, values, NULL,
 				 SPI_OK_UPDATE);
 		restore_clock_floor();

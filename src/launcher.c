@@ -190,6 +190,32 @@ tend_sync_workers(List **slots)
 }
 
 /*
+ * replstamp.sync_interval went from zero to above: the workers that zero
+ * stopped start again now.  (A worker that stops on its own is started
+ * again only SYNC_RETRY_S later: that is for databases without replstamp,
+ * not for a switch turned back on.)
+ */
+static void
+sync_workers_switched_on(List *slots)
+{
+	ListCell   *lc;
+
+	foreach(lc, slots)
+	{
+		SyncSlot   *slot = lfirst(lc);
+		pid_t		pid;
+
+		if (slot->handle != NULL &&
+			GetBackgroundWorkerPid(slot->handle, &pid) == BGWH_STOPPED)
+		{
+			pfree(slot->handle);
+			slot->handle = NULL;
+		}
+		slot->stopped_at = 0;
+	}
+}
+
+/*
  * The launcher.
  */
 /* A short maintenance worker in every database (it leaves at once where
@@ -234,8 +260,12 @@ replstamp_launcher_main(Datum arg)
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
 		{
+			int			was = sync_interval;
+
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
+			if (was <= 0 && sync_interval > 0)
+				sync_workers_switched_on(slots);
 		}
 		if (sync_interval > 0)
 			tend_sync_workers(&slots);

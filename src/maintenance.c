@@ -123,7 +123,10 @@ lifetime_text(void)
 
 /*
  * Record the lowest uncommitted serial of the current replica ID, if a
- * serial was taken since this process last did.  In a transaction.
+ * serial was taken since this process last did.  In a transaction.  The
+ * mark never goes down while it is about one ID (a lowest uncommitted
+ * serial read while a transaction starts can be below an earlier one):
+ * identity.c relies on it.
  */
 void
 maintenance_mark_lus(void)
@@ -149,7 +152,9 @@ maintenance_mark_lus(void)
 	SPI_connect();
 	spi_exec("INSERT INTO replstamp.lus_mark (singleton, replica_id, lus, marked_at) "
 			 "VALUES (true, $1, $2, pg_catalog.now()) ON CONFLICT (singleton) DO UPDATE "
-			 "SET replica_id = EXCLUDED.replica_id, lus = EXCLUDED.lus, marked_at = EXCLUDED.marked_at",
+			 "SET lus = CASE WHEN replstamp.lus_mark.replica_id OPERATOR(pg_catalog.=) EXCLUDED.replica_id "
+			 "  THEN GREATEST(replstamp.lus_mark.lus, EXCLUDED.lus) ELSE EXCLUDED.lus END, "
+			 "replica_id = EXCLUDED.replica_id, marked_at = EXCLUDED.marked_at",
 			 2, types, values, SPI_OK_INSERT);
 	SPI_finish();
 	replstamp_restore_user(&ctx);

@@ -257,6 +257,13 @@ replstamp_serve(PG_FUNCTION_ARGS)
 		proto_local(&me, false);
 		MemoryContextSwitchTo(spi);
 	}
+	/* What it claims of its own ID was served: the next epoch begins above. */
+	{
+		VectorItem *own = proto_find(&me, &me.replica_id);
+
+		if (own)
+			identity_mark_served(&me.replica_id, own->serial + 1);
+	}
 	/* What it re-issued commits with this call: the puller asks again. */
 	me.rotated = rotated;
 	flush_wal();

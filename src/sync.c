@@ -340,7 +340,13 @@ own_local_id(const pg_uuid_t *id)
 	return SPI_processed > 0;
 }
 
-/* What another peer of ours said it handed out under its current ID id. */
+/*
+ * What another peer of ours said it handed out under its current ID id at
+ * our last sync with it.  Only a bound on how far the vector moves without
+ * the changes (see plan()): a node that cannot be reached any more (a
+ * primary that died, whose promoted standby serves its changes) strands
+ * nothing, since what a relay sends is pulled whatever that node said.
+ */
 static bool
 issued_by_other_peer(SyncRun *r, const pg_uuid_t *id, int64 *issued)
 {

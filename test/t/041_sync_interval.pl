@@ -72,6 +72,15 @@ sq($a, "INSERT INTO t VALUES (31, 'not synced')");
 sleep 2;
 is(sq($b, 'SELECT count(*) FROM t'), '30', 'and nothing is pulled any more');
 
+# Switched back on, the workers resume at once, not after the minute the
+# launcher waits before it starts again a worker that stopped on its own.
+my $t0 = time;
+sq($b, 'ALTER SYSTEM SET replstamp.sync_interval = 1');
+sq($b, 'SELECT pg_reload_conf()');
+$b->poll_query_until('postgres', 'SELECT count(*) = 31 FROM t') or die 'no sync after switching back on';
+my $took = time - $t0;
+ok($took < 30, "switched back on, the sync worker pulls again at once ($took s)");
+
 $a->stop;
 $b->stop;
 done_testing();

@@ -7,20 +7,44 @@ use strict;
 use warnings;
 use Exporter 'import';
 use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(usleep);
 
-our @EXPORT = qw(replstamp_node add_peer start_verified use_install);
+our @EXPORT = qw(replstamp_node add_peer start_verified use_install set_guc node_state wait_converged);
 
 # A started node with replstamp preloaded.  Options: init => { ... } for
 # PostgreSQL::Test::Cluster::init, conf => [ lines ] for postgresql.conf,
 # sql => statements to run in database postgres once it is up, install =>
 # the installation to run (the parent of its bin and lib directories; by
-# default the binaries on the PATH).
+# default the binaries on the PATH), template => 1 to copy a data directory
+# initdb made once per script (and set of init options) instead of running
+# initdb again: much faster, and the nodes share a system identifier, as a
+# primary and its standbys do.
+my %templates;
+
 sub replstamp_node
 {
 	my ($name, %opts) = @_;
-	my $node = PostgreSQL::Test::Cluster->new($name,
-		$opts{install} ? (install_path => $opts{install}) : ());
-	$node->init(%{ $opts{init} // {} });
+	my @install = $opts{install} ? (install_path => $opts{install}) : ();
+	my $node = PostgreSQL::Test::Cluster->new($name, @install);
+	my %init = %{ $opts{init} // {} };
+	if ($opts{template})
+	{
+		my $key = join(',', ($opts{install} // ''), map { "$_=$init{$_}" } sort keys %init);
+		if (!$templates{$key})
+		{
+			my $t = PostgreSQL::Test::Cluster->new('template' . (1 + keys %templates), @install);
+			$t->init(%init);
+			$t->backup_fs_cold('initdb');
+			$templates{$key} = $t;
+		}
+		$node->init_from_backup($templates{$key}, 'initdb');
+	}
+	else
+	{
+		$node->init(%init);
+	}
 	$node->append_conf('postgresql.conf',
 		join("\n", "shared_preload_libraries = 'replstamp'", @{ $opts{conf} // [] }) . "\n");
 	$node->start;
@@ -69,6 +93,51 @@ sub use_install
 		delete $node->{_install_path};
 	}
 	return;
+}
+
+# ALTER SYSTEM SET $guc = $value on $node, and reload.
+sub set_guc
+{
+	my ($node, $guc, $value) = @_;
+	$node->safe_psql('postgres', "ALTER SYSTEM SET $guc = '$value'");
+	$node->safe_psql('postgres', 'SELECT pg_reload_conf()');
+	return;
+}
+
+# What every node must end with: the rows of each table in @tables and the
+# stamps of the change log, each as a count and a checksum.
+sub node_state
+{
+	my ($node, @tables) = @_;
+	my @parts = map {
+		"(SELECT '$_ ' || count(*) || ':' || md5(coalesce(string_agg(r::text, ',' ORDER BY r::text), '')) FROM $_ r)"
+	} @tables;
+	push @parts,
+	  "(SELECT 'changes ' || count(*) || ':' || md5(coalesce(string_agg(replica_id || '/' || serial, ',' "
+	  . "ORDER BY replica_id, serial), '')) FROM replstamp.changes)";
+	return $node->safe_psql('postgres', 'SELECT ' . join(" || ' ' || ", @parts));
+}
+
+# Poll (the sync workers pull meanwhile) until every node of @$nodes holds
+# the same rows of @$tables and the same change-log stamps, then assert it
+# for each node against the first.  Returns the common state.
+sub wait_converged
+{
+	my ($nodes, $tables, $what) = @_;
+	my $deadline = time + $PostgreSQL::Test::Utils::timeout_default;
+	my @states;
+	for (;;)
+	{
+		@states = map { node_state($_, @$tables) } @$nodes;
+		last if !grep { $_ ne $states[0] } @states;
+		last if time > $deadline;
+		usleep(100_000);
+	}
+	is($states[$_], $states[0],
+		"$what: " . $nodes->[$_]->name . ' and ' . $nodes->[0]->name
+		  . ' hold the same rows and the same change-log stamps')
+	  for (1 .. $#$nodes);
+	return $states[0];
 }
 
 1;
