@@ -102,8 +102,10 @@ is(sq($b, 'SELECT path FROM public.seen WHERE n = 2'), $sync_path, 'with the sam
 is(sq($b, "SELECT rolsuper FROM pg_roles WHERE rolname = 'alice'"), 'f', 'alice is still not a superuser');
 
 # 10. The stamp triggers of a tracked table stay in place, enabled ALWAYS,
-# and the table keeps its name, whatever its owner tries.
-sq($b, q{CREATE SCHEMA app_other AUTHORIZATION alice});
+# calling replstamp's functions, and the table keeps its name, whatever its
+# owner tries.
+sq($b, q{CREATE SCHEMA app_other AUTHORIZATION alice; GRANT CREATE ON DATABASE postgres TO alice});
+as_alice(q{CREATE FUNCTION app.noop() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$});
 my $changes = sub { sq($b, "SELECT count(*) FROM replstamp.changes WHERE relation = 'app.accounts'") };
 my $before = $changes->();
 for my $ddl (
@@ -115,8 +117,13 @@ for my $ddl (
 	'ALTER TABLE app.accounts DISABLE TRIGGER replstamp_refuse_truncate',
 	'DROP TRIGGER replstamp_stamp ON app.accounts',
 	'DROP TRIGGER replstamp_refuse_truncate ON app.accounts',
+	'ALTER TRIGGER replstamp_stamp ON app.accounts RENAME TO not_stamping',
+	'ALTER TRIGGER replstamp_refuse_truncate ON app.accounts RENAME TO not_refusing',
+	'CREATE OR REPLACE TRIGGER replstamp_stamp AFTER INSERT OR UPDATE OR DELETE ON app.accounts FOR EACH ROW EXECUTE FUNCTION app.noop()',
+	'BEGIN; CREATE OR REPLACE TRIGGER replstamp_stamp AFTER INSERT OR UPDATE OR DELETE ON app.accounts FOR EACH ROW EXECUTE FUNCTION app.noop(); ALTER TABLE app.accounts ENABLE ALWAYS TRIGGER replstamp_stamp; COMMIT',
 	'ALTER TABLE app.accounts RENAME TO ledger2',
-	'ALTER TABLE app.accounts SET SCHEMA app_other')
+	'ALTER TABLE app.accounts SET SCHEMA app_other',
+	'ALTER SCHEMA app RENAME TO app2')
 {
 	my ($rc, $o, $err) = $b->psql('postgres', $ddl, extra_params => [ '-U', 'alice' ]);
 	like($err, qr/ERROR:  cannot [a-z, ]+ table app\.accounts\b.*\n.*\nHINT:  .*replstamp\.untrack\(\)/,
@@ -130,6 +137,25 @@ is(sq($b, q{SELECT string_agg(tgname || ':' || tgfoid::regproc || ':' || tgenabl
 	'both triggers are there, calling replstamp, enabled ALWAYS');
 is(sq($b, 'SELECT tracked_tables_not_stamped FROM replstamp.status'), '0',
 	'replstamp.status shows no tracked table unstamped');
+
+# The guards run as whoever runs the DDL, with that session's search_path:
+# they must not call alice's operators either.
+as_alice(q{
+	CREATE FUNCTION app.evil_texteq(text, text) RETURNS boolean LANGUAGE plpgsql AS $$
+	BEGIN
+		IF (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) current_user) THEN
+			EXECUTE 'ALTER ROLE alice SUPERUSER';
+		END IF;
+		RETURN pg_catalog.texteq($1, $2);
+	END $$;
+	CREATE OPERATOR app.= (LEFTARG = text, RIGHTARG = text, FUNCTION = app.evil_texteq);
+});
+sq($b, q{SET search_path = app, pg_catalog;
+	ALTER TABLE app.accounts ALTER COLUMN balance SET DEFAULT 0;
+	DROP TRIGGER ledger_check ON public.ledger;
+	CREATE TABLE public.scratch (id int PRIMARY KEY); DROP TABLE public.scratch});
+is(sq($b, "SELECT rolsuper FROM pg_roles WHERE rolname = 'alice'"), 'f',
+	"a superuser's DDL with alice's schema first in search_path does not run her operators");
 
 # After untrack(), the table is hers to change.
 sq($b, "SELECT replstamp.untrack('app.accounts')");
