@@ -900,9 +900,11 @@ static void
 record_failure(const char *peer, ErrorData *e)
 {
 	ReplstampOwnerContext ctx;
-	Oid			types[3] = {TEXTOID, TEXTOID, TEXTOID};
-	Datum		values[3];
+	Oid			types[4] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID};
+	Datum		values[4];
+	char		nulls[4] = {' ', ' ', ' ', 'n'};
 	char	   *msg;
+	const char *applying = NULL;
 
 	/*
 	 * Messages of data exceptions quote the value that did not fit (an
@@ -915,12 +917,34 @@ record_failure(const char *peer, ErrorData *e)
 					   unpack_sql_state(e->sqlerrcode));
 	else
 		msg = e->message ? e->message : "unknown error";
-	if (e->context && strncmp(e->context, "applying change ", 16) == 0)
+
+	/*
+	 * The change that failed, from apply.c's context line, which other
+	 * context lines (the column being decoded, a trigger) may precede: it
+	 * names the stamp and the table, never values.
+	 */
+	if (e->context)
 	{
-		char	   *ctxline = pstrdup(e->context);
+		const char *p = e->context;
+
+		while (p && strncmp(p, "applying change ", 16) != 0)
+		{
+			p = strchr(p, '\n');
+			if (p)
+				p++;
+		}
+		applying = p;
+	}
+	if (applying)
+	{
+		char	   *ctxline = pstrdup(applying);
+		char	   *stamp = pstrdup(applying + 16);
 
 		ctxline[strcspn(ctxline, "\n")] = '\0';
 		msg = psprintf("%s (%s)", msg, ctxline);
+		stamp[strcspn(stamp, " \n")] = '\0';
+		values[3] = CStringGetTextDatum(stamp);
+		nulls[3] = ' ';
 	}
 
 	worker_begin_xact();
@@ -930,8 +954,9 @@ record_failure(const char *peer, ErrorData *e)
 	values[1] = CStringGetTextDatum(msg);
 	values[2] = CStringGetTextDatum(unpack_sql_state(e->sqlerrcode));
 	spi_exec("UPDATE replstamp.peer SET last_error = $2, last_error_at = pg_catalog.now(), "
-			 "last_error_sqlstate = $3, status = CASE WHEN $3 = '72000' THEN 'stale' ELSE 'failing' END "
-			 "WHERE name OPERATOR(pg_catalog.=) $1", 3, types, values, NULL, SPI_OK_UPDATE);
+			 "last_error_sqlstate = $3, last_error_change = $4, "
+			 "status = CASE WHEN $3 OPERATOR(pg_catalog.=) '72000' THEN 'stale' ELSE 'failing' END "
+			 "WHERE name OPERATOR(pg_catalog.=) $1", 4, types, values, nulls, SPI_OK_UPDATE);
 	SPI_finish();
 	replstamp_restore_user(&ctx);
 	worker_commit_xact();

@@ -177,6 +177,10 @@ like($err, qr/invalid input syntax for type integer/, 'the superuser who syncs s
 my $last_error = $b->safe_psql('postgres', "SET ROLE plain; SELECT last_error FROM replstamp.peers WHERE name = 'a'");
 like($last_error, qr/^a value does not fit its column here \(SQLSTATE 22P02\)/,
 	'replstamp.peers says a value did not fit, with its SQLSTATE');
+like($last_error, qr{applying change $a_id/$serial \(INSERT\) of table public\.cards from peer "a"},
+	'and names the change and the table');
+is(sq($b, "SELECT last_error_change FROM replstamp.peers WHERE name = 'a'"), "$a_id/$serial",
+	'last_error_change holds its stamp');
 unlike($last_error, qr/4111/, 'but not the value');
 unlike($last_error, qr/98765/, 'nor the key');
 ($rc, $o, $err) = $b->psql('postgres', 'SELECT replstamp.sync_all()');
@@ -184,6 +188,8 @@ unlike(sq($b, "SELECT last_error FROM replstamp.peers WHERE name = 'a'"), qr/411
 	'nor after sync_all');
 sq($a, "DELETE FROM replstamp.changes WHERE relation = 'public.cards'");
 sq($b, "SELECT replstamp.skip('$a_id', $serial)");
+like(sq($b, "SELECT error FROM replstamp.skipped WHERE serial = $serial"), qr/^a value does not fit its column here/,
+	'replstamp.skip() records the error the sync reported for that change');
 sq($b, "SELECT replstamp.sync('a')");
 is(sq($b, "SELECT last_error IS NULL FROM replstamp.peers WHERE name = 'a'"), 't',
 	'once the change is skipped, the next sync succeeds and clears the error');
