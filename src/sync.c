@@ -28,9 +28,10 @@
  * from what this node holds of it (a rolled-back or cloned node: see
  * epochs.c); stamp times that are finite and at most
  * replstamp.max_clock_skew ahead of this node's clock; at most
- * replstamp.max_new_replica_ids replica IDs it has never heard of per
- * sync; and a peer that could bring deleted rows back (it holds less of an
- * ID than a tombstone this node dropped) is refused.
+ * replstamp.max_new_replica_ids replica IDs, and as many dead epochs, it
+ * has never heard of per handshake (proto.c); and a peer that could bring
+ * deleted rows back (it holds less of an ID than a tombstone this node
+ * dropped) is refused.
  *
  * Copyright (c) 2026, the replstamp authors
  *
@@ -88,7 +89,6 @@ PG_FUNCTION_INFO_V1(replstamp_skip);
 /* GUCs */
 static int	sync_batch_size = 1000;
 static int	max_clock_skew = 300;
-static int	max_new_replica_ids = 1000;
 
 /* One replica ID's range to pull. */
 typedef struct Range
@@ -149,9 +149,10 @@ sync_init(void)
 							GUC_UNIT_S,
 							NULL, NULL, NULL);
 	DefineCustomIntVariable("replstamp.max_new_replica_ids",
-							"How many replica IDs never seen before one sync may bring.",
-							"A peer advertising more is refused: a hostile peer must not flood the vector.",
-							&max_new_replica_ids,
+							"How many replica IDs, and dead epochs, never seen before one handshake may name.",
+							"A peer (or puller) naming more is refused: a hostile node must not flood "
+							"the vector or the epochs.",
+							&proto_max_new_replica_ids,
 							1000, 1, INT_MAX,
 							PGC_SUSET,
 							0,
@@ -378,9 +379,9 @@ plan(SyncRun *r)
 {
 	ReplstampOwnerContext ctx;
 	char	   *from = psprintf("peer \"%s\"", r->peer);
-	int			newids = 0;
 	MemoryContext old;
 
+	proto_refuse_flood(&r->me, &r->srv, true, from);
 	worker_begin_xact();
 	replstamp_become_owner(&ctx);
 	SPI_connect();
@@ -436,12 +437,6 @@ plan(SyncRun *r)
 		/* Never pull this node's own current ID, nor IDs all made here. */
 		if (same_id(&v->id, &r->me.replica_id) || (ours && own_local_id(&v->id)))
 			continue;
-		if (ours == NULL && ++newids > max_new_replica_ids)
-			ereport(ERROR,
-					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-					 errmsg("peer \"%s\" advertises more than %d replica IDs this node has never seen",
-							r->peer, max_new_replica_ids),
-					 errhint("If that is right, raise replstamp.max_new_replica_ids; a hostile peer can flood the vector.")));
 		if (peers_own && lo > r->srv.issued && identity_check_histories())
 		{
 			/* We hold more of its current ID than it ever handed out. */

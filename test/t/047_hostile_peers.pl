@@ -175,6 +175,7 @@ sq($evil, q{ALTER FUNCTION replstamp.serve(jsonb) RENAME TO serve_real;
 		          FROM pg_catalog.generate_series(1, 100000)))
 		  FROM replstamp.serve_real(req) r $$});
 my $vector_size = sq($p, 'SELECT count(*) FROM replstamp.vector');
+my $epochs = sq($p, 'SELECT count(*) FROM replstamp.epoch');
 my $t0 = time;
 ($rc, $out, $err) = $p->psql('postgres', "SELECT replstamp.sync('evil')");
 my $took = time - $t0;
@@ -182,6 +183,33 @@ note sprintf('the refusal of 100,000 fake replica IDs took %.1f s', $took);
 like($err, qr/peer "evil" advertises more than 1000 replica IDs this node has never seen/,
 	'a handshake with 100,000 new replica IDs is refused');
 is(sq($p, 'SELECT count(*) FROM replstamp.vector'), $vector_size, 'none of them enters the vector');
+
+# (e) 100,000 dead epochs of replica IDs nobody has heard of: p would keep
+# them and hand them on to every node that pulls from it.
+sq($evil, q{CREATE OR REPLACE FUNCTION replstamp.serve(req jsonb) RETURNS jsonb LANGUAGE sql AS $$
+		SELECT pg_catalog.jsonb_set(r, '{dead}', (r OPERATOR(pg_catalog.->) 'dead') OPERATOR(pg_catalog.||)
+		       (SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_array(pg_catalog.gen_random_uuid(),
+		               pg_catalog.gen_random_uuid(), 1))
+		          FROM pg_catalog.generate_series(1, 100000)))
+		  FROM replstamp.serve_real(req) r $$});
+$t0 = time;
+($rc, $out, $err) = $p->psql('postgres', "SELECT replstamp.sync('evil')");
+note sprintf('the refusal of 100,000 dead epochs took %.1f s', time - $t0);
+like($err, qr/peer "evil" advertises more than 1000 dead epochs this node has never seen/,
+	'a handshake with 100,000 dead epochs is refused');
+is(sq($p, 'SELECT count(*) FROM replstamp.epoch'), $epochs, 'none of them is kept');
+
+# (f) The same from a hostile puller, in its request to serve(), with a's
+# own replica ID in each: a would keep them and hand them on, and its
+# honest pullers would refuse a from then on.
+my $a_epochs = sq($a, 'SELECT count(*) FROM replstamp.epoch');
+my $request = q{pg_catalog.jsonb_build_object('protocol', 2, 'version', '1.1',
+	'replica_id', pg_catalog.gen_random_uuid(), 'label', 'mallory', 'issued', 0, 'now', 0,
+	'vector', '[]'::jsonb, 'retired', '[]'::jsonb, 'rotated', false, 'dead', DEAD)};
+($rc, $out, $err) = $a->psql('postgres', 'SELECT replstamp.serve(' . ($request =~ s/DEAD/(SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_array('$a_id', pg_catalog.gen_random_uuid(), 1)) FROM pg_catalog.generate_series(1, 100000))/r) . ')');
+like($err, qr/node "mallory" advertises more than 1000 dead epochs this node has never seen/,
+	'a puller whose request names 100,000 dead epochs is refused');
+is(sq($a, 'SELECT count(*) FROM replstamp.epoch'), $a_epochs, 'and a keeps none of them');
 
 sq($a, 'INSERT INTO t VALUES (21, 21)');
 $t0 = time;
