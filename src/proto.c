@@ -49,12 +49,19 @@ epoch_cmp(const void *a, const void *b)
 	return memcmp(x->token.data, y->token.data, UUID_LEN);
 }
 
-/* Not read-only: this transaction may just have rotated (identity.c). */
+/*
+ * Not read-only: this transaction may just have rotated (identity.c).
+ * SPI_execute() returns in SPI's procedure context, which SPI_finish()
+ * frees; what is allocated after it must go where the caller wanted it.
+ */
 static void
 spi_select(const char *sql)
 {
+	MemoryContext cxt = CurrentMemoryContext;
+
 	if (SPI_execute(sql, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "replstamp: query failed: %s", sql);
+	MemoryContextSwitchTo(cxt);
 }
 
 static pg_uuid_t
@@ -78,8 +85,9 @@ spi_int64(int row, int col)
 }
 
 /*
- * Describe this node, from its catalog.  The caller is connected to SPI,
- * as the extension's owner, in a transaction.
+ * Describe this node, from its catalog, in the current memory context
+ * (which may outlive SPI).  The caller is connected to SPI, as the
+ * extension's owner, in a transaction.
  */
 void
 proto_local(Handshake *h, bool unused)

@@ -216,6 +216,18 @@ $t0 = time;
 is(sq($p, "SELECT replstamp.sync('a')"), '1', 'honest syncs go on');
 note sprintf('the next honest sync took %.1f s', time - $t0);
 
+# (g) Big handshakes, within the limits: a node that holds 20,000 replica
+# IDs (a long-lived mesh) describes itself to its peer and serves.
+sq($p, q{INSERT INTO replstamp.vector_state (replica_id, serial)
+	SELECT pg_catalog.gen_random_uuid(), 0 FROM pg_catalog.generate_series(1, 20000)});
+sq($a, 'INSERT INTO t VALUES (22, 22)');
+is(sq($p, "SELECT replstamp.sync('a')"), '1', 'a puller whose vector holds 20,000 replica IDs syncs');
+sq($a, q{INSERT INTO replstamp.vector_state (replica_id, serial)
+	SELECT pg_catalog.gen_random_uuid(), 0 FROM pg_catalog.generate_series(1, 20000)});
+is(sq($a, 'SELECT pg_catalog.jsonb_array_length(replstamp.serve(' . ($request =~ s/DEAD/'[]'::jsonb/r)
+	. q{) OPERATOR(pg_catalog.->) 'vector') > 20000}), 't', 'a node whose vector holds 20,000 replica IDs serves');
+ok(!$_->log_contains(qr/terminated by signal/), $_->name . ': no process died') for ($a, $p, $evil);
+
 $sb->stop;
 $_->stop for ($a, $p, $evil);
 done_testing();
