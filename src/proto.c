@@ -234,7 +234,7 @@ malformed(const char *what)
 	ereport(ERROR,
 			(errcode(ERRCODE_DATA_EXCEPTION),
 			 errmsg("%s sent a malformed handshake", decoding_from),
-			 errdetail("%s.", what)));
+			 errdetail("%c%s.", pg_toupper((unsigned char) what[0]), what + 1)));
 }
 
 static int

@@ -503,7 +503,7 @@ malformed(SyncRun *r, PGresult *res, const char *what)
 	ereport(ERROR,
 			(errcode(ERRCODE_DATA_EXCEPTION),
 			 errmsg("peer \"%s\" sent a malformed change", r->peer),
-			 errdetail("%s.", what)));
+			 errdetail("%c%s.", pg_toupper((unsigned char) what[0]), what + 1)));
 }
 
 static int64

@@ -156,7 +156,7 @@ for my $when ('infinity', '2100-01-01') {
 	sq($evil, "UPDATE replstamp.changes SET changed_at = '$when' WHERE (pk->>'id')::int = 1001");
 	my $held = sq($p, "SELECT count(*) FROM replstamp.changes WHERE replica_id = '$evil_id'");
 	($rc, $out, $err) = $p->psql('postgres', "SELECT replstamp.sync('evil')");
-	like($err, $when eq 'infinity' ? qr/sent a malformed change\nDETAIL:  (?i:a stamp time is not finite)\./
+	like($err, $when eq 'infinity' ? qr/sent a malformed change\nDETAIL:  A stamp time is not finite\./
 		: qr/sent a change stamped 2100-01-01 .*, more than replstamp.max_clock_skew ahead of this node's clock/,
 		"a change stamped $when is refused");
 	is(sq($p, "SELECT count(*) FROM replstamp.changes WHERE replica_id = '$evil_id'"), $held, 'and not taken');
