@@ -1,6 +1,8 @@
 # prepare_backup() and finish_backup() mark every database of the cluster,
 # however many there are (issue 8, item 10: 1.0 refused more than 256).
-# The databases are copies of a template that has replstamp.
+# The databases are copies of a template that has replstamp: a copy stamps
+# under a replica ID of its own, never under the template's, although the
+# template was checked in this start of the server.
 use strict;
 use warnings;
 use File::Temp qw(tempdir);
@@ -31,6 +33,15 @@ $node->safe_psql('postgres', join('',
 note sprintf('%d databases created in %.1f s', $ndb, time - $t0);
 my @all = ('postgres', 'tmpl', map { sprintf('d%03d', $_) } 1 .. $ndb);
 
+# The template and a copy each write a row: two changes, two stamps.
+$node->safe_psql($_, "INSERT INTO t VALUES (2)") for qw(tmpl d001);
+my %stamps;
+$stamps{$_} = $node->safe_psql($_, q{SELECT replica_id || '/' || serial FROM replstamp.changes
+	WHERE (pk->>'id')::int = 2 AND NOT applied}) for qw(tmpl d001);
+isnt($stamps{d001}, $stamps{tmpl}, "a copy of the template does not stamp under the template's replica ID");
+isnt($node->safe_psql('d001', 'SELECT replica_id FROM replstamp.node'),
+	$node->safe_psql('tmpl', 'SELECT replica_id FROM replstamp.node'), 'it took one of its own');
+
 sub marked
 {
 	my ($err, $state) = @_;
@@ -55,6 +66,8 @@ is($rc, 0, 'finish_backup() succeeds');
 is(marked($err, 'original'), scalar @all, "and marks every one of them 'original' again");
 is(join(',', map { state_of($_) } qw(postgres d001 d064 d065 d300)), join(',', ('original') x 5),
 	'as each database says');
+like($node->safe_psql('d300', "SELECT string_agg(retired_reason, ',') FROM replstamp.replica_history"),
+	qr/^copied from another database$/, 'a copy checked by the flip took a replica ID of its own too');
 
 $node->stop('immediate');
 done_testing();
