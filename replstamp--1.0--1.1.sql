@@ -314,7 +314,8 @@ AS 'MODULE_PATHNAME', 'replstamp_restore_version';
 COMMENT ON FUNCTION replstamp.restore_version(uuid, bigint) IS
     'make the version of a row that change wrote the current one again, as a new change';
 
--- Event triggers: a tracked table keeps its triggers and its name.
+-- Event triggers: a tracked table keeps its triggers and its name (its
+-- schema's too), whatever its owner runs.
 CREATE FUNCTION replstamp._ddl_guard()
 RETURNS event_trigger
 LANGUAGE C
@@ -324,7 +325,7 @@ RETURNS event_trigger
 LANGUAGE C
 AS 'MODULE_PATHNAME', 'replstamp_drop_guard';
 CREATE EVENT TRIGGER replstamp_ddl_guard ON ddl_command_end
-    WHEN TAG IN ('ALTER TABLE')
+    WHEN TAG IN ('ALTER TABLE', 'CREATE TRIGGER', 'ALTER TRIGGER', 'ALTER SCHEMA')
     EXECUTE FUNCTION replstamp._ddl_guard();
 CREATE EVENT TRIGGER replstamp_drop_guard ON sql_drop
     EXECUTE FUNCTION replstamp._drop_guard();

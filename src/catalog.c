@@ -240,6 +240,12 @@ replstamp_node(void)
 	node_cache.verified = false;
 	if (cat->v11)
 	{
+		/*
+		 * Checked in this start, and in this database: CREATE DATABASE ...
+		 * TEMPLATE copies the row, token and all, and the copy must still be
+		 * checked (it rotates).  Every check leaves the OID of its database
+		 * at the head of restore_fingerprint (identity.c).
+		 */
 		d = heap_getattr(tuple, Anum_node_verified_token, desc, &isnull);
 		node_cache.verified = !isnull && replstamp_shared != NULL &&
 			memcmp(DatumGetUUIDP(d)->data, replstamp_shared->start_token.data, UUID_LEN) == 0 &&

@@ -26,6 +26,7 @@
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/hsearch.h"
 #include "utils/json.h"
 #include "utils/lsyscache.h"
 #include "utils/timestamp.h"
@@ -33,6 +34,9 @@
 #include "catalog.h"
 #include "proto.h"
 #include "serial.h"
+
+/* GUC replstamp.max_new_replica_ids (defined in sync.c) */
+int			proto_max_new_replica_ids = 1000;
 
 static int
 epoch_cmp(const void *a, const void *b)
@@ -45,12 +49,19 @@ epoch_cmp(const void *a, const void *b)
 	return memcmp(x->token.data, y->token.data, UUID_LEN);
 }
 
-/* Not read-only: this transaction may just have rotated (identity.c). */
+/*
+ * Not read-only: this transaction may just have rotated (identity.c).
+ * SPI_execute() returns in SPI's procedure context, which SPI_finish()
+ * frees; what is allocated after it must go where the caller wanted it.
+ */
 static void
 spi_select(const char *sql)
 {
+	MemoryContext cxt = CurrentMemoryContext;
+
 	if (SPI_execute(sql, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "replstamp: query failed: %s", sql);
+	MemoryContextSwitchTo(cxt);
 }
 
 static pg_uuid_t
@@ -74,8 +85,9 @@ spi_int64(int row, int col)
 }
 
 /*
- * Describe this node, from its catalog.  The caller is connected to SPI,
- * as the extension's owner, in a transaction.
+ * Describe this node, from its catalog, in the current memory context
+ * (which may outlive SPI).  The caller is connected to SPI, as the
+ * extension's owner, in a transaction.
  */
 void
 proto_local(Handshake *h, bool unused)
@@ -237,7 +249,13 @@ malformed(const char *what)
 	ereport(ERROR,
 			(errcode(ERRCODE_DATA_EXCEPTION),
 			 errmsg("%s sent a malformed handshake", decoding_from),
-			 errdetail("%s.", what)));
+			 errdetail("%c%s.", pg_toupper((unsigned char) what[0]), what + 1)));
+}
+
+static int
+replica_id_cmp(const void *a, const void *b)
+{
+	return memcmp(((const pg_uuid_t *) a)->data, ((const pg_uuid_t *) b)->data, UUID_LEN);
 }
 
 static JsonbValue *
@@ -365,9 +383,19 @@ proto_decode(Jsonb *json, Handshake *h, const char *from)
 			v->epochs[k].first = as_int64(element(pair, 1), "an epoch's first serial");
 		}
 		qsort(v->epochs, ne, sizeof(EpochEntry), epoch_cmp);
-		for (int k = 0; k < i; k++)
-			if (memcmp(h->vector[k].id.data, v->id.data, UUID_LEN) == 0)
+	}
+	/* Sorted, not pairwise: a peer may send a vector of any length. */
+	if (n > 1)
+	{
+		pg_uuid_t  *ids = palloc(sizeof(pg_uuid_t) * n);
+
+		for (int i = 0; i < n; i++)
+			ids[i] = h->vector[i].id;
+		qsort(ids, n, sizeof(pg_uuid_t), replica_id_cmp);
+		for (int i = 1; i < n; i++)
+			if (replica_id_cmp(&ids[i - 1], &ids[i]) == 0)
 				malformed("a replica ID appears twice in the vector");
+		pfree(ids);
 	}
 
 	arr = as_array(member(root, "retired"), "retired", &n);
@@ -430,6 +458,78 @@ proto_find(Handshake *h, const pg_uuid_t *id)
 		if (memcmp(h->vector[i].id.data, id->data, UUID_LEN) == 0)
 			return &h->vector[i];
 	return NULL;
+}
+
+/*
+ * Enter a replica ID (token NULL) or a dead epoch in a set of them;
+ * returns whether it was there already.
+ */
+static bool
+seen(HTAB *set, const pg_uuid_t *id, const pg_uuid_t *token)
+{
+	pg_uuid_t	key[2];
+	bool		found;
+
+	memset(key, 0, sizeof(key));
+	key[0] = *id;
+	if (token)
+		key[1] = *token;
+	(void) hash_search(set, key, HASH_ENTER, &found);
+	return found;
+}
+
+/*
+ * Refuse a peer's handshake that names more than
+ * replstamp.max_new_replica_ids replica IDs (with vector_too, in its
+ * vector) or dead epochs that this node (described by mine) has never
+ * heard of.  Called before anything of the handshake is acted on: a
+ * hostile node must neither flood the vector and the epochs (dead epochs
+ * travel on to every node) nor keep this one busy.  Linear in the size of
+ * the handshake.
+ */
+void
+proto_refuse_flood(const Handshake *mine, const Handshake *theirs, bool vector_too,
+				   const char *from)
+{
+	HASHCTL		ctl;
+	HTAB	   *known;
+	int			newids = 0;
+	int			newdead = 0;
+
+	ctl.keysize = 2 * sizeof(pg_uuid_t);
+	ctl.entrysize = 2 * sizeof(pg_uuid_t);
+	ctl.hcxt = CurrentMemoryContext;
+	known = hash_create("replstamp known replica IDs and dead epochs",
+						Max(mine->nvector + 2 * mine->ndead, 16),
+						&ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	(void) seen(known, &mine->replica_id, NULL);
+	for (int i = 0; i < mine->nvector; i++)
+		(void) seen(known, &mine->vector[i].id, NULL);
+	for (int i = 0; i < mine->ndead; i++)
+	{
+		(void) seen(known, &mine->dead[i].id, NULL);
+		(void) seen(known, &mine->dead[i].id, &mine->dead[i].token);
+	}
+
+	for (int i = 0; vector_too && i < theirs->nvector; i++)
+		if (!seen(known, &theirs->vector[i].id, NULL) &&
+			++newids > proto_max_new_replica_ids)
+			ereport(ERROR,
+					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+					 errmsg("%s advertises more than %d replica IDs this node has never seen",
+							from, proto_max_new_replica_ids),
+					 errdetail("Its vector names %d replica IDs.", theirs->nvector),
+					 errhint("If that is right, raise replstamp.max_new_replica_ids; a hostile node can flood the vector.")));
+	for (int i = 0; i < theirs->ndead; i++)
+		if (!seen(known, &theirs->dead[i].id, &theirs->dead[i].token) &&
+			++newdead > proto_max_new_replica_ids)
+			ereport(ERROR,
+					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+					 errmsg("%s advertises more than %d dead epochs this node has never seen",
+							from, proto_max_new_replica_ids),
+					 errdetail("Its handshake names %d dead epochs.", theirs->ndead),
+					 errhint("If that is right, raise replstamp.max_new_replica_ids; a hostile node can flood the epochs, which every node passes on.")));
+	hash_destroy(known);
 }
 
 /*

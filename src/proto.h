@@ -73,10 +73,14 @@ typedef struct Handshake
 	bool		rotated;		/* response: the server rotated while answering */
 } Handshake;
 
+extern int	proto_max_new_replica_ids;
+
 extern void proto_local(Handshake *h, bool with_lag_for);
 extern char *proto_encode(Handshake *h);
 extern void proto_decode(Jsonb *json, Handshake *h, const char *from);
 extern VectorItem *proto_find(Handshake *h, const pg_uuid_t *id);
+extern void proto_refuse_flood(const Handshake *mine, const Handshake *theirs, bool vector_too,
+							   const char *from);
 extern bool proto_histories_agree(const VectorItem *a, int64 extent_a,
 								  const VectorItem *b, int64 extent_b, int64 *diverge_at);
 

@@ -243,14 +243,8 @@ report(Assignment *a, int64 result, ErrorData *e, const char *warnings)
 		{
 			req->sqlerrcode = e->sqlerrcode ? e->sqlerrcode : ERRCODE_INTERNAL_ERROR;
 			strlcpy(req->message, e->message ? e->message : "unknown error", SYNC_MESSAGE_LEN);
-			/*
-			 * The detail of a data or integrity error quotes the row ("Failing
-			 * row contains ..."): it stays in this worker's log line only;
-			 * the context names the change and its table.
-			 */
-			strlcpy(req->detail,
-					e->detail && ERRCODE_TO_CATEGORY(e->sqlerrcode) != ERRCODE_DATA_EXCEPTION &&
-					ERRCODE_TO_CATEGORY(e->sqlerrcode) != ERRCODE_INTEGRITY_CONSTRAINT_VIOLATION ?
+			/* The detail may quote the row: it stays in this worker's log line. */
+			strlcpy(req->detail, e->detail && !sync_error_quotes_values(e) ?
 					e->detail : "", SYNC_MESSAGE_LEN);
 			strlcpy(req->hint, e->hint ? e->hint : "", SYNC_MESSAGE_LEN);
 			strlcpy(req->context, e->context ? e->context : "", SYNC_MESSAGE_LEN);

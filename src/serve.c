@@ -19,7 +19,8 @@
  *	  its own (proto.c): if the puller holds changes of this ID that this
  *	  data set never made or made differently, this data set went back in
  *	  time or is a clone, and it rotates now (identity.c);
- *	- learns the epochs the puller knows to be dead;
+ *	- learns the epochs the puller knows to be dead, unless more of them
+ *	  than replstamp.max_new_replica_ids are unknown here;
  *	- refuses a puller that could bring deleted rows back: one that holds a
  *	  replica ID only up to a serial below a tombstone this node has dropped;
  *	- records what the puller holds, so that pruning keeps what it lacks,
@@ -219,6 +220,14 @@ replstamp_serve(PG_FUNCTION_ARGS)
 
 	replstamp_become_owner(&ctx);
 	SPI_connect();
+
+	/* Dead epochs travel on to every node: no flood of unknown ones. */
+	{
+		Handshake	known;
+
+		proto_local(&known, false);
+		proto_refuse_flood(&known, &req, false, from);
+	}
 
 	/* Has this data set gone back in time, as the puller sees it? */
 	if (identity_check_histories())

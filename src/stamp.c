@@ -24,6 +24,7 @@
 #include "access/relation.h"
 #include "access/xact.h"
 #include "catalog/catalog.h"
+#include "catalog/pg_trigger.h"
 #include "catalog/pg_type.h"
 #include "commands/event_trigger.h"
 #include "commands/extension.h"
@@ -229,6 +230,39 @@ has_trigger(Relation rel, const char *tgname, bool always)
 	for (int i = 0; i < td->numtriggers; i++)
 		if (strcmp(td->triggers[i].tgname, tgname) == 0)
 			return !always || td->triggers[i].tgenabled == TRIGGER_FIRES_ALWAYS;
+	return false;
+}
+
+/*
+ * Is the trigger tgname of rel the one track() installed: enabled ALWAYS,
+ * calling replstamp.funcname, for the events of tgtype, with no WHEN
+ * clause and no column list?  A table owner may not call replstamp's
+ * functions, but may replace a trigger of that name with her own
+ * (CREATE OR REPLACE TRIGGER) and enable it ALWAYS.
+ */
+static bool
+trigger_intact(Relation rel, const char *tgname, const char *funcname, int16 tgtype)
+{
+	TriggerDesc *td = rel->trigdesc;
+	Oid			schema = replstamp_catalog(false)->schema;
+
+	if (td == NULL)
+		return false;
+	for (int i = 0; i < td->numtriggers; i++)
+	{
+		Trigger    *tg = &td->triggers[i];
+		char	   *proname;
+
+		if (strcmp(tg->tgname, tgname) != 0)
+			continue;
+		proname = get_func_name(tg->tgfoid);
+		return tg->tgenabled == TRIGGER_FIRES_ALWAYS &&
+			tg->tgtype == tgtype &&
+			tg->tgqual == NULL &&
+			tg->tgnattr == 0 &&
+			get_func_namespace(tg->tgfoid) == schema &&
+			proname != NULL && strcmp(proname, funcname) == 0;
+	}
 	return false;
 }
 
@@ -498,23 +532,6 @@ guard_active(void)
 		OidIsValid(get_relname_relid("tracked", cat->schema));
 }
 
-/* The registered name of a tracked table, or NULL. */
-static char *
-registered_name(Oid relid)
-{
-	Oid			types[1] = {OIDOID};
-	Datum		values[1] = {ObjectIdGetDatum(relid)};
-	char	   *name = NULL;
-
-	if (SPI_execute_with_args("SELECT relation FROM replstamp.tracked "
-							  "WHERE relid OPERATOR(pg_catalog.=) $1 AND state = 'tracked'",
-							  1, types, values, NULL, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "replstamp: could not read replstamp.tracked");
-	if (SPI_processed > 0)
-		name = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-	return name;
-}
-
 /*
  * A table that carries both triggers of track(), enabled ALWAYS, and is
  * not registered: pg_restore has just re-created the triggers of a table
@@ -537,7 +554,10 @@ register_restored(Oid relid)
 		registry_set(replstamp_catalog(false), relid, "tracked", false);
 }
 
-/* Refuse if a tracked table lost its trigger, its ALWAYS mode or its name. */
+/*
+ * Refuse if a tracked table lost its name or one of its triggers as track()
+ * installed it.
+ */
 static void
 check_tracked(Oid relid, const char *regname)
 {
@@ -554,54 +574,86 @@ check_tracked(Oid relid, const char *regname)
 				 errmsg("cannot rename or move table %s because it is tracked by replstamp", regname),
 				 errdetail("Peers identify its rows by the schema-qualified name."),
 				 errhint("Untrack it with replstamp.untrack() on every node, rename it everywhere, then track it again.")));
-	if (!has_trigger(rel, STAMP_TRIGGER_NAME, true) ||
-		!has_trigger(rel, TRUNCATE_TRIGGER_NAME, true))
+	if (!trigger_intact(rel, STAMP_TRIGGER_NAME, "stamp",
+						TRIGGER_TYPE_ROW | TRIGGER_TYPE_INSERT | TRIGGER_TYPE_UPDATE |
+						TRIGGER_TYPE_DELETE) ||
+		!trigger_intact(rel, TRUNCATE_TRIGGER_NAME, "refuse_truncate",
+						TRIGGER_TYPE_BEFORE | TRIGGER_TYPE_TRUNCATE))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("cannot disable or drop the replstamp triggers of table %s", regname),
+				 errmsg("cannot disable, replace or drop the replstamp triggers of table %s", regname),
 				 errdetail("Changes made without them would never reach the peers."),
 				 errhint("Stop tracking the table with replstamp.untrack() instead.")));
 	relation_close(rel, AccessShareLock);
 }
 
 /*
- * replstamp._ddl_guard(): event trigger on ddl_command_end for ALTER TABLE
- * and friends: a tracked table keeps its name and its ENABLE ALWAYS
- * triggers; a table whose triggers pg_restore re-enables is registered.
+ * replstamp._ddl_guard(): event trigger on ddl_command_end for ALTER TABLE,
+ * CREATE TRIGGER, ALTER TRIGGER and ALTER SCHEMA: a tracked table keeps its
+ * name and its triggers as track() installed them; a table whose triggers
+ * pg_restore re-enables is registered.
+ *
+ * It runs in the session of whoever ran the DDL, with that session's
+ * search_path: its queries run as the extension's owner with a safe one,
+ * and name every operator.
  */
 Datum
 replstamp_ddl_guard(PG_FUNCTION_ARGS)
 {
+	ReplstampOwnerContext ctx;
+
 	if (!CALLED_AS_EVENT_TRIGGER(fcinfo))
 		elog(ERROR, "replstamp._ddl_guard() must be called as an event trigger");
 	if (!guard_active())
 		PG_RETURN_VOID();
 
+	replstamp_become_owner(&ctx);
 	SPI_connect();
-	if (SPI_execute("SELECT DISTINCT objid FROM pg_catalog.pg_event_trigger_ddl_commands() "
-					"WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass",
+	/*
+	 * The tables the command touched, itself or a trigger of it, and the
+	 * tracked tables of a schema it touched; with their registered names
+	 * (NULL: not tracked).
+	 */
+	if (SPI_execute("WITH cmd AS (SELECT classid, objid FROM pg_catalog.pg_event_trigger_ddl_commands()), "
+					"touched AS ("
+					"  SELECT cmd.objid AS relid FROM cmd "
+					"  WHERE cmd.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass "
+					"  UNION SELECT g.tgrelid FROM cmd JOIN pg_catalog.pg_trigger g "
+					"  ON g.oid OPERATOR(pg_catalog.=) cmd.objid "
+					"  WHERE cmd.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_trigger'::pg_catalog.regclass "
+					"  UNION SELECT c.oid FROM cmd JOIN pg_catalog.pg_class c "
+					"  ON c.relnamespace OPERATOR(pg_catalog.=) cmd.objid "
+					"  JOIN replstamp.tracked t ON t.relid OPERATOR(pg_catalog.=) c.oid "
+					"  AND t.state OPERATOR(pg_catalog.=) 'tracked' "
+					"  WHERE cmd.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_namespace'::pg_catalog.regclass) "
+					"SELECT x.relid, t.relation FROM touched x LEFT JOIN replstamp.tracked t "
+					"ON t.relid OPERATOR(pg_catalog.=) x.relid AND t.state OPERATOR(pg_catalog.=) 'tracked'",
 					true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "replstamp: could not read the DDL commands");
 	if (SPI_processed > 0)
 	{
 		int			n = SPI_processed;
 		Oid		   *relids = palloc(sizeof(Oid) * n);
+		char	  **regnames = palloc(sizeof(char *) * n);
 		bool		isnull;
 
-		for (int i = 0; i < n; i++)
-			relids[i] = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i],
-													   SPI_tuptable->tupdesc, 1, &isnull));
+		/* Copied first: registering a table runs queries of its own. */
 		for (int i = 0; i < n; i++)
 		{
-			char	   *regname = registered_name(relids[i]);
-
-			if (regname)
-				check_tracked(relids[i], regname);
+			relids[i] = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i],
+													   SPI_tuptable->tupdesc, 1, &isnull));
+			regnames[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
+		}
+		for (int i = 0; i < n; i++)
+		{
+			if (regnames[i])
+				check_tracked(relids[i], regnames[i]);
 			else
 				register_restored(relids[i]);
 		}
 	}
 	SPI_finish();
+	replstamp_restore_user(&ctx);
 	PG_RETURN_VOID();
 }
 
@@ -620,25 +672,25 @@ replstamp_drop_guard(PG_FUNCTION_ARGS)
 	if (!guard_active())
 		PG_RETURN_VOID();
 
+	/* As the owner, with a safe search_path: see replstamp_ddl_guard(). */
+	replstamp_become_owner(&ctx);
 	SPI_connect();
 	/* Tracked tables that are gone now. */
-	replstamp_become_owner(&ctx);
 	if (SPI_execute("UPDATE replstamp.tracked t SET state = 'dropped', relid = NULL, "
 					"since = pg_catalog.now() "
 					"FROM pg_catalog.pg_event_trigger_dropped_objects() d "
 					"WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass "
 					"AND d.objid OPERATOR(pg_catalog.=) t.relid AND d.objsubid OPERATOR(pg_catalog.=) 0 "
-					"AND t.state = 'tracked'",
+					"AND t.state OPERATOR(pg_catalog.=) 'tracked'",
 					false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "replstamp: could not record dropped tables");
-	replstamp_restore_user(&ctx);
 
 	/* Was one of our triggers dropped from a table that stays tracked? */
 	if (SPI_execute("SELECT t.relid, t.relation FROM replstamp.tracked t "
-					"WHERE t.state = 'tracked' AND EXISTS (SELECT 1 FROM "
+					"WHERE t.state OPERATOR(pg_catalog.=) 'tracked' AND EXISTS (SELECT 1 FROM "
 					"pg_catalog.pg_event_trigger_dropped_objects() d "
-					"WHERE d.object_type = 'trigger' AND (d.object_identity LIKE '"
-					STAMP_TRIGGER_NAME " on %' OR d.object_identity LIKE '"
+					"WHERE d.object_type OPERATOR(pg_catalog.=) 'trigger' AND (d.object_identity OPERATOR(pg_catalog.~~) '"
+					STAMP_TRIGGER_NAME " on %' OR d.object_identity OPERATOR(pg_catalog.~~) '"
 					TRUNCATE_TRIGGER_NAME " on %'))",
 					true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "replstamp: could not read replstamp.tracked");
@@ -659,5 +711,6 @@ replstamp_drop_guard(PG_FUNCTION_ARGS)
 			check_tracked(relids[i], names[i]);
 	}
 	SPI_finish();
+	replstamp_restore_user(&ctx);
 	PG_RETURN_VOID();
 }

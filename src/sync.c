@@ -30,9 +30,10 @@
  * from what this node holds of it (a rolled-back or cloned node: see
  * epochs.c); stamp times that are finite and at most
  * replstamp.max_clock_skew ahead of this node's clock; at most
- * replstamp.max_new_replica_ids replica IDs it has never heard of per
- * sync; and a peer that could bring deleted rows back (it holds less of an
- * ID than a tombstone this node dropped, or learnt from a peer was
+ * replstamp.max_new_replica_ids replica IDs, and as many dead epochs, it
+ * has never heard of per handshake (proto.c); and a peer that could bring
+ * deleted rows back (it holds less of an ID than a tombstone this node
+ * dropped, or learnt from a peer was
  * dropped) is refused.
  *
  * Copyright (c) 2026, the replstamp authors
@@ -91,7 +92,6 @@ PG_FUNCTION_INFO_V1(replstamp_skip);
 /* GUCs */
 static int	sync_batch_size = 1000;
 static int	max_clock_skew = 300;
-static int	max_new_replica_ids = 1000;
 
 /* One replica ID's range to pull. */
 typedef struct Range
@@ -153,9 +153,10 @@ sync_init(void)
 							GUC_UNIT_S,
 							NULL, NULL, NULL);
 	DefineCustomIntVariable("replstamp.max_new_replica_ids",
-							"How many replica IDs never seen before one sync may bring.",
-							"A peer advertising more is refused: a hostile peer must not flood the vector.",
-							&max_new_replica_ids,
+							"How many replica IDs, and dead epochs, never seen before one handshake may name.",
+							"A peer (or puller) naming more is refused: a hostile node must not flood "
+							"the vector or the epochs.",
+							&proto_max_new_replica_ids,
 							1000, 1, INT_MAX,
 							PGC_SUSET,
 							0,
@@ -450,9 +451,9 @@ plan(SyncRun *r)
 {
 	ReplstampOwnerContext ctx;
 	char	   *from = psprintf("peer \"%s\"", r->peer);
-	int			newids = 0;
 	MemoryContext old;
 
+	proto_refuse_flood(&r->me, &r->srv, true, from);
 	worker_begin_xact();
 	replstamp_become_owner(&ctx);
 	SPI_connect();
@@ -509,12 +510,6 @@ plan(SyncRun *r)
 		/* Never pull this node's own current ID, nor IDs all made here. */
 		if (same_id(&v->id, &r->me.replica_id) || (ours && own_local_id(&v->id)))
 			continue;
-		if (ours == NULL && ++newids > max_new_replica_ids)
-			ereport(ERROR,
-					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-					 errmsg("peer \"%s\" advertises more than %d replica IDs this node has never seen",
-							r->peer, max_new_replica_ids),
-					 errhint("If that is right, raise replstamp.max_new_replica_ids; a hostile peer can flood the vector.")));
 		if (peers_own && lo > r->srv.issued && identity_check_histories())
 		{
 			/* We hold more of its current ID than it ever handed out. */
@@ -591,7 +586,7 @@ malformed(SyncRun *r, PGresult *res, const char *what)
 	ereport(ERROR,
 			(errcode(ERRCODE_DATA_EXCEPTION),
 			 errmsg("peer \"%s\" sent a malformed change", r->peer),
-			 errdetail("%s.", what)));
+			 errdetail("%c%s.", pg_toupper((unsigned char) what[0]), what + 1)));
 }
 
 static int64
@@ -956,6 +951,22 @@ record_success(SyncRun *r)
 	worker_commit_xact();
 }
 
+/*
+ * May the detail of an error raised by a sync quote a value of a row (the
+ * message of a data exception may too: see record_failure())?  The errors of input functions and constraints do ("invalid input
+ * syntax for type ...: \"4111-...\"", "Failing row contains (...)"); they
+ * carry a subclass of data exception or an integrity constraint violation.
+ * replstamp's own refusals of what a peer sent name stamps, tables and
+ * columns, never values, and carry the bare class 22000.
+ */
+bool
+sync_error_quotes_values(const ErrorData *e)
+{
+	return (ERRCODE_TO_CATEGORY(e->sqlerrcode) == ERRCODE_DATA_EXCEPTION &&
+			e->sqlerrcode != ERRCODE_DATA_EXCEPTION) ||
+		ERRCODE_TO_CATEGORY(e->sqlerrcode) == ERRCODE_INTEGRITY_CONSTRAINT_VIOLATION;
+}
+
 /* The error of a failed sync, in replstamp.peer: no row values in it. */
 static void
 record_failure(const char *peer, ErrorData *e)
@@ -963,9 +974,9 @@ record_failure(const char *peer, ErrorData *e)
 	ReplstampOwnerContext ctx;
 	Oid			types[4] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID};
 	Datum		values[4];
-	char		nulls[4] = {' ', ' ', ' ', ' '};
+	char		nulls[4] = {' ', ' ', ' ', 'n'};
 	char	   *msg;
-	char	   *stamp = NULL;
+	const char *applying = NULL;
 
 	/*
 	 * Messages of data exceptions quote the value that did not fit (an
@@ -973,20 +984,40 @@ record_failure(const char *peer, ErrorData *e)
 	 * in the server log.  replstamp.peers is readable by everybody.
 	 */
 	if (ERRCODE_TO_CATEGORY(e->sqlerrcode) == ERRCODE_DATA_EXCEPTION &&
-		e->message && strncmp(e->message, "peer ", 5) != 0)
+		e->sqlerrcode != ERRCODE_DATA_EXCEPTION)
 		msg = psprintf("a value does not fit its column here (SQLSTATE %s)",
 					   unpack_sql_state(e->sqlerrcode));
 	else
 		msg = e->message ? e->message : "unknown error";
-	if (e->context && strncmp(e->context, "applying change ", 16) == 0)
+
+	/*
+	 * The change that failed, from apply.c's context line, which other
+	 * context lines (the column being decoded, a trigger) may precede: it
+	 * names the stamp and the table, never values.
+	 */
+	if (e->context)
 	{
-		char	   *ctxline = pstrdup(e->context);
+		const char *p = e->context;
+
+		while (p && strncmp(p, "applying change ", 16) != 0)
+		{
+			p = strchr(p, '\n');
+			if (p)
+				p++;
+		}
+		applying = p;
+	}
+	if (applying)
+	{
+		char	   *ctxline = pstrdup(applying);
+		char	   *stamp = pstrdup(applying + 16);
 
 		ctxline[strcspn(ctxline, "\n")] = '\0';
 		msg = psprintf("%s (%s)", msg, ctxline);
 		/* "applying change <id>/<serial> (...": what replstamp.skip() takes */
-		stamp = pstrdup(e->context + 16);
 		stamp[strcspn(stamp, " \n")] = '\0';
+		values[3] = CStringGetTextDatum(stamp);
+		nulls[3] = ' ';
 	}
 
 	worker_begin_xact();
@@ -995,13 +1026,9 @@ record_failure(const char *peer, ErrorData *e)
 	values[0] = CStringGetTextDatum(peer);
 	values[1] = CStringGetTextDatum(msg);
 	values[2] = CStringGetTextDatum(unpack_sql_state(e->sqlerrcode));
-	if (stamp)
-		values[3] = CStringGetTextDatum(stamp);
-	else
-		nulls[3] = 'n';
 	spi_exec("UPDATE replstamp.peer SET last_error = $2, last_error_at = pg_catalog.now(), "
 			 "last_error_sqlstate = $3, last_error_change = $4, "
-			 "status = CASE WHEN $3 = '72000' THEN 'stale' ELSE 'failing' END "
+			 "status = CASE WHEN $3 OPERATOR(pg_catalog.=) '72000' THEN 'stale' ELSE 'failing' END "
 			 "WHERE name OPERATOR(pg_catalog.=) $1", 4, types, values, nulls, SPI_OK_UPDATE);
 	SPI_finish();
 	replstamp_restore_user(&ctx);
