@@ -263,10 +263,10 @@ prune_plan(PruneRun *p)
 	SPI_connect();
 	/* A puller away longer than a tombstone lifetime is refused anyway. */
 	spi_exec("DELETE FROM replstamp.puller WHERE last_pull_at OPERATOR(pg_catalog.<) "
-			 "pg_catalog.now() OPERATOR(pg_catalog.-) $1::pg_catalog.interval",
+			 "(pg_catalog.now() OPERATOR(pg_catalog.-) $1::pg_catalog.interval)",
 			 1, types, values, SPI_OK_DELETE);
 	spi_exec("DELETE FROM replstamp.conflict_log WHERE resolved_at OPERATOR(pg_catalog.<) "
-			 "pg_catalog.now() OPERATOR(pg_catalog.-) $1::pg_catalog.interval",
+			 "(pg_catalog.now() OPERATOR(pg_catalog.-) $1::pg_catalog.interval)",
 			 1, types, values, SPI_OK_DELETE);
 
 	/* Per replica ID: up to where every puller holds it. */
@@ -443,7 +443,7 @@ prune_tombstones(PruneRun *p)
 		SPI_connect();
 		spi_exec("DELETE FROM replstamp.row_version WHERE ctid OPERATOR(pg_catalog.=) ANY (ARRAY("
 				 "SELECT ctid FROM replstamp.row_version WHERE deleted "
-				 "AND changed_at OPERATOR(pg_catalog.<) pg_catalog.now() OPERATOR(pg_catalog.-) $1::pg_catalog.interval "
+				 "AND changed_at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) $1::pg_catalog.interval) "
 				 "LIMIT " CppAsString2(PRUNE_BATCH) ")) RETURNING replica_id, serial",
 				 1, types, values, SPI_OK_DELETE_RETURNING);
 		n = SPI_processed;
