@@ -389,7 +389,12 @@ CREATE OR REPLACE VIEW replstamp.status AS
            (SELECT pg_catalog.now() OPERATOR(pg_catalog.-) pg_catalog.min(p.last_pull_at)
               FROM replstamp.puller p) AS oldest_puller_age,
            (SELECT pg_catalog.count(*) FROM replstamp.peer p
-             WHERE p.status IN ('diverged', 'stale')) AS peers_diverged
+             WHERE p.status IN ('diverged', 'stale')) AS peers_diverged,
+           -- the size of the log, and the puller that has not pulled for
+           -- the longest: replstamp.pullers says how much it holds back
+           pg_catalog.pg_total_relation_size('replstamp.changes'::pg_catalog.regclass) AS changes_bytes,
+           (SELECT p.label FROM replstamp.puller p
+             ORDER BY p.last_pull_at LIMIT 1) AS oldest_puller
       FROM replstamp.node n;
 
 /*
