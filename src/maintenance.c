@@ -265,9 +265,17 @@ prune_plan(PruneRun *p)
 	spi_exec("DELETE FROM replstamp.puller WHERE last_pull_at OPERATOR(pg_catalog.<) "
 			 "(pg_catalog.now() OPERATOR(pg_catalog.-) $1::pg_catalog.interval)",
 			 1, types, values, SPI_OK_DELETE);
-	spi_exec("DELETE FROM replstamp.conflict_log WHERE resolved_at OPERATOR(pg_catalog.<) "
-			 "(pg_catalog.now() OPERATOR(pg_catalog.-) $1::pg_catalog.interval)",
-			 1, types, values, SPI_OK_DELETE);
+	/*
+	 * Conflicts older than a lifetime are forgotten.  The changes they named
+	 * were kept for replstamp.restore_version() when pruning walked past
+	 * them: queue them to be looked at again, or they would stay forever.
+	 */
+	spi_exec("WITH gone AS (DELETE FROM replstamp.conflict_log WHERE resolved_at OPERATOR(pg_catalog.<) "
+			 "(pg_catalog.now() OPERATOR(pg_catalog.-) $1::pg_catalog.interval) "
+			 "RETURNING loser_replica_id, loser_serial) "
+			 "INSERT INTO replstamp.prune_queue (replica_id, serial) "
+			 "SELECT DISTINCT loser_replica_id, loser_serial FROM gone ON CONFLICT DO NOTHING",
+			 1, types, values, SPI_OK_INSERT);
 
 	/* Per replica ID: up to where every puller holds it. */
 	spi_exec("SELECT v.replica_id, coalesce(pp.walked_upto, 0), "
