@@ -101,8 +101,11 @@ refuse_stale_puller(Handshake *req)
 		Oid			types[2] = {UUIDOID, INT8OID};
 		Datum		values[2] = {UUIDPGetDatum(&v->id), Int64GetDatum(v->serial)};
 
-		if (v->serial <= 0)
-			continue;			/* holds nothing of it: it cannot bring it back */
+		/*
+		 * Even an entry of 0: it is a restored copy's claim on its old ID
+		 * when nothing was recorded, and the copy holds that ID's rows.  A
+		 * node that never held any change of an ID has no entry for it.
+		 */
 		spi_exec("SELECT serial FROM replstamp.purged WHERE replica_id OPERATOR(pg_catalog.=) $1 "
 				 "AND serial OPERATOR(pg_catalog.>) $2", 2, types, values, SPI_OK_SELECT);
 		if (SPI_processed > 0)
