@@ -119,7 +119,12 @@ refuse_stale_puller(Handshake *req)
 	}
 }
 
-/* Record what the puller holds; forget it under its retired IDs. */
+/*
+ * Record what the puller holds; forget it under its retired IDs.  An ID
+ * missing from its vector now but recorded before is one it held all of
+ * and let leave its vector (a retired ID, maintenance.c): its record
+ * stays, or it would hold back forever the pruning of that ID here.
+ */
 static void
 record_puller(Handshake *req)
 {
@@ -132,8 +137,6 @@ record_puller(Handshake *req)
 			 "VALUES ($1, $2, pg_catalog.now()) ON CONFLICT (replica_id) "
 			 "DO UPDATE SET label = EXCLUDED.label, last_pull_at = EXCLUDED.last_pull_at",
 			 2, types, values, SPI_OK_INSERT);
-	spi_exec("DELETE FROM replstamp.puller_vector WHERE puller OPERATOR(pg_catalog.=) $1",
-			 1, types, values, SPI_OK_DELETE);
 	for (int i = 0; i < req->nvector; i++)
 	{
 		Oid			vt[3] = {UUIDOID, UUIDOID, INT8OID};
@@ -142,7 +145,8 @@ record_puller(Handshake *req)
 		vv[0] = UUIDPGetDatum(&req->replica_id);
 		vv[1] = UUIDPGetDatum(&req->vector[i].id);
 		vv[2] = Int64GetDatum(req->vector[i].serial);
-		spi_exec("INSERT INTO replstamp.puller_vector (puller, replica_id, serial) VALUES ($1, $2, $3)",
+		spi_exec("INSERT INTO replstamp.puller_vector (puller, replica_id, serial) VALUES ($1, $2, $3) "
+				 "ON CONFLICT (puller, replica_id) DO UPDATE SET serial = EXCLUDED.serial",
 				 3, vt, vv, SPI_OK_INSERT);
 	}
 	for (int i = 0; i < req->nretired; i++)
