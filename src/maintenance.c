@@ -520,14 +520,25 @@ prune_retired(PruneRun *p)
 					  "AND NOT e.dead",
 					  psprintf(held_everywhere, "v.replica_id", "v.replica_id", "v.serial")),
 			 0, NULL, NULL, SPI_OK_DELETE);
-	/* IDs this database retired. */
+	/*
+	 * IDs this database retired.  Held up to where: the vector's entry of a
+	 * restored copy's old ID; else (every change of it was made here) the
+	 * last serial it can have, below the first serial of the ID minted when
+	 * it was retired; the lowest uncommitted serial, which the vector
+	 * claims, only goes up and pullers would never catch up with it.
+	 */
 	spi_exec(psprintf("WITH gone AS (UPDATE replstamp.replica_history h SET in_vector = false "
 					  "WHERE h.in_vector AND h.retired_at IS NOT NULL AND %s RETURNING h.replica_id) "
 					  "DELETE FROM replstamp.vector_state v USING gone "
 					  "WHERE v.replica_id OPERATOR(pg_catalog.=) gone.replica_id",
 					  psprintf(held_everywhere, "h.replica_id", "h.replica_id",
 							   "coalesce((SELECT v2.serial FROM replstamp.vector_state v2 "
-							   "WHERE v2.replica_id OPERATOR(pg_catalog.=) h.replica_id), "
+							   "  WHERE v2.replica_id OPERATOR(pg_catalog.=) h.replica_id), "
+							   "(SELECT pg_catalog.min(e.first_serial) OPERATOR(pg_catalog.-) 1 "
+							   "  FROM replstamp.epoch e JOIN replstamp.replica_history h2 "
+							   "    ON h2.replica_id OPERATOR(pg_catalog.=) e.replica_id "
+							   "  WHERE h2.minted_at OPERATOR(pg_catalog.>=) h.retired_at "
+							   "    AND h2.replica_id OPERATOR(pg_catalog.<>) h.replica_id), "
 							   "replstamp.lowest_uncommitted_serial() OPERATOR(pg_catalog.-) 1)")),
 			 0, NULL, NULL, SPI_OK_DELETE);
 	spi_exec("DELETE FROM replstamp.puller_vector pv WHERE NOT EXISTS (SELECT 1 FROM replstamp.vector v "
