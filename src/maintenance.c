@@ -368,68 +368,65 @@ prune_walk(PruneRun *p)
 	}
 }
 
-static int64
-upto_of(PruneRun *p, const pg_uuid_t *id)
-{
-	for (int i = 0; i < p->nitems; i++)
-		if (memcmp(p->items[i].id.data, id->data, UUID_LEN) == 0)
-			return p->items[i].upto;
-	return 0;
-}
-
-/* Latest versions looked at before and superseded since. */
+/*
+ * Latest versions looked at before and superseded since: per replica ID,
+ * those every puller holds, in batches taken off the queue.  (Entries a
+ * puller still lacks wait there, and never hide the others.)
+ */
 static void
 prune_queue(PruneRun *p)
 {
-	for (;;)
+	for (int i = 0; i < p->nitems; i++)
 	{
-		ReplstampOwnerContext ctx;
-		int			n,
-					done = 0;
-		StampKey   *keys;
+		PruneItem  *it = &p->items[i];
+		int			n;
 
-		CHECK_FOR_INTERRUPTS();
-		batch_begin();
-		replstamp_become_owner(&ctx);
-		SPI_connect();
-		spi_exec("SELECT replica_id, serial FROM replstamp.prune_queue ORDER BY 1, 2 LIMIT "
-				 CppAsString2(PRUNE_BATCH), 0, NULL, NULL, SPI_OK_SELECT);
-		n = SPI_processed;
-		keys = palloc(sizeof(StampKey) * Max(n, 1));
-		for (int i = 0; i < n; i++)
+		do
 		{
-			bool		isnull;
-
-			memcpy(&keys[i].id, DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc,
-															1, &isnull)), sizeof(pg_uuid_t));
-			keys[i].serial = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
-														 SPI_tuptable->tupdesc, 2, &isnull));
-		}
-		p->w = rowversion_writer_begin(p->cat);
-		for (int i = 0; i < n; i++)
-		{
-			Change		c;
+			ReplstampOwnerContext ctx;
 			Oid			types[2] = {UUIDOID, INT8OID};
-			Datum		values[2] = {UUIDPGetDatum(&keys[i].id), Int64GetDatum(keys[i].serial)};
+			Datum		values[2] = {UUIDPGetDatum(&it->id), Int64GetDatum(it->upto)};
+			int64	   *serials;
+			MemoryContext caller;
 
-			if (keys[i].serial > upto_of(p, &keys[i].id))
-				continue;		/* a puller still lacks it */
-			if (changelog_fetch(p->cat, &keys[i].id, keys[i].serial, &c) && !kept(p, &c))
-			{
-				changelog_delete_tid(p->cat, &c.tid);
-				p->removed++;
-			}
+			CHECK_FOR_INTERRUPTS();
+			batch_begin();
+			caller = CurrentMemoryContext;
+			replstamp_become_owner(&ctx);
+			SPI_connect();
 			spi_exec("DELETE FROM replstamp.prune_queue WHERE replica_id OPERATOR(pg_catalog.=) $1 "
-					 "AND serial OPERATOR(pg_catalog.=) $2", 2, types, values, SPI_OK_DELETE);
-			done++;
-		}
-		rowversion_writer_end(p->w);
-		p->w = NULL;
-		SPI_finish();
-		replstamp_restore_user(&ctx);
-		batch_end();
-		if (n < PRUNE_BATCH || done == 0)
-			break;
+					 "AND serial OPERATOR(pg_catalog.=) ANY (ARRAY("
+					 "SELECT serial FROM replstamp.prune_queue WHERE replica_id OPERATOR(pg_catalog.=) $1 "
+					 "AND serial OPERATOR(pg_catalog.<=) $2 ORDER BY serial LIMIT "
+					 CppAsString2(PRUNE_BATCH) ")) RETURNING serial",
+					 2, types, values, SPI_OK_DELETE_RETURNING);
+			n = SPI_processed;
+			/* Outlives SPI_finish(). */
+			serials = MemoryContextAlloc(caller, sizeof(int64) * Max(n, 1));
+			for (int k = 0; k < n; k++)
+			{
+				bool		isnull;
+
+				serials[k] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[k], SPI_tuptable->tupdesc,
+														 1, &isnull));
+			}
+			SPI_finish();
+			replstamp_restore_user(&ctx);
+			p->w = rowversion_writer_begin(p->cat);
+			for (int k = 0; k < n; k++)
+			{
+				Change		c;
+
+				if (changelog_fetch(p->cat, &it->id, serials[k], &c) && !kept(p, &c))
+				{
+					changelog_delete_tid(p->cat, &c.tid);
+					p->removed++;
+				}
+			}
+			rowversion_writer_end(p->w);
+			p->w = NULL;
+			batch_end();
+		} while (n == PRUNE_BATCH);
 	}
 }
 
@@ -545,6 +542,8 @@ prune_retired(PruneRun *p)
 			 "WHERE v.replica_id OPERATOR(pg_catalog.=) pv.replica_id)", 0, NULL, NULL, SPI_OK_DELETE);
 	spi_exec("DELETE FROM replstamp.prune_progress pp WHERE NOT EXISTS (SELECT 1 FROM replstamp.vector v "
 			 "WHERE v.replica_id OPERATOR(pg_catalog.=) pp.replica_id)", 0, NULL, NULL, SPI_OK_DELETE);
+	spi_exec("DELETE FROM replstamp.prune_queue q WHERE NOT EXISTS (SELECT 1 FROM replstamp.vector v "
+			 "WHERE v.replica_id OPERATOR(pg_catalog.=) q.replica_id)", 0, NULL, NULL, SPI_OK_DELETE);
 	SPI_finish();
 	replstamp_restore_user(&ctx);
 	batch_end();

@@ -142,6 +142,30 @@ is(latest_kept($b), '0', 'b still keeps the latest changes');
 is(only_latest($b), '0', 'b keeps only the latest change of each row');
 ok(only_latest($c) > 0, 'while c, which has not pruned, holds superseded changes too');
 
+# 6. Queued versions a puller lacks must not hide the others: 2001 rows
+# written on a and on c, pruned on b while latest, then all superseded;
+# a puller that holds one of the two IDs and nothing of the other (as a
+# node that pulled only one of them would say) holds back only the first.
+add_peer($b, 'c', $c);
+sq($a, "INSERT INTO accounts SELECT g, 0, 'a' FROM generate_series(1000, 3000) g");
+sq($c, "INSERT INTO accounts SELECT g, 0, 'c' FROM generate_series(5000, 7000) g");
+sq($b, 'SELECT replstamp.sync_all()');
+sq($c, "SELECT replstamp.sync('b')") for (1 .. 2);
+sq($b, 'SELECT replstamp.prune()');
+sq($a, "UPDATE accounts SET note = 'a again' WHERE id >= 1000");
+sq($c, "UPDATE accounts SET note = 'c again' WHERE id >= 5000");
+sq($b, 'SELECT replstamp.sync_all()');
+my ($first, $second) = sort ($id_a, $id_c);
+is(sq($b, "SELECT count(*) FROM replstamp.prune_queue WHERE replica_id IN ('$first', '$second')"), '4002',
+	'b queued the 4002 superseded versions');
+sq($b, qq{INSERT INTO replstamp.puller (replica_id, label, last_pull_at) VALUES (gen_random_uuid(), 'g', now());
+	INSERT INTO replstamp.puller_vector SELECT replica_id, '$first', 0 FROM replstamp.puller WHERE label = 'g';
+	INSERT INTO replstamp.puller_vector SELECT replica_id, '$second', 1000000 FROM replstamp.puller WHERE label = 'g';});
+ok(sq($b, 'SELECT replstamp.prune()') >= 2001, 'b prunes the versions of the ID every puller holds');
+is(sq($b, "SELECT format('%s %s', count(*) FILTER (WHERE replica_id = '$first'), count(*) FILTER (WHERE replica_id = '$second')) FROM replstamp.prune_queue"),
+	'2001 0', 'those of the other wait in the queue, behind them or not');
+sq($b, "DELETE FROM replstamp.puller WHERE label = 'g'");
+
 # replstamp.status costs O(1): it reads neither the log nor row_version.
 my $plan = sq($a, 'EXPLAIN SELECT * FROM replstamp.status');
 unlike($plan, qr/ on (changes|row_version|puller_vector)\b/,
