@@ -48,6 +48,7 @@
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "pgstat.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/regproc.h"
 #include "utils/guc.h"
@@ -430,16 +431,38 @@ prune_queue(PruneRun *p)
 	}
 }
 
-/* Tombstones older than the lifetime. */
+/*
+ * Tombstones older than the lifetime that every puller holds.  (A puller
+ * that lacks one is refused once it is dropped; one that keeps syncing
+ * must get it first, however late the tombstone arrived here.  A puller
+ * not seen for a lifetime is forgotten, so this waits a lifetime at most.)
+ * The highest serial dropped per replica ID is recorded in
+ * replstamp.purged: a node that holds less of that ID is refused.
+ */
 static void
 prune_tombstones(PruneRun *p)
 {
-	for (;;)
+	Datum	   *ids = palloc(sizeof(Datum) * Max(p->nitems, 1));
+	Datum	   *uptos = palloc(sizeof(Datum) * Max(p->nitems, 1));
+	int64	   *dropped = palloc0(sizeof(int64) * Max(p->nitems, 1));
+	ArrayType  *idarr;
+	ArrayType  *uptoarr;
+	int			n;
+
+	for (int i = 0; i < p->nitems; i++)
+	{
+		ids[i] = UUIDPGetDatum(&p->items[i].id);
+		uptos[i] = Int64GetDatum(p->items[i].upto);
+	}
+	idarr = construct_array(ids, p->nitems, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR);
+	uptoarr = construct_array(uptos, p->nitems, INT8OID, sizeof(int64), FLOAT8PASSBYVAL,
+							  TYPALIGN_DOUBLE);
+	do
 	{
 		ReplstampOwnerContext ctx;
-		Oid			types[1] = {TEXTOID};
-		Datum		values[1] = {CStringGetTextDatum(lifetime_text())};
-		int			n;
+		Oid			types[3] = {TEXTOID, UUIDARRAYOID, INT8ARRAYOID};
+		Datum		values[3] = {CStringGetTextDatum(lifetime_text()),
+		PointerGetDatum(idarr), PointerGetDatum(uptoarr)};
 		StampKey   *keys;
 
 		CHECK_FOR_INTERRUPTS();
@@ -447,10 +470,14 @@ prune_tombstones(PruneRun *p)
 		replstamp_become_owner(&ctx);
 		SPI_connect();
 		spi_exec("DELETE FROM replstamp.row_version WHERE ctid OPERATOR(pg_catalog.=) ANY (ARRAY("
-				 "SELECT ctid FROM replstamp.row_version WHERE deleted "
-				 "AND changed_at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) $1::pg_catalog.interval) "
+				 "SELECT v.ctid FROM replstamp.row_version v "
+				 "JOIN ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3)) u(replica_id, upto) "
+				 "  ON u.replica_id OPERATOR(pg_catalog.=) v.replica_id "
+				 "  AND v.serial OPERATOR(pg_catalog.<=) u.upto "
+				 "WHERE v.deleted AND v.changed_at OPERATOR(pg_catalog.<) "
+				 "(pg_catalog.now() OPERATOR(pg_catalog.-) $1::pg_catalog.interval) "
 				 "LIMIT " CppAsString2(PRUNE_BATCH) ")) RETURNING replica_id, serial",
-				 1, types, values, SPI_OK_DELETE_RETURNING);
+				 3, types, values, SPI_OK_DELETE_RETURNING);
 		n = SPI_processed;
 		keys = palloc(sizeof(StampKey) * Max(n, 1));
 		for (int i = 0; i < n; i++)
@@ -467,28 +494,36 @@ prune_tombstones(PruneRun *p)
 		for (int i = 0; i < n; i++)
 		{
 			Change		c;
-			Oid			pt[2] = {UUIDOID, INT8OID};
-			Datum		pv[2] = {UUIDPGetDatum(&keys[i].id), Int64GetDatum(keys[i].serial)};
 
 			if (changelog_fetch(p->cat, &keys[i].id, keys[i].serial, &c) && !kept(p, &c))
 			{
 				changelog_delete_tid(p->cat, &c.tid);
 				p->removed++;
 			}
-			/* A node holding less of this ID could bring the row back. */
+			for (int k = 0; k < p->nitems; k++)
+				if (memcmp(p->items[k].id.data, keys[i].id.data, UUID_LEN) == 0)
+					dropped[k] = Max(dropped[k], keys[i].serial);
+		}
+		rowversion_writer_end(p->w);
+		p->w = NULL;
+		/* A node holding less of these IDs could bring the rows back. */
+		for (int k = 0; k < p->nitems; k++)
+		{
+			Oid			pt[2] = {UUIDOID, INT8OID};
+			Datum		pv[2] = {UUIDPGetDatum(&p->items[k].id), Int64GetDatum(dropped[k])};
+
+			if (dropped[k] == 0)
+				continue;
 			spi_exec("INSERT INTO replstamp.purged (replica_id, serial) VALUES ($1, $2) "
 					 "ON CONFLICT (replica_id) DO UPDATE SET serial = "
 					 "GREATEST(replstamp.purged.serial, EXCLUDED.serial)",
 					 2, pt, pv, SPI_OK_INSERT);
+			dropped[k] = 0;
 		}
-		rowversion_writer_end(p->w);
-		p->w = NULL;
 		SPI_finish();
 		replstamp_restore_user(&ctx);
 		batch_end();
-		if (n < PRUNE_BATCH)
-			break;
-	}
+	} while (n == PRUNE_BATCH);
 }
 
 /*

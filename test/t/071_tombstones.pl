@@ -83,5 +83,32 @@ is($rc, 0, 'and be pulled from') or diag($err);
 is(ids($_, 'id IN (1, 2, 7)'), '', $_->name . ': rows 1, 2 and 7 stay deleted') for ($a, $b);
 is(content($b), content($a), 'a and b hold the same rows');
 
-$_->stop for ($a, $b, $e);
+# 3. A tombstone that reaches a when it is already older than the
+# lifetime (b deleted row 8 and a pulls it late) is dropped only once
+# every puller of a holds it: f, which keeps pulling from a, gets the
+# delete and is never refused.
+my $f = replstamp_node('f', conf => \@conf, sql => $schema);
+add_peer($f, 'a', $a);
+sq($f, "SELECT replstamp.sync('a')") for (1 .. 2);
+is(ids($f, 'id = 8'), '8', 'f holds row 8');
+sq($b, 'DELETE FROM accounts WHERE id = 8');
+until (sq($b, q{SELECT pg_catalog.now() - max(changed_at) > interval '2s' FROM replstamp.changes
+	WHERE op = 'DELETE'}) eq 't')
+{
+	sq($f, "SELECT replstamp.sync('a')");    # f keeps syncing meanwhile
+}
+sq($a, "SELECT replstamp.sync('b')");
+sq($a, 'SELECT replstamp.prune()');
+is(sq($a, 'SELECT count(*) FROM replstamp.row_version WHERE deleted'), '1',
+	'a keeps the late tombstone while f lacks it');
+($rc, $out, $err) = $f->psql('postgres', "SELECT replstamp.sync('a')");
+is($rc, 0, 'f, which kept syncing, is not refused') or diag($err);
+is(ids($f, 'id = 8'), '', 'f gets the delete');
+sq($f, "SELECT replstamp.sync('a')");
+$a->poll_query_until('postgres',
+	q{SELECT replstamp.prune() >= 0 AND NOT EXISTS (SELECT 1 FROM replstamp.row_version WHERE deleted)})
+  or die 'the late tombstone was not dropped';
+is(content($f), content($a), 'then a drops it, and f and a hold the same rows');
+
+$_->stop for ($a, $b, $e, $f);
 done_testing();
