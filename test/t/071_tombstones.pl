@@ -3,7 +3,8 @@
 # delete and cannot bring the row back, even once forgotten as a puller;
 # then it is dropped, and a node away for longer is refused in both
 # directions (SQLSTATE 72000, with a hint), while a node that kept syncing
-# is not.
+# is not, even when a tombstone reached its peer only once it was already
+# older than the lifetime.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
