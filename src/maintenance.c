@@ -8,12 +8,15 @@
  *		  compares against it, and a late joiner or a node restored from an
  *		  older backup converges from it) or a conflict still names it; a
  *		  tombstone (the latest change of a deleted row) is removed once it
- *		  is older than replstamp.tombstone_lifetime, and the highest serial
+ *		  is older than replstamp.tombstone_lifetime and every puller holds
+ *		  it, and the highest serial
  *		  dropped that way per replica ID is recorded, so that a node which
  *		  holds less is refused rather than allowed to bring deleted rows
  *		  back (serve.c, sync.c); retired replica IDs with nothing left leave
  *		  the vector; pullers not seen for a tombstone lifetime are
- *		  forgotten;
+ *		  forgotten; a change that lost under last writer wins (or was
+ *		  overwritten) is kept while replstamp.conflicts names it, for
+ *		  replstamp.conflict_retention;
  *		- the lowest uncommitted serial, recorded at every sync and round,
  *		  which a copy without the backup mark starts from (identity.c);
  *		- backfill of tables tracked with backfill => true;
@@ -74,6 +77,7 @@ PG_FUNCTION_INFO_V1(replstamp_restore_version);
 
 /* GUCs */
 static int	tombstone_lifetime = 14 * 24 * 3600;	/* seconds */
+static int	conflict_retention = 3600;	/* seconds */
 static int	prune_interval = 60;	/* seconds */
 
 /*
@@ -88,6 +92,17 @@ maintenance_init(void)
 							"rows back. Rebuild it from a fresh backup of a current node.",
 							&tombstone_lifetime,
 							14 * 24 * 3600, 1, INT_MAX,
+							PGC_SIGHUP,
+							GUC_UNIT_S,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("replstamp.conflict_retention",
+							"How long replstamp.conflicts keeps a conflict, and the log the change it names.",
+							"Until then replstamp.restore_version() can bring the losing version back. "
+							"Every write from another replica ID that replaces a row's version is recorded, "
+							"so on nodes that write the same rows the log holds that many changes per second "
+							"times this long.",
+							&conflict_retention,
+							3600, 0, INT_MAX,
 							PGC_SIGHUP,
 							GUC_UNIT_S,
 							NULL, NULL, NULL);
@@ -120,6 +135,12 @@ static char *
 lifetime_text(void)
 {
 	return psprintf("%d seconds", tombstone_lifetime);
+}
+
+static char *
+retention_text(void)
+{
+	return psprintf("%d seconds", conflict_retention);
 }
 
 /*
@@ -267,10 +288,12 @@ prune_plan(PruneRun *p)
 			 "(pg_catalog.now() OPERATOR(pg_catalog.-) $1::pg_catalog.interval)",
 			 1, types, values, SPI_OK_DELETE);
 	/*
-	 * Conflicts older than a lifetime are forgotten.  The changes they named
-	 * were kept for replstamp.restore_version() when pruning walked past
-	 * them: queue them to be looked at again, or they would stay forever.
+	 * Conflicts older than replstamp.conflict_retention are forgotten.  The
+	 * changes they named were kept for replstamp.restore_version() when
+	 * pruning walked past them: queue them to be looked at again, or they
+	 * would stay forever.
 	 */
+	values[0] = CStringGetTextDatum(retention_text());
 	spi_exec("WITH gone AS (DELETE FROM replstamp.conflict_log WHERE resolved_at OPERATOR(pg_catalog.<) "
 			 "(pg_catalog.now() OPERATOR(pg_catalog.-) $1::pg_catalog.interval) "
 			 "RETURNING loser_replica_id, loser_serial) "

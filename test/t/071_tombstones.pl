@@ -49,8 +49,20 @@ is(ids($e, 'id IN (1, 2)'), '', 'e gets the deletes from the tombstones kept');
 is($rc, 0, 'a may pull from e') or diag($err);
 is(ids($a, 'id IN (1, 2)'), '', 'e\'s earlier update of row 1 does not bring it back on a');
 round();
+sq($a, 'SELECT replstamp.prune()');
+is(sq($a, q{SELECT count(*) FROM replstamp.changes c JOIN replstamp.conflicts l
+	ON l.loser_replica_id = c.replica_id AND l.loser_serial = c.serial WHERE c.replica_id = '} . $id_e . "'"), '1',
+	'e\'s update of row 1 lost to the delete: kept while replstamp.conflicts names it');
 is(ids($_, 'id IN (1, 2)'), '', $_->name . ': rows 1 and 2 stay deleted') for ($a, $b, $e);
 is(content($e), content($a), 'e and a hold the same rows');
+# Conflicts are kept for replstamp.conflict_retention, not for the
+# tombstones' lifetime.
+sq($a, "ALTER SYSTEM SET replstamp.conflict_retention = '1s'; SELECT pg_reload_conf()");
+$a->poll_query_until('postgres', qq{SELECT replstamp.prune() >= 0
+	AND NOT EXISTS (SELECT 1 FROM replstamp.changes WHERE replica_id = '$id_e')})
+  or die 'the change that lost was not pruned';
+is(sq($a, 'SELECT count(*) FROM replstamp.conflicts'), '0', 'after conflict_retention the conflict is forgotten');
+is(sq($a, 'SELECT count(*) FROM replstamp.row_version WHERE deleted'), '2', 'and its change pruned; the tombstones stay');
 
 # 2. e goes away again; a deletes row 7; with a lifetime of 2 s the
 # tombstones are dropped.
