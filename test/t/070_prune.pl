@@ -166,6 +166,20 @@ is(sq($b, "SELECT format('%s %s', count(*) FILTER (WHERE replica_id = '$first'),
 	'2001 0', 'those of the other wait in the queue, behind them or not');
 sq($b, "DELETE FROM replstamp.puller WHERE label = 'g'");
 
+# 7. A row written 3000 times since the last look is recorded in
+# row_version once, not 3000 times in one transaction (each lookup of the
+# row then walked every version written before it).
+sub rv_writes { my ($n) = @_;
+	return sq($n, q{SELECT n_tup_ins + n_tup_upd FROM pg_stat_all_tables
+		WHERE relid = 'replstamp.row_version'::regclass}); }
+sq($c, 'SELECT replstamp.prune()');
+my $w0 = rv_writes($c);
+sq($c, q{DO $$ BEGIN FOR i IN 1 .. 3000 LOOP UPDATE accounts SET balance = balance + 1 WHERE id = 9; END LOOP; END $$});
+sq($c, 'SELECT replstamp.prune()');
+ok(rv_writes($c) - $w0 <= 2, 'pruning recorded the row\'s latest version once (' . (rv_writes($c) - $w0) . ' writes)');
+sq($b, "SELECT replstamp.sync('c')") for (1 .. 2);
+is(sq($c, 'SELECT replstamp.prune()'), '2999', 'once b holds them, the 2999 versions before it go');
+
 # replstamp.status costs O(1): it reads neither the log nor row_version.
 my $plan = sq($a, 'EXPLAIN SELECT * FROM replstamp.status');
 unlike($plan, qr/ on (changes|row_version|puller_vector)\b/,
