@@ -365,93 +365,131 @@ save_walked(const pg_uuid_t *id, int64 walked)
 	replstamp_restore_user(&ctx);
 }
 
-/* Walk every replica ID's new changes, in batches. */
+/*
+ * Walk every replica ID's new changes, in batches of PRUNE_BATCH changes
+ * whatever their IDs: each batch waits for the writer lock, which a sync
+ * holds while it runs, so a batch per ID would make a prune wait for as
+ * many syncs as there are IDs.
+ */
 static void
 prune_walk(PruneRun *p)
 {
-	for (int i = 0; i < p->nitems; i++)
+	for (;;)
 	{
-		PruneItem  *it = &p->items[i];
+		bool		any = false;
 
-		while (it->walked < it->upto)
+		for (int i = 0; i < p->nitems; i++)
+			any |= p->items[i].walked < p->items[i].upto;
+		if (!any)
+			break;
+		CHECK_FOR_INTERRUPTS();
+		batch_begin();
+		p->w = rowversion_writer_begin(p->cat);
+		p->batch = 0;
+		for (int i = 0; i < p->nitems && p->batch < PRUNE_BATCH; i++)
 		{
-			CHECK_FOR_INTERRUPTS();
-			batch_begin();
-			p->w = rowversion_writer_begin(p->cat);
-			p->batch = 0;
+			PruneItem  *it = &p->items[i];
+
+			if (it->walked >= it->upto)
+				continue;
 			p->last = it->upto;
 			(void) changelog_scan(p->cat, &it->id, it->walked, it->upto, false, walk_callback, p);
 			if (p->batch < PRUNE_BATCH)
-				p->last = it->upto;	/* the scan ran out: the range is done */
-			rowversion_writer_end(p->w);
-			p->w = NULL;
+				p->last = it->upto; /* the scan ran out: the range is done */
 			save_walked(&it->id, p->last);
 			it->walked = p->last;
-			batch_end();
 		}
+		rowversion_writer_end(p->w);
+		p->w = NULL;
+		batch_end();
 	}
 }
 
 /*
- * Latest versions looked at before and superseded since: per replica ID,
- * those every puller holds, in batches taken off the queue.  (Entries a
- * puller still lacks wait there, and never hide the others.)
+ * The replica IDs and how far every puller holds each, as two arrays, in
+ * the prune's memory (between its transactions the current context is
+ * TopMemoryContext).
+ */
+static void
+horizons(PruneRun *p, Datum *ids, Datum *uptos)
+{
+	MemoryContext old = MemoryContextSwitchTo(p->cxt);
+	Datum	   *id = palloc(sizeof(Datum) * Max(p->nitems, 1));
+	Datum	   *upto = palloc(sizeof(Datum) * Max(p->nitems, 1));
+
+	for (int i = 0; i < p->nitems; i++)
+	{
+		id[i] = UUIDPGetDatum(&p->items[i].id);
+		upto[i] = Int64GetDatum(p->items[i].upto);
+	}
+	*ids = PointerGetDatum(construct_array(id, p->nitems, UUIDOID, UUID_LEN, false,
+										   TYPALIGN_CHAR));
+	*uptos = PointerGetDatum(construct_array(upto, p->nitems, INT8OID, sizeof(int64),
+											 FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * Latest versions looked at before and superseded since, as far as every
+ * puller holds their replica ID, in batches taken off the queue whatever
+ * their IDs.  (Entries a puller still lacks wait there, and never hide the
+ * others.)
  */
 static void
 prune_queue(PruneRun *p)
 {
-	for (int i = 0; i < p->nitems; i++)
+	Oid			types[2] = {UUIDARRAYOID, INT8ARRAYOID};
+	Datum		values[2];
+	int			n;
+
+	horizons(p, &values[0], &values[1]);
+	do
 	{
-		PruneItem  *it = &p->items[i];
-		int			n;
+		ReplstampOwnerContext ctx;
+		StampKey   *keys;
+		MemoryContext caller;
 
-		do
+		CHECK_FOR_INTERRUPTS();
+		batch_begin();
+		caller = CurrentMemoryContext;
+		replstamp_become_owner(&ctx);
+		SPI_connect();
+		spi_exec("DELETE FROM replstamp.prune_queue WHERE ctid OPERATOR(pg_catalog.=) ANY (ARRAY("
+				 "SELECT q.ctid FROM replstamp.prune_queue q "
+				 "JOIN ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) u(replica_id, upto) "
+				 "  ON u.replica_id OPERATOR(pg_catalog.=) q.replica_id "
+				 "  AND q.serial OPERATOR(pg_catalog.<=) u.upto "
+				 "LIMIT " CppAsString2(PRUNE_BATCH) ")) RETURNING replica_id, serial",
+				 2, types, values, SPI_OK_DELETE_RETURNING);
+		n = SPI_processed;
+		/* Outlives SPI_finish(). */
+		keys = MemoryContextAlloc(caller, sizeof(StampKey) * Max(n, 1));
+		for (int k = 0; k < n; k++)
 		{
-			ReplstampOwnerContext ctx;
-			Oid			types[2] = {UUIDOID, INT8OID};
-			Datum		values[2] = {UUIDPGetDatum(&it->id), Int64GetDatum(it->upto)};
-			int64	   *serials;
-			MemoryContext caller;
+			bool		isnull;
 
-			CHECK_FOR_INTERRUPTS();
-			batch_begin();
-			caller = CurrentMemoryContext;
-			replstamp_become_owner(&ctx);
-			SPI_connect();
-			spi_exec("DELETE FROM replstamp.prune_queue WHERE replica_id OPERATOR(pg_catalog.=) $1 "
-					 "AND serial OPERATOR(pg_catalog.=) ANY (ARRAY("
-					 "SELECT serial FROM replstamp.prune_queue WHERE replica_id OPERATOR(pg_catalog.=) $1 "
-					 "AND serial OPERATOR(pg_catalog.<=) $2 ORDER BY serial LIMIT "
-					 CppAsString2(PRUNE_BATCH) ")) RETURNING serial",
-					 2, types, values, SPI_OK_DELETE_RETURNING);
-			n = SPI_processed;
-			/* Outlives SPI_finish(). */
-			serials = MemoryContextAlloc(caller, sizeof(int64) * Max(n, 1));
-			for (int k = 0; k < n; k++)
+			memcpy(&keys[k].id, DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[k], SPI_tuptable->tupdesc,
+															1, &isnull)), sizeof(pg_uuid_t));
+			keys[k].serial = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[k],
+														 SPI_tuptable->tupdesc, 2, &isnull));
+		}
+		SPI_finish();
+		replstamp_restore_user(&ctx);
+		p->w = rowversion_writer_begin(p->cat);
+		for (int k = 0; k < n; k++)
+		{
+			Change		c;
+
+			if (changelog_fetch(p->cat, &keys[k].id, keys[k].serial, &c) && !kept(p, &c))
 			{
-				bool		isnull;
-
-				serials[k] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[k], SPI_tuptable->tupdesc,
-														 1, &isnull));
+				changelog_delete_tid(p->cat, &c.tid);
+				p->removed++;
 			}
-			SPI_finish();
-			replstamp_restore_user(&ctx);
-			p->w = rowversion_writer_begin(p->cat);
-			for (int k = 0; k < n; k++)
-			{
-				Change		c;
-
-				if (changelog_fetch(p->cat, &it->id, serials[k], &c) && !kept(p, &c))
-				{
-					changelog_delete_tid(p->cat, &c.tid);
-					p->removed++;
-				}
-			}
-			rowversion_writer_end(p->w);
-			p->w = NULL;
-			batch_end();
-		} while (n == PRUNE_BATCH);
-	}
+		}
+		rowversion_writer_end(p->w);
+		p->w = NULL;
+		batch_end();
+	} while (n == PRUNE_BATCH);
 }
 
 /*
@@ -465,27 +503,18 @@ prune_queue(PruneRun *p)
 static void
 prune_tombstones(PruneRun *p)
 {
-	Datum	   *ids = palloc(sizeof(Datum) * Max(p->nitems, 1));
-	Datum	   *uptos = palloc(sizeof(Datum) * Max(p->nitems, 1));
-	int64	   *dropped = palloc0(sizeof(int64) * Max(p->nitems, 1));
-	ArrayType  *idarr;
-	ArrayType  *uptoarr;
+	int64	   *dropped = MemoryContextAllocZero(p->cxt, sizeof(int64) * Max(p->nitems, 1));
+	Oid			types[3] = {TEXTOID, UUIDARRAYOID, INT8ARRAYOID};
+	Datum		values[3];
+	MemoryContext old = MemoryContextSwitchTo(p->cxt);
 	int			n;
 
-	for (int i = 0; i < p->nitems; i++)
-	{
-		ids[i] = UUIDPGetDatum(&p->items[i].id);
-		uptos[i] = Int64GetDatum(p->items[i].upto);
-	}
-	idarr = construct_array(ids, p->nitems, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR);
-	uptoarr = construct_array(uptos, p->nitems, INT8OID, sizeof(int64), FLOAT8PASSBYVAL,
-							  TYPALIGN_DOUBLE);
+	values[0] = CStringGetTextDatum(lifetime_text());
+	MemoryContextSwitchTo(old);
+	horizons(p, &values[1], &values[2]);
 	do
 	{
 		ReplstampOwnerContext ctx;
-		Oid			types[3] = {TEXTOID, UUIDARRAYOID, INT8ARRAYOID};
-		Datum		values[3] = {CStringGetTextDatum(lifetime_text()),
-		PointerGetDatum(idarr), PointerGetDatum(uptoarr)};
 		StampKey   *keys;
 
 		CHECK_FOR_INTERRUPTS();
@@ -610,14 +639,13 @@ prune_retired(PruneRun *p)
 /*
  * Tables dropped or untracked here: their changes leave the log (peers
  * that still track them keep theirs; a node that never had them is not
- * bothered by them).  Once per table.
+ * bothered by them).  Once per table, in the plan's transaction.
  */
 static void
 prune_dropped_tables(PruneRun *p)
 {
 	ReplstampOwnerContext ctx;
 
-	batch_begin();
 	replstamp_become_owner(&ctx);
 	SPI_connect();
 	spi_exec("WITH gone AS (UPDATE replstamp.tracked SET log_purged = true "
@@ -629,7 +657,6 @@ prune_dropped_tables(PruneRun *p)
 	p->removed += SPI_processed;
 	SPI_finish();
 	replstamp_restore_user(&ctx);
-	batch_end();
 }
 
 /*
@@ -650,8 +677,8 @@ prune_run(void)
 	batch_begin();
 	p->cat = replstamp_catalog_v11("replstamp.prune()");
 	prune_plan(p);
-	batch_end();
 	prune_dropped_tables(p);
+	batch_end();
 	prune_walk(p);
 	prune_queue(p);
 	prune_tombstones(p);
