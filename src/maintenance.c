@@ -22,9 +22,11 @@
  *		- backfill of tables tracked with backfill => true;
  *		- replstamp.restore_version().
  *
- * Pruning runs in batches, each a transaction of its own holding the
- * database's writer lock (rowversion.c) only for that batch, so that a
- * sync waits for one batch at most.  Pullers record what they hold at
+ * Pruning runs in batches, each a transaction of its own, under the
+ * database's writer lock (rowversion.c), which it lets go every
+ * PRUNE_LOCK_MS, so that a sync waits for that long at most.  (An error
+ * leaves the session lock to the end of the process: prunes run in
+ * workers that exit after one.)  Pullers record what they hold at
  * every sync (serve.c); what a change log keeps for a puller is bounded by
  * what it lacks, as pg_replication_slots keep WAL (replstamp.pullers shows
  * it).
@@ -60,6 +62,7 @@
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
+#include "utils/timestamp.h"
 
 #include "catalog.h"
 #include "changelog.h"
@@ -73,6 +76,7 @@
 PG_FUNCTION_INFO_V1(replstamp_restore_version);
 
 #define PRUNE_BATCH		2000
+#define PRUNE_LOCK_MS	200
 #define BACKFILL_BATCH	1000
 
 /* GUCs */
@@ -211,18 +215,45 @@ typedef struct PruneRun
 	int64		last;
 } PruneRun;
 
+/*
+ * The database's writer lock, taken by a prune's first batch and kept
+ * across its batches for up to PRUNE_LOCK_MS, then let go after the batch
+ * that passes it (a sync waiting for it gets it then).  A sync holds the
+ * lock from its first peer to its last: a prune that let it go after every
+ * batch would wait for a whole sync per batch, and under writers that keep
+ * the syncs busy it would not keep up with the changes coming in.
+ */
+static void prune_unlock(void);
+static bool prune_locked = false;
+static TimestampTz prune_locked_at;
+
 static void
 batch_begin(void)
 {
 	worker_begin_xact();
-	rowversion_lock();
+	if (!prune_locked)
+	{
+		rowversion_lock();
+		prune_locked = true;
+		prune_locked_at = GetCurrentTimestamp();
+	}
 }
 
 static void
 batch_end(void)
 {
 	worker_commit_xact();
-	rowversion_unlock();
+	if (prune_locked &&
+		TimestampDifferenceExceeds(prune_locked_at, GetCurrentTimestamp(), PRUNE_LOCK_MS))
+		prune_unlock();
+}
+
+static void
+prune_unlock(void)
+{
+	if (prune_locked)
+		rowversion_unlock();
+	prune_locked = false;
 }
 
 /* Is the change the latest of one of its rows, or named by a conflict? */
@@ -683,6 +714,7 @@ prune_run(void)
 	prune_queue(p);
 	prune_tombstones(p);
 	prune_retired(p);
+	prune_unlock();
 	removed = p->removed;
 	pgstat_report_activity(STATE_IDLE, NULL);
 	MemoryContextSwitchTo(old);
