@@ -357,15 +357,26 @@ CREATE VIEW replstamp.lag AS
       FROM replstamp.peer_lag l
       LEFT JOIN replstamp.vector v ON v.replica_id OPERATOR(pg_catalog.=) l.replica_id;
 
--- Pullers and how far behind they hold pruning (like pg_replication_slots).
+-- Pullers and how far they hold pruning back (like pg_replication_slots):
+-- the changes above what each held when its last sync began, their bytes
+-- and the age of the oldest; a replica ID it held nothing of counts whole.
 CREATE VIEW replstamp.pullers AS
     SELECT p.replica_id, p.label, p.first_pull_at, p.last_pull_at,
-           (SELECT pg_catalog.count(*) FROM replstamp.puller_vector pv
-              JOIN replstamp.changes c ON c.replica_id OPERATOR(pg_catalog.=) pv.replica_id
-                                      AND c.serial OPERATOR(pg_catalog.>) pv.serial
-             WHERE pv.puller OPERATOR(pg_catalog.=) p.replica_id) AS changes_not_held,
+           coalesce(h.changes, 0) AS changes_not_held,
+           coalesce(h.bytes, 0) AS bytes_not_held,
+           pg_catalog.now() OPERATOR(pg_catalog.-) h.oldest AS oldest_not_held_age,
            pg_catalog.now() OPERATOR(pg_catalog.-) p.last_pull_at AS since_last_pull
-      FROM replstamp.puller p;
+      FROM replstamp.puller p
+      CROSS JOIN LATERAL (
+           SELECT pg_catalog.count(*) AS changes,
+                  pg_catalog.sum(pg_catalog.pg_column_size(c.*)) AS bytes,
+                  pg_catalog.min(c.changed_at) AS oldest
+             FROM replstamp.vector v
+             LEFT JOIN replstamp.puller_vector pv
+                    ON pv.puller OPERATOR(pg_catalog.=) p.replica_id
+                   AND pv.replica_id OPERATOR(pg_catalog.=) v.replica_id
+             JOIN replstamp.changes c ON c.replica_id OPERATOR(pg_catalog.=) v.replica_id
+                                     AND c.serial OPERATOR(pg_catalog.>) coalesce(pv.serial, 0)) h;
 
 -- Conflicts, readable by whoever may read replstamp.changes (keys are row values).
 CREATE VIEW replstamp.conflicts AS
@@ -400,7 +411,12 @@ CREATE OR REPLACE VIEW replstamp.status AS
            (SELECT pg_catalog.now() OPERATOR(pg_catalog.-) pg_catalog.min(p.last_pull_at)
               FROM replstamp.puller p) AS oldest_puller_age,
            (SELECT pg_catalog.count(*) FROM replstamp.peer p
-             WHERE p.status IN ('diverged', 'stale')) AS peers_diverged
+             WHERE p.status IN ('diverged', 'stale')) AS peers_diverged,
+           -- the size of the log, and the puller that has not pulled for
+           -- the longest: replstamp.pullers says how much it holds back
+           pg_catalog.pg_total_relation_size('replstamp.changes'::pg_catalog.regclass) AS changes_bytes,
+           (SELECT p.label FROM replstamp.puller p
+             ORDER BY p.last_pull_at LIMIT 1) AS oldest_puller
       FROM replstamp.node n;
 
 /*

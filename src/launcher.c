@@ -62,7 +62,7 @@ PGDLLEXPORT void replstamp_maintenance_main(Datum arg);
 /* GUC */
 static int	sync_interval = 0;
 
-/* A database's sync worker, as the launcher sees it. */
+/* A database's sync (or maintenance) worker, as the launcher sees it. */
 typedef struct SyncSlot
 {
 	Oid			dboid;
@@ -216,32 +216,63 @@ sync_workers_switched_on(List *slots)
 }
 
 /*
- * The launcher.
+ * A short maintenance worker in every database (it leaves at once where
+ * replstamp is not installed), unless the one started before is still
+ * running there: a prune of a long log, or one waiting for a sync, must
+ * not be joined by another each interval until no worker slot is left.
  */
-/* A short maintenance worker in every database (it leaves at once where
- * replstamp is not installed). */
 static void
-start_maintenance(void)
+start_maintenance(List **slots)
 {
 	List	   *dbs = current_databases();
 	ListCell   *lc;
 
 	foreach(lc, dbs)
 	{
+		Oid			dboid = lfirst_oid(lc);
+		SyncSlot   *slot = NULL;
+		ListCell   *lc2;
+		pid_t		pid;
+
+		foreach(lc2, *slots)
+		{
+			if (((SyncSlot *) lfirst(lc2))->dboid == dboid)
+				slot = lfirst(lc2);
+		}
+		if (slot == NULL)
+		{
+			slot = MemoryContextAllocZero(TopMemoryContext, sizeof(SyncSlot));
+			slot->dboid = dboid;
+			*slots = lappend(*slots, slot);
+		}
+		if (slot->handle != NULL)
+		{
+			if (GetBackgroundWorkerPid(slot->handle, &pid) != BGWH_STOPPED)
+				continue;		/* still at it */
+			pfree(slot->handle);
+			slot->handle = NULL;
+		}
 		if (!replstamp_start_worker("replstamp_maintenance_main", "replstamp maintenance",
-									lfirst_oid(lc), InvalidOid, NULL, 0, NULL))
+									dboid, InvalidOid, NULL, 0, &slot->handle))
+		{
+			slot->handle = NULL;
 			ereport(LOG,
 					(errmsg("replstamp: could not start the maintenance worker of database %u",
-							lfirst_oid(lc)),
+							dboid),
 					 errhint("Consider raising max_worker_processes.")));
+		}
 	}
 	list_free(dbs);
 }
 
+/*
+ * The launcher.
+ */
 void
 replstamp_launcher_main(Datum arg)
 {
 	List	   *slots = NIL;
+	List	   *maintenance_slots = NIL;
 	TimestampTz last_maintenance;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
@@ -276,7 +307,7 @@ replstamp_launcher_main(Datum arg)
 
 			if (GetCurrentTimestamp() >= due)
 			{
-				start_maintenance();
+				start_maintenance(&maintenance_slots);
 				last_maintenance = GetCurrentTimestamp();
 				due = TimestampTzPlusMilliseconds(last_maintenance, (int64) interval * 1000);
 			}

@@ -8,20 +8,25 @@
  *		  compares against it, and a late joiner or a node restored from an
  *		  older backup converges from it) or a conflict still names it; a
  *		  tombstone (the latest change of a deleted row) is removed once it
- *		  is older than replstamp.tombstone_lifetime, and the highest serial
+ *		  is older than replstamp.tombstone_lifetime and every puller holds
+ *		  it, and the highest serial
  *		  dropped that way per replica ID is recorded, so that a node which
  *		  holds less is refused rather than allowed to bring deleted rows
  *		  back (serve.c, sync.c); retired replica IDs with nothing left leave
  *		  the vector; pullers not seen for a tombstone lifetime are
- *		  forgotten;
+ *		  forgotten; a change that lost under last writer wins (or was
+ *		  overwritten) is kept while replstamp.conflicts names it, for
+ *		  replstamp.conflict_retention;
  *		- the lowest uncommitted serial, recorded at every sync and round,
  *		  which a copy without the backup mark starts from (identity.c);
  *		- backfill of tables tracked with backfill => true;
  *		- replstamp.restore_version().
  *
- * Pruning runs in batches, each a transaction of its own holding the
- * database's writer lock (rowversion.c) only for that batch, so that a
- * sync waits for one batch at most.  Pullers record what they hold at
+ * Pruning runs in batches, each a transaction of its own, under the
+ * database's writer lock (rowversion.c), which it lets go every
+ * PRUNE_LOCK_MS, so that a sync waits for that long at most.  (An error
+ * leaves the session lock to the end of the process: prunes run in
+ * workers that exit after one.)  Pullers record what they hold at
  * every sync (serve.c); what a change log keeps for a puller is bounded by
  * what it lacks, as pg_replication_slots keep WAL (replstamp.pullers shows
  * it).
@@ -48,6 +53,7 @@
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "pgstat.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/regproc.h"
 #include "utils/guc.h"
@@ -56,6 +62,7 @@
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
+#include "utils/timestamp.h"
 
 #include "catalog.h"
 #include "changelog.h"
@@ -69,10 +76,12 @@
 PG_FUNCTION_INFO_V1(replstamp_restore_version);
 
 #define PRUNE_BATCH		2000
+#define PRUNE_LOCK_MS	200
 #define BACKFILL_BATCH	1000
 
 /* GUCs */
 static int	tombstone_lifetime = 14 * 24 * 3600;	/* seconds */
+static int	conflict_retention = 3600;	/* seconds */
 static int	prune_interval = 60;	/* seconds */
 
 /*
@@ -87,6 +96,17 @@ maintenance_init(void)
 							"rows back. Rebuild it from a fresh backup of a current node.",
 							&tombstone_lifetime,
 							14 * 24 * 3600, 1, INT_MAX,
+							PGC_SIGHUP,
+							GUC_UNIT_S,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("replstamp.conflict_retention",
+							"How long replstamp.conflicts keeps a conflict, and the log the change it names.",
+							"Until then replstamp.restore_version() can bring the losing version back. "
+							"Every write from another replica ID that replaces a row's version is recorded, "
+							"so on nodes that write the same rows the log holds that many changes per second "
+							"times this long.",
+							&conflict_retention,
+							3600, 0, INT_MAX,
 							PGC_SIGHUP,
 							GUC_UNIT_S,
 							NULL, NULL, NULL);
@@ -119,6 +139,12 @@ static char *
 lifetime_text(void)
 {
 	return psprintf("%d seconds", tombstone_lifetime);
+}
+
+static char *
+retention_text(void)
+{
+	return psprintf("%d seconds", conflict_retention);
 }
 
 /*
@@ -194,18 +220,45 @@ typedef struct PruneRun
 	int64		last;
 } PruneRun;
 
+/*
+ * The database's writer lock, taken by a prune's first batch and kept
+ * across its batches for up to PRUNE_LOCK_MS, then let go after the batch
+ * that passes it (a sync waiting for it gets it then).  A sync holds the
+ * lock from its first peer to its last: a prune that let it go after every
+ * batch would wait for a whole sync per batch, and under writers that keep
+ * the syncs busy it would not keep up with the changes coming in.
+ */
+static void prune_unlock(void);
+static bool prune_locked = false;
+static TimestampTz prune_locked_at;
+
 static void
 batch_begin(void)
 {
 	worker_begin_xact();
-	rowversion_lock();
+	if (!prune_locked)
+	{
+		rowversion_lock();
+		prune_locked = true;
+		prune_locked_at = GetCurrentTimestamp();
+	}
 }
 
 static void
 batch_end(void)
 {
 	worker_commit_xact();
-	rowversion_unlock();
+	if (prune_locked &&
+		TimestampDifferenceExceeds(prune_locked_at, GetCurrentTimestamp(), PRUNE_LOCK_MS))
+		prune_unlock();
+}
+
+static void
+prune_unlock(void)
+{
+	if (prune_locked)
+		rowversion_unlock();
+	prune_locked = false;
 }
 
 /* Is the change the latest of one of its rows, or named by a conflict? */
@@ -274,9 +327,19 @@ prune_plan(PruneRun *p)
 	spi_exec("DELETE FROM replstamp.puller WHERE last_pull_at OPERATOR(pg_catalog.<) "
 			 "(pg_catalog.now() OPERATOR(pg_catalog.-) $1::pg_catalog.interval)",
 			 1, types, values, SPI_OK_DELETE);
-	spi_exec("DELETE FROM replstamp.conflict_log WHERE resolved_at OPERATOR(pg_catalog.<) "
-			 "(pg_catalog.now() OPERATOR(pg_catalog.-) $1::pg_catalog.interval)",
-			 1, types, values, SPI_OK_DELETE);
+	/*
+	 * Conflicts older than replstamp.conflict_retention are forgotten.  The
+	 * changes they named were kept for replstamp.restore_version() when
+	 * pruning walked past them: queue them to be looked at again, or they
+	 * would stay forever.
+	 */
+	values[0] = CStringGetTextDatum(retention_text());
+	spi_exec("WITH gone AS (DELETE FROM replstamp.conflict_log WHERE resolved_at OPERATOR(pg_catalog.<) "
+			 "(pg_catalog.now() OPERATOR(pg_catalog.-) $1::pg_catalog.interval) "
+			 "RETURNING loser_replica_id, loser_serial) "
+			 "INSERT INTO replstamp.prune_queue (replica_id, serial) "
+			 "SELECT DISTINCT loser_replica_id, loser_serial FROM gone ON CONFLICT DO NOTHING",
+			 1, types, values, SPI_OK_INSERT);
 
 	/* Per replica ID: up to where every puller holds it. */
 	spi_exec("SELECT v.replica_id, coalesce(pp.walked_upto, 0), "
@@ -342,108 +405,156 @@ save_walked(const pg_uuid_t *id, int64 walked)
 	replstamp_restore_user(&ctx);
 }
 
-/* Walk every replica ID's new changes, in batches. */
+/*
+ * Walk every replica ID's new changes, in batches of PRUNE_BATCH changes
+ * whatever their IDs: each batch waits for the writer lock, which a sync
+ * holds while it runs, so a batch per ID would make a prune wait for as
+ * many syncs as there are IDs.
+ */
 static void
 prune_walk(PruneRun *p)
 {
-	for (int i = 0; i < p->nitems; i++)
+	for (;;)
 	{
-		PruneItem  *it = &p->items[i];
+		bool		any = false;
 
-		while (it->walked < it->upto)
+		for (int i = 0; i < p->nitems; i++)
+			any |= p->items[i].walked < p->items[i].upto;
+		if (!any)
+			break;
+		CHECK_FOR_INTERRUPTS();
+		batch_begin();
+		p->w = rowversion_writer_begin(p->cat);
+		p->batch = 0;
+		for (int i = 0; i < p->nitems && p->batch < PRUNE_BATCH; i++)
 		{
-			CHECK_FOR_INTERRUPTS();
-			batch_begin();
-			p->w = rowversion_writer_begin(p->cat);
-			p->batch = 0;
+			PruneItem  *it = &p->items[i];
+
+			if (it->walked >= it->upto)
+				continue;
 			p->last = it->upto;
 			(void) changelog_scan(p->cat, &it->id, it->walked, it->upto, false, walk_callback, p);
 			if (p->batch < PRUNE_BATCH)
-				p->last = it->upto;	/* the scan ran out: the range is done */
-			rowversion_writer_end(p->w);
-			p->w = NULL;
+				p->last = it->upto; /* the scan ran out: the range is done */
 			save_walked(&it->id, p->last);
 			it->walked = p->last;
-			batch_end();
 		}
+		rowversion_writer_end(p->w);
+		p->w = NULL;
+		batch_end();
 	}
 }
 
-static int64
-upto_of(PruneRun *p, const pg_uuid_t *id)
+/*
+ * The replica IDs and how far every puller holds each, as two arrays, in
+ * the prune's memory (between its transactions the current context is
+ * TopMemoryContext).
+ */
+static void
+horizons(PruneRun *p, Datum *ids, Datum *uptos)
 {
+	MemoryContext old = MemoryContextSwitchTo(p->cxt);
+	Datum	   *id = palloc(sizeof(Datum) * Max(p->nitems, 1));
+	Datum	   *upto = palloc(sizeof(Datum) * Max(p->nitems, 1));
+
 	for (int i = 0; i < p->nitems; i++)
-		if (memcmp(p->items[i].id.data, id->data, UUID_LEN) == 0)
-			return p->items[i].upto;
-	return 0;
+	{
+		id[i] = UUIDPGetDatum(&p->items[i].id);
+		upto[i] = Int64GetDatum(p->items[i].upto);
+	}
+	*ids = PointerGetDatum(construct_array(id, p->nitems, UUIDOID, UUID_LEN, false,
+										   TYPALIGN_CHAR));
+	*uptos = PointerGetDatum(construct_array(upto, p->nitems, INT8OID, sizeof(int64),
+											 FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	MemoryContextSwitchTo(old);
 }
 
-/* Latest versions looked at before and superseded since. */
+/*
+ * Latest versions looked at before and superseded since, as far as every
+ * puller holds their replica ID, in batches taken off the queue whatever
+ * their IDs.  (Entries a puller still lacks wait there, and never hide the
+ * others.)
+ */
 static void
 prune_queue(PruneRun *p)
 {
-	for (;;)
+	Oid			types[2] = {UUIDARRAYOID, INT8ARRAYOID};
+	Datum		values[2];
+	int			n;
+
+	horizons(p, &values[0], &values[1]);
+	do
 	{
 		ReplstampOwnerContext ctx;
-		int			n,
-					done = 0;
 		StampKey   *keys;
+		MemoryContext caller;
 
 		CHECK_FOR_INTERRUPTS();
 		batch_begin();
+		caller = CurrentMemoryContext;
 		replstamp_become_owner(&ctx);
 		SPI_connect();
-		spi_exec("SELECT replica_id, serial FROM replstamp.prune_queue ORDER BY 1, 2 LIMIT "
-				 CppAsString2(PRUNE_BATCH), 0, NULL, NULL, SPI_OK_SELECT);
+		spi_exec("DELETE FROM replstamp.prune_queue WHERE ctid OPERATOR(pg_catalog.=) ANY (ARRAY("
+				 "SELECT q.ctid FROM replstamp.prune_queue q "
+				 "JOIN ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) u(replica_id, upto) "
+				 "  ON u.replica_id OPERATOR(pg_catalog.=) q.replica_id "
+				 "  AND q.serial OPERATOR(pg_catalog.<=) u.upto "
+				 "LIMIT " CppAsString2(PRUNE_BATCH) ")) RETURNING replica_id, serial",
+				 2, types, values, SPI_OK_DELETE_RETURNING);
 		n = SPI_processed;
-		keys = palloc(sizeof(StampKey) * Max(n, 1));
-		for (int i = 0; i < n; i++)
+		/* Outlives SPI_finish(). */
+		keys = MemoryContextAlloc(caller, sizeof(StampKey) * Max(n, 1));
+		for (int k = 0; k < n; k++)
 		{
 			bool		isnull;
 
-			memcpy(&keys[i].id, DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc,
+			memcpy(&keys[k].id, DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[k], SPI_tuptable->tupdesc,
 															1, &isnull)), sizeof(pg_uuid_t));
-			keys[i].serial = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
+			keys[k].serial = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[k],
 														 SPI_tuptable->tupdesc, 2, &isnull));
 		}
+		SPI_finish();
+		replstamp_restore_user(&ctx);
 		p->w = rowversion_writer_begin(p->cat);
-		for (int i = 0; i < n; i++)
+		for (int k = 0; k < n; k++)
 		{
 			Change		c;
-			Oid			types[2] = {UUIDOID, INT8OID};
-			Datum		values[2] = {UUIDPGetDatum(&keys[i].id), Int64GetDatum(keys[i].serial)};
 
-			if (keys[i].serial > upto_of(p, &keys[i].id))
-				continue;		/* a puller still lacks it */
-			if (changelog_fetch(p->cat, &keys[i].id, keys[i].serial, &c) && !kept(p, &c))
+			if (changelog_fetch(p->cat, &keys[k].id, keys[k].serial, &c) && !kept(p, &c))
 			{
 				changelog_delete_tid(p->cat, &c.tid);
 				p->removed++;
 			}
-			spi_exec("DELETE FROM replstamp.prune_queue WHERE replica_id OPERATOR(pg_catalog.=) $1 "
-					 "AND serial OPERATOR(pg_catalog.=) $2", 2, types, values, SPI_OK_DELETE);
-			done++;
 		}
 		rowversion_writer_end(p->w);
 		p->w = NULL;
-		SPI_finish();
-		replstamp_restore_user(&ctx);
 		batch_end();
-		if (n < PRUNE_BATCH || done == 0)
-			break;
-	}
+	} while (n == PRUNE_BATCH);
 }
 
-/* Tombstones older than the lifetime. */
+/*
+ * Tombstones older than the lifetime that every puller holds.  (A puller
+ * that lacks one is refused once it is dropped; one that keeps syncing
+ * must get it first, however late the tombstone arrived here.  A puller
+ * not seen for a lifetime is forgotten, so this waits a lifetime at most.)
+ * The highest serial dropped per replica ID is recorded in
+ * replstamp.purged: a node that holds less of that ID is refused.
+ */
 static void
 prune_tombstones(PruneRun *p)
 {
-	for (;;)
+	int64	   *dropped = MemoryContextAllocZero(p->cxt, sizeof(int64) * Max(p->nitems, 1));
+	Oid			types[3] = {TEXTOID, UUIDARRAYOID, INT8ARRAYOID};
+	Datum		values[3];
+	MemoryContext old = MemoryContextSwitchTo(p->cxt);
+	int			n;
+
+	values[0] = CStringGetTextDatum(lifetime_text());
+	MemoryContextSwitchTo(old);
+	horizons(p, &values[1], &values[2]);
+	do
 	{
 		ReplstampOwnerContext ctx;
-		Oid			types[1] = {TEXTOID};
-		Datum		values[1] = {CStringGetTextDatum(lifetime_text())};
-		int			n;
 		StampKey   *keys;
 
 		CHECK_FOR_INTERRUPTS();
@@ -451,10 +562,14 @@ prune_tombstones(PruneRun *p)
 		replstamp_become_owner(&ctx);
 		SPI_connect();
 		spi_exec("DELETE FROM replstamp.row_version WHERE ctid OPERATOR(pg_catalog.=) ANY (ARRAY("
-				 "SELECT ctid FROM replstamp.row_version WHERE deleted "
-				 "AND changed_at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) $1::pg_catalog.interval) "
+				 "SELECT v.ctid FROM replstamp.row_version v "
+				 "JOIN ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3)) u(replica_id, upto) "
+				 "  ON u.replica_id OPERATOR(pg_catalog.=) v.replica_id "
+				 "  AND v.serial OPERATOR(pg_catalog.<=) u.upto "
+				 "WHERE v.deleted AND v.changed_at OPERATOR(pg_catalog.<) "
+				 "(pg_catalog.now() OPERATOR(pg_catalog.-) $1::pg_catalog.interval) "
 				 "LIMIT " CppAsString2(PRUNE_BATCH) ")) RETURNING replica_id, serial",
-				 1, types, values, SPI_OK_DELETE_RETURNING);
+				 3, types, values, SPI_OK_DELETE_RETURNING);
 		n = SPI_processed;
 		keys = palloc(sizeof(StampKey) * Max(n, 1));
 		for (int i = 0; i < n; i++)
@@ -471,28 +586,36 @@ prune_tombstones(PruneRun *p)
 		for (int i = 0; i < n; i++)
 		{
 			Change		c;
-			Oid			pt[2] = {UUIDOID, INT8OID};
-			Datum		pv[2] = {UUIDPGetDatum(&keys[i].id), Int64GetDatum(keys[i].serial)};
 
 			if (changelog_fetch(p->cat, &keys[i].id, keys[i].serial, &c) && !kept(p, &c))
 			{
 				changelog_delete_tid(p->cat, &c.tid);
 				p->removed++;
 			}
-			/* A node holding less of this ID could bring the row back. */
+			for (int k = 0; k < p->nitems; k++)
+				if (memcmp(p->items[k].id.data, keys[i].id.data, UUID_LEN) == 0)
+					dropped[k] = Max(dropped[k], keys[i].serial);
+		}
+		rowversion_writer_end(p->w);
+		p->w = NULL;
+		/* A node holding less of these IDs could bring the rows back. */
+		for (int k = 0; k < p->nitems; k++)
+		{
+			Oid			pt[2] = {UUIDOID, INT8OID};
+			Datum		pv[2] = {UUIDPGetDatum(&p->items[k].id), Int64GetDatum(dropped[k])};
+
+			if (dropped[k] == 0)
+				continue;
 			spi_exec("INSERT INTO replstamp.purged (replica_id, serial) VALUES ($1, $2) "
 					 "ON CONFLICT (replica_id) DO UPDATE SET serial = "
 					 "GREATEST(replstamp.purged.serial, EXCLUDED.serial)",
 					 2, pt, pv, SPI_OK_INSERT);
+			dropped[k] = 0;
 		}
-		rowversion_writer_end(p->w);
-		p->w = NULL;
 		SPI_finish();
 		replstamp_restore_user(&ctx);
 		batch_end();
-		if (n < PRUNE_BATCH)
-			break;
-	}
+	} while (n == PRUNE_BATCH);
 }
 
 /*
@@ -521,20 +644,33 @@ prune_retired(PruneRun *p)
 					  "AND NOT e.dead",
 					  psprintf(held_everywhere, "v.replica_id", "v.replica_id", "v.serial")),
 			 0, NULL, NULL, SPI_OK_DELETE);
-	/* IDs this database retired. */
+	/*
+	 * IDs this database retired.  Held up to where: the vector's entry of a
+	 * restored copy's old ID; else (every change of it was made here) the
+	 * last serial it can have, below the first serial of the ID minted when
+	 * it was retired; the lowest uncommitted serial, which the vector
+	 * claims, only goes up and pullers would never catch up with it.
+	 */
 	spi_exec(psprintf("WITH gone AS (UPDATE replstamp.replica_history h SET in_vector = false "
 					  "WHERE h.in_vector AND h.retired_at IS NOT NULL AND %s RETURNING h.replica_id) "
 					  "DELETE FROM replstamp.vector_state v USING gone "
 					  "WHERE v.replica_id OPERATOR(pg_catalog.=) gone.replica_id",
 					  psprintf(held_everywhere, "h.replica_id", "h.replica_id",
 							   "coalesce((SELECT v2.serial FROM replstamp.vector_state v2 "
-							   "WHERE v2.replica_id OPERATOR(pg_catalog.=) h.replica_id), "
+							   "  WHERE v2.replica_id OPERATOR(pg_catalog.=) h.replica_id), "
+							   "(SELECT pg_catalog.min(e.first_serial) OPERATOR(pg_catalog.-) 1 "
+							   "  FROM replstamp.epoch e JOIN replstamp.replica_history h2 "
+							   "    ON h2.replica_id OPERATOR(pg_catalog.=) e.replica_id "
+							   "  WHERE h2.minted_at OPERATOR(pg_catalog.>=) h.retired_at "
+							   "    AND h2.replica_id OPERATOR(pg_catalog.<>) h.replica_id), "
 							   "replstamp.lowest_uncommitted_serial() OPERATOR(pg_catalog.-) 1)")),
 			 0, NULL, NULL, SPI_OK_DELETE);
 	spi_exec("DELETE FROM replstamp.puller_vector pv WHERE NOT EXISTS (SELECT 1 FROM replstamp.vector v "
 			 "WHERE v.replica_id OPERATOR(pg_catalog.=) pv.replica_id)", 0, NULL, NULL, SPI_OK_DELETE);
 	spi_exec("DELETE FROM replstamp.prune_progress pp WHERE NOT EXISTS (SELECT 1 FROM replstamp.vector v "
 			 "WHERE v.replica_id OPERATOR(pg_catalog.=) pp.replica_id)", 0, NULL, NULL, SPI_OK_DELETE);
+	spi_exec("DELETE FROM replstamp.prune_queue q WHERE NOT EXISTS (SELECT 1 FROM replstamp.vector v "
+			 "WHERE v.replica_id OPERATOR(pg_catalog.=) q.replica_id)", 0, NULL, NULL, SPI_OK_DELETE);
 	SPI_finish();
 	replstamp_restore_user(&ctx);
 	batch_end();
@@ -543,14 +679,13 @@ prune_retired(PruneRun *p)
 /*
  * Tables dropped or untracked here: their changes leave the log (peers
  * that still track them keep theirs; a node that never had them is not
- * bothered by them).  Once per table.
+ * bothered by them).  Once per table, in the plan's transaction.
  */
 static void
 prune_dropped_tables(PruneRun *p)
 {
 	ReplstampOwnerContext ctx;
 
-	batch_begin();
 	replstamp_become_owner(&ctx);
 	SPI_connect();
 	spi_exec("WITH gone AS (UPDATE replstamp.tracked SET log_purged = true "
@@ -562,7 +697,6 @@ prune_dropped_tables(PruneRun *p)
 	p->removed += SPI_processed;
 	SPI_finish();
 	replstamp_restore_user(&ctx);
-	batch_end();
 }
 
 /*
@@ -583,12 +717,13 @@ prune_run(void)
 	batch_begin();
 	p->cat = replstamp_catalog_v11("replstamp.prune()");
 	prune_plan(p);
-	batch_end();
 	prune_dropped_tables(p);
+	batch_end();
 	prune_walk(p);
 	prune_queue(p);
 	prune_tombstones(p);
 	prune_retired(p);
+	prune_unlock();
 	removed = p->removed;
 	pgstat_report_activity(STATE_IDLE, NULL);
 	MemoryContextSwitchTo(old);

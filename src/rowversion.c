@@ -521,9 +521,48 @@ load_ids(ReconcileState *st)
 	st->loaded = true;
 }
 
-/* Record one local change in row_version, if it is the latest of its rows. */
+/*
+ * The latest local version of each row met by one reconciliation: a row
+ * written many times since the last look is written to row_version once.
+ * (Writing it each time made a chain of versions of one row_version tuple
+ * in one transaction, which every later lookup of the row walked: a hot
+ * row made the reconciliation of a backlog quadratic.)  Versions met and
+ * superseded within the same look never were the latest recorded, so
+ * pruning needs no queue entry for them: it finds them superseded.
+ */
+typedef struct PendingRow
+{
+	int64		hash;			/* hash key: the row hash */
+	struct PendingRow *next;	/* other rows with the same hash */
+	text	   *relation;
+	Jsonb	   *key;
+	Version		v;
+	bool		deleted;
+} PendingRow;
+
+typedef struct Pending
+{
+	MemoryContext cxt;
+	HTAB	   *rows;
+} Pending;
+
 static void
-reconcile_change(RowVersionWriter *w, Change *change)
+pending_begin(Pending *pd)
+{
+	HASHCTL		ctl;
+
+	pd->cxt = AllocSetContextCreate(CurrentMemoryContext, "replstamp reconcile",
+									ALLOCSET_DEFAULT_SIZES);
+	ctl.keysize = sizeof(int64);
+	ctl.entrysize = sizeof(PendingRow);
+	ctl.hcxt = pd->cxt;
+	pd->rows = hash_create("replstamp reconcile rows", 256, &ctl,
+						   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+}
+
+/* Note one local change, for each of its rows if it is the latest met. */
+static void
+pending_add(Pending *pd, Change *change)
 {
 	ChangeRow	rows[2];
 	int			n = change_rows(change, rows);
@@ -534,24 +573,91 @@ reconcile_change(RowVersionWriter *w, Change *change)
 	v.serial = change->serial;
 	for (int i = 0; i < n; i++)
 	{
-		RowVersion	cur;
+		bool		found;
+		PendingRow *head = hash_search(pd->rows, &rows[i].hash, HASH_ENTER, &found);
+		PendingRow *r = NULL;
+		MemoryContext old;
 
-		rowversion_get(w, change->relation, &rows[i], &cur);
-		if (!cur.found || version_cmp(&v, &cur.v) > 0)
+		if (found)
 		{
-			/* A local change carries every column this node has. */
-			List	   *left = rowversion_carry_left(&cur, change->image);
-			Version		carry = cur.carry;
+			for (r = head; r; r = r->next)
+				if (text_bytes_equal(r->relation, change->relation) &&
+					jsonb_equal(r->key, rows[i].key))
+					break;
+			if (r && version_cmp(&v, &r->v) <= 0)
+				continue;
+		}
+		old = MemoryContextSwitchTo(pd->cxt);
+		if (r == NULL)
+		{
+			/* The hash table's entry is the first row of the chain. */
+			r = found ? palloc0(sizeof(PendingRow)) : head;
+			if (found)
+			{
+				r->next = head->next;
+				head->next = r;
+			}
+			else
+				r->next = NULL;
+			r->relation = DatumGetTextPCopy(PointerGetDatum(change->relation));
+			r->key = DatumGetJsonbPCopy(JsonbPGetDatum(rows[i].key));
+		}
+		r->v = v;
+		r->deleted = rows[i].deleted;
+		MemoryContextSwitchTo(old);
+	}
+}
 
-			rowversion_put(w, change->relation, &rows[i], &cur, &v, rows[i].deleted,
-						   left ? &carry : NULL, left);
+/* Record in row_version each row noted that is later than what it holds. */
+static void
+pending_write(Pending *pd, RowVersionWriter *w)
+{
+	HASH_SEQ_STATUS seq;
+	PendingRow *head;
+
+	hash_seq_init(&seq, pd->rows);
+	while ((head = hash_seq_search(&seq)) != NULL)
+	{
+		for (PendingRow *r = head; r; r = r->next)
+		{
+			ChangeRow	row;
+			RowVersion	cur;
+
+			row.hash = head->hash;
+			row.key = r->key;
+			row.deleted = r->deleted;
+			rowversion_get(w, r->relation, &row, &cur);
+			if (!cur.found || version_cmp(&r->v, &cur.v) > 0)
+			{
+				List	   *left = NIL;
+				Version		carry = cur.carry;
+
+				/*
+				 * A local change carries every column this node has: what
+				 * is left of a carry (rare: a rolling schema change) is
+				 * the carry's columns the change's image lacks, read back
+				 * from the log.
+				 */
+				if (cur.found && cur.partial)
+				{
+					Change		change;
+
+					if (changelog_fetch(w->cat, &r->v.replica_id, r->v.serial, &change))
+						left = rowversion_carry_left(&cur, change.image);
+					else
+						left = cur.carry_columns;
+				}
+				rowversion_put(w, r->relation, &row, &cur, &r->v, r->deleted,
+							   left ? &carry : NULL, left);
+			}
 		}
 	}
+	MemoryContextDelete(pd->cxt);
 }
 
 typedef struct ScanArg
 {
-	RowVersionWriter *w;
+	Pending    *pd;
 	ReconcileState *st;
 	OwnIdState *o;
 	int64		lus;
@@ -587,7 +693,7 @@ scan_callback(Change *change, void *arg)
 	if (change->serial > a->o->hi)
 		a->o->hi = change->serial;
 	if (!change->applied)
-		reconcile_change(a->w, change);
+		pending_add(a->pd, change);
 	return true;
 }
 
@@ -601,6 +707,8 @@ reconcile(RowVersionWriter *w, ReconcileState *st)
 	uint64		activity = serial_activity();
 	bool		holes = false;
 	int64		lus;
+	int64		next;
+	Pending		pd;
 
 	if (!st->loaded ||
 		memcmp(replstamp_node()->replica_id.data, st->current_id.data, UUID_LEN) != 0)
@@ -613,9 +721,11 @@ reconcile(RowVersionWriter *w, ReconcileState *st)
 	st->activity = activity;
 	st->looked = true;
 	lus = serial_lus(cat->serial_seq);
+	next = serial_next(cat->serial_seq);
 	/* A serial in flight now may commit without another being taken. */
-	st->inflight = lus < serial_next(cat->serial_seq);
+	st->inflight = lus < next;
 
+	pending_begin(&pd);
 	for (int i = 0; i < st->nids; i++)
 	{
 		OwnIdState *o = &st->ids[i];
@@ -630,23 +740,30 @@ reconcile(RowVersionWriter *w, ReconcileState *st)
 			if (changelog_fetch(cat, &o->id, o->holes[h], &change))
 			{
 				if (!change.applied)
-					reconcile_change(w, &change);
+					pending_add(&pd, &change);
 			}
 			else if (o->holes[h] >= lus)
 				o->holes[keep++] = o->holes[h];
 		}
 		o->nholes = keep;
 
-		arg.w = w;
+		arg.pd = &pd;
 		arg.st = st;
 		arg.o = o;
 		arg.lus = lus;
 		arg.prev = o->hi;
-		(void) changelog_scan(cat, &o->id, o->hi, PG_INT64_MAX, false, scan_callback, &arg);
+
+		/*
+		 * Up to the serials taken before the look: changes that commit while
+		 * it reads would keep a busy node's look going (and they are read at
+		 * the next one, which starts from the highest serial seen).
+		 */
+		(void) changelog_scan(cat, &o->id, o->hi, next - 1, false, scan_callback, &arg);
 
 		/* Every serial below the LUS is final, and was seen now or before. */
 		o->done_upto = Max(o->done_upto, lus - 1);
 	}
+	pending_write(&pd, w);
 }
 
 /*

@@ -103,8 +103,11 @@ refuse_stale_puller(Handshake *req)
 		Oid			types[2] = {UUIDOID, INT8OID};
 		Datum		values[2] = {UUIDPGetDatum(&v->id), Int64GetDatum(v->serial)};
 
-		if (v->serial <= 0)
-			continue;			/* holds nothing of it: it cannot bring it back */
+		/*
+		 * Even an entry of 0: it is a restored copy's claim on its old ID
+		 * when nothing was recorded, and the copy holds that ID's rows.  A
+		 * node that never held any change of an ID has no entry for it.
+		 */
 		spi_exec("SELECT serial FROM replstamp.purged WHERE replica_id OPERATOR(pg_catalog.=) $1 "
 				 "AND serial OPERATOR(pg_catalog.>) $2", 2, types, values, SPI_OK_SELECT);
 		if (SPI_processed > 0)
@@ -118,7 +121,12 @@ refuse_stale_puller(Handshake *req)
 	}
 }
 
-/* Record what the puller holds; forget it under its retired IDs. */
+/*
+ * Record what the puller holds; forget it under its retired IDs.  An ID
+ * missing from its vector now but recorded before is one it held all of
+ * and let leave its vector (a retired ID, maintenance.c): its record
+ * stays, or it would hold back forever the pruning of that ID here.
+ */
 static void
 record_puller(Handshake *req)
 {
@@ -131,8 +139,6 @@ record_puller(Handshake *req)
 			 "VALUES ($1, $2, pg_catalog.now()) ON CONFLICT (replica_id) "
 			 "DO UPDATE SET label = EXCLUDED.label, last_pull_at = EXCLUDED.last_pull_at",
 			 2, types, values, SPI_OK_INSERT);
-	spi_exec("DELETE FROM replstamp.puller_vector WHERE puller OPERATOR(pg_catalog.=) $1",
-			 1, types, values, SPI_OK_DELETE);
 	for (int i = 0; i < req->nvector; i++)
 	{
 		Oid			vt[3] = {UUIDOID, UUIDOID, INT8OID};
@@ -141,7 +147,8 @@ record_puller(Handshake *req)
 		vv[0] = UUIDPGetDatum(&req->replica_id);
 		vv[1] = UUIDPGetDatum(&req->vector[i].id);
 		vv[2] = Int64GetDatum(req->vector[i].serial);
-		spi_exec("INSERT INTO replstamp.puller_vector (puller, replica_id, serial) VALUES ($1, $2, $3)",
+		spi_exec("INSERT INTO replstamp.puller_vector (puller, replica_id, serial) VALUES ($1, $2, $3) "
+				 "ON CONFLICT (puller, replica_id) DO UPDATE SET serial = EXCLUDED.serial",
 				 3, vt, vv, SPI_OK_INSERT);
 	}
 

@@ -497,8 +497,11 @@ plan(SyncRun *r)
 		int64		vector_to;
 		bool		peers_own = !r->legacy && same_id(&v->id, &r->srv.replica_id);
 
-		/* A peer that could bring deleted rows back is not pulled from. */
-		if (v->serial > 0 && purged_upto(&v->id) > v->serial)
+		/*
+		 * A peer that could bring deleted rows back is not pulled from (an
+		 * entry of 0 counts: a restored copy claims its old ID from 0).
+		 */
+		if (purged_upto(&v->id) > v->serial)
 			ereport(ERROR,
 					(errcode(ERRCODE_SNAPSHOT_TOO_OLD),
 					 errmsg("peer \"%s\" is too far behind to pull from", r->peer),

@@ -219,7 +219,8 @@ for my $n ($a, $b, $e)
 {
 	sq($n, q{ALTER SYSTEM SET replstamp.tombstone_lifetime = '1s'; SELECT pg_reload_conf()});
 	$n->poll_query_until('postgres',
-		q{SELECT replstamp.prune() >= 0 AND EXISTS (SELECT 1 FROM replstamp.purged)})
+		q{SELECT replstamp.prune() >= 0 AND EXISTS (SELECT 1 FROM replstamp.purged)
+		  AND NOT EXISTS (SELECT 1 FROM replstamp.changes WHERE relation = 'public.t' AND pk = '{"id": 80}')})
 	  or die 'the tombstones do not expire on ' . $n->name;
 }
 is(sq($a, q{SELECT count(*) FROM replstamp.changes WHERE relation = 'public.t' AND pk = '{"id": 80}'}), '0',
