@@ -355,6 +355,7 @@ replstamp_maintenance_main(Datum arg)
 	bool		ready;
 	MemoryContext cxt;
 
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	replstamp_worker_connect(arg, NULL, 0);
 

@@ -48,6 +48,8 @@
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "pgstat.h"
+#include "postmaster/interrupt.h"
+#include "storage/latch.h"
 #include "utils/builtins.h"
 #include "utils/regproc.h"
 #include "utils/guc.h"
@@ -69,11 +71,12 @@
 PG_FUNCTION_INFO_V1(replstamp_restore_version);
 
 #define PRUNE_BATCH		2000
-#define BACKFILL_BATCH	1000
 
 /* GUCs */
 static int	tombstone_lifetime = 14 * 24 * 3600;	/* seconds */
 static int	prune_interval = 60;	/* seconds */
+static int	backfill_batch_size = 1000; /* rows */
+static int	backfill_delay = 0;		/* milliseconds */
 
 /*
  * GUCs.  Called from _PG_init.
@@ -97,6 +100,22 @@ maintenance_init(void)
 							60, 0, INT_MAX / 1000,
 							PGC_SIGHUP,
 							GUC_UNIT_S,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("replstamp.backfill_batch_size",
+							"Rows the backfill of a table stamps per transaction.",
+							"Each row stays locked against updates until its batch commits.",
+							&backfill_batch_size,
+							1000, 1, 1000000,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("replstamp.backfill_delay",
+							"Pause between two batches of a backfill.",
+							"Spreads the load of backfilling a large table; zero means no pause.",
+							&backfill_delay,
+							0, 0, 3600 * 1000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
 							NULL, NULL, NULL);
 }
 
@@ -653,8 +672,8 @@ backfill_batch(const ReplstampCatalog *cat, Oid relid, ItemPointer after)
 									   RelationGetRelationName(rel));
 	/* The rows, locked against updates until this batch's stamps commit. */
 	SPI_connect();
-	spi_exec(psprintf("SELECT ctid FROM %s WHERE ctid OPERATOR(pg_catalog.>) $1 ORDER BY ctid LIMIT "
-					  CppAsString2(BACKFILL_BATCH) " FOR SHARE", qname),
+	spi_exec(psprintf("SELECT ctid FROM %s WHERE ctid OPERATOR(pg_catalog.>) $1 ORDER BY ctid LIMIT %d "
+					  "FOR SHARE", qname, backfill_batch_size),
 			 1, types, values, SPI_OK_SELECT);
 	n = SPI_processed;
 	/* Outlives SPI_finish(). */
@@ -697,7 +716,7 @@ backfill_batch(const ReplstampCatalog *cat, Oid relid, ItemPointer after)
 	if (n > 0)
 		*after = tids[n - 1];
 	relation_close(rel, AccessShareLock);
-	return n < BACKFILL_BATCH ? (n == 0 ? -1 : -1 - n) : n;
+	return n < backfill_batch_size ? (n == 0 ? -1 : -1 - n) : n;
 }
 
 /*
@@ -722,6 +741,11 @@ backfill_run(void)
 		Oid			types[4] = {TEXTOID, INT8OID, TIDOID, TEXTOID};
 		Datum		values[4];
 
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
 		worker_begin_xact();
 		cat = replstamp_catalog(true);
 		if (cat == NULL || !cat->v11)
@@ -766,6 +790,12 @@ backfill_run(void)
 		replstamp_restore_user(&ctx);
 		worker_commit_xact();
 		CHECK_FOR_INTERRUPTS();
+		if (n >= 0 && backfill_delay > 0)
+		{
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 backfill_delay, PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+		}
 	}
 }
 
