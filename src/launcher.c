@@ -7,7 +7,9 @@
  *		is above zero, keeps one sync worker per database running, which
  *		syncs with every peer every sync_interval seconds, and every
  *		replstamp.prune_interval starts a short maintenance worker per
- *		database (prune, backfill, the recorded LUS: maintenance.c).
+ *		database (prune, backfill, the recorded LUS: maintenance.c); right
+ *		after the identity checks, a backfill worker per database carries on
+ *		with the backfills a shutdown or a crash interrupted.
  *
  * The launcher stays up (idle, on its latch) so that the postmaster starts
  * it again after a crash restart, when every database must be checked
@@ -190,28 +192,32 @@ tend_sync_workers(List **slots)
 }
 
 /*
- * The launcher.
+ * A short maintenance worker of the given type ("replstamp maintenance", or
+ * "replstamp backfill" for one that only backfills) in every database; it
+ * leaves at once where replstamp is not installed or there is nothing to
+ * do.
  */
-/* A short maintenance worker in every database (it leaves at once where
- * replstamp is not installed). */
 static void
-start_maintenance(void)
+start_maintenance(const char *type)
 {
 	List	   *dbs = current_databases();
 	ListCell   *lc;
 
 	foreach(lc, dbs)
 	{
-		if (!replstamp_start_worker("replstamp_maintenance_main", "replstamp maintenance",
+		if (!replstamp_start_worker("replstamp_maintenance_main", type,
 									lfirst_oid(lc), InvalidOid, NULL, 0, NULL))
 			ereport(LOG,
-					(errmsg("replstamp: could not start the maintenance worker of database %u",
-							lfirst_oid(lc)),
+					(errmsg("replstamp: could not start the %s worker of database %u",
+							type, lfirst_oid(lc)),
 					 errhint("Consider raising max_worker_processes.")));
 	}
 	list_free(dbs);
 }
 
+/*
+ * The launcher.
+ */
 void
 replstamp_launcher_main(Datum arg)
 {
@@ -224,6 +230,8 @@ replstamp_launcher_main(Datum arg)
 	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
 
 	check_identities();
+	/* A backfill a shutdown or a crash interrupted goes on now. */
+	start_maintenance("replstamp backfill");
 	last_maintenance = GetCurrentTimestamp();
 
 	for (;;)
@@ -246,7 +254,7 @@ replstamp_launcher_main(Datum arg)
 
 			if (GetCurrentTimestamp() >= due)
 			{
-				start_maintenance();
+				start_maintenance("replstamp maintenance");
 				last_maintenance = GetCurrentTimestamp();
 				due = TimestampTzPlusMilliseconds(last_maintenance, (int64) interval * 1000);
 			}

@@ -53,6 +53,7 @@
 #include "storage/bufmgr.h"
 #include "storage/itemptr.h"
 #include "storage/latch.h"
+#include "storage/lock.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/regproc.h"
@@ -642,12 +643,19 @@ prune_run(void)
  * that the backfill never takes part in a deadlock; otherwise the batch
  * ends before that row and the next one starts with it.
  *
+ * One worker backfills a table at a time: it holds a session-level lock of
+ * its own on the table (an advisory lock tag, BACKFILL_LOCK_CLASS) until it
+ * is done or exits; another worker that finds the table taken leaves it.
+ *
  * A table rewritten meanwhile (VACUUM FULL, CLUSTER, a rewriting ALTER
  * TABLE) has its rows in other places and maybe under other xmins: its
  * backfill starts again from the first row with a new snapshot, and rows
  * stamped before the rewrite get a second INSERT stamp with the same image.
  * ---------------------------------------------------------------------
  */
+
+/* The field4 of the advisory lock tag that marks a table's backfill. */
+#define BACKFILL_LOCK_CLASS		0x7262
 
 /* A batch looks at no more than this many rows it leaves alone. */
 #define BACKFILL_SCAN_FACTOR	10
@@ -952,7 +960,7 @@ backfill_batch(const ReplstampCatalog *cat, Oid relid)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("cannot backfill table %s because it has no primary key", bf.relation),
 				 errdetail("replstamp identifies rows by their primary key."),
-				 errhint("Add a primary key to the table; its backfill goes on at the next maintenance round.")));
+				 errhint("Add a primary key to the table; its backfill goes on at the next maintenance round or server start.")));
 
 	if (ItemPointerGetBlockNumberNoCheck(&bf.end) > 0)
 	{
@@ -1096,15 +1104,19 @@ backfill_table(Oid relid)
 }
 
 /*
- * The next table with a backfill to do, InvalidOid if none.  skip: the
- * tables this worker has backfilled.
+ * The next table with a backfill to do that no other worker has, locked
+ * for this one (a session lock, see above); InvalidOid if none.  skip: the
+ * tables this worker found taken, or has backfilled.
  */
 static Oid
-backfill_next(List *skip)
+backfill_claim(List **skip)
 {
 	ReplstampOwnerContext ctx;
 	const ReplstampCatalog *cat;
-	Oid			next = InvalidOid;
+	Oid			claimed = InvalidOid;
+	Oid		   *relids;
+	int			n;
+	MemoryContext caller = CurrentMemoryContext;
 
 	worker_begin_xact();
 	cat = replstamp_catalog(true);
@@ -1118,19 +1130,39 @@ backfill_next(List *skip)
 	spi_exec("SELECT relid FROM replstamp.tracked WHERE state = 'tracked' "
 			 "AND backfill IN ('pending', 'running') AND relid IS NOT NULL ORDER BY since",
 			 0, NULL, NULL, SPI_OK_SELECT);
-	for (uint64 i = 0; i < SPI_processed && !OidIsValid(next); i++)
+	n = SPI_processed;
+	relids = MemoryContextAlloc(caller, sizeof(Oid) * Max(n, 1));
+	for (int i = 0; i < n; i++)
 	{
 		bool		isnull;
-		Oid			relid = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i],
-														   SPI_tuptable->tupdesc, 1, &isnull));
 
-		if (!list_member_oid(skip, relid))
-			next = relid;
+		relids[i] = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc,
+												   1, &isnull));
 	}
 	SPI_finish();
 	replstamp_restore_user(&ctx);
+
+	/* A session lock: it outlives this transaction. */
+	for (int i = 0; i < n && !OidIsValid(claimed); i++)
+	{
+		LOCKTAG		tag;
+
+		if (list_member_oid(*skip, relids[i]))
+			continue;
+		SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, relids[i], 0, BACKFILL_LOCK_CLASS);
+		if (LockAcquire(&tag, ExclusiveLock, true, true) == LOCKACQUIRE_NOT_AVAIL)
+		{
+			MemoryContext old = MemoryContextSwitchTo(caller);
+
+			*skip = lappend_oid(*skip, relids[i]);
+			MemoryContextSwitchTo(old);
+		}
+		else
+			claimed = relids[i];
+	}
 	worker_commit_xact();
-	return next;
+	pfree(relids);
+	return claimed;
 }
 
 /*
@@ -1145,14 +1177,18 @@ backfill_run(void)
 	List	   *skip = NIL;
 	Oid			relid;
 
-	while (OidIsValid(relid = backfill_next(skip)))
+	while (OidIsValid(relid = backfill_claim(&skip)))
 	{
+		LOCKTAG		tag;
+
 		/*
 		 * Done: not again in this run.  Tracked anew meanwhile, it was done
 		 * in its new form (each batch reads what is to do).
 		 */
 		backfill_table(relid);
 		skip = lappend_oid(skip, relid);
+		SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, relid, 0, BACKFILL_LOCK_CLASS);
+		LockRelease(&tag, ExclusiveLock, true);
 	}
 	list_free(skip);
 	pgstat_report_activity(STATE_IDLE, NULL);

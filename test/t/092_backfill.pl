@@ -4,9 +4,12 @@
 # errors; rows written after track() are left to their own stamps.  A peer
 # that pulls the stamps ends with exactly the same rows (a row deleted
 # during the backfill does not come back, a row updated during it has its
-# latest value, whichever stamp came first).  A table rewritten during its
-# backfill (VACUUM FULL) is backfilled again, so that no row is left out; a
-# writer that holds rows in one transaction does not deadlock with it.
+# latest value, whichever stamp came first).  A backfill stopped by an
+# immediate shutdown resumes where it stopped after the restart and still
+# stamps every row once; another table's backfill runs beside it; a table
+# rewritten during its backfill (VACUUM FULL) is backfilled again, so that
+# no row is left out; a writer that holds rows in one transaction does not
+# deadlock with it.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -14,9 +17,10 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use ReplstampTest;
 
-# Automatic pruning off: the change log keeps every stamp for counting.
-# Small, throttled batches: the backfill of 100,000 rows lasts a few
-# seconds, long enough to write during it.
+# Automatic pruning off: the change log keeps every stamp for counting, and
+# no periodic maintenance round hides a backfill that does not resume by
+# itself.  Small, throttled batches: the backfill of 100,000 rows lasts a
+# few seconds, long enough to write during it and to stop it half-way.
 my $a = replstamp_node('a', conf => [
 	'replstamp.prune_interval = 0',
 	'replstamp.backfill_batch_size = 500',
@@ -24,6 +28,8 @@ my $a = replstamp_node('a', conf => [
 	'max_connections = 30' ], sql => q{
 	CREATE EXTENSION replstamp;
 	CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, note text);
+	CREATE TABLE t2 (id int PRIMARY KEY, v text);
+	CREATE TABLE t3 (id int PRIMARY KEY, v text);
 	CREATE TABLE t4 (id int PRIMARY KEY, v text);
 	CREATE TABLE t6 (id int PRIMARY KEY, v text);
 	CREATE SEQUENCE new_ids START 100001;
@@ -31,9 +37,11 @@ my $a = replstamp_node('a', conf => [
 my $b = replstamp_node('b', conf => ['replstamp.prune_interval = 0'], sql => q{
 	CREATE EXTENSION replstamp;
 	CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, note text);
+	CREATE TABLE t2 (id int PRIMARY KEY, v text);
+	CREATE TABLE t3 (id int PRIMARY KEY, v text);
 	CREATE TABLE t4 (id int PRIMARY KEY, v text);
 	CREATE TABLE t6 (id int PRIMARY KEY, v text);
-	SELECT replstamp.track(t) FROM unnest('{t,t4,t6}'::regclass[]) t;
+	SELECT replstamp.track(t) FROM unnest('{t,t2,t3,t4,t6}'::regclass[]) t;
 });
 add_peer($b, 'a', $a);
 sub sq { my ($n, $sql) = @_; return $n->safe_psql('postgres', $sql); }
@@ -134,7 +142,46 @@ is(sq($b, "SELECT count(*) FROM t WHERE id <= 100000"), 100000 - $deleted,
 is(sq($b, "SELECT sum(v) FROM t"), sq($a, "SELECT sum(v) FROM t"),
 	'every row updated during the backfill has its latest value on b');
 
-# 3. A table rewritten during its backfill (VACUUM FULL moves rows that
+# 3. A backfill stopped half-way by an immediate shutdown resumes where it
+# stopped once a is up again, and still stamps every row once.  Slower
+# batches, so that it is caught running.
+sq($a, "INSERT INTO t2 SELECT g, 'row ' || g FROM generate_series(1, 50000) g");
+sq($a, "ALTER SYSTEM SET replstamp.backfill_delay = '100ms'");
+sq($a, 'SELECT pg_reload_conf()');
+sq($a, "SELECT replstamp.track('t2', true)");
+
+# Meanwhile, another table's backfill has a worker of its own: it neither
+# waits for t2's nor joins it.
+sq($a, "INSERT INTO t3 SELECT g, 'row ' || g FROM generate_series(1, 1000) g;
+	SELECT replstamp.track('t3', true)");
+$a->poll_query_until('postgres',
+	"SELECT backfill = 'done' FROM replstamp.tracked WHERE relation = 'public.t3'")
+  or die 'the backfill of t3 does not end';
+is(sq($a, "SELECT backfill FROM replstamp.tracked WHERE relation = 'public.t2'"), 'running',
+	"another table's backfill ends while t2's goes on");
+
+$a->poll_query_until('postgres',
+	"SELECT backfill_rows >= 5000 FROM replstamp.tracked WHERE relation = 'public.t2'")
+  or die 'the backfill of t2 does not progress';
+$a->stop('immediate');
+$a->start;
+my ($state, $rows, $together) = split /\|/, sq($a, "SELECT backfill, backfill_rows,
+	backfill_rows = (SELECT count(*) FROM replstamp.changes WHERE relation = 'public.t2')
+	FROM replstamp.tracked WHERE relation = 'public.t2'");
+ok($state eq 'running' && $rows > 0 && $rows < 50000,
+	"the shutdown caught the backfill half-way ($state, $rows rows)");
+is($together, 't', 'its stamps and its progress committed together');
+sq($a, 'ALTER SYSTEM SET replstamp.backfill_delay = 0');
+sq($a, 'SELECT pg_reload_conf()');
+ok($a->poll_query_until('postgres',
+	"SELECT backfill = 'done' FROM replstamp.tracked WHERE relation = 'public.t2'"),
+	'after the restart the backfill resumes by itself and completes');
+is(sq($a, "SELECT backfill_rows FROM replstamp.tracked WHERE relation = 'public.t2'"), '50000',
+	'replstamp.tracked counts 50000 rows');
+is(sq($a, "SELECT count(*) || '/' || count(DISTINCT pk) FROM replstamp.changes WHERE relation = 'public.t2'"),
+	'50000/50000', 'every row of t2 is stamped exactly once');
+
+# 4. A table rewritten during its backfill (VACUUM FULL moves rows that
 # were not stamped yet before the point it had reached): its backfill
 # starts again, so that no row is left out.
 sq($a, "INSERT INTO t4 SELECT g, 'row ' || g FROM generate_series(1, 20000) g");
@@ -158,7 +205,7 @@ is(sq($a, "SELECT count(*) FROM (SELECT id FROM t4 EXCEPT SELECT (pk->>'id')::in
 ok($a->log_contains(qr/table public\.t4 was rewritten during its backfill; its backfill starts again/, $offset),
 	'the log says the backfill started again');
 
-# 4. A writer that locks a row, then changes another one the backfill has
+# 5. A writer that locks a row, then changes another one the backfill has
 # passed, in one transaction, does not deadlock with the backfill: it never
 # waits for a row while it holds another.
 sq($a, "INSERT INTO t6 SELECT g, 'row ' || g FROM generate_series(1, 3000) g");
@@ -182,7 +229,7 @@ is(sq($a, "SELECT string_agg(op, ',' ORDER BY serial) FROM replstamp.changes
 	"INSERT,UPDATE\nUPDATE", 'the row it passed is stamped, then updated; the row it waited for is updated only');
 
 sq($b, "SELECT replstamp.sync('a')");
-is(contents($b, $_), contents($a, $_), "b holds exactly the rows of $_") for qw(t4 t6);
+is(contents($b, $_), contents($a, $_), "b holds exactly the rows of $_") for qw(t2 t3 t4 t6);
 
 $_->stop for ($a, $b);
 done_testing();
