@@ -1069,13 +1069,38 @@ backfill_batch(const ReplstampCatalog *cat, Oid relid)
 	return step;
 }
 
-/* Backfill one table, batch after batch, until it is done. */
+/* Record why the table's backfill failed. */
+static void
+backfill_record_error(Oid relid, const char *message)
+{
+	ReplstampOwnerContext ctx;
+	Oid			types[2] = {OIDOID, TEXTOID};
+	Datum		values[2] = {ObjectIdGetDatum(relid), CStringGetTextDatum(message)};
+
+	replstamp_become_owner(&ctx);
+	SPI_connect();
+	spi_exec("UPDATE replstamp.tracked SET backfill_error = $2 "
+			 "WHERE relid OPERATOR(pg_catalog.=) $1 AND state = 'tracked'",
+			 2, types, values, SPI_OK_UPDATE);
+	SPI_finish();
+	replstamp_restore_user(&ctx);
+}
+
+/*
+ * Backfill one table, batch after batch, until it is done.  An error ends
+ * it: it is logged and recorded in replstamp.tracked (backfill_error), and
+ * the table is tried again by the next worker (the launcher's next
+ * maintenance round, the next server start).
+ */
 static void
 backfill_table(Oid relid)
 {
+	MemoryContext cxt = CurrentMemoryContext;
+
 	for (;;)
 	{
-		BackfillStep step;
+		volatile BackfillStep step = BACKFILL_MORE;
+		volatile bool failed = false;
 
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
@@ -1083,16 +1108,37 @@ backfill_table(Oid relid)
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
 		}
-		worker_begin_xact();
-		step = backfill_batch(replstamp_catalog_v11("the backfill"), relid);
-		if (step == BACKFILL_STALE)
+		PG_TRY();
 		{
-			PopActiveSnapshot();
-			AbortCurrentTransaction();
+			worker_begin_xact();
+			step = backfill_batch(replstamp_catalog_v11("the backfill"), relid);
+			if (step == BACKFILL_STALE)
+			{
+				PopActiveSnapshot();
+				AbortCurrentTransaction();
+			}
+			else
+				worker_commit_xact();
 		}
-		else
+		PG_CATCH();
+		{
+			ErrorData  *edata;
+
+			MemoryContextSwitchTo(cxt);
+			edata = CopyErrorData();
+			if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
+				PG_RE_THROW();
+			EmitErrorReport();
+			FlushErrorState();
+			AbortCurrentTransaction();
+			worker_begin_xact();
+			backfill_record_error(relid, edata->message);
 			worker_commit_xact();
-		if (step == BACKFILL_DONE)
+			FreeErrorData(edata);
+			failed = true;
+		}
+		PG_END_TRY();
+		if (failed || step == BACKFILL_DONE)
 			return;
 		if (backfill_delay > 0)
 		{
@@ -1106,7 +1152,7 @@ backfill_table(Oid relid)
 /*
  * The next table with a backfill to do that no other worker has, locked
  * for this one (a session lock, see above); InvalidOid if none.  skip: the
- * tables this worker found taken, or has backfilled.
+ * tables this worker found taken, or has backfilled or failed to.
  */
 static Oid
 backfill_claim(List **skip)
@@ -1182,8 +1228,8 @@ backfill_run(void)
 		LOCKTAG		tag;
 
 		/*
-		 * Done: not again in this run.  Tracked anew meanwhile, it was done
-		 * in its new form (each batch reads what is to do).
+		 * Done or failed: not again in this run.  Tracked anew meanwhile, it
+		 * was done in its new form (each batch reads what is to do).
 		 */
 		backfill_table(relid);
 		skip = lappend_oid(skip, relid);

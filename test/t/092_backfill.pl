@@ -7,6 +7,7 @@
 # latest value, whichever stamp came first).  A backfill stopped by an
 # immediate shutdown resumes where it stopped after the restart and still
 # stamps every row once; another table's backfill runs beside it; a table
+# without primary key is refused with the reason recorded; a table
 # rewritten during its backfill (VACUUM FULL) is backfilled again, so that
 # no row is left out; a writer that holds rows in one transaction does not
 # deadlock with it.
@@ -31,6 +32,7 @@ my $a = replstamp_node('a', conf => [
 	CREATE TABLE t2 (id int PRIMARY KEY, v text);
 	CREATE TABLE t3 (id int PRIMARY KEY, v text);
 	CREATE TABLE t4 (id int PRIMARY KEY, v text);
+	CREATE TABLE t5 (id int CONSTRAINT t5_pkey PRIMARY KEY, v text);
 	CREATE TABLE t6 (id int PRIMARY KEY, v text);
 	CREATE SEQUENCE new_ids START 100001;
 });
@@ -40,8 +42,9 @@ my $b = replstamp_node('b', conf => ['replstamp.prune_interval = 0'], sql => q{
 	CREATE TABLE t2 (id int PRIMARY KEY, v text);
 	CREATE TABLE t3 (id int PRIMARY KEY, v text);
 	CREATE TABLE t4 (id int PRIMARY KEY, v text);
+	CREATE TABLE t5 (id int PRIMARY KEY, v text);
 	CREATE TABLE t6 (id int PRIMARY KEY, v text);
-	SELECT replstamp.track(t) FROM unnest('{t,t2,t3,t4,t6}'::regclass[]) t;
+	SELECT replstamp.track(t) FROM unnest('{t,t2,t3,t4,t5,t6}'::regclass[]) t;
 });
 add_peer($b, 'a', $a);
 sub sq { my ($n, $sql) = @_; return $n->safe_psql('postgres', $sql); }
@@ -160,6 +163,21 @@ $a->poll_query_until('postgres',
 is(sq($a, "SELECT backfill FROM replstamp.tracked WHERE relation = 'public.t2'"), 'running',
 	"another table's backfill ends while t2's goes on");
 
+# A table that lost its primary key is not backfilled: its rows could not
+# be told apart.  The error is recorded, nothing is stamped.
+sq($a, "INSERT INTO t5 SELECT g, 'row ' || g FROM generate_series(1, 1000) g;
+	BEGIN;
+	SELECT replstamp.track('t5', true);
+	ALTER TABLE t5 DROP CONSTRAINT t5_pkey;
+	COMMIT;");
+ok($a->poll_query_until('postgres',
+	"SELECT backfill_error LIKE 'cannot backfill table public.t5 because it has no primary key'
+	   FROM replstamp.tracked WHERE relation = 'public.t5'"),
+	'a table without primary key: replstamp.tracked shows why its backfill stopped');
+is(sq($a, "SELECT count(*) FROM replstamp.changes WHERE relation = 'public.t5'"), '0',
+	'and nothing of it is stamped');
+sq($a, 'ALTER TABLE t5 ADD PRIMARY KEY (id)');
+
 $a->poll_query_until('postgres',
 	"SELECT backfill_rows >= 5000 FROM replstamp.tracked WHERE relation = 'public.t2'")
   or die 'the backfill of t2 does not progress';
@@ -180,6 +198,11 @@ is(sq($a, "SELECT backfill_rows FROM replstamp.tracked WHERE relation = 'public.
 	'replstamp.tracked counts 50000 rows');
 is(sq($a, "SELECT count(*) || '/' || count(DISTINCT pk) FROM replstamp.changes WHERE relation = 'public.t2'"),
 	'50000/50000', 'every row of t2 is stamped exactly once');
+ok($a->poll_query_until('postgres',
+	"SELECT backfill = 'done' AND backfill_error IS NULL FROM replstamp.tracked WHERE relation = 'public.t5'"),
+	'the table that got its primary key back is backfilled after the restart');
+is(sq($a, "SELECT count(*) || '/' || count(DISTINCT pk) FROM replstamp.changes WHERE relation = 'public.t5'"),
+	'1000/1000', 'each of its rows once');
 
 # 4. A table rewritten during its backfill (VACUUM FULL moves rows that
 # were not stamped yet before the point it had reached): its backfill
@@ -229,7 +252,7 @@ is(sq($a, "SELECT string_agg(op, ',' ORDER BY serial) FROM replstamp.changes
 	"INSERT,UPDATE\nUPDATE", 'the row it passed is stamped, then updated; the row it waited for is updated only');
 
 sq($b, "SELECT replstamp.sync('a')");
-is(contents($b, $_), contents($a, $_), "b holds exactly the rows of $_") for qw(t2 t3 t4 t6);
+is(contents($b, $_), contents($a, $_), "b holds exactly the rows of $_") for qw(t2 t3 t4 t5 t6);
 
 $_->stop for ($a, $b);
 done_testing();
