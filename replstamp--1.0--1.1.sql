@@ -102,6 +102,13 @@ CREATE TABLE replstamp.tracked (
     backfill       text CHECK (backfill IN ('pending', 'running', 'done', 'failed')),
     backfill_rows  bigint NOT NULL DEFAULT 0,
     backfill_after tid,               -- the backfill went up to this row
+    -- What track() saw under the lock that keeps the table's writers out:
+    -- a row version this snapshot sees was written before and has no stamp
+    -- yet; the table ended before backfill_end, rows past it are newer; a
+    -- file node other than backfill_filenode means the table was rewritten.
+    backfill_snapshot pg_snapshot,
+    backfill_end   tid,
+    backfill_filenode oid,
     backfill_error text,
     conflicts      bigint NOT NULL DEFAULT 0,
     log_purged     boolean NOT NULL DEFAULT false, -- dropped/untracked: its changes are gone from the log

@@ -82,8 +82,20 @@ CREATE TABLE owned_by_superuser (id int PRIMARY KEY);
 GRANT EXECUTE ON FUNCTION replstamp.track(regclass, boolean) TO regress_writer;
 SET ROLE regress_writer;
 SELECT replstamp.track('owned_by_superuser');
+SELECT replstamp.track('owned_by_superuser', backfill => true);
 RESET ROLE;
 REVOKE EXECUTE ON FUNCTION replstamp.track(regclass, boolean) FROM regress_writer;
+-- Nor with backfill without the grant, even their own table.
+CREATE TABLE writer_owned (id int PRIMARY KEY);
+ALTER TABLE writer_owned OWNER TO regress_writer;
+SET ROLE regress_writer;
+SELECT replstamp.track('writer_owned', backfill => true);
+RESET ROLE;
+-- Nothing was registered or installed.
+SELECT count(*) AS registered FROM replstamp.tracked
+ WHERE relation IN ('public.owned_by_superuser', 'public.writer_owned');
+SELECT count(*) AS triggers FROM pg_trigger
+ WHERE tgrelid IN ('owned_by_superuser'::regclass, 'writer_owned'::regclass);
 
 -- From the catalog, for every function of the extension (including those
 -- later parts add): SECURITY DEFINER ones pin search_path, and PUBLIC may

@@ -5,6 +5,7 @@ CREATE EXTENSION replstamp;
 
 CREATE TABLE no_pk (a int, b text);
 SELECT replstamp.track('no_pk');
+SELECT replstamp.track('no_pk', backfill => true);
 
 CREATE VIEW a_view AS SELECT 1 AS a;
 SELECT replstamp.track('a_view');
@@ -43,8 +44,10 @@ SELECT replstamp.untrack('plain');
 -- The trigger function is not callable directly.
 SELECT replstamp.stamp();
 
--- Nothing above left a trigger behind on a refused table.
+-- Nothing above left a trigger behind on a refused table, nor registered
+-- it or asked for a backfill.
 SELECT relation FROM replstamp.tracked_tables ORDER BY 1;
+SELECT relation, state, backfill FROM replstamp.tracked ORDER BY 1;
 
 -- A tracked table that loses its primary key refuses writes rather than
 -- stamping rows it cannot identify.

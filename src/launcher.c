@@ -7,7 +7,9 @@
  *		is above zero, keeps one sync worker per database running, which
  *		syncs with every peer every sync_interval seconds, and every
  *		replstamp.prune_interval starts a short maintenance worker per
- *		database (prune, backfill, the recorded LUS: maintenance.c).
+ *		database (prune, backfill, the recorded LUS: maintenance.c); right
+ *		after the identity checks, a backfill worker per database carries on
+ *		with the backfills a shutdown or a crash interrupted.
  *
  * The launcher stays up (idle, on its latch) so that the postmaster starts
  * it again after a crash restart, when every database must be checked
@@ -216,13 +218,15 @@ sync_workers_switched_on(List *slots)
 }
 
 /*
- * A short maintenance worker in every database (it leaves at once where
- * replstamp is not installed), unless the one started before is still
- * running there: a prune of a long log, or one waiting for a sync, must
- * not be joined by another each interval until no worker slot is left.
+ * A short maintenance worker of the given type ("replstamp maintenance", or
+ * "replstamp backfill" for one that only backfills) in every database; it
+ * leaves at once where replstamp is not installed or there is nothing to
+ * do.  With slots, not where the one started before is still running: a
+ * prune of a long log, or one waiting for a sync, must not be joined by
+ * another each interval until no worker slot is left.
  */
 static void
-start_maintenance(List **slots)
+start_maintenance(List **slots, const char *type)
 {
 	List	   *dbs = current_databases();
 	ListCell   *lc;
@@ -234,6 +238,16 @@ start_maintenance(List **slots)
 		ListCell   *lc2;
 		pid_t		pid;
 
+		if (slots == NULL)
+		{
+			if (!replstamp_start_worker("replstamp_maintenance_main", type,
+										dboid, InvalidOid, NULL, 0, NULL))
+				ereport(LOG,
+						(errmsg("replstamp: could not start the %s worker of database %u",
+								type, dboid),
+						 errhint("Consider raising max_worker_processes.")));
+			continue;
+		}
 		foreach(lc2, *slots)
 		{
 			if (((SyncSlot *) lfirst(lc2))->dboid == dboid)
@@ -252,13 +266,13 @@ start_maintenance(List **slots)
 			pfree(slot->handle);
 			slot->handle = NULL;
 		}
-		if (!replstamp_start_worker("replstamp_maintenance_main", "replstamp maintenance",
+		if (!replstamp_start_worker("replstamp_maintenance_main", type,
 									dboid, InvalidOid, NULL, 0, &slot->handle))
 		{
 			slot->handle = NULL;
 			ereport(LOG,
-					(errmsg("replstamp: could not start the maintenance worker of database %u",
-							dboid),
+					(errmsg("replstamp: could not start the %s worker of database %u",
+							type, dboid),
 					 errhint("Consider raising max_worker_processes.")));
 		}
 	}
@@ -281,6 +295,8 @@ replstamp_launcher_main(Datum arg)
 	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
 
 	check_identities();
+	/* A backfill a shutdown or a crash interrupted goes on now. */
+	start_maintenance(NULL, "replstamp backfill");
 	last_maintenance = GetCurrentTimestamp();
 
 	for (;;)
@@ -307,7 +323,7 @@ replstamp_launcher_main(Datum arg)
 
 			if (GetCurrentTimestamp() >= due)
 			{
-				start_maintenance(&maintenance_slots);
+				start_maintenance(&maintenance_slots, "replstamp maintenance");
 				last_maintenance = GetCurrentTimestamp();
 				due = TimestampTzPlusMilliseconds(last_maintenance, (int64) interval * 1000);
 			}
@@ -416,6 +432,7 @@ replstamp_maintenance_main(Datum arg)
 	bool		ready;
 	MemoryContext cxt;
 
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	replstamp_worker_connect(arg, NULL, 0);
 

@@ -22,6 +22,7 @@
 
 #include "access/htup_details.h"
 #include "access/relation.h"
+#include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/catalog.h"
 #include "catalog/pg_trigger.h"
@@ -296,18 +297,19 @@ run_as_owner(const char *const *commands, int ncommands, int expected)
 }
 
 /*
- * Record a table's state in replstamp.tracked (1.1).  backfill: whether its
- * existing rows are to be stamped once by the background worker.  The OID
- * is kept only while the table is tracked: the rows of tables that left
+ * Record a table's state in replstamp.tracked (1.1).  backfill: where the
+ * background worker starts stamping its existing rows once, or NULL.  The
+ * OID is kept only while the table is tracked: the rows of tables that left
  * are dumped by pg_dump, and an OID means nothing in another database.
  */
 static void
-registry_set(const ReplstampCatalog *cat, Oid relid, const char *state, bool backfill)
+registry_set(const ReplstampCatalog *cat, Oid relid, const char *state,
+			 const BackfillOrigin *backfill)
 {
 	ReplstampOwnerContext ctx;
-	Oid			types[4] = {TEXTOID, OIDOID, TEXTOID, BOOLOID};
-	Datum		values[4];
-	char		nulls[4] = {' ', ' ', ' ', ' '};
+	Oid			types[6] = {TEXTOID, OIDOID, TEXTOID, TEXTOID, TEXTOID, OIDOID};
+	Datum		values[6];
+	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
 	int			ret;
 
 	if (!cat->v11)
@@ -318,17 +320,30 @@ registry_set(const ReplstampCatalog *cat, Oid relid, const char *state, bool bac
 	if (strcmp(state, "tracked") != 0)
 		nulls[1] = 'n';
 	values[2] = CStringGetTextDatum(state);
-	values[3] = BoolGetDatum(backfill);
+	if (backfill)
+	{
+		values[3] = CStringGetTextDatum(backfill->snapshot);
+		values[4] = CStringGetTextDatum(backfill->end);
+		values[5] = ObjectIdGetDatum(backfill->filenode);
+	}
+	else
+		nulls[3] = nulls[4] = nulls[5] = 'n';
 	replstamp_become_owner(&ctx);
 	SPI_connect();
 	ret = SPI_execute_with_args("INSERT INTO replstamp.tracked AS t "
-								"(relation, relid, state, since, backfill) "
-								"VALUES ($1, $2, $3, pg_catalog.now(), CASE WHEN $4 THEN 'pending' END) "
+								"(relation, relid, state, since, backfill, backfill_snapshot, "
+								"backfill_end, backfill_filenode) "
+								"VALUES ($1, $2, $3, pg_catalog.now(), "
+								"CASE WHEN $4 IS NOT NULL THEN 'pending' END, "
+								"$4::pg_catalog.pg_snapshot, $5::pg_catalog.tid, $6) "
 								"ON CONFLICT (relation) DO UPDATE SET relid = EXCLUDED.relid, "
 								"state = EXCLUDED.state, since = EXCLUDED.since, "
 								"backfill = EXCLUDED.backfill, backfill_rows = 0, backfill_after = NULL, "
+								"backfill_snapshot = EXCLUDED.backfill_snapshot, "
+								"backfill_end = EXCLUDED.backfill_end, "
+								"backfill_filenode = EXCLUDED.backfill_filenode, "
 								"backfill_error = NULL, log_purged = false",
-								4, types, values, nulls, false, 0);
+								6, types, values, nulls, false, 0);
 	if (ret != SPI_OK_INSERT)
 		elog(ERROR, "replstamp: could not record the table: %s", SPI_result_code_string(ret));
 	SPI_finish();
@@ -339,27 +354,33 @@ registry_set(const ReplstampCatalog *cat, Oid relid, const char *state, bool bac
  * Stamp the existing rows of a table that is tracked already once more
  * (track() with backfill on a tracked table): rows that were never stamped
  * (the table had them before it was tracked), or whose changes a node that
- * joins later cannot get otherwise.  Returns false if a backfill of the
- * table is under way already.
+ * joins later cannot get otherwise: every row version the snapshot of
+ * backfill sees.  Returns false if a backfill of the table is under way
+ * already.
  */
 static bool
-registry_backfill_again(Oid relid)
+registry_backfill_again(Oid relid, const BackfillOrigin *backfill)
 {
 	ReplstampOwnerContext ctx;
-	Oid			types[1] = {TEXTOID};
-	Datum		values[1];
+	Oid			types[4] = {TEXTOID, TEXTOID, TEXTOID, OIDOID};
+	Datum		values[4];
 	int			ret;
 	bool		started;
 
 	values[0] = CStringGetTextDatum(quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
 															   get_rel_name(relid)));
+	values[1] = CStringGetTextDatum(backfill->snapshot);
+	values[2] = CStringGetTextDatum(backfill->end);
+	values[3] = ObjectIdGetDatum(backfill->filenode);
 	replstamp_become_owner(&ctx);
 	SPI_connect();
 	ret = SPI_execute_with_args("UPDATE replstamp.tracked SET backfill = 'pending', backfill_rows = 0, "
-								"backfill_after = NULL, backfill_error = NULL "
+								"backfill_after = NULL, backfill_error = NULL, "
+								"backfill_snapshot = $2::pg_catalog.pg_snapshot, "
+								"backfill_end = $3::pg_catalog.tid, backfill_filenode = $4 "
 								"WHERE relation OPERATOR(pg_catalog.=) $1 AND state = 'tracked' "
 								"AND backfill IS DISTINCT FROM 'pending' AND backfill IS DISTINCT FROM 'running'",
-								1, types, values, NULL, false, 0);
+								4, types, values, NULL, false, 0);
 	if (ret != SPI_OK_UPDATE)
 		elog(ERROR, "replstamp: could not record the backfill: %s", SPI_result_code_string(ret));
 	started = SPI_processed > 0;
@@ -398,6 +419,7 @@ replstamp_track(PG_FUNCTION_ARGS)
 	const char *relname;
 	char	   *qname;
 	char	   *cmds[4];
+	BackfillOrigin origin;
 
 	replstamp_require_shmem();
 	if (backfill)
@@ -441,6 +463,23 @@ replstamp_track(PG_FUNCTION_ARGS)
 				 errmsg("cannot track table \"%s\" because it has no primary key", relname),
 				 errdetail("replstamp identifies rows by their primary key."),
 				 errhint("Add a primary key with ALTER TABLE ... ADD PRIMARY KEY, then track the table.")));
+	if (backfill)
+	{
+		if (rel->rd_tableam != GetHeapamTableAmRoutine())
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("cannot backfill table \"%s\" because it does not use the heap access method",
+							relname),
+					 errhint("Track it without backfill.")));
+
+		/*
+		 * Under the lock that keeps writers out: the backfill stamps the row
+		 * versions this snapshot sees, which were written without the stamp
+		 * trigger (or before this call, when the table is tracked already);
+		 * every later one has its own stamp.
+		 */
+		backfill_origin(rel, &origin);
+	}
 	if (has_trigger(rel, STAMP_TRIGGER_NAME, false))
 	{
 		if (!backfill)
@@ -450,7 +489,7 @@ replstamp_track(PG_FUNCTION_ARGS)
 					 errhint("To stamp its existing rows once more, so that nodes lacking them get them, call replstamp.track() with backfill => true.")));
 		/* Tracked already: only its existing rows are stamped once more. */
 		relation_close(rel, NoLock);
-		if (registry_backfill_again(relid))
+		if (registry_backfill_again(relid, &origin))
 			maintenance_request_backfill();	/* a worker starts at commit */
 		else
 			ereport(NOTICE,
@@ -476,7 +515,7 @@ replstamp_track(PG_FUNCTION_ARGS)
 	relation_close(rel, NoLock);
 	run_as_owner((const char *const *) cmds, 4, SPI_OK_UTILITY);
 	/* Registered only once the triggers are in place: see the DDL guard. */
-	registry_set(cat, relid, "tracked", backfill);
+	registry_set(cat, relid, "tracked", backfill ? &origin : NULL);
 	if (backfill)
 		maintenance_request_backfill();	/* a worker starts at commit */
 	PG_RETURN_VOID();
@@ -503,7 +542,7 @@ replstamp_untrack(PG_FUNCTION_ARGS)
 				 errmsg("table \"%s\" is not tracked", RelationGetRelationName(rel))));
 
 	/* Unregistered first, so that the DDL guard lets the triggers go. */
-	registry_set(cat, relid, "untracked", false);
+	registry_set(cat, relid, "untracked", NULL);
 	qname = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
 									   RelationGetRelationName(rel));
 	cmds[ncmds++] = psprintf("DROP TRIGGER %s ON %s", STAMP_TRIGGER_NAME, qname);
@@ -551,7 +590,7 @@ register_restored(Oid relid)
 		has_trigger(rel, TRUNCATE_TRIGGER_NAME, true);
 	relation_close(rel, AccessShareLock);
 	if (tracked)
-		registry_set(replstamp_catalog(false), relid, "tracked", false);
+		registry_set(replstamp_catalog(false), relid, "tracked", NULL);
 }
 
 /*
