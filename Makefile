@@ -59,6 +59,10 @@ check-pg-version:
 	fi
 
 $(OBJS): | check-pg-version
+# PGXS tracks no header dependencies (unless PostgreSQL was configured with
+# --enable-depend): an object built against an older header of ours would
+# be linked with new ones, and a changed struct in shared memory crashes.
+$(OBJS): $(wildcard src/*.h)
 
 # The two commands the README gives.
 .PHONY: demo test
