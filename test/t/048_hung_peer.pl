@@ -62,9 +62,17 @@ $hold->query_safe("INSERT INTO t VALUES (2500, 'local')");
 my ($out1, $out2) = ('', '');
 my $h1 = background("SELECT replstamp.sync('a')", \$out1);
 sync_worker_waits(q{wait_event_type = 'Lock' AND wait_event = 'transactionid'});
-my $h2 = background("SELECT replstamp.sync('a')", \$out2);
+# The second one reads a table in the same statement.
+my $h2 = background("SELECT replstamp.sync(name) FROM replstamp.peer WHERE name = 'a'", \$out2);
 sync_worker_waits(q{wait_event_type = 'Lock' AND wait_event = 'advisory'});
 pass('the second sync waits for the first');
+# A caller that only waits for its sync does not hold back the pruning of
+# the row versions the sync makes dead (a hot row's HOT chain would grow
+# through the whole sync); one whose statement reads on afterwards does.
+my @xmins = split /\n/, sq($b, q{SELECT coalesce(backend_xmin::text, 'none') FROM pg_stat_activity
+	WHERE backend_type = 'client backend' AND query LIKE 'SELECT replstamp.sync(%' ORDER BY query});
+is($xmins[0], 'none', 'while SELECT replstamp.sync() waits, its backend advertises no xmin');
+isnt($xmins[1] // 'none', 'none', 'a statement that reads a table keeps its xmin while it waits');
 $hold->query_safe('ROLLBACK');
 $hold->quit;
 $h1->finish;
