@@ -212,6 +212,12 @@ describe_self(SyncRun *r)
 	MemoryContext old;
 
 	worker_begin_xact();
+	/*
+	 * A data set restored or copied and not checked yet (a database just
+	 * made with CREATE DATABASE ... TEMPLATE pulls before it stamps) must
+	 * rotate before it tells a peer which replica ID it is.
+	 */
+	identity_ensure_verified();
 	replstamp_become_owner(&ctx);
 	SPI_connect();
 	old = MemoryContextSwitchTo(r->cxt);

@@ -165,5 +165,18 @@ is($a->safe_psql('app_copy', 'SELECT replica_id FROM replstamp.node'), $id_copy,
 	'after a restart the copy keeps its new ID');
 is($a->safe_psql('app', 'SELECT replica_id FROM replstamp.node'), $id_app, 'and so does the template');
 
+# 10. A copy whose first act is to pull: it tells its peer a new ID, not
+# the template's (the peer would record it as a puller under the
+# template's ID, which is the template's own).
+$a->safe_psql('postgres', 'CREATE DATABASE app_pull TEMPLATE app');
+$a->safe_psql('app_pull', "SELECT replstamp.add_peer('app', 'host=" . $a->host . ' port=' . $a->port . " dbname=app')");
+$a->safe_psql('app', "INSERT INTO t VALUES (4, 'for the puller')");
+$a->safe_psql('app_pull', "SELECT replstamp.sync('app')");
+my $id_pull = $a->safe_psql('app_pull', 'SELECT replica_id FROM replstamp.node');
+isnt($id_pull, $id_app, 'a copy that pulls before it stamps rotates first');
+is($a->safe_psql('app', 'SELECT string_agg(replica_id::text, \',\') FROM replstamp.pullers'), $id_pull,
+	'its peer records it as a puller under its new ID only');
+is($a->safe_psql('app_pull', 'SELECT v FROM t WHERE id = 4'), 'for the puller', 'and it pulled');
+
 $a->stop;
 done_testing();
