@@ -76,8 +76,10 @@ BACKLOGS=$(echo $list)
 LARGEST=$(printf '%s\n' $BACKLOGS | sort -n | tail -1)
 SMALLEST=$(printf '%s\n' $BACKLOGS | sort -n | head -1)
 
+# No pruning (test/bench/prune_churn.sh measures it): a's log must hold
+# the whole stream, as the publication's WAL does, or b would pull less.
 CONF=("synchronous_commit = off" "shared_buffers = 512MB" "max_wal_size = 4GB"
-	"checkpoint_timeout = 30min")
+	"checkpoint_timeout = 30min" "replstamp.prune_interval = 0")
 bench_cluster "${CONF[@]}" "wal_level = logical"
 PA=$PORT PB=$((PORT + 1)) PC=$((PORT + 2))
 # The benchmark's own background jobs still running (samplers, waiters, a
