@@ -248,9 +248,9 @@ typedef struct PruneRun
  * The database's writer lock, taken by a prune's first batch and kept
  * across its batches for up to PRUNE_LOCK_MS, then let go after the batch
  * that passes it (a sync waiting for it gets it then).  A sync holds the
- * lock from its first peer to its last: a prune that let it go after every
- * batch would wait for a whole sync per batch, and under writers that keep
- * the syncs busy it would not keep up with the changes coming in.
+ * lock for one peer: a prune that let it go after every batch would wait
+ * for a sync per batch, and under writers that keep the syncs busy it
+ * would not keep up with the changes coming in.
  */
 static void prune_unlock(void);
 static bool prune_locked = false;

@@ -1211,9 +1211,10 @@ sync_check_peer(const char *peer)
 }
 
 /*
- * Every peer, each in its own transactions: a failing peer is recorded in
- * replstamp.peer, reported in a WARNING (and the server log), and the
- * others go on.  Returns the number of changes applied.  For background
+ * Every peer, each in its own transactions and under the database's sync
+ * lock on its own (a prune takes its turn between two peers): a failing
+ * peer is recorded in replstamp.peer, reported in a WARNING (and the server
+ * log), and the others go on.  Returns the number of changes applied.  For background
  * workers, outside any transaction.
  */
 int64
@@ -1223,41 +1224,32 @@ sync_all_peers(void)
 	ListCell   *lc;
 	int64		total = 0;
 
-	lock_for_sync();
-	PG_TRY();
+	names = peer_names();
+	foreach(lc, names)
 	{
-		names = peer_names();
-		foreach(lc, names)
+		const char *peer = lfirst(lc);
+		MemoryContext cxt = CurrentMemoryContext;
+
+		PG_TRY();
 		{
-			const char *peer = lfirst(lc);
-			MemoryContext cxt = CurrentMemoryContext;
-
-			PG_TRY();
-			{
-				total += sync_peer(peer);
-			}
-			PG_CATCH();
-			{
-				ErrorData  *e;
-
-				MemoryContextSwitchTo(cxt);
-				e = CopyErrorData();
-				FlushErrorState();
-				AbortOutOfAnyTransaction();
-				ereport(WARNING,
-						(errcode(e->sqlerrcode),
-						 errmsg("replstamp: sync from peer \"%s\" failed: %s", peer, e->message),
-						 e->hint ? errhint("%s", e->hint) : 0));
-				FreeErrorData(e);
-			}
-			PG_END_TRY();
+			total += sync_one_peer(peer);
 		}
+		PG_CATCH();
+		{
+			ErrorData  *e;
+
+			MemoryContextSwitchTo(cxt);
+			e = CopyErrorData();
+			FlushErrorState();
+			AbortOutOfAnyTransaction();
+			ereport(WARNING,
+					(errcode(e->sqlerrcode),
+					 errmsg("replstamp: sync from peer \"%s\" failed: %s", peer, e->message),
+					 e->hint ? errhint("%s", e->hint) : 0));
+			FreeErrorData(e);
+		}
+		PG_END_TRY();
 	}
-	PG_FINALLY();
-	{
-		rowversion_unlock();
-	}
-	PG_END_TRY();
 	return total;
 }
 
