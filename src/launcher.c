@@ -139,6 +139,24 @@ check_identities(void)
 	list_free(dbs);
 }
 
+/* The slot of database dboid in slots, made if there is none yet. */
+static SyncSlot *
+slot_for(List **slots, Oid dboid)
+{
+	ListCell   *lc;
+	SyncSlot   *slot;
+
+	foreach(lc, *slots)
+	{
+		if (((SyncSlot *) lfirst(lc))->dboid == dboid)
+			return lfirst(lc);
+	}
+	slot = MemoryContextAllocZero(TopMemoryContext, sizeof(SyncSlot));
+	slot->dboid = dboid;
+	*slots = lappend(*slots, slot);
+	return slot;
+}
+
 /* Start the sync workers that should run and do not. */
 static void
 tend_sync_workers(List **slots)
@@ -150,21 +168,10 @@ tend_sync_workers(List **slots)
 	foreach(lc, dbs)
 	{
 		Oid			dboid = lfirst_oid(lc);
-		SyncSlot   *slot = NULL;
-		ListCell   *lc2;
+		SyncSlot   *slot;
 		pid_t		pid;
 
-		foreach(lc2, *slots)
-		{
-			if (((SyncSlot *) lfirst(lc2))->dboid == dboid)
-				slot = lfirst(lc2);
-		}
-		if (slot == NULL)
-		{
-			slot = MemoryContextAllocZero(TopMemoryContext, sizeof(SyncSlot));
-			slot->dboid = dboid;
-			*slots = lappend(*slots, slot);
-		}
+		slot = slot_for(slots, dboid);
 
 		if (slot->handle != NULL)
 		{
@@ -234,8 +241,7 @@ start_maintenance(List **slots, const char *type)
 	foreach(lc, dbs)
 	{
 		Oid			dboid = lfirst_oid(lc);
-		SyncSlot   *slot = NULL;
-		ListCell   *lc2;
+		SyncSlot   *slot;
 		pid_t		pid;
 
 		if (slots == NULL)
@@ -248,17 +254,7 @@ start_maintenance(List **slots, const char *type)
 						 errhint("Consider raising max_worker_processes.")));
 			continue;
 		}
-		foreach(lc2, *slots)
-		{
-			if (((SyncSlot *) lfirst(lc2))->dboid == dboid)
-				slot = lfirst(lc2);
-		}
-		if (slot == NULL)
-		{
-			slot = MemoryContextAllocZero(TopMemoryContext, sizeof(SyncSlot));
-			slot->dboid = dboid;
-			*slots = lappend(*slots, slot);
-		}
+		slot = slot_for(slots, dboid);
 		if (slot->handle != NULL)
 		{
 			if (GetBackgroundWorkerPid(slot->handle, &pid) != BGWH_STOPPED)
