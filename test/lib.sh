@@ -161,6 +161,25 @@ bench_initdb() {
 	} >>"$dir/postgresql.conf"
 }
 
+# The median of the numbers on stdin, one a line: for an even count the
+# mean of the two middle values (the lower one alone would favour the
+# faster of two rounds).
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR) print (v[int((NR + 1) / 2)] + v[int(NR / 2) + 1]) / 2 }'; }
+
+# For a benchmark with background jobs of its own (samplers, waiters, a
+# sync): on exit they are stopped by their ids before the clusters are.
+bench_jobs_cleanup() {
+	local p
+	for p in $(jobs -p); do kill "$p" 2>/dev/null || true; done
+	wait 2>/dev/null || true
+	bench_cleanup
+}
+bench_trap_jobs() {
+	trap bench_jobs_cleanup EXIT
+	trap 'exit 130' INT
+	trap 'exit 143' TERM
+}
+
 bench_cleanup() {
 	local pid
 	for pid in "$WORK"/*/postmaster.pid; do

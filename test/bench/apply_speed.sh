@@ -82,17 +82,7 @@ CONF=("synchronous_commit = off" "shared_buffers = 512MB" "max_wal_size = 4GB"
 	"checkpoint_timeout = 30min" "replstamp.prune_interval = 0")
 bench_cluster "${CONF[@]}" "wal_level = logical"
 PA=$PORT PB=$((PORT + 1)) PC=$((PORT + 2))
-# The benchmark's own background jobs still running (samplers, waiters, a
-# sync) are stopped by their ids before the clusters are.
-apply_cleanup() {
-	local p
-	for p in $(jobs -p); do kill "$p" 2>/dev/null || true; done
-	wait 2>/dev/null || true
-	bench_cleanup
-}
-trap apply_cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+bench_trap_jobs
 bench_node b "$PB" "${CONF[@]}"
 # PostgreSQL 15's logical replication launcher starts workers at most once
 # per wal_retrieve_retry_interval (5 s) after it last looked: enabling the
@@ -106,9 +96,6 @@ qb() { q "$PB" "$@"; }
 qc() { q "$PC" "$@"; }
 now() { date +%s.%N; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
-# The mean of the two middle values for an even count: the lower one alone
-# would favour the faster of two rounds.
-median() { sort -g | awk '{ v[NR] = $1 } END { if (NR) print (v[int((NR + 1) / 2)] + v[int(NR / 2) + 1]) / 2 }'; }
 RES="$WORK/results"
 mkdir -p "$RES"
 record() { echo "$3" >>"$RES/$1.$2"; }           # record KIND.N METRIC VALUE

@@ -37,7 +37,6 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 # are kept until the end: on ext4, creating files right after deleting as
 # many costs more (the inode allocator avoids recently freed inodes), which
 # would charge one method for the deletions of the one before.
-median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 : >"$WORK/rs.t"; : >"$WORK/bb.t"; : >"$WORK/cp.t"
 for round in $(seq "$ROUNDS"); do
 	t0=$(now)

@@ -67,21 +67,12 @@ CONF+=("replstamp.conflict_retention = '$RETENTION'")
 bench_cluster "${CONF[@]}"
 PA=$PORT PB=$((PORT + 1)) PC=$((PORT + 2))
 PORTS="$PA $PB $PC"
-churn_cleanup() {
-	local p
-	for p in $(jobs -p); do kill "$p" 2>/dev/null || true; done
-	wait 2>/dev/null || true
-	bench_cleanup
-}
-trap churn_cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+bench_trap_jobs
 bench_node b "$PB" "${CONF[@]}"
 bench_node c "$PC" "${CONF[@]}"
 
 q() { local port="$1"; shift; psql -qXAt -v ON_ERROR_STOP=1 -p "$port" "$@"; }
 name_of() { case "$1" in "$PA") echo a ;; "$PB") echo b ;; "$PC") echo c ;; esac; }
-median() { sort -g | awk '{ v[NR] = $1 } END { if (NR) print (v[int((NR + 1) / 2)] + v[int(NR / 2) + 1]) / 2 }'; }
 now() { date +%s.%N; }
 RES="$WORK/results"
 mkdir -p "$RES"

@@ -68,7 +68,6 @@ run() {
 		sed -n 's/^tps = \([0-9.]*\) .*/\1/p'
 }
 
-median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
 echo "pgbench tpcb-like, scale $SCALE, $CLIENTS clients, $SECONDS_RUN s, synchronous_commit = off;" \
 	"$ROUNDS rounds of the three runs in turn, medians"
