@@ -425,7 +425,6 @@ static void
 table_open_page(ApplySession *s, ApplyTable *t)
 {
 	MemoryContext old;
-	RangeTblEntry *rte;
 	TupleDesc	desc;
 
 	if (t->open)
@@ -435,17 +434,7 @@ table_open_page(ApplySession *s, ApplyTable *t)
 	t->layout = rowimage_layout(t->rel);
 	desc = RelationGetDescr(t->rel);
 	t->estate = CreateExecutorState();
-	rte = makeNode(RangeTblEntry);
-	rte->rtekind = RTE_RELATION;
-	rte->relid = t->relid;
-	rte->relkind = t->rel->rd_rel->relkind;
-	rte->rellockmode = RowExclusiveLock;
-	ExecInitRangeTable(t->estate, list_make1(rte));
-	t->rri = makeNode(ResultRelInfo);
-	InitResultRelInfo(t->rri, t->rel, 1, NULL, 0);
-	/* Known to the executor, so that firing triggers finds it. */
-	t->estate->es_opened_result_relations = lappend(t->estate->es_opened_result_relations, t->rri);
-	ExecOpenIndices(t->rri, false);
+	t->rri = replstamp_open_result_rel(t->rel, t->estate);
 	EvalPlanQualInit(&t->epq, t->estate, NULL, NIL, -1);
 	t->keyslot = ExecInitExtraTupleSlot(t->estate, desc, &TTSOpsVirtual);
 	t->newslot = ExecInitExtraTupleSlot(t->estate, desc, &TTSOpsVirtual);

@@ -122,27 +122,41 @@ change_rows(Change *change, ChangeRow *rows)
 }
 
 /*
+ * Make rel (opened, RowExclusiveLock) the one result relation of estate,
+ * with its indexes open, as PostgreSQL's logical replication apply does:
+ * the executor's routines then insert, update and delete its tuples and
+ * maintain its indexes (and fire its triggers) without a plan.
+ */
+ResultRelInfo *
+replstamp_open_result_rel(Relation rel, EState *estate)
+{
+	RangeTblEntry *rte = makeNode(RangeTblEntry);
+	ResultRelInfo *rri = makeNode(ResultRelInfo);
+
+	rte->rtekind = RTE_RELATION;
+	rte->relid = RelationGetRelid(rel);
+	rte->relkind = rel->rd_rel->relkind;
+	rte->rellockmode = RowExclusiveLock;
+	ExecInitRangeTable(estate, list_make1(rte));
+	InitResultRelInfo(rri, rel, 1, NULL, 0);
+	/* Known to the executor, so that firing triggers finds it. */
+	estate->es_opened_result_relations = lappend(estate->es_opened_result_relations, rri);
+	ExecOpenIndices(rri, false);
+	return rri;
+}
+
+/*
  * Open replstamp.row_version for writing in the current transaction.
  */
 RowVersionWriter *
 rowversion_writer_begin(const ReplstampCatalog *cat)
 {
 	RowVersionWriter *w = palloc0(sizeof(RowVersionWriter));
-	RangeTblEntry *rte;
 
 	w->cat = cat;
 	w->rel = table_open(cat->row_version, RowExclusiveLock);
 	w->estate = CreateExecutorState();
-	rte = makeNode(RangeTblEntry);
-	rte->rtekind = RTE_RELATION;
-	rte->relid = cat->row_version;
-	rte->relkind = w->rel->rd_rel->relkind;
-	rte->rellockmode = RowExclusiveLock;
-	ExecInitRangeTable(w->estate, list_make1(rte));
-	w->rri = makeNode(ResultRelInfo);
-	InitResultRelInfo(w->rri, w->rel, 1, NULL, 0);
-	w->estate->es_opened_result_relations = lappend(w->estate->es_opened_result_relations, w->rri);
-	ExecOpenIndices(w->rri, false);
+	w->rri = replstamp_open_result_rel(w->rel, w->estate);
 	w->estate->es_output_cid = GetCurrentCommandId(true);
 	w->slot = table_slot_create(w->rel, &w->estate->es_tupleTable);
 	w->oldslot = table_slot_create(w->rel, &w->estate->es_tupleTable);

@@ -84,6 +84,7 @@ typedef struct ReconcileState
 	OwnIdState *ids;
 } ReconcileState;
 
+extern ResultRelInfo *replstamp_open_result_rel(Relation rel, EState *estate);
 extern int	version_cmp(const Version *a, const Version *b);
 extern int	change_rows(Change *change, ChangeRow *rows);
 
