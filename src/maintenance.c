@@ -89,6 +89,7 @@ PG_FUNCTION_INFO_V1(replstamp_restore_version);
 static int	tombstone_lifetime = 14 * 24 * 3600;	/* seconds */
 static int	conflict_retention = 3600;	/* seconds */
 static int	prune_interval = 60;	/* seconds */
+static int	debug_prune_pause = 0;	/* ms */
 static int	backfill_batch_size = 1000; /* rows */
 static int	backfill_delay = 0;		/* milliseconds */
 
@@ -125,6 +126,15 @@ maintenance_init(void)
 							60, 0, INT_MAX / 1000,
 							PGC_SIGHUP,
 							GUC_UNIT_S,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("replstamp.debug_prune_pause",
+							"Testing aid: pause each prune this long after each batch of its walk, without the sync lock.",
+							"So that a test can make a sync run in the middle of a prune. Zero "
+							"(the default) means no pause.",
+							&debug_prune_pause,
+							0, 0, 3600 * 1000,
+							PGC_SUSET,
+							GUC_UNIT_MS | GUC_NOT_IN_SAMPLE,
 							NULL, NULL, NULL);
 	DefineCustomIntVariable("replstamp.backfill_batch_size",
 							"Rows the backfill of a table stamps per transaction.",
@@ -238,6 +248,7 @@ typedef struct PruneRun
 	int			nitems;
 	PruneItem  *items;
 	HTAB	   *losers;			/* changes a conflict names: kept for restore_version() */
+	int64		losers_upto;	/* conflict_log ids read into losers */
 	RowVersionWriter *w;
 	int64		removed;
 	int			batch;			/* looked at in this batch */
@@ -329,6 +340,44 @@ walk_callback(Change *c, void *arg)
 	return ++p->batch < PRUNE_BATCH;
 }
 
+/*
+ * Add to p->losers the changes named by the conflicts recorded since the
+ * last call.  Called at the start of every batch, under the writer lock:
+ * a sync that ran while the prune let the lock go may have recorded a
+ * conflict naming a change this prune has yet to walk (the latest version
+ * it overwrote, or an incoming change that lost), and conflicts are only
+ * written under the lock, so no smaller id is still in flight.
+ */
+static void
+load_losers(PruneRun *p)
+{
+	ReplstampOwnerContext ctx;
+	Oid			types[1] = {INT8OID};
+	Datum		values[1] = {Int64GetDatum(p->losers_upto)};
+
+	replstamp_become_owner(&ctx);
+	SPI_connect();
+	spi_exec("SELECT id, loser_replica_id, loser_serial FROM replstamp.conflict_log "
+			 "WHERE id OPERATOR(pg_catalog.>) $1",
+			 1, types, values, SPI_OK_SELECT);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+		StampKey	key;
+		int64		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc,
+													 1, &isnull));
+
+		memset(&key, 0, sizeof(key));
+		memcpy(&key.id, DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc,
+													2, &isnull)), sizeof(pg_uuid_t));
+		key.serial = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 3, &isnull));
+		(void) hash_search(p->losers, &key, HASH_ENTER, NULL);
+		p->losers_upto = Max(p->losers_upto, id);
+	}
+	SPI_finish();
+	replstamp_restore_user(&ctx);
+}
+
 /* Forget stale pullers, reconcile local changes, and decide what to walk. */
 static void
 prune_plan(PruneRun *p)
@@ -396,21 +445,10 @@ prune_plan(PruneRun *p)
 	ctl.hcxt = p->cxt;
 	p->losers = hash_create("replstamp conflict losers", 64, &ctl,
 							HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-	spi_exec("SELECT loser_replica_id, loser_serial FROM replstamp.conflict_log",
-			 0, NULL, NULL, SPI_OK_SELECT);
-	for (uint64 i = 0; i < SPI_processed; i++)
-	{
-		bool		isnull;
-		StampKey	key;
-
-		memset(&key, 0, sizeof(key));
-		memcpy(&key.id, DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc,
-													1, &isnull)), sizeof(pg_uuid_t));
-		key.serial = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
-		(void) hash_search(p->losers, &key, HASH_ENTER, NULL);
-	}
+	p->losers_upto = 0;
 	SPI_finish();
 	replstamp_restore_user(&ctx);
+	load_losers(p);
 }
 
 static void
@@ -448,6 +486,7 @@ prune_walk(PruneRun *p)
 			break;
 		CHECK_FOR_INTERRUPTS();
 		batch_begin();
+		load_losers(p);
 		p->w = rowversion_writer_begin(p->cat);
 		p->batch = 0;
 		for (int i = 0; i < p->nitems && p->batch < PRUNE_BATCH; i++)
@@ -466,6 +505,15 @@ prune_walk(PruneRun *p)
 		rowversion_writer_end(p->w);
 		p->w = NULL;
 		batch_end();
+		if (debug_prune_pause > 0)
+		{
+			/* Testing aid: let a sync run in the middle of this prune. */
+			prune_unlock();
+			pgstat_report_activity(STATE_RUNNING, "replstamp: prune paused between batches");
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 debug_prune_pause, PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+		}
 	}
 }
 
@@ -515,6 +563,7 @@ prune_queue(PruneRun *p)
 
 		CHECK_FOR_INTERRUPTS();
 		batch_begin();
+		load_losers(p);
 		caller = CurrentMemoryContext;
 		replstamp_become_owner(&ctx);
 		SPI_connect();
@@ -583,6 +632,7 @@ prune_tombstones(PruneRun *p)
 
 		CHECK_FOR_INTERRUPTS();
 		batch_begin();
+		load_losers(p);
 		replstamp_become_owner(&ctx);
 		SPI_connect();
 		spi_exec("DELETE FROM replstamp.row_version WHERE ctid OPERATOR(pg_catalog.=) ANY (ARRAY("
