@@ -724,18 +724,6 @@ names_of(Datum d, bool isnull)
 	return names;
 }
 
-static Datum
-names_datum(List *names)
-{
-	Datum	   *elems = palloc(sizeof(Datum) * Max(list_length(names), 1));
-	ListCell   *lc;
-	int			n = 0;
-
-	foreach(lc, names)
-		elems[n++] = CStringGetTextDatum(lfirst(lc));
-	return PointerGetDatum(construct_array(elems, n, TEXTOID, -1, false, TYPALIGN_INT));
-}
-
 /*
  * For every tracked table: if columns were added since the apply last
  * looked, fill them in from the changes that carried them (a rolling ADD
@@ -828,8 +816,8 @@ apply_fill_new_columns(ApplySession *s)
 		if (new_cols != NIL)
 			fill_columns(s, t, new_cols, cols);
 		values[0] = CStringGetTextDatum(relations[i]);
-		values[1] = names_datum(cols);
-		values[2] = names_datum(now_dropped);
+		values[1] = replstamp_names_array(cols);
+		values[2] = replstamp_names_array(now_dropped);
 		spi_owner_exec("UPDATE replstamp.tracked SET columns = $2, dropped_columns = $3 "
 					   "WHERE relation OPERATOR(pg_catalog.=) $1", 3, types, values, SPI_OK_UPDATE);
 	}

@@ -303,8 +303,9 @@ rowversion_get(RowVersionWriter *w, text *relation, ChangeRow *row, RowVersion *
 	systable_endscan(scan);
 }
 
-static Datum
-names_array(List *names)
+/* A text[] of names (column names of a carry, dropped columns). */
+Datum
+replstamp_names_array(List *names)
 {
 	Datum	   *elems = palloc(sizeof(Datum) * Max(list_length(names), 1));
 	ListCell   *lc;
@@ -356,7 +357,7 @@ fill_slot(RowVersionWriter *w, text *relation, ChangeRow *row, RowVersion *rv)
 	{
 		slot->tts_values[Anum_row_version_carry_replica_id - 1] = UUIDPGetDatum(&rv->carry.replica_id);
 		slot->tts_values[Anum_row_version_carry_serial - 1] = Int64GetDatum(rv->carry.serial);
-		slot->tts_values[Anum_row_version_carry_columns - 1] = names_array(rv->carry_columns);
+		slot->tts_values[Anum_row_version_carry_columns - 1] = replstamp_names_array(rv->carry_columns);
 		slot->tts_values[Anum_row_version_carry_changed_at - 1] = TimestampTzGetDatum(rv->carry.changed_at);
 	}
 	else

@@ -85,6 +85,7 @@ typedef struct ReconcileState
 } ReconcileState;
 
 extern ResultRelInfo *replstamp_open_result_rel(Relation rel, EState *estate);
+extern Datum replstamp_names_array(List *names);
 extern int	version_cmp(const Version *a, const Version *b);
 extern int	change_rows(Change *change, ChangeRow *rows);
 
