@@ -26,6 +26,7 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_extension.h"
 #include "commands/extension.h"
+#include "executor/spi.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
@@ -381,4 +382,18 @@ replstamp_restore_user(ReplstampOwnerContext *ctx)
 {
 	AtEOXact_GUC(false, ctx->save_nestlevel);
 	SetUserIdAndSecContext(ctx->save_userid, ctx->save_sec_context);
+}
+
+/*
+ * Run one statement through SPI (the caller is connected) and raise an
+ * internal error unless it returns expected.
+ */
+void
+replstamp_spi_exec(const char *sql, int nargs, Oid *types, Datum *values, const char *nulls,
+				   int expected)
+{
+	int			ret = SPI_execute_with_args(sql, nargs, types, values, nulls, false, 0);
+
+	if (ret != expected)
+		elog(ERROR, "replstamp: query failed (%s): %s", SPI_result_code_string(ret), sql);
 }

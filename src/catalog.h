@@ -120,6 +120,8 @@ extern const ReplstampCatalog *replstamp_catalog_v11(const char *what);
 extern const ReplstampNode *replstamp_node(void);
 extern void replstamp_node_forget(void);
 extern bool replstamp_fingerprint_is_this_database(const char *fp);
+extern void replstamp_spi_exec(const char *sql, int nargs, Oid *types, Datum *values,
+							   const char *nulls, int expected);
 extern void replstamp_mint_uuid(pg_uuid_t *uuid);
 extern char *replstamp_uuid_text(const pg_uuid_t *uuid);
 

@@ -37,15 +37,6 @@
 #include "identity.h"
 #include "serial.h"
 
-static void
-spi_exec(const char *sql, int nargs, Oid *types, Datum *values, int expected)
-{
-	int			ret = SPI_execute_with_args(sql, nargs, types, values, NULL, false, 0);
-
-	if (ret != expected)
-		elog(ERROR, "replstamp: query failed (%s): %s", SPI_result_code_string(ret), sql);
-}
-
 /* This node's live epochs of id, sorted. */
 static VectorItem *
 own_epochs(const pg_uuid_t *id)
@@ -54,9 +45,9 @@ own_epochs(const pg_uuid_t *id)
 	Oid			types[1] = {UUIDOID};
 	Datum		values[1] = {UUIDPGetDatum(id)};
 
-	spi_exec("SELECT token, first_serial FROM replstamp.epoch "
-			 "WHERE replica_id OPERATOR(pg_catalog.=) $1 AND NOT dead "
-			 "ORDER BY first_serial, token", 1, types, values, SPI_OK_SELECT);
+	replstamp_spi_exec("SELECT token, first_serial FROM replstamp.epoch "
+			           "WHERE replica_id OPERATOR(pg_catalog.=) $1 AND NOT dead "
+			           "ORDER BY first_serial, token", 1, types, values, NULL, SPI_OK_SELECT);
 	v->id = *id;
 	v->nepochs = SPI_processed;
 	v->epochs = palloc(sizeof(EpochEntry) * Max(v->nepochs, 1));
@@ -117,9 +108,9 @@ epochs_adopt(const VectorItem *theirs, int64 upto)
 		values[0] = UUIDPGetDatum(&theirs->id);
 		values[1] = UUIDPGetDatum(&theirs->epochs[i].token);
 		values[2] = Int64GetDatum(theirs->epochs[i].first);
-		spi_exec("INSERT INTO replstamp.epoch (replica_id, token, first_serial, started_at) "
-				 "VALUES ($1, $2, $3, pg_catalog.now()) ON CONFLICT (replica_id, token) DO NOTHING",
-				 3, types, values, SPI_OK_INSERT);
+		replstamp_spi_exec("INSERT INTO replstamp.epoch (replica_id, token, first_serial, started_at) "
+				           "VALUES ($1, $2, $3, pg_catalog.now()) ON CONFLICT (replica_id, token) DO NOTHING",
+				           3, types, values, NULL, SPI_OK_INSERT);
 	}
 }
 
@@ -143,8 +134,8 @@ epochs_learn_dead(Handshake *h, const char *from)
 		values[0] = UUIDPGetDatum(&d->id);
 		values[1] = UUIDPGetDatum(&d->token);
 		values[2] = Int64GetDatum(d->first);
-		spi_exec("SELECT NOT dead FROM replstamp.epoch WHERE replica_id OPERATOR(pg_catalog.=) $1 "
-				 "AND token OPERATOR(pg_catalog.=) $2", 2, types, values, SPI_OK_SELECT);
+		replstamp_spi_exec("SELECT NOT dead FROM replstamp.epoch WHERE replica_id OPERATOR(pg_catalog.=) $1 "
+				           "AND token OPERATOR(pg_catalog.=) $2", 2, types, values, NULL, SPI_OK_SELECT);
 		if (SPI_processed > 0)
 		{
 			bool		isnull;
@@ -156,9 +147,9 @@ epochs_learn_dead(Handshake *h, const char *from)
 		else
 		{
 			/* Never held anything of it: just remember, and pass it on. */
-			spi_exec("INSERT INTO replstamp.epoch (replica_id, token, first_serial, started_at, dead) "
-					 "VALUES ($1, $2, $3, pg_catalog.now(), true) ON CONFLICT DO NOTHING",
-					 3, types, values, SPI_OK_INSERT);
+			replstamp_spi_exec("INSERT INTO replstamp.epoch (replica_id, token, first_serial, started_at, dead) "
+					           "VALUES ($1, $2, $3, pg_catalog.now(), true) ON CONFLICT DO NOTHING",
+					           3, types, values, NULL, SPI_OK_INSERT);
 			continue;
 		}
 		if (memcmp(d->id.data, replstamp_node()->replica_id.data, UUID_LEN) == 0)
@@ -176,11 +167,11 @@ epochs_learn_dead(Handshake *h, const char *from)
 			pg_uuid_t	current = replstamp_node()->replica_id;
 			int64		n = identity_reissue(cat, &d->id, d->first, until, &current);
 
-			spi_exec("UPDATE replstamp.epoch SET dead = true WHERE replica_id OPERATOR(pg_catalog.=) $1 "
-					 "AND token OPERATOR(pg_catalog.=) $2", 2, types, values, SPI_OK_UPDATE);
-			spi_exec("UPDATE replstamp.vector_state SET serial = $3 - 1 "
-					 "WHERE replica_id OPERATOR(pg_catalog.=) $1 AND serial OPERATOR(pg_catalog.>=) $3",
-					 3, types, values, SPI_OK_UPDATE);
+			replstamp_spi_exec("UPDATE replstamp.epoch SET dead = true WHERE replica_id OPERATOR(pg_catalog.=) $1 "
+					           "AND token OPERATOR(pg_catalog.=) $2", 2, types, values, NULL, SPI_OK_UPDATE);
+			replstamp_spi_exec("UPDATE replstamp.vector_state SET serial = $3 - 1 "
+					           "WHERE replica_id OPERATOR(pg_catalog.=) $1 AND serial OPERATOR(pg_catalog.>=) $3",
+					           3, types, values, NULL, SPI_OK_UPDATE);
 			ereport(LOG,
 					(errmsg("replstamp: %s reports that the history of replica ID %s from serial " INT64_FORMAT " on was abandoned (a rolled-back or cloned node rotated)",
 							from, replstamp_uuid_text(&d->id), d->first),

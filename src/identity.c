@@ -207,20 +207,11 @@ identity_fingerprint(void)
 	return buf.data;
 }
 
-static void
-spi_exec(const char *sql, int nargs, Oid *types, Datum *values, const char *nulls, int expected)
-{
-	int			ret = SPI_execute_with_args(sql, nargs, types, values, nulls, false, 0);
-
-	if (ret != expected)
-		elog(ERROR, "replstamp: query failed (%s): %s", SPI_result_code_string(ret), sql);
-}
-
 /* Lock the node row and read it afresh.  Caller is connected to SPI. */
 static const ReplstampNode *
 lock_node(void)
 {
-	spi_exec("SELECT 1 FROM replstamp.node FOR UPDATE", 0, NULL, NULL, NULL, SPI_OK_SELECT);
+	replstamp_spi_exec("SELECT 1 FROM replstamp.node FOR UPDATE", 0, NULL, NULL, NULL, SPI_OK_SELECT);
 	if (SPI_processed != 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -241,9 +232,9 @@ mint_epoch(const pg_uuid_t *id, int64 first_serial)
 	Oid			types[2] = {UUIDOID, INT8OID};
 	Datum		values[2] = {UUIDPGetDatum(id), Int64GetDatum(first_serial)};
 
-	spi_exec("INSERT INTO replstamp.epoch (replica_id, first_serial, token, started_at) "
-			 "VALUES ($1, $2, pg_catalog.gen_random_uuid(), pg_catalog.now())",
-			 2, types, values, NULL, SPI_OK_INSERT);
+	replstamp_spi_exec("INSERT INTO replstamp.epoch (replica_id, first_serial, token, started_at) "
+			           "VALUES ($1, $2, pg_catalog.gen_random_uuid(), pg_catalog.now())",
+			           2, types, values, NULL, SPI_OK_INSERT);
 }
 
 /*
@@ -380,21 +371,21 @@ rotate_locked(const ReplstampCatalog *cat, const ReplstampNode *node,
 		v1[4] = CStringGetTextDatum(node->backup_label);
 	else
 		n1[4] = 'n';
-	spi_exec("UPDATE replstamp.replica_history "
-			 "SET retired_at = pg_catalog.now(), retired_reason = $2, "
-			 "lus_at_retirement = $3, next_serial_at_retirement = $4, backup_label = $5 "
-			 "WHERE replica_id OPERATOR(pg_catalog.=) $1",
-			 5, t1, v1, n1, SPI_OK_UPDATE);
+	replstamp_spi_exec("UPDATE replstamp.replica_history "
+			           "SET retired_at = pg_catalog.now(), retired_reason = $2, "
+			           "lus_at_retirement = $3, next_serial_at_retirement = $4, backup_label = $5 "
+			           "WHERE replica_id OPERATOR(pg_catalog.=) $1",
+			           5, t1, v1, n1, SPI_OK_UPDATE);
 
 	v2[0] = UUIDPGetDatum(new_id);
 	v2[1] = CStringGetTextDatum(reason);
 	v2[2] = Int64GetDatum((int64) GetSystemIdentifier());
 	v2[3] = Int32GetDatum((int32) GetWALInsertionTimeLine());
 	v2[4] = CStringGetTextDatum(fingerprint);
-	spi_exec("INSERT INTO replstamp.replica_history "
-			 "(replica_id, minted_reason, system_identifier, timeline) "
-			 "VALUES ($1, $2, $3, $4)",
-			 4, t2, v2, NULL, SPI_OK_INSERT);
+	replstamp_spi_exec("INSERT INTO replstamp.replica_history "
+			           "(replica_id, minted_reason, system_identifier, timeline) "
+			           "VALUES ($1, $2, $3, $4)",
+			           4, t2, v2, NULL, SPI_OK_INSERT);
 
 	/* Half-way: the old ID is retired, the new one is not current yet. */
 	if (debug_rotation_pause > 0)
@@ -407,15 +398,15 @@ rotate_locked(const ReplstampCatalog *cat, const ReplstampNode *node,
 
 		v3[0] = UUIDPGetDatum(&old_id);
 		v3[1] = Int64GetDatum(lost_after - 1);
-		spi_exec("INSERT INTO replstamp.vector_state (replica_id, serial) VALUES ($1, $2) "
-				 "ON CONFLICT (replica_id) DO UPDATE SET serial = EXCLUDED.serial",
-				 2, t3, v3, NULL, SPI_OK_INSERT);
+		replstamp_spi_exec("INSERT INTO replstamp.vector_state (replica_id, serial) VALUES ($1, $2) "
+				           "ON CONFLICT (replica_id) DO UPDATE SET serial = EXCLUDED.serial",
+				           2, t3, v3, NULL, SPI_OK_INSERT);
 	}
 
-	spi_exec("UPDATE replstamp.node SET replica_id = $1, state = 'original', "
-			 "minted_at = pg_catalog.now(), system_identifier = $3, timeline = $4, "
-			 "restore_fingerprint = $5",
-			 5, t2, v2, NULL, SPI_OK_UPDATE);
+	replstamp_spi_exec("UPDATE replstamp.node SET replica_id = $1, state = 'original', "
+			           "minted_at = pg_catalog.now(), system_identifier = $3, timeline = $4, "
+			           "restore_fingerprint = $5",
+			           5, t2, v2, NULL, SPI_OK_UPDATE);
 
 	if (cat->v11)
 	{
@@ -451,8 +442,8 @@ marked_lus(const ReplstampCatalog *cat, const pg_uuid_t *id)
 
 	if (!cat->v11)
 		return 1;
-	spi_exec("SELECT lus FROM replstamp.lus_mark WHERE replica_id OPERATOR(pg_catalog.=) $1",
-			 1, types, values, NULL, SPI_OK_SELECT);
+	replstamp_spi_exec("SELECT lus FROM replstamp.lus_mark WHERE replica_id OPERATOR(pg_catalog.=) $1",
+			           1, types, values, NULL, SPI_OK_SELECT);
 	if (SPI_processed > 0)
 	{
 		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
@@ -494,8 +485,8 @@ epoch_start(const ReplstampCatalog *cat, const pg_uuid_t *id)
 	bool		isnull;
 
 	values[0] = UUIDPGetDatum(id);
-	spi_exec("SELECT walked_upto FROM replstamp.prune_progress WHERE replica_id OPERATOR(pg_catalog.=) $1",
-			 1, types, values, NULL, SPI_OK_SELECT);
+	replstamp_spi_exec("SELECT walked_upto FROM replstamp.prune_progress WHERE replica_id OPERATOR(pg_catalog.=) $1",
+			           1, types, values, NULL, SPI_OK_SELECT);
 	if (SPI_processed > 0)
 	{
 		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
@@ -505,13 +496,13 @@ epoch_start(const ReplstampCatalog *cat, const pg_uuid_t *id)
 	}
 
 	values[1] = Int64GetDatum(from);
-	spi_exec("SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM replstamp.changes "
-			 "  WHERE replica_id OPERATOR(pg_catalog.=) $1 AND serial OPERATOR(pg_catalog.=) $2) THEN $2 "
-			 "ELSE (SELECT pg_catalog.min(c.serial) OPERATOR(pg_catalog.+) 1 FROM replstamp.changes c "
-			 "  WHERE c.replica_id OPERATOR(pg_catalog.=) $1 AND c.serial OPERATOR(pg_catalog.>=) $2 "
-			 "  AND NOT EXISTS (SELECT 1 FROM replstamp.changes n WHERE n.replica_id OPERATOR(pg_catalog.=) $1 "
-			 "    AND n.serial OPERATOR(pg_catalog.=) (c.serial OPERATOR(pg_catalog.+) 1))) END",
-			 2, types, values, NULL, SPI_OK_SELECT);
+	replstamp_spi_exec("SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM replstamp.changes "
+			           "  WHERE replica_id OPERATOR(pg_catalog.=) $1 AND serial OPERATOR(pg_catalog.=) $2) THEN $2 "
+			           "ELSE (SELECT pg_catalog.min(c.serial) OPERATOR(pg_catalog.+) 1 FROM replstamp.changes c "
+			           "  WHERE c.replica_id OPERATOR(pg_catalog.=) $1 AND c.serial OPERATOR(pg_catalog.>=) $2 "
+			           "  AND NOT EXISTS (SELECT 1 FROM replstamp.changes n WHERE n.replica_id OPERATOR(pg_catalog.=) $1 "
+			           "    AND n.serial OPERATOR(pg_catalog.=) (c.serial OPERATOR(pg_catalog.+) 1))) END",
+			           2, types, values, NULL, SPI_OK_SELECT);
 	first = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	return Min(first, serial_next(cat->serial_seq));
 }
@@ -530,12 +521,12 @@ identity_mark_served(const pg_uuid_t *id, int64 lus)
 	Oid			types[2] = {UUIDOID, INT8OID};
 	Datum		values[2] = {UUIDPGetDatum(id), Int64GetDatum(lus)};
 
-	spi_exec("INSERT INTO replstamp.lus_mark (singleton, replica_id, lus, marked_at) "
-			 "VALUES (true, $1, $2, pg_catalog.now()) ON CONFLICT (singleton) DO UPDATE "
-			 "SET lus = CASE WHEN replstamp.lus_mark.replica_id OPERATOR(pg_catalog.=) EXCLUDED.replica_id "
-			 "  THEN GREATEST(replstamp.lus_mark.lus, EXCLUDED.lus) ELSE EXCLUDED.lus END, "
-			 "replica_id = EXCLUDED.replica_id, marked_at = EXCLUDED.marked_at",
-			 2, types, values, NULL, SPI_OK_INSERT);
+	replstamp_spi_exec("INSERT INTO replstamp.lus_mark (singleton, replica_id, lus, marked_at) "
+			           "VALUES (true, $1, $2, pg_catalog.now()) ON CONFLICT (singleton) DO UPDATE "
+			           "SET lus = CASE WHEN replstamp.lus_mark.replica_id OPERATOR(pg_catalog.=) EXCLUDED.replica_id "
+			           "  THEN GREATEST(replstamp.lus_mark.lus, EXCLUDED.lus) ELSE EXCLUDED.lus END, "
+			           "replica_id = EXCLUDED.replica_id, marked_at = EXCLUDED.marked_at",
+			           2, types, values, NULL, SPI_OK_INSERT);
 	/* Durable before the puller pulls, whatever synchronous_commit says. */
 	(void) set_config_option("synchronous_commit", "local", PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_LOCAL, true, 0, false);
@@ -551,12 +542,12 @@ restore_clock_floor(void)
 	bool		isnull;
 	Datum		d;
 
-	spi_exec("SELECT pg_catalog.max(t) FROM ("
-			 "SELECT pg_catalog.max(max_changed_at) AS t FROM replstamp.vector_state "
-			 "UNION ALL SELECT (SELECT c.changed_at FROM replstamp.changes c "
-			 "  WHERE c.replica_id OPERATOR(pg_catalog.=) h.replica_id "
-			 "  ORDER BY c.serial DESC LIMIT 1) FROM replstamp.replica_history h) s",
-			 0, NULL, NULL, NULL, SPI_OK_SELECT);
+	replstamp_spi_exec("SELECT pg_catalog.max(t) FROM ("
+			           "SELECT pg_catalog.max(max_changed_at) AS t FROM replstamp.vector_state "
+			           "UNION ALL SELECT (SELECT c.changed_at FROM replstamp.changes c "
+			           "  WHERE c.replica_id OPERATOR(pg_catalog.=) h.replica_id "
+			           "  ORDER BY c.serial DESC LIMIT 1) FROM replstamp.replica_history h) s",
+			           0, NULL, NULL, NULL, SPI_OK_SELECT);
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	if (!isnull)
 		serial_clock_seen(DatumGetTimestampTz(d));
@@ -656,8 +647,8 @@ identity_check(void)
 
 		if (!rotated)
 			mint_epoch(&node->replica_id, epoch_start(cat, &node->replica_id));
-		spi_exec("UPDATE replstamp.node SET verified_token = $1", 1, types, values, NULL,
-				 SPI_OK_UPDATE);
+		replstamp_spi_exec("UPDATE replstamp.node SET verified_token = $1", 1, types, values, NULL,
+				           SPI_OK_UPDATE);
 		restore_clock_floor();
 	}
 
@@ -880,9 +871,9 @@ identity_rotate_diverged(const pg_uuid_t *diverged_id, int64 from_serial,
 	}
 	values[0] = UUIDPGetDatum(diverged_id);
 	values[1] = Int64GetDatum(from_serial);
-	spi_exec("UPDATE replstamp.epoch SET dead = true "
-			 "WHERE replica_id OPERATOR(pg_catalog.=) $1 AND first_serial OPERATOR(pg_catalog.>=) $2",
-			 2, types, values, NULL, SPI_OK_UPDATE);
+	replstamp_spi_exec("UPDATE replstamp.epoch SET dead = true "
+			           "WHERE replica_id OPERATOR(pg_catalog.=) $1 AND first_serial OPERATOR(pg_catalog.>=) $2",
+			           2, types, values, NULL, SPI_OK_UPDATE);
 	rotate_locked(cat, node, &new_id, reason, Max(from_serial, 1), identity_fingerprint());
 	SPI_finish();
 	replstamp_restore_user(&ctx);
@@ -943,14 +934,14 @@ replstamp_init_node(PG_FUNCTION_ARGS)
 	args[3] = CStringGetTextDatum(identity_fingerprint());
 
 	SPI_connect();
-	spi_exec("INSERT INTO replstamp.node "
-			 "(replica_id, system_identifier, timeline, restore_fingerprint) "
-			 "VALUES ($1, $2, $3, $4)",
-			 4, argtypes, args, NULL, SPI_OK_INSERT);
-	spi_exec("INSERT INTO replstamp.replica_history "
-			 "(replica_id, minted_reason, system_identifier, timeline) "
-			 "VALUES ($1, 'created', $2, $3)",
-			 3, argtypes, args, NULL, SPI_OK_INSERT);
+	replstamp_spi_exec("INSERT INTO replstamp.node "
+			           "(replica_id, system_identifier, timeline, restore_fingerprint) "
+			           "VALUES ($1, $2, $3, $4)",
+			           4, argtypes, args, NULL, SPI_OK_INSERT);
+	replstamp_spi_exec("INSERT INTO replstamp.replica_history "
+			           "(replica_id, minted_reason, system_identifier, timeline) "
+			           "VALUES ($1, 'created', $2, $3)",
+			           3, argtypes, args, NULL, SPI_OK_INSERT);
 	SPI_finish();
 	PG_RETURN_DATUM(UUIDPGetDatum(id));
 }

@@ -160,15 +160,6 @@ maintenance_prune_interval(void)
 	return prune_interval;
 }
 
-static void
-spi_exec(const char *sql, int nargs, Oid *types, Datum *values, int expected)
-{
-	int			ret = SPI_execute_with_args(sql, nargs, types, values, NULL, false, 0);
-
-	if (ret != expected)
-		elog(ERROR, "replstamp: query failed (%s): %s", SPI_result_code_string(ret), sql);
-}
-
 static char *
 lifetime_text(void)
 {
@@ -210,12 +201,12 @@ maintenance_mark_lus(void)
 	values[1] = Int64GetDatum(lus);
 	replstamp_become_owner(&ctx);
 	SPI_connect();
-	spi_exec("INSERT INTO replstamp.lus_mark (singleton, replica_id, lus, marked_at) "
-			 "VALUES (true, $1, $2, pg_catalog.now()) ON CONFLICT (singleton) DO UPDATE "
-			 "SET lus = CASE WHEN replstamp.lus_mark.replica_id OPERATOR(pg_catalog.=) EXCLUDED.replica_id "
-			 "  THEN GREATEST(replstamp.lus_mark.lus, EXCLUDED.lus) ELSE EXCLUDED.lus END, "
-			 "replica_id = EXCLUDED.replica_id, marked_at = EXCLUDED.marked_at",
-			 2, types, values, SPI_OK_INSERT);
+	replstamp_spi_exec("INSERT INTO replstamp.lus_mark (singleton, replica_id, lus, marked_at) "
+			           "VALUES (true, $1, $2, pg_catalog.now()) ON CONFLICT (singleton) DO UPDATE "
+			           "SET lus = CASE WHEN replstamp.lus_mark.replica_id OPERATOR(pg_catalog.=) EXCLUDED.replica_id "
+			           "  THEN GREATEST(replstamp.lus_mark.lus, EXCLUDED.lus) ELSE EXCLUDED.lus END, "
+			           "replica_id = EXCLUDED.replica_id, marked_at = EXCLUDED.marked_at",
+			           2, types, values, NULL, SPI_OK_INSERT);
 	SPI_finish();
 	replstamp_restore_user(&ctx);
 	marked = true;
@@ -357,9 +348,9 @@ load_losers(PruneRun *p)
 
 	replstamp_become_owner(&ctx);
 	SPI_connect();
-	spi_exec("SELECT id, loser_replica_id, loser_serial FROM replstamp.conflict_log "
-			 "WHERE id OPERATOR(pg_catalog.>) $1",
-			 1, types, values, SPI_OK_SELECT);
+	replstamp_spi_exec("SELECT id, loser_replica_id, loser_serial FROM replstamp.conflict_log "
+			           "WHERE id OPERATOR(pg_catalog.>) $1",
+			           1, types, values, NULL, SPI_OK_SELECT);
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
 		bool		isnull;
@@ -397,9 +388,9 @@ prune_plan(PruneRun *p)
 	replstamp_become_owner(&ctx);
 	SPI_connect();
 	/* A puller away longer than a tombstone lifetime is refused anyway. */
-	spi_exec("DELETE FROM replstamp.puller WHERE last_pull_at OPERATOR(pg_catalog.<) "
-			 "(pg_catalog.now() OPERATOR(pg_catalog.-) $1::pg_catalog.interval)",
-			 1, types, values, SPI_OK_DELETE);
+	replstamp_spi_exec("DELETE FROM replstamp.puller WHERE last_pull_at OPERATOR(pg_catalog.<) "
+			           "(pg_catalog.now() OPERATOR(pg_catalog.-) $1::pg_catalog.interval)",
+			           1, types, values, NULL, SPI_OK_DELETE);
 	/*
 	 * Conflicts older than replstamp.conflict_retention are forgotten.  The
 	 * changes they named were kept for replstamp.restore_version() when
@@ -407,22 +398,22 @@ prune_plan(PruneRun *p)
 	 * would stay forever.
 	 */
 	values[0] = CStringGetTextDatum(retention_text());
-	spi_exec("WITH gone AS (DELETE FROM replstamp.conflict_log WHERE resolved_at OPERATOR(pg_catalog.<) "
-			 "(pg_catalog.now() OPERATOR(pg_catalog.-) $1::pg_catalog.interval) "
-			 "RETURNING loser_replica_id, loser_serial) "
-			 "INSERT INTO replstamp.prune_queue (replica_id, serial) "
-			 "SELECT DISTINCT loser_replica_id, loser_serial FROM gone ON CONFLICT DO NOTHING",
-			 1, types, values, SPI_OK_INSERT);
+	replstamp_spi_exec("WITH gone AS (DELETE FROM replstamp.conflict_log WHERE resolved_at OPERATOR(pg_catalog.<) "
+			           "(pg_catalog.now() OPERATOR(pg_catalog.-) $1::pg_catalog.interval) "
+			           "RETURNING loser_replica_id, loser_serial) "
+			           "INSERT INTO replstamp.prune_queue (replica_id, serial) "
+			           "SELECT DISTINCT loser_replica_id, loser_serial FROM gone ON CONFLICT DO NOTHING",
+			           1, types, values, NULL, SPI_OK_INSERT);
 
 	/* Per replica ID: up to where every puller holds it. */
-	spi_exec("SELECT v.replica_id, coalesce(pp.walked_upto, 0), "
-			 "LEAST(v.serial, coalesce((SELECT pg_catalog.min(coalesce(pv.serial, 0)) "
-			 "  FROM replstamp.puller u LEFT JOIN replstamp.puller_vector pv "
-			 "  ON pv.puller OPERATOR(pg_catalog.=) u.replica_id "
-			 "  AND pv.replica_id OPERATOR(pg_catalog.=) v.replica_id), v.serial)) "
-			 "FROM replstamp.vector v LEFT JOIN replstamp.prune_progress pp "
-			 "ON pp.replica_id OPERATOR(pg_catalog.=) v.replica_id",
-			 0, NULL, NULL, SPI_OK_SELECT);
+	replstamp_spi_exec("SELECT v.replica_id, coalesce(pp.walked_upto, 0), "
+			           "LEAST(v.serial, coalesce((SELECT pg_catalog.min(coalesce(pv.serial, 0)) "
+			           "  FROM replstamp.puller u LEFT JOIN replstamp.puller_vector pv "
+			           "  ON pv.puller OPERATOR(pg_catalog.=) u.replica_id "
+			           "  AND pv.replica_id OPERATOR(pg_catalog.=) v.replica_id), v.serial)) "
+			           "FROM replstamp.vector v LEFT JOIN replstamp.prune_progress pp "
+			           "ON pp.replica_id OPERATOR(pg_catalog.=) v.replica_id",
+			           0, NULL, NULL, NULL, SPI_OK_SELECT);
 	p->nitems = SPI_processed;
 	p->items = MemoryContextAllocZero(p->cxt, sizeof(PruneItem) * Max(p->nitems, 1));
 	for (int i = 0; i < p->nitems; i++)
@@ -460,9 +451,9 @@ save_walked(const pg_uuid_t *id, int64 walked)
 
 	replstamp_become_owner(&ctx);
 	SPI_connect();
-	spi_exec("INSERT INTO replstamp.prune_progress (replica_id, walked_upto) VALUES ($1, $2) "
-			 "ON CONFLICT (replica_id) DO UPDATE SET walked_upto = EXCLUDED.walked_upto",
-			 2, types, values, SPI_OK_INSERT);
+	replstamp_spi_exec("INSERT INTO replstamp.prune_progress (replica_id, walked_upto) VALUES ($1, $2) "
+			           "ON CONFLICT (replica_id) DO UPDATE SET walked_upto = EXCLUDED.walked_upto",
+			           2, types, values, NULL, SPI_OK_INSERT);
 	SPI_finish();
 	replstamp_restore_user(&ctx);
 }
@@ -567,13 +558,13 @@ prune_queue(PruneRun *p)
 		caller = CurrentMemoryContext;
 		replstamp_become_owner(&ctx);
 		SPI_connect();
-		spi_exec("DELETE FROM replstamp.prune_queue WHERE ctid OPERATOR(pg_catalog.=) ANY (ARRAY("
-				 "SELECT q.ctid FROM replstamp.prune_queue q "
-				 "JOIN ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) u(replica_id, upto) "
-				 "  ON u.replica_id OPERATOR(pg_catalog.=) q.replica_id "
-				 "  AND q.serial OPERATOR(pg_catalog.<=) u.upto "
-				 "LIMIT " CppAsString2(PRUNE_BATCH) ")) RETURNING replica_id, serial",
-				 2, types, values, SPI_OK_DELETE_RETURNING);
+		replstamp_spi_exec("DELETE FROM replstamp.prune_queue WHERE ctid OPERATOR(pg_catalog.=) ANY (ARRAY("
+				           "SELECT q.ctid FROM replstamp.prune_queue q "
+				           "JOIN ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) u(replica_id, upto) "
+				           "  ON u.replica_id OPERATOR(pg_catalog.=) q.replica_id "
+				           "  AND q.serial OPERATOR(pg_catalog.<=) u.upto "
+				           "LIMIT " CppAsString2(PRUNE_BATCH) ")) RETURNING replica_id, serial",
+				           2, types, values, NULL, SPI_OK_DELETE_RETURNING);
 		n = SPI_processed;
 		/* Outlives SPI_finish(). */
 		keys = MemoryContextAlloc(caller, sizeof(StampKey) * Max(n, 1));
@@ -635,15 +626,15 @@ prune_tombstones(PruneRun *p)
 		load_losers(p);
 		replstamp_become_owner(&ctx);
 		SPI_connect();
-		spi_exec("DELETE FROM replstamp.row_version WHERE ctid OPERATOR(pg_catalog.=) ANY (ARRAY("
-				 "SELECT v.ctid FROM replstamp.row_version v "
-				 "JOIN ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3)) u(replica_id, upto) "
-				 "  ON u.replica_id OPERATOR(pg_catalog.=) v.replica_id "
-				 "  AND v.serial OPERATOR(pg_catalog.<=) u.upto "
-				 "WHERE v.deleted AND v.changed_at OPERATOR(pg_catalog.<) "
-				 "(pg_catalog.now() OPERATOR(pg_catalog.-) $1::pg_catalog.interval) "
-				 "LIMIT " CppAsString2(PRUNE_BATCH) ")) RETURNING replica_id, serial",
-				 3, types, values, SPI_OK_DELETE_RETURNING);
+		replstamp_spi_exec("DELETE FROM replstamp.row_version WHERE ctid OPERATOR(pg_catalog.=) ANY (ARRAY("
+				           "SELECT v.ctid FROM replstamp.row_version v "
+				           "JOIN ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3)) u(replica_id, upto) "
+				           "  ON u.replica_id OPERATOR(pg_catalog.=) v.replica_id "
+				           "  AND v.serial OPERATOR(pg_catalog.<=) u.upto "
+				           "WHERE v.deleted AND v.changed_at OPERATOR(pg_catalog.<) "
+				           "(pg_catalog.now() OPERATOR(pg_catalog.-) $1::pg_catalog.interval) "
+				           "LIMIT " CppAsString2(PRUNE_BATCH) ")) RETURNING replica_id, serial",
+				           3, types, values, NULL, SPI_OK_DELETE_RETURNING);
 		n = SPI_processed;
 		keys = palloc(sizeof(StampKey) * Max(n, 1));
 		for (int i = 0; i < n; i++)
@@ -680,10 +671,10 @@ prune_tombstones(PruneRun *p)
 
 			if (dropped[k] == 0)
 				continue;
-			spi_exec("INSERT INTO replstamp.purged (replica_id, serial) VALUES ($1, $2) "
-					 "ON CONFLICT (replica_id) DO UPDATE SET serial = "
-					 "GREATEST(replstamp.purged.serial, EXCLUDED.serial)",
-					 2, pt, pv, SPI_OK_INSERT);
+			replstamp_spi_exec("INSERT INTO replstamp.purged (replica_id, serial) VALUES ($1, $2) "
+					           "ON CONFLICT (replica_id) DO UPDATE SET serial = "
+					           "GREATEST(replstamp.purged.serial, EXCLUDED.serial)",
+					           2, pt, pv, NULL, SPI_OK_INSERT);
 			dropped[k] = 0;
 		}
 		SPI_finish();
@@ -710,14 +701,14 @@ prune_retired(PruneRun *p)
 	replstamp_become_owner(&ctx);
 	SPI_connect();
 	/* IDs other nodes retired. */
-	spi_exec(psprintf("WITH gone AS (DELETE FROM replstamp.vector_state v WHERE v.retired "
-					  "AND NOT EXISTS (SELECT 1 FROM replstamp.replica_history h "
-					  "  WHERE h.replica_id OPERATOR(pg_catalog.=) v.replica_id) AND %s "
-					  "RETURNING v.replica_id) "
-					  "DELETE FROM replstamp.epoch e USING gone WHERE e.replica_id OPERATOR(pg_catalog.=) gone.replica_id "
-					  "AND NOT e.dead",
-					  psprintf(held_everywhere, "v.replica_id", "v.replica_id", "v.serial")),
-			 0, NULL, NULL, SPI_OK_DELETE);
+	replstamp_spi_exec(psprintf("WITH gone AS (DELETE FROM replstamp.vector_state v WHERE v.retired "
+					            "AND NOT EXISTS (SELECT 1 FROM replstamp.replica_history h "
+					            "  WHERE h.replica_id OPERATOR(pg_catalog.=) v.replica_id) AND %s "
+					            "RETURNING v.replica_id) "
+					            "DELETE FROM replstamp.epoch e USING gone WHERE e.replica_id OPERATOR(pg_catalog.=) gone.replica_id "
+					            "AND NOT e.dead",
+					            psprintf(held_everywhere, "v.replica_id", "v.replica_id", "v.serial")),
+			           0, NULL, NULL, NULL, SPI_OK_DELETE);
 	/*
 	 * IDs this database retired.  Held up to where: the vector's entry of a
 	 * restored copy's old ID; else (every change of it was made here) the
@@ -725,26 +716,26 @@ prune_retired(PruneRun *p)
 	 * it was retired; the lowest uncommitted serial, which the vector
 	 * claims, only goes up and pullers would never catch up with it.
 	 */
-	spi_exec(psprintf("WITH gone AS (UPDATE replstamp.replica_history h SET in_vector = false "
-					  "WHERE h.in_vector AND h.retired_at IS NOT NULL AND %s RETURNING h.replica_id) "
-					  "DELETE FROM replstamp.vector_state v USING gone "
-					  "WHERE v.replica_id OPERATOR(pg_catalog.=) gone.replica_id",
-					  psprintf(held_everywhere, "h.replica_id", "h.replica_id",
-							   "coalesce((SELECT v2.serial FROM replstamp.vector_state v2 "
-							   "  WHERE v2.replica_id OPERATOR(pg_catalog.=) h.replica_id), "
-							   "(SELECT pg_catalog.min(e.first_serial) OPERATOR(pg_catalog.-) 1 "
-							   "  FROM replstamp.epoch e JOIN replstamp.replica_history h2 "
-							   "    ON h2.replica_id OPERATOR(pg_catalog.=) e.replica_id "
-							   "  WHERE h2.minted_at OPERATOR(pg_catalog.>=) h.retired_at "
-							   "    AND h2.replica_id OPERATOR(pg_catalog.<>) h.replica_id), "
-							   "replstamp.lowest_uncommitted_serial() OPERATOR(pg_catalog.-) 1)")),
-			 0, NULL, NULL, SPI_OK_DELETE);
-	spi_exec("DELETE FROM replstamp.puller_vector pv WHERE NOT EXISTS (SELECT 1 FROM replstamp.vector v "
-			 "WHERE v.replica_id OPERATOR(pg_catalog.=) pv.replica_id)", 0, NULL, NULL, SPI_OK_DELETE);
-	spi_exec("DELETE FROM replstamp.prune_progress pp WHERE NOT EXISTS (SELECT 1 FROM replstamp.vector v "
-			 "WHERE v.replica_id OPERATOR(pg_catalog.=) pp.replica_id)", 0, NULL, NULL, SPI_OK_DELETE);
-	spi_exec("DELETE FROM replstamp.prune_queue q WHERE NOT EXISTS (SELECT 1 FROM replstamp.vector v "
-			 "WHERE v.replica_id OPERATOR(pg_catalog.=) q.replica_id)", 0, NULL, NULL, SPI_OK_DELETE);
+	replstamp_spi_exec(psprintf("WITH gone AS (UPDATE replstamp.replica_history h SET in_vector = false "
+					            "WHERE h.in_vector AND h.retired_at IS NOT NULL AND %s RETURNING h.replica_id) "
+					            "DELETE FROM replstamp.vector_state v USING gone "
+					            "WHERE v.replica_id OPERATOR(pg_catalog.=) gone.replica_id",
+					            psprintf(held_everywhere, "h.replica_id", "h.replica_id",
+							             "coalesce((SELECT v2.serial FROM replstamp.vector_state v2 "
+							             "  WHERE v2.replica_id OPERATOR(pg_catalog.=) h.replica_id), "
+							             "(SELECT pg_catalog.min(e.first_serial) OPERATOR(pg_catalog.-) 1 "
+							             "  FROM replstamp.epoch e JOIN replstamp.replica_history h2 "
+							             "    ON h2.replica_id OPERATOR(pg_catalog.=) e.replica_id "
+							             "  WHERE h2.minted_at OPERATOR(pg_catalog.>=) h.retired_at "
+							             "    AND h2.replica_id OPERATOR(pg_catalog.<>) h.replica_id), "
+							             "replstamp.lowest_uncommitted_serial() OPERATOR(pg_catalog.-) 1)")),
+			           0, NULL, NULL, NULL, SPI_OK_DELETE);
+	replstamp_spi_exec("DELETE FROM replstamp.puller_vector pv WHERE NOT EXISTS (SELECT 1 FROM replstamp.vector v "
+			           "WHERE v.replica_id OPERATOR(pg_catalog.=) pv.replica_id)", 0, NULL, NULL, NULL, SPI_OK_DELETE);
+	replstamp_spi_exec("DELETE FROM replstamp.prune_progress pp WHERE NOT EXISTS (SELECT 1 FROM replstamp.vector v "
+			           "WHERE v.replica_id OPERATOR(pg_catalog.=) pp.replica_id)", 0, NULL, NULL, NULL, SPI_OK_DELETE);
+	replstamp_spi_exec("DELETE FROM replstamp.prune_queue q WHERE NOT EXISTS (SELECT 1 FROM replstamp.vector v "
+			           "WHERE v.replica_id OPERATOR(pg_catalog.=) q.replica_id)", 0, NULL, NULL, NULL, SPI_OK_DELETE);
 	SPI_finish();
 	replstamp_restore_user(&ctx);
 	batch_end();
@@ -762,12 +753,12 @@ prune_dropped_tables(PruneRun *p)
 
 	replstamp_become_owner(&ctx);
 	SPI_connect();
-	spi_exec("WITH gone AS (UPDATE replstamp.tracked SET log_purged = true "
-			 "  WHERE state OPERATOR(pg_catalog.<>) 'tracked' AND NOT log_purged RETURNING relation), "
-			 "rv AS (DELETE FROM replstamp.row_version v USING gone "
-			 "  WHERE v.relation OPERATOR(pg_catalog.=) gone.relation) "
-			 "DELETE FROM replstamp.changes c USING gone WHERE c.relation OPERATOR(pg_catalog.=) gone.relation",
-			 0, NULL, NULL, SPI_OK_DELETE);
+	replstamp_spi_exec("WITH gone AS (UPDATE replstamp.tracked SET log_purged = true "
+			           "  WHERE state OPERATOR(pg_catalog.<>) 'tracked' AND NOT log_purged RETURNING relation), "
+			           "rv AS (DELETE FROM replstamp.row_version v USING gone "
+			           "  WHERE v.relation OPERATOR(pg_catalog.=) gone.relation) "
+			           "DELETE FROM replstamp.changes c USING gone WHERE c.relation OPERATOR(pg_catalog.=) gone.relation",
+			           0, NULL, NULL, NULL, SPI_OK_DELETE);
 	p->removed += SPI_processed;
 	SPI_finish();
 	replstamp_restore_user(&ctx);
@@ -995,13 +986,13 @@ backfill_read(Backfill *bf)
 
 	replstamp_become_owner(&ctx);
 	SPI_connect();
-	spi_exec("SELECT relation, coalesce(backfill_after, '(0,0)'), backfill_end, backfill_filenode, "
-			 "pg_catalog.pg_snapshot_xmax(backfill_snapshot), "
-			 "ARRAY(SELECT pg_catalog.pg_snapshot_xip(backfill_snapshot)), "
-			 "backfill_snapshot::pg_catalog.text "
-			 "FROM replstamp.tracked WHERE relid OPERATOR(pg_catalog.=) $1 AND state = 'tracked' "
-			 "AND backfill IN ('pending', 'running')",
-			 1, types, values, SPI_OK_SELECT);
+	replstamp_spi_exec("SELECT relation, coalesce(backfill_after, '(0,0)'), backfill_end, backfill_filenode, "
+			           "pg_catalog.pg_snapshot_xmax(backfill_snapshot), "
+			           "ARRAY(SELECT pg_catalog.pg_snapshot_xip(backfill_snapshot)), "
+			           "backfill_snapshot::pg_catalog.text "
+			           "FROM replstamp.tracked WHERE relid OPERATOR(pg_catalog.=) $1 AND state = 'tracked' "
+			           "AND backfill IN ('pending', 'running')",
+			           1, types, values, NULL, SPI_OK_SELECT);
 	found = SPI_processed > 0;
 	if (found)
 	{
@@ -1061,10 +1052,10 @@ backfill_restart(Relation rel, Backfill *bf)
 	values[3] = ObjectIdGetDatum(origin.filenode);
 	replstamp_become_owner(&ctx);
 	SPI_connect();
-	spi_exec("UPDATE replstamp.tracked SET backfill_after = NULL, "
-			 "backfill_snapshot = $2::pg_catalog.pg_snapshot, backfill_end = $3::pg_catalog.tid, "
-			 "backfill_filenode = $4 WHERE relid OPERATOR(pg_catalog.=) $1 AND state = 'tracked'",
-			 4, types, values, SPI_OK_UPDATE);
+	replstamp_spi_exec("UPDATE replstamp.tracked SET backfill_after = NULL, "
+			           "backfill_snapshot = $2::pg_catalog.pg_snapshot, backfill_end = $3::pg_catalog.tid, "
+			           "backfill_filenode = $4 WHERE relid OPERATOR(pg_catalog.=) $1 AND state = 'tracked'",
+			           4, types, values, NULL, SPI_OK_UPDATE);
 	SPI_finish();
 	replstamp_restore_user(&ctx);
 }
@@ -1232,15 +1223,15 @@ backfill_batch(const ReplstampCatalog *cat, Oid relid)
 	values[5] = PointerGetDatum(&from);
 	replstamp_become_owner(&ctx);
 	SPI_connect();
-	spi_exec("UPDATE replstamp.tracked SET backfill = $2, "
-			 "backfill_rows = backfill_rows OPERATOR(pg_catalog.+) $3, backfill_after = $4, "
-			 "backfill_error = NULL "
-			 "WHERE relid OPERATOR(pg_catalog.=) $1 AND state = 'tracked' "
-			 "AND backfill IN ('pending', 'running') "
-			 "AND backfill_snapshot::pg_catalog.text OPERATOR(pg_catalog.=) $5 "
-			 "AND coalesce(backfill_after, '(0,0)') OPERATOR(pg_catalog.=) $6 "
-			 "RETURNING backfill_rows",
-			 6, types, values, SPI_OK_UPDATE_RETURNING);
+	replstamp_spi_exec("UPDATE replstamp.tracked SET backfill = $2, "
+			           "backfill_rows = backfill_rows OPERATOR(pg_catalog.+) $3, backfill_after = $4, "
+			           "backfill_error = NULL "
+			           "WHERE relid OPERATOR(pg_catalog.=) $1 AND state = 'tracked' "
+			           "AND backfill IN ('pending', 'running') "
+			           "AND backfill_snapshot::pg_catalog.text OPERATOR(pg_catalog.=) $5 "
+			           "AND coalesce(backfill_after, '(0,0)') OPERATOR(pg_catalog.=) $6 "
+			           "RETURNING backfill_rows",
+			           6, types, values, NULL, SPI_OK_UPDATE_RETURNING);
 	step = SPI_processed == 0 ? BACKFILL_STALE : done ? BACKFILL_DONE : BACKFILL_MORE;
 	if (step == BACKFILL_DONE)
 	{
@@ -1268,9 +1259,9 @@ backfill_record_error(Oid relid, const char *message)
 
 	replstamp_become_owner(&ctx);
 	SPI_connect();
-	spi_exec("UPDATE replstamp.tracked SET backfill_error = $2 "
-			 "WHERE relid OPERATOR(pg_catalog.=) $1 AND state = 'tracked'",
-			 2, types, values, SPI_OK_UPDATE);
+	replstamp_spi_exec("UPDATE replstamp.tracked SET backfill_error = $2 "
+			           "WHERE relid OPERATOR(pg_catalog.=) $1 AND state = 'tracked'",
+			           2, types, values, NULL, SPI_OK_UPDATE);
 	SPI_finish();
 	replstamp_restore_user(&ctx);
 }
@@ -1362,9 +1353,9 @@ backfill_claim(List **skip)
 	}
 	replstamp_become_owner(&ctx);
 	SPI_connect();
-	spi_exec("SELECT relid FROM replstamp.tracked WHERE state = 'tracked' "
-			 "AND backfill IN ('pending', 'running') AND relid IS NOT NULL ORDER BY since",
-			 0, NULL, NULL, SPI_OK_SELECT);
+	replstamp_spi_exec("SELECT relid FROM replstamp.tracked WHERE state = 'tracked' "
+			           "AND backfill IN ('pending', 'running') AND relid IS NOT NULL ORDER BY since",
+			           0, NULL, NULL, NULL, SPI_OK_SELECT);
 	n = SPI_processed;
 	relids = MemoryContextAlloc(caller, sizeof(Oid) * Max(n, 1));
 	for (int i = 0; i < n; i++)

@@ -84,15 +84,6 @@ flush_wal(void)
 	XLogFlush(upto);
 }
 
-static void
-spi_exec(const char *sql, int nargs, Oid *types, Datum *values, int expected)
-{
-	int			ret = SPI_execute_with_args(sql, nargs, types, values, NULL, false, 0);
-
-	if (ret != expected)
-		elog(ERROR, "replstamp: query failed (%s): %s", SPI_result_code_string(ret), sql);
-}
-
 /* Refuse a puller that holds an ID only below a dropped tombstone. */
 static void
 refuse_stale_puller(Handshake *req)
@@ -108,8 +99,8 @@ refuse_stale_puller(Handshake *req)
 		 * when nothing was recorded, and the copy holds that ID's rows.  A
 		 * node that never held any change of an ID has no entry for it.
 		 */
-		spi_exec("SELECT serial FROM replstamp.purged WHERE replica_id OPERATOR(pg_catalog.=) $1 "
-				 "AND serial OPERATOR(pg_catalog.>) $2", 2, types, values, SPI_OK_SELECT);
+		replstamp_spi_exec("SELECT serial FROM replstamp.purged WHERE replica_id OPERATOR(pg_catalog.=) $1 "
+				           "AND serial OPERATOR(pg_catalog.>) $2", 2, types, values, NULL, SPI_OK_SELECT);
 		if (SPI_processed > 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_SNAPSHOT_TOO_OLD),
@@ -135,10 +126,10 @@ record_puller(Handshake *req)
 
 	values[0] = UUIDPGetDatum(&req->replica_id);
 	values[1] = CStringGetTextDatum(req->label);
-	spi_exec("INSERT INTO replstamp.puller (replica_id, label, last_pull_at) "
-			 "VALUES ($1, $2, pg_catalog.now()) ON CONFLICT (replica_id) "
-			 "DO UPDATE SET label = EXCLUDED.label, last_pull_at = EXCLUDED.last_pull_at",
-			 2, types, values, SPI_OK_INSERT);
+	replstamp_spi_exec("INSERT INTO replstamp.puller (replica_id, label, last_pull_at) "
+			           "VALUES ($1, $2, pg_catalog.now()) ON CONFLICT (replica_id) "
+			           "DO UPDATE SET label = EXCLUDED.label, last_pull_at = EXCLUDED.last_pull_at",
+			           2, types, values, NULL, SPI_OK_INSERT);
 	for (int i = 0; i < req->nvector; i++)
 	{
 		Oid			vt[3] = {UUIDOID, UUIDOID, INT8OID};
@@ -147,9 +138,9 @@ record_puller(Handshake *req)
 		vv[0] = UUIDPGetDatum(&req->replica_id);
 		vv[1] = UUIDPGetDatum(&req->vector[i].id);
 		vv[2] = Int64GetDatum(req->vector[i].serial);
-		spi_exec("INSERT INTO replstamp.puller_vector (puller, replica_id, serial) VALUES ($1, $2, $3) "
-				 "ON CONFLICT (puller, replica_id) DO UPDATE SET serial = EXCLUDED.serial",
-				 3, vt, vv, SPI_OK_INSERT);
+		replstamp_spi_exec("INSERT INTO replstamp.puller_vector (puller, replica_id, serial) VALUES ($1, $2, $3) "
+				           "ON CONFLICT (puller, replica_id) DO UPDATE SET serial = EXCLUDED.serial",
+				           3, vt, vv, NULL, SPI_OK_INSERT);
 	}
 
 	/*
@@ -163,10 +154,10 @@ record_puller(Handshake *req)
 	for (int i = 0; i < req->nretired; i++)
 	{
 		values[0] = UUIDPGetDatum(&req->retired[i]);
-		spi_exec("DELETE FROM replstamp.puller u WHERE u.replica_id OPERATOR(pg_catalog.=) $1 "
-				 "AND NOT EXISTS (SELECT 1 FROM replstamp.peer p "
-				 "  WHERE p.replica_id OPERATOR(pg_catalog.=) $1)",
-				 1, types, values, SPI_OK_DELETE);
+		replstamp_spi_exec("DELETE FROM replstamp.puller u WHERE u.replica_id OPERATOR(pg_catalog.=) $1 "
+				           "AND NOT EXISTS (SELECT 1 FROM replstamp.peer p "
+				           "  WHERE p.replica_id OPERATOR(pg_catalog.=) $1)",
+				           1, types, values, NULL, SPI_OK_DELETE);
 	}
 }
 
@@ -187,9 +178,9 @@ add_lag(VectorItem *mine, VectorItem *theirs)
 	values[0] = UUIDPGetDatum(&mine->id);
 	values[1] = Int64GetDatum(lo);
 	values[2] = Int64GetDatum(mine->serial);
-	spi_exec("SELECT pg_catalog.count(*), pg_catalog.min(changed_at) FROM replstamp.changes "
-			 "WHERE replica_id OPERATOR(pg_catalog.=) $1 AND serial OPERATOR(pg_catalog.>) $2 "
-			 "AND serial OPERATOR(pg_catalog.<=) $3", 3, types, values, SPI_OK_SELECT);
+	replstamp_spi_exec("SELECT pg_catalog.count(*), pg_catalog.min(changed_at) FROM replstamp.changes "
+			           "WHERE replica_id OPERATOR(pg_catalog.=) $1 AND serial OPERATOR(pg_catalog.>) $2 "
+			           "AND serial OPERATOR(pg_catalog.<=) $3", 3, types, values, NULL, SPI_OK_SELECT);
 	mine->count = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
 	if (!isnull)

@@ -168,15 +168,6 @@ sync_init(void)
  * ---------------------------------------------------------------------
  */
 
-static void
-spi_exec(const char *sql, int nargs, Oid *types, Datum *values, const char *nulls, int expected)
-{
-	int			ret = SPI_execute_with_args(sql, nargs, types, values, nulls, false, 0);
-
-	if (ret != expected)
-		elog(ERROR, "replstamp: query failed (%s): %s", SPI_result_code_string(ret), sql);
-}
-
 static bool
 same_id(const pg_uuid_t *a, const pg_uuid_t *b)
 {
@@ -194,8 +185,8 @@ read_conninfo(const char *peer)
 	Oid			types[1] = {TEXTOID};
 	Datum		values[1] = {CStringGetTextDatum(peer)};
 
-	spi_exec("SELECT conninfo FROM replstamp.peer WHERE name OPERATOR(pg_catalog.=) $1",
-			 1, types, values, NULL, SPI_OK_SELECT);
+	replstamp_spi_exec("SELECT conninfo FROM replstamp.peer WHERE name OPERATOR(pg_catalog.=) $1",
+			           1, types, values, NULL, SPI_OK_SELECT);
 	if (SPI_processed != 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
@@ -341,9 +332,9 @@ own_local_id(const pg_uuid_t *id)
 	Oid			types[1] = {UUIDOID};
 	Datum		values[1] = {UUIDPGetDatum(id)};
 
-	spi_exec("SELECT 1 FROM replstamp.replica_history h WHERE h.replica_id OPERATOR(pg_catalog.=) $1 "
-			 "AND NOT EXISTS (SELECT 1 FROM replstamp.vector_state v "
-			 "WHERE v.replica_id OPERATOR(pg_catalog.=) $1)", 1, types, values, NULL, SPI_OK_SELECT);
+	replstamp_spi_exec("SELECT 1 FROM replstamp.replica_history h WHERE h.replica_id OPERATOR(pg_catalog.=) $1 "
+			           "AND NOT EXISTS (SELECT 1 FROM replstamp.vector_state v "
+			           "WHERE v.replica_id OPERATOR(pg_catalog.=) $1)", 1, types, values, NULL, SPI_OK_SELECT);
 	return SPI_processed > 0;
 }
 
@@ -361,9 +352,9 @@ issued_by_other_peer(SyncRun *r, const pg_uuid_t *id, int64 *issued)
 	Datum		values[2] = {UUIDPGetDatum(id), CStringGetTextDatum(r->peer)};
 	bool		isnull;
 
-	spi_exec("SELECT pg_catalog.max(issued) FROM replstamp.peer WHERE replica_id OPERATOR(pg_catalog.=) $1 "
-			 "AND name OPERATOR(pg_catalog.<>) $2 AND issued IS NOT NULL",
-			 2, types, values, NULL, SPI_OK_SELECT);
+	replstamp_spi_exec("SELECT pg_catalog.max(issued) FROM replstamp.peer WHERE replica_id OPERATOR(pg_catalog.=) $1 "
+			           "AND name OPERATOR(pg_catalog.<>) $2 AND issued IS NOT NULL",
+			           2, types, values, NULL, SPI_OK_SELECT);
 	if (SPI_processed == 0)
 		return false;
 	*issued = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
@@ -386,12 +377,12 @@ adopt_purged(SyncRun *r)
 		Datum		values[2] = {UUIDPGetDatum(&r->srv.purged[i].id),
 		Int64GetDatum(r->srv.purged[i].serial)};
 
-		spi_exec("INSERT INTO replstamp.purged (replica_id, serial) SELECT $1, $2 "
-				 "WHERE EXISTS (SELECT 1 FROM replstamp.vector v WHERE v.replica_id OPERATOR(pg_catalog.=) $1 "
-				 "  AND v.serial OPERATOR(pg_catalog.>=) $2) "
-				 "ON CONFLICT (replica_id) DO UPDATE SET serial = "
-				 "GREATEST(replstamp.purged.serial, EXCLUDED.serial)",
-				 2, types, values, NULL, SPI_OK_INSERT);
+		replstamp_spi_exec("INSERT INTO replstamp.purged (replica_id, serial) SELECT $1, $2 "
+				           "WHERE EXISTS (SELECT 1 FROM replstamp.vector v WHERE v.replica_id OPERATOR(pg_catalog.=) $1 "
+				           "  AND v.serial OPERATOR(pg_catalog.>=) $2) "
+				           "ON CONFLICT (replica_id) DO UPDATE SET serial = "
+				           "GREATEST(replstamp.purged.serial, EXCLUDED.serial)",
+				           2, types, values, NULL, SPI_OK_INSERT);
 	}
 }
 
@@ -403,8 +394,8 @@ purged_upto(const pg_uuid_t *id)
 	Datum		values[1] = {UUIDPGetDatum(id)};
 	bool		isnull;
 
-	spi_exec("SELECT serial FROM replstamp.purged WHERE replica_id OPERATOR(pg_catalog.=) $1",
-			 1, types, values, NULL, SPI_OK_SELECT);
+	replstamp_spi_exec("SELECT serial FROM replstamp.purged WHERE replica_id OPERATOR(pg_catalog.=) $1",
+			           1, types, values, NULL, SPI_OK_SELECT);
 	if (SPI_processed == 0)
 		return 0;
 	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
@@ -422,8 +413,8 @@ record_lag(SyncRun *r)
 		Oid			dt[1] = {TEXTOID};
 		Datum		dv[1] = {CStringGetTextDatum(r->peer)};
 
-		spi_exec("DELETE FROM replstamp.peer_lag WHERE peer OPERATOR(pg_catalog.=) $1",
-				 1, dt, dv, NULL, SPI_OK_DELETE);
+		replstamp_spi_exec("DELETE FROM replstamp.peer_lag WHERE peer OPERATOR(pg_catalog.=) $1",
+				           1, dt, dv, NULL, SPI_OK_DELETE);
 	}
 	for (int i = 0; i < r->srv.nvector; i++)
 	{
@@ -442,8 +433,8 @@ record_lag(SyncRun *r)
 			lv[4] = TimestampTzGetDatum(v->oldest);
 		else
 			ln[4] = 'n';
-		spi_exec("INSERT INTO replstamp.peer_lag (peer, replica_id, peer_serial, pending, oldest_pending, observed_at) "
-				 "VALUES ($1, $2, $3, $4, $5, pg_catalog.now())", 5, lt, lv, ln, SPI_OK_INSERT);
+		replstamp_spi_exec("INSERT INTO replstamp.peer_lag (peer, replica_id, peer_serial, pending, oldest_pending, observed_at) "
+				           "VALUES ($1, $2, $3, $4, $5, pg_catalog.now())", 5, lt, lv, ln, SPI_OK_INSERT);
 	}
 }
 
@@ -739,14 +730,14 @@ advance_vector(const pg_uuid_t *id, int64 upto, TimestampTz max_changed_at)
 	replstamp_become_owner(&ctx);
 	SPI_connect();
 	/* IDs whose every change was made here follow our own LUS: no entry. */
-	spi_exec("INSERT INTO replstamp.vector_state (replica_id, serial, max_changed_at) "
-			 "SELECT $1, $2, $3 WHERE NOT EXISTS (SELECT 1 FROM replstamp.replica_history h "
-			 "  WHERE h.replica_id OPERATOR(pg_catalog.=) $1 AND NOT EXISTS "
-			 "  (SELECT 1 FROM replstamp.vector_state v WHERE v.replica_id OPERATOR(pg_catalog.=) $1)) "
-			 "ON CONFLICT (replica_id) DO UPDATE SET "
-			 "serial = GREATEST(replstamp.vector_state.serial, EXCLUDED.serial), "
-			 "max_changed_at = GREATEST(replstamp.vector_state.max_changed_at, EXCLUDED.max_changed_at)",
-			 3, types, values, nulls, SPI_OK_INSERT);
+	replstamp_spi_exec("INSERT INTO replstamp.vector_state (replica_id, serial, max_changed_at) "
+			           "SELECT $1, $2, $3 WHERE NOT EXISTS (SELECT 1 FROM replstamp.replica_history h "
+			           "  WHERE h.replica_id OPERATOR(pg_catalog.=) $1 AND NOT EXISTS "
+			           "  (SELECT 1 FROM replstamp.vector_state v WHERE v.replica_id OPERATOR(pg_catalog.=) $1)) "
+			           "ON CONFLICT (replica_id) DO UPDATE SET "
+			           "serial = GREATEST(replstamp.vector_state.serial, EXCLUDED.serial), "
+			           "max_changed_at = GREATEST(replstamp.vector_state.max_changed_at, EXCLUDED.max_changed_at)",
+			           3, types, values, nulls, SPI_OK_INSERT);
 	SPI_finish();
 	replstamp_restore_user(&ctx);
 }
@@ -930,18 +921,18 @@ record_success(SyncRun *r)
 	values[6] = Int64GetDatum(r->skew);
 	values[7] = Int64GetDatum(apply_conflicts(r->apply));
 	values[8] = Int32GetDatum(r->legacy ? 1 : REPLSTAMP_PROTOCOL);
-	spi_exec("UPDATE replstamp.peer SET last_sync_at = pg_catalog.now(), "
-			 "changes_pulled = changes_pulled OPERATOR(pg_catalog.+) $2, "
-			 "replica_id = $3, issued = $4, status = $5, last_error = $6, "
-			 "last_error_at = CASE WHEN $6 IS NULL THEN NULL ELSE pg_catalog.now() END, "
-			 "last_error_sqlstate = NULL, last_error_change = NULL, "
-			 "clock_skew = pg_catalog.make_interval(secs => $7::float8 / 1000000), "
-			 "conflicts = conflicts OPERATOR(pg_catalog.+) $8, protocol = $9 "
-			 "WHERE name OPERATOR(pg_catalog.=) $1",
-			 9, types, values, nulls, SPI_OK_UPDATE);
-	spi_exec("UPDATE replstamp.peer SET changes_skipped = changes_skipped OPERATOR(pg_catalog.+) $2 "
-			 "WHERE name OPERATOR(pg_catalog.=) $1", 2, types,
-			 (Datum[]) {values[0], Int64GetDatum(apply_skipped(r->apply))}, NULL, SPI_OK_UPDATE);
+	replstamp_spi_exec("UPDATE replstamp.peer SET last_sync_at = pg_catalog.now(), "
+			           "changes_pulled = changes_pulled OPERATOR(pg_catalog.+) $2, "
+			           "replica_id = $3, issued = $4, status = $5, last_error = $6, "
+			           "last_error_at = CASE WHEN $6 IS NULL THEN NULL ELSE pg_catalog.now() END, "
+			           "last_error_sqlstate = NULL, last_error_change = NULL, "
+			           "clock_skew = pg_catalog.make_interval(secs => $7::float8 / 1000000), "
+			           "conflicts = conflicts OPERATOR(pg_catalog.+) $8, protocol = $9 "
+			           "WHERE name OPERATOR(pg_catalog.=) $1",
+			           9, types, values, nulls, SPI_OK_UPDATE);
+	replstamp_spi_exec("UPDATE replstamp.peer SET changes_skipped = changes_skipped OPERATOR(pg_catalog.+) $2 "
+			           "WHERE name OPERATOR(pg_catalog.=) $1", 2, types,
+			           (Datum[]) {values[0], Int64GetDatum(apply_skipped(r->apply))}, NULL, SPI_OK_UPDATE);
 
 	/* IDs the peer retired: they may leave the vector once pruned. */
 	for (int i = 0; i < r->srv.nretired; i++)
@@ -949,8 +940,8 @@ record_success(SyncRun *r)
 		Oid			rt[1] = {UUIDOID};
 		Datum		rv[1] = {UUIDPGetDatum(&r->srv.retired[i])};
 
-		spi_exec("UPDATE replstamp.vector_state SET retired = true "
-				 "WHERE replica_id OPERATOR(pg_catalog.=) $1 AND NOT retired", 1, rt, rv, NULL, SPI_OK_UPDATE);
+		replstamp_spi_exec("UPDATE replstamp.vector_state SET retired = true "
+				           "WHERE replica_id OPERATOR(pg_catalog.=) $1 AND NOT retired", 1, rt, rv, NULL, SPI_OK_UPDATE);
 	}
 	adopt_purged(r);
 
@@ -1035,10 +1026,10 @@ record_failure(const char *peer, ErrorData *e)
 	values[0] = CStringGetTextDatum(peer);
 	values[1] = CStringGetTextDatum(msg);
 	values[2] = CStringGetTextDatum(unpack_sql_state(e->sqlerrcode));
-	spi_exec("UPDATE replstamp.peer SET last_error = $2, last_error_at = pg_catalog.now(), "
-			 "last_error_sqlstate = $3, last_error_change = $4, "
-			 "status = CASE WHEN $3 OPERATOR(pg_catalog.=) '72000' THEN 'stale' ELSE 'failing' END "
-			 "WHERE name OPERATOR(pg_catalog.=) $1", 4, types, values, nulls, SPI_OK_UPDATE);
+	replstamp_spi_exec("UPDATE replstamp.peer SET last_error = $2, last_error_at = pg_catalog.now(), "
+			           "last_error_sqlstate = $3, last_error_change = $4, "
+			           "status = CASE WHEN $3 OPERATOR(pg_catalog.=) '72000' THEN 'stale' ELSE 'failing' END "
+			           "WHERE name OPERATOR(pg_catalog.=) $1", 4, types, values, nulls, SPI_OK_UPDATE);
 	SPI_finish();
 	replstamp_restore_user(&ctx);
 	worker_commit_xact();
@@ -1285,8 +1276,8 @@ replstamp_add_peer(PG_FUNCTION_ARGS)
 	values[1] = CStringGetTextDatum(conninfo);
 	replstamp_become_owner(&ctx);
 	SPI_connect();
-	spi_exec("INSERT INTO replstamp.peer (name, conninfo) VALUES ($1, $2) "
-			 "ON CONFLICT (name) DO NOTHING", 2, types, values, NULL, SPI_OK_INSERT);
+	replstamp_spi_exec("INSERT INTO replstamp.peer (name, conninfo) VALUES ($1, $2) "
+			           "ON CONFLICT (name) DO NOTHING", 2, types, values, NULL, SPI_OK_INSERT);
 	if (SPI_processed == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_DUPLICATE_OBJECT),
@@ -1312,8 +1303,8 @@ replstamp_drop_peer(PG_FUNCTION_ARGS)
 	(void) replstamp_catalog_v11("replstamp.drop_peer()");
 	replstamp_become_owner(&ctx);
 	SPI_connect();
-	spi_exec("DELETE FROM replstamp.peer p WHERE p.name OPERATOR(pg_catalog.=) $1 "
-			 "RETURNING p.replica_id", 1, types, values, NULL, SPI_OK_DELETE_RETURNING);
+	replstamp_spi_exec("DELETE FROM replstamp.peer p WHERE p.name OPERATOR(pg_catalog.=) $1 "
+			           "RETURNING p.replica_id", 1, types, values, NULL, SPI_OK_DELETE_RETURNING);
 	if (SPI_processed == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
@@ -1329,8 +1320,8 @@ replstamp_drop_peer(PG_FUNCTION_ARGS)
 			Oid			ut[1] = {UUIDOID};
 			Datum		uv[1] = {id};
 
-			spi_exec("DELETE FROM replstamp.puller WHERE replica_id OPERATOR(pg_catalog.=) $1",
-					 1, ut, uv, NULL, SPI_OK_DELETE);
+			replstamp_spi_exec("DELETE FROM replstamp.puller WHERE replica_id OPERATOR(pg_catalog.=) $1",
+					           1, ut, uv, NULL, SPI_OK_DELETE);
 		}
 	}
 	SPI_finish();
@@ -1354,8 +1345,8 @@ replstamp_forget_puller(PG_FUNCTION_ARGS)
 	(void) replstamp_catalog_v11("replstamp.forget_puller()");
 	replstamp_become_owner(&ctx);
 	SPI_connect();
-	spi_exec("DELETE FROM replstamp.puller WHERE replica_id OPERATOR(pg_catalog.=) $1",
-			 1, types, values, NULL, SPI_OK_DELETE);
+	replstamp_spi_exec("DELETE FROM replstamp.puller WHERE replica_id OPERATOR(pg_catalog.=) $1",
+			           1, types, values, NULL, SPI_OK_DELETE);
 	found = SPI_processed > 0;
 	SPI_finish();
 	replstamp_restore_user(&ctx);
@@ -1393,11 +1384,11 @@ replstamp_skip(PG_FUNCTION_ARGS)
 	replstamp_become_owner(&ctx);
 	SPI_connect();
 	/* The error the sync reported for it, if one did. */
-	spi_exec("INSERT INTO replstamp.skipped (replica_id, serial, error, requested_by) "
-			 "SELECT $1, $2, (SELECT p.last_error FROM replstamp.peer p "
-			 "  WHERE p.last_error_change OPERATOR(pg_catalog.=) $3 LIMIT 1), session_user "
-			 "ON CONFLICT (replica_id, serial) DO NOTHING",
-			 3, types, values, NULL, SPI_OK_INSERT);
+	replstamp_spi_exec("INSERT INTO replstamp.skipped (replica_id, serial, error, requested_by) "
+			           "SELECT $1, $2, (SELECT p.last_error FROM replstamp.peer p "
+			           "  WHERE p.last_error_change OPERATOR(pg_catalog.=) $3 LIMIT 1), session_user "
+			           "ON CONFLICT (replica_id, serial) DO NOTHING",
+			           3, types, values, NULL, SPI_OK_INSERT);
 	SPI_finish();
 	replstamp_restore_user(&ctx);
 	ereport(NOTICE,
