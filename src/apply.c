@@ -213,13 +213,16 @@ apply_stamp_skipped(ApplySession *s, const pg_uuid_t *id, int64 serial)
 }
 
 /*
- * In a new transaction: ready for a page of changes.
+ * In a new transaction: ready for a page of changes.  A prune's batch
+ * waits for the page to end, and the page for the batch (rowversion.c).
  */
 void
 apply_page_begin(ApplySession *s)
 {
-	MemoryContext old = MemoryContextSwitchTo(s->page_cxt);
+	MemoryContext old;
 
+	rowversion_page_lock(false);
+	old = MemoryContextSwitchTo(s->page_cxt);
 	s->rvw = rowversion_writer_begin(s->cat);
 	s->open_tables = NIL;
 	MemoryContextSwitchTo(old);

@@ -22,11 +22,10 @@
  *		- backfill of tables tracked with backfill => true;
  *		- replstamp.restore_version().
  *
- * Pruning runs in batches, each a transaction of its own, under the
- * database's writer lock (rowversion.c), which it lets go every
- * PRUNE_LOCK_MS, so that a sync waits for that long at most.  (An error
- * leaves the session lock to the end of the process: prunes run in
- * workers that exit after one.)  Pullers record what they hold at
+ * Pruning runs in batches, each a transaction of its own that a sync's
+ * pages wait for and that waits for them (rowversion.c): a prune goes on
+ * while a sync waits for its peer or for local writers.  Prunes of a
+ * database run one at a time.  Pullers record what they hold at
  * every sync (serve.c); what a change log keeps for a puller is bounded by
  * what it lacks, as pg_replication_slots keep WAL (replstamp.pullers shows
  * it).
@@ -83,7 +82,8 @@
 PG_FUNCTION_INFO_V1(replstamp_restore_version);
 
 #define PRUNE_BATCH		2000
-#define PRUNE_LOCK_MS	200
+/* The field4 of the advisory lock tag a prune holds (rowversion.c has 3 and 4). */
+#define PRUNE_LOCK_CLASS	5
 
 /* GUCs */
 static int	tombstone_lifetime = 14 * 24 * 3600;	/* seconds */
@@ -128,7 +128,7 @@ maintenance_init(void)
 							GUC_UNIT_S,
 							NULL, NULL, NULL);
 	DefineCustomIntVariable("replstamp.debug_prune_pause",
-							"Testing aid: pause each prune this long after each batch of its walk, without the sync lock.",
+							"Testing aid: pause each prune this long after each batch of its walk, without excluding a sync's pages.",
 							"So that a test can make a sync run in the middle of a prune. Zero "
 							"(the default) means no pause.",
 							&debug_prune_pause,
@@ -247,44 +247,33 @@ typedef struct PruneRun
 } PruneRun;
 
 /*
- * The database's writer lock, taken by a prune's first batch and kept
- * across its batches for up to PRUNE_LOCK_MS, then let go after the batch
- * that passes it (a sync waiting for it gets it then).  A sync holds the
- * lock for one peer: a prune that let it go after every batch would wait
- * for a sync per batch, and under writers that keep the syncs busy it
- * would not keep up with the changes coming in.
+ * Each batch is a transaction of its own, which the sync's pages and it
+ * exclude each other from (rowversion_page_lock()).
  */
-static void prune_unlock(void);
-static bool prune_locked = false;
-static TimestampTz prune_locked_at;
-
 static void
 batch_begin(void)
 {
 	worker_begin_xact();
-	if (!prune_locked)
-	{
-		rowversion_lock();
-		prune_locked = true;
-		prune_locked_at = GetCurrentTimestamp();
-	}
+	rowversion_page_lock(true);
 }
 
 static void
 batch_end(void)
 {
 	worker_commit_xact();
-	if (prune_locked &&
-		TimestampDifferenceExceeds(prune_locked_at, GetCurrentTimestamp(), PRUNE_LOCK_MS))
-		prune_unlock();
 }
 
-static void
-prune_unlock(void)
+/*
+ * Prunes of a database run one at a time: each holds this session lock
+ * (an advisory lock, shown in pg_locks) from its first batch to its last.
+ */
+static LOCKTAG
+prune_locktag(void)
 {
-	if (prune_locked)
-		rowversion_unlock();
-	prune_locked = false;
+	LOCKTAG		tag;
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, 0x72737470, 0x73796e63, PRUNE_LOCK_CLASS);
+	return tag;
 }
 
 /* Is the change the latest of one of its rows, or named by a conflict? */
@@ -333,11 +322,11 @@ walk_callback(Change *c, void *arg)
 
 /*
  * Add to p->losers the changes named by the conflicts recorded since the
- * last call.  Called at the start of every batch, under the writer lock:
- * a sync that ran while the prune let the lock go may have recorded a
- * conflict naming a change this prune has yet to walk (the latest version
- * it overwrote, or an incoming change that lost), and conflicts are only
- * written under the lock, so no smaller id is still in flight.
+ * last call.  Called at the start of every batch: a sync's page that ran
+ * between two batches may have recorded a conflict naming a change this
+ * prune has yet to walk (the latest version it overwrote, or an incoming
+ * change that lost); conflicts are only written in pages, and none is in
+ * flight during a batch, so no smaller id can commit later.
  */
 static void
 load_losers(PruneRun *p)
@@ -460,9 +449,7 @@ save_walked(const pg_uuid_t *id, int64 walked)
 
 /*
  * Walk every replica ID's new changes, in batches of PRUNE_BATCH changes
- * whatever their IDs: each batch waits for the writer lock, which a sync
- * holds while it runs, so a batch per ID would make a prune wait for as
- * many syncs as there are IDs.
+ * whatever their IDs (a log of many small IDs is walked in few batches).
  */
 static void
 prune_walk(PruneRun *p)
@@ -499,7 +486,6 @@ prune_walk(PruneRun *p)
 		if (debug_prune_pause > 0)
 		{
 			/* Testing aid: let a sync run in the middle of this prune. */
-			prune_unlock();
 			pgstat_report_activity(STATE_RUNNING, "replstamp: prune paused between batches");
 			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 							 debug_prune_pause, PG_WAIT_EXTENSION);
@@ -775,20 +761,30 @@ prune_run(void)
 											  ALLOCSET_DEFAULT_SIZES);
 	MemoryContext old = MemoryContextSwitchTo(cxt);
 	PruneRun   *p = palloc0(sizeof(PruneRun));
+	LOCKTAG		tag = prune_locktag();
 	int64		removed;
 
 	p->cxt = cxt;
 	pgstat_report_activity(STATE_RUNNING, "replstamp: pruning the change log");
-	batch_begin();
-	p->cat = replstamp_catalog_v11("replstamp.prune()");
-	prune_plan(p);
-	prune_dropped_tables(p);
-	batch_end();
-	prune_walk(p);
-	prune_queue(p);
-	prune_tombstones(p);
-	prune_retired(p);
-	prune_unlock();
+	worker_begin_xact();
+	(void) LockAcquire(&tag, ExclusiveLock, true, false);
+	PG_TRY();
+	{
+		rowversion_page_lock(true);
+		p->cat = replstamp_catalog_v11("replstamp.prune()");
+		prune_plan(p);
+		prune_dropped_tables(p);
+		batch_end();
+		prune_walk(p);
+		prune_queue(p);
+		prune_tombstones(p);
+		prune_retired(p);
+	}
+	PG_FINALLY();
+	{
+		LockRelease(&tag, ExclusiveLock, true);
+	}
+	PG_END_TRY();
 	removed = p->removed;
 	pgstat_report_activity(STATE_IDLE, NULL);
 	MemoryContextSwitchTo(old);

@@ -820,29 +820,32 @@ reconcile_save(ReconcileState *st)
 }
 
 /* ---------------------------------------------------------------------
- * One writer at a time
+ * One sync at a time, and prunes between its pages
  * ---------------------------------------------------------------------
  */
 
+/* An advisory lock tag in a space of its own (field4 3 and up: not a SQL function's). */
 static LOCKTAG
-writer_locktag(void)
+locktag(uint16 which)
 {
 	LOCKTAG		tag;
 
-	/* An advisory lock in a space of its own (field4 3: not a SQL function's). */
-	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, 0x72737470, 0x73796e63, 3);
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, 0x72737470, 0x73796e63, which);
 	return tag;
 }
 
+#define WRITER_LOCK		3
+#define PAGE_LOCK		4
+
 /*
- * Syncs and prunes of a database run one at a time: each holds this
- * session lock (an advisory lock, shown in pg_locks) across its
- * transactions.  Call inside a transaction.
+ * Syncs of a database run one at a time: each holds this session lock (an
+ * advisory lock, shown in pg_locks) across its transactions.  Call inside
+ * a transaction.
  */
 void
 rowversion_lock(void)
 {
-	LOCKTAG		tag = writer_locktag();
+	LOCKTAG		tag = locktag(WRITER_LOCK);
 
 	(void) LockAcquire(&tag, ExclusiveLock, true, false);
 }
@@ -850,7 +853,29 @@ rowversion_lock(void)
 void
 rowversion_unlock(void)
 {
-	LOCKTAG		tag = writer_locktag();
+	LOCKTAG		tag = locktag(WRITER_LOCK);
 
 	(void) LockRelease(&tag, ExclusiveLock, true);
+}
+
+/*
+ * A sync's page (share) and a prune's batch (exclusive) exclude each other
+ * until their transactions end: a batch sees every page before it whole
+ * (the row versions it superseded, the conflicts it recorded) and a page
+ * sees how far the batches before it walked.  A prune thus waits for one
+ * page at most, never for a whole sync, which may spend minutes waiting
+ * for its peer.  Call at the start of the transaction: its active snapshot
+ * is taken anew once the lock is held.
+ */
+void
+rowversion_page_lock(bool prune)
+{
+	LOCKTAG		tag = locktag(PAGE_LOCK);
+
+	(void) LockAcquire(&tag, prune ? ExclusiveLock : ShareLock, false, false);
+	if (ActiveSnapshotSet())
+	{
+		PopActiveSnapshot();
+		PushActiveSnapshot(GetTransactionSnapshot());
+	}
 }

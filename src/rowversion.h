@@ -103,6 +103,7 @@ extern void rowversion_restamp(const ReplstampCatalog *cat, Change *change,
 
 extern void rowversion_lock(void);
 extern void rowversion_unlock(void);
+extern void rowversion_page_lock(bool prune);
 
 extern ReconcileState *reconcile_begin(MemoryContext cxt);
 extern void reconcile(RowVersionWriter *w, ReconcileState *st);
