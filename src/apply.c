@@ -35,6 +35,8 @@
  */
 #include "postgres.h"
 
+#include "access/genam.h"
+#include "access/nbtree.h"
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
@@ -44,6 +46,7 @@
 #include "executor/executor.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
+#include "storage/lmgr.h"
 #include "nodes/makefuncs.h"
 #include "optimizer/optimizer.h"
 #include "rewrite/rewriteHandler.h"
@@ -962,11 +965,118 @@ carry_from_loser(ApplySession *s, ApplyTable *t, Change *change, ChangeRow *row,
 	rowversion_put(s->rvw, change->relation, row, cur, &latest, false, ver, only_here);
 }
 
+/* What looking for a row and locking it found. */
+typedef enum RowLookup
+{
+	ROW_ABSENT,					/* no such row (none committed or in flight) */
+	ROW_LOCKED,					/* found and locked for update: in t->localslot */
+	ROW_BUSY					/* another transaction holds it or is writing it */
+} RowLookup;
+
 /*
- * Apply one change, in the current page's transaction.
+ * Find the row whose primary key is in key, through the primary key index,
+ * and lock it for update, as RelationFindReplTupleByIndex() does; but
+ * with nowait, answer ROW_BUSY at once instead of waiting for another
+ * transaction that holds the row, or inserts, updates or deletes it.
+ */
+static RowLookup
+find_row(ApplyTable *t, TupleTableSlot *key, bool nowait)
+{
+	Relation	idx = index_open(t->layout->pkoid, RowExclusiveLock);
+	int			nkeys = IndexRelationGetNumberOfKeyAttributes(idx);
+	ScanKeyData skey[INDEX_MAX_KEYS];
+	SnapshotData dirty;
+	IndexScanDesc scan;
+	RowLookup	result;
+
+	for (int k = 0; k < nkeys; k++)
+	{
+		AttrNumber	attno = idx->rd_index->indkey.values[k];
+		Oid			op = get_opfamily_member(idx->rd_opfamily[k], idx->rd_opcintype[k],
+											 idx->rd_opcintype[k], BTEqualStrategyNumber);
+
+		if (!OidIsValid(op))
+			elog(ERROR, "replstamp: no equality operator for column %d of index \"%s\"",
+				 k + 1, RelationGetRelationName(idx));
+		ScanKeyEntryInitialize(&skey[k], 0, k + 1, BTEqualStrategyNumber, idx->rd_opcintype[k],
+							   idx->rd_indcollation[k], get_opcode(op),
+							   key->tts_values[attno - 1]);
+	}
+	InitDirtySnapshot(dirty);
+	scan = index_beginscan(t->rel, idx, &dirty, nkeys, 0);
+	for (;;)
+	{
+		TransactionId xwait;
+		TM_Result	res;
+		TM_FailureData tmfd;
+
+		index_rescan(scan, skey, nkeys, NULL, 0);
+		if (!index_getnext_slot(scan, ForwardScanDirection, t->localslot))
+		{
+			result = ROW_ABSENT;
+			break;
+		}
+		/* A transaction in flight inserts or changes it: wait, look again. */
+		xwait = TransactionIdIsValid(dirty.xmin) ? dirty.xmin : dirty.xmax;
+		if (TransactionIdIsValid(xwait))
+		{
+			if (nowait)
+			{
+				result = ROW_BUSY;
+				break;
+			}
+			XactLockTableWait(xwait, t->rel, &t->localslot->tts_tid, XLTW_Lock);
+			continue;
+		}
+		res = table_tuple_lock(t->rel, &t->localslot->tts_tid, GetActiveSnapshot(), t->localslot,
+							   GetCurrentCommandId(false), LockTupleExclusive,
+							   nowait ? LockWaitSkip : LockWaitBlock, 0, &tmfd);
+		if (res == TM_Ok)
+		{
+			result = ROW_LOCKED;
+			break;
+		}
+		if (res == TM_WouldBlock)
+		{
+			result = ROW_BUSY;
+			break;
+		}
+		/* Changed or deleted since we looked: look again. */
+		if (res != TM_Updated && res != TM_Deleted)
+			elog(ERROR, "replstamp: unexpected result %d locking a row of %s", (int) res,
+				 RelationGetRelationName(t->rel));
+	}
+	index_endscan(scan);
+	index_close(idx, NoLock);
+	return result;
+}
+
+/* Put the primary key of one of a change's rows into t->keyslot. */
+static void
+key_slot(ApplyTable *t, Datum *keyvalues, bool *keynulls, int natts)
+{
+	TupleTableSlot *key = t->keyslot;
+
+	ExecClearTuple(key);
+	memset(key->tts_isnull, true, sizeof(bool) * natts);
+	for (int k = 0; k < t->layout->npk; k++)
+	{
+		int			a = t->layout->pk[k].attnum - 1;
+
+		key->tts_values[a] = keyvalues[a];
+		key->tts_isnull[a] = keynulls[a];
+	}
+	ExecStoreVirtualTuple(key);
+}
+
+/*
+ * Apply one change, in the current page's transaction.  With nowait, a
+ * change whose row another transaction holds is not applied: APPLY_BUSY,
+ * and nothing of it written (the caller commits what it applied before,
+ * so that it holds no row lock while it waits, and applies it again).
  */
 ApplyOutcome
-apply_change(ApplySession *s, Change *change)
+apply_change(ApplySession *s, Change *change, bool nowait)
 {
 	MemoryContext old;
 	ApplyTable *t;
@@ -1063,29 +1173,52 @@ apply_change(ApplySession *s, Change *change)
 		rowimage_decode_key(t->layout, rows[i].key, keyvalues[i], keynulls[i]);
 	}
 
+	/*
+	 * A key-changing UPDATE (two rows): both rows locked before either is
+	 * written, or neither.
+	 */
+	if (nowait && nrows == 2)
+	{
+		for (int i = 0; i < nrows; i++)
+		{
+			RowLookup	r;
+
+			key_slot(t, keyvalues[i], keynulls[i], natts);
+			PushActiveSnapshot(GetLatestSnapshot());
+			r = find_row(t, t->keyslot, true);
+			PopActiveSnapshot();
+			if (r == ROW_BUSY)
+			{
+				replstamp_restore_user(&uctx);
+				error_context_stack = errcb.previous;
+				MemoryContextSwitchTo(old);
+				MemoryContextReset(s->row_cxt);
+				return APPLY_BUSY;
+			}
+		}
+	}
 	for (int i = 0; i < nrows; i++)
 	{
 		ChangeRow  *row = &rows[i];
 		RowVersion	cur;
+		RowLookup	r;
 		bool		found;
-		TupleTableSlot *key = t->keyslot;
-		ImageColumn *pk = t->layout->pk;
 
 		/* Lock the row: a local change of it has then committed. */
-		ExecClearTuple(key);
-		memset(key->tts_isnull, true, sizeof(bool) * natts);
-		for (int k = 0; k < t->layout->npk; k++)
-		{
-			int			a = pk[k].attnum - 1;
-
-			key->tts_values[a] = keyvalues[i][a];
-			key->tts_isnull[a] = keynulls[i][a];
-		}
-		ExecStoreVirtualTuple(key);
+		key_slot(t, keyvalues[i], keynulls[i], natts);
 		PushActiveSnapshot(GetLatestSnapshot());
-		found = RelationFindReplTupleByIndex(t->rel, t->layout->pkoid, LockTupleExclusive,
-											 key, t->localslot);
+		r = find_row(t, t->keyslot, nowait && nrows == 1);
 		PopActiveSnapshot();
+		if (r == ROW_BUSY)
+		{
+			/* Only with one row: nothing is written yet. */
+			replstamp_restore_user(&uctx);
+			error_context_stack = errcb.previous;
+			MemoryContextSwitchTo(old);
+			MemoryContextReset(s->row_cxt);
+			return APPLY_BUSY;
+		}
+		found = (r == ROW_LOCKED);
 
 		/* Last writer wins, against the row's latest version held here. */
 		reconcile(s->rvw, s->reconcile);

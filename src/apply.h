@@ -18,7 +18,8 @@ typedef enum ApplyOutcome
 	APPLY_NEW,					/* recorded (and written to its table if latest) */
 	APPLY_HELD,					/* held already (it came through another peer) */
 	APPLY_SKIPPED,				/* replstamp.skip() asked to hold it unapplied */
-	APPLY_IGNORED				/* its table was dropped or untracked here */
+	APPLY_IGNORED,				/* its table was dropped or untracked here */
+	APPLY_BUSY					/* not applied: another transaction holds its row */
 } ApplyOutcome;
 
 typedef struct ApplySession ApplySession;
@@ -26,7 +27,7 @@ typedef struct ApplySession ApplySession;
 extern ApplySession *apply_session_begin(const char *peer, MemoryContext cxt);
 extern void apply_page_begin(ApplySession *s);
 extern void apply_fill_new_columns(ApplySession *s);
-extern ApplyOutcome apply_change(ApplySession *s, Change *change);
+extern ApplyOutcome apply_change(ApplySession *s, Change *change, bool nowait);
 extern void apply_page_end(ApplySession *s);
 extern void apply_page_abort(ApplySession *s);
 extern int64 apply_conflicts(ApplySession *s);

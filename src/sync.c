@@ -752,50 +752,74 @@ transient(ErrorData *e)
 }
 
 /*
- * Apply a page in a transaction of its own and commit it with the vector
- * entry it reached (upto, if it is above the page's last serial: the end
- * of the range).  Retried on transient errors.
+ * Apply a page and commit it with the vector entry it reached (upto, if it
+ * is above the page's last serial: the end of the range).  A page is one
+ * transaction, unless a change's row is held by another transaction (a
+ * local writer's): what the page applied before it is committed first, so
+ * that the sync holds no row lock while it waits, and no local writer
+ * waiting for one of those rows can deadlock with it.  Retried on
+ * transient errors.
  */
 static void
 apply_page(SyncRun *r, Range *rg, PageBuf *p, int64 upto)
 {
+	volatile int done = 0;		/* changes committed */
+
 	for (int attempt = 1;; attempt++)
 	{
 		MemoryContext cxt = CurrentMemoryContext;
 
 		PG_TRY();
 		{
-			int64		last = 0;
-			TimestampTz max_t = 0;
-			int64		applied = 0;
-
-			worker_begin_xact();
-			apply_page_begin(r->apply);
-			for (int i = 0; i < p->n; i++)
+			for (;;)
 			{
-				Change	   *c = &p->changes[i];
+				int64		last = 0;
+				TimestampTz max_t = 0;
+				int64		applied = 0;
+				int			i;
 
-				CHECK_FOR_INTERRUPTS();
-				if (apply_change(r->apply, c) == APPLY_NEW)
-					applied++;
-				last = c->serial;
-				max_t = Max(max_t, c->changed_at);
-			}
-			apply_page_end(r->apply);
-			if (Max(last, upto) > 0)
-				advance_vector(&rg->item->id, Max(last, upto), max_t);
-			if (upto > 0 && !r->legacy)
-			{
-				ReplstampOwnerContext ctx;
+				worker_begin_xact();
+				apply_page_begin(r->apply);
+				for (i = done; i < p->n; i++)
+				{
+					Change	   *c = &p->changes[i];
+					ApplyOutcome o;
 
-				replstamp_become_owner(&ctx);
-				SPI_connect();
-				epochs_adopt(rg->item, upto);
-				SPI_finish();
-				replstamp_restore_user(&ctx);
+					CHECK_FOR_INTERRUPTS();
+					o = apply_change(r->apply, c, i > done);
+					if (o == APPLY_BUSY)
+						break;
+					if (o == APPLY_NEW)
+						applied++;
+					last = c->serial;
+					max_t = Max(max_t, c->changed_at);
+				}
+				apply_page_end(r->apply);
+				if (i < p->n)
+				{
+					/* Busy: commit what came before it, then wait for it. */
+					advance_vector(&rg->item->id, last, max_t);
+					worker_commit_xact();
+					r->applied += applied;
+					done = i;
+					continue;
+				}
+				if (Max(last, upto) > 0)
+					advance_vector(&rg->item->id, Max(last, upto), max_t);
+				if (upto > 0 && !r->legacy)
+				{
+					ReplstampOwnerContext ctx;
+
+					replstamp_become_owner(&ctx);
+					SPI_connect();
+					epochs_adopt(rg->item, upto);
+					SPI_finish();
+					replstamp_restore_user(&ctx);
+				}
+				worker_commit_xact();
+				r->applied += applied;
+				break;
 			}
-			worker_commit_xact();
-			r->applied += applied;
 		}
 		PG_CATCH();
 		{
