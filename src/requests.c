@@ -14,7 +14,10 @@
  * generation number makes a worker that outlives its caller report
  * nowhere.
  *
- * The worker runs as the role that called, in the same database.  These
+ * The worker runs as the role that called, in the same database, with the
+ * values the caller SET of replstamp's settings (a superuser's SET
+ * replstamp.peer_timeout applies to the sync it calls), as a parallel
+ * worker takes its leader's.  These
  * functions refuse to run inside a transaction block: the worker would
  * wait for locks the caller holds.
  *
@@ -52,6 +55,8 @@
 #include "tcop/pquery.h"
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/guc_tables.h"
 #include "utils/memutils.h"
 #include "utils/portal.h"
 #include "utils/syscache.h"
@@ -199,6 +204,56 @@ caller_reads_nothing(void)
 }
 
 /*
+ * The values of replstamp's settings that the caller's session set (SET,
+ * SET LOCAL, a function's SET clause, the client's options), as
+ * "name=value" lines.  Those of postgresql.conf, ALTER SYSTEM, ALTER
+ * DATABASE and ALTER ROLE the worker has already.
+ */
+static char *
+caller_settings(void)
+{
+	struct config_generic **vars = get_guc_variables();
+	int			n = GetNumConfigOptions();
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	for (int i = 0; i < n; i++)
+	{
+		struct config_generic *g = vars[i];
+
+		if (strncmp(g->name, "replstamp.", 10) != 0 ||
+			(g->source != PGC_S_SESSION && g->source != PGC_S_CLIENT) ||
+			(g->flags & GUC_CUSTOM_PLACEHOLDER))
+			continue;
+		appendStringInfo(&buf, "%s=%s\n", g->name, GetConfigOption(g->name, false, false));
+	}
+	if (buf.len >= SYNC_MESSAGE_LEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("the replstamp settings of this session take more than %d bytes",
+						SYNC_MESSAGE_LEN - 1),
+				 errhint("RESET some of them, or set them with ALTER SYSTEM.")));
+	return buf.data;
+}
+
+/* In the worker: take on the caller's settings. */
+static void
+take_settings(char *lines)
+{
+	char	   *save;
+
+	for (char *line = strtok_r(lines, "\n", &save); line; line = strtok_r(NULL, "\n", &save))
+	{
+		char	   *eq = strchr(line, '=');
+
+		if (eq == NULL)
+			continue;
+		*eq = '\0';
+		SetConfigOption(line, eq + 1, PGC_SUSET, PGC_S_SESSION);
+	}
+}
+
+/*
  * Run a request in a background worker and wait for it.
  */
 static int64
@@ -208,6 +263,7 @@ run_in_worker(char kind, const char *peer)
 	BackgroundWorkerHandle *handle;
 	SyncRequest result;
 	static bool callback_registered = false;
+	char	   *settings = caller_settings();
 
 	replstamp_require_shmem();
 	(void) replstamp_catalog_v11(kind_name(kind));
@@ -236,6 +292,7 @@ run_in_worker(char kind, const char *peer)
 		req->dboid = MyDatabaseId;
 		req->userid = GetUserId();
 		strlcpy(req->peer, peer, sizeof(req->peer));
+		strlcpy(req->settings, settings, sizeof(req->settings));
 		req->requester = MyProcPid;
 		a.generation = generation;
 		my_request = a.index;
@@ -375,6 +432,7 @@ replstamp_request_main(Datum arg)
 {
 	Assignment	a;
 	char		peer[NAMEDATALEN];
+	char		settings[SYNC_MESSAGE_LEN];
 	MemoryContext cxt;
 
 	pqsignal(SIGTERM, die);
@@ -388,6 +446,7 @@ replstamp_request_main(Datum arg)
 		proc_exit(0);			/* the caller is gone */
 	}
 	strlcpy(peer, replstamp_shared->requests[a.index].peer, sizeof(peer));
+	strlcpy(settings, replstamp_shared->requests[a.index].settings, sizeof(settings));
 	LWLockRelease(replstamp_shared->lock);
 
 	cxt = CurrentMemoryContext;
@@ -398,6 +457,7 @@ replstamp_request_main(Datum arg)
 	{
 		int64		result;
 
+		take_settings(settings);
 		if (a.kind == 'S')
 			result = sync_one_peer(peer);
 		else if (a.kind == 'A')

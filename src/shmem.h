@@ -68,6 +68,7 @@ typedef struct SyncRequest
 	Oid			dboid;
 	Oid			userid;			/* the worker runs as this role */
 	char		peer[NAMEDATALEN];	/* "" = every peer */
+	char		settings[SYNC_MESSAGE_LEN];	/* the caller's, see requests.c */
 	pid_t		requester;
 	bool		done;			/* the worker has reported */
 	int64		applied;

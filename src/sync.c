@@ -55,6 +55,7 @@
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
 #include "storage/ipc.h"
+#include "storage/latch.h"
 #include "storage/lmgr.h"
 #include "storage/lwlock.h"
 #include "tcop/tcopprot.h"
@@ -91,6 +92,7 @@ PG_FUNCTION_INFO_V1(replstamp_skip);
 
 /* GUCs */
 static int	sync_batch_size = 1000;
+static int	sync_delay = 0;			/* milliseconds */
 static int	max_clock_skew = 300;
 
 /* One replica ID's range to pull. */
@@ -142,6 +144,15 @@ sync_init(void)
 							1000, 1, 1000000,
 							PGC_SUSET,
 							0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("replstamp.sync_delay",
+							"Pause after each page a sync applies.",
+							"Spreads a long catch-up over time and leaves the CPU it would take to "
+							"the node's own sessions; zero (the default) means no pause.",
+							&sync_delay,
+							0, 0, 3600 * 1000,
+							PGC_SUSET,
+							GUC_UNIT_MS,
 							NULL, NULL, NULL);
 	DefineCustomIntVariable("replstamp.max_clock_skew",
 							"How far ahead of this node's clock a peer's stamp times may be.",
@@ -758,7 +769,7 @@ transient(ErrorData *e)
  * local writer's): what the page applied before it is committed first, so
  * that the sync holds no row lock while it waits, and no local writer
  * waiting for one of those rows can deadlock with it.  Retried on
- * transient errors.
+ * transient errors.  Then pause for replstamp.sync_delay, if set.
  */
 static void
 apply_page(SyncRun *r, Range *rg, PageBuf *p, int64 upto)
@@ -839,6 +850,13 @@ apply_page(SyncRun *r, Range *rg, PageBuf *p, int64 upto)
 		}
 		PG_END_TRY();
 		break;
+	}
+	if (p->n > 0 && sync_delay > 0)
+	{
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 sync_delay, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
 	}
 	MemoryContextReset(p->cxt);
 	p->n = 0;

@@ -27,7 +27,9 @@
 # times: the same shape of transaction, only on 10 rows), the peak memory
 # of the syncing process on b during the largest backlog (and of c's apply
 # worker), and pgbench TPS on another database of b while b applies the
-# largest backlog, against the same pgbench with no sync running.
+# largest backlog, against the same pgbench with no sync running, for each
+# replstamp.sync_delay in APPLY_LOAD_DELAYS (with the changes/s the sync
+# applies meanwhile: the delay trades catch-up speed for the local load).
 #
 # synchronous_commit = off on every node, as a subscription's apply worker
 # has by default.  A sync whose process grows past APPLY_MAX_MB of private
@@ -40,6 +42,8 @@
 #   APPLY_BACKLOGS      backlogs in row changes (default "10000 100000 1000000")
 #   APPLY_HOT_BACKLOG   the hot-row backlog (default 100000; 0 skips it)
 #   APPLY_LOAD_SECONDS  duration of each pgbench on b for the TPS ratio (default 10)
+#   APPLY_LOAD_DELAYS   replstamp.sync_delay values (ms) the TPS ratio is measured
+#                       with, each on its own (default "0 10 25 50")
 #   APPLY_MAX_MB        cancel a sync whose process passes this (default 4096)
 #   BENCH_ROUNDS        rounds, medians when > 1 (default 1: this is slow)
 #   BENCH_SCALE         pgbench scale (default 10)
@@ -55,11 +59,12 @@ drop_root "$SRCDIR/test/bench/apply_speed.sh" "$@"
 BACKLOGS=${APPLY_BACKLOGS:-10000 100000 1000000}
 HOT=${APPLY_HOT_BACKLOG:-100000}
 LOAD_SECONDS=${APPLY_LOAD_SECONDS:-10}
+LOAD_DELAYS=${APPLY_LOAD_DELAYS:-0 10 25 50}
 MAX_MB=${APPLY_MAX_MB:-4096}
 ROUNDS=${BENCH_ROUNDS:-1}
 SCALE=${BENCH_SCALE:-10}
 CLIENTS=${BENCH_CLIENTS:-2}
-for v in $BACKLOGS $HOT $LOAD_SECONDS $MAX_MB $ROUNDS $SCALE $CLIENTS; do
+for v in $BACKLOGS $HOT $LOAD_SECONDS $LOAD_DELAYS $MAX_MB $ROUNDS $SCALE $CLIENTS; do
 	case "$v" in ''|*[!0-9]*) say "apply_speed.sh: not a number: \"$v\""; exit 2 ;; esac
 done
 for v in $LOAD_SECONDS $ROUNDS $SCALE $CLIENTS; do
@@ -375,9 +380,14 @@ load_run() {
 	pgbench -p "$PB" -n -c "$CLIENTS" -j "$CLIENTS" -T "$LOAD_SECONDS" load 2>/dev/null |
 		sed -n 's/^tps = \([0-9.]*\) .*/\1/p'
 }
-load_ratio() {
-	local round="$1" idle busy sync t0 t1 i cover
+# Changes b holds (the pages the sync committed).
+applied_b() { qb -c "SELECT count(*) FROM replstamp.changes"; }
+# One pgbench on b with no sync and one while b syncs, with
+# replstamp.sync_delay = $2 ms.
+load_ratio_at() {
+	local round="$1" delay="$2" idle busy sync t0 t1 i cover n0 n1 rate
 	fresh b
+	qb -c "ALTER SYSTEM SET replstamp.sync_delay = $delay" -c "SELECT pg_reload_conf()" >/dev/null
 	load_prepare
 	idle=$(load_run)
 	load_prepare
@@ -389,9 +399,12 @@ load_ratio() {
 		[ -e "$WORK/busy.end" ] && break
 		sleep 0.05
 	done
+	n0=$(applied_b)
 	t0=$(now)
 	busy=$(load_run)
 	t1=$(now)
+	n1=$(applied_b)
+	rate=$(awk -v a="$n0" -v b="$n1" -v s="$(secs "$t0" "$t1")" 'BEGIN { printf "%.0f", (b - a) / s }')
 	if [ -e "$WORK/busy.end" ]; then
 		cover=$(awk -v a="$t0" -v b="$t1" -v e="$(cat "$WORK/busy.end")" 'BEGIN { c = (e - a) / (b - a); printf "%.2f", c < 0 ? 0 : c }')
 	else
@@ -400,14 +413,20 @@ load_ratio() {
 		qb -c "SELECT pg_cancel_backend(pid) FROM ($SYNC_PIDS) s" >/dev/null
 	fi
 	wait "$sync" || true
+	qb -c "ALTER SYSTEM RESET replstamp.sync_delay" -c "SELECT pg_reload_conf()" >/dev/null
 	idle=$(printf '%.0f' "$idle"); busy=$(printf '%.0f' "$busy")
-	record load idle "$idle"; record load busy "$busy"; record load cover "$cover"
-	record load ratio "$(awk -v a="$busy" -v b="$idle" 'BEGIN { printf "%.2f", a / b }')"
-	printf 'round %d, pgbench on b (database load, %d clients, %d s): %d TPS with no sync, %d TPS while b syncs the %d backlog: %.2f (%s)\n' \
-		"$round" "$CLIENTS" "$LOAD_SECONDS" "$idle" "$busy" "$LARGEST" \
-		"$(awk -v a="$busy" -v b="$idle" 'BEGIN { print a / b }')" \
+	record "load.$delay" idle "$idle"; record "load.$delay" busy "$busy"; record "load.$delay" cover "$cover"
+	record "load.$delay" rate "$rate"
+	record "load.$delay" ratio "$(awk -v a="$busy" -v b="$idle" 'BEGIN { printf "%.2f", a / b }')"
+	printf 'round %d, pgbench on b (database load, %d clients, %d s), replstamp.sync_delay = %d ms: %d TPS with no sync, %d TPS while b syncs the %d backlog: %.2f; the sync applied %d changes/s meanwhile (%s)\n' \
+		"$round" "$CLIENTS" "$LOAD_SECONDS" "$delay" "$idle" "$busy" "$LARGEST" \
+		"$(awk -v a="$busy" -v b="$idle" 'BEGIN { print a / b }')" "$rate" \
 		"$([ "$cover" = 1 ] && echo "the sync ran through the whole pgbench run and was then cancelled" ||
 			echo "WARNING: the sync ended after $cover of the pgbench run, so the ratio is partly without it")"
+}
+load_ratio() {
+	local d
+	for d in $LOAD_DELAYS; do load_ratio_at "$1" "$d"; done
 }
 
 echo "apply speed: pgbench scale $SCALE on a, b and c; $CLIENTS clients write the stream on a;" \
@@ -487,10 +506,11 @@ if [ -f "$RES/pgbench.$LARGEST.rs_anon" ]; then
 		"$LARGEST" "$(cat "$RES/rs_proc")" "$(med "pgbench.$LARGEST" rs_anon)" "$(med "pgbench.$LARGEST" rs_hwm)" \
 		"$(med "pgbench.$LARGEST" native_anon)" "$(med "pgbench.$LARGEST" native_hwm)"
 fi
-if [ -f "$RES/load.idle" ]; then
-	printf 'pgbench on b (another database, %d clients, %d s) while b syncs the %d backlog / with no sync: %.2f (median of the rounds'"'"' ratios %s; TPS with no sync %s, while syncing %s; share of each run the sync ran through: %s)\n' \
-		"$CLIENTS" "$LOAD_SECONDS" "$LARGEST" "$(med load ratio)" "$(rounds_of load ratio)" \
-		"$(rounds_of load idle)" "$(rounds_of load busy)" "$(rounds_of load cover)"
-fi
+for d in $LOAD_DELAYS; do
+	[ -f "$RES/load.$d.idle" ] || continue
+	printf 'pgbench on b (another database, %d clients, %d s) while b syncs the %d backlog / with no sync, replstamp.sync_delay = %d ms: %.2f, the sync applying %.0f changes/s meanwhile (median of the rounds'"'"' ratios %s; TPS with no sync %s, while syncing %s; changes/s %s; share of each run the sync ran through: %s)\n' \
+		"$CLIENTS" "$LOAD_SECONDS" "$LARGEST" "$d" "$(med "load.$d" ratio)" "$(med "load.$d" rate)" "$(rounds_of "load.$d" ratio)" \
+		"$(rounds_of "load.$d" idle)" "$(rounds_of "load.$d" busy)" "$(rounds_of "load.$d" rate)" "$(rounds_of "load.$d" cover)"
+done
 echo "targets (issue 10): ratio >= 1.0 on the 100000 pgbench stream; replstamp changes/s flat within 20 %"
 echo "from 10000 to 1000000 and on hot rows; the syncing process under 100 MB at 1000000; pgbench on b >= 0.70"

@@ -1,7 +1,8 @@
 # replstamp.sync_interval: the launcher keeps a sync worker per database
 # that syncs with every peer on its own; a peer that goes away is recorded
 # and retried; zero stops the workers; the launcher comes back after a crash
-# restart.
+# restart.  replstamp.sync_delay pauses a sync after each page, and a
+# cancel during the pause keeps the pages before it.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -80,6 +81,29 @@ sq($b, 'SELECT pg_reload_conf()');
 $b->poll_query_until('postgres', 'SELECT count(*) = 31 FROM t') or die 'no sync after switching back on';
 my $took = time - $t0;
 ok($took < 30, "switched back on, the sync worker pulls again at once ($took s)");
+
+# replstamp.sync_delay, with pages of 10 changes, both SET in the session
+# that calls sync(): its worker takes them on.
+sq($b, 'ALTER SYSTEM SET replstamp.sync_interval = 0');
+sq($b, 'SELECT pg_reload_conf()');
+$b->poll_query_until('postgres', "SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'replstamp sync'")
+  or die 'the sync worker did not stop';
+sq($a, "INSERT INTO t SELECT g, 'paced' FROM generate_series(101, 130) g");
+my $out = '';
+my $h = IPC::Run::start(
+	[ 'psql', '-X', '-At', '-d', $b->connstr('postgres'), '-c', 'SET replstamp.sync_batch_size = 10',
+	  '-c', "SET replstamp.sync_delay = '1h'", '-c', "SELECT replstamp.sync('a')" ],
+	'>', \$out, '2>', \$out, IPC::Run::timeout(180));
+$b->poll_query_until('postgres', q{SELECT count(*) = 1 FROM pg_stat_activity
+	WHERE query = 'replstamp: syncing from peer a' AND wait_event_type = 'Extension'
+	AND (SELECT count(*) FROM t WHERE id > 100) = 10})
+  or die 'the sync did not pause after its first page';
+pass('after its first page of 10 changes, the sync pauses for replstamp.sync_delay');
+sq($b, q{SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE query = 'SELECT replstamp.sync(''a'')'});
+$h->finish;
+like($out, qr/canceling statement due to user request/, 'a cancel stops it during the pause');
+is(sq($b, 'SELECT count(*) FROM t WHERE id > 100'), '10', 'the page before the pause is kept');
+is(sq($b, "SELECT replstamp.sync('a')"), '20', 'the next sync, in a session with neither set, goes on from there');
 
 $a->stop;
 $b->stop;
