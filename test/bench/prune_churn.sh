@@ -192,6 +192,17 @@ awk 'NR == 1 { s1 = $2; c1 = $3; r1 = $7; b1 = $4 } { s2 = $2; c2 = $3; r2 = $7;
 	printf "from the first sample to the last: changes seen +%d, log rows +%d, table rows +%d, log MB %+.1f\n", s2 - s1, c2 - c1, r2 - r1, b2 - b1;
 	if (s2 > s1) printf "  log rows grew by %.3f per change seen (1.00 = nothing pruned; table rows grew by %.3f)\n", (c2 - c1) / (s2 - s1), (r2 - r1) / (s2 - s1);
 }' "$RES/samples"
+# Once the conflicts kept reach their steady state (the retention has
+# passed), the log should grow no faster than the tables: what it holds
+# beyond one change per row (conflicts within the retention, what pullers
+# lack) stays level.
+retention_s=$(q "$PA" -c "SELECT extract(epoch FROM interval '$RETENTION')::int")
+awk -v from="$retention_s" '$1 >= from && !n++ { s1 = $2; c1 = $3; r1 = $7; t1 = $1; x1 = $3 - $7 }
+	$1 >= from { s2 = $2; c2 = $3; r2 = $7; t2 = $1; x2 = $3 - $7 } END {
+	if (n < 2) { printf "after the conflict retention (%d s): fewer than two samples, raise BENCH_SECONDS\n", from; exit }
+	printf "after the conflict retention, from t = %d s to %d s: changes seen +%d, log rows +%d, table rows +%d\n", t1, t2, s2 - s1, c2 - c1, r2 - r1;
+	printf "  log rows grew by %.3f per change seen (table rows by %.3f); log rows beyond the table rows: %d, then %d\n", (c2 - c1) / (s2 - s1), (r2 - r1) / (s2 - s1), x1, x2;
+}' "$RES/samples"
 
 echo
 echo "== 2. TPS, pruning on against off: $ROUNDS rounds of two $SEGMENT-s runs, sum of 3 nodes"
