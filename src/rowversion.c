@@ -238,6 +238,11 @@ superseded(RowVersionWriter *w, const Version *old)
 void
 rowversion_writer_end(RowVersionWriter *w)
 {
+	if (w->scan)
+	{
+		index_endscan(w->scan);
+		index_close(w->hash_index, NoLock);
+	}
 	ExecCloseResultRelations(w->estate);
 	ExecCloseRangeTableRelations(w->estate);
 	ExecResetTupleTable(w->estate->es_tupleTable, false);
@@ -247,31 +252,61 @@ rowversion_writer_end(RowVersionWriter *w)
 }
 
 /*
+ * The next tuple of the writer's index scan.  In the writer's memory: the
+ * scan keeps what it allocates on the way (btree's killed items) for the
+ * next lookups, which the caller's context would not outlive.
+ */
+static bool
+next_version(RowVersionWriter *w, TupleTableSlot *slot)
+{
+	MemoryContext old = MemoryContextSwitchTo(w->cxt);
+	bool		found = index_getnext_slot(w->scan, ForwardScanDirection, slot);
+
+	MemoryContextSwitchTo(old);
+	return found;
+}
+
+/*
  * The recorded latest version of a row, if any.
  */
 void
 rowversion_get(RowVersionWriter *w, text *relation, ChangeRow *row, RowVersion *out)
 {
 	ScanKeyData key;
-	SysScanDesc scan;
-	HeapTuple	tuple;
-	TupleDesc	desc = RelationGetDescr(w->rel);
+	TupleTableSlot *slot;
+	MemoryContext old;
 
-	out->found = false;
-	ScanKeyInit(&key, Anum_row_version_row_hash, BTEqualStrategyNumber,
-				F_INT8EQ, Int64GetDatum(row->hash));
-	scan = systable_beginscan(w->rel, w->cat->row_version_hash, true, SnapshotSelf, 1, &key);
-	while ((tuple = systable_getnext(scan)) != NULL)
+	/*
+	 * One index scan for every lookup of the writer, started anew for each:
+	 * the apply and the prune look up one row per change.
+	 */
+	if (w->scan == NULL)
 	{
-		Datum		values[Natts_row_version];
-		bool		nulls[Natts_row_version];
+		old = MemoryContextSwitchTo(w->cxt);
+		w->hash_index = index_open(w->cat->row_version_hash, AccessShareLock);
+		w->scan = index_beginscan(w->rel, w->hash_index, SnapshotSelf, 1, 0);
+		w->getslot = table_slot_create(w->rel, &w->estate->es_tupleTable);
+		MemoryContextSwitchTo(old);
+	}
+	slot = w->getslot;
+	out->found = false;
+	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(row->hash));
+	old = MemoryContextSwitchTo(w->cxt);
+	index_rescan(w->scan, &key, 1, NULL, 0);
+	MemoryContextSwitchTo(old);
+	while (next_version(w, slot))
+	{
+		Datum	   *values;
+		bool	   *nulls;
 
-		heap_deform_tuple(tuple, desc, values, nulls);
+		slot_getallattrs(slot);
+		values = slot->tts_values;
+		nulls = slot->tts_isnull;
 		if (!text_bytes_equal(DatumGetTextPP(values[Anum_row_version_relation - 1]), relation) ||
 			!jsonb_equal(DatumGetJsonbP(values[Anum_row_version_pk - 1]), row->key))
 			continue;
 		out->found = true;
-		out->tid = tuple->t_self;
+		out->tid = slot->tts_tid;
 		out->v.changed_at = DatumGetTimestampTz(values[Anum_row_version_changed_at - 1]);
 		memcpy(&out->v.replica_id, DatumGetUUIDP(values[Anum_row_version_replica_id - 1]),
 			   sizeof(pg_uuid_t));
@@ -300,7 +335,7 @@ rowversion_get(RowVersionWriter *w, text *relation, ChangeRow *row, RowVersion *
 		}
 		break;
 	}
-	systable_endscan(scan);
+	ExecClearTuple(slot);
 }
 
 /* A text[] of names (column names of a carry, dropped columns). */

@@ -56,6 +56,9 @@ typedef struct RowVersionWriter
 	ResultRelInfo *rri;
 	TupleTableSlot *slot;
 	TupleTableSlot *oldslot;
+	Relation	hash_index;		/* row_version_hash, once a lookup opened it */
+	struct IndexScanDescData *scan; /* on it, kept open for every lookup */
+	TupleTableSlot *getslot;	/* what a lookup reads */
 	struct HTAB *walked;		/* replica ID -> how far pruning looked */
 	MemoryContext cxt;			/* the writer's */
 } RowVersionWriter;
