@@ -482,6 +482,7 @@ log_conflict(ApplySession *s, ApplyTable *t, Change *change, ChangeRow *row,
 	Oid			types[10] = {TEXTOID, JSONBOID, TEXTOID, TEXTOID, UUIDOID, INT8OID,
 	TIMESTAMPTZOID, UUIDOID, INT8OID, TIMESTAMPTZOID};
 	Datum		values[10];
+	ReplstampOwnerContext ctx;
 
 	values[0] = PointerGetDatum(change->relation);
 	values[1] = JsonbPGetDatum(row->key);
@@ -493,11 +494,15 @@ log_conflict(ApplySession *s, ApplyTable *t, Change *change, ChangeRow *row,
 	values[7] = UUIDPGetDatum(&loser->replica_id);
 	values[8] = Int64GetDatum(loser->serial);
 	values[9] = TimestampTzGetDatum(loser->changed_at);
-	spi_owner_exec("INSERT INTO replstamp.conflict_log (relation, pk, kind, peer, "
-				   "winner_replica_id, winner_serial, winner_changed_at, "
-				   "loser_replica_id, loser_serial, loser_changed_at) "
-				   "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-				   10, types, values, SPI_OK_INSERT);
+	replstamp_become_owner(&ctx);
+	SPI_connect();
+	replstamp_spi_exec_kept("INSERT INTO replstamp.conflict_log (relation, pk, kind, peer, "
+							"winner_replica_id, winner_serial, winner_changed_at, "
+							"loser_replica_id, loser_serial, loser_changed_at) "
+							"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+							10, types, values, NULL, SPI_OK_INSERT);
+	SPI_finish();
+	replstamp_restore_user(&ctx);
 	s->conflicts++;
 	t->conflicts++;
 }

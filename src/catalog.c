@@ -31,6 +31,7 @@
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/guc.h"
+#include "utils/hsearch.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -394,6 +395,52 @@ replstamp_spi_exec(const char *sql, int nargs, Oid *types, Datum *values, const 
 {
 	int			ret = SPI_execute_with_args(sql, nargs, types, values, nulls, false, 0);
 
+	if (ret != expected)
+		elog(ERROR, "replstamp: query failed (%s): %s", SPI_result_code_string(ret), sql);
+}
+
+typedef struct KeptPlan
+{
+	const char *sql;			/* hash key: the statement's address */
+	SPIPlanPtr	plan;
+} KeptPlan;
+
+/*
+ * As replstamp_spi_exec(), for a statement run once per change (sql a
+ * string constant, the same types every time): prepared once per process
+ * and kept, as PL/pgSQL keeps its statements' plans (the plan cache makes
+ * it anew after DDL on what it reads).
+ */
+void
+replstamp_spi_exec_kept(const char *sql, int nargs, Oid *types, Datum *values, const char *nulls,
+						int expected)
+{
+	static HTAB *plans = NULL;
+	KeptPlan   *e;
+	bool		found;
+	int			ret;
+
+	if (plans == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = sizeof(const char *);
+		ctl.entrysize = sizeof(KeptPlan);
+		ctl.hcxt = TopMemoryContext;
+		plans = hash_create("replstamp kept plans", 16, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+	e = hash_search(plans, &sql, HASH_ENTER, &found);
+	if (!found)
+		e->plan = NULL;
+	if (e->plan == NULL)
+	{
+		SPIPlanPtr	plan = SPI_prepare(sql, nargs, types);
+
+		if (plan == NULL || SPI_keepplan(plan) != 0)
+			elog(ERROR, "replstamp: could not prepare (%s): %s", SPI_result_code_string(SPI_result), sql);
+		e->plan = plan;
+	}
+	ret = SPI_execute_plan(e->plan, values, nulls, false, 0);
 	if (ret != expected)
 		elog(ERROR, "replstamp: query failed (%s): %s", SPI_result_code_string(ret), sql);
 }

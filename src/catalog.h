@@ -122,6 +122,8 @@ extern void replstamp_node_forget(void);
 extern bool replstamp_fingerprint_is_this_database(const char *fp);
 extern void replstamp_spi_exec(const char *sql, int nargs, Oid *types, Datum *values,
 							   const char *nulls, int expected);
+extern void replstamp_spi_exec_kept(const char *sql, int nargs, Oid *types, Datum *values,
+									const char *nulls, int expected);
 extern void replstamp_mint_uuid(pg_uuid_t *uuid);
 extern char *replstamp_uuid_text(const pg_uuid_t *uuid);
 

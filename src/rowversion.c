@@ -228,9 +228,8 @@ superseded(RowVersionWriter *w, const Version *old)
 	values[1] = Int64GetDatum(old->serial);
 	replstamp_become_owner(&ctx);
 	SPI_connect();
-	if (SPI_execute_with_args("INSERT INTO replstamp.prune_queue (replica_id, serial) VALUES ($1, $2) "
-							  "ON CONFLICT DO NOTHING", 2, types, values, NULL, false, 0) != SPI_OK_INSERT)
-		elog(ERROR, "replstamp: could not queue a superseded change");
+	replstamp_spi_exec_kept("INSERT INTO replstamp.prune_queue (replica_id, serial) VALUES ($1, $2) "
+							"ON CONFLICT DO NOTHING", 2, types, values, NULL, SPI_OK_INSERT);
 	SPI_finish();
 	replstamp_restore_user(&ctx);
 }
