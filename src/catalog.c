@@ -28,6 +28,7 @@
 #include "commands/extension.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
+#include "storage/proc.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/guc.h"
@@ -44,6 +45,10 @@
 static ReplstampCatalog catalog;
 static bool catalog_valid = false;
 
+/* The extension's owner, as looked up in transaction owner_seen_in. */
+static Oid	owner_seen = InvalidOid;
+static LocalTransactionId owner_seen_in = InvalidLocalTransactionId;
+
 static ReplstampNode node_cache;
 static bool node_valid = false;
 static MemoryContext node_cxt = NULL;
@@ -51,6 +56,8 @@ static MemoryContext node_cxt = NULL;
 static void
 catalog_relcache_callback(Datum arg, Oid relid)
 {
+	/* Cheap to look up again; any relation's change may be the extension's. */
+	owner_seen = InvalidOid;
 	if (!catalog_valid)
 		return;
 	if (relid == InvalidOid ||
@@ -312,17 +319,24 @@ replstamp_uuid_text(const pg_uuid_t *uuid)
 }
 
 /*
- * Owner of the extension in the current database.
+ * Owner of the extension in the current database.  Looked up once per
+ * transaction (and again after a relation changed): the apply
+ * and the stamp path act as the owner for every change.
  */
 Oid
 replstamp_extension_owner(void)
 {
-	Oid			extoid = get_extension_oid("replstamp", false);
+	Oid			extoid;
 	Relation	rel;
 	SysScanDesc scan;
 	ScanKeyData key;
 	HeapTuple	tuple;
 	Oid			owner;
+
+	if (OidIsValid(owner_seen) && owner_seen_in == MyProc->lxid &&
+		owner_seen_in != InvalidLocalTransactionId)
+		return owner_seen;
+	extoid = get_extension_oid("replstamp", false);
 
 	rel = table_open(ExtensionRelationId, AccessShareLock);
 	ScanKeyInit(&key, Anum_pg_extension_oid, BTEqualStrategyNumber,
@@ -334,6 +348,8 @@ replstamp_extension_owner(void)
 	owner = ((Form_pg_extension) GETSTRUCT(tuple))->extowner;
 	systable_endscan(scan);
 	table_close(rel, AccessShareLock);
+	owner_seen = owner;
+	owner_seen_in = MyProc->lxid;
 	return owner;
 }
 
