@@ -1056,11 +1056,12 @@ find_row(ApplyTable *t, TupleTableSlot *key, bool nowait)
 	return result;
 }
 
-/* Put the primary key of one of a change's rows into t->keyslot. */
-static void
-key_slot(ApplyTable *t, Datum *keyvalues, bool *keynulls, int natts)
+/* Find and lock one of a change's rows by its primary key (see find_row()). */
+static RowLookup
+lock_key(ApplyTable *t, Datum *keyvalues, bool *keynulls, int natts, bool nowait)
 {
 	TupleTableSlot *key = t->keyslot;
+	RowLookup	r;
 
 	ExecClearTuple(key);
 	memset(key->tts_isnull, true, sizeof(bool) * natts);
@@ -1072,6 +1073,10 @@ key_slot(ApplyTable *t, Datum *keyvalues, bool *keynulls, int natts)
 		key->tts_isnull[a] = keynulls[a];
 	}
 	ExecStoreVirtualTuple(key);
+	PushActiveSnapshot(GetLatestSnapshot());
+	r = find_row(t, key, nowait);
+	PopActiveSnapshot();
+	return r;
 }
 
 /*
@@ -1185,22 +1190,8 @@ apply_change(ApplySession *s, Change *change, bool nowait)
 	if (nowait && nrows == 2)
 	{
 		for (int i = 0; i < nrows; i++)
-		{
-			RowLookup	r;
-
-			key_slot(t, keyvalues[i], keynulls[i], natts);
-			PushActiveSnapshot(GetLatestSnapshot());
-			r = find_row(t, t->keyslot, true);
-			PopActiveSnapshot();
-			if (r == ROW_BUSY)
-			{
-				replstamp_restore_user(&uctx);
-				error_context_stack = errcb.previous;
-				MemoryContextSwitchTo(old);
-				MemoryContextReset(s->row_cxt);
-				return APPLY_BUSY;
-			}
-		}
+			if (lock_key(t, keyvalues[i], keynulls[i], natts, true) == ROW_BUSY)
+				goto busy;
 	}
 	for (int i = 0; i < nrows; i++)
 	{
@@ -1210,19 +1201,9 @@ apply_change(ApplySession *s, Change *change, bool nowait)
 		bool		found;
 
 		/* Lock the row: a local change of it has then committed. */
-		key_slot(t, keyvalues[i], keynulls[i], natts);
-		PushActiveSnapshot(GetLatestSnapshot());
-		r = find_row(t, t->keyslot, nowait && nrows == 1);
-		PopActiveSnapshot();
+		r = lock_key(t, keyvalues[i], keynulls[i], natts, nowait && nrows == 1);
 		if (r == ROW_BUSY)
-		{
-			/* Only with one row: nothing is written yet. */
-			replstamp_restore_user(&uctx);
-			error_context_stack = errcb.previous;
-			MemoryContextSwitchTo(old);
-			MemoryContextReset(s->row_cxt);
-			return APPLY_BUSY;
-		}
+			goto busy;			/* only with one row: nothing is written yet */
 		found = (r == ROW_LOCKED);
 
 		/* Last writer wins, against the row's latest version held here. */
@@ -1285,4 +1266,11 @@ apply_change(ApplySession *s, Change *change, bool nowait)
 	MemoryContextSwitchTo(old);
 	MemoryContextReset(s->row_cxt);
 	return APPLY_NEW;
+
+busy:
+	replstamp_restore_user(&uctx);
+	error_context_stack = errcb.previous;
+	MemoryContextSwitchTo(old);
+	MemoryContextReset(s->row_cxt);
+	return APPLY_BUSY;
 }
