@@ -39,6 +39,15 @@ connect_to($b, 'a', $a);
 # pg_receivewal.
 my $tmp = PostgreSQL::Test::Utils::tempdir;
 my $conf = "$tmp/barman.conf";
+# Barman's log goes with the directory: on a failure, show its end first.
+END
+{
+	if (defined $tmp && -e "$tmp/barman.log" && !Test::More->builder->is_passing)
+	{
+		my @lines = split /\n/, slurp_file("$tmp/barman.log");
+		diag("end of barman.log:\n" . join("\n", @lines[ ($#lines > 80 ? $#lines - 80 : 0) .. $#lines ]));
+	}
+}
 mkdir "$tmp/home" or die "$tmp/home: $!";
 my $user = getpwuid($<);
 my $host = $a->host;
