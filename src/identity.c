@@ -508,15 +508,13 @@ epoch_start(const ReplstampCatalog *cat, const pg_uuid_t *id)
 }
 
 /*
- * A node serves its vector, claiming its current replica ID id up to
- * lus - 1: raise replstamp.lus_mark to lus, durably with this transaction,
- * before the puller reads a change.  The mark never goes down while it is
- * about one ID (maintenance_mark_lus() raises it too), so that the epoch
- * of the next start begins above whatever a peer was served
- * (epoch_start()).  Caller is connected to SPI as the extension owner.
+ * Raise replstamp.lus_mark to lus for the current replica ID id.  The mark
+ * never goes down while it is about one ID, so that the epoch of the next
+ * start begins above whatever a peer was served (epoch_start()).  Caller
+ * is connected to SPI as the extension owner.
  */
 void
-identity_mark_served(const pg_uuid_t *id, int64 lus)
+identity_raise_lus_mark(const pg_uuid_t *id, int64 lus)
 {
 	Oid			types[2] = {UUIDOID, INT8OID};
 	Datum		values[2] = {UUIDPGetDatum(id), Int64GetDatum(lus)};
@@ -527,6 +525,18 @@ identity_mark_served(const pg_uuid_t *id, int64 lus)
 			           "  THEN GREATEST(replstamp.lus_mark.lus, EXCLUDED.lus) ELSE EXCLUDED.lus END, "
 			           "replica_id = EXCLUDED.replica_id, marked_at = EXCLUDED.marked_at",
 			           2, types, values, NULL, SPI_OK_INSERT);
+}
+
+/*
+ * A node serves its vector, claiming its current replica ID id up to
+ * lus - 1: raise the mark to lus, durably with this transaction, before
+ * the puller reads a change (maintenance_mark_lus() raises it too).
+ * Caller is connected to SPI as the extension owner.
+ */
+void
+identity_mark_served(const pg_uuid_t *id, int64 lus)
+{
+	identity_raise_lus_mark(id, lus);
 	/* Durable before the puller pulls, whatever synchronous_commit says. */
 	(void) set_config_option("synchronous_commit", "local", PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_LOCAL, true, 0, false);

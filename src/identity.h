@@ -22,6 +22,7 @@ extern bool identity_rotate_diverged(const pg_uuid_t *diverged_id, int64 from_se
 extern int64 identity_reissue(const ReplstampCatalog *cat, const pg_uuid_t *old_id,
 							  int64 from_serial, int64 to_serial, const pg_uuid_t *new_id);
 extern bool identity_check_histories(void);
+extern void identity_raise_lus_mark(const pg_uuid_t *id, int64 lus);
 extern void identity_mark_served(const pg_uuid_t *id, int64 lus);
 
 /*

@@ -186,8 +186,6 @@ maintenance_mark_lus(void)
 	static uint64 marked_activity = 0;
 	const ReplstampCatalog *cat = replstamp_catalog(true);
 	ReplstampOwnerContext ctx;
-	Oid			types[2] = {UUIDOID, INT8OID};
-	Datum		values[2];
 	uint64		activity;
 	int64		lus;
 
@@ -197,16 +195,9 @@ maintenance_mark_lus(void)
 	if (marked && activity == marked_activity)
 		return;
 	lus = serial_lus(cat->serial_seq);
-	values[0] = UUIDPGetDatum(&replstamp_node()->replica_id);
-	values[1] = Int64GetDatum(lus);
 	replstamp_become_owner(&ctx);
 	SPI_connect();
-	replstamp_spi_exec("INSERT INTO replstamp.lus_mark (singleton, replica_id, lus, marked_at) "
-			           "VALUES (true, $1, $2, pg_catalog.now()) ON CONFLICT (singleton) DO UPDATE "
-			           "SET lus = CASE WHEN replstamp.lus_mark.replica_id OPERATOR(pg_catalog.=) EXCLUDED.replica_id "
-			           "  THEN GREATEST(replstamp.lus_mark.lus, EXCLUDED.lus) ELSE EXCLUDED.lus END, "
-			           "replica_id = EXCLUDED.replica_id, marked_at = EXCLUDED.marked_at",
-			           2, types, values, NULL, SPI_OK_INSERT);
+	identity_raise_lus_mark(&replstamp_node()->replica_id, lus);
 	SPI_finish();
 	replstamp_restore_user(&ctx);
 	marked = true;
