@@ -468,12 +468,8 @@ replstamp_request_main(Datum arg)
 	}
 	PG_CATCH();
 	{
-		ErrorData  *e;
+		ErrorData  *e = worker_catch_error(cxt);
 
-		MemoryContextSwitchTo(cxt);
-		e = CopyErrorData();
-		FlushErrorState();
-		AbortOutOfAnyTransaction();
 		report(&a, 0, e, relayed->data);
 		ereport(LOG,
 				(errmsg("replstamp: %s failed: %s", kind_name(a.kind), e->message)));

@@ -1150,12 +1150,8 @@ sync_peer(const char *peer)
 	}
 	PG_CATCH();
 	{
-		ErrorData  *e;
+		ErrorData  *e = worker_catch_error(cxt);
 
-		MemoryContextSwitchTo(cxt);
-		e = CopyErrorData();
-		FlushErrorState();
-		AbortOutOfAnyTransaction();
 		remote_disconnect(&r->remote);
 		record_failure(peer, e);
 		pgstat_report_activity(STATE_IDLE, NULL);
@@ -1269,12 +1265,8 @@ sync_all_peers(void)
 		}
 		PG_CATCH();
 		{
-			ErrorData  *e;
+			ErrorData  *e = worker_catch_error(cxt);
 
-			MemoryContextSwitchTo(cxt);
-			e = CopyErrorData();
-			FlushErrorState();
-			AbortOutOfAnyTransaction();
 			ereport(WARNING,
 					(errcode(e->sqlerrcode),
 					 errmsg("replstamp: sync from peer \"%s\" failed: %s", peer, e->message),

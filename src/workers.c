@@ -117,3 +117,19 @@ worker_commit_xact(void)
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 }
+
+/*
+ * In the PG_CATCH of such code: the error, copied into cxt, with the error
+ * state cleared and no transaction left open.
+ */
+ErrorData *
+worker_catch_error(MemoryContext cxt)
+{
+	ErrorData  *e;
+
+	MemoryContextSwitchTo(cxt);
+	e = CopyErrorData();
+	FlushErrorState();
+	AbortOutOfAnyTransaction();
+	return e;
+}

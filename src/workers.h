@@ -23,5 +23,6 @@ extern void replstamp_worker_connect(Datum main_arg, void *extra, Size extralen)
 extern List *replstamp_connectable_databases(void);
 extern void worker_begin_xact(void);
 extern void worker_commit_xact(void);
+extern ErrorData *worker_catch_error(MemoryContext cxt);
 
 #endif							/* REPLSTAMP_WORKERS_H */
