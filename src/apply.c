@@ -1223,7 +1223,10 @@ apply_change(ApplySession *s, Change *change, bool nowait)
 		}
 		if (cur.found && !cur.deleted &&
 			memcmp(cur.v.replica_id.data, ver.replica_id.data, UUID_LEN) != 0)
+		{
 			log_conflict(s, t, change, row, "overwrote", &ver, &cur.v);
+			s->rvw->loser_named = true;
+		}
 
 		/* Write the row, with the executor's routines. */
 		PushActiveSnapshot(GetLatestSnapshot());

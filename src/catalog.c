@@ -64,7 +64,9 @@ catalog_relcache_callback(Datum arg, Oid relid)
 		relid == catalog.node || relid == catalog.changes ||
 		relid == catalog.changes_pkey || relid == catalog.serial_seq ||
 		relid == catalog.vector_state || relid == catalog.replica_history ||
-		relid == catalog.row_version || relid == catalog.row_version_hash)
+		relid == catalog.row_version || relid == catalog.row_version_hash ||
+		relid == catalog.conflict_log || relid == catalog.conflict_log_pkey ||
+		relid == catalog.conflict_log_loser)
 	{
 		catalog_valid = false;
 		node_valid = false;
@@ -136,7 +138,12 @@ replstamp_catalog(bool missing_ok)
 	catalog.replica_history = catalog_relid("replica_history", false);
 	catalog.row_version = catalog_relid("row_version", true);
 	catalog.row_version_hash = catalog_relid("row_version_hash", true);
-	catalog.v11 = OidIsValid(catalog.row_version) && OidIsValid(catalog.row_version_hash);
+	catalog.conflict_log = catalog_relid("conflict_log", true);
+	catalog.conflict_log_pkey = catalog_relid("conflict_log_pkey", true);
+	catalog.conflict_log_loser = catalog_relid("conflict_log_loser", true);
+	catalog.v11 = OidIsValid(catalog.row_version) && OidIsValid(catalog.row_version_hash) &&
+		OidIsValid(catalog.conflict_log) && OidIsValid(catalog.conflict_log_pkey) &&
+		OidIsValid(catalog.conflict_log_loser);
 
 	check_attnum(catalog.changes, Anum_changes_applied, "applied");
 	check_attnum(catalog.node, Anum_node_restore_fingerprint, "restore_fingerprint");
@@ -144,6 +151,9 @@ replstamp_catalog(bool missing_ok)
 	{
 		check_attnum(catalog.node, Anum_node_verified_token, "verified_token");
 		check_attnum(catalog.row_version, Anum_row_version_carry_changed_at, "carry_changed_at");
+		check_attnum(catalog.conflict_log, Anum_conflict_log_resolved_at, "resolved_at");
+		check_attnum(catalog.conflict_log, Anum_conflict_log_loser_replica_id, "loser_replica_id");
+		check_attnum(catalog.conflict_log, Anum_conflict_log_loser_serial, "loser_serial");
 	}
 	catalog_valid = true;
 	return &catalog;

@@ -63,6 +63,12 @@
 #define Anum_row_version_carry_changed_at	12
 #define Natts_row_version			12
 
+/* The columns of replstamp.conflict_log that pruning reads. */
+#define Anum_conflict_log_id		1
+#define Anum_conflict_log_resolved_at	2
+#define Anum_conflict_log_loser_replica_id	10
+#define Anum_conflict_log_loser_serial	11
+
 /*
  * OIDs of the extension's objects in the current database, looked up once per
  * backend and forgotten on a relcache invalidation of any of them (which
@@ -85,6 +91,9 @@ typedef struct ReplstampCatalog
 	bool		v11;
 	Oid			row_version;	/* replstamp.row_version */
 	Oid			row_version_hash;	/* its index on row_hash */
+	Oid			conflict_log;	/* replstamp.conflict_log */
+	Oid			conflict_log_pkey;	/* its primary key (id) */
+	Oid			conflict_log_loser; /* its index on (loser_replica_id, loser_serial) */
 } ReplstampCatalog;
 
 /*

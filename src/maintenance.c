@@ -38,6 +38,7 @@
 
 #include <limits.h>
 
+#include "access/genam.h"
 #include "access/heapam.h"
 #include "access/htup_details.h"
 #include "access/relation.h"
@@ -49,6 +50,7 @@
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
+#include "executor/tuptable.h"
 #include "fmgr.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
@@ -60,6 +62,7 @@
 #include "storage/lock.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/regproc.h"
 #include "utils/guc.h"
 #include "utils/hsearch.h"
@@ -166,12 +169,6 @@ lifetime_text(void)
 	return psprintf("%d seconds", tombstone_lifetime);
 }
 
-static char *
-retention_text(void)
-{
-	return psprintf("%d seconds", conflict_retention);
-}
-
 /*
  * Record the lowest uncommitted serial of the current replica ID, if a
  * serial was taken since this process last did.  In a transaction.  The
@@ -229,8 +226,12 @@ typedef struct PruneRun
 	MemoryContext cxt;
 	int			nitems;
 	PruneItem  *items;
-	HTAB	   *losers;			/* changes a conflict names: kept for restore_version() */
-	int64		losers_upto;	/* conflict_log ids read into losers */
+	int64		expire_below;	/* conflicts with smaller ids have expired */
+	/* The batch's lookup of conflicts by loser (opened on first use). */
+	Relation	conflict_rel;
+	Relation	conflict_idx;
+	IndexScanDesc conflict_scan;
+	TupleTableSlot *conflict_slot;
 	RowVersionWriter *w;
 	int64		removed;
 	int			batch;			/* looked at in this batch */
@@ -249,8 +250,16 @@ batch_begin(void)
 }
 
 static void
-batch_end(void)
+batch_end(PruneRun *p)
 {
+	if (p->conflict_scan)
+	{
+		index_endscan(p->conflict_scan);
+		ExecDropSingleTupleTableSlot(p->conflict_slot);
+		index_close(p->conflict_idx, NoLock);
+		table_close(p->conflict_rel, NoLock);
+		p->conflict_scan = NULL;
+	}
 	worker_commit_xact();
 }
 
@@ -267,18 +276,46 @@ prune_locktag(void)
 	return tag;
 }
 
+/*
+ * Does a conflict of replstamp.conflicts name the change (as the loser)?
+ * Such a change is kept for replstamp.restore_version() until the
+ * conflict expires.  Conflicts are written only by a sync's pages, which
+ * exclude the batch (rowversion_page_lock()): what the batch sees of them
+ * holds until it ends.  One index scan serves the batch's lookups; it
+ * lives in the transaction's memory (btree keeps what it allocates on the
+ * way for the next rescan).
+ */
+static bool
+named_by_conflict(PruneRun *p, const pg_uuid_t *id, int64 serial)
+{
+	MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
+	ScanKeyData keys[2];
+	bool		found;
+
+	if (p->conflict_scan == NULL)
+	{
+		p->conflict_rel = table_open(p->cat->conflict_log, AccessShareLock);
+		p->conflict_idx = index_open(p->cat->conflict_log_loser, AccessShareLock);
+		p->conflict_scan = index_beginscan(p->conflict_rel, p->conflict_idx, SnapshotSelf, 2, 0);
+		p->conflict_slot = table_slot_create(p->conflict_rel, NULL);
+	}
+	ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_UUID_EQ, UUIDPGetDatum(id));
+	ScanKeyInit(&keys[1], 2, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(serial));
+	index_rescan(p->conflict_scan, keys, 2, NULL, 0);
+	found = index_getnext_slot(p->conflict_scan, ForwardScanDirection, p->conflict_slot);
+	ExecClearTuple(p->conflict_slot);
+	MemoryContextSwitchTo(old);
+	return found;
+}
+
 /* Is the change the latest of one of its rows, or named by a conflict? */
 static bool
 kept(PruneRun *p, Change *c)
 {
 	ChangeRow	rows[2];
 	int			n;
-	StampKey	key;
 
-	memset(&key, 0, sizeof(key));
-	key.id = c->replica_id;
-	key.serial = c->serial;
-	if (hash_search(p->losers, &key, HASH_FIND, NULL))
+	if (named_by_conflict(p, &c->replica_id, c->serial))
 		return true;
 	n = change_rows(c, rows);
 	for (int i = 0; i < n; i++)
@@ -312,41 +349,41 @@ walk_callback(Change *c, void *arg)
 }
 
 /*
- * Add to p->losers the changes named by the conflicts recorded since the
- * last call.  Called at the start of every batch: a sync's page that ran
- * between two batches may have recorded a conflict naming a change this
- * prune has yet to walk (the latest version it overwrote, or an incoming
- * change that lost); conflicts are only written in pages, and none is in
- * flight during a batch, so no smaller id can commit later.
+ * The id below which every conflict is older than
+ * replstamp.conflict_retention.  Conflicts are recorded by a sync's pages,
+ * one page at a time, their ids and times rising together: the boundary
+ * is found by reading them in id order up to the first that has not
+ * expired (what a prune reads is what it forgets).
  */
-static void
-load_losers(PruneRun *p)
+static int64
+expiry_boundary(PruneRun *p)
 {
-	ReplstampOwnerContext ctx;
-	Oid			types[1] = {INT8OID};
-	Datum		values[1] = {Int64GetDatum(p->losers_upto)};
+	TimestampTz cutoff = GetCurrentTransactionStartTimestamp() -
+		(TimestampTz) conflict_retention * USECS_PER_SEC;
+	Relation	rel = table_open(p->cat->conflict_log, AccessShareLock);
+	Relation	idx = index_open(p->cat->conflict_log_pkey, AccessShareLock);
+	SysScanDesc scan = systable_beginscan_ordered(rel, idx, GetActiveSnapshot(), 0, NULL);
+	HeapTuple	tuple;
+	int64		below = 0;
 
-	replstamp_become_owner(&ctx);
-	SPI_connect();
-	replstamp_spi_exec("SELECT id, loser_replica_id, loser_serial FROM replstamp.conflict_log "
-			           "WHERE id OPERATOR(pg_catalog.>) $1",
-			           1, types, values, NULL, SPI_OK_SELECT);
-	for (uint64 i = 0; i < SPI_processed; i++)
+	while ((tuple = systable_getnext_ordered(scan, ForwardScanDirection)) != NULL)
 	{
 		bool		isnull;
-		StampKey	key;
-		int64		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc,
-													 1, &isnull));
+		int64		id = DatumGetInt64(heap_getattr(tuple, Anum_conflict_log_id,
+													RelationGetDescr(rel), &isnull));
 
-		memset(&key, 0, sizeof(key));
-		memcpy(&key.id, DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc,
-													2, &isnull)), sizeof(pg_uuid_t));
-		key.serial = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 3, &isnull));
-		(void) hash_search(p->losers, &key, HASH_ENTER, NULL);
-		p->losers_upto = Max(p->losers_upto, id);
+		if (DatumGetTimestampTz(heap_getattr(tuple, Anum_conflict_log_resolved_at,
+											 RelationGetDescr(rel), &isnull)) >= cutoff)
+		{
+			below = id;
+			break;
+		}
+		below = id + 1;
 	}
-	SPI_finish();
-	replstamp_restore_user(&ctx);
+	systable_endscan_ordered(scan);
+	index_close(idx, AccessShareLock);
+	table_close(rel, AccessShareLock);
+	return below;
 }
 
 /* Forget stale pullers, reconcile local changes, and decide what to walk. */
@@ -357,7 +394,6 @@ prune_plan(PruneRun *p)
 	ReconcileState *rs = reconcile_begin(p->cxt);
 	Oid			types[1] = {TEXTOID};
 	Datum		values[1] = {CStringGetTextDatum(lifetime_text())};
-	HASHCTL		ctl;
 
 	p->w = rowversion_writer_begin(p->cat);
 	reconcile(p->w, rs);
@@ -371,20 +407,6 @@ prune_plan(PruneRun *p)
 	replstamp_spi_exec("DELETE FROM replstamp.puller WHERE last_pull_at OPERATOR(pg_catalog.<) "
 			           "(pg_catalog.now() OPERATOR(pg_catalog.-) $1::pg_catalog.interval)",
 			           1, types, values, NULL, SPI_OK_DELETE);
-	/*
-	 * Conflicts older than replstamp.conflict_retention are forgotten.  The
-	 * changes they named were kept for replstamp.restore_version() when
-	 * pruning walked past them: queue them to be looked at again, or they
-	 * would stay forever.
-	 */
-	values[0] = CStringGetTextDatum(retention_text());
-	replstamp_spi_exec("WITH gone AS (DELETE FROM replstamp.conflict_log WHERE resolved_at OPERATOR(pg_catalog.<) "
-			           "(pg_catalog.now() OPERATOR(pg_catalog.-) $1::pg_catalog.interval) "
-			           "RETURNING loser_replica_id, loser_serial) "
-			           "INSERT INTO replstamp.prune_queue (replica_id, serial) "
-			           "SELECT DISTINCT loser_replica_id, loser_serial FROM gone ON CONFLICT DO NOTHING",
-			           1, types, values, NULL, SPI_OK_INSERT);
-
 	/* Per replica ID: up to where every puller holds it. */
 	replstamp_spi_exec("SELECT v.replica_id, coalesce(pp.walked_upto, 0), "
 			           "LEAST(v.serial, coalesce((SELECT pg_catalog.min(coalesce(pv.serial, 0)) "
@@ -411,15 +433,9 @@ prune_plan(PruneRun *p)
 				it->upto = Min(it->upto, rs->ids[k].done_upto);
 	}
 
-	ctl.keysize = sizeof(StampKey);
-	ctl.entrysize = sizeof(StampKey);
-	ctl.hcxt = p->cxt;
-	p->losers = hash_create("replstamp conflict losers", 64, &ctl,
-							HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-	p->losers_upto = 0;
 	SPI_finish();
 	replstamp_restore_user(&ctx);
-	load_losers(p);
+	p->expire_below = expiry_boundary(p);
 }
 
 static void
@@ -455,7 +471,6 @@ prune_walk(PruneRun *p)
 			break;
 		CHECK_FOR_INTERRUPTS();
 		batch_begin();
-		load_losers(p);
 		p->w = rowversion_writer_begin(p->cat);
 		p->batch = 0;
 		for (int i = 0; i < p->nitems && p->batch < PRUNE_BATCH; i++)
@@ -473,7 +488,7 @@ prune_walk(PruneRun *p)
 		}
 		rowversion_writer_end(p->w);
 		p->w = NULL;
-		batch_end();
+		batch_end(p);
 		if (debug_prune_pause > 0)
 		{
 			/* Testing aid: let a sync run in the middle of this prune. */
@@ -509,6 +524,89 @@ horizons(PruneRun *p, Datum *ids, Datum *uptos)
 	MemoryContextSwitchTo(old);
 }
 
+/* The prune's item of a replica ID, if it has one. */
+static PruneItem *
+item_of(PruneRun *p, const pg_uuid_t *id)
+{
+	for (int i = 0; i < p->nitems; i++)
+		if (memcmp(p->items[i].id.data, id->data, UUID_LEN) == 0)
+			return &p->items[i];
+	return NULL;
+}
+
+/*
+ * Conflicts older than replstamp.conflict_retention are forgotten, oldest
+ * first, in batches.  The changes they named were kept for
+ * replstamp.restore_version(): each one the walk went past is looked at
+ * again now (or queued, if some puller lacks it: one came that holds
+ * less); the walk finds the others.
+ */
+static void
+prune_expired(PruneRun *p)
+{
+	int64		from = 0;
+	int			n;
+
+	do
+	{
+		ReplstampOwnerContext ctx;
+		Oid			types[2] = {INT8OID, INT8OID};
+		Datum		values[2] = {Int64GetDatum(from), Int64GetDatum(p->expire_below)};
+		StampKey   *keys;
+
+		CHECK_FOR_INTERRUPTS();
+		batch_begin();
+		replstamp_become_owner(&ctx);
+		SPI_connect();
+		replstamp_spi_exec("DELETE FROM replstamp.conflict_log WHERE ctid OPERATOR(pg_catalog.=) ANY (ARRAY("
+				           "SELECT ctid FROM replstamp.conflict_log "
+				           "WHERE id OPERATOR(pg_catalog.>=) $1 AND id OPERATOR(pg_catalog.<) $2 "
+				           "ORDER BY id LIMIT " CppAsString2(PRUNE_BATCH) ")) "
+				           "RETURNING id, loser_replica_id, loser_serial",
+				           2, types, values, NULL, SPI_OK_DELETE_RETURNING);
+		n = SPI_processed;
+		keys = palloc(sizeof(StampKey) * Max(n, 1));
+		for (int i = 0; i < n; i++)
+		{
+			bool		isnull;
+			HeapTuple	t = SPI_tuptable->vals[i];
+			TupleDesc	d = SPI_tuptable->tupdesc;
+
+			from = Max(from, DatumGetInt64(SPI_getbinval(t, d, 1, &isnull)) + 1);
+			memcpy(&keys[i].id, DatumGetUUIDP(SPI_getbinval(t, d, 2, &isnull)), sizeof(pg_uuid_t));
+			keys[i].serial = DatumGetInt64(SPI_getbinval(t, d, 3, &isnull));
+		}
+		p->w = rowversion_writer_begin(p->cat);
+		for (int i = 0; i < n; i++)
+		{
+			PruneItem  *it = item_of(p, &keys[i].id);
+			Change		c;
+
+			if (it == NULL || keys[i].serial > it->walked)
+				continue;
+			if (keys[i].serial > it->upto)
+			{
+				Oid			qt[2] = {UUIDOID, INT8OID};
+				Datum		qv[2] = {UUIDPGetDatum(&keys[i].id), Int64GetDatum(keys[i].serial)};
+
+				replstamp_spi_exec("INSERT INTO replstamp.prune_queue (replica_id, serial) VALUES ($1, $2) "
+						           "ON CONFLICT DO NOTHING", 2, qt, qv, NULL, SPI_OK_INSERT);
+				continue;
+			}
+			if (changelog_fetch(p->cat, &keys[i].id, keys[i].serial, &c) && !kept(p, &c))
+			{
+				changelog_delete_tid(p->cat, &c.tid);
+				p->removed++;
+			}
+		}
+		rowversion_writer_end(p->w);
+		p->w = NULL;
+		SPI_finish();
+		replstamp_restore_user(&ctx);
+		batch_end(p);
+	} while (n == PRUNE_BATCH);
+}
+
 /*
  * Latest versions looked at before and superseded since, as far as every
  * puller holds their replica ID, in batches taken off the queue whatever
@@ -531,7 +629,6 @@ prune_queue(PruneRun *p)
 
 		CHECK_FOR_INTERRUPTS();
 		batch_begin();
-		load_losers(p);
 		caller = CurrentMemoryContext;
 		replstamp_become_owner(&ctx);
 		SPI_connect();
@@ -569,7 +666,7 @@ prune_queue(PruneRun *p)
 		}
 		rowversion_writer_end(p->w);
 		p->w = NULL;
-		batch_end();
+		batch_end(p);
 	} while (n == PRUNE_BATCH);
 }
 
@@ -600,7 +697,6 @@ prune_tombstones(PruneRun *p)
 
 		CHECK_FOR_INTERRUPTS();
 		batch_begin();
-		load_losers(p);
 		replstamp_become_owner(&ctx);
 		SPI_connect();
 		replstamp_spi_exec("DELETE FROM replstamp.row_version WHERE ctid OPERATOR(pg_catalog.=) ANY (ARRAY("
@@ -656,7 +752,7 @@ prune_tombstones(PruneRun *p)
 		}
 		SPI_finish();
 		replstamp_restore_user(&ctx);
-		batch_end();
+		batch_end(p);
 	} while (n == PRUNE_BATCH);
 }
 
@@ -715,7 +811,7 @@ prune_retired(PruneRun *p)
 			           "WHERE v.replica_id OPERATOR(pg_catalog.=) q.replica_id)", 0, NULL, NULL, NULL, SPI_OK_DELETE);
 	SPI_finish();
 	replstamp_restore_user(&ctx);
-	batch_end();
+	batch_end(p);
 }
 
 /*
@@ -765,8 +861,9 @@ prune_run(void)
 		p->cat = replstamp_catalog_v11("replstamp.prune()");
 		prune_plan(p);
 		prune_dropped_tables(p);
-		batch_end();
+		batch_end(p);
 		prune_walk(p);
+		prune_expired(p);
 		prune_queue(p);
 		prune_tombstones(p);
 		prune_retired(p);

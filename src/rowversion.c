@@ -222,7 +222,11 @@ superseded(RowVersionWriter *w, const Version *old)
 	Oid			types[2] = {UUIDOID, INT8OID};
 	Datum		values[2];
 
-	if (old->serial > walked_upto(w, &old->replica_id))
+	/*
+	 * Not walked yet: the walk finds it superseded.  Named by a conflict:
+	 * looked at again when the conflict expires.
+	 */
+	if (old->serial > walked_upto(w, &old->replica_id) || w->loser_named)
 		return;
 	values[0] = UUIDPGetDatum(&old->replica_id);
 	values[1] = Int64GetDatum(old->serial);
@@ -444,6 +448,7 @@ rowversion_put(RowVersionWriter *w, text *relation, ChangeRow *row,
 		(current->v.serial != v->serial ||
 		 memcmp(current->v.replica_id.data, v->replica_id.data, UUID_LEN) != 0))
 		superseded(w, &current->v);
+	w->loser_named = false;
 
 	current->v = *v;
 	current->deleted = deleted;

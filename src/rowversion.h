@@ -60,6 +60,8 @@ typedef struct RowVersionWriter
 	struct IndexScanDescData *scan; /* on it, kept open for every lookup */
 	TupleTableSlot *getslot;	/* what a lookup reads */
 	struct HTAB *walked;		/* replica ID -> how far pruning looked */
+	bool		loser_named;	/* a conflict just recorded names the version
+								 * the next put supersedes */
 	MemoryContext cxt;			/* the writer's */
 } RowVersionWriter;
 

@@ -22,6 +22,7 @@
 #include "miscadmin.h"
 #include "postmaster/bgworker.h"
 #include "access/xact.h"
+#include "utils/guc.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
@@ -71,6 +72,13 @@ replstamp_worker_connect(Datum main_arg, void *extra, Size extralen)
 		memcpy(extra, MyBgworkerEntry->bgw_extra + sizeof(Oid), extralen);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnectionByOid(DatumGetObjectId(main_arg), userid, 0);
+
+	/*
+	 * The workers' queries are many, short, and read replstamp's own
+	 * tables: compiling one (jit_above_cost is met by a large change log)
+	 * takes longer than running it.
+	 */
+	SetConfigOption("jit", "off", PGC_SUSET, PGC_S_OVERRIDE);
 }
 
 /*

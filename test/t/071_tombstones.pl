@@ -63,6 +63,23 @@ $a->poll_query_until('postgres', qq{SELECT replstamp.prune() >= 0
   or die 'the change that lost was not pruned';
 is(sq($a, 'SELECT count(*) FROM replstamp.conflicts'), '0', 'after conflict_retention the conflict is forgotten');
 is(sq($a, 'SELECT count(*) FROM replstamp.row_version WHERE deleted'), '2', 'and its change pruned; the tombstones stay');
+# A latest version the walk kept, then overwritten by another node's
+# change: kept while the conflict names it, pruned once it expires.
+sq($a, "UPDATE accounts SET note = 'a, overwritten later' WHERE id = 3");
+my $v = sq($a, q{SELECT format('%s/%s', replica_id, serial) FROM replstamp.changes
+	WHERE pk = '{"id": 3}' ORDER BY changed_at DESC LIMIT 1});
+round();
+sq($a, 'SELECT replstamp.prune()');
+is(sq($a, "SELECT count(*) FROM replstamp.changes WHERE format('%s/%s', replica_id, serial) = '$v'"), '1',
+	'the latest version of row 3 is walked and kept');
+sq($b, "UPDATE accounts SET note = 'b' WHERE id = 3");
+round();
+is(sq($a, "SELECT count(*) FROM replstamp.conflicts WHERE format('%s/%s', loser_replica_id, loser_serial) = '$v'"),
+	'1', 'b\'s update overwrote it: a conflict names it');
+$a->poll_query_until('postgres', qq{SELECT replstamp.prune() >= 0
+	AND NOT EXISTS (SELECT 1 FROM replstamp.changes WHERE format('%s/%s', replica_id, serial) = '$v')})
+  or die 'the overwritten version was not pruned once its conflict expired';
+is(sq($a, 'SELECT count(*) FROM replstamp.conflicts'), '0', 'its conflict expired, and it was pruned');
 
 # 2. e goes away again; a deletes row 7; with a lifetime of 2 s the
 # tombstones are dropped.
