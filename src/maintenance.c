@@ -233,6 +233,9 @@ typedef struct PruneRun
 	IndexScanDesc conflict_scan;
 	TupleTableSlot *conflict_slot;
 	RowVersionWriter *w;
+	/* The batch's lookups of row versions, by row hash (LatestEntry). */
+	MemoryContext latest_cxt;
+	HTAB	   *latest;
 	int64		removed;
 	int			batch;			/* looked at in this batch */
 	int64		last;
@@ -252,6 +255,11 @@ batch_begin(void)
 static void
 batch_end(PruneRun *p)
 {
+	if (p->latest)
+	{
+		MemoryContextReset(p->latest_cxt);
+		p->latest = NULL;
+	}
 	if (p->conflict_scan)
 	{
 		index_endscan(p->conflict_scan);
@@ -308,30 +316,107 @@ named_by_conflict(PruneRun *p, const pg_uuid_t *id, int64 serial)
 	return found;
 }
 
+/*
+ * What a batch remembers of a row's version: a hot row's changes, many in
+ * one batch, cost one lookup.  Nothing writes row_version while a batch
+ * runs (a sync's pages wait for it, local writers leave row_version to
+ * the reconciliation), so what it read holds to its end.
+ */
+typedef struct LatestEntry
+{
+	int64		hash;			/* hash key: the row hash */
+	text	   *relation;
+	Jsonb	   *key;
+	bool		found;
+	StampKey	latest;
+	bool		partial;
+	StampKey	carry;
+} LatestEntry;
+
+/* Rows a batch remembers at most (then it forgets them all). */
+#define LATEST_CACHE_SIZE	8192
+
+static bool
+same_bytes(const struct varlena *a, const struct varlena *b)
+{
+	return VARSIZE_ANY_EXHDR(a) == VARSIZE_ANY_EXHDR(b) &&
+		memcmp(VARDATA_ANY(a), VARDATA_ANY(b), VARSIZE_ANY_EXHDR(a)) == 0;
+}
+
+/*
+ * The row's version, as row_version has it.  Keys are compared byte for
+ * byte: two spellings of one key only cost another lookup.
+ */
+static LatestEntry *
+latest_of(PruneRun *p, text *relation, ChangeRow *row)
+{
+	LatestEntry *e;
+	RowVersion	cur;
+	bool		found;
+	MemoryContext old;
+
+	if (p->latest == NULL || hash_get_num_entries(p->latest) >= LATEST_CACHE_SIZE)
+	{
+		HASHCTL		ctl;
+
+		if (p->latest_cxt == NULL)
+			p->latest_cxt = AllocSetContextCreate(p->cxt, "replstamp prune row versions",
+												  ALLOCSET_DEFAULT_SIZES);
+		else
+			MemoryContextReset(p->latest_cxt);
+		ctl.keysize = sizeof(int64);
+		ctl.entrysize = sizeof(LatestEntry);
+		ctl.hcxt = p->latest_cxt;
+		p->latest = hash_create("replstamp prune row versions", 256, &ctl,
+								HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+	e = hash_search(p->latest, &row->hash, HASH_ENTER, &found);
+	if (found && same_bytes((struct varlena *) e->relation, (struct varlena *) relation) &&
+		same_bytes((struct varlena *) e->key, (struct varlena *) row->key))
+		return e;
+	rowversion_get(p->w, relation, row, &cur);
+	old = MemoryContextSwitchTo(p->latest_cxt);
+	e->relation = DatumGetTextPCopy(PointerGetDatum(relation));
+	e->key = DatumGetJsonbPCopy(JsonbPGetDatum(row->key));
+	MemoryContextSwitchTo(old);
+	e->found = cur.found;
+	memset(&e->latest, 0, sizeof(StampKey));
+	memset(&e->carry, 0, sizeof(StampKey));
+	e->partial = cur.found && cur.partial;
+	if (cur.found)
+	{
+		e->latest.id = cur.v.replica_id;
+		e->latest.serial = cur.v.serial;
+		e->carry.id = cur.carry.replica_id;
+		e->carry.serial = cur.carry.serial;
+	}
+	return e;
+}
+
+static bool
+same_stamp(const StampKey *k, const Change *c)
+{
+	return k->serial == c->serial && memcmp(k->id.data, c->replica_id.data, UUID_LEN) == 0;
+}
+
 /* Is the change the latest of one of its rows, or named by a conflict? */
 static bool
 kept(PruneRun *p, Change *c)
 {
 	ChangeRow	rows[2];
-	int			n;
+	int			n = change_rows(c, rows);
 
-	if (named_by_conflict(p, &c->replica_id, c->serial))
-		return true;
-	n = change_rows(c, rows);
 	for (int i = 0; i < n; i++)
 	{
-		RowVersion	cur;
+		LatestEntry *e = latest_of(p, c->relation, &rows[i]);
 
-		rowversion_get(p->w, c->relation, &rows[i], &cur);
-		if (cur.found && cur.v.serial == c->serial &&
-			memcmp(cur.v.replica_id.data, c->replica_id.data, UUID_LEN) == 0)
+		if (e->found && same_stamp(&e->latest, c))
 			return true;
 		/* The change a rolling ADD COLUMN will fill the row in from. */
-		if (cur.found && cur.partial && cur.carry.serial == c->serial &&
-			memcmp(cur.carry.replica_id.data, c->replica_id.data, UUID_LEN) == 0)
+		if (e->found && e->partial && same_stamp(&e->carry, c))
 			return true;
 	}
-	return false;
+	return named_by_conflict(p, &c->replica_id, c->serial);
 }
 
 static bool

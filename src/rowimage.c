@@ -809,6 +809,61 @@ rowimage_key_of(Jsonb *pk, Jsonb *image)
 }
 
 /*
+ * Does the row image give the row another key than pk (an UPDATE that
+ * changed its key)?  What jsonb equality of rowimage_key_of(pk, image) and
+ * pk says, without building the new key: a key's members are scalars.
+ * Anything else (a member the image lacks, or not a scalar) answers true,
+ * and rowimage_key_of() decides (or reports the malformed image).
+ */
+bool
+rowimage_key_changed(Jsonb *pk, Jsonb *image)
+{
+	JsonbIterator *it;
+	JsonbValue	k;
+	JsonbIteratorToken tok;
+
+	if (pk == NULL || image == NULL || !JB_ROOT_IS_OBJECT(pk) || !JB_ROOT_IS_OBJECT(image))
+		return true;
+	it = JsonbIteratorInit(&pk->root);
+	while ((tok = JsonbIteratorNext(&it, &k, true)) != WJB_DONE)
+	{
+		JsonbValue	old;
+		JsonbValue *v;
+
+		if (tok != WJB_KEY)
+			continue;
+		v = findJsonbValueFromContainer(&image->root, JB_FOBJECT, &k);
+		tok = JsonbIteratorNext(&it, &old, true);
+		if (v == NULL || tok != WJB_VALUE || v->type != old.type)
+			return true;
+		switch (v->type)
+		{
+			case jbvNull:
+				break;
+			case jbvBool:
+				if (v->val.boolean != old.val.boolean)
+					return true;
+				break;
+			case jbvString:
+				/* jsonb equality of strings: the same bytes */
+				if (v->val.string.len != old.val.string.len ||
+					memcmp(v->val.string.val, old.val.string.val, v->val.string.len) != 0)
+					return true;
+				break;
+			case jbvNumeric:
+				if (DatumGetInt32(DirectFunctionCall2(numeric_cmp,
+													  NumericGetDatum(v->val.numeric),
+													  NumericGetDatum(old.val.numeric))) != 0)
+					return true;
+				break;
+			default:
+				return true;
+		}
+	}
+	return false;
+}
+
+/*
  * The names of the members of a key image, for messages: "a, b".
  */
 char *

@@ -90,6 +90,7 @@ extern int	rowimage_decode(RowLayout *layout, Jsonb *image, Datum *values,
 extern void rowimage_decode_key(RowLayout *layout, Jsonb *pk, Datum *values, bool *nulls);
 extern bool rowimage_key_matches(RowLayout *layout, Jsonb *pk);
 extern Jsonb *rowimage_key_of(Jsonb *pk, Jsonb *image);
+extern bool rowimage_key_changed(Jsonb *pk, Jsonb *image);
 extern int64 rowimage_row_hash(const char *relation, int len, Jsonb *pk);
 extern void rowimage_enter_input_settings(bool session);
 extern char *rowimage_key_names(Jsonb *pk);

@@ -110,7 +110,7 @@ change_rows(Change *change, ChangeRow *rows)
 	rows[0].key = change->pk;
 	rows[0].hash = rowimage_row_hash(rel, len, change->pk);
 	rows[0].deleted = (change->op == 'D');
-	if (change->op != 'U')
+	if (change->op != 'U' || !rowimage_key_changed(change->pk, change->image))
 		return 1;
 	rows[1].key = rowimage_key_of(change->pk, change->image);
 	if (jsonb_equal(rows[1].key, change->pk))
