@@ -483,6 +483,7 @@ prune_plan(PruneRun *p)
 	p->w = rowversion_writer_begin(p->cat);
 	reconcile(p->w, rs);
 	reconcile_save(rs);
+	p->removed += p->w->removed;
 	rowversion_writer_end(p->w);
 	p->w = NULL;
 

@@ -169,14 +169,16 @@ typedef struct WalkedEntry
 {
 	pg_uuid_t	id;				/* hash key */
 	int64		walked_upto;
+	int64		held_upto;		/* every puller holds the ID up to here */
 } WalkedEntry;
 
-/* How far pruning has looked at the changes of id (prune.c). */
-static int64
-walked_upto(RowVersionWriter *w, const pg_uuid_t *id)
+/*
+ * How far pruning has looked at the changes of id (maintenance.c), and
+ * how far every puller holds them, as the writer first asks.
+ */
+static WalkedEntry *
+walked_entry(RowVersionWriter *w, const pg_uuid_t *id)
 {
-	WalkedEntry *e;
-
 	if (w->walked == NULL)
 	{
 		HASHCTL		ctl;
@@ -189,45 +191,107 @@ walked_upto(RowVersionWriter *w, const pg_uuid_t *id)
 								HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 		replstamp_become_owner(&ctx);
 		SPI_connect();
-		if (SPI_execute("SELECT replica_id, walked_upto FROM replstamp.prune_progress",
+		if (SPI_execute("SELECT pp.replica_id, pp.walked_upto, "
+						"coalesce(LEAST(v.serial, (SELECT pg_catalog.min(coalesce(pv.serial, 0)) "
+						"  FROM replstamp.puller u LEFT JOIN replstamp.puller_vector pv "
+						"  ON pv.puller OPERATOR(pg_catalog.=) u.replica_id "
+						"  AND pv.replica_id OPERATOR(pg_catalog.=) pp.replica_id)), 0) "
+						"FROM replstamp.prune_progress pp LEFT JOIN replstamp.vector v "
+						"ON v.replica_id OPERATOR(pg_catalog.=) pp.replica_id",
 						true, 0) != SPI_OK_SELECT)
 			elog(ERROR, "replstamp: could not read replstamp.prune_progress");
 		for (uint64 i = 0; i < SPI_processed; i++)
 		{
 			bool		isnull;
 			pg_uuid_t	key;
+			WalkedEntry *e;
 
 			memcpy(&key, DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc,
 													 1, &isnull)), sizeof(pg_uuid_t));
 			e = hash_search(w->walked, &key, HASH_ENTER, NULL);
 			e->walked_upto = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
 														 SPI_tuptable->tupdesc, 2, &isnull));
+			e->held_upto = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
+													   SPI_tuptable->tupdesc, 3, &isnull));
 		}
 		SPI_finish();
 		replstamp_restore_user(&ctx);
 	}
-	e = hash_search(w->walked, id, HASH_FIND, NULL);
-	return e ? e->walked_upto : 0;
+	return hash_search(w->walked, id, HASH_FIND, NULL);
+}
+
+static bool
+same_version(const Version *a, const Version *b)
+{
+	return a->serial == b->serial && memcmp(a->replica_id.data, b->replica_id.data, UUID_LEN) == 0;
+}
+
+/* Does a conflict of replstamp.conflicts name the change (as the loser)? */
+static bool
+named_by_conflict(const ReplstampCatalog *cat, const Version *v)
+{
+	Relation	rel = table_open(cat->conflict_log, AccessShareLock);
+	ScanKeyData keys[2];
+	SysScanDesc scan;
+	bool		found;
+
+	ScanKeyInit(&keys[0], Anum_conflict_log_loser_replica_id, BTEqualStrategyNumber,
+				F_UUID_EQ, UUIDPGetDatum(&v->replica_id));
+	ScanKeyInit(&keys[1], Anum_conflict_log_loser_serial, BTEqualStrategyNumber,
+				F_INT8EQ, Int64GetDatum(v->serial));
+	scan = systable_beginscan(rel, cat->conflict_log_loser, true, SnapshotSelf, 2, keys);
+	found = HeapTupleIsValid(systable_getnext(scan));
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return found;
 }
 
 /*
- * A latest version is superseded.  If pruning has looked at its change
- * already (and kept it for being the latest), queue it: the next prune
- * looks at it again.
+ * A latest version is superseded (current: the row as it was; carry: the
+ * row's carry from now on).  If pruning has looked at its change already
+ * (and kept it for being the latest), the prune would now remove it: as
+ * it would, this removes it at once if every puller holds it and nothing
+ * else needs it (no conflict names it, it is no row's carry, it is the
+ * latest of no other row: an UPDATE that changed the key is left to the
+ * prune); otherwise it is queued, and the next prune looks at it again.
+ * Pruning and this exclude each other (a prune batch and a sync's page,
+ * rowversion_page_lock(); the reconciliation in a prune runs in its
+ * first batch).
  */
 static void
-superseded(RowVersionWriter *w, const Version *old)
+superseded(RowVersionWriter *w, const Version *old, const RowVersion *current,
+		   const Version *carry)
 {
 	ReplstampOwnerContext ctx;
 	Oid			types[2] = {UUIDOID, INT8OID};
 	Datum		values[2];
+	WalkedEntry *e;
 
 	/*
-	 * Not walked yet: the walk finds it superseded.  Named by a conflict:
-	 * looked at again when the conflict expires.
+	 * Not walked yet: the walk finds it superseded.  Named by a conflict
+	 * just recorded: looked at again when the conflict expires.
 	 */
-	if (old->serial > walked_upto(w, &old->replica_id) || w->loser_named)
+	if (w->loser_named)
 		return;
+	e = walked_entry(w, &old->replica_id);
+	if (e == NULL || old->serial > e->walked_upto)
+		return;
+	if (old->serial <= e->held_upto &&
+		!(current->partial && same_version(&current->carry, old)) &&
+		!(carry && same_version(carry, old)))
+	{
+		Change		change;
+		ChangeRow	rows[2];
+
+		if (!changelog_fetch(w->cat, &old->replica_id, old->serial, &change))
+			return;				/* gone already */
+		if (change_rows(&change, rows) == 1 && !named_by_conflict(w->cat, old))
+		{
+			changelog_delete_tid(w->cat, &change.tid);
+			w->removed++;
+			return;
+		}
+	}
 	values[0] = UUIDPGetDatum(&old->replica_id);
 	values[1] = Int64GetDatum(old->serial);
 	replstamp_become_owner(&ctx);
@@ -447,7 +511,7 @@ rowversion_put(RowVersionWriter *w, text *relation, ChangeRow *row,
 	if (current->found &&
 		(current->v.serial != v->serial ||
 		 memcmp(current->v.replica_id.data, v->replica_id.data, UUID_LEN) != 0))
-		superseded(w, &current->v);
+		superseded(w, &current->v, current, carry);
 	w->loser_named = false;
 
 	current->v = *v;

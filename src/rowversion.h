@@ -62,6 +62,7 @@ typedef struct RowVersionWriter
 	struct HTAB *walked;		/* replica ID -> how far pruning looked */
 	bool		loser_named;	/* a conflict just recorded names the version
 								 * the next put supersedes */
+	int64		removed;		/* superseded changes it removed from the log */
 	MemoryContext cxt;			/* the writer's */
 } RowVersionWriter;
 

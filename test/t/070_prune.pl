@@ -132,7 +132,10 @@ sq($b, 'SELECT replstamp.prune()');
 sq($a, "UPDATE accounts SET note = 'after 1' WHERE id = 1");    # 55
 sq($a, "UPDATE accounts SET note = 'after 2' WHERE id = 1");    # 56
 sq($b, "SELECT replstamp.sync('a')");
-is(sq($b, 'SELECT replstamp.prune()'), '1', 'b prunes what c holds (serial 46) and keeps serial 55');
+is(sq($b, "SELECT string_agg(serial::text, ',' ORDER BY serial) FROM replstamp.changes
+	WHERE replica_id = '$id_a' AND pk = '{\"id\": 1}'"), '55,56',
+	'the sync that superseded serial 46, which c holds, removed it');
+is(sq($b, 'SELECT replstamp.prune()'), '0', 'b keeps serial 55, which c lacks');
 is(sq($b, "SELECT count(*) FROM replstamp.pullers WHERE replica_id = '$id_c'"), '1', 'c is a puller of b');
 sq($b, "SELECT replstamp.drop_peer('c')");
 is(sq($b, "SELECT count(*) FROM replstamp.pullers WHERE replica_id = '$id_c'"), '0',
@@ -143,28 +146,46 @@ is(only_latest($b), '0', 'b keeps only the latest change of each row');
 ok(only_latest($c) > 0, 'while c, which has not pruned, holds superseded changes too');
 
 # 6. Queued versions a puller lacks must not hide the others: 2001 rows
-# written on a and on c, pruned on b while latest, then all superseded;
-# a puller that holds one of the two IDs and nothing of the other (as a
-# node that pulled only one of them would say) holds back only the first.
+# written on a and on c, pruned on b while latest, then all superseded
+# while a puller (g, made up) lacks them; then g holds one of the two IDs
+# and nothing of the other (as a node that pulled only one of them would
+# say): it holds back only the first.
 add_peer($b, 'c', $c);
 sq($a, "INSERT INTO accounts SELECT g, 0, 'a' FROM generate_series(1000, 3000) g");
 sq($c, "INSERT INTO accounts SELECT g, 0, 'c' FROM generate_series(5000, 7000) g");
 sq($b, 'SELECT replstamp.sync_all()');
 sq($c, "SELECT replstamp.sync('b')") for (1 .. 2);
 sq($b, 'SELECT replstamp.prune()');
+my ($first, $second) = sort ($id_a, $id_c);
+sq($b, qq{INSERT INTO replstamp.puller (replica_id, label, last_pull_at) VALUES (gen_random_uuid(), 'g', now());
+	INSERT INTO replstamp.puller_vector SELECT replica_id, '$first', 0 FROM replstamp.puller WHERE label = 'g';
+	INSERT INTO replstamp.puller_vector SELECT replica_id, '$second', 0 FROM replstamp.puller WHERE label = 'g';});
 sq($a, "UPDATE accounts SET note = 'a again' WHERE id >= 1000");
 sq($c, "UPDATE accounts SET note = 'c again' WHERE id >= 5000");
 sq($b, 'SELECT replstamp.sync_all()');
-my ($first, $second) = sort ($id_a, $id_c);
 is(sq($b, "SELECT count(*) FROM replstamp.prune_queue WHERE replica_id IN ('$first', '$second')"), '4002',
-	'b queued the 4002 superseded versions');
-sq($b, qq{INSERT INTO replstamp.puller (replica_id, label, last_pull_at) VALUES (gen_random_uuid(), 'g', now());
-	INSERT INTO replstamp.puller_vector SELECT replica_id, '$first', 0 FROM replstamp.puller WHERE label = 'g';
-	INSERT INTO replstamp.puller_vector SELECT replica_id, '$second', 1000000 FROM replstamp.puller WHERE label = 'g';});
+	'b queued the 4002 superseded versions g lacks');
+sq($b, "UPDATE replstamp.puller_vector SET serial = 1000000 WHERE replica_id = '$second'
+	AND puller = (SELECT replica_id FROM replstamp.puller WHERE label = 'g')");
 ok(sq($b, 'SELECT replstamp.prune()') >= 2001, 'b prunes the versions of the ID every puller holds');
 is(sq($b, "SELECT format('%s %s', count(*) FILTER (WHERE replica_id = '$first'), count(*) FILTER (WHERE replica_id = '$second')) FROM replstamp.prune_queue"),
 	'2001 0', 'those of the other wait in the queue, behind them or not');
 sq($b, "DELETE FROM replstamp.puller WHERE label = 'g'");
+ok(sq($b, 'SELECT replstamp.prune()') >= 2001, 'with g forgotten, b prunes them too');
+is(sq($b, 'SELECT count(*) FROM replstamp.prune_queue'), '0', 'and nothing is left queued');
+
+# A walked latest version that every puller holds goes as soon as a sync
+# supersedes it: no queue, no prune.
+sq($c, "SELECT replstamp.sync('b')") for (1 .. 2);
+sq($b, 'SELECT replstamp.prune()');
+my $again = sq($b, "SELECT string_agg(serial::text, ',' ORDER BY serial) FROM replstamp.changes
+	WHERE replica_id = '$id_a' AND (pk->>'id')::int BETWEEN 1000 AND 1009");
+is(scalar(split /,/, $again), 10, 'b keeps the latest versions of rows 1000 to 1009');
+sq($a, "UPDATE accounts SET note = 'a thrice' WHERE id BETWEEN 1000 AND 1009");
+sq($b, "SELECT replstamp.sync('a')");
+is(sq($b, "SELECT count(*) FROM replstamp.changes WHERE replica_id = '$id_a' AND serial IN ($again)"), '0',
+	'the sync that superseded them removed them');
+is(sq($b, 'SELECT count(*) FROM replstamp.prune_queue'), '0', 'without queueing them');
 
 # 7. A row written 3000 times since the last look is recorded in
 # row_version once, not 3000 times in one transaction (each lookup of the

