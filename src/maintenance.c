@@ -233,6 +233,17 @@ typedef struct PruneRun
 	IndexScanDesc conflict_scan;
 	TupleTableSlot *conflict_slot;
 	RowVersionWriter *w;
+	/*
+	 * While the walk reads the changes of named_id: the serials (sorted)
+	 * that conflicts name, every one in (named_from, named_upto].
+	 */
+	bool		named_valid;
+	pg_uuid_t	named_id;
+	int64		named_from;
+	int64		named_upto;
+	int64	   *named;
+	int			nnamed;
+	int			named_pos;		/* the walk's place in named */
 	/* The batch's lookups of row versions, by row hash (LatestEntry). */
 	MemoryContext latest_cxt;
 	HTAB	   *latest;
@@ -416,7 +427,79 @@ kept(PruneRun *p, Change *c)
 		if (e->found && e->partial && same_stamp(&e->carry, c))
 			return true;
 	}
+	if (p->named_valid && c->serial > p->named_from && c->serial <= p->named_upto &&
+		memcmp(c->replica_id.data, p->named_id.data, UUID_LEN) == 0)
+	{
+		/* The walk goes up in serial order: so does its place in named. */
+		if (p->named_pos > 0 && p->named[p->named_pos - 1] >= c->serial)
+			p->named_pos = 0;
+		while (p->named_pos < p->nnamed && p->named[p->named_pos] < c->serial)
+			p->named_pos++;
+		return p->named_pos < p->nnamed && p->named[p->named_pos] == c->serial;
+	}
 	return named_by_conflict(p, &c->replica_id, c->serial);
+}
+
+/* The walk reads this many serials named by conflicts ahead at most. */
+#define NAMED_AHEAD		(4 * PRUNE_BATCH)
+
+/*
+ * Before the walk reads the changes of it: the serials in its range that
+ * conflicts name, in one read of conflict_log_loser instead of a probe
+ * for each change that is no row's latest (on nodes that write the same
+ * rows, most of them).  Up to NAMED_AHEAD of them: past those, kept()
+ * probes.  In the batch's memory.
+ */
+static void
+load_named(PruneRun *p, PruneItem *it)
+{
+	Relation	rel = table_open(p->cat->conflict_log, AccessShareLock);
+	Relation	idx = index_open(p->cat->conflict_log_loser, AccessShareLock);
+	ScanKeyData keys[3];
+	SysScanDesc scan;
+	HeapTuple	tuple;
+	int			max = 256;
+
+	p->named = MemoryContextAlloc(TopTransactionContext, sizeof(int64) * max);
+	p->nnamed = 0;
+	p->named_pos = 0;
+	p->named_id = it->id;
+	p->named_from = it->walked;
+	p->named_upto = it->upto;
+	ScanKeyInit(&keys[0], Anum_conflict_log_loser_replica_id, BTEqualStrategyNumber,
+				F_UUID_EQ, UUIDPGetDatum(&it->id));
+	ScanKeyInit(&keys[1], Anum_conflict_log_loser_serial, BTGreaterStrategyNumber,
+				F_INT8GT, Int64GetDatum(it->walked));
+	ScanKeyInit(&keys[2], Anum_conflict_log_loser_serial, BTLessEqualStrategyNumber,
+				F_INT8LE, Int64GetDatum(it->upto));
+	scan = systable_beginscan_ordered(rel, idx, SnapshotSelf, 3, keys);
+	while ((tuple = systable_getnext_ordered(scan, ForwardScanDirection)) != NULL)
+	{
+		bool		isnull;
+		int64		serial = DatumGetInt64(heap_getattr(tuple, Anum_conflict_log_loser_serial,
+														RelationGetDescr(rel), &isnull));
+
+		if (p->nnamed >= NAMED_AHEAD)
+		{
+			/* Complete up to the last serial read, which is in named. */
+			if (serial != p->named[p->nnamed - 1])
+			{
+				p->named_upto = p->named[p->nnamed - 1];
+				break;
+			}
+			continue;
+		}
+		if (p->nnamed >= max)
+		{
+			max *= 2;
+			p->named = repalloc(p->named, sizeof(int64) * max);
+		}
+		p->named[p->nnamed++] = serial;
+	}
+	systable_endscan_ordered(scan);
+	index_close(idx, AccessShareLock);
+	table_close(rel, AccessShareLock);
+	p->named_valid = true;
 }
 
 static bool
@@ -566,7 +649,9 @@ prune_walk(PruneRun *p)
 			if (it->walked >= it->upto)
 				continue;
 			p->last = it->upto;
+			load_named(p, it);
 			(void) changelog_scan(p->cat, &it->id, it->walked, it->upto, false, walk_callback, p);
+			p->named_valid = false;
 			if (p->batch < PRUNE_BATCH)
 				p->last = it->upto; /* the scan ran out: the range is done */
 			save_walked(&it->id, p->last);
