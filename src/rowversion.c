@@ -191,15 +191,15 @@ walked_entry(RowVersionWriter *w, const pg_uuid_t *id)
 								HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 		replstamp_become_owner(&ctx);
 		SPI_connect();
-		if (SPI_execute("SELECT pp.replica_id, pp.walked_upto, "
-						"coalesce(LEAST(v.serial, (SELECT pg_catalog.min(coalesce(pv.serial, 0)) "
-						"  FROM replstamp.puller u LEFT JOIN replstamp.puller_vector pv "
-						"  ON pv.puller OPERATOR(pg_catalog.=) u.replica_id "
-						"  AND pv.replica_id OPERATOR(pg_catalog.=) pp.replica_id)), 0) "
-						"FROM replstamp.prune_progress pp LEFT JOIN replstamp.vector v "
-						"ON v.replica_id OPERATOR(pg_catalog.=) pp.replica_id",
-						true, 0) != SPI_OK_SELECT)
-			elog(ERROR, "replstamp: could not read replstamp.prune_progress");
+		/* Once per sync page: a plan kept for the process. */
+		replstamp_spi_exec_kept("SELECT pp.replica_id, pp.walked_upto, "
+								"coalesce(LEAST(v.serial, (SELECT pg_catalog.min(coalesce(pv.serial, 0)) "
+								"  FROM replstamp.puller u LEFT JOIN replstamp.puller_vector pv "
+								"  ON pv.puller OPERATOR(pg_catalog.=) u.replica_id "
+								"  AND pv.replica_id OPERATOR(pg_catalog.=) pp.replica_id)), 0) "
+								"FROM replstamp.prune_progress pp LEFT JOIN replstamp.vector v "
+								"ON v.replica_id OPERATOR(pg_catalog.=) pp.replica_id",
+								0, NULL, NULL, NULL, SPI_OK_SELECT);
 		for (uint64 i = 0; i < SPI_processed; i++)
 		{
 			bool		isnull;

@@ -37,6 +37,9 @@
 #   BENCH_SCALE     pgbench scale (default 1)
 #   BENCH_CLIENTS   pgbench clients per node (default 1)
 #   PRUNE_INTERVAL  replstamp.prune_interval while pruning is on (default 5)
+#   BENCH_SHARED_BUFFERS  shared_buffers of each node (default 1GB: the log,
+#                   row_version and their indexes fit; with PostgreSQL's
+#                   default of 128MB the prune reads and writes back pages)
 #   CONFLICT_RETENTION  replstamp.conflict_retention (default 60s: every write
 #                   from another node that replaces a row's version is a
 #                   conflict, and keeps the replaced change this long)
@@ -56,12 +59,13 @@ SCALE=${BENCH_SCALE:-1}
 CLIENTS=${BENCH_CLIENTS:-1}
 INTERVAL=${PRUNE_INTERVAL:-5}
 RETENTION=${CONFLICT_RETENTION:-60s}
+BUFFERS=${BENCH_SHARED_BUFFERS:-1GB}
 for v in $SECONDS_RUN $SAMPLE $ROUNDS $SEGMENT $SCALE $CLIENTS $INTERVAL; do
 	case "$v" in ''|*[!0-9]*) say "prune_churn.sh: not a number: \"$v\""; exit 2 ;; esac
 	[ "$v" -gt 0 ] || { say "prune_churn.sh: every setting must be above 0"; exit 2; }
 done
 
-CONF=("synchronous_commit = off" "shared_buffers = 128MB" "max_wal_size = 2GB"
+CONF=("synchronous_commit = off" "shared_buffers = $BUFFERS" "max_wal_size = 2GB"
 	"checkpoint_timeout = 30min" "max_worker_processes = 16" "replstamp.prune_interval = 0")
 CONF+=("replstamp.conflict_retention = '$RETENTION'")
 bench_cluster "${CONF[@]}"
@@ -154,7 +158,7 @@ prune_watch() {
 }
 
 echo "prune_churn: 3 nodes, pgbench tpcb-like scale $SCALE, $CLIENTS client(s) per node, sync every 1 s," \
-	"prune every $INTERVAL s, conflict retention $RETENTION; a shared 2-core machine: figures are noisy"
+	"prune every $INTERVAL s, conflict retention $RETENTION, shared_buffers $BUFFERS; a shared 2-core machine: figures are noisy"
 echo
 echo "== 1. the log on node a while a, b and c write for $SECONDS_RUN s, pruning on (a sample every $SAMPLE s)"
 set_guc replstamp.prune_interval "$INTERVAL"
