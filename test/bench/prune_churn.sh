@@ -18,7 +18,9 @@
 #    of two BENCH_SEGMENT-second pgbench runs on the three nodes, one with
 #    replstamp.prune_interval = PRUNE_INTERVAL and one with 0 (the order
 #    alternates from round to round), the sum of the three nodes' TPS;
-#    medians and their ratio.
+#    medians and their ratio.  Conflicts are kept SEGMENT_CONFLICT_RETENTION
+#    here, so that each run with pruning on pays for forgetting its own
+#    conflicts and for no other run's.
 # 3. prune cost per removed change: after each run with pruning off,
 #    SELECT replstamp.prune() on each node, timed (the syncs go on, the
 #    writers have stopped); and the background estimate of step 1
@@ -40,9 +42,16 @@
 #   BENCH_SHARED_BUFFERS  shared_buffers of each node (default 1GB: the log,
 #                   row_version and their indexes fit; with PostgreSQL's
 #                   default of 128MB the prune reads and writes back pages)
-#   CONFLICT_RETENTION  replstamp.conflict_retention (default 60s: every write
+#   CONFLICT_RETENTION  replstamp.conflict_retention in step 1 (default 60s: every write
 #                   from another node that replaces a row's version is a
 #                   conflict, and keeps the replaced change this long)
+#   SEGMENT_CONFLICT_RETENTION  replstamp.conflict_retention during step 2
+#                   (default 5s).  It must be well below BENCH_SEGMENT: a
+#                   conflict is forgotten (and its change pruned) once the
+#                   retention has passed, so with a longer one a run with
+#                   pruning on would pay for the conflicts of the run before
+#                   it, with pruning off.  After each run with pruning off,
+#                   the nodes prune once more when its conflicts expired.
 #
 # Copyright (c) 2026, the replstamp authors
 set -eu
@@ -60,6 +69,7 @@ CLIENTS=${BENCH_CLIENTS:-1}
 INTERVAL=${PRUNE_INTERVAL:-5}
 RETENTION=${CONFLICT_RETENTION:-60s}
 BUFFERS=${BENCH_SHARED_BUFFERS:-1GB}
+RETENTION2=${SEGMENT_CONFLICT_RETENTION:-5s}
 for v in $SECONDS_RUN $SAMPLE $ROUNDS $SEGMENT $SCALE $CLIENTS $INTERVAL; do
 	case "$v" in ''|*[!0-9]*) say "prune_churn.sh: not a number: \"$v\""; exit 2 ;; esac
 	[ "$v" -gt 0 ] || { say "prune_churn.sh: every setting must be above 0"; exit 2; }
@@ -209,10 +219,12 @@ awk -v from="$retention_s" '$1 >= from && !n++ { s1 = $2; c1 = $3; r1 = $7; t1 =
 }' "$RES/samples"
 
 echo
-echo "== 2. TPS, pruning on against off: $ROUNDS rounds of two $SEGMENT-s runs, sum of 3 nodes"
+echo "== 2. TPS, pruning on against off: $ROUNDS rounds of two $SEGMENT-s runs, sum of 3 nodes (conflict retention $RETENTION2)"
 echo "== 3. and, after each run with pruning off, replstamp.prune() on each node, timed"
 set_guc replstamp.prune_interval 0
 quiet
+set_guc replstamp.conflict_retention "'$RETENTION2'"
+retention2_s=$(q "$PA" -c "SELECT ceil(extract(epoch FROM interval '$RETENTION2'))::int")
 for p in $PORTS; do q "$p" -c "SELECT replstamp.prune()" >/dev/null; done
 for round in $(seq "$ROUNDS"); do
 	if [ $((round % 2)) = 1 ]; then order="off on"; else order="on off"; fi
@@ -233,6 +245,9 @@ for round in $(seq "$ROUNDS"); do
 					printf "  round %d, node %s: removed %d changes in %.0f ms: %.1f us per change\n", r, node, n, (b - a) * 1000, (n > 0 ? (b - a) * 1e6 / n : 0)
 				}' | tee -a "$RES/cost"
 			done
+			# The conflicts this run recorded expire; the next run starts without them.
+			sleep $((retention2_s + 1))
+			for p in $PORTS; do q "$p" -c "SELECT replstamp.prune()" >/dev/null; done
 		fi
 	done
 	echo "  round $round: on $(tail -1 "$RES/tps.on") TPS, off $(tail -1 "$RES/tps.off") TPS"
