@@ -50,7 +50,6 @@
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
-#include "executor/tuptable.h"
 #include "fmgr.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
@@ -227,11 +226,6 @@ typedef struct PruneRun
 	int			nitems;
 	PruneItem  *items;
 	int64		expire_below;	/* conflicts with smaller ids have expired */
-	/* The batch's lookup of conflicts by loser (opened on first use). */
-	Relation	conflict_rel;
-	Relation	conflict_idx;
-	IndexScanDesc conflict_scan;
-	TupleTableSlot *conflict_slot;
 	RowVersionWriter *w;
 	/*
 	 * While the walk reads the changes of named_id: the serials (sorted)
@@ -271,14 +265,6 @@ batch_end(PruneRun *p)
 		MemoryContextReset(p->latest_cxt);
 		p->latest = NULL;
 	}
-	if (p->conflict_scan)
-	{
-		index_endscan(p->conflict_scan);
-		ExecDropSingleTupleTableSlot(p->conflict_slot);
-		index_close(p->conflict_idx, NoLock);
-		table_close(p->conflict_rel, NoLock);
-		p->conflict_scan = NULL;
-	}
 	worker_commit_xact();
 }
 
@@ -293,38 +279,6 @@ prune_locktag(void)
 
 	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, 0x72737470, 0x73796e63, PRUNE_LOCK_CLASS);
 	return tag;
-}
-
-/*
- * Does a conflict of replstamp.conflicts name the change (as the loser)?
- * Such a change is kept for replstamp.restore_version() until the
- * conflict expires.  Conflicts are written only by a sync's pages, which
- * exclude the batch (rowversion_page_lock()): what the batch sees of them
- * holds until it ends.  One index scan serves the batch's lookups; it
- * lives in the transaction's memory (btree keeps what it allocates on the
- * way for the next rescan).
- */
-static bool
-named_by_conflict(PruneRun *p, const pg_uuid_t *id, int64 serial)
-{
-	MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
-	ScanKeyData keys[2];
-	bool		found;
-
-	if (p->conflict_scan == NULL)
-	{
-		p->conflict_rel = table_open(p->cat->conflict_log, AccessShareLock);
-		p->conflict_idx = index_open(p->cat->conflict_log_loser, AccessShareLock);
-		p->conflict_scan = index_beginscan(p->conflict_rel, p->conflict_idx, SnapshotSelf, 2, 0);
-		p->conflict_slot = table_slot_create(p->conflict_rel, NULL);
-	}
-	ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_UUID_EQ, UUIDPGetDatum(id));
-	ScanKeyInit(&keys[1], 2, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(serial));
-	index_rescan(p->conflict_scan, keys, 2, NULL, 0);
-	found = index_getnext_slot(p->conflict_scan, ForwardScanDirection, p->conflict_slot);
-	ExecClearTuple(p->conflict_slot);
-	MemoryContextSwitchTo(old);
-	return found;
 }
 
 /*
@@ -346,13 +300,6 @@ typedef struct LatestEntry
 
 /* Rows a batch remembers at most (then it forgets them all). */
 #define LATEST_CACHE_SIZE	8192
-
-static bool
-same_bytes(const struct varlena *a, const struct varlena *b)
-{
-	return VARSIZE_ANY_EXHDR(a) == VARSIZE_ANY_EXHDR(b) &&
-		memcmp(VARDATA_ANY(a), VARDATA_ANY(b), VARSIZE_ANY_EXHDR(a)) == 0;
-}
 
 /*
  * The row's version, as row_version has it.  Keys are compared byte for
@@ -382,8 +329,8 @@ latest_of(PruneRun *p, text *relation, ChangeRow *row)
 								HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	}
 	e = hash_search(p->latest, &row->hash, HASH_ENTER, &found);
-	if (found && same_bytes((struct varlena *) e->relation, (struct varlena *) relation) &&
-		same_bytes((struct varlena *) e->key, (struct varlena *) row->key))
+	if (found && bytes_equal(e->relation, relation) &&
+		bytes_equal((struct varlena *) e->key, (struct varlena *) row->key))
 		return e;
 	rowversion_get(p->w, relation, row, &cur);
 	old = MemoryContextSwitchTo(p->latest_cxt);
@@ -437,7 +384,7 @@ kept(PruneRun *p, Change *c)
 			p->named_pos++;
 		return p->named_pos < p->nnamed && p->named[p->named_pos] == c->serial;
 	}
-	return named_by_conflict(p, &c->replica_id, c->serial);
+	return named_by_conflict(p->cat, &c->replica_id, c->serial);
 }
 
 /* The walk reads this many serials named by conflicts ahead at most. */

@@ -89,8 +89,9 @@ jsonb_equal(Jsonb *a, Jsonb *b)
 	return DatumGetBool(DirectFunctionCall2(jsonb_eq, JsonbPGetDatum(a), JsonbPGetDatum(b)));
 }
 
-static bool
-text_bytes_equal(text *a, text *b)
+/* Byte for byte (a key spelled two ways differs: only a lookup is lost). */
+bool
+bytes_equal(const struct varlena *a, const struct varlena *b)
 {
 	return VARSIZE_ANY_EXHDR(a) == VARSIZE_ANY_EXHDR(b) &&
 		memcmp(VARDATA_ANY(a), VARDATA_ANY(b), VARSIZE_ANY_EXHDR(a)) == 0;
@@ -226,9 +227,14 @@ same_version(const Version *a, const Version *b)
 	return a->serial == b->serial && memcmp(a->replica_id.data, b->replica_id.data, UUID_LEN) == 0;
 }
 
-/* Does a conflict of replstamp.conflicts name the change (as the loser)? */
-static bool
-named_by_conflict(const ReplstampCatalog *cat, const Version *v)
+/*
+ * Does a conflict of replstamp.conflicts name the change (as the loser)?
+ * Such a change is kept for replstamp.restore_version() until the conflict
+ * expires.  Conflicts are written only by a sync's pages, which exclude
+ * prune batches (rowversion_page_lock()) and one another.
+ */
+bool
+named_by_conflict(const ReplstampCatalog *cat, const pg_uuid_t *id, int64 serial)
 {
 	Relation	rel = table_open(cat->conflict_log, AccessShareLock);
 	ScanKeyData keys[2];
@@ -236,9 +242,9 @@ named_by_conflict(const ReplstampCatalog *cat, const Version *v)
 	bool		found;
 
 	ScanKeyInit(&keys[0], Anum_conflict_log_loser_replica_id, BTEqualStrategyNumber,
-				F_UUID_EQ, UUIDPGetDatum(&v->replica_id));
+				F_UUID_EQ, UUIDPGetDatum(id));
 	ScanKeyInit(&keys[1], Anum_conflict_log_loser_serial, BTEqualStrategyNumber,
-				F_INT8EQ, Int64GetDatum(v->serial));
+				F_INT8EQ, Int64GetDatum(serial));
 	scan = systable_beginscan(rel, cat->conflict_log_loser, true, SnapshotSelf, 2, keys);
 	found = HeapTupleIsValid(systable_getnext(scan));
 	systable_endscan(scan);
@@ -285,7 +291,7 @@ superseded(RowVersionWriter *w, const Version *old, const RowVersion *current,
 
 		if (!changelog_fetch(w->cat, &old->replica_id, old->serial, &change))
 			return;				/* gone already */
-		if (change_rows(&change, rows) == 1 && !named_by_conflict(w->cat, old))
+		if (change_rows(&change, rows) == 1 && !named_by_conflict(w->cat, &old->replica_id, old->serial))
 		{
 			changelog_delete_tid(w->cat, &change.tid);
 			w->removed++;
@@ -369,7 +375,7 @@ rowversion_get(RowVersionWriter *w, text *relation, ChangeRow *row, RowVersion *
 		slot_getallattrs(slot);
 		values = slot->tts_values;
 		nulls = slot->tts_isnull;
-		if (!text_bytes_equal(DatumGetTextPP(values[Anum_row_version_relation - 1]), relation) ||
+		if (!bytes_equal(DatumGetTextPP(values[Anum_row_version_relation - 1]), relation) ||
 			!jsonb_equal(DatumGetJsonbP(values[Anum_row_version_pk - 1]), row->key))
 			continue;
 		out->found = true;
@@ -699,7 +705,7 @@ pending_add(Pending *pd, Change *change)
 		if (found)
 		{
 			for (r = head; r; r = r->next)
-				if (text_bytes_equal(r->relation, change->relation) &&
+				if (bytes_equal(r->relation, change->relation) &&
 					jsonb_equal(r->key, rows[i].key))
 					break;
 			if (r && version_cmp(&v, &r->v) <= 0)

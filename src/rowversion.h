@@ -97,6 +97,8 @@ extern int	change_rows(Change *change, ChangeRow *rows);
 
 extern RowVersionWriter *rowversion_writer_begin(const ReplstampCatalog *cat);
 extern void rowversion_writer_end(RowVersionWriter *w);
+extern bool bytes_equal(const struct varlena *a, const struct varlena *b);
+extern bool named_by_conflict(const ReplstampCatalog *cat, const pg_uuid_t *id, int64 serial);
 extern void rowversion_get(RowVersionWriter *w, text *relation, ChangeRow *row, RowVersion *out);
 extern List *rowversion_carry_left(RowVersion *current, Jsonb *image);
 extern void rowversion_put(RowVersionWriter *w, text *relation, ChangeRow *row,
