@@ -11,11 +11,7 @@ use Test::More;
 use ReplstampTest;
 
 my ($a, $b) = map {
-	replstamp_node($_, conf => ['restart_after_crash = on'], sql => q{
-		CREATE EXTENSION replstamp;
-		CREATE TABLE t (id int PRIMARY KEY, v text);
-		SELECT replstamp.track('t');
-	})
+	replstamp_node($_, conf => ['restart_after_crash = on'], sql => $TRACK_T)
 } qw(a b);
 sub sq { my ($n, $sql) = @_; return $n->safe_psql('postgres', $sql); }
 # A database without the extension: its sync worker must just go away.

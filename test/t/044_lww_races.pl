@@ -17,11 +17,7 @@ use Test::More;
 use ReplstampTest;
 
 my ($a, $b) = map {
-	replstamp_node($_, sql => q{
-		CREATE EXTENSION replstamp;
-		CREATE TABLE t (id int PRIMARY KEY, v text);
-		SELECT replstamp.track('t');
-	})
+	replstamp_node($_, sql => $TRACK_T)
 } qw(a b);
 sub sq { my ($n, $sql) = @_; return $n->safe_psql('postgres', $sql); }
 add_peer($a, 'b', $b);

@@ -16,12 +16,7 @@ use Test::More;
 use Time::HiRes qw(time);
 use ReplstampTest;
 
-my $schema = q{
-	CREATE EXTENSION replstamp;
-	CREATE TABLE t (id int PRIMARY KEY, v text);
-	SELECT replstamp.track('t');
-};
-my ($a, $b, $z, $w) = map { replstamp_node($_, sql => $schema) } qw(a b z w);
+my ($a, $b, $z, $w) = map { replstamp_node($_, sql => $TRACK_T) } qw(a b z w);
 sub sq { my ($n, $sql) = @_; return $n->safe_psql('postgres', $sql); }
 add_peer($b, 'a', $a);
 

@@ -14,11 +14,7 @@ use Test::More;
 use ReplstampTest;
 
 my ($a, $b) = map {
-	replstamp_node($_, conf => ['replstamp.prune_interval = 0'], sql => q{
-		CREATE EXTENSION replstamp;
-		CREATE TABLE t (id int PRIMARY KEY, v text);
-		SELECT replstamp.track('t');
-	})
+	replstamp_node($_, conf => ['replstamp.prune_interval = 0'], sql => $TRACK_T)
 } qw(a b);
 sub sq { my ($n, $sql) = @_; return $n->safe_psql('postgres', $sql); }
 add_peer($b, 'a', $a);

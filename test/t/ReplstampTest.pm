@@ -11,7 +11,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(usleep);
 
-our @EXPORT = qw(replstamp_node add_peer start_verified use_install set_guc node_state wait_converged);
+our @EXPORT = qw(replstamp_node add_peer start_verified use_install set_guc node_state wait_converged $TRACK_T);
 
 # A started node with replstamp preloaded.  Options: init => { ... } for
 # PostgreSQL::Test::Cluster::init, conf => [ lines ] for postgresql.conf,
@@ -22,6 +22,13 @@ our @EXPORT = qw(replstamp_node add_peer start_verified use_install set_guc node
 # initdb again: much faster, and the nodes share a system identifier, as a
 # primary and its standbys do.
 my %templates;
+
+# The schema most tests start from: the extension, and a table t tracked.
+our $TRACK_T = q{
+	CREATE EXTENSION replstamp;
+	CREATE TABLE t (id int PRIMARY KEY, v text);
+	SELECT replstamp.track('t');
+};
 
 sub replstamp_node
 {
