@@ -34,9 +34,7 @@ sub held_from
 sub background_sync
 {
 	my ($peer, $out) = @_;
-	return IPC::Run::start(
-		[ 'psql', '-X', '-At', '-d', $b->connstr('postgres'), '-c', "SELECT replstamp.sync('$peer')" ],
-		'>', $out, '2>', $out);
+	return psql_start($b, "SELECT replstamp.sync('$peer')", $out);
 }
 
 # A local transaction on b inserts the key a sync is about to apply: the

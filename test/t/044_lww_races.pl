@@ -50,9 +50,7 @@ sq($a, "UPDATE t SET v = 'a, older' WHERE id = 2");
 $s->query_safe('BEGIN');
 $s->query_safe("UPDATE t SET v = 'b, newer, committed while the sync waits' WHERE id = 2");
 my $out = '';
-my $sync = IPC::Run::start(
-	[ 'psql', '-X', '-At', '-d', $b->connstr('postgres'), '-c', "SELECT replstamp.sync('a')" ],
-	'>', \$out, '2>&1');
+my $sync = psql_start($b, "SELECT replstamp.sync('a')", \$out);
 $b->poll_query_until('postgres',
 	"SELECT count(*) = 1 FROM pg_stat_activity WHERE query LIKE 'replstamp: syncing from peer%' AND wait_event_type = 'Lock'")
   or die 'the sync does not wait for the row';
@@ -76,9 +74,7 @@ my $deadlocks = sq($b, "SELECT deadlocks FROM pg_stat_database WHERE datname = '
 $s->query_safe('BEGIN');
 $s->query_safe("UPDATE t SET v = 'b' WHERE id = 11");
 $out = '';
-$sync = IPC::Run::start(
-	[ 'psql', '-X', '-At', '-d', $b->connstr('postgres'), '-c', "SELECT replstamp.sync('a')" ],
-	'>', \$out, '2>&1');
+$sync = psql_start($b, "SELECT replstamp.sync('a')", \$out);
 $b->poll_query_until('postgres',
 	"SELECT count(*) = 1 FROM pg_stat_activity WHERE query LIKE 'replstamp: syncing from peer%' AND wait_event_type = 'Lock'")
   or die 'the sync does not wait for the row';

@@ -20,14 +20,6 @@ my ($a, $b, $z, $w) = map { replstamp_node($_, sql => $TRACK_T) } qw(a b z w);
 sub sq { my ($n, $sql) = @_; return $n->safe_psql('postgres', $sql); }
 add_peer($b, 'a', $a);
 
-# replstamp.sync() or sync_all() on b, in the background.
-sub background
-{
-	my ($sql, $out) = @_;
-	return IPC::Run::start(
-		[ 'psql', '-X', '-At', '-d', $b->connstr('postgres'), '-c', $sql ],
-		'>', $out, '2>', $out, IPC::Run::timeout(180));
-}
 # replstamp.sync(peer) on b, timed; a sync that does not end is given up
 # after 180 s.
 sub timed_sync
@@ -55,10 +47,10 @@ my $hold = $b->background_psql('postgres');
 $hold->query_safe('BEGIN');
 $hold->query_safe("INSERT INTO t VALUES (2500, 'local')");
 my ($out1, $out2) = ('', '');
-my $h1 = background("SELECT replstamp.sync('a')", \$out1);
+my $h1 = psql_start($b, "SELECT replstamp.sync('a')", \$out1);
 sync_worker_waits(q{wait_event_type = 'Lock' AND wait_event = 'transactionid'});
 # The second one reads a table in the same statement.
-my $h2 = background("SELECT replstamp.sync(name) FROM replstamp.peer WHERE name = 'a'", \$out2);
+my $h2 = psql_start($b, "SELECT replstamp.sync(name) FROM replstamp.peer WHERE name = 'a'", \$out2);
 sync_worker_waits(q{wait_event_type = 'Lock' AND wait_event = 'advisory'});
 pass('the second sync waits for the first');
 # A caller that only waits for its sync does not hold back the pruning of
@@ -113,7 +105,7 @@ add_peer($b, 'z', $z);
 sq($a, "UPDATE t SET v = 'a2' WHERE id <= 10");
 sq($z, "INSERT INTO t SELECT g, 'z' FROM generate_series(5001, 5010) g");
 my $all = '';
-my $h = background('SELECT replstamp.sync_all()', \$all);
+my $h = psql_start($b, 'SELECT replstamp.sync_all()', \$all);
 sync_worker_waits(q{query = 'replstamp: syncing from peer hung'});
 is(sq($b, q{SET statement_timeout = '20s';
 	INSERT INTO t VALUES (1, 'local') ON CONFLICT (id) DO UPDATE SET v = EXCLUDED.v RETURNING v}),

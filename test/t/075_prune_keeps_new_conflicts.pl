@@ -29,9 +29,7 @@ cmp_ok($x, '>', 2000, "b's change of row 5000 is walked in the prune's second ba
 
 sq($b, q{ALTER SYSTEM SET replstamp.debug_prune_pause = '5s'; SELECT pg_reload_conf()});
 my $out = '';
-my $prune = IPC::Run::start(
-	[ 'psql', '-X', '-At', '-d', $b->connstr('postgres'), '-c', 'SELECT replstamp.prune()' ],
-	'>', \$out, '2>', \$out, IPC::Run::timeout(180));
+my $prune = psql_start($b, 'SELECT replstamp.prune()', \$out);
 $b->poll_query_until('postgres', q{SELECT count(*) > 0 FROM pg_stat_activity
 	WHERE query = 'replstamp: prune paused between batches'})
   or die 'the prune never paused';

@@ -31,9 +31,7 @@ my $wedge = $a->background_psql('postgres');
 $wedge->query_safe('BEGIN');
 $wedge->query_safe('LOCK TABLE replstamp.node IN ACCESS EXCLUSIVE MODE');
 my $out = '';
-my $sync = IPC::Run::start(
-	[ 'psql', '-X', '-At', '-d', $b->connstr('postgres'), '-c', q{SELECT replstamp.sync('a')} ],
-	'>', \$out, '2>', \$out, IPC::Run::timeout(300));
+my $sync = psql_start($b, q{SELECT replstamp.sync('a')}, \$out);
 $b->poll_query_until('postgres', q{SELECT count(*) > 0 FROM pg_stat_activity
 	WHERE query = 'replstamp: syncing from peer a'})
   or die 'the sync never started';
@@ -56,15 +54,11 @@ like($out, qr/^\d+\n$/, 'once a answers, the waiting sync ends');
 sq($a, q{SELECT replstamp.sync('b')});
 sq($a, q{SELECT replstamp.sync('b')});
 my ($o1, $o2) = ('', '');
-my $p1 = IPC::Run::start(
-	[ 'psql', '-X', '-At', '-d', $b->connstr('postgres'), '-c', 'SELECT replstamp.prune()' ],
-	'>', \$o1, '2>', \$o1, IPC::Run::timeout(180));
+my $p1 = psql_start($b, 'SELECT replstamp.prune()', \$o1);
 $b->poll_query_until('postgres', q{SELECT count(*) > 0 FROM pg_stat_activity
 	WHERE query = 'replstamp: prune paused between batches'})
   or die 'the first prune never paused';
-my $p2 = IPC::Run::start(
-	[ 'psql', '-X', '-At', '-d', $b->connstr('postgres'), '-c', 'SELECT replstamp.prune()' ],
-	'>', \$o2, '2>', \$o2, IPC::Run::timeout(180));
+my $p2 = psql_start($b, 'SELECT replstamp.prune()', \$o2);
 $b->poll_query_until('postgres', q{SELECT count(*) > 0 FROM pg_stat_activity
 	WHERE query = 'replstamp: pruning the change log' AND wait_event_type = 'Lock' AND wait_event = 'advisory'})
   or die 'the second prune never waited for the first';

@@ -11,7 +11,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(usleep);
 
-our @EXPORT = qw(replstamp_node add_peer start_verified use_install set_guc node_state wait_converged $TRACK_T);
+our @EXPORT = qw(replstamp_node add_peer start_verified use_install set_guc node_state wait_converged $TRACK_T psql_start);
 
 # A started node with replstamp preloaded.  Options: init => { ... } for
 # PostgreSQL::Test::Cluster::init, conf => [ lines ] for postgresql.conf,
@@ -66,6 +66,16 @@ sub add_peer
 	$node->safe_psql('postgres',
 		"SELECT replstamp.add_peer('$name', \$\$" . $peer->connstr('postgres') . "\$\$)");
 	return;
+}
+
+# Run $sql on $node's postgres database with psql in the background, its
+# output and errors into the scalar $out refers to; ->finish waits for it.
+sub psql_start
+{
+	my ($node, $sql, $out) = @_;
+	return IPC::Run::start(
+		[ 'psql', '-X', '-At', '-d', $node->connstr('postgres'), '-c', $sql ],
+		'>', $out, '2>', $out, IPC::Run::timeout(300));
 }
 
 # Run $action (a start, restart, ...) on $node, then wait until this start
