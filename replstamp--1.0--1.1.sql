@@ -190,7 +190,10 @@ CREATE TABLE replstamp.prune_queue (
 );
 
 -- One row per change that lost to a later change of the same row, or that
--- replaced a version written by another replica ID.
+-- replaced a version written by another replica ID.  It keeps a copy of
+-- the version that lost (loser_op, loser_image: what its change wrote),
+-- for replstamp.restore_version(): the change itself is pruned like any
+-- other.
 CREATE TABLE replstamp.conflict_log (
     id                bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     resolved_at       timestamptz NOT NULL DEFAULT now(),
@@ -203,7 +206,9 @@ CREATE TABLE replstamp.conflict_log (
     winner_changed_at timestamptz NOT NULL,
     loser_replica_id  uuid NOT NULL,
     loser_serial      bigint NOT NULL,
-    loser_changed_at  timestamptz NOT NULL
+    loser_changed_at  timestamptz NOT NULL,
+    loser_op          text CHECK (loser_op IN ('INSERT', 'UPDATE', 'DELETE')),
+    loser_image       jsonb
 );
 CREATE INDEX conflict_log_loser ON replstamp.conflict_log (loser_replica_id, loser_serial);
 
@@ -213,7 +218,8 @@ CREATE INDEX conflict_log_loser ON replstamp.conflict_log (loser_replica_id, los
 ALTER TABLE replstamp.changes ALTER COLUMN pk SET STATISTICS 0,
     ALTER COLUMN row_image SET STATISTICS 0;
 ALTER TABLE replstamp.row_version ALTER COLUMN pk SET STATISTICS 0;
-ALTER TABLE replstamp.conflict_log ALTER COLUMN pk SET STATISTICS 0;
+ALTER TABLE replstamp.conflict_log ALTER COLUMN pk SET STATISTICS 0,
+    ALTER COLUMN loser_image SET STATISTICS 0;
 
 -- Changes a superuser chose to hold without applying (replstamp.skip()).
 CREATE TABLE replstamp.skipped (
@@ -397,7 +403,7 @@ CREATE VIEW replstamp.pullers AS
 CREATE VIEW replstamp.conflicts AS
     SELECT id, resolved_at, relation, pk, kind, peer,
            winner_replica_id, winner_serial, winner_changed_at,
-           loser_replica_id, loser_serial, loser_changed_at
+           loser_replica_id, loser_serial, loser_changed_at, loser_op, loser_image
       FROM replstamp.conflict_log;
 
 -- One row, every figure O(1).

@@ -474,15 +474,42 @@ column_default(ApplyTable *t, int a, bool *isnull)
 	return ExecEvalExprSwitchContext(t->defaults[a], GetPerTupleExprContext(t->estate), isnull);
 }
 
-/* Record a conflict (kind: 'incoming_lost' or 'overwrote'). */
+/*
+ * Record a conflict (kind: 'incoming_lost' or 'overwrote'), with a copy of
+ * the version that lost (lost: its change, if this has it; NULL: read it
+ * from the log) for replstamp.restore_version().
+ */
 static void
 log_conflict(ApplySession *s, ApplyTable *t, Change *change, ChangeRow *row,
-			 const char *kind, const Version *winner, const Version *loser)
+			 const char *kind, const Version *winner, const Version *loser,
+			 Change *lost)
 {
-	Oid			types[10] = {TEXTOID, JSONBOID, TEXTOID, TEXTOID, UUIDOID, INT8OID,
-	TIMESTAMPTZOID, UUIDOID, INT8OID, TIMESTAMPTZOID};
-	Datum		values[10];
+	Oid			types[12] = {TEXTOID, JSONBOID, TEXTOID, TEXTOID, UUIDOID, INT8OID,
+	TIMESTAMPTZOID, UUIDOID, INT8OID, TIMESTAMPTZOID, TEXTOID, JSONBOID};
+	Datum		values[12];
+	char		nulls[12];
 	ReplstampOwnerContext ctx;
+
+	memset(nulls, ' ', sizeof(nulls));
+	if (lost == NULL)
+	{
+		/* The version this overwrites: the latest of its row, in the log. */
+		lost = palloc(sizeof(Change));
+		if (changelog_fetch(s->cat, &loser->replica_id, loser->serial, lost))
+			s->rvw->superseding = lost;
+		else
+			lost = NULL;		/* not here: nothing to restore it from */
+	}
+	if (lost)
+	{
+		values[10] = CStringGetTextDatum(changelog_op_name(lost->op));
+		if (lost->image)
+			values[11] = JsonbPGetDatum(lost->image);
+		else
+			nulls[11] = 'n';
+	}
+	else
+		nulls[10] = nulls[11] = 'n';
 
 	values[0] = PointerGetDatum(change->relation);
 	values[1] = JsonbPGetDatum(row->key);
@@ -498,9 +525,9 @@ log_conflict(ApplySession *s, ApplyTable *t, Change *change, ChangeRow *row,
 	SPI_connect();
 	replstamp_spi_exec_kept("INSERT INTO replstamp.conflict_log (relation, pk, kind, peer, "
 							"winner_replica_id, winner_serial, winner_changed_at, "
-							"loser_replica_id, loser_serial, loser_changed_at) "
-							"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-							10, types, values, NULL, SPI_OK_INSERT);
+							"loser_replica_id, loser_serial, loser_changed_at, loser_op, loser_image) "
+							"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+							12, types, values, nulls, SPI_OK_INSERT);
 	SPI_finish();
 	replstamp_restore_user(&ctx);
 	s->conflicts++;
@@ -1208,6 +1235,7 @@ apply_change(ApplySession *s, Change *change, bool nowait)
 
 		/* Last writer wins, against the row's latest version held here. */
 		reconcile(s->rvw, s->reconcile);
+		s->rvw->superseding = NULL;
 		rowversion_get(s->rvw, change->relation, row, &cur);
 		if (row->deleted && nrows == 2 && found)
 		{
@@ -1216,17 +1244,14 @@ apply_change(ApplySession *s, Change *change, bool nowait)
 		}
 		if (cur.found && version_cmp(&ver, &cur.v) < 0)
 		{
-			log_conflict(s, t, change, row, "incoming_lost", &cur.v, &ver);
+			log_conflict(s, t, change, row, "incoming_lost", &cur.v, &ver, change);
 			if (!row->deleted && !cur.deleted)
 				carry_from_loser(s, t, change, row, &cur, &ver, found, values, nulls, present);
 			continue;
 		}
 		if (cur.found && !cur.deleted &&
 			memcmp(cur.v.replica_id.data, ver.replica_id.data, UUID_LEN) != 0)
-		{
-			log_conflict(s, t, change, row, "overwrote", &ver, &cur.v);
-			s->rvw->loser_named = true;
-		}
+			log_conflict(s, t, change, row, "overwrote", &ver, &cur.v, NULL);
 
 		/* Write the row, with the executor's routines. */
 		PushActiveSnapshot(GetLatestSnapshot());

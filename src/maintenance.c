@@ -6,17 +6,16 @@
  *		  replstamp.prune_interval): a change every puller holds is removed,
  *		  unless it is the latest change of its row (last writer wins
  *		  compares against it, and a late joiner or a node restored from an
- *		  older backup converges from it) or a conflict still names it; a
- *		  tombstone (the latest change of a deleted row) is removed once it
- *		  is older than replstamp.tombstone_lifetime and every puller holds
- *		  it, and the highest serial
- *		  dropped that way per replica ID is recorded, so that a node which
+ *		  older backup converges from it); a tombstone (the latest change of
+ *		  a deleted row) is removed once it is older than
+ *		  replstamp.tombstone_lifetime and every puller holds it, and the
+ *		  highest serial dropped that way per replica ID is recorded, so
+ *		  that a node which
  *		  holds less is refused rather than allowed to bring deleted rows
  *		  back (serve.c, sync.c); retired replica IDs with nothing left leave
  *		  the vector; pullers not seen for a tombstone lifetime are
- *		  forgotten; a change that lost under last writer wins (or was
- *		  overwritten) is kept while replstamp.conflicts names it, for
- *		  replstamp.conflict_retention;
+ *		  forgotten; conflicts, each with a copy of the version that lost,
+ *		  are kept for replstamp.conflict_retention;
  *		- the lowest uncommitted serial, recorded at every sync and round,
  *		  which a copy without the backup mark starts from (identity.c);
  *		- backfill of tables tracked with backfill => true;
@@ -111,7 +110,7 @@ maintenance_init(void)
 							GUC_UNIT_S,
 							NULL, NULL, NULL);
 	DefineCustomIntVariable("replstamp.conflict_retention",
-							"How long replstamp.conflicts keeps a conflict, and the log the change it names.",
+							"How long replstamp.conflicts keeps a conflict, and its copy of the version that lost.",
 							"Until then replstamp.restore_version() can bring the losing version back. "
 							"Every write from another replica ID that replaces a row's version is recorded, "
 							"so on nodes that write the same rows the log holds that many changes per second "
@@ -227,17 +226,6 @@ typedef struct PruneRun
 	PruneItem  *items;
 	int64		expire_below;	/* conflicts with smaller ids have expired */
 	RowVersionWriter *w;
-	/*
-	 * While the walk reads the changes of named_id: the serials (sorted)
-	 * that conflicts name, every one in (named_from, named_upto].
-	 */
-	bool		named_valid;
-	pg_uuid_t	named_id;
-	int64		named_from;
-	int64		named_upto;
-	int64	   *named;
-	int			nnamed;
-	int			named_pos;		/* the walk's place in named */
 	/* The batch's lookups of row versions, by row hash (LatestEntry). */
 	MemoryContext latest_cxt;
 	HTAB	   *latest;
@@ -357,7 +345,11 @@ same_stamp(const StampKey *k, const Change *c)
 	return k->serial == c->serial && memcmp(k->id.data, c->replica_id.data, UUID_LEN) == 0;
 }
 
-/* Is the change the latest of one of its rows, or named by a conflict? */
+/*
+ * Is the change the latest of one of its rows, or the change a rolling
+ * ADD COLUMN will fill one in from?  (A conflict that names it keeps a
+ * copy of its own.)
+ */
 static bool
 kept(PruneRun *p, Change *c)
 {
@@ -370,83 +362,10 @@ kept(PruneRun *p, Change *c)
 
 		if (e->found && same_stamp(&e->latest, c))
 			return true;
-		/* The change a rolling ADD COLUMN will fill the row in from. */
 		if (e->found && e->partial && same_stamp(&e->carry, c))
 			return true;
 	}
-	if (p->named_valid && c->serial > p->named_from && c->serial <= p->named_upto &&
-		memcmp(c->replica_id.data, p->named_id.data, UUID_LEN) == 0)
-	{
-		/* The walk goes up in serial order: so does its place in named. */
-		if (p->named_pos > 0 && p->named[p->named_pos - 1] >= c->serial)
-			p->named_pos = 0;
-		while (p->named_pos < p->nnamed && p->named[p->named_pos] < c->serial)
-			p->named_pos++;
-		return p->named_pos < p->nnamed && p->named[p->named_pos] == c->serial;
-	}
-	return named_by_conflict(p->cat, &c->replica_id, c->serial);
-}
-
-/* The walk reads this many serials named by conflicts ahead at most. */
-#define NAMED_AHEAD		(4 * PRUNE_BATCH)
-
-/*
- * Before the walk reads the changes of it: the serials in its range that
- * conflicts name, in one read of conflict_log_loser instead of a probe
- * for each change that is no row's latest (on nodes that write the same
- * rows, most of them).  Up to NAMED_AHEAD of them: past those, kept()
- * probes.  In the batch's memory.
- */
-static void
-load_named(PruneRun *p, PruneItem *it)
-{
-	Relation	rel = table_open(p->cat->conflict_log, AccessShareLock);
-	Relation	idx = index_open(p->cat->conflict_log_loser, AccessShareLock);
-	ScanKeyData keys[3];
-	SysScanDesc scan;
-	HeapTuple	tuple;
-	int			max = 256;
-
-	p->named = MemoryContextAlloc(TopTransactionContext, sizeof(int64) * max);
-	p->nnamed = 0;
-	p->named_pos = 0;
-	p->named_id = it->id;
-	p->named_from = it->walked;
-	p->named_upto = it->upto;
-	ScanKeyInit(&keys[0], Anum_conflict_log_loser_replica_id, BTEqualStrategyNumber,
-				F_UUID_EQ, UUIDPGetDatum(&it->id));
-	ScanKeyInit(&keys[1], Anum_conflict_log_loser_serial, BTGreaterStrategyNumber,
-				F_INT8GT, Int64GetDatum(it->walked));
-	ScanKeyInit(&keys[2], Anum_conflict_log_loser_serial, BTLessEqualStrategyNumber,
-				F_INT8LE, Int64GetDatum(it->upto));
-	scan = systable_beginscan_ordered(rel, idx, SnapshotSelf, 3, keys);
-	while ((tuple = systable_getnext_ordered(scan, ForwardScanDirection)) != NULL)
-	{
-		bool		isnull;
-		int64		serial = DatumGetInt64(heap_getattr(tuple, Anum_conflict_log_loser_serial,
-														RelationGetDescr(rel), &isnull));
-
-		if (p->nnamed >= NAMED_AHEAD)
-		{
-			/* Complete up to the last serial read, which is in named. */
-			if (serial != p->named[p->nnamed - 1])
-			{
-				p->named_upto = p->named[p->nnamed - 1];
-				break;
-			}
-			continue;
-		}
-		if (p->nnamed >= max)
-		{
-			max *= 2;
-			p->named = repalloc(p->named, sizeof(int64) * max);
-		}
-		p->named[p->nnamed++] = serial;
-	}
-	systable_endscan_ordered(scan);
-	index_close(idx, AccessShareLock);
-	table_close(rel, AccessShareLock);
-	p->named_valid = true;
+	return false;
 }
 
 static bool
@@ -596,9 +515,7 @@ prune_walk(PruneRun *p)
 			if (it->walked >= it->upto)
 				continue;
 			p->last = it->upto;
-			load_named(p, it);
 			(void) changelog_scan(p->cat, &it->id, it->walked, it->upto, false, walk_callback, p);
-			p->named_valid = false;
 			if (p->batch < PRUNE_BATCH)
 				p->last = it->upto; /* the scan ran out: the range is done */
 			save_walked(&it->id, p->last);
@@ -642,22 +559,9 @@ horizons(PruneRun *p, Datum *ids, Datum *uptos)
 	MemoryContextSwitchTo(old);
 }
 
-/* The prune's item of a replica ID, if it has one. */
-static PruneItem *
-item_of(PruneRun *p, const pg_uuid_t *id)
-{
-	for (int i = 0; i < p->nitems; i++)
-		if (memcmp(p->items[i].id.data, id->data, UUID_LEN) == 0)
-			return &p->items[i];
-	return NULL;
-}
-
 /*
  * Conflicts older than replstamp.conflict_retention are forgotten, oldest
- * first, in batches.  The changes they named were kept for
- * replstamp.restore_version(): each one the walk went past is looked at
- * again now (or queued, if some puller lacks it: one came that holds
- * less); the walk finds the others.
+ * first, in batches (with them the copies of the versions that lost).
  */
 static void
 prune_expired(PruneRun *p)
@@ -670,7 +574,6 @@ prune_expired(PruneRun *p)
 		ReplstampOwnerContext ctx;
 		Oid			types[2] = {INT8OID, INT8OID};
 		Datum		values[2] = {Int64GetDatum(from), Int64GetDatum(p->expire_below)};
-		StampKey   *keys;
 
 		CHECK_FOR_INTERRUPTS();
 		batch_begin();
@@ -680,45 +583,16 @@ prune_expired(PruneRun *p)
 				           "SELECT ctid FROM replstamp.conflict_log "
 				           "WHERE id OPERATOR(pg_catalog.>=) $1 AND id OPERATOR(pg_catalog.<) $2 "
 				           "ORDER BY id LIMIT " CppAsString2(PRUNE_BATCH) ")) "
-				           "RETURNING id, loser_replica_id, loser_serial",
+				           "RETURNING id",
 				           2, types, values, NULL, SPI_OK_DELETE_RETURNING);
 		n = SPI_processed;
-		keys = palloc(sizeof(StampKey) * Max(n, 1));
 		for (int i = 0; i < n; i++)
 		{
 			bool		isnull;
-			HeapTuple	t = SPI_tuptable->vals[i];
-			TupleDesc	d = SPI_tuptable->tupdesc;
 
-			from = Max(from, DatumGetInt64(SPI_getbinval(t, d, 1, &isnull)) + 1);
-			memcpy(&keys[i].id, DatumGetUUIDP(SPI_getbinval(t, d, 2, &isnull)), sizeof(pg_uuid_t));
-			keys[i].serial = DatumGetInt64(SPI_getbinval(t, d, 3, &isnull));
+			from = Max(from, DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc,
+														 1, &isnull)) + 1);
 		}
-		p->w = rowversion_writer_begin(p->cat);
-		for (int i = 0; i < n; i++)
-		{
-			PruneItem  *it = item_of(p, &keys[i].id);
-			Change		c;
-
-			if (it == NULL || keys[i].serial > it->walked)
-				continue;
-			if (keys[i].serial > it->upto)
-			{
-				Oid			qt[2] = {UUIDOID, INT8OID};
-				Datum		qv[2] = {UUIDPGetDatum(&keys[i].id), Int64GetDatum(keys[i].serial)};
-
-				replstamp_spi_exec("INSERT INTO replstamp.prune_queue (replica_id, serial) VALUES ($1, $2) "
-						           "ON CONFLICT DO NOTHING", 2, qt, qv, NULL, SPI_OK_INSERT);
-				continue;
-			}
-			if (changelog_fetch(p->cat, &keys[i].id, keys[i].serial, &c) && !kept(p, &c))
-			{
-				changelog_delete_tid(p->cat, &c.tid);
-				p->removed++;
-			}
-		}
-		rowversion_writer_end(p->w);
-		p->w = NULL;
 		SPI_finish();
 		replstamp_restore_user(&ctx);
 		batch_end(p);
@@ -1628,6 +1502,53 @@ backfill_run(void)
  */
 
 /*
+ * The copy of a version that lost which the latest conflict naming it
+ * keeps (a change pruned from the log since), as a change: relation, key
+ * of the row, operation and image.  In the caller's memory.
+ */
+static bool
+conflict_copy(const pg_uuid_t *id, int64 serial, Change *out)
+{
+	MemoryContext caller = CurrentMemoryContext;
+	ReplstampOwnerContext ctx;
+	Oid			types[2] = {UUIDOID, INT8OID};
+	Datum		values[2] = {UUIDPGetDatum(id), Int64GetDatum(serial)};
+	bool		found;
+
+	replstamp_become_owner(&ctx);
+	SPI_connect();
+	replstamp_spi_exec("SELECT relation, pk, loser_op, loser_image, loser_changed_at "
+			           "FROM replstamp.conflict_log "
+			           "WHERE loser_replica_id OPERATOR(pg_catalog.=) $1 "
+			           "AND loser_serial OPERATOR(pg_catalog.=) $2 AND loser_op IS NOT NULL "
+			           "ORDER BY id DESC LIMIT 1",
+			           2, types, values, NULL, SPI_OK_SELECT);
+	found = SPI_processed == 1;
+	if (found)
+	{
+		HeapTuple	t = SPI_tuptable->vals[0];
+		TupleDesc	d = SPI_tuptable->tupdesc;
+		MemoryContext spi = MemoryContextSwitchTo(caller);
+		bool		isnull;
+		Datum		image;
+
+		memset(out, 0, sizeof(Change));
+		out->replica_id = *id;
+		out->serial = serial;
+		out->relation = DatumGetTextPCopy(SPI_getbinval(t, d, 1, &isnull));
+		out->pk = DatumGetJsonbPCopy(SPI_getbinval(t, d, 2, &isnull));
+		out->op = TextDatumGetCString(SPI_getbinval(t, d, 3, &isnull))[0];
+		image = SPI_getbinval(t, d, 4, &isnull);
+		out->image = isnull ? NULL : DatumGetJsonbPCopy(image);
+		out->changed_at = DatumGetTimestampTz(SPI_getbinval(t, d, 5, &isnull));
+		MemoryContextSwitchTo(spi);
+	}
+	SPI_finish();
+	replstamp_restore_user(&ctx);
+	return found;
+}
+
+/*
  * replstamp.restore_version(replica_id, serial): make the version of a row
  * that change wrote (or its deletion) the current one again, as a new
  * change made here, by the caller, with the caller's privileges: peers
@@ -1656,11 +1577,11 @@ replstamp_restore_version(PG_FUNCTION_ARGS)
 	int			np = 0;
 	int			nestlevel;
 
-	if (!changelog_fetch(cat, id, serial, &c))
+	if (!changelog_fetch(cat, id, serial, &c) && !conflict_copy(id, serial, &c))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("change %s/" INT64_FORMAT " is not held here", replstamp_uuid_text(id), serial),
-				 errhint("Changes every node holds are pruned unless they are the latest of their row or a conflict names them; replstamp.conflicts lists what can be restored.")));
+				 errhint("Changes every node holds are pruned unless they are the latest of their row; replstamp.conflicts lists the versions that can be restored, for replstamp.conflict_retention.")));
 	names = stringToQualifiedNameList(text_to_cstring(c.relation));
 	relid = RangeVarGetRelid(makeRangeVarFromNameList(names), RowExclusiveLock, false);
 	rel = table_open(relid, NoLock);

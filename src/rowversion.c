@@ -227,29 +227,10 @@ same_version(const Version *a, const Version *b)
 	return a->serial == b->serial && memcmp(a->replica_id.data, b->replica_id.data, UUID_LEN) == 0;
 }
 
-/*
- * Does a conflict of replstamp.conflicts name the change (as the loser)?
- * Such a change is kept for replstamp.restore_version() until the conflict
- * expires.  Conflicts are written only by a sync's pages, which exclude
- * prune batches (rowversion_page_lock()) and one another.
- */
-bool
-named_by_conflict(const ReplstampCatalog *cat, const pg_uuid_t *id, int64 serial)
+static bool
+same_stamp(const Change *c, const Version *v)
 {
-	Relation	rel = table_open(cat->conflict_log, AccessShareLock);
-	ScanKeyData keys[2];
-	SysScanDesc scan;
-	bool		found;
-
-	ScanKeyInit(&keys[0], Anum_conflict_log_loser_replica_id, BTEqualStrategyNumber,
-				F_UUID_EQ, UUIDPGetDatum(id));
-	ScanKeyInit(&keys[1], Anum_conflict_log_loser_serial, BTEqualStrategyNumber,
-				F_INT8EQ, Int64GetDatum(serial));
-	scan = systable_beginscan(rel, cat->conflict_log_loser, true, SnapshotSelf, 2, keys);
-	found = HeapTupleIsValid(systable_getnext(scan));
-	systable_endscan(scan);
-	table_close(rel, AccessShareLock);
-	return found;
+	return c->serial == v->serial && memcmp(c->replica_id.data, v->replica_id.data, UUID_LEN) == 0;
 }
 
 /*
@@ -257,12 +238,12 @@ named_by_conflict(const ReplstampCatalog *cat, const pg_uuid_t *id, int64 serial
  * row's carry from now on).  If pruning has looked at its change already
  * (and kept it for being the latest), the prune would now remove it: as
  * it would, this removes it at once if every puller holds it and nothing
- * else needs it (no conflict names it, it is no row's carry, it is the
- * latest of no other row: an UPDATE that changed the key is left to the
- * prune); otherwise it is queued, and the next prune looks at it again.
- * Pruning and this exclude each other (a prune batch and a sync's page,
- * rowversion_page_lock(); the reconciliation in a prune runs in its
- * first batch).
+ * else needs it (it is no row's carry, it is the latest of no other row:
+ * an UPDATE that changed the key is left to the prune); otherwise it is
+ * queued, and the next prune looks at it again.  (A conflict that names
+ * it keeps a copy of its own.)  Pruning and this exclude each other (a
+ * prune batch and a sync's page, rowversion_page_lock(); the
+ * reconciliation in a prune runs in its first batch).
  */
 static void
 superseded(RowVersionWriter *w, const Version *old, const RowVersion *current,
@@ -273,12 +254,7 @@ superseded(RowVersionWriter *w, const Version *old, const RowVersion *current,
 	Datum		values[2];
 	WalkedEntry *e;
 
-	/*
-	 * Not walked yet: the walk finds it superseded.  Named by a conflict
-	 * just recorded: looked at again when the conflict expires.
-	 */
-	if (w->loser_named)
-		return;
+	/* Not walked yet: the walk finds it superseded. */
 	e = walked_entry(w, &old->replica_id);
 	if (e == NULL || old->serial > e->walked_upto)
 		return;
@@ -286,14 +262,20 @@ superseded(RowVersionWriter *w, const Version *old, const RowVersion *current,
 		!(current->partial && same_version(&current->carry, old)) &&
 		!(carry && same_version(carry, old)))
 	{
-		Change		change;
+		Change		fetched;
+		Change	   *change = w->superseding;
 		ChangeRow	rows[2];
 
-		if (!changelog_fetch(w->cat, &old->replica_id, old->serial, &change))
-			return;				/* gone already */
-		if (change_rows(&change, rows) == 1 && !named_by_conflict(w->cat, &old->replica_id, old->serial))
+		/* A conflict recorded just now read it from the log already. */
+		if (change == NULL || !same_stamp(change, old))
 		{
-			changelog_delete_tid(w->cat, &change.tid);
+			change = &fetched;
+			if (!changelog_fetch(w->cat, &old->replica_id, old->serial, change))
+				return;			/* gone already */
+		}
+		if (change_rows(change, rows) == 1)
+		{
+			changelog_delete_tid(w->cat, &change->tid);
 			w->removed++;
 			return;
 		}
@@ -518,7 +500,7 @@ rowversion_put(RowVersionWriter *w, text *relation, ChangeRow *row,
 		(current->v.serial != v->serial ||
 		 memcmp(current->v.replica_id.data, v->replica_id.data, UUID_LEN) != 0))
 		superseded(w, &current->v, current, carry);
-	w->loser_named = false;
+	w->superseding = NULL;
 
 	current->v = *v;
 	current->deleted = deleted;

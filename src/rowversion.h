@@ -60,8 +60,8 @@ typedef struct RowVersionWriter
 	struct IndexScanDescData *scan; /* on it, kept open for every lookup */
 	TupleTableSlot *getslot;	/* what a lookup reads */
 	struct HTAB *walked;		/* replica ID -> how far pruning looked */
-	bool		loser_named;	/* a conflict just recorded names the version
-								 * the next put supersedes */
+	Change	   *superseding;	/* the change of the version the next put
+								 * supersedes, if a conflict just read it */
 	int64		removed;		/* superseded changes it removed from the log */
 	MemoryContext cxt;			/* the writer's */
 } RowVersionWriter;
@@ -98,7 +98,6 @@ extern int	change_rows(Change *change, ChangeRow *rows);
 extern RowVersionWriter *rowversion_writer_begin(const ReplstampCatalog *cat);
 extern void rowversion_writer_end(RowVersionWriter *w);
 extern bool bytes_equal(const struct varlena *a, const struct varlena *b);
-extern bool named_by_conflict(const ReplstampCatalog *cat, const pg_uuid_t *id, int64 serial);
 extern void rowversion_get(RowVersionWriter *w, text *relation, ChangeRow *row, RowVersion *out);
 extern List *rowversion_carry_left(RowVersion *current, Jsonb *image);
 extern void rowversion_put(RowVersionWriter *w, text *relation, ChangeRow *row,

@@ -50,36 +50,50 @@ is($rc, 0, 'a may pull from e') or diag($err);
 is(ids($a, 'id IN (1, 2)'), '', 'e\'s earlier update of row 1 does not bring it back on a');
 round();
 sq($a, 'SELECT replstamp.prune()');
-is(sq($a, q{SELECT count(*) FROM replstamp.changes c JOIN replstamp.conflicts l
-	ON l.loser_replica_id = c.replica_id AND l.loser_serial = c.serial WHERE c.replica_id = '} . $id_e . "'"), '1',
-	'e\'s update of row 1 lost to the delete: kept while replstamp.conflicts names it');
+is(sq($a, "SELECT count(*) FROM replstamp.changes WHERE replica_id = '$id_e'"), '0',
+	'e\'s update of row 1 lost to the delete: pruned like any other change');
+is(sq($a, "SELECT format('%s %s %s', kind, loser_op, loser_image->>'note') FROM replstamp.conflicts
+	WHERE loser_replica_id = '$id_e'"), 'incoming_lost UPDATE e, before the delete',
+	'the conflict keeps a copy of it');
 is(ids($_, 'id IN (1, 2)'), '', $_->name . ': rows 1 and 2 stay deleted') for ($a, $b, $e);
 is(content($e), content($a), 'e and a hold the same rows');
 # Conflicts are kept for replstamp.conflict_retention, not for the
 # tombstones' lifetime.
 sq($a, "ALTER SYSTEM SET replstamp.conflict_retention = '1s'; SELECT pg_reload_conf()");
-$a->poll_query_until('postgres', qq{SELECT replstamp.prune() >= 0
-	AND NOT EXISTS (SELECT 1 FROM replstamp.changes WHERE replica_id = '$id_e')})
-  or die 'the change that lost was not pruned';
-is(sq($a, 'SELECT count(*) FROM replstamp.conflicts'), '0', 'after conflict_retention the conflict is forgotten');
-is(sq($a, 'SELECT count(*) FROM replstamp.row_version WHERE deleted'), '2', 'and its change pruned; the tombstones stay');
+$a->poll_query_until('postgres', q{SELECT replstamp.prune() >= 0
+	AND NOT EXISTS (SELECT 1 FROM replstamp.conflicts)})
+  or die 'the conflict was not forgotten';
+pass('after conflict_retention the conflict is forgotten');
+is(sq($a, 'SELECT count(*) FROM replstamp.row_version WHERE deleted'), '2', 'the tombstones stay');
+sq($a, "ALTER SYSTEM RESET replstamp.conflict_retention; SELECT pg_reload_conf()");
 # A latest version the walk kept, then overwritten by another node's
-# change: kept while the conflict names it, pruned once it expires.
+# change: the sync that overwrote it removes it (every puller holds it),
+# its conflict keeps a copy, which restore_version() brings back.
 sq($a, "UPDATE accounts SET note = 'a, overwritten later' WHERE id = 3");
-my $v = sq($a, q{SELECT format('%s/%s', replica_id, serial) FROM replstamp.changes
+my ($vid, $vserial) = split /\|/, sq($a, q{SELECT replica_id, serial FROM replstamp.changes
 	WHERE pk = '{"id": 3}' ORDER BY changed_at DESC LIMIT 1});
+my $v = "replica_id = '$vid' AND serial = $vserial";
 round();
 sq($a, 'SELECT replstamp.prune()');
-is(sq($a, "SELECT count(*) FROM replstamp.changes WHERE format('%s/%s', replica_id, serial) = '$v'"), '1',
+is(sq($a, "SELECT count(*) FROM replstamp.changes WHERE $v"), '1',
 	'the latest version of row 3 is walked and kept');
 sq($b, "UPDATE accounts SET note = 'b' WHERE id = 3");
 round();
-is(sq($a, "SELECT count(*) FROM replstamp.conflicts WHERE format('%s/%s', loser_replica_id, loser_serial) = '$v'"),
-	'1', 'b\'s update overwrote it: a conflict names it');
-$a->poll_query_until('postgres', qq{SELECT replstamp.prune() >= 0
-	AND NOT EXISTS (SELECT 1 FROM replstamp.changes WHERE format('%s/%s', replica_id, serial) = '$v')})
-  or die 'the overwritten version was not pruned once its conflict expired';
-is(sq($a, 'SELECT count(*) FROM replstamp.conflicts'), '0', 'its conflict expired, and it was pruned');
+is(sq($a, "SELECT format('%s %s', kind, loser_image->>'note') FROM replstamp.conflicts
+	WHERE loser_replica_id = '$vid' AND loser_serial = $vserial"),
+	'overwrote a, overwritten later', 'b\'s update overwrote it: a conflict names it, with a copy');
+is(sq($a, "SELECT count(*) FROM replstamp.changes WHERE $v"), '0',
+	'the sync that overwrote it removed it from the log');
+sq($a, "SELECT replstamp.restore_version('$vid', $vserial)");
+is(sq($a, 'SELECT note FROM accounts WHERE id = 3'), 'a, overwritten later',
+	'restore_version() brings it back from the conflict');
+round();
+is(content($b), content($a), 'and b gets it as a new change');
+sq($a, "ALTER SYSTEM SET replstamp.conflict_retention = '1s'; SELECT pg_reload_conf()");
+$a->poll_query_until('postgres', q{SELECT replstamp.prune() >= 0 AND NOT EXISTS (SELECT 1 FROM replstamp.conflicts)})
+  or die 'the conflict did not expire';
+my ($rc2, $out2, $err2) = $a->psql('postgres', "SELECT replstamp.restore_version('$vid', $vserial)");
+like($err2, qr/is not held here/, 'once its conflict expired, that version is gone');
 
 # 2. e goes away again; a deletes row 7; with a lifetime of 2 s the
 # tombstones are dropped.

@@ -1,8 +1,8 @@
 # A prune lets the database's sync lock go between its batches, and a sync
 # may run in between: a conflict it records names a change the prune has
-# not walked yet (here the latest version it overwrote).  That change must
-# stay in the log for replstamp.restore_version(), as one named by a
-# conflict recorded before the prune began does.
+# not walked yet (here the latest version it overwrote).  The prune then
+# removes that change from the log, as any change no row's latest; the
+# conflict's copy of it is what replstamp.restore_version() brings back.
 #
 # replstamp.debug_prune_pause holds the prune between two batches of its
 # walk (2,000 changes each), without the lock, long enough for the sync.
@@ -38,13 +38,14 @@ $b->poll_query_until('postgres', q{SELECT count(*) > 0 FROM pg_stat_activity
 # whose loser is b's change, not walked yet.
 sq($a, q{INSERT INTO t VALUES (5000, 'written on a')});
 is(sq($b, q{SELECT replstamp.sync('a')}), '1', 'b pulls the change while its prune is paused');
-is(sq($b, qq{SELECT kind FROM replstamp.conflicts WHERE loser_replica_id = '$b_id' AND loser_serial = $x}),
-	'overwrote', "b records the conflict, naming its own change as the loser");
+is(sq($b, qq{SELECT kind || ' ' || (loser_image->>'v') FROM replstamp.conflicts
+	WHERE loser_replica_id = '$b_id' AND loser_serial = $x}),
+	'overwrote written on b', "b records the conflict, naming its own change as the loser, with a copy");
 $prune->finish;
 like($out, qr/^\d+\n$/, 'the prune ends');
 
-is(sq($b, qq{SELECT count(*) FROM replstamp.changes WHERE replica_id = '$b_id' AND serial = $x}), '1',
-	'the prune kept the change the new conflict names');
+is(sq($b, qq{SELECT count(*) FROM replstamp.changes WHERE replica_id = '$b_id' AND serial = $x}), '0',
+	'the prune walked the overwritten change, and removed it');
 sq($b, qq{SELECT replstamp.restore_version('$b_id', $x)});
 is(sq($b, 'SELECT v FROM t WHERE id = 5000'), 'written on b', 'and restore_version() brings it back');
 
