@@ -75,7 +75,10 @@ CREATE TABLE replstamp.row_version (
     carry_columns    text[],
     carry_changed_at timestamptz
 );
-CREATE INDEX row_version_hash ON replstamp.row_version (row_hash);
+-- A row's version is only ever looked up by its hash (one lookup per
+-- change applied or pruned): a hash index reaches it in fewer page reads
+-- than a btree.
+CREATE INDEX row_version_hash ON replstamp.row_version USING hash (row_hash);
 CREATE INDEX row_version_tombstones ON replstamp.row_version (changed_at) WHERE deleted;
 CREATE INDEX row_version_partial ON replstamp.row_version (relation) WHERE partial;
 

@@ -308,7 +308,7 @@ rowversion_writer_end(RowVersionWriter *w)
 
 /*
  * The next tuple of the writer's index scan.  In the writer's memory: the
- * scan keeps what it allocates on the way (btree's killed items) for the
+ * scan keeps what it allocates on the way (the index's killed items) for the
  * next lookups, which the caller's context would not outlive.
  */
 static bool
@@ -345,7 +345,7 @@ rowversion_get(RowVersionWriter *w, text *relation, ChangeRow *row, RowVersion *
 	}
 	slot = w->getslot;
 	out->found = false;
-	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(row->hash));
+	ScanKeyInit(&key, 1, HTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(row->hash));
 	old = MemoryContextSwitchTo(w->cxt);
 	index_rescan(w->scan, &key, 1, NULL, 0);
 	MemoryContextSwitchTo(old);
