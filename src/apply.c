@@ -40,8 +40,10 @@
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
+#include "catalog/dependency.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
+#include "commands/sequence.h"
 #include "commands/trigger.h"
 #include "executor/executor.h"
 #include "executor/spi.h"
@@ -117,6 +119,12 @@ struct ApplySession
 	HTAB	   *skips;			/* replstamp.skip() requests not met yet */
 	ReconcileState *reconcile;
 	RowVersionWriter *rvw;		/* the current page's */
+	/* replstamp.conflict_log, once the page records a conflict */
+	Relation	clog;
+	EState	   *clog_estate;
+	ResultRelInfo *clog_rri;
+	TupleTableSlot *clog_slot;
+	Oid			clog_seq;		/* the sequence of its ids */
 	List	   *open_tables;
 	int64		conflicts;
 	int64		skipped;
@@ -285,6 +293,15 @@ apply_page_end(ApplySession *s)
 			t->conflicts = 0;
 		}
 	}
+	if (s->clog)
+	{
+		ExecCloseResultRelations(s->clog_estate);
+		ExecCloseRangeTableRelations(s->clog_estate);
+		ExecResetTupleTable(s->clog_estate->es_tupleTable, false);
+		FreeExecutorState(s->clog_estate);
+		table_close(s->clog, NoLock);
+		s->clog = NULL;
+	}
 	rowversion_writer_end(s->rvw);
 	s->rvw = NULL;
 	reconcile_save(s->reconcile);
@@ -310,6 +327,7 @@ apply_page_abort(ApplySession *s)
 	}
 	s->open_tables = NIL;
 	s->rvw = NULL;
+	s->clog = NULL;
 	/* What was reconciled in the aborted transaction must be read again. */
 	s->reconcile->loaded = false;
 	s->reconcile->looked = false;
@@ -477,20 +495,21 @@ column_default(ApplyTable *t, int a, bool *isnull)
 /*
  * Record a conflict (kind: 'incoming_lost' or 'overwrote'), with a copy of
  * the version that lost (lost: its change, if this has it; NULL: read it
- * from the log) for replstamp.restore_version().
+ * from the log) for replstamp.restore_version().  Written with the
+ * executor's routines, as the extension's owner, into a result relation
+ * kept for the page (a statement per conflict parsed and started its
+ * CHECK constraints every time: most of what a conflict cost).
  */
 static void
 log_conflict(ApplySession *s, ApplyTable *t, Change *change, ChangeRow *row,
 			 const char *kind, const Version *winner, const Version *loser,
 			 Change *lost)
 {
-	Oid			types[12] = {TEXTOID, JSONBOID, TEXTOID, TEXTOID, UUIDOID, INT8OID,
-	TIMESTAMPTZOID, UUIDOID, INT8OID, TIMESTAMPTZOID, TEXTOID, JSONBOID};
-	Datum		values[12];
-	char		nulls[12];
 	ReplstampOwnerContext ctx;
+	TupleTableSlot *slot;
+	Datum	   *values;
+	bool	   *isnull;
 
-	memset(nulls, ' ', sizeof(nulls));
 	if (lost == NULL)
 	{
 		/* The version this overwrites: the latest of its row, in the log. */
@@ -500,35 +519,54 @@ log_conflict(ApplySession *s, ApplyTable *t, Change *change, ChangeRow *row,
 		else
 			lost = NULL;		/* not here: nothing to restore it from */
 	}
+
+	replstamp_become_owner(&ctx);
+	if (s->clog == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(s->page_cxt);
+
+		s->clog = table_open(s->cat->conflict_log, RowExclusiveLock);
+		s->clog_estate = CreateExecutorState();
+		s->clog_rri = replstamp_open_result_rel(s->clog, s->clog_estate);
+		s->clog_slot = table_slot_create(s->clog, &s->clog_estate->es_tupleTable);
+		s->clog_seq = getIdentitySequence(s->cat->conflict_log, Anum_conflict_log_id, false);
+		MemoryContextSwitchTo(old);
+	}
+	s->clog_estate->es_output_cid = GetCurrentCommandId(true);
+	slot = s->clog_slot;
+	ExecClearTuple(slot);
+	values = slot->tts_values;
+	isnull = slot->tts_isnull;
+	for (int a = 0; a < slot->tts_tupleDescriptor->natts; a++)
+		isnull[a] = true;
+	/* The id's identity sequence, as its default would. */
+	values[Anum_conflict_log_id - 1] = Int64GetDatum(nextval_internal(s->clog_seq, false));
+	values[Anum_conflict_log_resolved_at - 1] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
+	values[Anum_conflict_log_relation - 1] = PointerGetDatum(change->relation);
+	values[Anum_conflict_log_pk - 1] = JsonbPGetDatum(row->key);
+	values[Anum_conflict_log_kind - 1] = CStringGetTextDatum(kind);
+	values[Anum_conflict_log_peer - 1] = CStringGetTextDatum(s->peer);
+	values[Anum_conflict_log_winner_replica_id - 1] = UUIDPGetDatum(&winner->replica_id);
+	values[Anum_conflict_log_winner_serial - 1] = Int64GetDatum(winner->serial);
+	values[Anum_conflict_log_winner_changed_at - 1] = TimestampTzGetDatum(winner->changed_at);
+	values[Anum_conflict_log_loser_replica_id - 1] = UUIDPGetDatum(&loser->replica_id);
+	values[Anum_conflict_log_loser_serial - 1] = Int64GetDatum(loser->serial);
+	values[Anum_conflict_log_loser_changed_at - 1] = TimestampTzGetDatum(loser->changed_at);
+	for (int a = Anum_conflict_log_id; a <= Anum_conflict_log_loser_changed_at; a++)
+		isnull[a - 1] = false;
 	if (lost)
 	{
-		values[10] = CStringGetTextDatum(changelog_op_name(lost->op));
+		values[Anum_conflict_log_loser_op - 1] = CStringGetTextDatum(changelog_op_name(lost->op));
+		isnull[Anum_conflict_log_loser_op - 1] = false;
 		if (lost->image)
-			values[11] = JsonbPGetDatum(lost->image);
-		else
-			nulls[11] = 'n';
+		{
+			values[Anum_conflict_log_loser_image - 1] = JsonbPGetDatum(lost->image);
+			isnull[Anum_conflict_log_loser_image - 1] = false;
+		}
 	}
-	else
-		nulls[10] = nulls[11] = 'n';
-
-	values[0] = PointerGetDatum(change->relation);
-	values[1] = JsonbPGetDatum(row->key);
-	values[2] = CStringGetTextDatum(kind);
-	values[3] = CStringGetTextDatum(s->peer);
-	values[4] = UUIDPGetDatum(&winner->replica_id);
-	values[5] = Int64GetDatum(winner->serial);
-	values[6] = TimestampTzGetDatum(winner->changed_at);
-	values[7] = UUIDPGetDatum(&loser->replica_id);
-	values[8] = Int64GetDatum(loser->serial);
-	values[9] = TimestampTzGetDatum(loser->changed_at);
-	replstamp_become_owner(&ctx);
-	SPI_connect();
-	replstamp_spi_exec_kept("INSERT INTO replstamp.conflict_log (relation, pk, kind, peer, "
-							"winner_replica_id, winner_serial, winner_changed_at, "
-							"loser_replica_id, loser_serial, loser_changed_at, loser_op, loser_image) "
-							"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-							12, types, values, nulls, SPI_OK_INSERT);
-	SPI_finish();
+	ExecStoreVirtualTuple(slot);
+	ExecSimpleRelationInsert(s->clog_rri, s->clog_estate, slot);
+	ResetPerTupleExprContext(s->clog_estate);
 	replstamp_restore_user(&ctx);
 	s->conflicts++;
 	t->conflicts++;

@@ -154,6 +154,8 @@ replstamp_catalog(bool missing_ok)
 		check_attnum(catalog.conflict_log, Anum_conflict_log_resolved_at, "resolved_at");
 		check_attnum(catalog.conflict_log, Anum_conflict_log_loser_replica_id, "loser_replica_id");
 		check_attnum(catalog.conflict_log, Anum_conflict_log_loser_serial, "loser_serial");
+		check_attnum(catalog.conflict_log, Anum_conflict_log_peer, "peer");
+		check_attnum(catalog.conflict_log, Anum_conflict_log_loser_image, "loser_image");
 	}
 	catalog_valid = true;
 	return &catalog;

@@ -63,11 +63,22 @@
 #define Anum_row_version_carry_changed_at	12
 #define Natts_row_version			12
 
-/* The columns of replstamp.conflict_log that pruning reads. */
+/* The columns of replstamp.conflict_log. */
 #define Anum_conflict_log_id		1
 #define Anum_conflict_log_resolved_at	2
+#define Anum_conflict_log_relation	3
+#define Anum_conflict_log_pk		4
+#define Anum_conflict_log_kind		5
+#define Anum_conflict_log_peer		6
+#define Anum_conflict_log_winner_replica_id	7
+#define Anum_conflict_log_winner_serial	8
+#define Anum_conflict_log_winner_changed_at	9
 #define Anum_conflict_log_loser_replica_id	10
 #define Anum_conflict_log_loser_serial	11
+#define Anum_conflict_log_loser_changed_at	12
+#define Anum_conflict_log_loser_op	13
+#define Anum_conflict_log_loser_image	14
+#define Natts_conflict_log			14
 
 /*
  * OIDs of the extension's objects in the current database, looked up once per
