@@ -74,6 +74,7 @@
 #include "catalog.h"
 #include "changelog.h"
 #include "identity.h"
+#include "latest.h"
 #include "maintenance.h"
 #include "rowimage.h"
 #include "rowversion.h"
@@ -374,7 +375,8 @@ walk_callback(Change *c, void *arg)
 	PruneRun   *p = arg;
 
 	p->last = c->serial;
-	if (!kept(p, c))
+	/* Known to be the latest (latest.c): kept, without a lookup. */
+	if (!latest_known(&c->replica_id, c->serial) && !kept(p, c))
 	{
 		changelog_delete_tid(p->cat, &c->tid);
 		p->removed++;
@@ -519,6 +521,7 @@ prune_walk(PruneRun *p)
 			if (p->batch < PRUNE_BATCH)
 				p->last = it->upto; /* the scan ran out: the range is done */
 			save_walked(&it->id, p->last);
+			latest_walked(&it->id, p->last);
 			it->walked = p->last;
 		}
 		rowversion_writer_end(p->w);

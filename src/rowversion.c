@@ -60,6 +60,7 @@
 
 #include "catalog.h"
 #include "changelog.h"
+#include "latest.h"
 #include "rowimage.h"
 #include "rowversion.h"
 #include "serial.h"
@@ -253,6 +254,9 @@ superseded(RowVersionWriter *w, const Version *old, const RowVersion *current,
 	Oid			types[2] = {UUIDOID, INT8OID};
 	Datum		values[2];
 	WalkedEntry *e;
+
+	/* No longer the latest: the walk must look at it (latest.c). */
+	latest_note(&old->replica_id, old->serial, false);
 
 	/* Not walked yet: the walk finds it superseded. */
 	e = walked_entry(w, &old->replica_id);
@@ -501,6 +505,7 @@ rowversion_put(RowVersionWriter *w, text *relation, ChangeRow *row,
 		 memcmp(current->v.replica_id.data, v->replica_id.data, UUID_LEN) != 0))
 		superseded(w, &current->v, current, carry);
 	w->superseding = NULL;
+	latest_note(&v->replica_id, v->serial, true);
 
 	current->v = *v;
 	current->deleted = deleted;

@@ -15,6 +15,7 @@
 #include "storage/ipc.h"
 #include "storage/shmem.h"
 
+#include "latest.h"
 #include "shmem.h"
 
 ReplstampShared *replstamp_shared = NULL;
@@ -36,6 +37,7 @@ shmem_request(void)
 		prev_shmem_request_hook();
 	RequestAddinShmemSpace(shmem_size());
 	RequestNamedLWLockTranche("replstamp", 1);
+	latest_shmem_request();
 }
 
 static void
@@ -66,6 +68,7 @@ shmem_startup(void)
 		}
 	}
 	replstamp_shared = s;
+	latest_shmem_startup();
 	LWLockRelease(AddinShmemInitLock);
 }
 
