@@ -10,7 +10,8 @@
 #    seconds, on node a: the changes it has stamped or pulled so far, the
 #    rows and bytes (pg_total_relation_size) of replstamp.changes and
 #    replstamp.row_version, the rows of the tracked tables, the conflicts
-#    recorded.  Flat means the log follows the tables (about one change
+#    recorded (rows, and bytes of replstamp.conflict_log: each keeps a copy
+#    of the version that lost).  Flat means the log follows the tables (about one change
 #    per row: the latest change of each row is kept), not the number of
 #    changes.  Meanwhile pg_stat_activity is sampled every second on every
 #    node for a worker that is pruning.
@@ -145,7 +146,8 @@ bench3() {
 
 # What node a holds: seen (stamped here or pulled: the sum of its vector,
 # every ID's serials being dense), changes rows and
-# bytes, row_version rows and bytes, rows of the tracked tables, conflicts.
+# bytes, row_version rows and bytes, rows of the tracked tables, conflicts
+# and their bytes (each keeps a copy of the version that lost).
 sample() {
 	q "$PA" -F ' ' -c "SELECT
 		(SELECT sum(serial) FROM replstamp.vector),
@@ -155,7 +157,8 @@ sample() {
 		pg_total_relation_size('replstamp.row_version'),
 		(SELECT count(*) FROM pgbench_accounts) + (SELECT count(*) FROM pgbench_branches)
 		  + (SELECT count(*) FROM pgbench_tellers) + (SELECT count(*) FROM pgbench_history),
-		(SELECT count(*) FROM replstamp.conflict_log)"
+		(SELECT count(*) FROM replstamp.conflict_log),
+		pg_total_relation_size('replstamp.conflict_log')"
 }
 # Every second until $1 exists: on each node, is a worker pruning?
 prune_watch() {
@@ -178,14 +181,14 @@ watcher=$!
 removed0=$(sample | awk '{ print $1 - $2 }')
 bench3 "$SECONDS_RUN" "-P $SAMPLE" >"$RES/churn.tps" &
 bencher=$!
-printf '%6s %12s %10s %10s %12s %10s %10s %10s %14s\n' "t (s)" "seen" "changes" "MB" "row_version" "MB" "rows" "conflicts" "changes/row"
+printf '%6s %12s %10s %10s %12s %10s %10s %10s %10s %14s\n' "t (s)" "seen" "changes" "MB" "row_version" "MB" "rows" "conflicts" "MB" "changes/row"
 start=$(now)
 t=0
 while [ "$t" -lt "$SECONDS_RUN" ]; do
 	sleep "$SAMPLE"
 	t=$(awk -v s="$start" -v n="$(now)" 'BEGIN { printf "%d", n - s }')
 	sample | awk -v t="$t" '{
-		printf "%6d %12d %10d %10.1f %12d %10.1f %10d %10d %14.2f\n", t, $1, $2, $3 / 1048576, $4, $5 / 1048576, $6, $7, $2 / $6
+		printf "%6d %12d %10d %10.1f %12d %10.1f %10d %10d %10.1f %14.2f\n", t, $1, $2, $3 / 1048576, $4, $5 / 1048576, $6, $7, $8 / 1048576, $2 / $6
 	}' | tee -a "$RES/samples"
 done
 wait "$bencher"
@@ -208,8 +211,8 @@ awk 'NR == 1 { s1 = $2; c1 = $3; r1 = $7; b1 = $4 } { s2 = $2; c2 = $3; r2 = $7;
 }' "$RES/samples"
 # Once the conflicts kept reach their steady state (the retention has
 # passed), the log should grow no faster than the tables: what it holds
-# beyond one change per row (conflicts within the retention, what pullers
-# lack) stays level.
+# beyond one change per row (what pullers lack, and what the next prune
+# removes) stays level.
 retention_s=$(q "$PA" -c "SELECT extract(epoch FROM interval '$RETENTION')::int")
 awk -v from="$retention_s" '$1 >= from && !n++ { s1 = $2; c1 = $3; r1 = $7; t1 = $1; x1 = $3 - $7 }
 	$1 >= from { s2 = $2; c2 = $3; r2 = $7; t2 = $1; x2 = $3 - $7 } END {
