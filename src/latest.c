@@ -36,6 +36,7 @@
 #include "nodes/pg_list.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
+#include "utils/guc.h"
 #include "utils/memutils.h"
 
 #include "latest.h"
@@ -43,6 +44,15 @@
 #define LATEST_SLOTS	16
 #define LATEST_WINDOW	((int64) 1 << 20)	/* serials per slot: 128 kB */
 #define LATEST_WORDS	(LATEST_WINDOW / 64)
+
+/*
+ * Notes one transaction keeps at most (32 MB); past them it forgets, when
+ * it commits, every bit of its database instead (the first prune after a
+ * long time without one reconciles that many local changes).  A GUC, for
+ * tests.
+ */
+#define LATEST_MAX_OPS	(1024 * 1024)
+static int	max_notes = LATEST_MAX_OPS;
 
 typedef struct LatestSlot
 {
@@ -74,7 +84,23 @@ static LatestOp *ops = NULL;
 static int	nops = 0;
 static int	maxops = 0;
 static List *sub_marks = NIL;	/* nops when each open subtransaction began */
+static bool overflowed = false; /* more notes than LATEST_MAX_OPS */
 static bool callbacks_registered = false;
+
+/* GUCs.  Called from _PG_init. */
+void
+latest_init(void)
+{
+	DefineCustomIntVariable("replstamp.debug_latest_notes",
+							"Testing aid: how many notes of latest versions one transaction keeps.",
+							"Past them the transaction forgets, when it commits, what is known of "
+							"its database's latest versions, and prunes look rows up.",
+							&max_notes,
+							LATEST_MAX_OPS, 0, LATEST_MAX_OPS,
+							PGC_SUSET,
+							GUC_NOT_IN_SAMPLE,
+							NULL, NULL, NULL);
+}
 
 Size
 latest_shmem_size(void)
@@ -176,6 +202,14 @@ static void
 apply_ops(void)
 {
 	LWLockAcquire(latest_shared->lock, LW_EXCLUSIVE);
+	if (overflowed)
+	{
+		/* Too many to keep: nothing of this database is known any more. */
+		for (int i = 0; i < LATEST_SLOTS; i++)
+			if (latest_shared->slots[i].dboid == MyDatabaseId)
+				latest_shared->slots[i].dboid = InvalidOid;
+		nops = 0;
+	}
 	for (int i = 0; i < nops; i++)
 	{
 		LatestOp   *op = &ops[i];
@@ -207,6 +241,7 @@ forget_ops(void)
 	nops = 0;
 	maxops = 0;
 	sub_marks = NIL;
+	overflowed = false;
 }
 
 static void
@@ -215,7 +250,7 @@ latest_xact_callback(XactEvent event, void *arg)
 	switch (event)
 	{
 		case XACT_EVENT_PRE_COMMIT:
-			if (nops > 0 && latest_shared != NULL)
+			if ((nops > 0 || overflowed) && latest_shared != NULL)
 				apply_ops();
 			forget_ops();
 			break;
@@ -276,6 +311,13 @@ latest_note(const pg_uuid_t *id, int64 serial, bool latest)
 		RegisterXactCallback(latest_xact_callback, NULL);
 		RegisterSubXactCallback(latest_subxact_callback, NULL);
 		callbacks_registered = true;
+	}
+	if (overflowed)
+		return;
+	if (nops >= max_notes)
+	{
+		overflowed = true;
+		return;
 	}
 	if (nops >= maxops)
 	{

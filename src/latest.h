@@ -14,6 +14,7 @@
 
 #include "utils/uuid.h"
 
+extern void latest_init(void);
 extern Size latest_shmem_size(void);
 extern void latest_shmem_request(void);
 extern void latest_shmem_startup(void);

@@ -18,6 +18,7 @@
 #include "changelog.h"
 #include "identity.h"
 #include "launcher.h"
+#include "latest.h"
 #include "maintenance.h"
 #include "remote.h"
 #include "rowimage.h"
@@ -59,6 +60,7 @@ _PG_init(void)
 	remote_init();
 	sync_init();
 	maintenance_init();
+	latest_init();
 	launcher_init();
 
 	MarkGUCPrefixReserved("replstamp");
