@@ -57,6 +57,9 @@ SELECT state FROM replstamp.status;
 SET ROLE regress_writer;
 -- The change log shows rows of every tracked table: not for everybody.
 SELECT count(*) FROM replstamp.changes;
+-- Nor do the conflicts, with their copies of the versions that lost.
+SELECT count(*) FROM replstamp.conflicts;
+SELECT loser_image FROM replstamp.conflict_log;
 
 -- ... but cannot forge or remove stamps, or touch the state.
 INSERT INTO replstamp.changes VALUES (gen_random_uuid(), 1, 'public.accounts', 'INSERT', '{}', NULL, now());
