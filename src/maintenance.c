@@ -340,12 +340,6 @@ latest_of(PruneRun *p, text *relation, ChangeRow *row)
 	return e;
 }
 
-static bool
-same_stamp(const StampKey *k, const Change *c)
-{
-	return k->serial == c->serial && memcmp(k->id.data, c->replica_id.data, UUID_LEN) == 0;
-}
-
 /*
  * Is the change the latest of one of its rows, or the change a rolling
  * ADD COLUMN will fill one in from?  (A conflict that names it keeps a
@@ -361,9 +355,10 @@ kept(PruneRun *p, Change *c)
 	{
 		LatestEntry *e = latest_of(p, c->relation, &rows[i]);
 
-		if (e->found && same_stamp(&e->latest, c))
+		if (e->found && same_stamp(&e->latest.id, e->latest.serial, &c->replica_id, c->serial))
 			return true;
-		if (e->found && e->partial && same_stamp(&e->carry, c))
+		if (e->found && e->partial &&
+			same_stamp(&e->carry.id, e->carry.serial, &c->replica_id, c->serial))
 			return true;
 	}
 	return false;

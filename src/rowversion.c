@@ -222,18 +222,6 @@ walked_entry(RowVersionWriter *w, const pg_uuid_t *id)
 	return hash_search(w->walked, id, HASH_FIND, NULL);
 }
 
-static bool
-same_version(const Version *a, const Version *b)
-{
-	return a->serial == b->serial && memcmp(a->replica_id.data, b->replica_id.data, UUID_LEN) == 0;
-}
-
-static bool
-same_stamp(const Change *c, const Version *v)
-{
-	return c->serial == v->serial && memcmp(c->replica_id.data, v->replica_id.data, UUID_LEN) == 0;
-}
-
 /*
  * A latest version is superseded (current: the row as it was; carry: the
  * row's carry from now on).  If pruning has looked at its change already
@@ -263,15 +251,17 @@ superseded(RowVersionWriter *w, const Version *old, const RowVersion *current,
 	if (e == NULL || old->serial > e->walked_upto)
 		return;
 	if (old->serial <= e->held_upto &&
-		!(current->partial && same_version(&current->carry, old)) &&
-		!(carry && same_version(carry, old)))
+		!(current->partial && same_stamp(&current->carry.replica_id, current->carry.serial,
+										 &old->replica_id, old->serial)) &&
+		!(carry && same_stamp(&carry->replica_id, carry->serial, &old->replica_id, old->serial)))
 	{
 		Change		fetched;
 		Change	   *change = w->superseding;
 		ChangeRow	rows[2];
 
 		/* A conflict recorded just now read it from the log already. */
-		if (change == NULL || !same_stamp(change, old))
+		if (change == NULL ||
+			!same_stamp(&change->replica_id, change->serial, &old->replica_id, old->serial))
 		{
 			change = &fetched;
 			if (!changelog_fetch(w->cat, &old->replica_id, old->serial, change))
@@ -501,8 +491,7 @@ rowversion_put(RowVersionWriter *w, text *relation, ChangeRow *row,
 			   const Version *carry, List *carry_columns)
 {
 	if (current->found &&
-		(current->v.serial != v->serial ||
-		 memcmp(current->v.replica_id.data, v->replica_id.data, UUID_LEN) != 0))
+		!same_stamp(&current->v.replica_id, current->v.serial, &v->replica_id, v->serial))
 		superseded(w, &current->v, current, carry);
 	w->superseding = NULL;
 	latest_note(&v->replica_id, v->serial, true);

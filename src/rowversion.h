@@ -27,6 +27,13 @@ typedef struct Version
 	int64		serial;
 } Version;
 
+/* Do two stamps (replica ID, serial) name the same change? */
+static inline bool
+same_stamp(const pg_uuid_t *a, int64 a_serial, const pg_uuid_t *b, int64 b_serial)
+{
+	return a_serial == b_serial && memcmp(a->data, b->data, UUID_LEN) == 0;
+}
+
 /* The latest version of a row, as recorded. */
 typedef struct RowVersion
 {
