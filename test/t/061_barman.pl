@@ -97,6 +97,12 @@ my $id_a = sq($a, 'SELECT replica_id FROM replstamp.node');
 # barman cron creates the slot and starts receive-wal (pg_receivewal) in
 # the background; switch-wal --archive waits until a WAL file arrives.
 ok(barman('cron'), 'barman cron: creates the slot and starts receive-wal');
+# receive-wal starts in the background, and the slot holds no WAL until it
+# connects: a switch before that moves past the segment Barman then waits
+# for (which never arrives).  Wait until it streams.
+$a->poll_query_until('postgres', q{SELECT EXISTS (SELECT 1 FROM pg_stat_replication WHERE state = 'streaming')
+	AND EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = 'barman' AND restart_lsn IS NOT NULL)})
+  or die 'barman receive-wal never started streaming';
 ok(barman('switch-wal', '--force', '--archive', '--archive-timeout', '180', 'pg'),
 	'barman switch-wal --archive: WAL streams into Barman');
 ok(barman('check', 'pg'), 'barman check: every check OK');
