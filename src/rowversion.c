@@ -60,6 +60,7 @@
 
 #include "catalog.h"
 #include "changelog.h"
+#include "errors.h"
 #include "latest.h"
 #include "rowimage.h"
 #include "rowversion.h"
@@ -141,6 +142,21 @@ replstamp_open_result_rel(Relation rel, EState *estate)
 	rte->rellockmode = RowExclusiveLock;
 	ExecInitRangeTable(estate, list_make1(rte));
 	InitResultRelInfo(rri, rel, 1, NULL, 0);
+
+	/*
+	 * The triggers' function lookups live as long as the estate.  Left to
+	 * the trigger manager, each is made on the first call in whatever
+	 * context is current then (a row's, reset after every change): the
+	 * cache fmgr_security_definer() keeps for a function with SET or
+	 * SECURITY DEFINER was freed with the row and read again by the next
+	 * one.
+	 */
+	if (rri->ri_TrigDesc)
+	{
+		for (int i = 0; i < rri->ri_TrigDesc->numtriggers; i++)
+			fmgr_info_cxt(rri->ri_TrigDesc->triggers[i].tgfoid,
+						  &rri->ri_TrigFunctions[i], estate->es_query_cxt);
+	}
 	/* Known to the executor, so that firing triggers finds it. */
 	estate->es_opened_result_relations = lappend(estate->es_opened_result_relations, rri);
 	ExecOpenIndices(rri, false);
