@@ -63,6 +63,7 @@
 
 #include "apply.h"
 #include "catalog.h"
+#include "errors.h"
 #include "rowimage.h"
 #include "rowversion.h"
 #include "serial.h"

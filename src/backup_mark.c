@@ -67,6 +67,7 @@
 
 #include "backup_mark.h"
 #include "catalog.h"
+#include "errors.h"
 #include "identity.h"
 #include "serial.h"
 #include "shmem.h"

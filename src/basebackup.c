@@ -86,6 +86,7 @@
 #include "utils/wait_event.h"
 
 #include "backup_mark.h"
+#include "errors.h"
 #include "workers.h"
 #include "catalog.h"
 #include "shmem.h"

@@ -40,6 +40,7 @@
 #include "utils/snapmgr.h"
 
 #include "catalog.h"
+#include "errors.h"
 #include "shmem.h"
 
 static ReplstampCatalog catalog;

@@ -34,6 +34,7 @@
 #include "utils/snapmgr.h"
 
 #include "changelog.h"
+#include "errors.h"
 #include "rowimage.h"
 
 /*

@@ -34,6 +34,7 @@
 
 #include "catalog.h"
 #include "epochs.h"
+#include "errors.h"
 #include "identity.h"
 #include "serial.h"
 

@@ -89,6 +89,7 @@
 
 #include "catalog.h"
 #include "changelog.h"
+#include "errors.h"
 #include "identity.h"
 #include "rowversion.h"
 #include "serial.h"

@@ -39,6 +39,7 @@
 #include "utils/guc.h"
 #include "utils/memutils.h"
 
+#include "errors.h"
 #include "latest.h"
 
 #define LATEST_SLOTS	16

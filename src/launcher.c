@@ -48,6 +48,7 @@
 #include "utils/timestamp.h"
 
 #include "catalog.h"
+#include "errors.h"
 #include "launcher.h"
 #include "maintenance.h"
 #include "sync.h"

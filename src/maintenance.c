@@ -73,6 +73,7 @@
 
 #include "catalog.h"
 #include "changelog.h"
+#include "errors.h"
 #include "identity.h"
 #include "latest.h"
 #include "maintenance.h"
@@ -1386,7 +1387,7 @@ backfill_table(Oid relid)
 			FlushErrorState();
 			AbortCurrentTransaction();
 			worker_begin_xact();
-			backfill_record_error(relid, edata->message);
+			backfill_record_error(relid, errors_public_text(edata, NULL));
 			worker_commit_xact();
 			FreeErrorData(edata);
 			failed = true;

@@ -32,6 +32,7 @@
 #include "utils/timestamp.h"
 
 #include "catalog.h"
+#include "errors.h"
 #include "proto.h"
 #include "serial.h"
 

@@ -30,6 +30,7 @@
 #include "utils/timestamp.h"
 #include "utils/wait_event.h"
 
+#include "errors.h"
 #include "remote.h"
 
 #define DEFAULT_CONNECT_TIMEOUT_S	10

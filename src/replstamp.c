@@ -16,6 +16,7 @@
 
 #include "catalog.h"
 #include "changelog.h"
+#include "errors.h"
 #include "identity.h"
 #include "launcher.h"
 #include "latest.h"

@@ -62,6 +62,7 @@
 #include "utils/syscache.h"
 
 #include "catalog.h"
+#include "errors.h"
 #include "maintenance.h"
 #include "shmem.h"
 #include "sync.h"

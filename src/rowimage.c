@@ -52,6 +52,7 @@
 #include "utils/typcache.h"
 #include "utils/xml.h"
 
+#include "errors.h"
 #include "rowimage.h"
 
 static HTAB *layouts = NULL;

@@ -56,6 +56,7 @@
 #include "utils/timestamp.h"
 
 #include "catalog.h"
+#include "errors.h"
 #include "serial.h"
 #include "shmem.h"
 

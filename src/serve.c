@@ -48,6 +48,7 @@
 
 #include "catalog.h"
 #include "epochs.h"
+#include "errors.h"
 #include "identity.h"
 #include "proto.h"
 #include "serial.h"

@@ -15,6 +15,7 @@
 #include "storage/ipc.h"
 #include "storage/shmem.h"
 
+#include "errors.h"
 #include "latest.h"
 #include "shmem.h"
 

@@ -40,6 +40,7 @@
 
 #include "catalog.h"
 #include "changelog.h"
+#include "errors.h"
 #include "identity.h"
 #include "maintenance.h"
 #include "rowimage.h"
