@@ -70,6 +70,7 @@
 #include "catalog.h"
 #include "changelog.h"
 #include "epochs.h"
+#include "errors.h"
 #include "identity.h"
 #include "maintenance.h"
 #include "proto.h"
@@ -779,7 +780,14 @@ apply_page(SyncRun *r, Range *rg, PageBuf *p, int64 upto)
 	for (int attempt = 1;; attempt++)
 	{
 		MemoryContext cxt = CurrentMemoryContext;
+		bool		retry = false;
 
+		/*
+		 * No jump leaves the PG_TRY or the PG_CATCH below (a "continue" in
+		 * the PG_CATCH would only leave PG_TRY's do-while, skip the
+		 * restoring of the exception stack, and end this loop as if the page
+		 * had committed): the outcome is decided after PG_END_TRY.
+		 */
 		PG_TRY();
 		{
 			for (;;)
@@ -844,12 +852,15 @@ apply_page(SyncRun *r, Range *rg, PageBuf *p, int64 upto)
 			AbortCurrentTransaction();
 			apply_page_abort(r->apply);
 			ereport(LOG,
-					(errmsg("replstamp: retrying a page from peer \"%s\" after: %s", r->peer, e->message)));
+					(errcode(e->sqlerrcode),
+					 errmsg("replstamp: retrying a page from peer \"%s\" (attempt %d of %d) after: %s",
+							r->peer, attempt + 1, PAGE_RETRIES, e->message)));
 			FreeErrorData(e);
-			continue;
+			retry = true;
 		}
 		PG_END_TRY();
-		break;
+		if (!retry)
+			break;
 	}
 	if (p->n > 0 && sync_delay > 0)
 	{
@@ -1009,7 +1020,12 @@ sync_error_quotes_values(const ErrorData *e)
 		ERRCODE_TO_CATEGORY(e->sqlerrcode) == ERRCODE_INTEGRITY_CONSTRAINT_VIOLATION;
 }
 
-/* The error of a failed sync, in replstamp.peer: no row values in it. */
+/*
+ * The error of a failed sync, in replstamp.peer, which every role can
+ * read: no row values in it (errors.c).  The change that failed, if it
+ * failed applying one, goes in last_error_change, what replstamp.skip()
+ * takes.
+ */
 static void
 record_failure(const char *peer, ErrorData *e)
 {
@@ -1017,47 +1033,11 @@ record_failure(const char *peer, ErrorData *e)
 	Oid			types[4] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID};
 	Datum		values[4];
 	char		nulls[4] = {' ', ' ', ' ', 'n'};
-	char	   *msg;
-	const char *applying = NULL;
+	char	   *stamp;
+	char	   *msg = errors_public_text(e, &stamp);
 
-	/*
-	 * Messages of data exceptions quote the value that did not fit (an
-	 * input function's "invalid input syntax ... \"4111-...\""): those stay
-	 * in the server log.  replstamp.peers is readable by everybody.
-	 */
-	if (ERRCODE_TO_CATEGORY(e->sqlerrcode) == ERRCODE_DATA_EXCEPTION &&
-		e->sqlerrcode != ERRCODE_DATA_EXCEPTION)
-		msg = psprintf("a value does not fit its column here (SQLSTATE %s)",
-					   unpack_sql_state(e->sqlerrcode));
-	else
-		msg = e->message ? e->message : "unknown error";
-
-	/*
-	 * The change that failed, from apply.c's context line, which other
-	 * context lines (the column being decoded, a trigger) may precede: it
-	 * names the stamp and the table, never values.
-	 */
-	if (e->context)
+	if (stamp)
 	{
-		const char *p = e->context;
-
-		while (p && strncmp(p, "applying change ", 16) != 0)
-		{
-			p = strchr(p, '\n');
-			if (p)
-				p++;
-		}
-		applying = p;
-	}
-	if (applying)
-	{
-		char	   *ctxline = pstrdup(applying);
-		char	   *stamp = pstrdup(applying + 16);
-
-		ctxline[strcspn(ctxline, "\n")] = '\0';
-		msg = psprintf("%s (%s)", msg, ctxline);
-		/* "applying change <id>/<serial> (...": what replstamp.skip() takes */
-		stamp[strcspn(stamp, " \n")] = '\0';
 		values[3] = CStringGetTextDatum(stamp);
 		nulls[3] = ' ';
 	}
