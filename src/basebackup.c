@@ -44,6 +44,7 @@
  * are copied, and the standard pg_stat_progress_basebackup view.
  *
  * Copyright (c) 2026, the replstamp authors
+ * Distributed under the PostgreSQL License: see LICENSE.
  *
  *-------------------------------------------------------------------------
  */

@@ -56,6 +56,7 @@
  *	  signal left, and rotates nothing: exactly one rotation happens.
  *
  * Copyright (c) 2026, the replstamp authors
+ * Distributed under the PostgreSQL License: see LICENSE.
  *
  *-------------------------------------------------------------------------
  */

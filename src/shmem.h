@@ -15,6 +15,7 @@
  *	- requests[]: protected by lock (sync.c).
  *
  * Copyright (c) 2026, the replstamp authors
+ * Distributed under the PostgreSQL License: see LICENSE.
  *
  *-------------------------------------------------------------------------
  */
