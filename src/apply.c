@@ -30,6 +30,7 @@
  * converted with the column's type modifier, as INSERT does.
  *
  * Copyright (c) 2026, the replstamp authors
+ * Distributed under the PostgreSQL License: see LICENSE.
  *
  *-------------------------------------------------------------------------
  */

@@ -5,6 +5,7 @@
  *		(pages) the caller opens and commits.
  *
  * Copyright (c) 2026, the replstamp authors
+ * Distributed under the PostgreSQL License: see LICENSE.
  *
  *-------------------------------------------------------------------------
  */

@@ -31,6 +31,7 @@
  *	- the label is read by prepare workers while the owner waits for them.
  *
  * Copyright (c) 2026, the replstamp authors
+ * Distributed under the PostgreSQL License: see LICENSE.
  *
  *-------------------------------------------------------------------------
  */

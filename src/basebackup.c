@@ -9,7 +9,7 @@
  *	   directory and every tablespace, symbolic links resolved, and not
  *	   holding any of them; empty or absent; writable) and claim the one
  *	   backup slot of the cluster;
- *	2. mark every database with replstamp 'backup' (backup.c), durably;
+ *	2. mark every database with replstamp 'backup' (backup_mark.c), durably;
  *	3. keep WAL from recycling with a temporary physical replication slot,
  *	   then start a backup (do_pg_backup_start, as pg_backup_start does);
  *	4. copy the data directory and every tablespace into the target,
@@ -44,6 +44,7 @@
  * are copied, and the standard pg_stat_progress_basebackup view.
  *
  * Copyright (c) 2026, the replstamp authors
+ * Distributed under the PostgreSQL License: see LICENSE.
  *
  *-------------------------------------------------------------------------
  */

@@ -6,6 +6,7 @@
  *		row replstamp.node as a struct, and acting as another role.
  *
  * Copyright (c) 2026, the replstamp authors
+ * Distributed under the PostgreSQL License: see LICENSE.
  *
  *-------------------------------------------------------------------------
  */

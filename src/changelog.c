@@ -12,6 +12,7 @@
  * apply and the reconciliation of local changes need.
  *
  * Copyright (c) 2026, the replstamp authors
+ * Distributed under the PostgreSQL License: see LICENSE.
  *
  *-------------------------------------------------------------------------
  */

@@ -6,6 +6,7 @@
  *		re-issue), look one up by its stamp, read a range of serials.
  *
  * Copyright (c) 2026, the replstamp authors
+ * Distributed under the PostgreSQL License: see LICENSE.
  *
  *-------------------------------------------------------------------------
  */

@@ -6,6 +6,7 @@
  *		of changes it pulls, and act on epochs others found dead.
  *
  * Copyright (c) 2026, the replstamp authors
+ * Distributed under the PostgreSQL License: see LICENSE.
  *
  *-------------------------------------------------------------------------
  */

@@ -25,9 +25,9 @@
  *
  * A rotation retires the old ID with the serial below which this data set
  * is known to hold all of its changes (lost_after: the lowest uncommitted
- * serial recorded at backup, the one recorded every second in
- * replstamp.lus_mark, or the point where the peers' history parts from
- * ours).  Changes of the old ID held here from lost_after on are re-issued
+ * serial recorded at backup, the one last recorded in replstamp.lus_mark
+ * (maintenance_mark_lus(), identity_mark_served()), or the point where the
+ * peers' history parts from ours).  Changes of the old ID held here from lost_after on are re-issued
  * under the new ID (same table, key, image and stamp time), so that they
  * reach the peers although the vector no longer claims them, and the old
  * stamps are dropped here, so that the peers' own versions of those
@@ -56,6 +56,7 @@
  *	  signal left, and rotates nothing: exactly one rotation happens.
  *
  * Copyright (c) 2026, the replstamp authors
+ * Distributed under the PostgreSQL License: see LICENSE.
  *
  *-------------------------------------------------------------------------
  */
@@ -430,8 +431,9 @@ rotate_locked(const ReplstampCatalog *cat, const ReplstampNode *node,
 /*
  * The serial of the old ID below which a copy holds every change, when the
  * copy carries no backup mark: the lowest uncommitted serial recorded in
- * replstamp.lus_mark (every second, by the background worker), if it is
- * about this ID; else 1 (then everything held is re-issued).
+ * replstamp.lus_mark (after each start, every maintenance round, after
+ * syncs, and before serving a puller), if it is about this ID; else 1
+ * (then everything held is re-issued).
  */
 static int64
 marked_lus(const ReplstampCatalog *cat, const pg_uuid_t *id)

@@ -6,6 +6,7 @@
  *		changes the vector no longer claims, so none is stranded.
  *
  * Copyright (c) 2026, the replstamp authors
+ * Distributed under the PostgreSQL License: see LICENSE.
  *
  *-------------------------------------------------------------------------
  */

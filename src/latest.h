@@ -6,6 +6,7 @@
  *		without looking their row up (latest.c).
  *
  * Copyright (c) 2026, the replstamp authors
+ * Distributed under the PostgreSQL License: see LICENSE.
  *
  *-------------------------------------------------------------------------
  */

@@ -26,6 +26,7 @@
  * and logged; the worker goes on at the next interval.
  *
  * Copyright (c) 2026, the replstamp authors
+ * Distributed under the PostgreSQL License: see LICENSE.
  *
  *-------------------------------------------------------------------------
  */

@@ -4,6 +4,7 @@
  *		The replstamp launcher and the per-database workers it starts.
  *
  * Copyright (c) 2026, the replstamp authors
+ * Distributed under the PostgreSQL License: see LICENSE.
  *
  *-------------------------------------------------------------------------
  */

@@ -6,6 +6,7 @@
  *		tracked tables; and replstamp.restore_version().
  *
  * Copyright (c) 2026, the replstamp authors
+ * Distributed under the PostgreSQL License: see LICENSE.
  *
  *-------------------------------------------------------------------------
  */

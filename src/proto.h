@@ -12,6 +12,7 @@
  * highest serial whose tombstone it dropped or learnt was dropped.
  *
  * Copyright (c) 2026, the replstamp authors
+ * Distributed under the PostgreSQL License: see LICENSE.
  *
  *-------------------------------------------------------------------------
  */

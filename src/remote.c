@@ -15,6 +15,7 @@
  * SQLSTATE.  The caller closes the connection in a PG_FINALLY block.
  *
  * Copyright (c) 2026, the replstamp authors
+ * Distributed under the PostgreSQL License: see LICENSE.
  *
  *-------------------------------------------------------------------------
  */

@@ -5,6 +5,7 @@
  *		then lets each part register its GUCs, hooks and workers.
  *
  * Copyright (c) 2026, the replstamp authors
+ * Distributed under the PostgreSQL License: see LICENSE.
  *
  *-------------------------------------------------------------------------
  */

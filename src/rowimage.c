@@ -24,6 +24,7 @@
  * the caller establishes once (rowimage_enter_input_settings()).
  *
  * Copyright (c) 2026, the replstamp authors
+ * Distributed under the PostgreSQL License: see LICENSE.
  *
  *-------------------------------------------------------------------------
  */

@@ -16,6 +16,7 @@
  *	- rowimage_row_hash(): a row's identity across nodes as a number.
  *
  * Copyright (c) 2026, the replstamp authors
+ * Distributed under the PostgreSQL License: see LICENSE.
  *
  *-------------------------------------------------------------------------
  */

@@ -21,10 +21,11 @@
  *	  nothing to read;
  *	- a rotation that re-issues changes (identity.c), which moves the rows
  *	  that named an old stamp to the new one.
- * Syncs and prunes of one database run one at a time (sync.c holds a
- * session lock), so only a rotation can write concurrently; the writes
- * here then fail with "tuple concurrently updated" and the page is tried
- * again.
+ * Syncs of one database run one at a time (sync.c holds rowversion_lock()),
+ * so do prunes (maintenance.c), and a sync's page and a prune's batch
+ * exclude each other (rowversion_page_lock()), so only a rotation can
+ * write concurrently; the writes here then fail with "tuple concurrently
+ * updated" and the page is tried again.
  *
  * An UPDATE that changes the key is two rows' versions: the old key
  * deleted, the new key written, both at the change's stamp.  Every node
@@ -32,6 +33,7 @@
  * other changes of the same keys arrive in.
  *
  * Copyright (c) 2026, the replstamp authors
+ * Distributed under the PostgreSQL License: see LICENSE.
  *
  *-------------------------------------------------------------------------
  */

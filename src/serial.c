@@ -37,6 +37,7 @@
  * nodes: last writer wins orders them the same everywhere.
  *
  * Copyright (c) 2026, the replstamp authors
+ * Distributed under the PostgreSQL License: see LICENSE.
  *
  *-------------------------------------------------------------------------
  */

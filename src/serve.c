@@ -30,6 +30,7 @@
  * connects as needs EXECUTE on it and SELECT on replstamp.changes.
  *
  * Copyright (c) 2026, the replstamp authors
+ * Distributed under the PostgreSQL License: see LICENSE.
  *
  *-------------------------------------------------------------------------
  */

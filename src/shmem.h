@@ -2,7 +2,8 @@
  *
  * shmem.h
  *		replstamp's one shared-memory struct, and the check that it exists
- *		(the library was preloaded).
+ *		(the library was preloaded).  latest.c keeps a struct of its own,
+ *		with its own lock.
  *
  * Concurrency contract, field by field (see each part's file for how it
  * uses its fields):
@@ -12,9 +13,10 @@
  *	- flip_owner, backup_owner, flip_label, flip[]: protected by mutex
  *	  (backup_mark.c);
  *	- nv10_checked, v10_checked[]: protected by mutex (identity.c);
- *	- requests[]: protected by lock (sync.c).
+ *	- requests[]: protected by lock (requests.c).
  *
  * Copyright (c) 2026, the replstamp authors
+ * Distributed under the PostgreSQL License: see LICENSE.
  *
  *-------------------------------------------------------------------------
  */
@@ -34,7 +36,10 @@
 /* Databases on the 1.0 catalog whose check this start remembers (identity.c). */
 #define V10_MAX_DBS			256
 
-/* Sync requests from SQL sessions to sync workers (sync.c). */
+/*
+ * sync(), sync_all() and prune() asked for by SQL sessions and run by
+ * background workers (requests.c).
+ */
 #define MAX_SYNC_REQUESTS	32
 #define SYNC_MESSAGE_LEN	1024
 
@@ -105,7 +110,7 @@ typedef struct ReplstampShared
 	int			nv10_checked;
 	Oid			v10_checked[V10_MAX_DBS];
 
-	/* Sync requests (sync.c). */
+	/* Requests of sync(), sync_all() and prune() (requests.c). */
 	LWLock	   *lock;
 	SyncRequest requests[MAX_SYNC_REQUESTS];
 

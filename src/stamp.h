@@ -14,6 +14,7 @@
  *	  cleared at the end of every transaction in any case.
  *
  * Copyright (c) 2026, the replstamp authors
+ * Distributed under the PostgreSQL License: see LICENSE.
  *
  *-------------------------------------------------------------------------
  */

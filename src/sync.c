@@ -17,8 +17,10 @@
  * concurrent local insert of the same key, a serialisation failure) is
  * tried again.
  *
- * Syncs and prunes of a database run one at a time: each holds a session
- * advisory lock on the database (shown in pg_locks) while it runs.
+ * Syncs of a database run one at a time: each holds a session advisory
+ * lock on the database (rowversion_lock(), shown in pg_locks) while it
+ * runs.  Prunes run one at a time too (maintenance.c), beside a sync: a
+ * sync's page and a prune's batch exclude each other (rowversion.c).
  *
  * What a node accepts from a peer (a hostile or broken peer cannot make it
  * diverge or stop others): never changes of its own current replica ID;
@@ -37,6 +39,7 @@
  * dropped) is refused.
  *
  * Copyright (c) 2026, the replstamp authors
+ * Distributed under the PostgreSQL License: see LICENSE.
  *
  *-------------------------------------------------------------------------
  */

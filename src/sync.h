@@ -5,6 +5,7 @@
  *		same for the background worker (launcher.c).
  *
  * Copyright (c) 2026, the replstamp authors
+ * Distributed under the PostgreSQL License: see LICENSE.
  *
  *-------------------------------------------------------------------------
  */

@@ -9,6 +9,7 @@
  * bgw_extra.  Its entry point is a PGDLLEXPORT function of this library.
  *
  * Copyright (c) 2026, the replstamp authors
+ * Distributed under the PostgreSQL License: see LICENSE.
  *
  *-------------------------------------------------------------------------
  */

@@ -1,8 +1,8 @@
 # pgBackRest, the real tool (Debian's package): a stanza whose WAL is
-# archived with archive-push, a backup taken by the wrapper script of the
-# README (run as it is printed there), a restore into a new data directory
-# that rotates its replica ID and re-converges with a peer, the changes the
-# original made after the backup included.
+# archived with archive-push, a backup taken by the wrapper script of
+# doc/backup-and-restore.md (run as it is printed there), a restore into a
+# new data directory that rotates its replica ID and re-converges with a
+# peer, the changes the original made after the backup included.
 use strict;
 use warnings;
 use FindBin;
@@ -75,10 +75,10 @@ ok(run_log([ 'sh', '-c', "$env pgbackrest --stanza=main stanza-create" ]), 'pgba
 ok(run_log([ 'sh', '-c', "$env pgbackrest --stanza=main check" ]),
 	'pgbackrest check: archive_command pushes WAL into the repository');
 
-# The README's wrapper, byte for byte.
-my $readme = slurp_file("$FindBin::Bin/../../README.md");
+# The wrapper doc/backup-and-restore.md prints, byte for byte.
+my $readme = slurp_file("$FindBin::Bin/../../doc/backup-and-restore.md");
 my ($script) = $readme =~ /<!-- test\/t\/060_pgbackrest\.pl runs this block -->\s*```sh\n(.*?)```/s;
-ok(defined $script, 'the README has the pgBackRest wrapper script');
+ok(defined $script, 'doc/backup-and-restore.md has the pgBackRest wrapper script');
 $script //= "exit 1\n";
 append_to_file("$tmp/backup.sh", $script);
 chmod 0755, "$tmp/backup.sh";

@@ -1,9 +1,9 @@
 # Barman, the real tool (Debian's package): backup_method = postgres
 # (pg_basebackup) with WAL streamed by pg_receivewal through a replication
-# slot, the state flip done by the hook scripts the README prints (taken
-# from it), and `barman recover` into a new data directory that rotates its
-# replica ID and re-converges with a peer, the changes the original made
-# after the backup included.  Also: when prepare_backup() fails, the hook
+# slot, the state flip done by the hook scripts doc/backup-and-restore.md
+# prints (taken from it), and `barman recover` into a new data directory that
+# rotates its replica ID and re-converges with a peer, the changes the
+# original made after the backup included.  Also: when prepare_backup() fails, the hook
 # stops the backup, and finish_backup() still runs.
 use strict;
 use warnings;
@@ -54,11 +54,11 @@ my $host = $a->host;
 my $port = $a->port;
 my $bindir = $a->config_data('--bindir');
 
-# The hook lines of the README's barman.conf, with its example host and
-# role replaced by this node's.
-my $readme = slurp_file("$FindBin::Bin/../../README.md");
+# The hook lines of the barman.conf in doc/backup-and-restore.md, with its
+# example host and role replaced by this node's.
+my $readme = slurp_file("$FindBin::Bin/../../doc/backup-and-restore.md");
 my ($block) = $readme =~ /<!-- test\/t\/061_barman\.pl runs the hooks of this block -->\s*```ini\n(.*?)```/s;
-ok(defined $block, 'the README has the Barman configuration');
+ok(defined $block, 'doc/backup-and-restore.md has the Barman configuration');
 my @hooks = grep { /^(pre|post)_backup/ } split /\n/, ($block // '');
 is(scalar @hooks, 2, 'with a pre and a post backup hook');
 s/-h pg\.example/-h '$host' -p $port/g, s/-U postgres/-U $user/g for @hooks;
@@ -107,7 +107,7 @@ ok(barman('switch-wal', '--force', '--archive', '--archive-timeout', '180', 'pg'
 	'barman switch-wal --archive: WAL streams into Barman');
 ok(barman('check', 'pg'), 'barman check: every check OK');
 
-ok(barman('backup', '--wait', 'pg'), 'barman backup with the hooks of the README');
+ok(barman('backup', '--wait', 'pg'), 'barman backup with the hooks of doc/backup-and-restore.md');
 is(sq($a, 'SELECT state FROM replstamp.node'), 'original', 'the post hook marked the live node original again');
 is(sq($a, 'SELECT replica_id FROM replstamp.node'), $id_a, 'the live node keeps its ID');
 is(sq($a, 'SELECT backup_label FROM replstamp.node'), 'barman', 'the pre hook recorded the backup');
