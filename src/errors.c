@@ -16,6 +16,7 @@
  * message stays in the server log.
  *
  * Copyright (c) 2026, the replstamp authors
+ * Distributed under the PostgreSQL License: see LICENSE.
  *
  *-------------------------------------------------------------------------
  */

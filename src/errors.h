@@ -6,6 +6,7 @@
  *		the table, never a value of a row.
  *
  * Copyright (c) 2026, the replstamp authors
+ * Distributed under the PostgreSQL License: see LICENSE.
  *
  *-------------------------------------------------------------------------
  */

@@ -13,9 +13,11 @@
  * keeps what it committed and the next one goes on from there, locks are
  * held for one page, and memory holds one page.  Changes arrive in serial
  * order per replica ID, so a committed prefix never claims a serial whose
- * change is not held.  A page that failed on a transient error (a
- * concurrent local insert of the same key, a serialisation failure) is
- * tried again.
+ * change is not held.  A page that failed is rolled back whole: on a
+ * transient error (a concurrent local insert of the same key, a deadlock,
+ * a serialisation failure) it is tried again, three tries in all; on any
+ * other error, or a third failure, the sync stops at that change and
+ * records it (record_failure()).  Nothing is skipped without skip().
  *
  * Syncs of a database run one at a time: each holds a session advisory
  * lock on the database (rowversion_lock(), shown in pg_locks) while it
