@@ -289,6 +289,7 @@ replstamp_launcher_main(Datum arg)
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
+	worker_pin_settings();
 
 	check_identities();
 	/* A backfill a shutdown or a crash interrupted goes on now. */

@@ -72,13 +72,41 @@ replstamp_worker_connect(Datum main_arg, void *extra, Size extralen)
 		memcpy(extra, MyBgworkerEntry->bgw_extra + sizeof(Oid), extralen);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnectionByOid(DatumGetObjectId(main_arg), userid, 0);
+	worker_pin_settings();
+}
 
-	/*
-	 * The workers' queries are many, short, and read replstamp's own
-	 * tables: compiling one (jit_above_cost is met by a large change log)
-	 * takes longer than running it.
-	 */
-	SetConfigOption("jit", "off", PGC_SUSET, PGC_S_OVERRIDE);
+/*
+ * The settings replstamp's background work runs with, whatever the
+ * database's and the role's defaults say (ALTER DATABASE/ROLE ... SET, which
+ * a database owner may use): the workers write (stamps, pulled changes,
+ * peers' state), assume READ COMMITTED (each statement sees what committed
+ * before it: the vector, a peer's row locked and re-read), and must neither
+ * give up waiting for a lock that a user's transaction holds for a while
+ * nor be cut off mid-page.  PGC_S_OVERRIDE outranks every default and a
+ * configuration reload.  Called once, right after the worker connected.
+ */
+void
+worker_pin_settings(void)
+{
+	static const char *const pinned[][2] = {
+		{"default_transaction_read_only", "off"},
+		{"default_transaction_isolation", "read committed"},
+		{"default_transaction_deferrable", "off"},
+		{"statement_timeout", "0"},
+		{"lock_timeout", "0"},
+		{"idle_in_transaction_session_timeout", "0"},
+		{"idle_session_timeout", "0"},
+
+		/*
+		 * The workers' queries are many, short, and read replstamp's own
+		 * tables: compiling one (jit_above_cost is met by a large change
+		 * log) takes longer than running it.
+		 */
+		{"jit", "off"},
+	};
+
+	for (int i = 0; i < lengthof(pinned); i++)
+		SetConfigOption(pinned[i][0], pinned[i][1], PGC_SUSET, PGC_S_OVERRIDE);
 }
 
 /*

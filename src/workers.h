@@ -20,6 +20,7 @@ extern bool replstamp_start_worker(const char *function, const char *type, Oid d
 								   Oid userid, const void *extra, Size extralen,
 								   struct BackgroundWorkerHandle **handle);
 extern void replstamp_worker_connect(Datum main_arg, void *extra, Size extralen);
+extern void worker_pin_settings(void);
 extern List *replstamp_connectable_databases(void);
 extern void worker_begin_xact(void);
 extern void worker_commit_xact(void);
