@@ -1319,6 +1319,8 @@ replstamp_add_peer(PG_FUNCTION_ARGS)
 				 errhint("Remove it first with replstamp.drop_peer().")));
 	SPI_finish();
 	replstamp_restore_user(&ctx);
+	/* With replstamp.sync_interval on, the first sync need not wait for it. */
+	worker_wake_sync_at_commit();
 	PG_RETURN_VOID();
 }
 
