@@ -22,7 +22,9 @@
  *
  * A sync worker connects to its database and exits at once when the
  * extension is not installed there; the launcher tries that database again
- * after SYNC_RETRY_S.  A sync that fails is recorded in replstamp.peers
+ * after SYNC_RETRY_S, or at once when add_peer() commits there (workers.c:
+ * the commit sets the launcher's latch; a running worker is woken through
+ * its own).  A sync that fails is recorded in replstamp.peers
  * and logged; the worker goes on at the next interval.
  *
  * Copyright (c) 2026, the replstamp authors
@@ -33,6 +35,7 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "commands/dbcommands.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -42,6 +45,8 @@
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
+#include "storage/proc.h"
+#include "storage/procarray.h"
 #include "tcop/tcopprot.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
@@ -52,6 +57,7 @@
 #include "errors.h"
 #include "launcher.h"
 #include "maintenance.h"
+#include "shmem.h"
 #include "sync.h"
 #include "workers.h"
 
@@ -72,6 +78,7 @@ typedef struct SyncSlot
 	Oid			dboid;
 	BackgroundWorkerHandle *handle; /* NULL if none started */
 	TimestampTz stopped_at;		/* when we saw it stopped */
+	bool		woken;			/* a wake-up reached the running worker */
 } SyncSlot;
 
 /*
@@ -181,12 +188,19 @@ tend_sync_workers(List **slots)
 				continue;		/* running, or about to */
 			pfree(slot->handle);
 			slot->handle = NULL;
-			slot->stopped_at = now;
+
+			/*
+			 * A worker woken as it left (it found no replstamp just before
+			 * the CREATE EXTENSION and add_peer() committed) is followed by
+			 * a new one at once.
+			 */
+			slot->stopped_at = slot->woken ? 0 : now;
 		}
 		if (slot->stopped_at != 0 &&
 			!TimestampDifferenceExceeds(slot->stopped_at, now,
 										Max(SYNC_RETRY_S, sync_interval) * 1000))
 			continue;
+		slot->woken = false;
 		if (!replstamp_start_worker("replstamp_sync_main", "replstamp sync", dboid,
 									InvalidOid, NULL, 0, &slot->handle))
 		{
@@ -224,6 +238,49 @@ sync_workers_switched_on(List *slots)
 		}
 		slot->stopped_at = 0;
 	}
+}
+
+/*
+ * add_peer() committed in the database of slot: its sync worker runs now.
+ * A running one has its latch set; one that stopped is started again by
+ * tend_sync_workers() without waiting for SYNC_RETRY_S.
+ */
+static void
+wake_sync_worker(SyncSlot *slot)
+{
+	pid_t		pid;
+
+	if (slot->handle != NULL &&
+		GetBackgroundWorkerPid(slot->handle, &pid) == BGWH_STARTED)
+	{
+		PGPROC	   *proc = BackendPidGetProc(pid);
+
+		if (proc != NULL)
+			SetLatch(&proc->procLatch);
+		slot->woken = true;
+	}
+	else
+		slot->stopped_at = 0;
+}
+
+/* The wake-ups workers.c queued since the last call, on slots. */
+static void
+take_sync_wakeups(List **slots)
+{
+	Oid			dbs[SYNC_WAKEUPS];
+	int			n = worker_take_sync_wakeups(dbs);
+
+	if (n < 0)
+	{
+		List	   *all = current_databases();
+		ListCell   *lc;
+
+		foreach(lc, all)
+			wake_sync_worker(slot_for(slots, lfirst_oid(lc)));
+		list_free(all);
+	}
+	for (int i = 0; i < n; i++)
+		wake_sync_worker(slot_for(slots, dbs[i]));
 }
 
 /*
@@ -291,6 +348,8 @@ replstamp_launcher_main(Datum arg)
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
+	worker_pin_settings();
+	worker_launcher_ready();
 
 	check_identities();
 	/* A backfill a shutdown or a crash interrupted goes on now. */
@@ -313,7 +372,12 @@ replstamp_launcher_main(Datum arg)
 				sync_workers_switched_on(slots);
 		}
 		if (sync_interval > 0)
+		{
+			take_sync_wakeups(&slots);
 			tend_sync_workers(&slots);
+		}
+		else
+			(void) worker_take_sync_wakeups(NULL);	/* nothing to wake */
 		interval = maintenance_prune_interval();
 		if (interval > 0)
 		{
@@ -348,6 +412,10 @@ sync_round(void)
 	worker_begin_xact();
 	installed = OidIsValid(get_extension_oid("replstamp", true));
 	v11 = installed && replstamp_catalog(false)->v11;
+	if (!installed)
+		ereport(DEBUG1,
+				(errmsg_internal("replstamp: no replstamp in database \"%s\", its sync worker exits",
+								 get_database_name(MyDatabaseId))));
 	worker_commit_xact();
 	if (!installed)
 		return false;
@@ -389,6 +457,9 @@ replstamp_sync_main(Datum arg)
 	{
 		TimestampTz start = GetCurrentTimestamp();
 
+		/* Read before the round: a peer added during it gets another. */
+		uint32		peers_added = worker_peers_added();
+
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
 		{
@@ -398,14 +469,18 @@ replstamp_sync_main(Datum arg)
 		if (sync_interval <= 0 || !sync_round())
 			proc_exit(0);
 
-		/* Sleep what is left of the interval; a reload wakes us early. */
+		/*
+		 * Sleep what is left of the interval; a reload wakes us early, and
+		 * so does a peer added (the launcher sets our latch).
+		 */
 		for (;;)
 		{
 			long		secs;
 			int			usecs;
 
 			CHECK_FOR_INTERRUPTS();
-			if (ConfigReloadPending || sync_interval <= 0)
+			if (ConfigReloadPending || sync_interval <= 0 ||
+				worker_peers_added() != peers_added)
 				break;
 			TimestampDifference(GetCurrentTimestamp(),
 								TimestampTzPlusMilliseconds(start, (int64) sync_interval * 1000),

@@ -1625,6 +1625,8 @@ replstamp_restore_version(PG_FUNCTION_ARGS)
 					sets,
 					keys;
 
+		bool		override = false;
+
 		(void) rowimage_decode(layout, c.image, values, nulls, present, NULL);
 		initStringInfo(&cols);
 		initStringInfo(&args);
@@ -1632,22 +1634,39 @@ replstamp_restore_version(PG_FUNCTION_ARGS)
 		initStringInfo(&keys);
 		for (int a = 0; a < desc->natts; a++)
 		{
+			Form_pg_attribute att = TupleDescAttr(desc, a);
 			const char *col;
 
-			if (!present[a])
+			/* A generated column is computed, never written. */
+			if (!present[a] || att->attgenerated)
 				continue;
-			col = quote_identifier(NameStr(TupleDescAttr(desc, a)->attname));
+			col = quote_identifier(NameStr(att->attname));
 			appendStringInfo(&cols, "%s%s", np ? ", " : "", col);
 			appendStringInfo(&args, "%s$%d", np ? ", " : "", np + 1);
-			appendStringInfo(&sets, "%s%s = EXCLUDED.%s", np ? ", " : "", col, col);
-			types[np] = TupleDescAttr(desc, a)->atttypid;
+
+			/*
+			 * GENERATED ALWAYS AS IDENTITY: the INSERT takes the version's
+			 * value with OVERRIDING SYSTEM VALUE; an UPDATE can set such a
+			 * column only to DEFAULT, so the row keeps its value (a key
+			 * column's is the version's anyway: ON CONFLICT matched it).
+			 */
+			if (att->attidentity == ATTRIBUTE_IDENTITY_ALWAYS)
+				override = true;
+			else
+				appendStringInfo(&sets, "%s%s = EXCLUDED.%s", sets.len ? ", " : "", col, col);
+			types[np] = att->atttypid;
 			params[np] = values[a];
 			pnulls[np++] = nulls[a] ? 'n' : ' ';
 		}
 		for (int k = 0; k < layout->npk; k++)
 			appendStringInfo(&keys, "%s%s", k ? ", " : "", quote_identifier(layout->pk[k].name));
-		appendStringInfo(&sql, "INSERT INTO %s (%s) VALUES (%s) ON CONFLICT (%s) DO UPDATE SET %s",
-						 qname, cols.data, args.data, keys.data, sets.data);
+		appendStringInfo(&sql, "INSERT INTO %s (%s) %sVALUES (%s) ON CONFLICT (%s) ",
+						 qname, cols.data, override ? "OVERRIDING SYSTEM VALUE " : "",
+						 args.data, keys.data);
+		if (sets.len > 0)
+			appendStringInfo(&sql, "DO UPDATE SET %s", sets.data);
+		else
+			appendStringInfoString(&sql, "DO NOTHING");
 	}
 	table_close(rel, NoLock);
 

@@ -61,6 +61,7 @@ shmem_startup(void)
 		s->nslots = MaxBackends;
 		pg_atomic_init_u64(&s->clock_floor, 0);
 		pg_atomic_init_u64(&s->serials_taken, 0);
+		pg_atomic_init_u32(&s->peers_added, 0);
 		SpinLockInit(&s->mutex);
 		s->lock = &(GetNamedLWLockTranche("replstamp"))->lock;
 		for (int i = 0; i < MaxBackends; i++)

@@ -12,6 +12,8 @@
  *	  (serial.c documents the order of reads and writes);
  *	- flip_owner, backup_owner, flip_label, flip[]: protected by mutex
  *	  (backup_mark.c);
+ *	- launcher_latch, nsync_wakeups, sync_wakeups[], sync_wakeup_all:
+ *	  protected by mutex; peers_added: atomic, no lock (workers.c);
  *	- nv10_checked, v10_checked[]: protected by mutex (identity.c);
  *	- requests[]: protected by lock (requests.c).
  *
@@ -24,6 +26,7 @@
 #define REPLSTAMP_SHMEM_H
 
 #include "port/atomics.h"
+#include "storage/latch.h"
 #include "storage/lwlock.h"
 #include "storage/spin.h"
 #include "utils/uuid.h"
@@ -35,6 +38,9 @@
 
 /* Databases on the 1.0 catalog whose check this start remembers (identity.c). */
 #define V10_MAX_DBS			256
+
+/* Databases whose sync worker a commit asked to run now (workers.c). */
+#define SYNC_WAKEUPS		16
 
 /*
  * sync(), sync_all() and prune() asked for by SQL sessions and run by
@@ -102,6 +108,19 @@ typedef struct ReplstampShared
 	pid_t		backup_owner;	/* backend running replstamp.backup(), or 0 */
 	char		flip_label[FLIP_LABEL_LEN];
 	FlipResult	flip[FLIP_BATCH];
+
+	/*
+	 * Wake-ups of sync workers (workers.c): the launcher's latch, NULL
+	 * while none runs; the databases whose sync worker a committed
+	 * add_peer() asks to run now (all of them once more than
+	 * SYNC_WAKEUPS wait); and a count of such commits, by which a running
+	 * sync worker tells a wake-up from other reasons to wake.
+	 */
+	Latch	   *launcher_latch;
+	int			nsync_wakeups;
+	Oid			sync_wakeups[SYNC_WAKEUPS];
+	bool		sync_wakeup_all;
+	pg_atomic_uint32 peers_added;
 
 	/*
 	 * Databases still on the 1.0 catalog checked in this start: that

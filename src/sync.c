@@ -1304,6 +1304,8 @@ replstamp_add_peer(PG_FUNCTION_ARGS)
 				 errhint("Remove it first with replstamp.drop_peer().")));
 	SPI_finish();
 	replstamp_restore_user(&ctx);
+	/* With replstamp.sync_interval on, the first sync need not wait for it. */
+	worker_wake_sync_at_commit();
 	PG_RETURN_VOID();
 }
 
@@ -1386,7 +1388,19 @@ replstamp_skip(PG_FUNCTION_ARGS)
 	Datum		values[3];
 	ReplstampOwnerContext ctx;
 	char	   *stamp;
+	static const pg_uuid_t nil_id;
 
+	/* No change ever carries these: recording one would hide a typo. */
+	if (serial <= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("serial " INT64_FORMAT " cannot be skipped: serials start at 1", serial),
+				 errhint("Pass the stamp of the change a sync could not apply, as replstamp.peers shows it in last_error_change.")));
+	if (same_id(id, &nil_id))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("the all-zero replica ID cannot be skipped: no node stamps with it"),
+				 errhint("Pass the stamp of the change a sync could not apply, as replstamp.peers shows it in last_error_change.")));
 	if (changelog_held(cat, id, serial))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),

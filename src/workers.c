@@ -23,11 +23,15 @@
 #include "miscadmin.h"
 #include "postmaster/bgworker.h"
 #include "access/xact.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/spin.h"
 #include "utils/guc.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 #include "errors.h"
+#include "shmem.h"
 #include "workers.h"
 
 /*
@@ -74,13 +78,166 @@ replstamp_worker_connect(Datum main_arg, void *extra, Size extralen)
 		memcpy(extra, MyBgworkerEntry->bgw_extra + sizeof(Oid), extralen);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnectionByOid(DatumGetObjectId(main_arg), userid, 0);
+	worker_pin_settings();
+}
 
-	/*
-	 * The workers' queries are many, short, and read replstamp's own
-	 * tables: compiling one (jit_above_cost is met by a large change log)
-	 * takes longer than running it.
-	 */
-	SetConfigOption("jit", "off", PGC_SUSET, PGC_S_OVERRIDE);
+/*
+ * The settings replstamp's background work runs with, whatever the
+ * database's and the role's defaults say (ALTER DATABASE/ROLE ... SET, which
+ * a database owner may use): the workers write (stamps, pulled changes,
+ * peers' state), assume READ COMMITTED (each statement sees what committed
+ * before it: the vector, a peer's row locked and re-read), and must neither
+ * give up waiting for a lock that a user's transaction holds for a while
+ * nor be cut off mid-page.  PGC_S_OVERRIDE outranks every default and a
+ * configuration reload.  Called once, right after the worker connected.
+ */
+void
+worker_pin_settings(void)
+{
+	static const char *const pinned[][2] = {
+		{"default_transaction_read_only", "off"},
+		{"default_transaction_isolation", "read committed"},
+		{"default_transaction_deferrable", "off"},
+		{"statement_timeout", "0"},
+		{"lock_timeout", "0"},
+		{"idle_in_transaction_session_timeout", "0"},
+		{"idle_session_timeout", "0"},
+
+		/*
+		 * The workers' queries are many, short, and read replstamp's own
+		 * tables: compiling one (jit_above_cost is met by a large change
+		 * log) takes longer than running it.
+		 */
+		{"jit", "off"},
+	};
+
+	for (int i = 0; i < lengthof(pinned); i++)
+		SetConfigOption(pinned[i][0], pinned[i][1], PGC_SUSET, PGC_S_OVERRIDE);
+}
+
+/* ---------------------------------------------------------------------
+ * Waking sync workers
+ *
+ * add_peer() asks, through worker_wake_sync_at_commit(), that the sync
+ * worker of its database run now, not at the end of its interval nor, for
+ * a database whose worker left because replstamp was not installed yet,
+ * SYNC_RETRY_S later (launcher.c).  The request is sent when the
+ * transaction commits, never before (a peer the worker cannot see yet
+ * would be missed): the database goes into replstamp_shared's
+ * sync_wakeups, peers_added is bumped, and the launcher's latch is set.
+ * The launcher starts the worker at once, or sets the latch of the one
+ * running, which syncs when it sees peers_added move.  A rollback sends
+ * nothing; a savepoint rolled back does not take the request back: one
+ * sync too many costs nothing.
+ * ---------------------------------------------------------------------
+ */
+
+static bool sync_wakeup_pending = false;
+
+static void
+sync_wakeup_xact_callback(XactEvent event, void *arg)
+{
+	Latch	   *latch = NULL;
+
+	if (!sync_wakeup_pending)
+		return;
+	switch (event)
+	{
+		case XACT_EVENT_COMMIT:
+			SpinLockAcquire(&replstamp_shared->mutex);
+			if (!replstamp_shared->sync_wakeup_all)
+			{
+				int			i;
+
+				for (i = 0; i < replstamp_shared->nsync_wakeups; i++)
+					if (replstamp_shared->sync_wakeups[i] == MyDatabaseId)
+						break;
+				if (i == replstamp_shared->nsync_wakeups)
+				{
+					if (i < SYNC_WAKEUPS)
+						replstamp_shared->sync_wakeups[replstamp_shared->nsync_wakeups++] = MyDatabaseId;
+					else
+						replstamp_shared->sync_wakeup_all = true;
+				}
+			}
+			latch = replstamp_shared->launcher_latch;
+			SpinLockRelease(&replstamp_shared->mutex);
+			pg_atomic_fetch_add_u32(&replstamp_shared->peers_added, 1);
+			if (latch)
+				SetLatch(latch);
+			sync_wakeup_pending = false;
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PREPARE:
+			/* After a COMMIT PREPARED the worker finds the peer at its interval. */
+			sync_wakeup_pending = false;
+			break;
+		default:
+			break;
+	}
+}
+
+/*
+ * Have the sync worker of this database run as soon as the current
+ * transaction commits.
+ */
+void
+worker_wake_sync_at_commit(void)
+{
+	static bool registered = false;
+
+	if (!registered)
+	{
+		RegisterXactCallback(sync_wakeup_xact_callback, NULL);
+		registered = true;
+	}
+	sync_wakeup_pending = true;
+}
+
+static void
+launcher_gone(int code, Datum arg)
+{
+	SpinLockAcquire(&replstamp_shared->mutex);
+	replstamp_shared->launcher_latch = NULL;
+	SpinLockRelease(&replstamp_shared->mutex);
+}
+
+/* In the launcher: from now on, wake-ups set its latch. */
+void
+worker_launcher_ready(void)
+{
+	SpinLockAcquire(&replstamp_shared->mutex);
+	replstamp_shared->launcher_latch = MyLatch;
+	SpinLockRelease(&replstamp_shared->mutex);
+	before_shmem_exit(launcher_gone, 0);
+}
+
+/*
+ * In the launcher: the databases whose sync worker should run now, into
+ * dbs (room for SYNC_WAKEUPS; NULL to drop them), their number returned;
+ * -1 means every database.  The requests are taken: the next call returns
+ * only newer ones.
+ */
+int
+worker_take_sync_wakeups(Oid *dbs)
+{
+	int			n;
+
+	SpinLockAcquire(&replstamp_shared->mutex);
+	n = replstamp_shared->sync_wakeup_all ? -1 : replstamp_shared->nsync_wakeups;
+	if (n > 0 && dbs != NULL)
+		memcpy(dbs, replstamp_shared->sync_wakeups, sizeof(Oid) * n);
+	replstamp_shared->nsync_wakeups = 0;
+	replstamp_shared->sync_wakeup_all = false;
+	SpinLockRelease(&replstamp_shared->mutex);
+	return n;
+}
+
+/* How many add_peer() commits this start has seen (see above). */
+uint32
+worker_peers_added(void)
+{
+	return pg_atomic_read_u32(&replstamp_shared->peers_added);
 }
 
 /*

@@ -21,7 +21,12 @@ extern bool replstamp_start_worker(const char *function, const char *type, Oid d
 								   Oid userid, const void *extra, Size extralen,
 								   struct BackgroundWorkerHandle **handle);
 extern void replstamp_worker_connect(Datum main_arg, void *extra, Size extralen);
+extern void worker_pin_settings(void);
 extern List *replstamp_connectable_databases(void);
+extern void worker_wake_sync_at_commit(void);
+extern void worker_launcher_ready(void);
+extern int	worker_take_sync_wakeups(Oid *dbs);
+extern uint32 worker_peers_added(void);
 extern void worker_begin_xact(void);
 extern void worker_commit_xact(void);
 extern ErrorData *worker_catch_error(MemoryContext cxt);
