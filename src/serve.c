@@ -29,6 +29,17 @@
  * It runs as the extension's owner for these writes; the role the puller
  * connects as needs EXECUTE on it and SELECT on replstamp.changes.
  *
+ * Who is believed: a request is words, and the role it comes in as is the
+ * only thing about it this node can check.  A puller is trusted when that
+ * role is a superuser or has the REPLICATION attribute, which only a
+ * superuser can give: the same step a DBA takes for a native logical
+ * replication subscriber.  Only a trusted puller's claims change state
+ * others depend on (the rotation, the dead epochs it hands on, its record
+ * as a puller, which holds pruning back and lets it go); a pulling role
+ * without it reads changes and nothing more, and is told so in a
+ * WARNING.  A puller's record is bound to the role that made it: a
+ * request of another role under the same replica ID leaves it alone.
+ *
  * Copyright (c) 2026, the replstamp authors
  * Distributed under the PostgreSQL License: see LICENSE.
  *
@@ -115,23 +126,47 @@ refuse_stale_puller(Handshake *req)
 }
 
 /*
+ * May the role a request comes in as change what others depend on?  A
+ * superuser, or a role with the REPLICATION attribute.
+ */
+static bool
+puller_trusted(Oid role)
+{
+	return superuser_arg(role) || has_rolreplication(role);
+}
+
+/*
  * Record what the puller holds; forget it under its retired IDs.  An ID
  * missing from its vector now but recorded before is one it held all of
  * and let leave its vector (a retired ID, maintenance.c): its record
- * stays, or it would hold back forever the pruning of that ID here.
+ * stays, or it would hold back forever the pruning of that ID here.  The
+ * record is role's: under a replica ID whose record another role made,
+ * nothing is written (a WARNING says why).
  */
 static void
-record_puller(Handshake *req)
+record_puller(Handshake *req, const char *role, const char *from)
 {
-	Oid			types[3] = {UUIDOID, TEXTOID, INT8OID};
+	Oid			types[3] = {UUIDOID, TEXTOID, NAMEOID};
 	Datum		values[3];
 
 	values[0] = UUIDPGetDatum(&req->replica_id);
 	values[1] = CStringGetTextDatum(req->label);
-	replstamp_spi_exec("INSERT INTO replstamp.puller (replica_id, label, last_pull_at) "
-			           "VALUES ($1, $2, pg_catalog.now()) ON CONFLICT (replica_id) "
-			           "DO UPDATE SET label = EXCLUDED.label, last_pull_at = EXCLUDED.last_pull_at",
-			           2, types, values, NULL, SPI_OK_INSERT);
+	values[2] = CStringGetDatum(role);
+	replstamp_spi_exec("INSERT INTO replstamp.puller AS u (replica_id, label, last_pull_at, role) "
+			           "VALUES ($1, $2, pg_catalog.now(), $3) ON CONFLICT (replica_id) "
+			           "DO UPDATE SET label = EXCLUDED.label, last_pull_at = EXCLUDED.last_pull_at, "
+			           "role = EXCLUDED.role "
+			           "WHERE u.role IS NULL OR u.role OPERATOR(pg_catalog.=) EXCLUDED.role",
+			           3, types, values, NULL, SPI_OK_INSERT);
+	if (SPI_processed == 0)
+	{
+		ereport(WARNING,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("replstamp: %s pulls under replica ID %s as role \"%s\", but another role pulls under that ID: its record is left as it is",
+						from, replstamp_uuid_text(&req->replica_id), role),
+				 errhint("Each node should pull as its own role; replstamp.pullers shows which role each record is bound to.")));
+		return;
+	}
 	for (int i = 0; i < req->nvector; i++)
 	{
 		Oid			vt[3] = {UUIDOID, UUIDOID, INT8OID};
@@ -157,9 +192,10 @@ record_puller(Handshake *req)
 	{
 		values[0] = UUIDPGetDatum(&req->retired[i]);
 		replstamp_spi_exec("DELETE FROM replstamp.puller u WHERE u.replica_id OPERATOR(pg_catalog.=) $1 "
+				           "AND (u.role IS NULL OR u.role OPERATOR(pg_catalog.=) $3) "
 				           "AND NOT EXISTS (SELECT 1 FROM replstamp.peer p "
 				           "  WHERE p.replica_id OPERATOR(pg_catalog.=) $1)",
-				           1, types, values, NULL, SPI_OK_DELETE);
+				           3, types, values, NULL, SPI_OK_DELETE);
 	}
 }
 
@@ -202,6 +238,9 @@ replstamp_serve(PG_FUNCTION_ARGS)
 	char	   *from;
 	bool		rotated = false;
 	MemoryContext caller = CurrentMemoryContext;
+	Oid			role = GetUserId();
+	bool		trusted = puller_trusted(role);
+	char	   *rolename = GetUserNameFromId(role, false);
 
 	replstamp_require_shmem();
 	(void) replstamp_catalog_v11("serving changes");
@@ -241,7 +280,13 @@ replstamp_serve(PG_FUNCTION_ARGS)
 			int64		diverge_at;
 			char	   *why = epochs_own_divergence(&current, theirs, &diverge_at);
 
-			if (why)
+			if (why && !trusted)
+				ereport(WARNING,
+						(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+						 errmsg("replstamp: %s says it holds changes of this node's replica ID %s that this data set does not have (%s); not acted on: role \"%s\" is not trusted",
+								from, replstamp_uuid_text(&current), why, rolename),
+						 errhint("A node rotates on what a trusted puller (a superuser or a role with REPLICATION) shows, or on what its own syncs from its peers show.")));
+			else if (why)
 			{
 				ereport(WARNING,
 						(errmsg("replstamp: %s holds changes of this node's replica ID %s that this data set does not have: %s",
@@ -254,9 +299,20 @@ replstamp_serve(PG_FUNCTION_ARGS)
 		}
 	}
 
-	epochs_learn_dead(&req, from);
 	refuse_stale_puller(&req);
-	record_puller(&req);
+	if (trusted)
+	{
+		epochs_learn_dead(&req, from);
+		record_puller(&req, rolename, from);
+	}
+	else
+		ereport(WARNING,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("replstamp: %s pulls as role \"%s\", which is not trusted: it reads changes, but what it holds does not hold pruning back here and what it reports is not acted on",
+						from, rolename),
+				 errdetail("A trusted puller is a superuser or a role with the REPLICATION attribute."),
+				 errhint("If that node is a peer, give its role REPLICATION: ALTER ROLE %s REPLICATION.",
+						 quote_identifier(rolename))));
 
 	/* This node's vector, before any change is read; then make it durable. */
 	{
