@@ -164,13 +164,6 @@ maintenance_prune_interval(void)
 	return prune_interval;
 }
 
-/* replstamp.tombstone_lifetime, in seconds. */
-int
-maintenance_tombstone_lifetime(void)
-{
-	return tombstone_lifetime;
-}
-
 static char *
 lifetime_text(void)
 {

@@ -25,7 +25,6 @@ typedef struct BackfillOrigin
 
 extern void maintenance_init(void);
 extern int	maintenance_prune_interval(void);
-extern int	maintenance_tombstone_lifetime(void);
 extern void maintenance_mark_lus(void);
 extern int64 prune_run(void);
 extern void backfill_run(void);

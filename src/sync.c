@@ -384,47 +384,22 @@ issued_by_other_peer(SyncRun *r, const pg_uuid_t *id, int64 *issued)
  * it refuses from now on, as the peer does, a node holding less.  A node
  * that joined after the tombstones were dropped never held them: without
  * the peer's word it would let such a node pass for current.
- *
- * The peer's word goes only as far as it can be true: a tombstone is
- * dropped once it is older than replstamp.tombstone_lifetime, and an ID's
- * serials follow its stamp times.  If the last change of that ID held
- * here at or below the mark is younger than that, no tombstone up to the
- * mark can have been dropped: the mark is taken only up to the last
- * change held here that is old enough (none: not at all).  A hostile peer
- * that echoes this node's own vector back as dropped would otherwise make
- * it refuse every node one change behind it.  Taking less than the peer
- * says only lets a node pass here that the peer itself refuses.
  */
 static void
 adopt_purged(SyncRun *r)
 {
 	for (int i = 0; i < r->srv.npurged; i++)
 	{
-		Oid			types[3] = {UUIDOID, INT8OID, INT4OID};
-		Datum		values[3] = {UUIDPGetDatum(&r->srv.purged[i].id),
-			Int64GetDatum(r->srv.purged[i].serial),
-		Int32GetDatum(maintenance_tombstone_lifetime())};
+		Oid			types[2] = {UUIDOID, INT8OID};
+		Datum		values[2] = {UUIDPGetDatum(&r->srv.purged[i].id),
+		Int64GetDatum(r->srv.purged[i].serial)};
 
-		replstamp_spi_exec("WITH cutoff AS (SELECT pg_catalog.now() OPERATOR(pg_catalog.-) "
-				           "    pg_catalog.make_interval(secs => $3) AS t), "
-				           "top AS (SELECT c.changed_at FROM replstamp.changes c "
-				           "    WHERE c.replica_id OPERATOR(pg_catalog.=) $1 AND c.serial OPERATOR(pg_catalog.<=) $2 "
-				           "    ORDER BY c.serial DESC LIMIT 1) "
-				           "INSERT INTO replstamp.purged (replica_id, serial) "
-				           "SELECT $1, upto FROM (SELECT CASE "
-				           "  WHEN NOT EXISTS (SELECT 1 FROM top) "
-				           "    OR (SELECT changed_at FROM top) OPERATOR(pg_catalog.<=) (SELECT t FROM cutoff) THEN $2 "
-				           "  ELSE (SELECT c.serial FROM replstamp.changes c "
-				           "    WHERE c.replica_id OPERATOR(pg_catalog.=) $1 AND c.serial OPERATOR(pg_catalog.<=) $2 "
-				           "    AND c.changed_at OPERATOR(pg_catalog.<=) (SELECT t FROM cutoff) "
-				           "    ORDER BY c.serial DESC LIMIT 1) END AS upto) m "
-				           "WHERE m.upto IS NOT NULL AND EXISTS (SELECT 1 FROM replstamp.vector v WHERE v.replica_id OPERATOR(pg_catalog.=) $1 "
+		replstamp_spi_exec("INSERT INTO replstamp.purged (replica_id, serial) SELECT $1, $2 "
+				           "WHERE EXISTS (SELECT 1 FROM replstamp.vector v WHERE v.replica_id OPERATOR(pg_catalog.=) $1 "
 				           "  AND v.serial OPERATOR(pg_catalog.>=) $2) "
-				           "AND NOT EXISTS (SELECT 1 FROM replstamp.purged p WHERE p.replica_id OPERATOR(pg_catalog.=) $1 "
-				           "  AND p.serial OPERATOR(pg_catalog.>=) $2) "
 				           "ON CONFLICT (replica_id) DO UPDATE SET serial = "
 				           "GREATEST(replstamp.purged.serial, EXCLUDED.serial)",
-				           3, types, values, NULL, SPI_OK_INSERT);
+				           2, types, values, NULL, SPI_OK_INSERT);
 	}
 }
 

@@ -209,6 +209,21 @@ ok($a->log_contains(qr/bad address secret-7000/), 'the server log keeps the whol
 sq($a, 'DROP TRIGGER leak ON users');
 ok($a->poll_query_until('postgres', q{SELECT count(*) = 1 FROM users WHERE id = 7000}), 'then it goes on');
 
+# The same with PostgreSQL's own error of another class: a regclass value
+# naming a table only b has fails on a with 42P01, whose message quotes it.
+$_->safe_psql('postgres', q{CREATE TABLE refs (id int PRIMARY KEY, r regclass); SELECT replstamp.track('refs')})
+  for @nodes;
+sq($b, q{CREATE TABLE secret_payroll_2027 (); INSERT INTO refs VALUES (1, 'secret_payroll_2027')});
+ok( $a->poll_query_until(
+		'postgres', q{SELECT last_error_sqlstate = '42P01' FROM replstamp.peers WHERE name = 'b'}),
+	'a regclass naming a table a lacks stops the sync with 42P01');
+$shown = sq($a, q{SELECT last_error FROM replstamp.peers WHERE name = 'b'});
+unlike($shown, qr/secret_payroll/, 'replstamp.peers does not show the value a class-42 message quotes');
+like($shown, qr/^undefined_table \(SQLSTATE 42P01\) \(applying change .* of table public\.refs from peer "b"\)$/,
+	'it shows the condition, the change and the table');
+$_->safe_psql('postgres', q{CREATE TABLE secret_payroll_2027 ()}) for ($a, $c);
+ok($a->poll_query_until('postgres', q{SELECT count(*) = 1 FROM refs}), 'once the table exists, it goes on');
+
 # 5. A second unique key taken on two nodes: a writes (1, 'q@x'), b writes
 # (2, 'q@x') and then 2,500 more rows, before they sync.
 $_->safe_psql('postgres', 'ALTER SYSTEM SET replstamp.sync_interval = 0; SELECT pg_reload_conf()')
