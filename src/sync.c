@@ -9,13 +9,14 @@
  *		a time, and applies them (apply.c) in pages of at most
  *		replstamp.sync_batch_size changes or 16 MB, one transaction each.
  *
- * A page commits with the vector entry it reached: an interrupted sync
- * keeps what it committed and the next one goes on from there, locks are
- * held for one page, and memory holds one page.  Changes arrive in serial
- * order per replica ID, so a committed prefix never claims a serial whose
- * change is not held.  A page that failed on a transient error (a
- * concurrent local insert of the same key, a serialisation failure) is
- * tried again.
+ * A page commits with the vector entry it reached, and the epochs of that
+ * ID's history up to there: an interrupted sync keeps what it committed
+ * and the next one goes on from there, locks are held for one page, and
+ * memory holds one page.  Changes arrive in serial order per replica ID,
+ * so a committed prefix never claims a serial whose change is not held,
+ * nor a history other than the one it was pulled from.  A page that
+ * failed on a transient error (a concurrent local insert of the same key,
+ * a serialisation failure) is tried again.
  *
  * Syncs and prunes of a database run one at a time: each holds a session
  * advisory lock on the database (shown in pg_locks) while it runs.
