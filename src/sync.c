@@ -9,15 +9,17 @@
  *		a time, and applies them (apply.c) in pages of at most
  *		replstamp.sync_batch_size changes or 16 MB, one transaction each.
  *
- * A page commits with the vector entry it reached: an interrupted sync
- * keeps what it committed and the next one goes on from there, locks are
- * held for one page, and memory holds one page.  Changes arrive in serial
- * order per replica ID, so a committed prefix never claims a serial whose
- * change is not held.  A page that failed is rolled back whole: on a
- * transient error (a concurrent local insert of the same key, a deadlock,
- * a serialisation failure) it is tried again, three tries in all; on any
- * other error, or a third failure, the sync stops at that change and
- * records it (record_failure()).  Nothing is skipped without skip().
+ * A page commits with the vector entry it reached, and the epochs of that
+ * ID's history up to there: an interrupted sync keeps what it committed
+ * and the next one goes on from there, locks are held for one page, and
+ * memory holds one page.  Changes arrive in serial order per replica ID,
+ * so a committed prefix never claims a serial whose change is not held,
+ * nor a history other than the one it was pulled from.  A page that
+ * failed is rolled back whole: on a transient error (a concurrent local
+ * insert of the same key, a deadlock, a serialisation failure) it is
+ * tried again, three tries in all; on any other error, or a third
+ * failure, the sync stops at that change and records it
+ * (record_failure()).  Nothing is skipped without skip().
  *
  * Syncs of a database run one at a time: each holds a session advisory
  * lock on the database (rowversion_lock(), shown in pg_locks) while it
@@ -729,16 +731,26 @@ page_add(PageBuf *p, Change *c, int64 bytes)
 	p->bytes += bytes;
 }
 
-/* Advance the vector entry of id to upto, in the current transaction. */
+/*
+ * Advance the vector entry of the range's replica ID to upto, in the
+ * current transaction, and record with it the epochs of that ID's history
+ * the peer showed up to there (epochs.c).  The two go together: a vector
+ * entry past the first serial of an epoch this node never recorded is a
+ * history that parts from its origin's, and the origin, seeing it in the
+ * next handshake, would take itself for a node gone back in time and
+ * rotate -- a page committed before the last one of a range, or before a
+ * row held by a local writer, would do that to a node that merely
+ * restarted.
+ */
 static void
-advance_vector(const pg_uuid_t *id, int64 upto, TimestampTz max_changed_at)
+advance_vector(SyncRun *r, Range *rg, int64 upto, TimestampTz max_changed_at)
 {
 	ReplstampOwnerContext ctx;
 	Oid			types[3] = {UUIDOID, INT8OID, TIMESTAMPTZOID};
 	Datum		values[3];
 	char		nulls[3] = {' ', ' ', ' '};
 
-	values[0] = UUIDPGetDatum(id);
+	values[0] = UUIDPGetDatum(&rg->item->id);
 	values[1] = Int64GetDatum(upto);
 	if (max_changed_at != 0)
 		values[2] = TimestampTzGetDatum(max_changed_at);
@@ -755,6 +767,8 @@ advance_vector(const pg_uuid_t *id, int64 upto, TimestampTz max_changed_at)
 			           "serial = GREATEST(replstamp.vector_state.serial, EXCLUDED.serial), "
 			           "max_changed_at = GREATEST(replstamp.vector_state.max_changed_at, EXCLUDED.max_changed_at)",
 			           3, types, values, nulls, SPI_OK_INSERT);
+	if (!r->legacy)
+		epochs_adopt(rg->item, upto);
 	SPI_finish();
 	replstamp_restore_user(&ctx);
 }
@@ -822,24 +836,14 @@ apply_page(SyncRun *r, Range *rg, PageBuf *p, int64 upto)
 				if (i < p->n)
 				{
 					/* Busy: commit what came before it, then wait for it. */
-					advance_vector(&rg->item->id, last, max_t);
+					advance_vector(r, rg, last, max_t);
 					worker_commit_xact();
 					r->applied += applied;
 					done = i;
 					continue;
 				}
 				if (Max(last, upto) > 0)
-					advance_vector(&rg->item->id, Max(last, upto), max_t);
-				if (upto > 0 && !r->legacy)
-				{
-					ReplstampOwnerContext ctx;
-
-					replstamp_become_owner(&ctx);
-					SPI_connect();
-					epochs_adopt(rg->item, upto);
-					SPI_finish();
-					replstamp_restore_user(&ctx);
-				}
+					advance_vector(r, rg, Max(last, upto), max_t);
 				worker_commit_xact();
 				r->applied += applied;
 				break;
