@@ -15,6 +15,12 @@ PG_CFLAGS += -Wall -Wmissing-prototypes
 ifdef WERROR
 PG_CFLAGS += -Werror
 endif
+# Testing aids (the replstamp.debug_* settings) exist only in a test build,
+# as PostgreSQL's injection points do: test/run builds with
+# REPLSTAMP_TESTING=1; a plain "make" (and the Debian package) installs none.
+ifdef REPLSTAMP_TESTING
+PG_CPPFLAGS += -DREPLSTAMP_TESTING
+endif
 
 # Tests, for "make installcheck" after "make install" (what pg_buildext and
 # PGXN clients run).  replstamp must be preloaded, which an installed server

@@ -155,6 +155,7 @@ identity_init(void)
 							 0,
 							 NULL, NULL, NULL);
 
+#ifdef REPLSTAMP_TESTING
 	DefineCustomIntVariable("replstamp.debug_rotation_pause",
 							"Testing aid: pause each rotation this long in the middle of its transaction.",
 							"So that a test can kill the process that rotates half-way through. Zero "
@@ -164,6 +165,7 @@ identity_init(void)
 							PGC_SUSET,
 							GUC_UNIT_MS | GUC_NOT_IN_SAMPLE,
 							NULL, NULL, NULL);
+#endif
 }
 
 bool

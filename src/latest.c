@@ -93,6 +93,7 @@ static bool callbacks_registered = false;
 void
 latest_init(void)
 {
+#ifdef REPLSTAMP_TESTING
 	DefineCustomIntVariable("replstamp.debug_latest_notes",
 							"Testing aid: how many notes of latest versions one transaction keeps.",
 							"Past them the transaction forgets, when it commits, what is known of "
@@ -102,6 +103,7 @@ latest_init(void)
 							PGC_SUSET,
 							GUC_NOT_IN_SAMPLE,
 							NULL, NULL, NULL);
+#endif
 }
 
 Size

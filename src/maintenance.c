@@ -131,6 +131,7 @@ maintenance_init(void)
 							PGC_SIGHUP,
 							GUC_UNIT_S,
 							NULL, NULL, NULL);
+#ifdef REPLSTAMP_TESTING
 	DefineCustomIntVariable("replstamp.debug_prune_pause",
 							"Testing aid: pause each prune this long after each batch of its walk, without excluding a sync's pages.",
 							"So that a test can make a sync run in the middle of a prune. Zero "
@@ -140,6 +141,7 @@ maintenance_init(void)
 							PGC_SUSET,
 							GUC_UNIT_MS | GUC_NOT_IN_SAMPLE,
 							NULL, NULL, NULL);
+#endif
 	DefineCustomIntVariable("replstamp.backfill_batch_size",
 							"Rows the backfill of a table stamps per transaction.",
 							"Each row stays locked against updates until its batch commits.",

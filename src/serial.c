@@ -80,6 +80,7 @@ static bool callbacks_registered = false;
 void
 serial_init(void)
 {
+#ifdef REPLSTAMP_TESTING
 	DefineCustomIntVariable("replstamp.debug_clock_offset",
 							"Testing aid: this node's stamp clock runs this far ahead (or behind).",
 							"So that a test can show last writer wins with skewed clocks. Zero "
@@ -89,6 +90,7 @@ serial_init(void)
 							PGC_SUSET,
 							GUC_UNIT_MS | GUC_NOT_IN_SAMPLE,
 							NULL, NULL, NULL);
+#endif
 }
 
 static void

@@ -88,19 +88,21 @@ release_source() {
 }
 
 # Build replstamp (warnings are errors) and install it into a private copy
-# of PostgreSQL under $1.  Prints the bin directory to use.
+# of PostgreSQL under $1; with $2 = 1, a test build (the testing aids, the
+# replstamp.debug_* settings, compiled in).  Prints the bin directory to use.
 private_install() {
-	private_install_from "$SRCDIR" "$1" 1
+	private_install_from "$SRCDIR" "$1" 1 "${2:-0}"
 }
 
 # Build the replstamp sources in $1 and install them into a private copy of
 # PostgreSQL under $2, with warnings as errors if $3 is 1 (not for a
-# release: a newer compiler may warn about code that can no longer change).
-# Prints the bin directory to use.
+# release: a newer compiler may warn about code that can no longer change),
+# as a test build if $4 is 1.  Prints the bin directory to use.
 private_install_from() {
-	local srcdir="$1" dest="$2" werror=""
+	local srcdir="$1" dest="$2" werror="" testing=""
 	local ti="$dest/install"
 	[ "$3" = 1 ] && werror=WERROR=1
+	[ "${4:-0}" = 1 ] && testing=REPLSTAMP_TESTING=1
 	mkdir -p "$ti/usr/lib/postgresql/$PGVER" "$ti/usr/share/postgresql"
 	# PostgreSQL finds its share and lib directories relative to its own
 	# binary, so real copies of the binaries make a relocated installation.
@@ -109,7 +111,7 @@ private_install_from() {
 	cp -a /usr/share/postgresql/$PGVER "$ti/usr/share/postgresql/"
 	rsync -a --exclude .git --exclude 'tmp_*' "$srcdir"/ "$dest/build"/
 	(cd "$dest/build" && make -s clean >/dev/null 2>&1; \
-	 make -s $werror PG_CONFIG=$PGBIN_SYS/pg_config >&2 &&
+	 make -s $werror $testing PG_CONFIG=$PGBIN_SYS/pg_config >&2 &&
 	 make -s install DESTDIR="$ti" PG_CONFIG=$PGBIN_SYS/pg_config >/dev/null) || {
 		say "replstamp: build failed"
 		return 1

@@ -99,6 +99,8 @@ check "CREATE EXTENSION replstamp installs version $version" \
 sql "CREATE TABLE accounts (id int PRIMARY KEY, note text);
      SELECT replstamp.track('accounts');
      INSERT INTO accounts VALUES (1, 'from the package')" >/dev/null
+check "a default build installs no testing aid (no replstamp.debug_* setting)" \
+	test "$(sql "SELECT count(*) FROM pg_settings WHERE name LIKE 'replstamp.debug%'")" = 0
 check "an INSERT into a tracked table is stamped with the node's replica ID" \
 	test "$(sql "SELECT count(*) FROM replstamp.changes c JOIN replstamp.node n USING (replica_id)
 	             WHERE c.relation = 'public.accounts' AND c.op = 'INSERT' AND c.serial > 0")" = 1
