@@ -114,8 +114,8 @@ sq($b, q{CREATE TABLE u (id int PRIMARY KEY); INSERT INTO u SELECT generate_seri
 $b->poll_query_until('postgres', q{SELECT backfill = 'running' AND backfill_rows > 0
 	FROM replstamp.tracked WHERE relation = 'public.u'})
   or die 'the backfill never started';
-($rc, $out, $err) = $b->psql('postgres', 'DROP EXTENSION replstamp CASCADE', timeout => 600);
-is($err, '', 'DROP EXTENSION during a backfill succeeds');
+my ($rc, $out, $err) = $b->psql('postgres', 'DROP EXTENSION replstamp CASCADE', timeout => 600);
+is($rc, 0, 'DROP EXTENSION during a backfill succeeds') or diag $err;
 is(sq($b, q{SELECT count(*) FROM pg_stat_activity WHERE backend_type LIKE 'replstamp %' AND datname = 'postgres'}),
 	'0', 'and stops it');
 
@@ -127,7 +127,7 @@ $b->poll_query_until('postgres', q{SELECT backfill = 'running' AND backfill_rows
 # From now on a backfill worker that starts runs without a pause.
 sq($b, q{ALTER SYSTEM RESET replstamp.backfill_delay; SELECT pg_reload_conf()});
 ($rc, $out, $err) = $b->psql('postgres', 'ALTER EXTENSION replstamp UPDATE', timeout => 600);
-is($err, '', 'ALTER EXTENSION UPDATE during a backfill succeeds');
+is($rc, 0, 'ALTER EXTENSION UPDATE during a backfill succeeds') or diag $err;
 ok($b->poll_query_until('postgres', q{SELECT backfill = 'done' AND backfill_rows = 100
 	FROM replstamp.tracked WHERE relation = 'public.u'}),
 	'the backfill it stopped resumes and stamps every row once');
