@@ -87,7 +87,10 @@ typedef struct Assignment
 
 static int	my_request = -1;
 
-/* In a request worker: the warnings it emits, relayed to the caller. */
+/*
+ * In a request worker: the warnings it emits, relayed to the caller, one a
+ * line, each with its hint after a tab.
+ */
 static StringInfo relayed = NULL;
 static emit_log_hook_type prev_emit_log_hook = NULL;
 
@@ -95,8 +98,10 @@ static void
 relay_warnings(ErrorData *edata)
 {
 	if (relayed && edata->elevel == WARNING && edata->message &&
-		relayed->len + strlen(edata->message) + 2 < SYNC_MESSAGE_LEN)
-		appendStringInfo(relayed, "%s%s", relayed->len ? "\n" : "", edata->message);
+		relayed->len + strlen(edata->message) + (edata->hint ? strlen(edata->hint) + 1 : 0) + 2 <
+		SYNC_MESSAGE_LEN)
+		appendStringInfo(relayed, "%s%s%s%s", relayed->len ? "\n" : "", edata->message,
+						 edata->hint ? "\t" : "", edata->hint ? edata->hint : "");
 	if (prev_emit_log_hook)
 		prev_emit_log_hook(edata);
 }
@@ -370,7 +375,13 @@ run_in_worker(char kind, const char *peer)
 		char	   *save;
 
 		for (char *line = strtok_r(w, "\n", &save); line; line = strtok_r(NULL, "\n", &save))
-			ereport(WARNING, (errmsg_internal("%s", line)));
+		{
+			char	   *hint = strchr(line, '\t');
+
+			if (hint)
+				*hint++ = '\0';
+			ereport(WARNING, (errmsg_internal("%s", line), hint ? errhint("%s", hint) : 0));
+		}
 	}
 	if (result.sqlerrcode != 0)
 		ereport(ERROR,
