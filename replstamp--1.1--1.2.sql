@@ -31,3 +31,134 @@ CREATE OR REPLACE VIEW replstamp.pullers AS
                    AND pv.replica_id OPERATOR(pg_catalog.=) v.replica_id
              JOIN replstamp.changes c ON c.replica_id OPERATOR(pg_catalog.=) v.replica_id
                                      AND c.serial OPERATOR(pg_catalog.>) coalesce(pv.serial, 0)) h;
+
+
+/*
+ * Tracked tables keep the primary key they were tracked with (issue 27):
+ * every node identifies their rows by these columns, so the DDL guard
+ * refuses a new key, as it refuses SET UNLOGGED and a dropped key.
+ */
+ALTER TABLE replstamp.tracked ADD COLUMN key_columns text[];
+UPDATE replstamp.tracked t
+   SET key_columns = (SELECT pg_catalog.array_agg(a.attname::text ORDER BY k.ord)
+                        FROM pg_catalog.pg_index i
+                        CROSS JOIN LATERAL pg_catalog.unnest(i.indkey::pg_catalog.int2[])
+                             WITH ORDINALITY AS k(attnum, ord)
+                        JOIN pg_catalog.pg_attribute a
+                          ON a.attrelid OPERATOR(pg_catalog.=) i.indrelid
+                         AND a.attnum OPERATOR(pg_catalog.=) k.attnum
+                       WHERE i.indrelid OPERATOR(pg_catalog.=) t.relid AND i.indisprimary
+                         AND k.ord OPERATOR(pg_catalog.<=) i.indnkeyatts)
+ WHERE t.state OPERATOR(pg_catalog.=) 'tracked';
+
+/*
+ * replstamp.problems: every reason this node is not replicating a tracked
+ * table fully, one row each; empty when all is well (issue 27).  A sync
+ * warns of each row about a table, and replstamp.status counts them.
+ */
+CREATE VIEW replstamp.problems AS
+    -- Tracked tables whose changes are not stamped, or not kept.
+    SELECT 'not stamped'::text AS problem, t.relation AS object,
+           'Changes of the table made on this node are not stamped: its trigger replstamp_stamp or replstamp_refuse_truncate is missing, disabled or not enabled ALWAYS.'::text AS detail,
+           pg_catalog.format('Run SELECT replstamp.untrack(%L), then SELECT replstamp.track(%L, backfill => true).',
+                             t.relation, t.relation) AS hint
+      FROM replstamp.tracked t
+     WHERE t.state = 'tracked'
+       AND EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) t.relid)
+       AND (SELECT pg_catalog.count(*) FROM pg_catalog.pg_trigger g
+             WHERE g.tgrelid OPERATOR(pg_catalog.=) t.relid AND g.tgenabled = 'A'
+               AND g.tgname IN ('replstamp_stamp', 'replstamp_refuse_truncate')) OPERATOR(pg_catalog.<>) 2
+    UNION ALL
+    SELECT 'unlogged', t.relation,
+           'The table is unlogged: a crash empties it on this node without a stamp for the rows it loses.',
+           pg_catalog.format('Run ALTER TABLE %s SET LOGGED.', t.relation)
+      FROM replstamp.tracked t JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) t.relid
+     WHERE t.state = 'tracked' AND c.relpersistence OPERATOR(pg_catalog.<>) 'p'
+    UNION ALL
+    SELECT 'no primary key', t.relation,
+           'The table has no primary key: its changes cannot be stamped, nor peers'' changes applied.',
+           pg_catalog.format('Add its primary key again (%s).',
+                             pg_catalog.array_to_string(t.key_columns, ', '))
+      FROM replstamp.tracked t JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) t.relid
+     WHERE t.state = 'tracked'
+       AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_index i
+                        WHERE i.indrelid OPERATOR(pg_catalog.=) t.relid AND i.indisprimary)
+    UNION ALL
+    -- Dropped, and a table of that name is there again without the
+    -- triggers (pg_restore --clean -t): peers' changes to it are skipped,
+    -- changes made here are not stamped.
+    SELECT 're-created, not tracked', t.relation,
+           'The table was dropped while tracked and created again, but is not tracked: changes made here are not stamped and peers'' changes to it are skipped.',
+           CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_index i
+                              WHERE i.indrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(t.relation)
+                                AND i.indisprimary)
+                THEN ''
+                ELSE pg_catalog.format('Add its primary key again with ALTER TABLE %s ADD PRIMARY KEY (%s); then, ',
+                                       t.relation, coalesce(pg_catalog.array_to_string(t.key_columns, ', '), '...'))
+           END OPERATOR(pg_catalog.||)
+           pg_catalog.format('if its rows as they are here should become the current version on every node, run SELECT replstamp.track(%L, backfill => true); if it is meant to stay local to this node, run SELECT replstamp.untrack(%L).',
+                             t.relation, t.relation)
+      FROM replstamp.tracked t
+     WHERE t.state = 'dropped' AND pg_catalog.to_regclass(t.relation) IS NOT NULL
+    UNION ALL
+    SELECT 'backfill failed', t.relation,
+           'Its existing rows were not all stamped: ' OPERATOR(pg_catalog.||) coalesce(t.backfill_error, 'unknown error'),
+           pg_catalog.format('Run SELECT replstamp.track(%L, backfill => true) again.', t.relation)
+      FROM replstamp.tracked t
+     WHERE t.state = 'tracked' AND t.backfill = 'failed'
+    UNION ALL
+    -- The DDL guard itself.
+    SELECT 'ddl guard disabled', e.evtname::text,
+           'The event trigger that keeps tracked tables stamped is disabled.',
+           pg_catalog.format('Run ALTER EVENT TRIGGER %I ENABLE ALWAYS.', e.evtname)
+      FROM pg_catalog.pg_event_trigger e
+     WHERE e.evtname IN ('replstamp_ddl_guard', 'replstamp_drop_guard') AND e.evtenabled OPERATOR(pg_catalog.<>) 'A'
+    UNION ALL
+    -- Peers this node cannot pull from.
+    SELECT 'peer failing', p.name::text,
+           'The last sync from this peer failed: ' OPERATOR(pg_catalog.||) p.last_error,
+           'See replstamp.peers and the server log; the sync is retried.'
+      FROM replstamp.peers p
+     WHERE p.last_error IS NOT NULL
+    UNION ALL
+    SELECT 'peer ' OPERATOR(pg_catalog.||) p.status, p.name::text,
+           'The peer''s data went back in time or it was away too long: see replstamp.peers.',
+           'See the documentation of replstamp.peers.status.'
+      FROM replstamp.peers p
+     WHERE p.status IN ('diverged', 'stale');
+GRANT SELECT ON replstamp.problems TO PUBLIC;
+
+-- replstamp.status counts them.
+CREATE OR REPLACE VIEW replstamp.status AS
+    SELECT n.replica_id,
+           n.state,
+           replstamp.next_serial() AS next_serial,
+           replstamp.lowest_uncommitted_serial() AS lowest_uncommitted_serial,
+           pg_catalog.pg_stat_get_live_tuples('replstamp.changes'::pg_catalog.regclass) AS changes,
+           (SELECT pg_catalog.count(*) FROM replstamp.tracked t WHERE t.state = 'tracked') AS tracked_tables,
+           n.minted_at,
+           n.last_backup_at,
+           (SELECT pg_catalog.count(*) FROM replstamp.peer) AS peers,
+           (SELECT pg_catalog.now() OPERATOR(pg_catalog.-) pg_catalog.min(coalesce(p.last_sync_at, p.added_at))
+              FROM replstamp.peer p) AS oldest_peer_sync_age,
+           (SELECT pg_catalog.count(*) FROM replstamp.peer p WHERE p.last_error IS NOT NULL) AS peers_failing,
+           replstamp.lus_holder() AS lus_holder_pid,
+           (SELECT pg_catalog.now() OPERATOR(pg_catalog.-) a.xact_start FROM pg_catalog.pg_stat_activity a
+             WHERE a.pid OPERATOR(pg_catalog.=) replstamp.lus_holder()) AS lus_holder_xact_age,
+           (SELECT pg_catalog.count(*) FROM replstamp.tracked t
+             WHERE t.state = 'tracked' AND NOT EXISTS (
+                   SELECT 1 FROM pg_catalog.pg_trigger g
+                    WHERE g.tgrelid OPERATOR(pg_catalog.=) t.relid
+                      AND g.tgname = 'replstamp_stamp' AND g.tgenabled = 'A')) AS tracked_tables_not_stamped,
+           (SELECT pg_catalog.count(*) FROM replstamp.puller) AS pullers,
+           (SELECT pg_catalog.now() OPERATOR(pg_catalog.-) pg_catalog.min(p.last_pull_at)
+              FROM replstamp.puller p) AS oldest_puller_age,
+           (SELECT pg_catalog.count(*) FROM replstamp.peer p
+             WHERE p.status IN ('diverged', 'stale')) AS peers_diverged,
+           pg_catalog.pg_total_relation_size('replstamp.changes'::pg_catalog.regclass) AS changes_bytes,
+           (SELECT p.label FROM replstamp.puller p
+             ORDER BY p.last_pull_at LIMIT 1) AS oldest_puller,
+           -- every reason a tracked table is not replicated fully: see
+           -- replstamp.problems
+           (SELECT pg_catalog.count(*) FROM replstamp.problems) AS problems
+      FROM replstamp.node n;

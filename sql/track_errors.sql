@@ -49,13 +49,22 @@ SELECT replstamp.stamp();
 SELECT relation FROM replstamp.tracked_tables ORDER BY 1;
 SELECT relation, state, backfill FROM replstamp.tracked ORDER BY 1;
 
--- A tracked table that loses its primary key refuses writes rather than
--- stamping rows it cannot identify.
-CREATE TABLE loses_pk (id int CONSTRAINT loses_pk_pkey PRIMARY KEY);
+-- A tracked table cannot lose its primary key, change it, or become
+-- unlogged (1.2): its changes would go unstamped or unidentifiable.
+CREATE TABLE loses_pk (id int CONSTRAINT loses_pk_pkey PRIMARY KEY, v int NOT NULL);
 SELECT replstamp.track('loses_pk');
 ALTER TABLE loses_pk DROP CONSTRAINT loses_pk_pkey;
-INSERT INTO loses_pk VALUES (1);
+ALTER TABLE loses_pk DROP CONSTRAINT loses_pk_pkey, ADD PRIMARY KEY (v);
+ALTER TABLE loses_pk DROP CONSTRAINT loses_pk_pkey, ADD CONSTRAINT loses_pk_pkey PRIMARY KEY (id);
+ALTER TABLE loses_pk SET UNLOGGED;
+SELECT key_columns FROM replstamp.tracked WHERE relation = 'public.loses_pk';
+INSERT INTO loses_pk VALUES (1, 1);
 SELECT count(*) FROM loses_pk;
+SELECT * FROM replstamp.problems;
+-- Untracked first, it may.
+SELECT replstamp.untrack('loses_pk');
+ALTER TABLE loses_pk SET UNLOGGED;
+ALTER TABLE loses_pk DROP CONSTRAINT loses_pk_pkey;
 
 DROP TABLE no_pk, parted, "Odd ""name""", plain, an_unlogged, loses_pk;
 DROP VIEW a_view;

@@ -533,6 +533,7 @@ prune_walk(PruneRun *p)
 			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 							 debug_prune_pause, PG_WAIT_EXTENSION);
 			ResetLatch(MyLatch);
+			CHECK_FOR_INTERRUPTS();
 		}
 	}
 }
@@ -1403,6 +1404,7 @@ backfill_table(Oid relid)
 			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 							 backfill_delay, PG_WAIT_EXTENSION);
 			ResetLatch(MyLatch);
+			CHECK_FOR_INTERRUPTS();
 		}
 	}
 }

@@ -18,6 +18,7 @@
 #include "catalog.h"
 #include "changelog.h"
 #include "errors.h"
+#include "fence.h"
 #include "identity.h"
 #include "launcher.h"
 #include "latest.h"
@@ -64,6 +65,7 @@ _PG_init(void)
 	maintenance_init();
 	latest_init();
 	launcher_init();
+	fence_init();
 
 	MarkGUCPrefixReserved("replstamp");
 }

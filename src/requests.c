@@ -12,7 +12,8 @@
  * cancelled or terminated stops the worker; its slot is released by a
  * before_shmem_exit callback if it exits without the usual cleanup.  The
  * generation number makes a worker that outlives its caller report
- * nowhere.
+ * nowhere.  DROP and ALTER EXTENSION replstamp stop the worker first and
+ * mark the request fenced (fence.c): its caller says why it stopped.
  *
  * The worker runs as the role that called, in the same database, with the
  * values the caller SET of replstamp's settings (a superuser's SET
@@ -64,6 +65,7 @@
 
 #include "catalog.h"
 #include "errors.h"
+#include "fence.h"
 #include "maintenance.h"
 #include "shmem.h"
 #include "sync.h"
@@ -85,7 +87,10 @@ typedef struct Assignment
 
 static int	my_request = -1;
 
-/* In a request worker: the warnings it emits, relayed to the caller. */
+/*
+ * In a request worker: the warnings it emits, relayed to the caller, one a
+ * line, each with its hint after a tab.
+ */
 static StringInfo relayed = NULL;
 static emit_log_hook_type prev_emit_log_hook = NULL;
 
@@ -93,8 +98,10 @@ static void
 relay_warnings(ErrorData *edata)
 {
 	if (relayed && edata->elevel == WARNING && edata->message &&
-		relayed->len + strlen(edata->message) + 2 < SYNC_MESSAGE_LEN)
-		appendStringInfo(relayed, "%s%s", relayed->len ? "\n" : "", edata->message);
+		relayed->len + strlen(edata->message) + (edata->hint ? strlen(edata->hint) + 1 : 0) + 2 <
+		SYNC_MESSAGE_LEN)
+		appendStringInfo(relayed, "%s%s%s%s", relayed->len ? "\n" : "", edata->message,
+						 edata->hint ? "\t" : "", edata->hint ? edata->hint : "");
 	if (prev_emit_log_hook)
 		prev_emit_log_hook(edata);
 }
@@ -300,6 +307,14 @@ run_in_worker(char kind, const char *peer)
 		my_request = a.index;
 	}
 	LWLockRelease(replstamp_shared->lock);
+	if (fence_is_up(MyDatabaseId))
+	{
+		release_request(0, (Datum) 0);
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cannot run %s while extension \"replstamp\" is being dropped or updated", kind_name(kind)),
+				 errhint("Run it again once the DROP EXTENSION or ALTER EXTENSION has finished.")));
+	}
 	if (a.index >= MAX_SYNC_REQUESTS)
 		ereport(ERROR,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
@@ -343,6 +358,12 @@ run_in_worker(char kind, const char *peer)
 	}
 	PG_END_TRY();
 
+	if (!result.done && result.fenced)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("%s was stopped because extension \"replstamp\" is being dropped or updated", kind_name(kind)),
+				 errdetail("DROP EXTENSION and ALTER EXTENSION stop replstamp's work in their database first, so that they never wait for it."),
+				 errhint("If the extension is still installed, run it again.")));
 	if (!result.done)
 		ereport(ERROR,
 				(errcode(ERRCODE_INTERNAL_ERROR),
@@ -354,7 +375,13 @@ run_in_worker(char kind, const char *peer)
 		char	   *save;
 
 		for (char *line = strtok_r(w, "\n", &save); line; line = strtok_r(NULL, "\n", &save))
-			ereport(WARNING, (errmsg_internal("%s", line)));
+		{
+			char	   *hint = strchr(line, '\t');
+
+			if (hint)
+				*hint++ = '\0';
+			ereport(WARNING, (errmsg_internal("%s", line), hint ? errhint("%s", hint) : 0));
+		}
 	}
 	if (result.sqlerrcode != 0)
 		ereport(ERROR,

@@ -15,7 +15,8 @@
  *	- launcher_latch, nsync_wakeups, sync_wakeups[], sync_wakeup_all:
  *	  protected by mutex; peers_added: atomic, no lock (workers.c);
  *	- nv10_checked, v10_checked[]: protected by mutex (identity.c);
- *	- requests[]: protected by lock (requests.c).
+ *	- requests[]: protected by lock (requests.c);
+ *	- fences[]: protected by lock (fence.c).
  *
  * Copyright (c) 2026, the replstamp authors
  * Distributed under the PostgreSQL License: see LICENSE.
@@ -38,6 +39,9 @@
 
 /* Databases on the 1.0 catalog whose check this start remembers (identity.c). */
 #define V10_MAX_DBS			256
+
+/* Databases whose extension DDL stops replstamp's work (fence.c). */
+#define MAX_FENCES			32
 
 /* Databases whose sync worker a commit asked to run now (workers.c). */
 #define SYNC_WAKEUPS		16
@@ -89,7 +93,16 @@ typedef struct SyncRequest
 	char		hint[SYNC_MESSAGE_LEN];
 	char		context[SYNC_MESSAGE_LEN];
 	char		warnings[SYNC_MESSAGE_LEN]; /* what sync_all() warned of */
+	bool		fenced;			/* stopped by DROP/ALTER EXTENSION (fence.c) */
 } SyncRequest;
+
+/* A backend running DROP or ALTER EXTENSION replstamp in a database. */
+typedef struct Fence
+{
+	Oid			dboid;			/* InvalidOid: a free entry */
+	pid_t		pid;			/* the backend; it clears the entry at its
+								 * transaction's end or exit */
+} Fence;
 
 typedef struct ReplstampShared
 {
@@ -132,6 +145,9 @@ typedef struct ReplstampShared
 	/* Requests of sync(), sync_all() and prune() (requests.c). */
 	LWLock	   *lock;
 	SyncRequest requests[MAX_SYNC_REQUESTS];
+
+	/* Extension DDL under way, per database (fence.c). */
+	Fence		fences[MAX_FENCES];
 
 	/* Per backend, indexed by BackendId - 1 (serial.c). */
 	SerialSlot	slots[FLEXIBLE_ARRAY_MEMBER];

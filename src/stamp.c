@@ -24,6 +24,8 @@
 #include "access/htup_details.h"
 #include "access/relation.h"
 #include "access/tableam.h"
+#include "access/genam.h"
+#include "lib/stringinfo.h"
 #include "access/xact.h"
 #include "catalog/catalog.h"
 #include "catalog/pg_trigger.h"
@@ -45,6 +47,7 @@
 #include "identity.h"
 #include "maintenance.h"
 #include "rowimage.h"
+#include "rowversion.h"
 #include "serial.h"
 #include "shmem.h"
 #include "stamp.h"
@@ -278,6 +281,98 @@ stamp_is_tracked(Relation rel)
 	return has_trigger(rel, STAMP_TRIGGER_NAME, false);
 }
 
+/*
+ * The names of the primary key columns of rel, in key order; NIL if it has
+ * no primary key.
+ */
+static List *
+key_columns(Relation rel)
+{
+	Oid			pkoid = RelationGetPrimaryKeyIndex(rel);
+	Relation	pk;
+	List	   *names = NIL;
+
+	if (!OidIsValid(pkoid))
+		return NIL;
+	pk = index_open(pkoid, AccessShareLock);
+	for (int i = 0; i < pk->rd_index->indnkeyatts; i++)
+	{
+		AttrNumber	attnum = pk->rd_index->indkey.values[i];
+
+		names = lappend(names,
+						pstrdup(NameStr(TupleDescAttr(RelationGetDescr(rel), attnum - 1)->attname)));
+	}
+	index_close(pk, AccessShareLock);
+	return names;
+}
+
+/* Does replstamp.tracked have the key_columns column (1.2)? */
+static bool
+registry_has_key_columns(const ReplstampCatalog *cat)
+{
+	Oid			tracked = get_relname_relid("tracked", cat->schema);
+
+	return OidIsValid(tracked) && get_attnum(tracked, "key_columns") != InvalidAttrNumber;
+}
+
+/* The names of a list, as "a, b" (quoted where needed). */
+static char *
+names_text(List *names)
+{
+	StringInfoData buf;
+	ListCell   *lc;
+
+	initStringInfo(&buf);
+	foreach(lc, names)
+		appendStringInfo(&buf, "%s%s", buf.len ? ", " : "", quote_identifier(lfirst(lc)));
+	return buf.data;
+}
+
+/*
+ * Record the primary key columns of a tracked table in replstamp.tracked
+ * (1.2): the DDL guard keeps them.  Only where none are recorded yet, unless
+ * replace.  The caller is connected to SPI as the extension's owner.
+ */
+static void
+registry_set_key(const char *regname, List *keys, bool replace)
+{
+	Oid			types[2] = {TEXTOID, TEXTARRAYOID};
+	Datum		values[2];
+
+	values[0] = CStringGetTextDatum(regname);
+	values[1] = replstamp_names_array(keys);
+	replstamp_spi_exec(replace ?
+					   "UPDATE replstamp.tracked SET key_columns = $2 WHERE relation OPERATOR(pg_catalog.=) $1" :
+					   "UPDATE replstamp.tracked SET key_columns = $2 WHERE relation OPERATOR(pg_catalog.=) $1 "
+					   "AND key_columns IS NULL",
+					   2, types, values, NULL, SPI_OK_UPDATE);
+}
+
+/*
+ * The primary key columns recorded for a tracked table, as text, or NULL if
+ * they are what keys names (or none are recorded: then they are recorded
+ * now).  The caller is connected to SPI as the extension's owner.
+ */
+static char *
+registry_key_differs(const char *regname, List *keys)
+{
+	Oid			types[2] = {TEXTOID, TEXTARRAYOID};
+	Datum		values[2];
+	char	   *recorded = NULL;
+
+	values[0] = CStringGetTextDatum(regname);
+	values[1] = replstamp_names_array(keys);
+	replstamp_spi_exec("SELECT pg_catalog.array_to_string(key_columns, ', ') FROM replstamp.tracked "
+					   "WHERE relation OPERATOR(pg_catalog.=) $1 AND key_columns IS NOT NULL "
+					   "AND key_columns OPERATOR(pg_catalog.<>) $2",
+					   2, types, values, NULL, SPI_OK_SELECT);
+	if (SPI_processed > 0)
+		recorded = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	else
+		registry_set_key(regname, keys, false);
+	return recorded;
+}
+
 /* Run SQL through SPI as the extension owner, with a safe search_path. */
 static void
 run_as_owner(const char *const *commands, int ncommands, int expected)
@@ -348,6 +443,16 @@ registry_set(const ReplstampCatalog *cat, Oid relid, const char *state,
 								6, types, values, nulls, false, 0);
 	if (ret != SPI_OK_INSERT)
 		elog(ERROR, "replstamp: could not record the table: %s", SPI_result_code_string(ret));
+	if (strcmp(state, "tracked") == 0 && registry_has_key_columns(cat))
+	{
+		Relation	rel = relation_open(relid, AccessShareLock);
+		List	   *keys = key_columns(rel);
+
+		/* None yet (pg_restore adds it later): the guard records it then. */
+		if (keys != NIL)
+			registry_set_key(TextDatumGetCString(values[0]), keys, true);
+		relation_close(rel, AccessShareLock);
+	}
 	SPI_finish();
 	replstamp_restore_user(&ctx);
 }
@@ -523,9 +628,35 @@ replstamp_track(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
+/* Is the table's name registered as a tracked table that was dropped? */
+static bool
+registry_dropped(const ReplstampCatalog *cat, Oid relid)
+{
+	ReplstampOwnerContext ctx;
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1];
+	bool		dropped;
+
+	if (!cat->v11)
+		return false;
+	values[0] = CStringGetTextDatum(quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
+															   get_rel_name(relid)));
+	replstamp_become_owner(&ctx);
+	SPI_connect();
+	replstamp_spi_exec("SELECT 1 FROM replstamp.tracked WHERE relation OPERATOR(pg_catalog.=) $1 "
+					   "AND state OPERATOR(pg_catalog.=) 'dropped'",
+					   1, types, values, NULL, SPI_OK_SELECT);
+	dropped = SPI_processed > 0;
+	SPI_finish();
+	replstamp_restore_user(&ctx);
+	return dropped;
+}
+
 /*
  * replstamp.untrack(regclass): stop stamping the table's changes.  The
- * changes already stamped stay in replstamp.changes until pruned.
+ * changes already stamped stay in replstamp.changes until pruned.  For a
+ * table that was dropped while tracked and created again untracked, it
+ * records that the new table stays local.
  */
 Datum
 replstamp_untrack(PG_FUNCTION_ARGS)
@@ -538,6 +669,16 @@ replstamp_untrack(PG_FUNCTION_ARGS)
 	int			ncmds = 0;
 
 	rel = open_table_for_tracking(relid);
+	if (!has_trigger(rel, STAMP_TRIGGER_NAME, false) && registry_dropped(cat, relid))
+	{
+		/*
+		 * Dropped while tracked and created again (pg_restore --clean -t),
+		 * and meant to stay local: replstamp.problems names it no more.
+		 */
+		relation_close(rel, NoLock);
+		registry_set(cat, relid, "untracked", NULL);
+		PG_RETURN_VOID();
+	}
 	if (!has_trigger(rel, STAMP_TRIGGER_NAME, false))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
@@ -596,14 +737,18 @@ register_restored(Oid relid)
 }
 
 /*
- * Refuse if a tracked table lost its name or one of its triggers as track()
- * installed it.
+ * Refuse if a tracked table lost what keeps its changes stamped and
+ * identified on every node: its name, its triggers as track() installed
+ * them, its WAL (SET UNLOGGED), its primary key or the key's columns.  The
+ * caller is connected to SPI as the extension's owner.
  */
 static void
 check_tracked(Oid relid, const char *regname)
 {
 	Relation	rel = try_relation_open(relid, AccessShareLock);
 	char	   *name;
+	List	   *keys;
+	char	   *recorded;
 
 	if (rel == NULL)
 		return;					/* dropped: the sql_drop guard records it */
@@ -615,6 +760,28 @@ check_tracked(Oid relid, const char *regname)
 				 errmsg("cannot rename or move table %s because it is tracked by replstamp", regname),
 				 errdetail("Peers identify its rows by the schema-qualified name."),
 				 errhint("Untrack it with replstamp.untrack() on every node, rename it everywhere, then track it again.")));
+	if (rel->rd_rel->relpersistence != RELPERSISTENCE_PERMANENT)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cannot make table %s unlogged because it is tracked by replstamp", regname),
+				 errdetail("A crash would empty it on this node without a stamp for the rows it loses, so no peer would learn of it."),
+				 errhint("Untrack it first with replstamp.untrack('%s').", regname)));
+	keys = key_columns(rel);
+	if (keys == NIL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cannot drop the primary key of table %s because it is tracked by replstamp", regname),
+				 errdetail("Every node identifies the table's rows by their primary key."),
+				 errhint("Untrack it first with replstamp.untrack('%s') on every node.", regname)));
+	if (registry_has_key_columns(replstamp_catalog(false)) &&
+		(recorded = registry_key_differs(regname, keys)) != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cannot change the primary key of table %s because it is tracked by replstamp", regname),
+				 errdetail("Every node identifies the table's rows by (%s); the new key is (%s).",
+						   recorded, names_text(keys)),
+				 errhint("Untrack it with replstamp.untrack('%s') on every node, change the key everywhere, then track it again.",
+						 regname)));
 	if (!trigger_intact(rel, STAMP_TRIGGER_NAME, "stamp",
 						TRIGGER_TYPE_ROW | TRIGGER_TYPE_INSERT | TRIGGER_TYPE_UPDATE |
 						TRIGGER_TYPE_DELETE) ||

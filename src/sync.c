@@ -67,6 +67,7 @@
 #include "storage/lwlock.h"
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
+#include "utils/lsyscache.h"
 #include "utils/guc.h"
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
@@ -1192,11 +1193,50 @@ lock_for_sync(void)
 }
 
 /*
- * One peer, holding the database's sync lock.  For background workers,
- * outside any transaction.
+ * A WARNING for every reason a tracked table of this database is not
+ * replicated fully (replstamp.problems, 1.2), at every sync until the user
+ * acts: a table re-created without its triggers (pg_restore --clean -t)
+ * must not look as if it replicated.  Outside any transaction.
  */
-int64
-sync_one_peer(const char *peer)
+static void
+warn_problems(void)
+{
+	const ReplstampCatalog *cat;
+	ReplstampOwnerContext ctx;
+
+	worker_begin_xact();
+	cat = replstamp_catalog(false);
+	if (OidIsValid(get_relname_relid("problems", cat->schema)))
+	{
+		replstamp_become_owner(&ctx);
+		SPI_connect();
+		replstamp_spi_exec("SELECT object, problem, detail, hint FROM replstamp.problems "
+						   "WHERE problem OPERATOR(pg_catalog.!~~) 'peer %' "
+						   "AND problem OPERATOR(pg_catalog.<>) 'ddl guard disabled'",
+						   0, NULL, NULL, NULL, SPI_OK_SELECT);
+		for (uint64 i = 0; i < SPI_processed; i++)
+		{
+			HeapTuple	tup = SPI_tuptable->vals[i];
+			TupleDesc	desc = SPI_tuptable->tupdesc;
+
+			ereport(WARNING,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("replstamp: table %s is not replicated by this node: %s",
+							SPI_getvalue(tup, desc, 1), SPI_getvalue(tup, desc, 2)),
+					 errdetail_internal("%s", SPI_getvalue(tup, desc, 3)),
+					 errhint("%s", SPI_getvalue(tup, desc, 4))));
+		}
+		SPI_finish();
+		replstamp_restore_user(&ctx);
+	}
+	worker_commit_xact();
+}
+
+/*
+ * One peer, holding the database's sync lock.
+ */
+static int64
+sync_locked(const char *peer)
 {
 	int64		applied = 0;
 
@@ -1211,6 +1251,17 @@ sync_one_peer(const char *peer)
 	}
 	PG_END_TRY();
 	return applied;
+}
+
+/*
+ * One peer, holding the database's sync lock.  For background workers,
+ * outside any transaction.
+ */
+int64
+sync_one_peer(const char *peer)
+{
+	warn_problems();
+	return sync_locked(peer);
 }
 
 /*
@@ -1242,6 +1293,7 @@ sync_all_peers(void)
 	ListCell   *lc;
 	int64		total = 0;
 
+	warn_problems();
 	names = peer_names();
 	foreach(lc, names)
 	{
@@ -1250,7 +1302,7 @@ sync_all_peers(void)
 
 		PG_TRY();
 		{
-			total += sync_one_peer(peer);
+			total += sync_locked(peer);
 		}
 		PG_CATCH();
 		{

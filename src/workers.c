@@ -31,6 +31,7 @@
 #include "utils/timestamp.h"
 
 #include "errors.h"
+#include "fence.h"
 #include "shmem.h"
 #include "workers.h"
 
@@ -66,7 +67,8 @@ replstamp_start_worker(const char *function, const char *type, Oid dboid,
 /*
  * In a worker started by replstamp_start_worker(): unblock signals, connect
  * to the database of main_arg as the role chosen by the starter, and copy
- * the rest of bgw_extra to extra.
+ * the rest of bgw_extra to extra.  Waits while the extension is being
+ * dropped or updated there (fence.c).
  */
 void
 replstamp_worker_connect(Datum main_arg, void *extra, Size extralen)
@@ -79,6 +81,8 @@ replstamp_worker_connect(Datum main_arg, void *extra, Size extralen)
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnectionByOid(DatumGetObjectId(main_arg), userid, 0);
 	worker_pin_settings();
+	/* DROP or ALTER EXTENSION replstamp is stopping our work here. */
+	fence_check_worker();
 }
 
 /*
