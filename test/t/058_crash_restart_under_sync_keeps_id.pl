@@ -39,13 +39,7 @@ for my $i (0 .. $#names)
 		SELECT replstamp.track('history');
 	});
 }
-for my $x (@names)
-{
-	for my $y (@names)
-	{
-		add_peer($n{$x}, $y, $n{$y}) if $x ne $y;
-	}
-}
+add_mesh(@n{@names});
 sq($n{a}, 'INSERT INTO accounts SELECT g, 0, $$a$$ FROM generate_series(1, 200) g');
 sq($n{b}, "SELECT replstamp.sync('a')");
 sq($n{c}, "SELECT replstamp.sync('a')");

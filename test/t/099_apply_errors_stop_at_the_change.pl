@@ -64,10 +64,7 @@ my @nodes = map {
 		sql => $schema)
 } qw(a b c);
 my ($a, $b, $c) = @nodes;
-for my $n (@nodes)
-{
-	add_peer($n, $_->name, $_) for grep { $_ != $n } @nodes;
-}
+add_mesh(@nodes);
 sub sq { my ($node, $sql) = @_; return $node->safe_psql('postgres', $sql); }
 
 my $id_b = sq($b, 'SELECT replica_id FROM replstamp.node');

@@ -11,7 +11,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(usleep);
 
-our @EXPORT = qw(replstamp_node add_peer start_verified use_install set_guc node_state wait_converged $TRACK_T psql_start);
+our @EXPORT = qw(replstamp_node add_peer add_mesh start_verified use_install set_guc node_state wait_converged $TRACK_T psql_start);
 
 # A started node with replstamp preloaded.  Options: init => { ... } for
 # PostgreSQL::Test::Cluster::init, conf => [ lines ] for postgresql.conf,
@@ -65,6 +65,17 @@ sub add_peer
 	my ($node, $name, $peer) = @_;
 	$node->safe_psql('postgres',
 		"SELECT replstamp.add_peer('$name', \$\$" . $peer->connstr('postgres') . "\$\$)");
+	return;
+}
+
+# Every node of @nodes pulls from every other, calling it by its name.
+sub add_mesh
+{
+	my @nodes = @_;
+	for my $x (@nodes)
+	{
+		add_peer($x, $_->name, $_) for grep { $_ != $x } @nodes;
+	}
 	return;
 }
 
