@@ -902,6 +902,111 @@ apply_fill_new_columns(ApplySession *s)
 }
 
 /* ---------------------------------------------------------------------
+ * Dropped columns: when peers' values of the name are new ones
+ *
+ * A column dropped here is remembered (tracked.dropped_columns) so that
+ * what peers that still have it send of it is not kept for filling in: the
+ * old column's values.  Once every peer has dropped it too and this node
+ * holds everything each one wrote before, a value of that name can only
+ * come from a node that added the column again: it is kept like a value
+ * of a column that never existed, and filled in when the column is added
+ * here.  The evidence: at the start of a sync, the peer lacks the column
+ * (then its changes from before its drop are all below what it has handed
+ * out); recorded in replstamp.dropped_column_peers with that serial; the
+ * name is forgotten once every peer has been seen lacking it and the
+ * vector holds those serials.  (1.2; a node whose catalog is older keeps
+ * every dropped name.)
+ * ---------------------------------------------------------------------
+ */
+
+/* Is replstamp.dropped_column_peers there (1.2)? */
+static bool
+have_dropped_column_peers(void)
+{
+	const ReplstampCatalog *cat = replstamp_catalog(true);
+
+	return cat != NULL && OidIsValid(get_relname_relid("dropped_column_peers", cat->schema));
+}
+
+/*
+ * The columns dropped here that are not forgotten yet, as a jsonb array of
+ * {"r": relation, "c": column} (text, allocated in cxt), or NULL.  In a
+ * transaction.
+ */
+char *
+apply_dropped_columns(MemoryContext cxt)
+{
+	ReplstampOwnerContext ctx;
+	char	   *json = NULL;
+
+	if (!have_dropped_column_peers())
+		return NULL;
+	replstamp_become_owner(&ctx);
+	SPI_connect();
+	if (SPI_execute("SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('r', t.relation, 'c', d.c)) "
+					"FROM replstamp.tracked t, pg_catalog.unnest(t.dropped_columns) AS d(c) "
+					"WHERE t.state OPERATOR(pg_catalog.=) 'tracked'", true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "replstamp: could not read replstamp.tracked");
+	if (SPI_processed == 1)
+	{
+		char	   *v = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+
+		if (v)
+			json = MemoryContextStrdup(cxt, v);
+	}
+	SPI_finish();
+	replstamp_restore_user(&ctx);
+	return json;
+}
+
+/*
+ * After a sync with peer: record that it lacked the columns in lacking
+ * (what apply_dropped_columns() said, filtered by the peer; NULL: none
+ * checked) when it had handed out serials of id up to serial, and forget
+ * the dropped names every peer has been seen lacking, once the vector
+ * holds what each had handed out then.  In the sync's last transaction,
+ * SPI connected, as the extension's owner.
+ */
+void
+apply_note_dropped_elsewhere(const char *peer, const char *lacking, const pg_uuid_t *id, int64 serial)
+{
+	if (!have_dropped_column_peers())
+		return;
+	if (lacking && id)
+	{
+		Oid			types[4] = {JSONBOID, TEXTOID, UUIDOID, INT8OID};
+		Datum		values[4];
+
+		values[0] = DirectFunctionCall1(jsonb_in, CStringGetDatum(lacking));
+		values[1] = CStringGetTextDatum(peer);
+		values[2] = UUIDPGetDatum(id);
+		values[3] = Int64GetDatum(serial);
+		/* The first sighting stays: a later one would only ask for more. */
+		replstamp_spi_exec("INSERT INTO replstamp.dropped_column_peers (relation, column_name, peer, replica_id, serial) "
+						   "SELECT d.r, d.c, $2, $3, $4 FROM pg_catalog.jsonb_to_recordset($1) AS d(r text, c text) "
+						   "ON CONFLICT (relation, column_name, peer) DO NOTHING",
+						   4, types, values, NULL, SPI_OK_INSERT);
+	}
+	replstamp_spi_exec("UPDATE replstamp.tracked t SET dropped_columns = ARRAY("
+					   "  SELECT x FROM pg_catalog.unnest(t.dropped_columns) AS x WHERE EXISTS ("
+					   "    SELECT 1 FROM replstamp.peer p WHERE NOT EXISTS ("
+					   "      SELECT 1 FROM replstamp.dropped_column_peers w "
+					   "      LEFT JOIN replstamp.vector v ON v.replica_id OPERATOR(pg_catalog.=) w.replica_id "
+					   "      WHERE w.relation OPERATOR(pg_catalog.=) t.relation "
+					   "      AND w.column_name OPERATOR(pg_catalog.=) x "
+					   "      AND w.peer OPERATOR(pg_catalog.=) p.name "
+					   "      AND COALESCE(v.serial, 0) OPERATOR(pg_catalog.>=) w.serial))) "
+					   "WHERE t.state OPERATOR(pg_catalog.=) 'tracked' "
+					   "AND pg_catalog.cardinality(t.dropped_columns) OPERATOR(pg_catalog.>) 0",
+					   0, NULL, NULL, NULL, SPI_OK_UPDATE);
+	replstamp_spi_exec("DELETE FROM replstamp.dropped_column_peers w WHERE NOT EXISTS ("
+					   "  SELECT 1 FROM replstamp.tracked t WHERE t.relation OPERATOR(pg_catalog.=) w.relation "
+					   "  AND t.state OPERATOR(pg_catalog.=) 'tracked' "
+					   "  AND w.column_name OPERATOR(pg_catalog.=) ANY (t.dropped_columns))",
+					   0, NULL, NULL, NULL, SPI_OK_DELETE);
+}
+
+/* ---------------------------------------------------------------------
  * Rows whose versions carry different columns (a rolling ADD COLUMN)
  * ---------------------------------------------------------------------
  */
