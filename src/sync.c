@@ -1043,8 +1043,9 @@ record_success(SyncRun *r)
 				           "WHERE replica_id OPERATOR(pg_catalog.=) $1 AND NOT retired", 1, rt, rv, NULL, SPI_OK_UPDATE);
 	}
 	adopt_purged(r);
-	apply_note_dropped_elsewhere(r->peer, r->legacy ? NULL : r->lacking, &r->srv.replica_id,
-								 r->srv.issued);
+	/* Only a sync that pulled everything the peer offered says it lacks a column. */
+	apply_note_dropped_elsewhere(r->peer, r->legacy || r->notes.len ? NULL : r->lacking,
+								 &r->srv.replica_id, r->srv.issued);
 
 	SPI_finish();
 	replstamp_restore_user(&ctx);
