@@ -959,6 +959,16 @@ apply_dropped_columns(MemoryContext cxt)
 	return json;
 }
 
+/* Some peer has not been seen lacking column x of table t.relation yet. */
+#define SOME_PEER_MAY_HAVE_IT \
+	"EXISTS (SELECT 1 FROM replstamp.peer p WHERE NOT EXISTS (" \
+	"  SELECT 1 FROM replstamp.dropped_column_peers w " \
+	"  LEFT JOIN replstamp.vector v ON v.replica_id OPERATOR(pg_catalog.=) w.replica_id " \
+	"  WHERE w.relation OPERATOR(pg_catalog.=) t.relation " \
+	"  AND w.column_name OPERATOR(pg_catalog.=) x " \
+	"  AND w.peer OPERATOR(pg_catalog.=) p.name " \
+	"  AND COALESCE(v.serial, 0) OPERATOR(pg_catalog.>=) w.serial))"
+
 /*
  * After a sync with peer: record that it lacked the columns in lacking
  * (what apply_dropped_columns() said, filtered by the peer; NULL: none
@@ -988,16 +998,10 @@ apply_note_dropped_elsewhere(const char *peer, const char *lacking, const pg_uui
 						   4, types, values, NULL, SPI_OK_INSERT);
 	}
 	replstamp_spi_exec("UPDATE replstamp.tracked t SET dropped_columns = ARRAY("
-					   "  SELECT x FROM pg_catalog.unnest(t.dropped_columns) AS x WHERE EXISTS ("
-					   "    SELECT 1 FROM replstamp.peer p WHERE NOT EXISTS ("
-					   "      SELECT 1 FROM replstamp.dropped_column_peers w "
-					   "      LEFT JOIN replstamp.vector v ON v.replica_id OPERATOR(pg_catalog.=) w.replica_id "
-					   "      WHERE w.relation OPERATOR(pg_catalog.=) t.relation "
-					   "      AND w.column_name OPERATOR(pg_catalog.=) x "
-					   "      AND w.peer OPERATOR(pg_catalog.=) p.name "
-					   "      AND COALESCE(v.serial, 0) OPERATOR(pg_catalog.>=) w.serial))) "
+					   "  SELECT x FROM pg_catalog.unnest(t.dropped_columns) AS x WHERE " SOME_PEER_MAY_HAVE_IT ") "
 					   "WHERE t.state OPERATOR(pg_catalog.=) 'tracked' "
-					   "AND pg_catalog.cardinality(t.dropped_columns) OPERATOR(pg_catalog.>) 0",
+					   "AND EXISTS (SELECT 1 FROM pg_catalog.unnest(t.dropped_columns) AS x "
+					   "  WHERE NOT " SOME_PEER_MAY_HAVE_IT ")",
 					   0, NULL, NULL, NULL, SPI_OK_UPDATE);
 	replstamp_spi_exec("DELETE FROM replstamp.dropped_column_peers w WHERE NOT EXISTS ("
 					   "  SELECT 1 FROM replstamp.tracked t WHERE t.relation OPERATOR(pg_catalog.=) w.relation "
