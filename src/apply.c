@@ -723,27 +723,14 @@ fill_columns(ApplySession *s, ApplyTable *t, List *new_cols, List *all_cols)
 		List	   *remaining = NIL;
 		ListCell   *lc;
 		bool		found;
+		bool		usable;
 
 		CHECK_FOR_INTERRUPTS();
 		row.key = keys[i];
 		row.hash = rowimage_row_hash(t->relation, strlen(t->relation), keys[i]);
 		row.deleted = false;
-		rowversion_get(s->rvw, relation, &row, &cur);
-		if (!cur.found || !cur.partial ||
-			!changelog_fetch(s->cat, &cur.carry.replica_id, cur.carry.serial, &c) ||
-			c.image == NULL)
-			continue;
 
 		replstamp_become_untrusted(t->owner, &uctx);
-		(void) rowimage_decode(t->layout, c.image, values, nulls, present, NULL);
-		/* Only the columns added here that the carry has a value for. */
-		for (int a = 0; a < desc->natts; a++)
-		{
-			const char *name = NameStr(TupleDescAttr(desc, a)->attname);
-
-			if (present[a] && (!list_has_name(new_cols, name) || !list_has_name(cur.carry_columns, name)))
-				present[a] = false;
-		}
 		rowimage_decode_key(t->layout, keys[i], keyvalues, keynulls);
 		ExecClearTuple(t->keyslot);
 		memset(t->keyslot->tts_isnull, true, sizeof(bool) * desc->natts);
@@ -756,10 +743,31 @@ fill_columns(ApplySession *s, ApplyTable *t, List *new_cols, List *all_cols)
 		}
 		ExecStoreVirtualTuple(t->keyslot);
 		PushActiveSnapshot(GetLatestSnapshot());
+
+		/*
+		 * The row locked first: a local change of it has then committed, and
+		 * reconciling brings it into row_version.  One made since the column
+		 * was added here carries the column, is later than the carry, and
+		 * leaves the row partial no more: its value stays.
+		 */
 		found = RelationFindReplTupleByIndex(t->rel, t->layout->pkoid, LockTupleExclusive,
 											 t->keyslot, t->localslot);
-		if (found)
+		reconcile(s->rvw, s->reconcile);
+		rowversion_get(s->rvw, relation, &row, &cur);
+		usable = cur.found && cur.partial &&
+			changelog_fetch(s->cat, &cur.carry.replica_id, cur.carry.serial, &c) &&
+			c.image != NULL;
+		if (usable && found)
 		{
+			(void) rowimage_decode(t->layout, c.image, values, nulls, present, NULL);
+			/* Only the columns added here that the carry has a value for. */
+			for (int a = 0; a < desc->natts; a++)
+			{
+				const char *name = NameStr(TupleDescAttr(desc, a)->attname);
+
+				if (present[a] && (!list_has_name(new_cols, name) || !list_has_name(cur.carry_columns, name)))
+					present[a] = false;
+			}
 			t->estate->es_output_cid = GetCurrentCommandId(true);
 			AfterTriggerBeginQuery();
 			build_new_row(t, true, false, values, nulls, present);
@@ -772,6 +780,8 @@ fill_columns(ApplySession *s, ApplyTable *t, List *new_cols, List *all_cols)
 		PopActiveSnapshot();
 		replstamp_restore_user(&uctx);
 		CommandCounterIncrement();
+		if (!usable)
+			continue;
 
 		/* What the carry still has that this node lacks. */
 		foreach(lc, cur.carry_columns)
