@@ -7,6 +7,8 @@
 #    (clock_timestamp(), now(), random(), gen_random_uuid(), a serial, an
 #    identity) on a tracked table is refused with the procedure in the
 #    hint, and that procedure converges.
+# 3. A node that writes a new column before its next sync fills the column
+#    in keeps its own, later, value.
 #
 # Three nodes pull from each other with their sync workers running (no
 # prune: the nodes' change logs are compared).
@@ -152,6 +154,27 @@ sq($n{b}, 'INSERT INTO t (id, v) VALUES (100, 100)');
 wait_converged([ map { $n{$_} } @names ], ['t'], 'after the procedure of the hint');
 is(sq($n{c}, 'SELECT count(*) FROM t WHERE at IS NULL OR u IS NULL'), '0',
 	'c: every row has its values, the ones written on a or on b');
+
+# --- 3. A value written here before the fill of a new column runs ---------
+
+# c lacks z when it pulls a's value of it; c then adds z and writes it in
+# that row before its next sync fills the column in: c's own, later, value
+# stays (the fill reads the row's version after c's own changes).  c's sync
+# worker is stopped so that the order is certain.
+set_guc($n{c}, 'replstamp.sync_interval', 0);
+$n{c}->poll_query_until('postgres',
+	"SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'replstamp sync'")
+  or die "the sync worker of c does not stop";
+sq($n{$_}, 'ALTER TABLE t ADD COLUMN z text') for qw(a b);
+sq($n{a}, "UPDATE t SET z = 'from a' WHERE id = 7");
+sq($n{c}, 'SELECT replstamp.sync_all()');
+sq($n{c}, 'ALTER TABLE t ADD COLUMN z text');
+sq($n{c}, "UPDATE t SET z = 'from c, later' WHERE id = 7");
+sq($n{c}, 'SELECT replstamp.sync_all()');
+is(sq($n{c}, 'SELECT z FROM t WHERE id = 7'), 'from c, later',
+	"c: the fill of the new column keeps c's own later value");
+set_guc($n{c}, 'replstamp.sync_interval', 1);
+wait_converged([ map { $n{$_} } @names ], ['t'], 'after a local write before the fill');
 
 $_->stop for values %n;
 done_testing();
