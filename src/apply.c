@@ -795,6 +795,70 @@ fill_columns(ApplySession *s, ApplyTable *t, List *new_cols, List *all_cols)
 						(long long) filled, t->relation)));
 }
 
+/*
+ * Columns just dropped here: forget the values of them that t's rows carry
+ * (kept from changes pulled between the DROP COLUMN and this look, while
+ * the names were not known as dropped yet), so that a column of the same
+ * name added later is not filled in with them.
+ */
+static void
+drop_from_carries(ApplySession *s, ApplyTable *t, List *names)
+{
+	ReplstampOwnerContext octx;
+	Oid			types[2] = {TEXTOID, TEXTARRAYOID};
+	Datum		args[2] = {CStringGetTextDatum(t->relation), replstamp_names_array(names)};
+	int			n;
+	Jsonb	  **keys;
+	text	   *relation = cstring_to_text(t->relation);
+	MemoryContext caller = CurrentMemoryContext;
+
+	replstamp_become_owner(&octx);
+	SPI_connect();
+	if (SPI_execute_with_args("SELECT pk FROM replstamp.row_version "
+							  "WHERE relation OPERATOR(pg_catalog.=) $1 AND partial AND NOT deleted "
+							  "AND carry_columns OPERATOR(pg_catalog.&&) $2",
+							  2, types, args, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "replstamp: could not read replstamp.row_version");
+	n = SPI_processed;
+	/* Outlives SPI_finish(). */
+	keys = MemoryContextAlloc(caller, sizeof(Jsonb *) * Max(n, 1));
+	for (int i = 0; i < n; i++)
+	{
+		bool		isnull;
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
+		MemoryContext spi = MemoryContextSwitchTo(caller);
+
+		keys[i] = DatumGetJsonbPCopy(d);
+		MemoryContextSwitchTo(spi);
+	}
+	SPI_finish();
+	replstamp_restore_user(&octx);
+
+	for (int i = 0; i < n; i++)
+	{
+		ChangeRow	row;
+		RowVersion	cur;
+		List	   *remaining = NIL;
+		ListCell   *lc;
+
+		CHECK_FOR_INTERRUPTS();
+		row.key = keys[i];
+		row.hash = rowimage_row_hash(t->relation, strlen(t->relation), keys[i]);
+		row.deleted = false;
+		rowversion_get(s->rvw, relation, &row, &cur);
+		if (!cur.found || !cur.partial)
+			continue;
+		foreach(lc, cur.carry_columns)
+			if (!list_has_name(names, lfirst(lc)))
+				remaining = lappend(remaining, lfirst(lc));
+		rowversion_set_carry(s->rvw, relation, &row, &cur, remaining);
+	}
+	if (n > 0)
+		ereport(LOG,
+				(errmsg("replstamp: dropped the values of columns dropped here that %d rows of table %s carried",
+						n, t->relation)));
+}
+
 static List *
 names_of(Datum d, bool isnull)
 {
@@ -867,6 +931,7 @@ apply_fill_new_columns(ApplySession *s)
 		ApplyTable *t;
 		List	   *cols;
 		List	   *new_cols = NIL;
+		List	   *just_dropped = NIL;
 		List	   *now_dropped = NIL;
 		ListCell   *lc;
 		Oid			types[3] = {TEXTOID, TEXTARRAYOID, TEXTARRAYOID};
@@ -886,7 +951,8 @@ apply_fill_new_columns(ApplySession *s)
 		/* Dropped here: what was known and is gone, plus what was before. */
 		foreach(lc, known[i])
 			if (!list_has_name(cols, lfirst(lc)))
-				now_dropped = lappend(now_dropped, lfirst(lc));
+				just_dropped = lappend(just_dropped, lfirst(lc));
+		now_dropped = list_copy(just_dropped);
 		foreach(lc, dropped[i])
 			if (!list_has_name(cols, lfirst(lc)) && !list_has_name(now_dropped, lfirst(lc)))
 				now_dropped = lappend(now_dropped, lfirst(lc));
@@ -901,6 +967,8 @@ apply_fill_new_columns(ApplySession *s)
 			list_length(known[i]) == list_length(cols) &&
 			list_length(dropped[i]) == list_length(now_dropped))
 			continue;			/* nothing changed */
+		if (just_dropped != NIL)
+			drop_from_carries(s, t, just_dropped);
 		if (new_cols != NIL)
 			fill_columns(s, t, new_cols, cols);
 		values[0] = CStringGetTextDatum(relations[i]);
