@@ -9,8 +9,6 @@
 #    hint, and that procedure converges.
 # 3. A node that writes a new column before its next sync fills the column
 #    in keeps its own, later, value.
-# 4. A value of a column pulled while the column was being dropped here
-#    does not come back when the name is added again.
 #
 # Three nodes pull from each other with their sync workers running (no
 # prune: the nodes' change logs are compared).
@@ -177,52 +175,6 @@ is(sq($n{c}, 'SELECT z FROM t WHERE id = 7'), 'from c, later',
 	"c: the fill of the new column keeps c's own later value");
 set_guc($n{c}, 'replstamp.sync_interval', 1);
 wait_converged([ map { $n{$_} } @names ], ['t'], 'after a local write before the fill');
-
-# --- 4. A value pulled between a DROP COLUMN and the next sync ------------
-
-# c drops "gone" while a sync of c is between two pages: the second page
-# brings b's last value of the column before c's apply has seen the drop.
-# That value must not come back when a column of that name is added again.
-# (A page of one change, and a pause after each: the DROP comes in the
-# pause after the first page.)
-sq($n{$_}, 'ALTER TABLE t ADD COLUMN gone text') for @names;
-for my $x (@names)
-{
-	$n{$x}->poll_query_until('postgres', "SELECT 'gone' = ANY (columns) FROM replstamp.tracked")
-	  or die "the apply of $x does not see the column gone";
-}
-set_guc($n{c}, 'replstamp.sync_interval', 0);
-$n{c}->poll_query_until('postgres',
-	"SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'replstamp sync'")
-  or die "the sync worker of c does not stop";
-sq($n{c}, 'SELECT replstamp.sync_all()');
-set_guc($n{c}, 'replstamp.sync_batch_size', 1);
-set_guc($n{c}, 'replstamp.sync_delay', '20s');
-sq($n{b}, 'UPDATE t SET v = v + 1 WHERE id = 8');
-my $first = holds_last_of('b');
-sq($n{b}, "UPDATE t SET gone = 'old value, from b' WHERE id = 9");
-my $out = '';
-my $h = psql_start($n{c}, "SELECT replstamp.sync('b')", \$out);
-$n{c}->poll_query_until('postgres', $first) or die "c does not pull b's first change";
-sq($n{c}, 'ALTER TABLE t DROP COLUMN gone');
-$h->finish;
-is(sq($n{c}, "SELECT count(*) FROM pg_attribute WHERE attrelid = 't'::regclass AND attname = 'gone'"), '0',
-	'c dropped the column while its sync ran');
-sq($n{c}, 'ALTER SYSTEM RESET replstamp.sync_batch_size');
-sq($n{c}, 'ALTER SYSTEM RESET replstamp.sync_delay');
-set_guc($n{c}, 'replstamp.sync_interval', 1);
-sq($n{$_}, 'ALTER TABLE t DROP COLUMN gone') for qw(a b);
-for my $x (@names)
-{
-	ok($n{$x}->poll_query_until('postgres',
-			"SELECT NOT EXISTS (SELECT 1 FROM replstamp.tracked "
-			  . "WHERE 'gone' = ANY (columns) OR 'gone' = ANY (dropped_columns))"),
-		"$x: gone dropped everywhere and forgotten");
-}
-sq($n{$_}, 'ALTER TABLE t ADD COLUMN gone text') for @names;
-wait_converged([ map { $n{$_} } @names ], ['t'], 'after gone was added again');
-is(sq($n{$_}, 'SELECT count(gone) FROM t'), '0',
-	"$_: no old value of gone came back") for @names;
 
 $_->stop for values %n;
 done_testing();
