@@ -162,3 +162,25 @@ CREATE OR REPLACE VIEW replstamp.status AS
            -- replstamp.problems
            (SELECT pg_catalog.count(*) FROM replstamp.problems) AS problems
       FROM replstamp.node n;
+
+/*
+ * Columns dropped and added again (1.2).  A column dropped here is
+ * remembered in replstamp.tracked.dropped_columns so that the old values
+ * peers still send of it are not kept for filling in.  Once every peer
+ * has been seen lacking it at the start of a sync (then everything it
+ * wrote into the old column is below what it had handed out) and this
+ * node holds those serials, the name is forgotten: from then on a value
+ * of that name comes from a node that added the column again, and is
+ * kept and filled in like the value of a new column.
+ */
+CREATE TABLE replstamp.dropped_column_peers (
+    relation      text NOT NULL,         -- schema-qualified, as in replstamp.tracked
+    column_name   text NOT NULL,         -- a name in that table's dropped_columns
+    peer          text NOT NULL REFERENCES replstamp.peer ON DELETE CASCADE,
+    replica_id    uuid NOT NULL,         -- the peer's current replica ID then
+    serial        bigint NOT NULL,       -- what it had handed out of it then
+    seen_at       timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (relation, column_name, peer)
+);
+REVOKE ALL ON replstamp.dropped_column_peers FROM PUBLIC;
+GRANT SELECT ON replstamp.dropped_column_peers TO PUBLIC;

@@ -723,27 +723,14 @@ fill_columns(ApplySession *s, ApplyTable *t, List *new_cols, List *all_cols)
 		List	   *remaining = NIL;
 		ListCell   *lc;
 		bool		found;
+		bool		usable;
 
 		CHECK_FOR_INTERRUPTS();
 		row.key = keys[i];
 		row.hash = rowimage_row_hash(t->relation, strlen(t->relation), keys[i]);
 		row.deleted = false;
-		rowversion_get(s->rvw, relation, &row, &cur);
-		if (!cur.found || !cur.partial ||
-			!changelog_fetch(s->cat, &cur.carry.replica_id, cur.carry.serial, &c) ||
-			c.image == NULL)
-			continue;
 
 		replstamp_become_untrusted(t->owner, &uctx);
-		(void) rowimage_decode(t->layout, c.image, values, nulls, present, NULL);
-		/* Only the columns added here that the carry has a value for. */
-		for (int a = 0; a < desc->natts; a++)
-		{
-			const char *name = NameStr(TupleDescAttr(desc, a)->attname);
-
-			if (present[a] && (!list_has_name(new_cols, name) || !list_has_name(cur.carry_columns, name)))
-				present[a] = false;
-		}
 		rowimage_decode_key(t->layout, keys[i], keyvalues, keynulls);
 		ExecClearTuple(t->keyslot);
 		memset(t->keyslot->tts_isnull, true, sizeof(bool) * desc->natts);
@@ -756,10 +743,31 @@ fill_columns(ApplySession *s, ApplyTable *t, List *new_cols, List *all_cols)
 		}
 		ExecStoreVirtualTuple(t->keyslot);
 		PushActiveSnapshot(GetLatestSnapshot());
+
+		/*
+		 * The row locked first: a local change of it has then committed, and
+		 * reconciling brings it into row_version.  One made since the column
+		 * was added here carries the column, is later than the carry, and
+		 * leaves the row partial no more: its value stays.
+		 */
 		found = RelationFindReplTupleByIndex(t->rel, t->layout->pkoid, LockTupleExclusive,
 											 t->keyslot, t->localslot);
-		if (found)
+		reconcile(s->rvw, s->reconcile);
+		rowversion_get(s->rvw, relation, &row, &cur);
+		usable = cur.found && cur.partial &&
+			changelog_fetch(s->cat, &cur.carry.replica_id, cur.carry.serial, &c) &&
+			c.image != NULL;
+		if (usable && found)
 		{
+			(void) rowimage_decode(t->layout, c.image, values, nulls, present, NULL);
+			/* Only the columns added here that the carry has a value for. */
+			for (int a = 0; a < desc->natts; a++)
+			{
+				const char *name = NameStr(TupleDescAttr(desc, a)->attname);
+
+				if (present[a] && (!list_has_name(new_cols, name) || !list_has_name(cur.carry_columns, name)))
+					present[a] = false;
+			}
 			t->estate->es_output_cid = GetCurrentCommandId(true);
 			AfterTriggerBeginQuery();
 			build_new_row(t, true, false, values, nulls, present);
@@ -772,6 +780,8 @@ fill_columns(ApplySession *s, ApplyTable *t, List *new_cols, List *all_cols)
 		PopActiveSnapshot();
 		replstamp_restore_user(&uctx);
 		CommandCounterIncrement();
+		if (!usable)
+			continue;
 
 		/* What the carry still has that this node lacks. */
 		foreach(lc, cur.carry_columns)
@@ -783,6 +793,70 @@ fill_columns(ApplySession *s, ApplyTable *t, List *new_cols, List *all_cols)
 		ereport(LOG,
 				(errmsg("replstamp: filled the new columns of %lld rows of table %s from the changes that carried them",
 						(long long) filled, t->relation)));
+}
+
+/*
+ * Columns just dropped here: forget the values of them that t's rows carry
+ * (kept from changes pulled between the DROP COLUMN and this look, while
+ * the names were not known as dropped yet), so that a column of the same
+ * name added later is not filled in with them.
+ */
+static void
+drop_from_carries(ApplySession *s, ApplyTable *t, List *names)
+{
+	ReplstampOwnerContext octx;
+	Oid			types[2] = {TEXTOID, TEXTARRAYOID};
+	Datum		args[2] = {CStringGetTextDatum(t->relation), replstamp_names_array(names)};
+	int			n;
+	Jsonb	  **keys;
+	text	   *relation = cstring_to_text(t->relation);
+	MemoryContext caller = CurrentMemoryContext;
+
+	replstamp_become_owner(&octx);
+	SPI_connect();
+	if (SPI_execute_with_args("SELECT pk FROM replstamp.row_version "
+							  "WHERE relation OPERATOR(pg_catalog.=) $1 AND partial AND NOT deleted "
+							  "AND carry_columns OPERATOR(pg_catalog.&&) $2",
+							  2, types, args, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "replstamp: could not read replstamp.row_version");
+	n = SPI_processed;
+	/* Outlives SPI_finish(). */
+	keys = MemoryContextAlloc(caller, sizeof(Jsonb *) * Max(n, 1));
+	for (int i = 0; i < n; i++)
+	{
+		bool		isnull;
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
+		MemoryContext spi = MemoryContextSwitchTo(caller);
+
+		keys[i] = DatumGetJsonbPCopy(d);
+		MemoryContextSwitchTo(spi);
+	}
+	SPI_finish();
+	replstamp_restore_user(&octx);
+
+	for (int i = 0; i < n; i++)
+	{
+		ChangeRow	row;
+		RowVersion	cur;
+		List	   *remaining = NIL;
+		ListCell   *lc;
+
+		CHECK_FOR_INTERRUPTS();
+		row.key = keys[i];
+		row.hash = rowimage_row_hash(t->relation, strlen(t->relation), keys[i]);
+		row.deleted = false;
+		rowversion_get(s->rvw, relation, &row, &cur);
+		if (!cur.found || !cur.partial)
+			continue;
+		foreach(lc, cur.carry_columns)
+			if (!list_has_name(names, lfirst(lc)))
+				remaining = lappend(remaining, lfirst(lc));
+		rowversion_set_carry(s->rvw, relation, &row, &cur, remaining);
+	}
+	if (n > 0)
+		ereport(LOG,
+				(errmsg("replstamp: dropped the values of columns dropped here that %d rows of table %s carried",
+						n, t->relation)));
 }
 
 static List *
@@ -857,6 +931,7 @@ apply_fill_new_columns(ApplySession *s)
 		ApplyTable *t;
 		List	   *cols;
 		List	   *new_cols = NIL;
+		List	   *just_dropped = NIL;
 		List	   *now_dropped = NIL;
 		ListCell   *lc;
 		Oid			types[3] = {TEXTOID, TEXTARRAYOID, TEXTARRAYOID};
@@ -876,7 +951,8 @@ apply_fill_new_columns(ApplySession *s)
 		/* Dropped here: what was known and is gone, plus what was before. */
 		foreach(lc, known[i])
 			if (!list_has_name(cols, lfirst(lc)))
-				now_dropped = lappend(now_dropped, lfirst(lc));
+				just_dropped = lappend(just_dropped, lfirst(lc));
+		now_dropped = list_copy(just_dropped);
 		foreach(lc, dropped[i])
 			if (!list_has_name(cols, lfirst(lc)) && !list_has_name(now_dropped, lfirst(lc)))
 				now_dropped = lappend(now_dropped, lfirst(lc));
@@ -891,6 +967,8 @@ apply_fill_new_columns(ApplySession *s)
 			list_length(known[i]) == list_length(cols) &&
 			list_length(dropped[i]) == list_length(now_dropped))
 			continue;			/* nothing changed */
+		if (just_dropped != NIL)
+			drop_from_carries(s, t, just_dropped);
 		if (new_cols != NIL)
 			fill_columns(s, t, new_cols, cols);
 		values[0] = CStringGetTextDatum(relations[i]);
@@ -899,6 +977,115 @@ apply_fill_new_columns(ApplySession *s)
 		spi_owner_exec("UPDATE replstamp.tracked SET columns = $2, dropped_columns = $3 "
 					   "WHERE relation OPERATOR(pg_catalog.=) $1", 3, types, values, SPI_OK_UPDATE);
 	}
+}
+
+/* ---------------------------------------------------------------------
+ * Dropped columns: when peers' values of the name are new ones
+ *
+ * A column dropped here is remembered (tracked.dropped_columns) so that
+ * what peers that still have it send of it is not kept for filling in: the
+ * old column's values.  Once every peer has dropped it too and this node
+ * holds everything each one wrote before, a value of that name can only
+ * come from a node that added the column again: it is kept like a value
+ * of a column that never existed, and filled in when the column is added
+ * here.  The evidence: at the start of a sync, the peer lacks the column
+ * (then its changes from before its drop are all below what it has handed
+ * out); recorded in replstamp.dropped_column_peers with that serial; the
+ * name is forgotten once every peer has been seen lacking it and the
+ * vector holds those serials.  (1.2; a node whose catalog is older keeps
+ * every dropped name.)
+ * ---------------------------------------------------------------------
+ */
+
+/* Is replstamp.dropped_column_peers there (1.2)? */
+static bool
+have_dropped_column_peers(void)
+{
+	const ReplstampCatalog *cat = replstamp_catalog(true);
+
+	return cat != NULL && OidIsValid(get_relname_relid("dropped_column_peers", cat->schema));
+}
+
+/*
+ * The columns dropped here that are not forgotten yet, as a jsonb array of
+ * {"r": relation, "c": column} (text, allocated in cxt), or NULL.  In a
+ * transaction.
+ */
+char *
+apply_dropped_columns(MemoryContext cxt)
+{
+	ReplstampOwnerContext ctx;
+	char	   *json = NULL;
+
+	if (!have_dropped_column_peers())
+		return NULL;
+	replstamp_become_owner(&ctx);
+	SPI_connect();
+	if (SPI_execute("SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('r', t.relation, 'c', d.c)) "
+					"FROM replstamp.tracked t, pg_catalog.unnest(t.dropped_columns) AS d(c) "
+					"WHERE t.state OPERATOR(pg_catalog.=) 'tracked'", true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "replstamp: could not read replstamp.tracked");
+	if (SPI_processed == 1)
+	{
+		char	   *v = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+
+		if (v)
+			json = MemoryContextStrdup(cxt, v);
+	}
+	SPI_finish();
+	replstamp_restore_user(&ctx);
+	return json;
+}
+
+/* Some peer has not been seen lacking column x of table t.relation yet. */
+#define SOME_PEER_MAY_HAVE_IT \
+	"EXISTS (SELECT 1 FROM replstamp.peer p WHERE NOT EXISTS (" \
+	"  SELECT 1 FROM replstamp.dropped_column_peers w " \
+	"  LEFT JOIN replstamp.vector v ON v.replica_id OPERATOR(pg_catalog.=) w.replica_id " \
+	"  WHERE w.relation OPERATOR(pg_catalog.=) t.relation " \
+	"  AND w.column_name OPERATOR(pg_catalog.=) x " \
+	"  AND w.peer OPERATOR(pg_catalog.=) p.name " \
+	"  AND COALESCE(v.serial, 0) OPERATOR(pg_catalog.>=) w.serial))"
+
+/*
+ * After a sync with peer: record that it lacked the columns in lacking
+ * (what apply_dropped_columns() said, filtered by the peer; NULL: none
+ * checked) when it had handed out serials of id up to serial, and forget
+ * the dropped names every peer has been seen lacking, once the vector
+ * holds what each had handed out then.  In the sync's last transaction,
+ * SPI connected, as the extension's owner.
+ */
+void
+apply_note_dropped_elsewhere(const char *peer, const char *lacking, const pg_uuid_t *id, int64 serial)
+{
+	if (!have_dropped_column_peers())
+		return;
+	if (lacking && id)
+	{
+		Oid			types[4] = {JSONBOID, TEXTOID, UUIDOID, INT8OID};
+		Datum		values[4];
+
+		values[0] = DirectFunctionCall1(jsonb_in, CStringGetDatum(lacking));
+		values[1] = CStringGetTextDatum(peer);
+		values[2] = UUIDPGetDatum(id);
+		values[3] = Int64GetDatum(serial);
+		/* The first sighting stays: a later one would only ask for more. */
+		replstamp_spi_exec("INSERT INTO replstamp.dropped_column_peers (relation, column_name, peer, replica_id, serial) "
+						   "SELECT d.r, d.c, $2, $3, $4 FROM pg_catalog.jsonb_to_recordset($1) AS d(r text, c text) "
+						   "ON CONFLICT (relation, column_name, peer) DO NOTHING",
+						   4, types, values, NULL, SPI_OK_INSERT);
+	}
+	replstamp_spi_exec("UPDATE replstamp.tracked t SET dropped_columns = ARRAY("
+					   "  SELECT x FROM pg_catalog.unnest(t.dropped_columns) AS x WHERE " SOME_PEER_MAY_HAVE_IT ") "
+					   "WHERE t.state OPERATOR(pg_catalog.=) 'tracked' "
+					   "AND EXISTS (SELECT 1 FROM pg_catalog.unnest(t.dropped_columns) AS x "
+					   "  WHERE NOT " SOME_PEER_MAY_HAVE_IT ")",
+					   0, NULL, NULL, NULL, SPI_OK_UPDATE);
+	replstamp_spi_exec("DELETE FROM replstamp.dropped_column_peers w WHERE NOT EXISTS ("
+					   "  SELECT 1 FROM replstamp.tracked t WHERE t.relation OPERATOR(pg_catalog.=) w.relation "
+					   "  AND t.state OPERATOR(pg_catalog.=) 'tracked' "
+					   "  AND w.column_name OPERATOR(pg_catalog.=) ANY (t.dropped_columns))",
+					   0, NULL, NULL, NULL, SPI_OK_DELETE);
 }
 
 /* ---------------------------------------------------------------------

@@ -28,6 +28,9 @@ typedef struct ApplySession ApplySession;
 extern ApplySession *apply_session_begin(const char *peer, MemoryContext cxt);
 extern void apply_page_begin(ApplySession *s);
 extern void apply_fill_new_columns(ApplySession *s);
+extern char *apply_dropped_columns(MemoryContext cxt);
+extern void apply_note_dropped_elsewhere(const char *peer, const char *lacking,
+										 const pg_uuid_t *id, int64 serial);
 extern ApplyOutcome apply_change(ApplySession *s, Change *change, bool nowait);
 extern void apply_page_end(ApplySession *s);
 extern void apply_page_abort(ApplySession *s);

@@ -28,6 +28,8 @@
 #include "lib/stringinfo.h"
 #include "access/xact.h"
 #include "catalog/catalog.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_inherits.h"
 #include "catalog/pg_trigger.h"
 #include "catalog/pg_type.h"
 #include "commands/event_trigger.h"
@@ -36,6 +38,9 @@
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "nodes/parsenodes.h"
+#include "optimizer/optimizer.h"
+#include "rewrite/rewriteHandler.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
@@ -796,10 +801,116 @@ check_tracked(Oid relid, const char *regname)
 }
 
 /*
+ * Did the column definition say how to fill the rows (a DEFAULT, an
+ * identity, a generation expression, a serial type)?  Without, the rows
+ * get the type's default: a SET DEFAULT in the same ALTER TABLE runs after
+ * the rows are filled.
+ */
+static bool
+column_def_fills(const ColumnDef *def)
+{
+	ListCell   *lc;
+
+	if (def->raw_default || def->cooked_default || def->identity || def->generated)
+		return true;
+	foreach(lc, def->constraints)
+	{
+		Constraint *c = lfirst_node(Constraint, lc);
+
+		if (c->contype == CONSTR_DEFAULT || c->contype == CONSTR_IDENTITY ||
+			c->contype == CONSTR_GENERATED)
+			return true;
+	}
+	if (def->typeName && list_length(def->typeName->names) == 1 && !def->typeName->pct_type)
+	{
+		const char *typname = strVal(linitial(def->typeName->names));
+
+		if (strcmp(typname, "smallserial") == 0 || strcmp(typname, "serial2") == 0 ||
+			strcmp(typname, "serial") == 0 || strcmp(typname, "serial4") == 0 ||
+			strcmp(typname, "bigserial") == 0 || strcmp(typname, "serial8") == 0)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * Refuse a column added to a tracked table with a default that can give
+ * the rows it holds other values on other nodes: the values are written
+ * by the ALTER TABLE on each node, unstamped, and never replicated.  A
+ * default that can give the same value on every node is made of
+ * immutable parts only (a constant, a generation expression over the
+ * row); now(), clock_timestamp(), random(), gen_random_uuid(), nextval()
+ * (serial, identity) are not.
+ */
+static void
+check_added_column(Relation rel, const ColumnDef *def)
+{
+	AttrNumber	attnum = get_attnum(RelationGetRelid(rel), def->colname);
+	Form_pg_attribute att;
+	Node	   *expr;
+
+	if (attnum == InvalidAttrNumber || attnum < 0)
+		return;
+	att = TupleDescAttr(RelationGetDescr(rel), attnum - 1);
+	if (column_def_fills(def))
+		expr = build_column_default(rel, attnum);
+	else
+		expr = att->attgenerated ? NULL : get_typdefault(att->atttypid);
+	if (expr == NULL || !contain_mutable_functions(expr))
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+			 errmsg("cannot add column \"%s\" to table %s with a default that can differ between nodes",
+					def->colname,
+					quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
+											   RelationGetRelationName(rel))),
+			 errdetail("The table is tracked by replstamp: each node would compute the values of the rows it holds on its own, and they are not replicated."),
+			 errhint("Add the column without a default, then set the default with ALTER TABLE ... ALTER COLUMN ... SET DEFAULT, on every node; "
+					 "to fill in the rows that exist, UPDATE them on one node only, once the column exists everywhere.")));
+}
+
+/* The checks of the columns an ALTER TABLE adds to tracked tables. */
+static void
+check_added_columns(AlterTableStmt *stmt)
+{
+	Oid			relid;
+	List	   *relids;
+	ListCell   *lc;
+
+	if (stmt->objtype != OBJECT_TABLE || stmt->relation == NULL)
+		return;
+	relid = RangeVarGetRelid(stmt->relation, NoLock, true);
+	if (!OidIsValid(relid))
+		return;
+	/* ADD COLUMN adds the column to inheritors too, unless ONLY. */
+	relids = stmt->relation->inh ? find_all_inheritors(relid, NoLock, NULL) : list_make1_oid(relid);
+	foreach(lc, relids)
+	{
+		Relation	rel = try_relation_open(lfirst_oid(lc), AccessShareLock);
+		ListCell   *c;
+
+		if (rel == NULL)
+			continue;
+		if (stamp_is_tracked(rel))
+		{
+			foreach(c, stmt->cmds)
+			{
+				AlterTableCmd *cmd = lfirst_node(AlterTableCmd, c);
+
+				if (cmd->subtype == AT_AddColumn && cmd->def && IsA(cmd->def, ColumnDef))
+					check_added_column(rel, (ColumnDef *) cmd->def);
+			}
+		}
+		relation_close(rel, AccessShareLock);
+	}
+}
+
+/*
  * replstamp._ddl_guard(): event trigger on ddl_command_end for ALTER TABLE,
  * CREATE TRIGGER, ALTER TRIGGER and ALTER SCHEMA: a tracked table keeps its
- * name and its triggers as track() installed them; a table whose triggers
- * pg_restore re-enables is registered.
+ * name and its triggers as track() installed them, and gets no column
+ * whose default fills its rows with values that differ between nodes; a
+ * table whose triggers pg_restore re-enables is registered.
  *
  * It runs in the session of whoever ran the DDL, with that session's
  * search_path: its queries run as the extension's owner with a safe one,
@@ -814,6 +925,14 @@ replstamp_ddl_guard(PG_FUNCTION_ARGS)
 		elog(ERROR, "replstamp._ddl_guard() must be called as an event trigger");
 	if (!guard_active())
 		PG_RETURN_VOID();
+
+	/* In the caller's own rights: it has just altered the tables. */
+	{
+		EventTriggerData *trigdata = (EventTriggerData *) fcinfo->context;
+
+		if (trigdata->parsetree && IsA(trigdata->parsetree, AlterTableStmt))
+			check_added_columns((AlterTableStmt *) trigdata->parsetree);
+	}
 
 	replstamp_become_owner(&ctx);
 	SPI_connect();

@@ -137,6 +137,8 @@ typedef struct SyncRun
 	int64		applied;
 	int64		skew;			/* microseconds the peer's stamps were ahead of us */
 	StringInfoData notes;		/* replica IDs not pulled, and why */
+	char	   *dropped;		/* columns dropped here (jsonb), or NULL */
+	char	   *lacking;		/* of them, those the peer lacked too, or NULL */
 } SyncRun;
 
 /*
@@ -951,6 +953,41 @@ pull_range(SyncRun *r, Range *rg)
  * ---------------------------------------------------------------------
  */
 
+/*
+ * Which of the columns dropped here the peer lacks too (r->lacking).  Asked
+ * before the handshake: what the peer wrote into such a column before it
+ * dropped it has a serial below what the handshake says it handed out.
+ */
+static void
+peer_lacks_dropped(SyncRun *r)
+{
+	const char *params[1] = {r->dropped};
+	PGresult   *volatile res = NULL;
+
+	if (r->dropped == NULL)
+		return;
+	PG_TRY();
+	{
+		res = remote_exec(&r->remote,
+						  "SELECT COALESCE(pg_catalog.jsonb_agg(d), '[]') "
+						  "FROM pg_catalog.jsonb_to_recordset($1::pg_catalog.jsonb) AS d(r text, c text) "
+						  "WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a "
+						  "  WHERE a.attrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(d.r) "
+						  "  AND a.attname OPERATOR(pg_catalog.=) d.c AND NOT a.attisdropped)",
+						  1, params, PGRES_TUPLES_OK);
+		if (PQntuples(res) != 1 || PQnfields(res) != 1 || PQgetisnull(res, 0, 0))
+			ereport(ERROR,
+					(errcode(ERRCODE_PROTOCOL_VIOLATION),
+					 errmsg("peer \"%s\" answered the question which columns it lacks with something else", r->peer)));
+		r->lacking = MemoryContextStrdup(r->cxt, PQgetvalue(res, 0, 0));
+	}
+	PG_FINALLY();
+	{
+		PQclear(res);
+	}
+	PG_END_TRY();
+}
+
 /* Record the outcome in replstamp.peer and replstamp.peer_lag. */
 static void
 record_success(SyncRun *r)
@@ -1007,6 +1044,9 @@ record_success(SyncRun *r)
 				           "WHERE replica_id OPERATOR(pg_catalog.=) $1 AND NOT retired", 1, rt, rv, NULL, SPI_OK_UPDATE);
 	}
 	adopt_purged(r);
+	/* Only a sync that pulled everything the peer offered says it lacks a column. */
+	apply_note_dropped_elsewhere(r->peer, r->legacy || r->notes.len ? NULL : r->lacking,
+								 &r->srv.replica_id, r->srv.issued);
 
 	SPI_finish();
 	replstamp_restore_user(&ctx);
@@ -1113,10 +1153,13 @@ sync_peer(const char *peer)
 		apply_page_begin(r->apply);
 		apply_fill_new_columns(r->apply);
 		apply_page_end(r->apply);
+		r->dropped = apply_dropped_columns(cxt);
 		worker_commit_xact();
 
 		describe_self(r);
 		remote_connect(&r->remote, r->peer, conninfo);
+		/* Before the handshake: see apply_note_dropped_elsewhere(). */
+		peer_lacks_dropped(r);
 		handshake(r);
 		if (r->srv.rotated)
 		{
