@@ -9,10 +9,13 @@
  * ... \"4111-...\"", a text search parser's "syntax error in tsvector:
  * ...", a reg* type's "relation \"...\" does not exist", a constraint's
  * detail.  Which messages quote values is not a property of the SQLSTATE
- * class, so no list of classes is trusted: only replstamp's own messages
+ * class, so no list of classes is trusted: replstamp's own messages
  * (raised in this module's message domain, which names stamps, tables and
  * columns, never values: see the error conventions in doc/design.md) are
- * shown; for any other error, its condition and SQLSTATE.  The whole
+ * shown, and PostgreSQL's own integrity constraint violations (raised in
+ * the backend's domain, not by a trigger's RAISE), whose message names the
+ * relation, the column and the constraint and leaves the row to the
+ * detail; for any other error, its condition and SQLSTATE.  The whole
  * message stays in the server log.
  *
  * Copyright (c) 2026, the replstamp authors
@@ -159,6 +162,10 @@ errors_public_text(const ErrorData *e, char **stamp)
 	initStringInfo(&buf);
 	if (errors_raised_here(e) && e->message)
 		appendStringInfoString(&buf, e->message);
+	else if (e->message && e->domain && strcmp(e->domain, PG_TEXTDOMAIN("postgres")) == 0 &&
+			 ERRCODE_TO_CATEGORY(e->sqlerrcode) == ERRCODE_INTEGRITY_CONSTRAINT_VIOLATION &&
+			 !passed_on_from_peer(e))
+		appendStringInfo(&buf, "%s (SQLSTATE %s)", e->message, unpack_sql_state(e->sqlerrcode));
 	else if (passed_on_from_peer(e))
 		appendStringInfo(&buf, "the peer reported %s", errors_condition_text(e->sqlerrcode));
 	else

@@ -239,6 +239,10 @@ ok( $a->poll_query_until(
 		'postgres', q{SELECT status = 'failing' AND last_error_sqlstate = '23505' FROM replstamp.peers WHERE name = 'b'}),
 	'unique violation on a second key: the sync from b stops, failing');
 is(peer_row($a, 'b'), "failing 23505 $dup", 'the change that takes the e-mail address again is named');
+$shown = sq($a, q{SELECT last_error FROM replstamp.peers WHERE name = 'b'});
+like($shown, qr/^duplicate key value violates unique constraint "users_email_key" \(SQLSTATE 23505\) \(applying change /,
+	'last_error names the constraint, as PostgreSQL\'s message does');
+unlike($shown, qr/q\@x/, 'but not the value (PostgreSQL puts it in the detail)');
 is(rows_in($a, 10001, 12500), '0', 'none of the 2,500 later rows is applied over it, none is lost');
 # b renames its duplicate: a still needs a decision about the change itself.
 sq($b, q{UPDATE users SET email = 'q2@x' WHERE id = 2});
