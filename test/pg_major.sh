@@ -16,6 +16,15 @@
 #   test/pg_major.sh 17             # prints the pg_config to use
 #   make PG_CONFIG=$PWD/tmp_pg/17/install/bin/pg_config
 #
+# and runs the pg_regress or isolation suite (sql/, test/isolation/) on
+# that major, as test/run does on 15: a test build (warnings are errors)
+# installed into a private copy of the tree, "make installcheck" there
+# (as root, as the user postgres, on a copy of the source tree).  Ends
+# with "N passed, N failed".
+#
+#   test/pg_major.sh 17 regress [NAME...]
+#   test/pg_major.sh 18 isolation [NAME...]
+#
 # The cache is $REPLSTAMP_PG_CACHE/MAJOR (default: tmp_pg/MAJOR at the top
 # of the source tree, which git ignores).  What is already there is not
 # fetched again.  The apt suites are added to apt's sources for the
@@ -27,6 +36,8 @@
 set -eu
 
 MAJOR="${1:-}"
+ACTION="${2:-}"
+shift $(( $# < 2 ? $# : 2 ))
 SRCDIR=$(cd "$(dirname "$0")/.." && pwd)
 say() { printf '%s\n' "$*" >&2; }
 
@@ -35,7 +46,11 @@ say() { printf '%s\n' "$*" >&2; }
 case "$MAJOR" in
 	17) SUITE=trixie ;;
 	18) SUITE=sid ;;
-	*) say "usage: test/pg_major.sh 17|18"; exit 2 ;;
+	*) say "usage: test/pg_major.sh 17|18 [regress|isolation [TEST...]]"; exit 2 ;;
+esac
+case "$ACTION" in
+	''|regress|isolation) ;;
+	*) say "usage: test/pg_major.sh 17|18 [regress|isolation [TEST...]]"; exit 2 ;;
 esac
 CACHE="${REPLSTAMP_PG_CACHE:-$SRCDIR/tmp_pg}/$MAJOR"
 DEB="$CACHE/deb"		# dpkg -x of the server-dev package
@@ -121,7 +136,9 @@ fetch_binaries() {
 
 # A pg_config for the tree: the binaries' directories, the Debian headers,
 # the compiler settings of the binaries' own PGXS.  Only what PGXS and
-# test/run ask; libpq's client headers are the system's (libpq-dev).
+# test/run ask; libpq's client headers are the system's (libpq-dev).  The
+# directories are found from the script's own place, so that a copy of
+# install/ (a private installation, as test/run makes) answers for itself.
 write_pg_config() {
 	local global="$INSTALL/lib/postgresql/pgxs/src/Makefile.global" version
 	version=$("$INSTALL/bin/postgres" --version | sed 's/^postgres (PostgreSQL) //')
@@ -130,30 +147,30 @@ write_pg_config() {
 #!/bin/sh
 # Written by test/pg_major.sh: pg_config of PostgreSQL $version from npm's
 # $NPM_PACKAGE, with Debian's postgresql-server-dev-$MAJOR headers.
+top=\$(cd "\$(dirname "\$0")/.." && pwd)
 for a in "\$@"; do
 	case "\$a" in
-	--bindir) echo '$INSTALL/bin' ;;
-	--libdir) echo '$INSTALL/lib' ;;
-	--pkglibdir) echo '$INSTALL/lib/postgresql' ;;
-	--sharedir) echo '$INSTALL/share/postgresql' ;;
-	--sysconfdir) echo '$INSTALL/etc/postgresql' ;;
-	--includedir) echo '/usr/include/postgresql' ;;
-	--pkgincludedir) echo '$DEB/usr/include/postgresql/$MAJOR' ;;
-	--includedir-server) echo '$SERVER_INC' ;;
-	--mandir) echo '$INSTALL/share/man' ;;
-	--docdir) echo '$INSTALL/share/doc/postgresql' ;;
-	--htmldir) echo '$INSTALL/share/doc/postgresql' ;;
-	--localedir) echo '$INSTALL/share/locale' ;;
-	--pgxs) echo '$INSTALL/lib/postgresql/pgxs/src/makefiles/pgxs.mk' ;;
-	--configure) echo '' ;;
-	--cc) echo '$(getvar CC)' ;;
-	--cppflags) echo '$(getvar CPPFLAGS)' ;;
-	--cflags) echo '$(getvar CFLAGS)' ;;
-	--cflags_sl) echo '$(getvar CFLAGS_SL)' ;;
-	--ldflags) echo '-Wl,--as-needed' ;;
-	--ldflags_ex|--ldflags_sl) echo '' ;;
-	--libs) echo '$(getvar LIBS)' ;;
-	--version) echo 'PostgreSQL $version' ;;
+	--bindir) echo "\$top/bin" ;;
+	--libdir) echo "\$top/lib" ;;
+	--pkglibdir) echo "\$top/lib/postgresql" ;;
+	--sharedir) echo "\$top/share/postgresql" ;;
+	--sysconfdir) echo "\$top/etc/postgresql" ;;
+	--includedir) echo /usr/include/postgresql ;;
+	--pkgincludedir) echo "$DEB/usr/include/postgresql/$MAJOR" ;;
+	--includedir-server) echo "$SERVER_INC" ;;
+	--mandir) echo "\$top/share/man" ;;
+	--docdir|--htmldir) echo "\$top/share/doc/postgresql" ;;
+	--localedir) echo "\$top/share/locale" ;;
+	--pgxs) echo "\$top/lib/postgresql/pgxs/src/makefiles/pgxs.mk" ;;
+	--configure) echo ;;
+	--cc) echo "$(getvar CC)" ;;
+	--cppflags) echo "$(getvar CPPFLAGS)" ;;
+	--cflags) echo "$(getvar CFLAGS)" ;;
+	--cflags_sl) echo "$(getvar CFLAGS_SL)" ;;
+	--ldflags) echo -Wl,--as-needed ;;
+	--ldflags_ex|--ldflags_sl) echo ;;
+	--libs) echo "$(getvar LIBS)" ;;
+	--version) echo "PostgreSQL $version" ;;
 	*) echo "pg_config: unknown option \$a" >&2; exit 1 ;;
 	esac
 done
@@ -161,10 +178,80 @@ EOF
 	chmod +x "$INSTALL/bin/pg_config"
 }
 
+# npm's binaries may be of an older minor release than Debian's headers
+# (17.10 and 17.12 today), and a minor release may add a function that an
+# inline of its headers calls: an extension built against the headers then
+# fails to load into the older server.  17.11 added heap_datum_check(),
+# which heap_getattr() calls for a versioned composite datum, a kind of
+# datum 17.10 never makes.  A small library in the tree's lib/ provides
+# such functions, and PGXS links every module built here against it; a
+# server that has them uses its own (the executable's symbols come first).
+write_abi_shim() {
+	local global="$INSTALL/lib/postgresql/pgxs/src/Makefile.global"
+	local shim="$INSTALL/lib/libreplstamp_abi_shim"
+	nm -D --defined-only "$INSTALL/bin/postgres" | grep -q ' heap_datum_check$' && return 0
+	grep -qs 'heap_datum_check' "$SERVER_INC/access/htup_details.h" || return 0
+	cat >"$shim.c" <<'EOF'
+/* Written by replstamp's test/pg_major.sh: see write_abi_shim() there. */
+#include "postgres.h"
+#include "access/htup_details.h"
+
+void
+heap_datum_check(HeapTupleHeader tup, TupleDesc tupleDesc)
+{
+	elog(ERROR, "versioned composite datum on a server that makes none");
+}
+EOF
+	gcc -shared -fPIC -O2 -I"$SERVER_INC" -I/usr/include/postgresql -o "$shim.so" "$shim.c"
+	grep -q 'libreplstamp_abi_shim' "$global" ||
+		printf '\n# Added by test/pg_major.sh (write_abi_shim).\nLDFLAGS_SL += -L$(libdir) -Wl,--no-as-needed -lreplstamp_abi_shim -Wl,--as-needed\n' >>"$global"
+}
+
 mkdir -p "$CACHE"
 if ! fetch_headers; then
 	exit 1
 fi
 fetch_binaries
-write_pg_config
-echo "$INSTALL/bin/pg_config"
+# Run by the test user on a cache that root filled, the tree is not its own.
+if [ -w "$INSTALL/bin" ]; then
+	write_pg_config
+	write_abi_shim
+fi
+[ -n "$ACTION" ] || { echo "$INSTALL/bin/pg_config"; exit 0; }
+
+# ---- regress, isolation: the suites of "make installcheck" on this major ----
+
+. "$SRCDIR/test/lib.sh"
+# The test user's copy of the tree has no cache of its own: it uses this one.
+export REPLSTAMP_PG_CACHE="${REPLSTAMP_PG_CACHE:-$SRCDIR/tmp_pg}"
+drop_root "$SRCDIR/test/pg_major.sh" "$MAJOR" "$ACTION" "$@"
+
+WORK=$(mktemp -d /tmp/replstamp-pg$MAJOR.XXXXXX)
+trap 'rm -rf "$WORK"' EXIT
+cp -a "$INSTALL" "$WORK/install"
+rsync -a --exclude .git --exclude 'tmp_*' --exclude '*.o' --exclude '*.so' "$SRCDIR"/ "$WORK/build"/
+PGC="$WORK/install/bin/pg_config"
+say "== build against $("$PGC" --version)"
+(cd "$WORK/build" && make -s WERROR=1 REPLSTAMP_TESTING=1 PG_CONFIG="$PGC" >&2 &&
+	make -s install PG_CONFIG="$PGC" >/dev/null) || { echo "build: failed"; echo "0 passed, 1 failed"; exit 1; }
+# Every symbol the module needs must be the server's, libpq's or libc's.
+missing=$(nm -D --undefined-only "$WORK/build/replstamp.so" | awk '{print $2}' | sed 's/@.*//' |
+	grep -v -e '^_' -e '^PQ' | sort -u |
+	comm -23 - <(nm -D --defined-only "$WORK/install/bin/postgres" "$WORK"/install/lib/libreplstamp_abi_shim.so 2>/dev/null |
+		awk 'NF == 3 {print $3}' | sort -u) |
+	comm -23 - <(nm -D --defined-only /lib/x86_64-linux-gnu/libc.so.6 | awk '{print $3}' | sed 's/@.*//' | sort -u))
+[ -z "$missing" ] || say "replstamp.so needs what the server lacks: $missing"
+out="$WORK/$ACTION.log"
+case "$ACTION" in
+	regress) suites=(ISOLATION= ${1:+REGRESS="$*"}) ;;
+	isolation) suites=(REGRESS= ${1:+ISOLATION="$*"}) ;;
+esac
+make -C "$WORK/build" --no-print-directory installcheck PG_CONFIG="$PGC" TAP_TESTS= "${suites[@]}" >"$out" 2>&1 || true
+cat "$out"
+for d in "$WORK/build/regression.diffs" "$WORK/build/output_iso/regression.diffs"; do
+	if [ -f "$d" ]; then cat "$d"; fi
+done
+ok=$(grep -cE '\.\.\. ok|^ok [0-9]+ ' "$out" || true)
+bad=$(grep -cE '\.\.\. FAILED|^not ok [0-9]+ ' "$out" || true)
+echo "$ok passed, $bad failed"
+[ "$bad" -eq 0 ] && [ "$ok" -gt 0 ]
