@@ -123,7 +123,7 @@ fetch_binaries() {
 	# npm's install script would make the library symlinks the tarball
 	# lacks (libicuuc.so.60 -> libicuuc.so.60.2, ...): made here instead.
 	local source target
-	tr '{' '\n' <"$INSTALL/pg-symlinks.json" |
+	{ tr '{' '\n' <"$INSTALL/pg-symlinks.json"; echo; } |
 		sed -n 's/.*"source":"native\/\([^"]*\)","target":"native\/\([^"]*\)".*/\1 \2/p' |
 		while read -r source target; do
 			ln -sf "$(basename "$source")" "$INSTALL/$target"
@@ -246,6 +246,9 @@ case "$ACTION" in
 	regress) suites=(ISOLATION= ${1:+REGRESS="$*"}) ;;
 	isolation) suites=(REGRESS= ${1:+ISOLATION="$*"}) ;;
 esac
+# npm's isolationtester needs the libpq of its own release (17 added
+# PQcancelErrorMessage), which is in the tree's lib/ but not on its path.
+[ "$ACTION" = isolation ] && export LD_LIBRARY_PATH="$WORK/install/lib"
 make -C "$WORK/build" --no-print-directory installcheck PG_CONFIG="$PGC" TAP_TESTS= "${suites[@]}" >"$out" 2>&1 || true
 cat "$out"
 for d in "$WORK/build/regression.diffs" "$WORK/build/output_iso/regression.diffs"; do
