@@ -70,7 +70,7 @@ PG_VERSION_MAJOR := $(shell echo '$(PG_VERSION_FULL)' | sed -n 's/^PostgreSQL \(
 .PHONY: check-pg-version
 check-pg-version:
 	@if [ -z "$(filter $(PG_VERSION_MAJOR),$(PG_MAJORS_WANTED))" ] || [ -z "$(PG_VERSION_MAJOR)" ]; then \
-		echo "replstamp is built for PostgreSQL $(PG_MAJORS_WANTED); $(PG_CONFIG) is \"$(PG_VERSION_FULL)\"." >&2; \
+		echo "replstamp is built for the PostgreSQL major releases $(PG_MAJORS_WANTED); $(PG_CONFIG) is \"$(PG_VERSION_FULL)\"." >&2; \
 		echo "Install postgresql-server-dev-15, or set PG_CONFIG to the pg_config of one of them (make PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config; for 17 and 18 test/pg_major.sh prints one)." >&2; \
 		exit 1; \
 	fi
