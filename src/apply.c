@@ -64,6 +64,7 @@
 
 #include "apply.h"
 #include "catalog.h"
+#include "compat.h"
 #include "errors.h"
 #include "rowimage.h"
 #include "rowversion.h"

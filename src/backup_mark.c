@@ -68,6 +68,7 @@
 
 #include "backup_mark.h"
 #include "catalog.h"
+#include "compat.h"
 #include "errors.h"
 #include "identity.h"
 #include "serial.h"

@@ -87,6 +87,7 @@
 #include "utils/wait_event.h"
 
 #include "backup_mark.h"
+#include "compat.h"
 #include "errors.h"
 #include "workers.h"
 #include "catalog.h"

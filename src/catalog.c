@@ -41,6 +41,7 @@
 #include "utils/snapmgr.h"
 
 #include "catalog.h"
+#include "compat.h"
 #include "errors.h"
 #include "shmem.h"
 
@@ -347,7 +348,7 @@ replstamp_extension_owner(void)
 	HeapTuple	tuple;
 	Oid			owner;
 
-	if (OidIsValid(owner_seen) && owner_seen_in == MyProc->lxid &&
+	if (OidIsValid(owner_seen) && owner_seen_in == PGPROC_LXID(MyProc) &&
 		owner_seen_in != InvalidLocalTransactionId)
 		return owner_seen;
 	extoid = get_extension_oid("replstamp", false);
@@ -363,7 +364,7 @@ replstamp_extension_owner(void)
 	systable_endscan(scan);
 	table_close(rel, AccessShareLock);
 	owner_seen = owner;
-	owner_seen_in = MyProc->lxid;
+	owner_seen_in = PGPROC_LXID(MyProc);
 	return owner;
 }
 

@@ -35,6 +35,7 @@
 #include "utils/snapmgr.h"
 
 #include "changelog.h"
+#include "compat.h"
 #include "errors.h"
 #include "rowimage.h"
 
@@ -202,7 +203,7 @@ changelog_append(const ReplstampCatalog *cat, Change *change)
 	 * visited again for every row.
 	 */
 	lockmode = RowExclusiveLock;
-	if (locked_lxid == MyProc->lxid && locked_subid == GetCurrentSubTransactionId() &&
+	if (locked_lxid == PGPROC_LXID(MyProc) && locked_subid == GetCurrentSubTransactionId() &&
 		locked_relid == cat->changes)
 		lockmode = NoLock;
 	changes = table_open(cat->changes, lockmode);
@@ -235,7 +236,7 @@ changelog_append(const ReplstampCatalog *cat, Change *change)
 	}
 	table_close(changes, NoLock);
 	heap_freetuple(tuple);
-	locked_lxid = MyProc->lxid;
+	locked_lxid = PGPROC_LXID(MyProc);
 	locked_subid = GetCurrentSubTransactionId();
 	locked_relid = cat->changes;
 }

@@ -45,6 +45,7 @@
 #include "utils/backend_status.h"
 
 #include "catalog.h"
+#include "compat.h"
 #include "errors.h"
 #include "fence.h"
 #include "maintenance.h"

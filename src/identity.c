@@ -90,6 +90,7 @@
 
 #include "catalog.h"
 #include "changelog.h"
+#include "compat.h"
 #include "errors.h"
 #include "identity.h"
 #include "rowversion.h"

@@ -54,6 +54,7 @@
 #include "utils/timestamp.h"
 
 #include "catalog.h"
+#include "compat.h"
 #include "errors.h"
 #include "launcher.h"
 #include "maintenance.h"

@@ -74,6 +74,7 @@
 
 #include "catalog.h"
 #include "changelog.h"
+#include "compat.h"
 #include "errors.h"
 #include "identity.h"
 #include "latest.h"
@@ -1031,7 +1032,7 @@ backfill_origin(Relation rel, BackfillOrigin *origin)
 							 U64FromFullTransactionId(running[i]));
 	origin->snapshot = buf.data;
 	origin->end = psprintf("(%u,0)", RelationGetNumberOfBlocks(rel));
-	origin->filenode = rel->rd_node.relNode;
+	origin->filenode = RELATION_FILENUMBER(rel);
 }
 
 /* Was this version written before track(), so that it has no stamp yet? */
@@ -1204,7 +1205,7 @@ backfill_batch(const ReplstampCatalog *cat, Oid relid)
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("cannot backfill table %s because it does not use the heap access method",
 						bf.relation)));
-	if (!bf.has_origin || bf.filenode != rel->rd_node.relNode)
+	if (!bf.has_origin || bf.filenode != RELATION_FILENUMBER(rel))
 	{
 		backfill_restart(rel, &bf);
 		relation_close(rel, NoLock);

@@ -33,6 +33,7 @@
 #include "utils/timestamp.h"
 
 #include "catalog.h"
+#include "compat.h"
 #include "errors.h"
 #include "proto.h"
 #include "serial.h"

@@ -64,6 +64,7 @@
 #include "utils/syscache.h"
 
 #include "catalog.h"
+#include "compat.h"
 #include "errors.h"
 #include "fence.h"
 #include "maintenance.h"
@@ -330,7 +331,7 @@ run_in_worker(char kind, const char *peer)
 					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
 					 errmsg("could not start a background worker for %s", kind_name(kind)),
 					 errhint("Raise max_worker_processes.")));
-		PG_TRY();
+		PG_TRY_NESTED();
 		{
 			TransactionId xmin = MyProc->xmin;
 			bool		release = TransactionIdIsValid(xmin) && caller_reads_nothing();
@@ -341,13 +342,13 @@ run_in_worker(char kind, const char *peer)
 			if (release)
 				MyProc->xmin = xmin;
 		}
-		PG_CATCH();
+		PG_CATCH_NESTED();
 		{
 			/* Cancelled or terminated: the worker stops with us. */
 			TerminateBackgroundWorker(handle);
 			PG_RE_THROW();
 		}
-		PG_END_TRY();
+		PG_END_TRY_NESTED();
 		LWLockAcquire(replstamp_shared->lock, LW_SHARED);
 		result = replstamp_shared->requests[a.index];
 		LWLockRelease(replstamp_shared->lock);

@@ -53,6 +53,7 @@
 #include "utils/typcache.h"
 #include "utils/xml.h"
 
+#include "compat.h"
 #include "errors.h"
 #include "rowimage.h"
 

@@ -62,6 +62,7 @@
 
 #include "catalog.h"
 #include "changelog.h"
+#include "compat.h"
 #include "errors.h"
 #include "latest.h"
 #include "rowimage.h"

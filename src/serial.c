@@ -12,7 +12,7 @@
  * needs to advance a version vector safely.
  *
  * Concurrency contract (the shared array, shmem.h, has one slot per
- * backend, indexed by MyBackendId - 1):
+ * backend, indexed by replstamp_my_proc_index(), compat.h):
  *	- a slot's dboid and lowest are written only by the backend owning it,
  *	  with atomic 64-bit stores; anybody may read them without a lock;
  *	- before a transaction takes its first serial it publishes a lower bound
@@ -48,7 +48,6 @@
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "port/atomics.h"
-#include "storage/backendid.h"
 #include "storage/ipc.h"
 #include "storage/proc.h"
 #include "storage/sinvaladt.h"
@@ -57,6 +56,7 @@
 #include "utils/timestamp.h"
 
 #include "catalog.h"
+#include "compat.h"
 #include "errors.h"
 #include "serial.h"
 #include "shmem.h"
@@ -145,9 +145,9 @@ serial_take(Oid seqoid)
 	if (my_slot == NULL)
 	{
 		replstamp_require_shmem();
-		if (MyBackendId == InvalidBackendId || MyBackendId > replstamp_shared->nslots)
-			elog(ERROR, "replstamp: backend id %d out of range", MyBackendId);
-		my_slot = &replstamp_shared->slots[MyBackendId - 1];
+		if (replstamp_my_proc_index() < 0 || replstamp_my_proc_index() >= replstamp_shared->nslots)
+			elog(ERROR, "replstamp: backend index %d out of range", replstamp_my_proc_index());
+		my_slot = &replstamp_shared->slots[replstamp_my_proc_index()];
 		pg_atomic_write_u64(&my_slot->lowest, 0);
 		pg_atomic_write_u32(&my_slot->dboid, MyDatabaseId);
 	}
@@ -266,7 +266,7 @@ serial_lus_holder(Oid seqoid)
 	(void) lus_internal(seqoid, &holder);
 	if (holder < 0)
 		return 0;
-	proc = BackendIdGetProc(holder + 1);
+	proc = replstamp_proc_at_index(holder);
 	return proc ? proc->pid : 0;
 }
 

@@ -60,6 +60,7 @@
 
 #include "catalog.h"
 #include "epochs.h"
+#include "compat.h"
 #include "errors.h"
 #include "identity.h"
 #include "proto.h"

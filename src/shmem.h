@@ -149,7 +149,7 @@ typedef struct ReplstampShared
 	/* Extension DDL under way, per database (fence.c). */
 	Fence		fences[MAX_FENCES];
 
-	/* Per backend, indexed by BackendId - 1 (serial.c). */
+	/* Per backend, indexed by replstamp_my_proc_index() (serial.c). */
 	SerialSlot	slots[FLEXIBLE_ARRAY_MEMBER];
 } ReplstampShared;
 

@@ -48,6 +48,7 @@
 
 #include "catalog.h"
 #include "changelog.h"
+#include "compat.h"
 #include "errors.h"
 #include "identity.h"
 #include "maintenance.h"

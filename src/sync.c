@@ -78,6 +78,7 @@
 #include "catalog.h"
 #include "changelog.h"
 #include "epochs.h"
+#include "compat.h"
 #include "errors.h"
 #include "identity.h"
 #include "maintenance.h"
