@@ -1033,9 +1033,9 @@ equal_means_same_image(Oid typid, int32 typmod, Oid collid, Oid opfamily,
 /*
  * Can two values that the primary key index of rel treats as equal have
  * different key images, so that nodes would take them for two rows?  If
- * so, the first such key column goes to *column (its name), and the type
- * or nondeterministic collation to blame to *bad_type or *bad_coll (the
- * column's own type, or a type it contains).  A table without a primary
+ * so, the first such key column goes to *column (its name) and *col_type,
+ * and the type or nondeterministic collation to blame to *bad_type or
+ * *bad_coll (the column's own type, or a type it contains).  A table without a primary
  * key answers false.
  *
  * Integer, boolean, money and numeric columns are JSON values in the image,
@@ -1043,7 +1043,8 @@ equal_means_same_image(Oid typid, int32 typmod, Oid collid, Oid opfamily,
  * its equal values print alike (equal_means_same_image()).
  */
 bool
-rowimage_key_inexact(Relation rel, const char **column, Oid *bad_type, Oid *bad_coll)
+rowimage_key_inexact(Relation rel, const char **column, Oid *col_type, Oid *bad_type,
+					 Oid *bad_coll)
 {
 	Oid			pkoid = RelationGetPrimaryKeyIndex(rel);
 	TupleDesc	desc = RelationGetDescr(rel);
@@ -1078,6 +1079,7 @@ rowimage_key_inexact(Relation rel, const char **column, Oid *bad_type, Oid *bad_
 									bad_type, bad_coll))
 		{
 			*column = pstrdup(NameStr(att->attname));
+			*col_type = att->atttypid;
 			inexact = true;
 		}
 	}

@@ -95,8 +95,8 @@ extern bool rowimage_key_matches(RowLayout *layout, Jsonb *pk);
 extern Jsonb *rowimage_key_of(Jsonb *pk, Jsonb *image);
 extern bool rowimage_key_changed(Jsonb *pk, Jsonb *image);
 extern int64 rowimage_row_hash(const char *relation, int len, Jsonb *pk);
-extern bool rowimage_key_inexact(Relation rel, const char **column, Oid *bad_type,
-								 Oid *bad_coll);
+extern bool rowimage_key_inexact(Relation rel, const char **column, Oid *col_type,
+								 Oid *bad_type, Oid *bad_coll);
 extern void rowimage_enter_input_settings(bool session);
 extern char *rowimage_key_names(Jsonb *pk);
 extern char *rowimage_layout_key_names(RowLayout *layout);

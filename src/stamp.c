@@ -527,10 +527,11 @@ static void
 refuse_inexact_key(Relation rel, const char *relname, bool guard)
 {
 	const char *column;
+	Oid			col_type;
 	Oid			bad_type;
 	Oid			bad_coll;
 
-	if (!rowimage_key_inexact(rel, &column, &bad_type, &bad_coll))
+	if (!rowimage_key_inexact(rel, &column, &col_type, &bad_type, &bad_coll))
 		return;
 	if (OidIsValid(bad_coll))
 		ereport(ERROR,
@@ -548,9 +549,9 @@ refuse_inexact_key(Relation rel, const char *relname, bool guard)
 			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 			 guard ?
 			 errmsg("cannot give tracked table %s a primary key column \"%s\" of type %s",
-					relname, column, format_type_be(bad_type)) :
+					relname, column, format_type_be(col_type)) :
 			 errmsg("cannot track table \"%s\" because its primary key column \"%s\" is of type %s",
-					relname, column, format_type_be(bad_type)),
+					relname, column, format_type_be(col_type)),
 			 errdetail("The primary key treats some values of type %s as equal that print differently, "
 					   "and replstamp identifies a row on every node by the text of its key: "
 					   "nodes would take two spellings of one key for two rows.",
@@ -570,17 +571,23 @@ replstamp_inexact_key(PG_FUNCTION_ARGS)
 {
 	Relation	rel = try_relation_open(PG_GETARG_OID(0), AccessShareLock);
 	const char *column;
+	Oid			col_type;
 	Oid			bad_type;
 	Oid			bad_coll;
 	char	   *why = NULL;
 
 	if (rel == NULL)
 		PG_RETURN_NULL();
-	if (rowimage_key_inexact(rel, &column, &bad_type, &bad_coll))
-		why = OidIsValid(bad_coll) ?
-			psprintf("column \"%s\" has nondeterministic collation \"%s\"",
-					 column, get_collation_name(bad_coll)) :
-			psprintf("column \"%s\" is of type %s", column, format_type_be(bad_type));
+	if (!rowimage_key_inexact(rel, &column, &col_type, &bad_type, &bad_coll))
+		why = NULL;
+	else if (OidIsValid(bad_coll))
+		why = psprintf("column \"%s\" has nondeterministic collation \"%s\"",
+					   column, get_collation_name(bad_coll));
+	else if (bad_type == getBaseType(col_type))
+		why = psprintf("column \"%s\" is of type %s", column, format_type_be(col_type));
+	else
+		why = psprintf("column \"%s\" of type %s holds values of type %s", column,
+					   format_type_be(col_type), format_type_be(bad_type));
 	relation_close(rel, AccessShareLock);
 	if (why == NULL)
 		PG_RETURN_NULL();
