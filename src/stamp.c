@@ -822,10 +822,11 @@ register_restored(Oid relid)
 }
 
 /*
- * Was the primary key index of rel built in this transaction: a key added,
- * or a key column's type or collation changed (which rebuilds the index)?
- * Only then does the guard look at the key's type: a table tracked before
- * release 1.2 with a key track() now refuses keeps its other DDL.
+ * Was the primary key index of rel created in this transaction: a key
+ * added, or a key column's type or collation changed (which replaces the
+ * index; a table rewrite only gives it new storage)?  Only then does the
+ * guard look at the key's type: a table tracked before release 1.2 with a
+ * key track() now refuses keeps its other DDL.
  */
 static bool
 key_defined_now(Relation rel)
@@ -837,8 +838,7 @@ key_defined_now(Relation rel)
 	if (!OidIsValid(pkoid))
 		return false;
 	idx = index_open(pkoid, AccessShareLock);
-	now = idx->rd_createSubid != InvalidSubTransactionId ||
-		idx->rd_firstRelfilenodeSubid != InvalidSubTransactionId;
+	now = idx->rd_createSubid != InvalidSubTransactionId;
 	index_close(idx, AccessShareLock);
 	return now;
 }

@@ -159,4 +159,36 @@ is(sq($a, "SELECT replstamp._inexact_key('k_numeric_arr')"), 'column "k" of type
 	'_inexact_key() names the type inside the key\'s');
 is(sq($a, "SELECT replstamp._inexact_key('ok_numeric') IS NULL"), 't', '_inexact_key() accepts numeric');
 
+# A table tracked before 1.2 with such a key: the update to 1.2 warns
+# about it and leaves it tracked, its writes are still stamped, and DDL
+# that leaves its key alone (a table rewrite included) goes on.
+SKIP:
+{
+	my $old = $ENV{REPLSTAMP_INSTALL_1_0};
+	skip 'release 1.0 is not installed: run test/run from a git checkout', 6 unless $old;
+	my $c = replstamp_node('c', install => $old, init => \%init, sql => q{
+		CREATE EXTENSION replstamp;
+		CREATE TABLE legacy (k float8 PRIMARY KEY, v text, w int);
+		SELECT replstamp.track('legacy');
+		CREATE TABLE fine (k int PRIMARY KEY);
+		SELECT replstamp.track('fine');
+	});
+	$c->stop;
+	use_install($c, $ENV{REPLSTAMP_INSTALL});
+	start_verified($c, sub { $c->start });
+	my ($rc, $out, $err) = $c->psql('postgres', 'ALTER EXTENSION replstamp UPDATE');
+	is($rc, 0, 'legacy: the update to 1.2 succeeds with a tracked float8 key');
+	like($err, qr/WARNING:  tracked table public\.legacy has a primary key whose equal values can print differently: column "k" is of type double precision.*HINT:  Untrack the table/s,
+		'legacy: the update warns about the table, naming the column and the type, and says what to do');
+	unlike($err, qr/public\.fine/, 'legacy: and about no other table');
+	sq($c, "INSERT INTO legacy VALUES (1, 'x', 1)");
+	is(sq($c, "SELECT count(*) FROM replstamp.changes WHERE relation = 'public.legacy'"), '1',
+		'legacy: its writes are still stamped');
+	($rc, $out, $err) = $c->psql('postgres', 'ALTER TABLE legacy ALTER COLUMN w TYPE bigint, ADD COLUMN z int');
+	is($rc, 0, 'legacy: DDL that leaves its key alone goes on, a table rewrite included');
+	($rc, $out, $err) = $c->psql('postgres', 'ALTER TABLE legacy ALTER COLUMN k TYPE real');
+	like($err, qr/cannot give tracked table public\.legacy a primary key column "k" of type real/,
+		'legacy: DDL that gives it another such key is refused');
+}
+
 done_testing();
