@@ -18,6 +18,12 @@
  * directly (they are plain variables the output functions read); the two
  * others need the GUC machinery and are set in a GUC nest level.
  *
+ * Keys: nodes identify a row by its key image (rowimage_row_hash(), and
+ * the row_version lookup compares images), so two values the primary key
+ * treats as equal must have one image.  track() accepts only such keys
+ * (rowimage_key_inexact()): not float 0 and -0, interval 1 day and 24
+ * hours, alice and ALICE under a nondeterministic collation.
+ *
  * Decoding: each value goes through the column type's input function with
  * the column's type modifier, as COPY and INSERT do (a value too long for
  * varchar(5) is an error, numeric(6,1) rounds), under canonical settings
@@ -950,20 +956,24 @@ equal_means_same_image(Oid typid, int32 typmod, Oid collid, Oid opfamily,
 		return false;
 
 	/*
-	 * bpchar equality ignores trailing blanks, so its family does not claim
-	 * image equality; but char(n) pads every value to n characters, where
-	 * equal values are identical under a deterministic collation.
+	 * bpchar equality ignores trailing blanks (in every family: its pattern
+	 * family uses the same =), so its default family does not claim image
+	 * equality; but char(n) pads every value to n characters, where equal
+	 * values are identical under a deterministic collation.
 	 */
-	if (typid == BPCHAROID && opfamily == tc->btree_opf)
+	if (typid == BPCHAROID)
 	{
 		if (typmod < 0)
 			return false;
-		if (OidIsValid(collid) && !get_collation_isdeterministic(collid))
+		if (opfamily == tc->btree_opf)
 		{
-			*bad_coll = collid;
-			return false;
+			if (OidIsValid(collid) && !get_collation_isdeterministic(collid))
+			{
+				*bad_coll = collid;
+				return false;
+			}
+			return true;
 		}
-		return true;
 	}
 
 	proc = get_opfamily_proc(opfamily, opcintype, opcintype, BTEQUALIMAGE_PROC);
@@ -1035,8 +1045,8 @@ equal_means_same_image(Oid typid, int32 typmod, Oid collid, Oid opfamily,
  * different key images, so that nodes would take them for two rows?  If
  * so, the first such key column goes to *column (its name) and *col_type,
  * and the type or nondeterministic collation to blame to *bad_type or
- * *bad_coll (the column's own type, or a type it contains).  A table without a primary
- * key answers false.
+ * *bad_coll (the column's own type, or a type it contains).  A table
+ * without a primary key answers false.
  *
  * Integer, boolean, money and numeric columns are JSON values in the image,
  * which jsonb compares and hashes by value; every other column is exact if

@@ -574,13 +574,16 @@ replstamp_inexact_key(PG_FUNCTION_ARGS)
 	Oid			col_type;
 	Oid			bad_type;
 	Oid			bad_coll;
-	char	   *why = NULL;
+	char	   *why;
 
 	if (rel == NULL)
 		PG_RETURN_NULL();
 	if (!rowimage_key_inexact(rel, &column, &col_type, &bad_type, &bad_coll))
-		why = NULL;
-	else if (OidIsValid(bad_coll))
+	{
+		relation_close(rel, AccessShareLock);
+		PG_RETURN_NULL();
+	}
+	if (OidIsValid(bad_coll))
 		why = psprintf("column \"%s\" has nondeterministic collation \"%s\"",
 					   column, get_collation_name(bad_coll));
 	else if (bad_type == getBaseType(col_type))
@@ -589,8 +592,6 @@ replstamp_inexact_key(PG_FUNCTION_ARGS)
 		why = psprintf("column \"%s\" of type %s holds values of type %s", column,
 					   format_type_be(col_type), format_type_be(bad_type));
 	relation_close(rel, AccessShareLock);
-	if (why == NULL)
-		PG_RETURN_NULL();
 	PG_RETURN_TEXT_P(cstring_to_text(why));
 }
 
