@@ -74,7 +74,9 @@ SELECT replstamp.track('ok_composite');
 -- DDL that gives a tracked table such a key is refused, and undone.
 ALTER TABLE ok_numeric ALTER COLUMN k TYPE float8;
 ALTER TABLE ok_text ALTER COLUMN a TYPE text COLLATE ci;
-ALTER TABLE ok_int DROP CONSTRAINT ok_int_pkey, ADD COLUMN f float8 PRIMARY KEY;
+ALTER TABLE ok_misc ALTER COLUMN e TYPE interval USING make_interval(days => e);
+-- The same key columns, rebuilt, with their types kept: fine.
+ALTER TABLE ok_int DROP CONSTRAINT ok_int_pkey, ADD PRIMARY KEY (a, b, c);
 \d ok_numeric
 -- Other DDL of a tracked table goes on.
 ALTER TABLE ok_numeric ADD COLUMN v float8;
