@@ -184,3 +184,34 @@ CREATE TABLE replstamp.dropped_column_peers (
 );
 REVOKE ALL ON replstamp.dropped_column_peers FROM PUBLIC;
 GRANT SELECT ON replstamp.dropped_column_peers TO PUBLIC;
+
+-- Primary keys that treat as equal values that print differently (float
+-- 0 and -0, interval 1 day and 24 hours, a nondeterministic collation,
+-- citext, numeric in an array): nodes identify a row by the text of its
+-- key, so two spellings of one key became two rows, each node ending with
+-- the other's values.  track() refuses such keys from 1.2 on.  A table
+-- tracked before keeps being tracked (refusing its writes would stop the
+-- application): the update names it, so that its owner can untrack it on
+-- every node or change its key.
+CREATE FUNCTION replstamp._inexact_key(relation regclass) RETURNS text
+    LANGUAGE C STRICT STABLE AS 'MODULE_PATHNAME', 'replstamp_inexact_key';
+REVOKE ALL ON FUNCTION replstamp._inexact_key(regclass) FROM PUBLIC;
+
+DO $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT t.relation, replstamp._inexact_key(t.relid) AS why
+               FROM replstamp.tracked t
+              WHERE t.state OPERATOR(pg_catalog.=) 'tracked' AND t.relid IS NOT NULL
+              ORDER BY t.relation
+    LOOP
+        IF r.why IS NOT NULL THEN
+            RAISE WARNING 'tracked table % has a primary key whose equal values can print differently: %',
+                r.relation, r.why
+                USING DETAIL = 'Two nodes that write one key spelled two ways keep two rows, each with the other''s values.',
+                      HINT = 'Untrack the table with replstamp.untrack() on every node, or give it another key.';
+        END IF;
+    END LOOP;
+END
+$$;

@@ -18,6 +18,12 @@
  * directly (they are plain variables the output functions read); the two
  * others need the GUC machinery and are set in a GUC nest level.
  *
+ * Keys: nodes identify a row by its key image (rowimage_row_hash(), and
+ * the row_version lookup compares images), so two values the primary key
+ * treats as equal must have one image.  track() accepts only such keys
+ * (rowimage_key_inexact()): not float 0 and -0, interval 1 day and 24
+ * hours, alice and ALICE under a nondeterministic collation.
+ *
  * Decoding: each value goes through the column type's input function with
  * the column's type modifier, as COPY and INSERT do (a value too long for
  * varchar(5) is an error, numeric(6,1) rounds), under canonical settings
@@ -32,6 +38,8 @@
 
 #include "access/htup_details.h"
 #include "access/genam.h"
+#include "access/nbtree.h"
+#include "catalog/pg_range.h"
 #include "catalog/pg_type.h"
 #include "common/hashfn.h"
 #include "miscadmin.h"
@@ -511,9 +519,12 @@ rowimage_both(RowLayout *layout, TupleDesc desc, HeapTuple keytuple,
 }
 
 /*
- * The row's identity across nodes as a number: table name and key.  Equal
- * keys hash equally whatever their text form (jsonb compares numbers by
- * value).
+ * The row's identity across nodes as a number: table name and key image.
+ * Keys the primary key index treats as equal hash equally, because track()
+ * accepts only keys whose equal values have equal images (see
+ * rowimage_key_inexact()): integers and numerics are JSON numbers, which
+ * jsonb compares and hashes by value (1.0 and 1.00 alike), and every other
+ * key type prints equal values alike.
  */
 int64
 rowimage_row_hash(const char *relation, int len, Jsonb *pk)
@@ -900,4 +911,189 @@ rowimage_layout_key_names(RowLayout *layout)
 	for (int i = 0; i < layout->npk; i++)
 		appendStringInfo(&buf, "%s%s", i ? ", " : "", quote_identifier(layout->pk[i].name));
 	return buf.data;
+}
+
+/* ---------------------------------------------------------------------
+ * Keys whose equal values have equal images
+ * ---------------------------------------------------------------------
+ */
+
+/*
+ * Do values of typid (with typmod) that the btree operator family opfamily
+ * (input type opcintype) treats as equal under collation collid always
+ * have the same image?  With opfamily invalid, the type's default btree
+ * family: what arrays, ranges and composites compare their members with.
+ * If not, the type or the collation to blame goes to *bad_type or
+ * *bad_coll.
+ *
+ * A family that declares its equality to be image equality (its
+ * equalimage support function, which B-tree deduplication asks) prints
+ * equal values alike: the same bytes give the same text.  Containers
+ * compare member by member with their members' default families, so they
+ * are as exact as their members, whose text they print one by one.
+ * Everything else is refused: float4 and float8 (0 and -0), numeric in a
+ * container or a domain (1.0 and 1.00 as text), interval (1 day and 24
+ * hours), a nondeterministic collation (alice and ALICE), citext, jsonb.
+ */
+static bool
+equal_means_same_image(Oid typid, int32 typmod, Oid collid, Oid opfamily,
+					   Oid opcintype, Oid *bad_type, Oid *bad_coll)
+{
+	TypeCacheEntry *tc;
+	Oid			proc;
+	Oid			elem;
+
+	check_stack_depth();
+	typid = getBaseTypeAndTypmod(typid, &typmod);
+	tc = lookup_type_cache(typid, TYPECACHE_BTREE_OPFAMILY);
+	if (!OidIsValid(opfamily))
+	{
+		opfamily = tc->btree_opf;
+		opcintype = tc->btree_opintype;
+	}
+	*bad_type = typid;
+	*bad_coll = InvalidOid;
+	if (!OidIsValid(opfamily))
+		return false;
+
+	/*
+	 * bpchar equality ignores trailing blanks (in every family: its pattern
+	 * family uses the same =), so its default family does not claim image
+	 * equality; but char(n) pads every value to n characters, where equal
+	 * values are identical under a deterministic collation.
+	 */
+	if (typid == BPCHAROID)
+	{
+		if (typmod < 0)
+			return false;
+		if (opfamily == tc->btree_opf)
+		{
+			if (OidIsValid(collid) && !get_collation_isdeterministic(collid))
+			{
+				*bad_coll = collid;
+				return false;
+			}
+			return true;
+		}
+	}
+
+	proc = get_opfamily_proc(opfamily, opcintype, opcintype, BTEQUALIMAGE_PROC);
+	if (OidIsValid(proc))
+	{
+		if (DatumGetBool(OidFunctionCall1Coll(proc, collid, ObjectIdGetDatum(opcintype))))
+			return true;
+		if (OidIsValid(collid) && !get_collation_isdeterministic(collid))
+			*bad_coll = collid;
+		return false;
+	}
+
+	/* The members' rules hold for the default family only. */
+	if (opfamily != tc->btree_opf)
+		return false;
+	elem = get_element_type(typid);
+	if (OidIsValid(elem))		/* array_cmp: the elements' family, collid */
+		return equal_means_same_image(elem, typmod, collid, InvalidOid, InvalidOid,
+									  bad_type, bad_coll);
+	switch (get_typtype(typid))
+	{
+		case TYPTYPE_RANGE:
+			{
+				/* range_cmp: the subtype's operator class, the range's collation */
+				HeapTuple	tup = SearchSysCache1(RANGETYPE, ObjectIdGetDatum(typid));
+				Form_pg_range rng;
+				Oid			subfamily;
+				Oid			subtype;
+
+				if (!HeapTupleIsValid(tup))
+					elog(ERROR, "cache lookup failed for range type %u", typid);
+				rng = (Form_pg_range) GETSTRUCT(tup);
+				if (!get_opclass_opfamily_and_input_type(rng->rngsubopc, &subfamily, &subtype))
+					elog(ERROR, "cache lookup failed for operator class %u", rng->rngsubopc);
+				elem = rng->rngsubtype;
+				collid = rng->rngcollation;
+				ReleaseSysCache(tup);
+				return equal_means_same_image(elem, -1, collid, subfamily, subtype,
+											  bad_type, bad_coll);
+			}
+		case TYPTYPE_MULTIRANGE:
+			return equal_means_same_image(get_multirange_range(typid), -1, InvalidOid,
+										  InvalidOid, InvalidOid, bad_type, bad_coll);
+		case TYPTYPE_COMPOSITE:
+			{
+				/* record_cmp: each field's default family and collation */
+				TupleDesc	desc = lookup_rowtype_tupdesc(typid, -1);
+				bool		exact = true;
+
+				for (int i = 0; exact && i < desc->natts; i++)
+				{
+					Form_pg_attribute att = TupleDescAttr(desc, i);
+
+					if (!att->attisdropped)
+						exact = equal_means_same_image(att->atttypid, att->atttypmod,
+													   att->attcollation, InvalidOid,
+													   InvalidOid, bad_type, bad_coll);
+				}
+				ReleaseTupleDesc(desc);
+				return exact;
+			}
+		default:
+			return false;
+	}
+}
+
+/*
+ * Can two values that the primary key index of rel treats as equal have
+ * different key images, so that nodes would take them for two rows?  If
+ * so, the first such key column goes to *column (its name) and *col_type,
+ * and the type or nondeterministic collation to blame to *bad_type or
+ * *bad_coll (the column's own type, or a type it contains).  A table
+ * without a primary key answers false.
+ *
+ * Integer, boolean, money and numeric columns are JSON values in the image,
+ * which jsonb compares and hashes by value; every other column is exact if
+ * its equal values print alike (equal_means_same_image()).
+ */
+bool
+rowimage_key_inexact(Relation rel, const char **column, Oid *col_type, Oid *bad_type,
+					 Oid *bad_coll)
+{
+	Oid			pkoid = RelationGetPrimaryKeyIndex(rel);
+	TupleDesc	desc = RelationGetDescr(rel);
+	Relation	idx;
+	bool		inexact = false;
+
+	if (!OidIsValid(pkoid))
+		return false;
+	idx = index_open(pkoid, AccessShareLock);
+	for (int i = 0; !inexact && i < idx->rd_index->indnkeyatts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, idx->rd_index->indkey.values[i] - 1);
+
+		/* the kind of image the column gets, as column_init() decides it */
+		switch (getBaseType(att->atttypid) == att->atttypid ? att->atttypid : InvalidOid)
+		{
+			case BOOLOID:
+			case INT2OID:
+			case INT4OID:
+			case INT8OID:
+			case NUMERICOID:
+			case CASHOID:
+				if (idx->rd_opfamily[i] ==
+					lookup_type_cache(att->atttypid, TYPECACHE_BTREE_OPFAMILY)->btree_opf)
+					continue;
+				break;
+			default:
+				break;
+		}
+		if (!equal_means_same_image(att->atttypid, att->atttypmod, idx->rd_indcollation[i],
+									idx->rd_opfamily[i], idx->rd_opcintype[i],
+									bad_type, bad_coll))
+		{
+			*column = pstrdup(NameStr(att->attname));
+			*col_type = att->atttypid;
+			inexact = true;
+		}
+	}
+	index_close(idx, AccessShareLock);
+	return inexact;
 }

@@ -13,7 +13,9 @@
  *	- rowimage_decode() / rowimage_decode_key(): the values of an image for
  *	  this node's table, converted as an INSERT would (the apply);
  *	- rowimage_key_of(): the key object of a row image;
- *	- rowimage_row_hash(): a row's identity across nodes as a number.
+ *	- rowimage_row_hash(): a row's identity across nodes as a number;
+ *	- rowimage_key_inexact(): whether a table's primary key treats as equal
+ *	  values whose images differ (track() refuses such a table).
  *
  * Copyright (c) 2026, the replstamp authors
  * Distributed under the PostgreSQL License: see LICENSE.
@@ -93,6 +95,8 @@ extern bool rowimage_key_matches(RowLayout *layout, Jsonb *pk);
 extern Jsonb *rowimage_key_of(Jsonb *pk, Jsonb *image);
 extern bool rowimage_key_changed(Jsonb *pk, Jsonb *image);
 extern int64 rowimage_row_hash(const char *relation, int len, Jsonb *pk);
+extern bool rowimage_key_inexact(Relation rel, const char **column, Oid *col_type,
+								 Oid *bad_type, Oid *bad_coll);
 extern void rowimage_enter_input_settings(bool session);
 extern char *rowimage_key_names(Jsonb *pk);
 extern char *rowimage_layout_key_names(RowLayout *layout);

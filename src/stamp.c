@@ -64,6 +64,7 @@ PG_FUNCTION_INFO_V1(replstamp_track);
 PG_FUNCTION_INFO_V1(replstamp_untrack);
 PG_FUNCTION_INFO_V1(replstamp_ddl_guard);
 PG_FUNCTION_INFO_V1(replstamp_drop_guard);
+PG_FUNCTION_INFO_V1(replstamp_inexact_key);
 
 /* Tuples written by the apply in this transaction: not stamped again. */
 #define MAX_SKIP	8
@@ -517,6 +518,85 @@ open_table_for_tracking(Oid relid)
 }
 
 /*
+ * Refuse a table whose primary key treats as equal values that print
+ * differently (rowimage_key_inexact()): nodes identify a row by its key
+ * image, and would take two spellings of one key for two rows, each node
+ * ending with the other's values.  For track(), or (guard) for DDL that
+ * gave a tracked table such a key.
+ */
+static void
+refuse_inexact_key(Relation rel, const char *relname, bool guard)
+{
+	const char *column;
+	Oid			col_type;
+	Oid			bad_type;
+	Oid			bad_coll;
+
+	if (!rowimage_key_inexact(rel, &column, &col_type, &bad_type, &bad_coll))
+		return;
+	if (OidIsValid(bad_coll))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 guard ?
+				 errmsg("cannot give tracked table %s a primary key column \"%s\" with nondeterministic collation \"%s\"",
+						relname, column, get_collation_name(bad_coll)) :
+				 errmsg("cannot track table \"%s\" because its primary key column \"%s\" has nondeterministic collation \"%s\"",
+						relname, column, get_collation_name(bad_coll)),
+				 errdetail("The collation treats strings as equal that differ (such as alice and ALICE), "
+						   "and replstamp identifies a row on every node by the text of its key: "
+						   "nodes would take two spellings of one key for two rows."),
+				 errhint("Use a deterministic collation for the key column, or a key of another column.")));
+	ereport(ERROR,
+			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+			 guard ?
+			 errmsg("cannot give tracked table %s a primary key column \"%s\" of type %s",
+					relname, column, format_type_be(col_type)) :
+			 errmsg("cannot track table \"%s\" because its primary key column \"%s\" is of type %s",
+					relname, column, format_type_be(col_type)),
+			 errdetail("The primary key treats some values of type %s as equal that print differently, "
+					   "and replstamp identifies a row on every node by the text of its key: "
+					   "nodes would take two spellings of one key for two rows.",
+					   format_type_be(bad_type)),
+			 errhint("Use a key whose equal values are identical, such as integer, bigint, uuid, "
+					 "text with a deterministic collation, date or timestamp (or arrays, ranges "
+					 "and composites of these), or numeric on its own.")));
+}
+
+/*
+ * replstamp._inexact_key(relation regclass) RETURNS text: why track() would
+ * refuse the table's primary key (refuse_inexact_key()), NULL if it would
+ * not; the upgrade to 1.2 warns with it about tables tracked before.
+ */
+Datum
+replstamp_inexact_key(PG_FUNCTION_ARGS)
+{
+	Relation	rel = try_relation_open(PG_GETARG_OID(0), AccessShareLock);
+	const char *column;
+	Oid			col_type;
+	Oid			bad_type;
+	Oid			bad_coll;
+	char	   *why;
+
+	if (rel == NULL)
+		PG_RETURN_NULL();
+	if (!rowimage_key_inexact(rel, &column, &col_type, &bad_type, &bad_coll))
+	{
+		relation_close(rel, AccessShareLock);
+		PG_RETURN_NULL();
+	}
+	if (OidIsValid(bad_coll))
+		why = psprintf("column \"%s\" has nondeterministic collation \"%s\"",
+					   column, get_collation_name(bad_coll));
+	else if (bad_type == getBaseType(col_type))
+		why = psprintf("column \"%s\" is of type %s", column, format_type_be(col_type));
+	else
+		why = psprintf("column \"%s\" of type %s holds values of type %s", column,
+					   format_type_be(col_type), format_type_be(bad_type));
+	relation_close(rel, AccessShareLock);
+	PG_RETURN_TEXT_P(cstring_to_text(why));
+}
+
+/*
  * replstamp.track(regclass [, backfill boolean]): from now on, every change
  * of the table is stamped; with backfill, its existing rows are stamped
  * once too (in the background, in batches), also when the table is tracked
@@ -576,6 +656,7 @@ replstamp_track(PG_FUNCTION_ARGS)
 				 errmsg("cannot track table \"%s\" because it has no primary key", relname),
 				 errdetail("replstamp identifies rows by their primary key."),
 				 errhint("Add a primary key with ALTER TABLE ... ADD PRIMARY KEY, then track the table.")));
+	refuse_inexact_key(rel, relname, false);
 	if (backfill)
 	{
 		if (rel->rd_tableam != GetHeapamTableAmRoutine())
@@ -743,10 +824,33 @@ register_restored(Oid relid)
 }
 
 /*
+ * Was the primary key index of rel created in this transaction: a key
+ * added, or a key column's type or collation changed (which replaces the
+ * index; a table rewrite only gives it new storage)?  Only then does the
+ * guard look at the key's type: a table tracked before release 1.2 with a
+ * key track() now refuses keeps its other DDL.
+ */
+static bool
+key_defined_now(Relation rel)
+{
+	Oid			pkoid = RelationGetPrimaryKeyIndex(rel);
+	Relation	idx;
+	bool		now;
+
+	if (!OidIsValid(pkoid))
+		return false;
+	idx = index_open(pkoid, AccessShareLock);
+	now = idx->rd_createSubid != InvalidSubTransactionId;
+	index_close(idx, AccessShareLock);
+	return now;
+}
+
+/*
  * Refuse if a tracked table lost what keeps its changes stamped and
  * identified on every node: its name, its triggers as track() installed
  * them, its WAL (SET UNLOGGED), its primary key or the key's columns.  The
- * caller is connected to SPI as the extension's owner.
+ * caller is connected to SPI as the extension's owner.  A new key is also
+ * refused if track() would refuse it.
  */
 static void
 check_tracked(Oid relid, const char *regname)
@@ -798,6 +902,8 @@ check_tracked(Oid relid, const char *regname)
 				 errmsg("cannot disable, replace or drop the replstamp triggers of table %s", regname),
 				 errdetail("Changes made without them would never reach the peers."),
 				 errhint("Stop tracking the table with replstamp.untrack() instead.")));
+	if (key_defined_now(rel))
+		refuse_inexact_key(rel, regname, true);
 	relation_close(rel, AccessShareLock);
 }
 
