@@ -91,10 +91,7 @@ for my $n (@names)
 		conf => \@conf, sql => $schema);
 	push @all_clusters, $node{$n};
 }
-for my $x (@names)
-{
-	add_peer($node{$x}, $_, $node{$_}) for grep { $_ ne $x } @names;
-}
+add_mesh(map { $node{$_} } @names);
 # Once the extension exists (a sync worker that finds none waits a minute).
 set_guc($node{$_}, 'replstamp.sync_interval', 1) for @names;
 
