@@ -37,6 +37,7 @@
 #include "changelog.h"
 #include "errors.h"
 #include "rowimage.h"
+#include "wakeup.h"
 
 /*
  * The indexes of replstamp.changes (plain column indexes, and partial ones
@@ -195,6 +196,7 @@ changelog_append(const ReplstampCatalog *cat, Change *change)
 										VARSIZE_ANY_EXHDR(change->relation),
 										change->pk));
 	values[Anum_changes_applied - 1] = BoolGetDatum(change->applied);
+	wakeup_change_written();
 
 	/*
 	 * Lock replstamp.changes and its indexes once per (sub)transaction, and

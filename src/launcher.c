@@ -59,6 +59,7 @@
 #include "maintenance.h"
 #include "shmem.h"
 #include "sync.h"
+#include "watch.h"
 #include "workers.h"
 
 PGDLLEXPORT void replstamp_launcher_main(Datum arg);
@@ -70,7 +71,7 @@ PGDLLEXPORT void replstamp_maintenance_main(Datum arg);
 #define LAUNCHER_NAP_MS		10000
 
 /* GUC */
-static int	sync_interval = 0;
+static int	sync_interval = 10;
 
 /* A database's sync (or maintenance) worker, as the launcher sees it. */
 typedef struct SyncSlot
@@ -90,10 +91,11 @@ launcher_init(void)
 	BackgroundWorker worker;
 
 	DefineCustomIntVariable("replstamp.sync_interval",
-							"Seconds between automatic syncs with every peer, in every database with replstamp.",
-							"Zero (the default) means no automatic sync: call replstamp.sync_all() yourself.",
+							"Seconds between syncs with every peer (the fallback poll), in every database with replstamp.",
+							"Between them, a commit on a peer wakes its pullers, which sync at once. "
+							"Zero means no automatic sync at all: call replstamp.sync_all() yourself.",
 							&sync_interval,
-							0, 0, INT_MAX / 1000,
+							10, 0, INT_MAX / 1000,
 							PGC_SIGHUP,
 							GUC_UNIT_S,
 							NULL, NULL, NULL);
@@ -443,54 +445,66 @@ sync_round(void)
 }
 
 /*
- * A database's sync worker: sync_all() every sync_interval seconds, until
- * sync_interval is set to zero or the extension is dropped.
+ * A database's sync worker: syncs with every peer at start, every
+ * sync_interval seconds (the fallback poll) and when a peer is added; in
+ * between, with a peer as soon as that peer says it committed changes
+ * (watch.c).  Leaves when sync_interval is set to zero or the extension is
+ * dropped.
  */
 void
 replstamp_sync_main(Datum arg)
 {
+	List	   *watches = NIL;
+	TimestampTz next_round = 0;
+	uint32		peers_added = 0;
+
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	replstamp_worker_connect(arg, NULL, 0);
 
 	for (;;)
 	{
-		TimestampTz start = GetCurrentTimestamp();
-
-		/* Read before the round: a peer added during it gets another. */
-		uint32		peers_added = worker_peers_added();
+		const char *peer;
 
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
 		{
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
+			next_round = 0;		/* the interval may have changed */
 		}
-		if (sync_interval <= 0 || !sync_round())
+		if (sync_interval <= 0)
 			proc_exit(0);
 
-		/*
-		 * Sleep what is left of the interval; a reload wakes us early, and
-		 * so does a peer added (the launcher sets our latch).
-		 */
-		for (;;)
+		/* Every peer: at start, each interval, and when a peer was added. */
+		if (next_round == 0 || GetCurrentTimestamp() >= next_round ||
+			worker_peers_added() != peers_added)
 		{
-			long		secs;
-			int			usecs;
-
-			CHECK_FOR_INTERRUPTS();
-			if (ConfigReloadPending || sync_interval <= 0 ||
-				worker_peers_added() != peers_added)
-				break;
-			TimestampDifference(GetCurrentTimestamp(),
-								TimestampTzPlusMilliseconds(start, (int64) sync_interval * 1000),
-								&secs, &usecs);
-			if (secs == 0 && usecs == 0)
-				break;
-			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-							 secs * 1000 + usecs / 1000 + 1, PG_WAIT_EXTENSION);
-			ResetLatch(MyLatch);
+			/* Read before the round: a peer added during it gets another. */
+			peers_added = worker_peers_added();
+			next_round = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													 (int64) sync_interval * 1000);
+			watch_clear_due(watches);
+			if (!sync_round())
+			{
+				watch_close_all(&watches);
+				proc_exit(0);
+			}
+			watch_refresh(&watches);
 		}
+
+		/* The peers that said they committed changes. */
+		while ((peer = watch_take_due(watches)) != NULL)
+		{
+			CHECK_FOR_INTERRUPTS();
+			(void) sync_one_peer_warn(peer);
+			pgstat_report_activity(STATE_IDLE, NULL);
+		}
+
+		watch_connect(watches);
+		if (ConfigReloadPending || worker_peers_added() != peers_added)
+			continue;
+		watch_wait(watches, next_round);
 	}
 }
 

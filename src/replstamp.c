@@ -28,6 +28,7 @@
 #include "shmem.h"
 #include "stamp.h"
 #include "sync.h"
+#include "wakeup.h"
 
 PG_MODULE_MAGIC;
 
@@ -64,6 +65,7 @@ _PG_init(void)
 	maintenance_init();
 	latest_init();
 	launcher_init();
+	wakeup_init();
 
 	MarkGUCPrefixReserved("replstamp");
 }

@@ -1244,27 +1244,36 @@ sync_all_peers(void)
 
 	names = peer_names();
 	foreach(lc, names)
-	{
-		const char *peer = lfirst(lc);
-		MemoryContext cxt = CurrentMemoryContext;
-
-		PG_TRY();
-		{
-			total += sync_one_peer(peer);
-		}
-		PG_CATCH();
-		{
-			ErrorData  *e = worker_catch_error(cxt);
-
-			ereport(WARNING,
-					(errcode(e->sqlerrcode),
-					 errmsg("replstamp: sync from peer \"%s\" failed: %s", peer, e->message),
-					 e->hint ? errhint("%s", e->hint) : 0));
-			FreeErrorData(e);
-		}
-		PG_END_TRY();
-	}
+		total += sync_one_peer_warn(lfirst(lc));
 	return total;
+}
+
+/*
+ * One peer, as sync_all_peers() syncs each: a failure is recorded and
+ * reported in a WARNING, not raised.  Returns the changes applied.
+ */
+int64
+sync_one_peer_warn(const char *peer)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	int64		applied = 0;
+
+	PG_TRY();
+	{
+		applied = sync_one_peer(peer);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *e = worker_catch_error(cxt);
+
+		ereport(WARNING,
+				(errcode(e->sqlerrcode),
+				 errmsg("replstamp: sync from peer \"%s\" failed: %s", peer, e->message),
+				 e->hint ? errhint("%s", e->hint) : 0));
+		FreeErrorData(e);
+	}
+	PG_END_TRY();
+	return applied;
 }
 
 /* ---------------------------------------------------------------------
