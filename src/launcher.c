@@ -69,6 +69,7 @@ PGDLLEXPORT void replstamp_maintenance_main(Datum arg);
 #define LAUNCHER_RESTART_S	10
 #define SYNC_RETRY_S		60
 #define LAUNCHER_NAP_MS		10000
+#define FULL_ROUND_EVERY	6		/* intervals between polls of watched peers */
 
 /* GUC */
 static int	sync_interval = 10;
@@ -405,7 +406,7 @@ replstamp_launcher_main(Datum arg)
  * own.  Returns false if the extension is not installed here.
  */
 static bool
-sync_round(void)
+sync_round(List *watches)
 {
 	bool		installed;
 	bool		v11;
@@ -426,7 +427,7 @@ sync_round(void)
 
 	PG_TRY();
 	{
-		(void) sync_all_peers();
+		(void) sync_peers_but(watches ? watch_is_up : NULL, watches);
 		worker_begin_xact();
 		maintenance_mark_lus();
 		worker_commit_xact();
@@ -456,6 +457,7 @@ replstamp_sync_main(Datum arg)
 {
 	List	   *watches = NIL;
 	TimestampTz next_round = 0;
+	TimestampTz next_full = 0;
 	uint32		peers_added = 0;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
@@ -472,20 +474,33 @@ replstamp_sync_main(Datum arg)
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
 			next_round = 0;		/* the interval may have changed */
+			next_full = 0;
 		}
 		if (sync_interval <= 0)
 			proc_exit(0);
 
-		/* Every peer: at start, each interval, and when a peer was added. */
+		/*
+		 * The fallback poll: each interval, the peers no connection waits
+		 * on; every peer at start, when a peer was added, and every
+		 * FULL_ROUND_EVERY intervals.
+		 */
 		if (next_round == 0 || GetCurrentTimestamp() >= next_round ||
 			worker_peers_added() != peers_added)
 		{
+			bool		full = next_full == 0 || GetCurrentTimestamp() >= next_full ||
+				worker_peers_added() != peers_added;
+
 			/* Read before the round: a peer added during it gets another. */
 			peers_added = worker_peers_added();
 			next_round = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 													 (int64) sync_interval * 1000);
-			watch_clear_due(watches);
-			if (!sync_round())
+			if (full)
+			{
+				next_full = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+														(int64) sync_interval * 1000 * FULL_ROUND_EVERY);
+				watch_clear_due(watches);
+			}
+			if (!sync_round(full ? NIL : watches))
 			{
 				watch_close_all(&watches);
 				proc_exit(0);

@@ -1238,13 +1238,26 @@ sync_check_peer(const char *peer)
 int64
 sync_all_peers(void)
 {
+	return sync_peers_but(NULL, NULL);
+}
+
+/*
+ * As sync_all_peers(), but for the peers for which but(peer, arg), if
+ * given, returns true.
+ */
+int64
+sync_peers_but(bool (*but) (const char *peer, void *arg), void *arg)
+{
 	List	   *names;
 	ListCell   *lc;
 	int64		total = 0;
 
 	names = peer_names();
 	foreach(lc, names)
-		total += sync_one_peer_warn(lfirst(lc));
+	{
+		if (but == NULL || !but(lfirst(lc), arg))
+			total += sync_one_peer_warn(lfirst(lc));
+	}
 	return total;
 }
 

@@ -25,6 +25,10 @@
  *	  two sees the other, so no wait sleeps through a commit, and a commit
  *	  nobody waits for costs one atomic add and one read: no lock.
  *
+ * An abort of a transaction that wrote to the log moves the counter too:
+ * the serials it releases may let the lowest uncommitted serial pass
+ * changes committed meanwhile, which become pullable only then.
+ *
  * The counter is one for the server, not per database: a commit in
  * another database wakes a puller for nothing, which costs it one sync.
  *
@@ -69,6 +73,15 @@ static bool session_stamped = false;
 static pg_uuid_t session_stamp_id;
 static int64 session_stamp_serial = 0;
 
+/* Move the counter on; wake the waiters, if any. */
+static void
+bump(void)
+{
+	pg_atomic_fetch_add_u64(&replstamp_shared->changes_committed, 1);
+	if (pg_atomic_read_u32(&replstamp_shared->change_waiters) > 0)
+		ConditionVariableBroadcast(&replstamp_shared->changes_cv);
+}
+
 static void
 wakeup_xact_callback(XactEvent event, void *arg)
 {
@@ -76,11 +89,7 @@ wakeup_xact_callback(XactEvent event, void *arg)
 	{
 		case XACT_EVENT_COMMIT:
 			if (xact_wrote)
-			{
-				pg_atomic_fetch_add_u64(&replstamp_shared->changes_committed, 1);
-				if (pg_atomic_read_u32(&replstamp_shared->change_waiters) > 0)
-					ConditionVariableBroadcast(&replstamp_shared->changes_cv);
-			}
+				bump();
 			if (xact_stamped)
 			{
 				session_stamped = true;
@@ -91,6 +100,16 @@ wakeup_xact_callback(XactEvent event, void *arg)
 			xact_stamped = false;
 			break;
 		case XACT_EVENT_ABORT:
+
+			/*
+			 * Serials released: the lowest uncommitted serial may move, and
+			 * changes committed above them become pullable.
+			 */
+			if (xact_wrote)
+				bump();
+			xact_wrote = false;
+			xact_stamped = false;
+			break;
 		case XACT_EVENT_PREPARE:
 			xact_wrote = false;
 			xact_stamped = false;

@@ -434,3 +434,22 @@ watch_close_all(List **watches)
 	}
 	*watches = NIL;
 }
+
+/*
+ * Does a connection wait on the peer (watches: the List of watches)?  For
+ * sync_peers_but(): the fallback poll leaves such a peer to its wake-ups.
+ */
+bool
+watch_is_up(const char *peer, void *watches)
+{
+	ListCell   *lc;
+
+	foreach(lc, (List *) watches)
+	{
+		Watch	   *w = lfirst(lc);
+
+		if (strcmp(w->name, peer) == 0)
+			return w->remote.conn != NULL && w->known;
+	}
+	return false;
+}

@@ -22,5 +22,6 @@ extern void watch_wait(List *watches, TimestampTz until);
 extern const char *watch_take_due(List *watches);
 extern void watch_clear_due(List *watches);
 extern void watch_close_all(List **watches);
+extern bool watch_is_up(const char *peer, void *watches);
 
 #endif							/* REPLSTAMP_WATCH_H */
