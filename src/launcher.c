@@ -402,8 +402,12 @@ replstamp_launcher_main(Datum arg)
 }
 
 /*
- * One round of the sync worker: every peer, each in transactions of its
- * own.  Returns false if the extension is not installed here.
+ * One round of the sync worker: every peer (but those watches has waiting
+ * connections on), each in transactions of its own.  Returns false if the
+ * extension is not installed here, or the database has no peer: the
+ * worker leaves, so that it holds no connection to a database that does
+ * not replicate (DROP DATABASE would wait for it); add_peer() has it
+ * started again.
  */
 static bool
 sync_round(List *watches)
@@ -424,6 +428,13 @@ sync_round(List *watches)
 		return false;
 	if (!v11)
 		return true;			/* waiting for ALTER EXTENSION replstamp UPDATE */
+	if (!sync_has_peers())
+	{
+		ereport(DEBUG1,
+				(errmsg_internal("replstamp: no peers in database \"%s\", its sync worker exits",
+								 get_database_name(MyDatabaseId))));
+		return false;
+	}
 
 	PG_TRY();
 	{

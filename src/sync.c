@@ -1258,7 +1258,22 @@ sync_peers_but(bool (*but) (const char *peer, void *arg), void *arg)
 		if (but == NULL || !but(lfirst(lc), arg))
 			total += sync_one_peer_warn(lfirst(lc));
 	}
+	list_free_deep(names);
 	return total;
+}
+
+/*
+ * Has this database any peer?  For background workers, outside any
+ * transaction.
+ */
+bool
+sync_has_peers(void)
+{
+	List	   *names = peer_names();
+	bool		has = names != NIL;
+
+	list_free_deep(names);
+	return has;
 }
 
 /*

@@ -20,8 +20,8 @@
  * A connection that fails is tried again after a back-off that doubles
  * from BACKOFF_MIN_MS up to BACKOFF_MAX_MS; replstamp.peers shows whether
  * a peer's connection waits (wakeups) and when the next try is due
- * (next_retry_at).  A wait that has not answered within twice its timeout
- * is taken for a lost connection.
+ * (next_retry_at).  A wait that has not answered a minute past its
+ * timeout is taken for a lost connection.
  *
  * Everything here runs in the sync worker only, outside any transaction;
  * the list of watches lives in TopMemoryContext.
@@ -50,7 +50,14 @@
 #include "watch.h"
 #include "workers.h"
 
-#define WAIT_S				60		/* timeout of one wait_for_changes() */
+/*
+ * The timeout of one wait_for_changes().  The serving backend holds a
+ * snapshot while it waits, which holds back the xmin horizon of VACUUM
+ * there by up to this long: keep it short; a wait answered costs one round
+ * trip.
+ */
+#define WAIT_S				10
+#define LOST_MS				((WAIT_S + 60) * 1000)	/* unanswered this long: lost */
 #define BACKOFF_MIN_MS		1000
 #define BACKOFF_MAX_MS		60000
 
@@ -344,8 +351,8 @@ watch_wait(List *watches, TimestampTz until)
 
 		if (w->remote.conn != NULL)
 		{
-			/* A wait unanswered for twice its time: the connection is lost. */
-			t = TimestampTzPlusMilliseconds(w->sent_at, 2 * WAIT_S * 1000);
+			/* A wait unanswered for too long: the connection is lost. */
+			t = TimestampTzPlusMilliseconds(w->sent_at, LOST_MS);
 			if (t <= now)
 			{
 				failed(w, "the peer did not answer the wait in time");

@@ -29,6 +29,16 @@ pass('with no setting, a change reaches the peer once the peer is added');
 $y->poll_query_until('postgres', "SELECT wakeups FROM replstamp.peers WHERE name = 'x'")
   or die 'no connection waits on x';
 pass('replstamp.peers shows the connection that waits for wake-ups');
+
+# A database with replstamp but no peer keeps no sync worker connected:
+# nothing stands in the way of DROP DATABASE.
+sq($y, 'CREATE DATABASE lonely');
+$y->safe_psql('lonely', 'CREATE EXTENSION replstamp');
+$y->poll_query_until('postgres',
+	"SELECT count(*) = 0 FROM pg_stat_activity WHERE datname = 'lonely'")
+  or die 'a sync worker stays in a database without peers';
+sq($y, 'DROP DATABASE lonely');
+pass('a database without peers has no resident sync worker, and can be dropped');
 $x->stop;
 $y->stop;
 
