@@ -4,8 +4,11 @@
  *		The replstamp launcher: one background worker per server, started
  *		once recovery has finished.  It first has the identity of every
  *		database checked (identity.c), then, while replstamp.sync_interval
- *		is above zero, keeps one sync worker per database running, which
- *		syncs with every peer every sync_interval seconds, and every
+ *		is above zero, keeps one sync worker per database with peers
+ *		running, which syncs with a peer as soon as a commit there wakes
+ *		it (watch.c), with the peers no connection waits on every
+ *		sync_interval seconds and with every peer every FULL_ROUND_EVERY
+ *		intervals (the fallback poll), and every
  *		replstamp.prune_interval starts a short maintenance worker per
  *		database (prune, backfill, the recorded LUS: maintenance.c); right
  *		after the identity checks, a backfill worker per database carries on
@@ -21,7 +24,7 @@
  * a restore.
  *
  * A sync worker connects to its database and exits at once when the
- * extension is not installed there; the launcher tries that database again
+ * extension is not installed there, or the database has no peer; the launcher tries that database again
  * after SYNC_RETRY_S, or at once when add_peer() commits there (workers.c:
  * the commit sets the launcher's latch; a running worker is woken through
  * its own).  A sync that fails is recorded in replstamp.peers
