@@ -215,3 +215,65 @@ BEGIN
     END LOOP;
 END
 $$;
+
+/*
+ * Wake-ups (src/wakeup.c, src/watch.c).  A puller's sync worker keeps one
+ * connection per peer waiting in wait_for_changes(), which returns as soon
+ * as a commit there wrote changes (stamped or applied): the puller syncs
+ * at once.  A wake-up only says "there is more"; the pull is still by
+ * vector.  EXECUTE on it goes with EXECUTE on serve(jsonb): this update
+ * grants it to every role that already pulls.
+ */
+CREATE FUNCTION replstamp.wait_for_changes(since bigint, timeout interval DEFAULT '60s')
+    RETURNS bigint LANGUAGE c VOLATILE PARALLEL RESTRICTED
+    AS 'MODULE_PATHNAME', 'replstamp_wait_for_changes';
+COMMENT ON FUNCTION replstamp.wait_for_changes(bigint, interval) IS
+    'for pullers: the commit counter of changes written here, as soon as it differs from since (NULL: at once), or at the timeout';
+REVOKE ALL ON FUNCTION replstamp.wait_for_changes(bigint, interval) FROM PUBLIC;
+
+DO $grant$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT DISTINCT a.grantee::pg_catalog.regrole AS role
+               FROM pg_catalog.pg_proc p,
+                    LATERAL pg_catalog.aclexplode(p.proacl) a
+              WHERE p.oid OPERATOR(pg_catalog.=) 'replstamp.serve(jsonb)'::pg_catalog.regprocedure
+                AND a.privilege_type OPERATOR(pg_catalog.=) 'EXECUTE'
+                AND a.grantee OPERATOR(pg_catalog.<>) 0
+                AND a.grantee OPERATOR(pg_catalog.<>) p.proowner
+    LOOP
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION replstamp.wait_for_changes(bigint, interval) TO %s',
+                                  r.role);
+    END LOOP;
+END
+$grant$;
+
+-- A peer whose waiting connection failed is tried again at next_retry_at
+-- (back-off doubling from 1 s up to a minute); NULL: connected, or not
+-- tried yet.  wakeups: whether a connection waits on the peer now.
+ALTER TABLE replstamp.peer
+    ADD COLUMN next_retry_at timestamptz,
+    ADD COLUMN wakeups boolean NOT NULL DEFAULT false;
+
+CREATE OR REPLACE VIEW replstamp.peers AS
+    SELECT name, added_at, last_sync_at, changes_pulled, last_error, last_error_at,
+           status, replica_id, last_error_sqlstate, last_error_change, clock_skew,
+           changes_skipped, conflicts, wakeups, next_retry_at
+      FROM replstamp.peer;
+
+/*
+ * Read-your-writes: the session's last committed stamp, and a wait on any
+ * node until it holds it.
+ */
+CREATE FUNCTION replstamp.last_stamp()
+    RETURNS text LANGUAGE c VOLATILE PARALLEL RESTRICTED
+    AS 'MODULE_PATHNAME', 'replstamp_last_stamp';
+COMMENT ON FUNCTION replstamp.last_stamp() IS
+    'replica_id/serial of the last change this session stamped in a committed transaction, or NULL';
+
+CREATE FUNCTION replstamp.wait_for(stamp text, timeout interval DEFAULT '10s')
+    RETURNS boolean LANGUAGE c VOLATILE PARALLEL RESTRICTED
+    AS 'MODULE_PATHNAME', 'replstamp_wait_for';
+COMMENT ON FUNCTION replstamp.wait_for(text, interval) IS
+    'true as soon as this node holds the change of the stamp (see last_stamp()), false at the timeout';

@@ -38,6 +38,7 @@
 #include "compat.h"
 #include "errors.h"
 #include "rowimage.h"
+#include "wakeup.h"
 
 /*
  * The indexes of replstamp.changes (plain column indexes, and partial ones
@@ -196,6 +197,7 @@ changelog_append(const ReplstampCatalog *cat, Change *change)
 										VARSIZE_ANY_EXHDR(change->relation),
 										change->pk));
 	values[Anum_changes_applied - 1] = BoolGetDatum(change->applied);
+	wakeup_change_written();
 
 	/*
 	 * Lock replstamp.changes and its indexes once per (sub)transaction, and

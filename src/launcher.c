@@ -4,8 +4,11 @@
  *		The replstamp launcher: one background worker per server, started
  *		once recovery has finished.  It first has the identity of every
  *		database checked (identity.c), then, while replstamp.sync_interval
- *		is above zero, keeps one sync worker per database running, which
- *		syncs with every peer every sync_interval seconds, and every
+ *		is above zero, keeps one sync worker per database with peers
+ *		running, which syncs with a peer as soon as a commit there wakes
+ *		it (watch.c), with the peers no connection waits on every
+ *		sync_interval seconds and with every peer every FULL_ROUND_EVERY
+ *		intervals (the fallback poll), and every
  *		replstamp.prune_interval starts a short maintenance worker per
  *		database (prune, backfill, the recorded LUS: maintenance.c); right
  *		after the identity checks, a backfill worker per database carries on
@@ -21,7 +24,7 @@
  * a restore.
  *
  * A sync worker connects to its database and exits at once when the
- * extension is not installed there; the launcher tries that database again
+ * extension is not installed there, or the database has no peer; the launcher tries that database again
  * after SYNC_RETRY_S, or at once when add_peer() commits there (workers.c:
  * the commit sets the launcher's latch; a running worker is woken through
  * its own).  A sync that fails is recorded in replstamp.peers
@@ -60,6 +63,7 @@
 #include "maintenance.h"
 #include "shmem.h"
 #include "sync.h"
+#include "watch.h"
 #include "workers.h"
 
 PGDLLEXPORT void replstamp_launcher_main(Datum arg);
@@ -69,9 +73,10 @@ PGDLLEXPORT void replstamp_maintenance_main(Datum arg);
 #define LAUNCHER_RESTART_S	10
 #define SYNC_RETRY_S		60
 #define LAUNCHER_NAP_MS		10000
+#define FULL_ROUND_EVERY	6		/* intervals between polls of watched peers */
 
 /* GUC */
-static int	sync_interval = 0;
+static int	sync_interval = 10;
 
 /* A database's sync (or maintenance) worker, as the launcher sees it. */
 typedef struct SyncSlot
@@ -91,10 +96,11 @@ launcher_init(void)
 	BackgroundWorker worker;
 
 	DefineCustomIntVariable("replstamp.sync_interval",
-							"Seconds between automatic syncs with every peer, in every database with replstamp.",
-							"Zero (the default) means no automatic sync: call replstamp.sync_all() yourself.",
+							"Seconds between syncs with every peer (the fallback poll), in every database with replstamp.",
+							"Between them, a commit on a peer wakes its pullers, which sync at once. "
+							"Zero means no automatic sync at all: call replstamp.sync_all() yourself.",
 							&sync_interval,
-							0, 0, INT_MAX / 1000,
+							10, 0, INT_MAX / 1000,
 							PGC_SIGHUP,
 							GUC_UNIT_S,
 							NULL, NULL, NULL);
@@ -400,11 +406,15 @@ replstamp_launcher_main(Datum arg)
 }
 
 /*
- * One round of the sync worker: every peer, each in transactions of its
- * own.  Returns false if the extension is not installed here.
+ * One round of the sync worker: every peer (but those watches has waiting
+ * connections on), each in transactions of its own.  Returns false if the
+ * extension is not installed here, or the database has no peer: the
+ * worker leaves, so that it holds no connection to a database that does
+ * not replicate (DROP DATABASE would wait for it); add_peer() has it
+ * started again.
  */
 static bool
-sync_round(void)
+sync_round(List *watches)
 {
 	bool		installed;
 	bool		v11;
@@ -422,10 +432,17 @@ sync_round(void)
 		return false;
 	if (!v11)
 		return true;			/* waiting for ALTER EXTENSION replstamp UPDATE */
+	if (!sync_has_peers())
+	{
+		ereport(DEBUG1,
+				(errmsg_internal("replstamp: no peers in database \"%s\", its sync worker exits",
+								 get_database_name(MyDatabaseId))));
+		return false;
+	}
 
 	PG_TRY();
 	{
-		(void) sync_all_peers();
+		(void) sync_peers_but(watches ? watch_is_up : NULL, watches);
 		worker_begin_xact();
 		maintenance_mark_lus();
 		worker_commit_xact();
@@ -444,54 +461,80 @@ sync_round(void)
 }
 
 /*
- * A database's sync worker: sync_all() every sync_interval seconds, until
- * sync_interval is set to zero or the extension is dropped.
+ * A database's sync worker: syncs with every peer at start, every
+ * sync_interval seconds (the fallback poll) and when a peer is added; in
+ * between, with a peer as soon as that peer says it committed changes
+ * (watch.c).  Leaves when sync_interval is set to zero or the extension is
+ * dropped.
  */
 void
 replstamp_sync_main(Datum arg)
 {
+	List	   *watches = NIL;
+	TimestampTz next_round = 0;
+	TimestampTz next_full = 0;
+	uint32		peers_added = 0;
+
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	replstamp_worker_connect(arg, NULL, 0);
 
 	for (;;)
 	{
-		TimestampTz start = GetCurrentTimestamp();
-
-		/* Read before the round: a peer added during it gets another. */
-		uint32		peers_added = worker_peers_added();
+		const char *peer;
 
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
 		{
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
+			next_round = 0;		/* the interval may have changed */
+			next_full = 0;
 		}
-		if (sync_interval <= 0 || !sync_round())
+		if (sync_interval <= 0)
 			proc_exit(0);
 
 		/*
-		 * Sleep what is left of the interval; a reload wakes us early, and
-		 * so does a peer added (the launcher sets our latch).
+		 * The fallback poll: each interval, the peers no connection waits
+		 * on; every peer at start, when a peer was added, and every
+		 * FULL_ROUND_EVERY intervals.
 		 */
-		for (;;)
+		if (next_round == 0 || GetCurrentTimestamp() >= next_round ||
+			worker_peers_added() != peers_added)
 		{
-			long		secs;
-			int			usecs;
+			bool		full = next_full == 0 || GetCurrentTimestamp() >= next_full ||
+				worker_peers_added() != peers_added;
 
-			CHECK_FOR_INTERRUPTS();
-			if (ConfigReloadPending || sync_interval <= 0 ||
-				worker_peers_added() != peers_added)
-				break;
-			TimestampDifference(GetCurrentTimestamp(),
-								TimestampTzPlusMilliseconds(start, (int64) sync_interval * 1000),
-								&secs, &usecs);
-			if (secs == 0 && usecs == 0)
-				break;
-			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-							 secs * 1000 + usecs / 1000 + 1, PG_WAIT_EXTENSION);
-			ResetLatch(MyLatch);
+			/* Read before the round: a peer added during it gets another. */
+			peers_added = worker_peers_added();
+			next_round = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													 (int64) sync_interval * 1000);
+			if (full)
+			{
+				next_full = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+														(int64) sync_interval * 1000 * FULL_ROUND_EVERY);
+				watch_clear_due(watches);
+			}
+			if (!sync_round(full ? NIL : watches))
+			{
+				watch_close_all(&watches);
+				proc_exit(0);
+			}
+			watch_refresh(&watches);
 		}
+
+		/* The peers that said they committed changes. */
+		while ((peer = watch_take_due(watches)) != NULL)
+		{
+			CHECK_FOR_INTERRUPTS();
+			(void) sync_one_peer_warn(peer);
+			pgstat_report_activity(STATE_IDLE, NULL);
+		}
+
+		watch_connect(watches);
+		if (ConfigReloadPending || worker_peers_added() != peers_added)
+			continue;
+		watch_wait(watches, next_round);
 	}
 }
 

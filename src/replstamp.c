@@ -29,6 +29,7 @@
 #include "shmem.h"
 #include "stamp.h"
 #include "sync.h"
+#include "wakeup.h"
 
 PG_MODULE_MAGIC;
 
@@ -66,6 +67,7 @@ _PG_init(void)
 	latest_init();
 	launcher_init();
 	fence_init();
+	wakeup_init();
 
 	MarkGUCPrefixReserved("replstamp");
 }

@@ -62,6 +62,9 @@ shmem_startup(void)
 		pg_atomic_init_u64(&s->clock_floor, 0);
 		pg_atomic_init_u64(&s->serials_taken, 0);
 		pg_atomic_init_u32(&s->peers_added, 0);
+		pg_atomic_init_u64(&s->changes_committed, 0);
+		pg_atomic_init_u32(&s->change_waiters, 0);
+		ConditionVariableInit(&s->changes_cv);
 		SpinLockInit(&s->mutex);
 		s->lock = &(GetNamedLWLockTranche("replstamp"))->lock;
 		for (int i = 0; i < MaxBackends; i++)

@@ -14,6 +14,8 @@
  *	  (backup_mark.c);
  *	- launcher_latch, nsync_wakeups, sync_wakeups[], sync_wakeup_all:
  *	  protected by mutex; peers_added: atomic, no lock (workers.c);
+ *	- changes_committed, change_waiters: atomics, no lock; changes_cv:
+ *	  its own spinlock (wakeup.c documents the order of reads and writes);
  *	- nv10_checked, v10_checked[]: protected by mutex (identity.c);
  *	- requests[]: protected by lock (requests.c);
  *	- fences[]: protected by lock (fence.c).
@@ -27,6 +29,7 @@
 #define REPLSTAMP_SHMEM_H
 
 #include "port/atomics.h"
+#include "storage/condition_variable.h"
 #include "storage/latch.h"
 #include "storage/lwlock.h"
 #include "storage/spin.h"
@@ -134,6 +137,15 @@ typedef struct ReplstampShared
 	Oid			sync_wakeups[SYNC_WAKEUPS];
 	bool		sync_wakeup_all;
 	pg_atomic_uint32 peers_added;
+
+	/*
+	 * The commit counter (wakeup.c): bumped by every commit that wrote to
+	 * a change log here; the backends waiting for it to move, and where
+	 * they sleep.
+	 */
+	pg_atomic_uint64 changes_committed;
+	pg_atomic_uint32 change_waiters;
+	ConditionVariable changes_cv;
 
 	/*
 	 * Databases still on the 1.0 catalog checked in this start: that

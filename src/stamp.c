@@ -57,6 +57,7 @@
 #include "serial.h"
 #include "shmem.h"
 #include "stamp.h"
+#include "wakeup.h"
 
 PG_FUNCTION_INFO_V1(replstamp_stamp);
 PG_FUNCTION_INFO_V1(replstamp_refuse_truncate);
@@ -210,6 +211,7 @@ replstamp_stamp(PG_FUNCTION_ARGS)
 	change.serial = serial_take(cat->serial_seq);
 	change.replica_id = node->replica_id;
 	changelog_append(cat, &change);
+	wakeup_stamped(&change.replica_id, change.serial);
 
 	return PointerGetDatum(NULL);
 }

@@ -1333,6 +1333,18 @@ sync_check_peer(const char *peer)
 int64
 sync_all_peers(void)
 {
+	return sync_peers_but(NULL, NULL);
+}
+
+static int64 sync_locked_warn(const char *peer);
+
+/*
+ * As sync_all_peers(), but for the peers for which but(peer, arg), if
+ * given, returns true.
+ */
+int64
+sync_peers_but(bool (*but) (const char *peer, void *arg), void *arg)
+{
 	List	   *names;
 	ListCell   *lc;
 	int64		total = 0;
@@ -1341,26 +1353,64 @@ sync_all_peers(void)
 	names = peer_names();
 	foreach(lc, names)
 	{
-		const char *peer = lfirst(lc);
-		MemoryContext cxt = CurrentMemoryContext;
-
-		PG_TRY();
-		{
-			total += sync_locked(peer);
-		}
-		PG_CATCH();
-		{
-			ErrorData  *e = worker_catch_error(cxt);
-
-			ereport(WARNING,
-					(errcode(e->sqlerrcode),
-					 errmsg("replstamp: sync from peer \"%s\" failed: %s", peer, e->message),
-					 e->hint ? errhint("%s", e->hint) : 0));
-			FreeErrorData(e);
-		}
-		PG_END_TRY();
+		if (but == NULL || !but(lfirst(lc), arg))
+			total += sync_locked_warn(lfirst(lc));
 	}
+	list_free_deep(names);
 	return total;
+}
+
+/*
+ * Has this database any peer?  For background workers, outside any
+ * transaction.
+ */
+bool
+sync_has_peers(void)
+{
+	List	   *names = peer_names();
+	bool		has = names != NIL;
+
+	list_free_deep(names);
+	return has;
+}
+
+/*
+ * One peer, under the database's sync lock, as sync_all_peers() syncs
+ * each: a failure is recorded and reported in a WARNING, not raised.
+ */
+static int64
+sync_locked_warn(const char *peer)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	int64		applied = 0;
+
+	PG_TRY();
+	{
+		applied = sync_locked(peer);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *e = worker_catch_error(cxt);
+
+		ereport(WARNING,
+				(errcode(e->sqlerrcode),
+				 errmsg("replstamp: sync from peer \"%s\" failed: %s", peer, e->message),
+				 e->hint ? errhint("%s", e->hint) : 0));
+		FreeErrorData(e);
+	}
+	PG_END_TRY();
+	return applied;
+}
+
+/*
+ * One peer, as sync_all_peers() syncs each, with the warnings of the
+ * database's problems first.  Returns the changes applied.
+ */
+int64
+sync_one_peer_warn(const char *peer)
+{
+	warn_problems();
+	return sync_locked_warn(peer);
 }
 
 /* ---------------------------------------------------------------------

@@ -51,6 +51,7 @@ my $schema = q{CREATE EXTENSION replstamp;
 $a->init(allows_streaming => 1);
 $a->append_conf('postgresql.conf', qq{
 shared_preload_libraries = 'replstamp'
+replstamp.sync_interval = 0
 archive_mode = on
 archive_command = 'pgbackrest --config=$conf --stanza=main archive-push %p'
 });

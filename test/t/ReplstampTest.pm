@@ -20,7 +20,8 @@ our @EXPORT = qw(replstamp_node add_peer add_mesh start_verified use_install set
 # default the binaries on the PATH), template => 1 to copy a data directory
 # initdb made once per script (and set of init options) instead of running
 # initdb again: much faster, and the nodes share a system identifier, as a
-# primary and its standbys do.
+# primary and its standbys do.  Unless defaults => 1, the node runs with
+# replstamp.sync_interval = 0 (syncs only by hand) unless conf says otherwise.
 my %templates;
 
 # The schema most tests start from: the extension, and a table t tracked.
@@ -52,8 +53,12 @@ sub replstamp_node
 	{
 		$node->init(%init);
 	}
+	# Most tests sync by hand and count what each sync applied: no
+	# background sync unless the test asks for one (defaults => 1 keeps
+	# replstamp's own defaults).
+	my @manual = $opts{defaults} ? () : ('replstamp.sync_interval = 0');
 	$node->append_conf('postgresql.conf',
-		join("\n", "shared_preload_libraries = 'replstamp'", @{ $opts{conf} // [] }) . "\n");
+		join("\n", "shared_preload_libraries = 'replstamp'", @manual, @{ $opts{conf} // [] }) . "\n");
 	$node->start;
 	$node->safe_psql('postgres', $opts{sql}) if defined $opts{sql};
 	return $node;

@@ -1,0 +1,462 @@
+/*-------------------------------------------------------------------------
+ *
+ * watch.c
+ *		The sync worker's watch on its peers.  Beside its syncs, the sync
+ *		worker of a database (launcher.c) keeps one connection per peer
+ *		that waits in replstamp.wait_for_changes() there: the call returns
+ *		when a commit on the peer wrote changes (stamped there, or applied
+ *		from another node: relays wake their own pullers), and the worker
+ *		then syncs from that peer at once and sends the wait again.
+ *
+ * Pull by vector stays the model: the answer is only a number, the peer's
+ * commit counter (wakeup.c); a number other than the one sent means "there
+ * is more".  The counter is read on the peer before the sync that follows
+ * begins, so a commit during that sync moves it past what the next wait
+ * sends, and that wait returns at once.  A wake-up lost with a connection
+ * costs latency, never a change: a new connection asks for the counter
+ * (since NULL) and syncs, and the fallback poll (replstamp.sync_interval)
+ * syncs every peer anyway.
+ *
+ * A connection that fails is tried again after a back-off that doubles
+ * from BACKOFF_MIN_MS up to BACKOFF_MAX_MS; replstamp.peers shows whether
+ * a peer's connection waits (wakeups) and when the next try is due
+ * (next_retry_at).  A wait that has not answered a minute past its
+ * timeout is taken for a lost connection.
+ *
+ * Everything here runs in the sync worker only, outside any transaction;
+ * the list of watches lives in TopMemoryContext.
+ *
+ * Copyright (c) 2026, the replstamp authors
+ * Distributed under the PostgreSQL License: see LICENSE.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "libpq-fe.h"
+#include "miscadmin.h"
+#include "storage/latch.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+#include "utils/wait_event.h"
+
+#include "catalog.h"
+#include "errors.h"
+#include "remote.h"
+#include "watch.h"
+#include "workers.h"
+
+/*
+ * The timeout of one wait_for_changes().  The serving backend holds a
+ * snapshot while it waits, which holds back the xmin horizon of VACUUM
+ * there by up to this long: keep it short; a wait answered costs one round
+ * trip.
+ */
+#define WAIT_S				10
+#define LOST_MS				((WAIT_S + 60) * 1000)	/* unanswered this long: lost */
+#define BACKOFF_MIN_MS		1000
+#define BACKOFF_MAX_MS		60000
+
+/* One peer watched. */
+typedef struct Watch
+{
+	char	   *name;
+	char	   *conninfo;
+	Remote		remote;			/* remote.conn NULL: not connected */
+	bool		known;			/* since holds the peer's counter */
+	int64		since;
+	TimestampTz sent_at;		/* when the running wait was sent */
+	bool		due;			/* sync from this peer now */
+	int			backoff_ms;		/* 0: the last try succeeded */
+	TimestampTz next_retry;		/* 0: connect now */
+	bool		shown_up;		/* replstamp.peer says wakeups = true */
+	bool		seen;			/* still in replstamp.peer */
+} Watch;
+
+/* The catalog has replstamp.peer.wakeups and next_retry_at (1.2). */
+static bool has_columns = false;
+
+/* Record what replstamp.peers shows of the watch: its own transaction. */
+static void
+record(Watch *w)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+
+	if (!has_columns)
+		return;
+	PG_TRY();
+	{
+		ReplstampOwnerContext ctx;
+		Oid			types[3] = {TEXTOID, BOOLOID, TIMESTAMPTZOID};
+		Datum		values[3];
+		char		nulls[3] = {' ', ' ', ' '};
+
+		values[0] = CStringGetTextDatum(w->name);
+		values[1] = BoolGetDatum(w->remote.conn != NULL);
+		values[2] = TimestampTzGetDatum(w->next_retry);
+		if (w->remote.conn != NULL || w->next_retry == 0)
+			nulls[2] = 'n';
+		worker_begin_xact();
+		replstamp_become_owner(&ctx);
+		SPI_connect();
+		replstamp_spi_exec("UPDATE replstamp.peer SET wakeups = $2, next_retry_at = $3 "
+						   "WHERE name OPERATOR(pg_catalog.=) $1",
+						   3, types, values, nulls, SPI_OK_UPDATE);
+		SPI_finish();
+		replstamp_restore_user(&ctx);
+		worker_commit_xact();
+		w->shown_up = w->remote.conn != NULL;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *e = worker_catch_error(cxt);
+
+		ereport(LOG,
+				(errmsg("replstamp: could not record the wake-ups of peer \"%s\": %s",
+						w->name, e->message)));
+		FreeErrorData(e);
+	}
+	PG_END_TRY();
+}
+
+static void
+disconnect(Watch *w)
+{
+	remote_disconnect(&w->remote);
+	w->known = false;
+}
+
+/* The connection failed: try again after the back-off. */
+static void
+failed(Watch *w, const char *why)
+{
+	disconnect(w);
+	w->backoff_ms = w->backoff_ms == 0 ? BACKOFF_MIN_MS :
+		Min(w->backoff_ms * 2, BACKOFF_MAX_MS);
+	w->next_retry = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), w->backoff_ms);
+	ereport(w->backoff_ms == BACKOFF_MIN_MS ? LOG : DEBUG1,
+			(errmsg("replstamp: wake-ups from peer \"%s\" stopped, next try in %d ms",
+					w->name, w->backoff_ms),
+			 errdetail_internal("%s", why)));
+	record(w);
+}
+
+/* Send the wait; since unknown: ask for the counter at once. */
+static bool
+send_wait(Watch *w)
+{
+	char		since[32];
+	const char *params[2];
+
+	snprintf(since, sizeof(since), INT64_FORMAT, w->since);
+	params[0] = w->known ? since : NULL;
+	params[1] = CppAsString2(WAIT_S) " s";
+	if (!PQsendQueryParams(w->remote.conn,
+						   "SELECT replstamp.wait_for_changes($1::pg_catalog.int8, $2::pg_catalog.interval)",
+						   2, NULL, params, NULL, NULL, 0))
+	{
+		failed(w, pchomp(PQerrorMessage(w->remote.conn)));
+		return false;
+	}
+	w->sent_at = GetCurrentTimestamp();
+	return true;
+}
+
+/*
+ * The peers of replstamp.peer, in the watch list: new ones added (to
+ * connect now), dropped ones closed, changed connection strings
+ * reconnected.  Runs its own transaction.
+ */
+void
+watch_refresh(List **watches)
+{
+	ReplstampOwnerContext ctx;
+	ListCell   *lc;
+	MemoryContext old;
+
+	foreach(lc, *watches)
+		((Watch *) lfirst(lc))->seen = false;
+
+	worker_begin_xact();
+	replstamp_become_owner(&ctx);
+	SPI_connect();
+	replstamp_spi_exec("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute "
+					   "WHERE attrelid OPERATOR(pg_catalog.=) 'replstamp.peer'::pg_catalog.regclass "
+					   "AND attname OPERATOR(pg_catalog.=) 'next_retry_at' AND NOT attisdropped)",
+					   0, NULL, NULL, NULL, SPI_OK_SELECT);
+	has_columns = strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), "t") == 0;
+	replstamp_spi_exec("SELECT name, conninfo FROM replstamp.peer ORDER BY name",
+					   0, NULL, NULL, NULL, SPI_OK_SELECT);
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		char	   *name = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+		char	   *conninfo = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
+		Watch	   *w = NULL;
+
+		foreach(lc, *watches)
+		{
+			if (strcmp(((Watch *) lfirst(lc))->name, name) == 0)
+				w = lfirst(lc);
+		}
+		if (w == NULL)
+		{
+			w = palloc0(sizeof(Watch));
+			w->name = pstrdup(name);
+			w->conninfo = pstrdup(conninfo);
+			*watches = lappend(*watches, w);
+		}
+		else if (strcmp(w->conninfo, conninfo) != 0)
+		{
+			disconnect(w);
+			pfree(w->conninfo);
+			w->conninfo = pstrdup(conninfo);
+			w->backoff_ms = 0;
+			w->next_retry = 0;
+		}
+		w->seen = true;
+	}
+	MemoryContextSwitchTo(old);
+	SPI_finish();
+	replstamp_restore_user(&ctx);
+	worker_commit_xact();
+
+	foreach(lc, *watches)
+	{
+		Watch	   *w = lfirst(lc);
+
+		if (!w->seen)
+		{
+			disconnect(w);
+			pfree(w->name);
+			pfree(w->conninfo);
+			pfree(w);
+			*watches = foreach_delete_current(*watches, lc);
+		}
+	}
+}
+
+/* Connect to every peer not connected whose next try is due. */
+void
+watch_connect(List *watches)
+{
+	ListCell   *lc;
+	TimestampTz now = GetCurrentTimestamp();
+
+	foreach(lc, watches)
+	{
+		Watch	   *w = lfirst(lc);
+		MemoryContext cxt = CurrentMemoryContext;
+		bool		ok = false;
+
+		if (w->remote.conn != NULL || w->next_retry > now)
+			continue;
+		PG_TRY();
+		{
+			remote_connect(&w->remote, w->name, w->conninfo);
+			/* The serving side's settings must not cut the wait short. */
+			PQclear(remote_exec(&w->remote,
+								"SELECT pg_catalog.set_config('statement_timeout', '0', false), "
+								"pg_catalog.set_config('idle_in_transaction_session_timeout', '0', false)",
+								0, NULL, PGRES_TUPLES_OK));
+			ok = true;
+		}
+		PG_CATCH();
+		{
+			ErrorData  *e = worker_catch_error(cxt);
+
+			failed(w, e->detail ? e->detail : e->message);
+			FreeErrorData(e);
+		}
+		PG_END_TRY();
+		if (!ok)
+			continue;
+		w->known = false;
+		if (!send_wait(w))
+			continue;
+		w->backoff_ms = 0;
+		w->next_retry = 0;
+		if (!w->shown_up)
+			record(w);
+	}
+}
+
+/* The answer of a wait arrived (or part of it): read it, send the next. */
+static void
+receive(Watch *w)
+{
+	PGresult   *res;
+
+	if (!PQconsumeInput(w->remote.conn))
+	{
+		failed(w, pchomp(PQerrorMessage(w->remote.conn)));
+		return;
+	}
+	while (!PQisBusy(w->remote.conn))
+	{
+		res = PQgetResult(w->remote.conn);
+		if (res == NULL)
+		{
+			/* The wait is over: the next one. */
+			(void) send_wait(w);
+			return;
+		}
+		if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1 ||
+			PQgetisnull(res, 0, 0))
+		{
+			char	   *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+			char	   *why = pstrdup(msg ? msg : "unexpected answer to wait_for_changes()");
+
+			PQclear(res);
+			failed(w, why);
+			return;
+		}
+		else
+		{
+			int64		value = pg_strtoint64(PQgetvalue(res, 0, 0));
+
+			if (!w->known || value != w->since)
+				w->due = true;
+			w->since = value;
+			w->known = true;
+			PQclear(res);
+		}
+	}
+}
+
+/*
+ * Sleep until the latch is set, a peer answers, a retry or a wait times
+ * out, or until (0: no bound); the peers that answered are marked due.
+ */
+void
+watch_wait(List *watches, TimestampTz until)
+{
+	WaitEventSet *set;
+	WaitEvent  *events;
+	ListCell   *lc;
+	int			n = 2;
+	int			nready;
+	long		timeout = -1;
+	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz wake = until;
+
+	foreach(lc, watches)
+	{
+		Watch	   *w = lfirst(lc);
+		TimestampTz t;
+
+		if (w->remote.conn != NULL)
+		{
+			/* A wait unanswered for too long: the connection is lost. */
+			t = TimestampTzPlusMilliseconds(w->sent_at, LOST_MS);
+			if (t <= now)
+			{
+				failed(w, "the peer did not answer the wait in time");
+				t = w->next_retry;
+			}
+			else
+				n++;
+		}
+		else
+			t = w->next_retry;
+		if (wake == 0 || t < wake)
+			wake = t;
+	}
+	if (wake != 0)
+		timeout = Max(TimestampDifferenceMilliseconds(now, wake), 0);
+
+	set = CreateWaitEventSet(CurrentMemoryContext, n);
+	(void) AddWaitEventToSet(set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
+	(void) AddWaitEventToSet(set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
+	foreach(lc, watches)
+	{
+		Watch	   *w = lfirst(lc);
+
+		if (w->remote.conn != NULL)
+			(void) AddWaitEventToSet(set, WL_SOCKET_READABLE, PQsocket(w->remote.conn),
+									 NULL, w);
+	}
+	events = palloc(sizeof(WaitEvent) * n);
+	nready = WaitEventSetWait(set, timeout, events, n, PG_WAIT_EXTENSION);
+	FreeWaitEventSet(set);
+	for (int i = 0; i < nready; i++)
+	{
+		if (events[i].events & WL_LATCH_SET)
+			ResetLatch(MyLatch);
+		else if ((events[i].events & WL_SOCKET_READABLE) && events[i].user_data != NULL)
+		{
+			Watch	   *w = events[i].user_data;
+
+			if (w->remote.conn != NULL)
+				receive(w);
+		}
+	}
+	pfree(events);
+}
+
+/* A peer to sync from now, its mark taken; NULL when none is due. */
+const char *
+watch_take_due(List *watches)
+{
+	ListCell   *lc;
+
+	foreach(lc, watches)
+	{
+		Watch	   *w = lfirst(lc);
+
+		if (w->due)
+		{
+			w->due = false;
+			return w->name;
+		}
+	}
+	return NULL;
+}
+
+/* A sync of every peer is starting: what was due is covered by it. */
+void
+watch_clear_due(List *watches)
+{
+	ListCell   *lc;
+
+	foreach(lc, watches)
+		((Watch *) lfirst(lc))->due = false;
+}
+
+/* Close every connection and forget the peers. */
+void
+watch_close_all(List **watches)
+{
+	ListCell   *lc;
+
+	foreach(lc, *watches)
+	{
+		Watch	   *w = lfirst(lc);
+
+		disconnect(w);
+	}
+	*watches = NIL;
+}
+
+/*
+ * Does a connection wait on the peer (watches: the List of watches)?  For
+ * sync_peers_but(): the fallback poll leaves such a peer to its wake-ups.
+ */
+bool
+watch_is_up(const char *peer, void *watches)
+{
+	ListCell   *lc;
+
+	foreach(lc, (List *) watches)
+	{
+		Watch	   *w = lfirst(lc);
+
+		if (strcmp(w->name, peer) == 0)
+			return w->remote.conn != NULL && w->known;
+	}
+	return false;
+}
