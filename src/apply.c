@@ -669,35 +669,36 @@ list_has_name(List *names, const char *name)
 }
 
 /*
- * Fill the columns in new_cols of t's rows from the change that last
- * carried them while this node lacked them (row_version's carry), kept in
- * the change log.  Only those columns are written: the rest of each row is
- * as the later versions left it.
+ * The keys of t's rows whose version is partial (it carries values of
+ * columns this node lacked), in the caller's memory; with names, only those
+ * that carry one of them.  Sets *n.
  */
-static void
-fill_columns(ApplySession *s, ApplyTable *t, List *new_cols, List *all_cols)
+static Jsonb **
+partial_row_keys(ApplyTable *t, List *names, int *n)
 {
 	ReplstampOwnerContext octx;
-	ReplstampOwnerContext uctx;
-	Oid			types[1] = {TEXTOID};
-	Datum		args[1] = {CStringGetTextDatum(t->relation)};
-	int			n;
+	Oid			types[2] = {TEXTOID, TEXTARRAYOID};
+	Datum		args[2];
 	Jsonb	  **keys;
-	int64		filled = 0;
-	TupleDesc	desc;
-	text	   *relation = cstring_to_text(t->relation);
 	MemoryContext caller = CurrentMemoryContext;
 
+	args[0] = CStringGetTextDatum(t->relation);
+	if (names)
+		args[1] = replstamp_names_array(names);
 	replstamp_become_owner(&octx);
 	SPI_connect();
-	if (SPI_execute_with_args("SELECT pk FROM replstamp.row_version "
+	if (SPI_execute_with_args(names ?
+							  "SELECT pk FROM replstamp.row_version "
+							  "WHERE relation OPERATOR(pg_catalog.=) $1 AND partial AND NOT deleted "
+							  "AND carry_columns OPERATOR(pg_catalog.&&) $2" :
+							  "SELECT pk FROM replstamp.row_version "
 							  "WHERE relation OPERATOR(pg_catalog.=) $1 AND partial AND NOT deleted",
-							  1, types, args, NULL, false, 0) != SPI_OK_SELECT)
+							  names ? 2 : 1, types, args, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "replstamp: could not read replstamp.row_version");
-	n = SPI_processed;
+	*n = SPI_processed;
 	/* Outlives SPI_finish(). */
-	keys = MemoryContextAlloc(caller, sizeof(Jsonb *) * Max(n, 1));
-	for (int i = 0; i < n; i++)
+	keys = MemoryContextAlloc(caller, sizeof(Jsonb *) * Max(*n, 1));
+	for (int i = 0; i < *n; i++)
 	{
 		bool		isnull;
 		Datum		d = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
@@ -708,6 +709,25 @@ fill_columns(ApplySession *s, ApplyTable *t, List *new_cols, List *all_cols)
 	}
 	SPI_finish();
 	replstamp_restore_user(&octx);
+	return keys;
+}
+
+/*
+ * Fill the columns in new_cols of t's rows from the change that last
+ * carried them while this node lacked them (row_version's carry), kept in
+ * the change log.  Only those columns are written: the rest of each row is
+ * as the later versions left it.
+ */
+static void
+fill_columns(ApplySession *s, ApplyTable *t, List *new_cols, List *all_cols)
+{
+	ReplstampOwnerContext uctx;
+	int			n;
+	Jsonb	  **keys = partial_row_keys(t, NIL, &n);
+	int64		filled = 0;
+	TupleDesc	desc;
+	text	   *relation = cstring_to_text(t->relation);
+
 
 	table_open_page(s, t);
 	desc = RelationGetDescr(t->rel);
@@ -805,35 +825,9 @@ fill_columns(ApplySession *s, ApplyTable *t, List *new_cols, List *all_cols)
 static void
 drop_from_carries(ApplySession *s, ApplyTable *t, List *names)
 {
-	ReplstampOwnerContext octx;
-	Oid			types[2] = {TEXTOID, TEXTARRAYOID};
-	Datum		args[2] = {CStringGetTextDatum(t->relation), replstamp_names_array(names)};
 	int			n;
-	Jsonb	  **keys;
+	Jsonb	  **keys = partial_row_keys(t, names, &n);
 	text	   *relation = cstring_to_text(t->relation);
-	MemoryContext caller = CurrentMemoryContext;
-
-	replstamp_become_owner(&octx);
-	SPI_connect();
-	if (SPI_execute_with_args("SELECT pk FROM replstamp.row_version "
-							  "WHERE relation OPERATOR(pg_catalog.=) $1 AND partial AND NOT deleted "
-							  "AND carry_columns OPERATOR(pg_catalog.&&) $2",
-							  2, types, args, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "replstamp: could not read replstamp.row_version");
-	n = SPI_processed;
-	/* Outlives SPI_finish(). */
-	keys = MemoryContextAlloc(caller, sizeof(Jsonb *) * Max(n, 1));
-	for (int i = 0; i < n; i++)
-	{
-		bool		isnull;
-		Datum		d = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
-		MemoryContext spi = MemoryContextSwitchTo(caller);
-
-		keys[i] = DatumGetJsonbPCopy(d);
-		MemoryContextSwitchTo(spi);
-	}
-	SPI_finish();
-	replstamp_restore_user(&octx);
 
 	for (int i = 0; i < n; i++)
 	{
