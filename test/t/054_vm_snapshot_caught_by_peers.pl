@@ -23,32 +23,6 @@ my $schema = q{CREATE EXTENSION replstamp;
 	CREATE TABLE t (id int PRIMARY KEY, note text);
 	SELECT replstamp.track('t');};
 
-# Freeze every process of a running server (SIGSTOP), copy its data
-# directory, let it go on: what a snapshot of a running VM holds.
-sub snapshot_running
-{
-	my ($node, $to) = @_;
-	open(my $fh, '<', $node->data_dir . '/postmaster.pid') or die "no postmaster.pid: $!";
-	my $pid = <$fh>;
-	close $fh;
-	chomp $pid;
-	kill 'STOP', $pid;
-	my @children;
-	for my $stat (glob '/proc/[0-9]*/stat')
-	{
-		open(my $s, '<', $stat) or next;
-		my $line = <$s>;
-		close $s;
-		next unless defined $line && $line =~ /^(\d+) \(.*\) \S (\d+) /;
-		push @children, $1 if $2 == $pid;
-	}
-	kill 'STOP', @children;
-	my $ok = system('cp', '-a', $node->data_dir, $to) == 0;
-	kill 'CONT', @children, $pid;
-	die 'cp failed' unless $ok;
-	unlink "$to/postmaster.pid";
-	return;
-}
 
 sub snapshot_scenario
 {

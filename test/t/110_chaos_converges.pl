@@ -293,33 +293,6 @@ sub put_back
 	return;
 }
 
-# Freeze every process of a running server (SIGSTOP), copy its data
-# directory, let it go on: what a snapshot of a running VM holds (054).
-sub snapshot_running
-{
-	my ($cl, $to) = @_;
-	open(my $fh, '<', $cl->data_dir . '/postmaster.pid') or die "no postmaster.pid: $!";
-	my $pid = <$fh>;
-	close $fh;
-	chomp $pid;
-	kill 'STOP', $pid;
-	my @children;
-	for my $stat (glob '/proc/[0-9]*/stat')
-	{
-		open(my $s, '<', $stat) or next;
-		my $line = <$s>;
-		close $s;
-		next unless defined $line && $line =~ /^(\d+) \(.*\) \S (\d+) /;
-		push @children, $1 if $2 == $pid;
-	}
-	kill 'STOP', @children;
-	my $ok = system('cp', '-a', $cl->data_dir, $to) == 0;
-	kill 'CONT', @children, $pid;
-	die 'cp failed' unless $ok;
-	unlink "$to/postmaster.pid";
-	return;
-}
-
 my %backup;    # slot => backup directory not restored yet
 my $faults = 0;
 

@@ -11,7 +11,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(usleep);
 
-our @EXPORT = qw(replstamp_node add_peer add_mesh start_verified use_install set_guc node_state wait_converged $TRACK_T psql_start);
+our @EXPORT = qw(replstamp_node add_peer add_mesh snapshot_running start_verified use_install set_guc node_state wait_converged $TRACK_T psql_start);
 
 # A started node with replstamp preloaded.  Options: init => { ... } for
 # PostgreSQL::Test::Cluster::init, conf => [ lines ] for postgresql.conf,
@@ -81,6 +81,33 @@ sub add_mesh
 	{
 		add_peer($x, $_->name, $_) for grep { $_ != $x } @nodes;
 	}
+	return;
+}
+
+# Freeze every process of a running server (SIGSTOP), copy its data
+# directory, let it go on: what a snapshot of a running VM holds.
+sub snapshot_running
+{
+	my ($node, $to) = @_;
+	open(my $fh, '<', $node->data_dir . '/postmaster.pid') or die "no postmaster.pid: $!";
+	my $pid = <$fh>;
+	close $fh;
+	chomp $pid;
+	kill 'STOP', $pid;
+	my @children;
+	for my $stat (glob '/proc/[0-9]*/stat')
+	{
+		open(my $s, '<', $stat) or next;
+		my $line = <$s>;
+		close $s;
+		next unless defined $line && $line =~ /^(\d+) \(.*\) \S (\d+) /;
+		push @children, $1 if $2 == $pid;
+	}
+	kill 'STOP', @children;
+	my $ok = system('cp', '-a', $node->data_dir, $to) == 0;
+	kill 'CONT', @children, $pid;
+	die 'cp failed' unless $ok;
+	unlink "$to/postmaster.pid";
 	return;
 }
 
