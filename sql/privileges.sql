@@ -118,7 +118,9 @@ SELECT p.oid::regprocedure AS public_may_execute
        'replstamp.lowest_uncommitted_serial()',
        'replstamp.next_serial()',
        'replstamp.lus_holder()',
-       'replstamp.row_hash(text,jsonb)')
+       'replstamp.row_hash(text,jsonb)',
+       'replstamp.last_stamp()',                  -- read-your-writes, for every client
+       'replstamp.wait_for(text,interval)')
  ORDER BY 1;
 -- Tables, sequences and views: PUBLIC may read, never write.
 SELECT c.oid::regclass AS public_may_write
