@@ -443,8 +443,12 @@ report(Assignment *a, int64 result, ErrorData *e, const char *warnings)
 		{
 			req->sqlerrcode = e->sqlerrcode ? e->sqlerrcode : ERRCODE_INTERNAL_ERROR;
 			strlcpy(req->message, e->message ? e->message : "unknown error", SYNC_MESSAGE_LEN);
-			/* The detail may quote the row: it stays in this worker's log line. */
-			strlcpy(req->detail, e->detail && !sync_error_quotes_values(e) ?
+			/*
+			 * Only replstamp's own details (errors.c): PostgreSQL's may quote
+			 * the row ("Failing row contains ..."), and stay in this worker's
+			 * log line.
+			 */
+			strlcpy(req->detail, e->detail && errors_raised_here(e) ?
 					e->detail : "", SYNC_MESSAGE_LEN);
 			strlcpy(req->hint, e->hint ? e->hint : "", SYNC_MESSAGE_LEN);
 			strlcpy(req->context, e->context ? e->context : "", SYNC_MESSAGE_LEN);

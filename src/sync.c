@@ -1056,22 +1056,6 @@ record_success(SyncRun *r)
 }
 
 /*
- * May the detail of an error raised by a sync quote a value of a row (the
- * message of a data exception may too: see record_failure())?  The errors of input functions and constraints do ("invalid input
- * syntax for type ...: \"4111-...\"", "Failing row contains (...)"); they
- * carry a subclass of data exception or an integrity constraint violation.
- * replstamp's own refusals of what a peer sent name stamps, tables and
- * columns, never values, and carry the bare class 22000.
- */
-bool
-sync_error_quotes_values(const ErrorData *e)
-{
-	return (ERRCODE_TO_CATEGORY(e->sqlerrcode) == ERRCODE_DATA_EXCEPTION &&
-			e->sqlerrcode != ERRCODE_DATA_EXCEPTION) ||
-		ERRCODE_TO_CATEGORY(e->sqlerrcode) == ERRCODE_INTEGRITY_CONSTRAINT_VIOLATION;
-}
-
-/*
  * The error of a failed sync, in replstamp.peer, which every role can
  * read: no row values in it (errors.c).  The change that failed, if it
  * failed applying one, goes in last_error_change, what replstamp.skip()

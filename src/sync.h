@@ -21,6 +21,5 @@ extern int64 sync_all_peers(void);
 extern int64 sync_one_peer_warn(const char *peer);
 extern bool sync_has_peers(void);
 extern int64 sync_peers_but(bool (*but) (const char *peer, void *arg), void *arg);
-extern bool sync_error_quotes_values(const ErrorData *e);
 
 #endif							/* REPLSTAMP_SYNC_H */
