@@ -277,3 +277,22 @@ CREATE FUNCTION replstamp.wait_for(stamp text, timeout interval DEFAULT '10s')
     AS 'MODULE_PATHNAME', 'replstamp_wait_for';
 COMMENT ON FUNCTION replstamp.wait_for(text, interval) IS
     'true as soon as this node holds the change of the stamp (see last_stamp()), false at the timeout';
+
+/*
+ * Whole transactions.  Every change recorded here, stamped here or pulled,
+ * carries the local transaction that recorded it (xact: its full
+ * transaction ID) and its place in this node's log (usn: the serial it
+ * was stamped with, or for a pulled change a number from the same
+ * sequence, taken when it was applied).  A server sends the changes a
+ * puller lacks grouped by xact, the groups in the order of their last usn:
+ * whole transactions, in an order no transaction precedes one it had
+ * already seen.  Changes recorded before this update have neither: each
+ * is its own group, sent first.
+ */
+ALTER TABLE replstamp.changes
+    ADD COLUMN usn bigint,
+    ADD COLUMN xact bigint;
+COMMENT ON COLUMN replstamp.changes.usn IS
+    'place in this node''s log: the serial it was stamped with here, or taken when it was applied here';
+COMMENT ON COLUMN replstamp.changes.xact IS
+    'the local transaction that recorded it (full transaction ID): a peer applies its changes together';

@@ -149,6 +149,12 @@ replstamp_catalog(bool missing_ok)
 		OidIsValid(catalog.conflict_log_loser);
 
 	check_attnum(catalog.changes, Anum_changes_applied, "applied");
+	catalog.v12 = catalog.v11 && get_attname(catalog.changes, Anum_changes_xact, true) != NULL;
+	if (catalog.v12)
+	{
+		check_attnum(catalog.changes, Anum_changes_usn, "usn");
+		check_attnum(catalog.changes, Anum_changes_xact, "xact");
+	}
 	check_attnum(catalog.node, Anum_node_restore_fingerprint, "restore_fingerprint");
 	if (catalog.v11)
 	{
@@ -177,6 +183,24 @@ replstamp_catalog_v11(const char *what)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("%s needs replstamp 1.1, but this database still has the catalog of replstamp 1.0", what),
+				 errhint("Run ALTER EXTENSION replstamp UPDATE in this database.")));
+	return cat;
+}
+
+/*
+ * The catalog, for a feature that needs the 1.2 catalog (replication: whole
+ * transactions need the transaction of every change).
+ */
+const ReplstampCatalog *
+replstamp_catalog_v12(const char *what)
+{
+	const ReplstampCatalog *cat = replstamp_catalog_v11(what);
+
+	if (!cat->v12)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("%s needs replstamp 1.2, but this database still has the catalog of replstamp 1.1", what),
+				 errdetail("The 1.1 catalog does not record which transaction made each change, and replication applies remote transactions whole."),
 				 errhint("Run ALTER EXTENSION replstamp UPDATE in this database.")));
 	return cat;
 }

@@ -47,7 +47,10 @@
 #define Anum_changes_changed_at		7
 #define Anum_changes_row_hash		8
 #define Anum_changes_applied		9
-#define Natts_changes				9
+/* from 1.2 on */
+#define Anum_changes_usn			10
+#define Anum_changes_xact			11
+#define Natts_changes				11
 
 /* replstamp.row_version (1.1) */
 #define Anum_row_version_row_hash	1
@@ -106,6 +109,14 @@ typedef struct ReplstampCatalog
 	Oid			conflict_log;	/* replstamp.conflict_log */
 	Oid			conflict_log_pkey;	/* its primary key (id) */
 	Oid			conflict_log_loser; /* its index on (loser_replica_id, loser_serial) */
+
+	/*
+	 * From 1.2 on: replstamp.changes records each change's local
+	 * transaction and place in the log (usn, xact), which a sync needs to
+	 * send and apply whole transactions.  Before ALTER EXTENSION UPDATE,
+	 * stamping goes on without them and syncs refuse.
+	 */
+	bool		v12;
 } ReplstampCatalog;
 
 /*
@@ -138,6 +149,7 @@ typedef struct ReplstampOwnerContext
 extern void catalog_init(void);
 extern const ReplstampCatalog *replstamp_catalog(bool missing_ok);
 extern const ReplstampCatalog *replstamp_catalog_v11(const char *what);
+extern const ReplstampCatalog *replstamp_catalog_v12(const char *what);
 extern const ReplstampNode *replstamp_node(void);
 extern void replstamp_node_forget(void);
 extern bool replstamp_fingerprint_is_this_database(const char *fp);

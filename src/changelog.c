@@ -24,6 +24,7 @@
 #include "access/table.h"
 #include "access/xact.h"
 #include "catalog/index.h"
+#include "commands/sequence.h"
 #include "miscadmin.h"
 #include "parser/parse_relation.h"
 #include "storage/proc.h"
@@ -197,6 +198,24 @@ changelog_append(const ReplstampCatalog *cat, Change *change)
 										VARSIZE_ANY_EXHDR(change->relation),
 										change->pk));
 	values[Anum_changes_applied - 1] = BoolGetDatum(change->applied);
+
+	/*
+	 * Its place in this node's log (usn) and the transaction recording it.
+	 * A change stamped here is placed by its serial; a pulled one by a
+	 * number from the same sequence, taken now, outside the lowest
+	 * uncommitted serial's bookkeeping (it is no stamp of this node's: the
+	 * vector of this node's ID may pass it while the apply is in flight).
+	 * Either way a transaction that read another's committed change has
+	 * all its own changes placed after that one's.
+	 */
+	if (cat->v12)
+	{
+		values[Anum_changes_usn - 1] = change->applied ?
+			Int64GetDatum(nextval_internal(cat->serial_seq, false)) :
+			Int64GetDatum(change->serial);
+		values[Anum_changes_xact - 1] =
+			Int64GetDatum((int64) U64FromFullTransactionId(GetTopFullTransactionId()));
+	}
 	wakeup_change_written();
 
 	/*

@@ -95,7 +95,7 @@ spi_int64(int row, int col)
 void
 proto_local(Handshake *h, bool unused)
 {
-	const ReplstampCatalog *cat = replstamp_catalog_v11("replication");
+	const ReplstampCatalog *cat = replstamp_catalog_v12("replication");
 	const ReplstampNode *node = replstamp_node();
 	const char *cluster = GetConfigOption("cluster_name", true, false);
 	int			nepochs;
@@ -104,7 +104,7 @@ proto_local(Handshake *h, bool unused)
 
 	memset(h, 0, sizeof(Handshake));
 	h->protocol = REPLSTAMP_PROTOCOL;
-	h->version = "1.1";
+	h->version = REPLSTAMP_VERSION;
 	h->replica_id = node->replica_id;
 	h->now = serial_clock_now();
 	h->label = psprintf("%s%s%s", cluster && cluster[0] ? cluster : "",

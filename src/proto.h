@@ -23,7 +23,14 @@
 #include "utils/jsonb.h"
 #include "utils/uuid.h"
 
-#define REPLSTAMP_PROTOCOL	2
+/*
+ * 1: replstamp 1.0 (serve_vector()); 2: 1.1 (serve(), changes per replica
+ * ID in serial order); 3: 1.2 (whole transactions, in the server's log
+ * order).  Both sides refuse any other: a puller that applies what a
+ * server sends split or reordered would break what 1.2 promises.
+ */
+#define REPLSTAMP_PROTOCOL	3
+#define REPLSTAMP_VERSION	"1.2"
 
 typedef struct EpochEntry
 {

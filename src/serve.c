@@ -244,7 +244,7 @@ replstamp_serve(PG_FUNCTION_ARGS)
 	char	   *rolename = GetUserNameFromId(role, false);
 
 	replstamp_require_shmem();
-	(void) replstamp_catalog_v11("serving changes");
+	(void) replstamp_catalog_v12("serving changes");
 	refuse_in_recovery();
 	/* A data set restored and not checked yet must rotate before it serves. */
 	identity_ensure_verified();
@@ -254,9 +254,11 @@ replstamp_serve(PG_FUNCTION_ARGS)
 	if (req.protocol != REPLSTAMP_PROTOCOL)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("%s speaks sync protocol %d, this node %d", from, req.protocol,
-						REPLSTAMP_PROTOCOL),
-				 errhint("Run the same version of replstamp on every node.")));
+				 errmsg("%s runs replstamp %s (sync protocol %d), this node %s (protocol %d)", from,
+						req.version && req.version[0] ? req.version : "?", req.protocol,
+						REPLSTAMP_VERSION, REPLSTAMP_PROTOCOL),
+				 errdetail("replstamp 1.2 applies remote transactions whole and in order; a node of another version would apply them otherwise."),
+				 errhint("Update replstamp on that node (install the same version, restart, ALTER EXTENSION replstamp UPDATE). Nothing is lost meanwhile: the changes wait in this node's log.")));
 
 	replstamp_become_owner(&ctx);
 	SPI_connect();
@@ -342,35 +344,19 @@ replstamp_serve(PG_FUNCTION_ARGS)
 }
 
 /*
- * replstamp.serve_vector(): the 1.0 handshake, for pullers still on 1.0.
- * What a peer may pull from this node, per replica ID.  Flushes WAL so
- * that everything below it is durable.
+ * replstamp.serve_vector(): the 1.0 handshake.  A 1.0 puller would apply
+ * what it reads split into pages and per replica ID: refused, with what to
+ * do.  (The function stays so that the refusal is a clear one, not an
+ * undefined function.)
  */
 Datum
 replstamp_serve_vector(PG_FUNCTION_ARGS)
 {
-	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	int			ret;
-
 	(void) replstamp_catalog(false);
-	refuse_in_recovery();
-	identity_ensure_verified();
-	InitMaterializedSRF(fcinfo, 0);
-
-	SPI_connect();
-	ret = SPI_execute("SELECT replica_id, serial FROM replstamp.vector", false, 0);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "could not read the vector: %s", SPI_result_code_string(ret));
-	for (uint64 i = 0; i < SPI_processed; i++)
-	{
-		Datum		values[2];
-		bool		nulls[2];
-
-		values[0] = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &nulls[0]);
-		values[1] = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &nulls[1]);
-		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
-	}
-	SPI_finish();
-	flush_wal();
-	return (Datum) 0;
+	ereport(ERROR,
+			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+			 errmsg("a node running replstamp 1.0 cannot pull from this node, which runs replstamp %s", REPLSTAMP_VERSION),
+			 errdetail("replstamp 1.2 applies remote transactions whole and in order; replstamp 1.0 would apply them split."),
+			 errhint("Update replstamp on the pulling node (install the same version, restart, ALTER EXTENSION replstamp UPDATE). Nothing is lost meanwhile: the changes wait in this node's log.")));
+	PG_RETURN_VOID();
 }

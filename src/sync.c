@@ -110,18 +110,30 @@ typedef struct Range
 {
 	VectorItem *item;			/* the peer's entry */
 	int64		lo;				/* we hold it up to here */
-	int64		hi;				/* pull up to here */
-	int64		vector_to;		/* then hold it up to here, at least */
+	int64		hi;				/* the peer holds it up to here */
+	int64		vector_to;		/* after the sync, hold it up to here */
+	TimestampTz max_t;			/* the latest stamp time pulled */
 } Range;
 
-/* Changes read but not applied yet. */
+/*
+ * The changes applied since the last commit, kept to apply them again
+ * after a transient error, unless they outgrew PAGE_BYTES (one large
+ * remote transaction): then only the current change is kept, and an error
+ * ends the sync (the next one pulls the transaction again).
+ */
 typedef struct PageBuf
 {
-	MemoryContext cxt;
+	MemoryContext cxt;			/* the kept changes */
+	MemoryContext row_cxt;		/* the current change, once not kept */
 	Change	   *changes;
 	int			n;
 	int			max;
 	int64		bytes;
+	bool		overflowed;		/* changes since the last commit not kept */
+	bool		open;			/* a local transaction is open */
+	int64		count;			/* changes since the last commit */
+	int64		applied;		/* of them, applied */
+	int64		groups;			/* whole remote transactions since the last commit */
 } PageBuf;
 
 typedef struct SyncRun
@@ -131,7 +143,6 @@ typedef struct SyncRun
 	Remote		remote;
 	Handshake	me;
 	Handshake	srv;
-	bool		legacy;			/* the peer runs replstamp 1.0 */
 	Range	   *ranges;
 	int			nranges;
 	ApplySession *apply;
@@ -141,6 +152,8 @@ typedef struct SyncRun
 	char	   *dropped;		/* columns dropped here (jsonb), or NULL */
 	char	   *lacking;		/* of them, those the peer lacked too, or NULL */
 } SyncRun;
+
+static int	sync_range_cmp(const void *a, const void *b);
 
 /*
  * GUCs.  Called from _PG_init.
@@ -242,54 +255,6 @@ describe_self(SyncRun *r)
 	worker_commit_xact();
 }
 
-/* The 1.0 handshake: a vector, nothing else. */
-static void
-legacy_handshake(SyncRun *r)
-{
-	PGresult   *res = remote_exec(&r->remote,
-								  "SELECT replica_id, serial FROM replstamp.serve_vector()",
-								  0, NULL, PGRES_TUPLES_OK);
-	int			n = PQntuples(res);
-
-	r->legacy = true;
-	memset(&r->srv, 0, sizeof(Handshake));
-	r->srv.label = pstrdup(r->peer);
-	r->srv.issued = PG_INT64_MAX;
-	r->srv.nvector = n;
-	r->srv.vector = palloc0(sizeof(VectorItem) * Max(n, 1));
-	if (PQnfields(res) != 2)
-	{
-		PQclear(res);
-		ereport(ERROR,
-				(errcode(ERRCODE_DATA_EXCEPTION),
-				 errmsg("peer \"%s\" sent a malformed vector", r->peer)));
-	}
-	for (int i = 0; i < n; i++)
-	{
-		VectorItem *v = &r->srv.vector[i];
-
-		if (PQgetisnull(res, i, 0) || PQgetisnull(res, i, 1))
-		{
-			PQclear(res);
-			ereport(ERROR,
-					(errcode(ERRCODE_DATA_EXCEPTION),
-					 errmsg("peer \"%s\" sent a malformed vector", r->peer)));
-		}
-		memcpy(&v->id, DatumGetUUIDP(DirectFunctionCall1(uuid_in,
-														 CStringGetDatum(PQgetvalue(res, i, 0)))),
-			   sizeof(pg_uuid_t));
-		v->serial = pg_strtoint64(PQgetvalue(res, i, 1));
-		if (v->serial < 0)
-		{
-			PQclear(res);
-			ereport(ERROR,
-					(errcode(ERRCODE_DATA_EXCEPTION),
-					 errmsg("peer \"%s\" sent a malformed vector", r->peer)));
-		}
-	}
-	PQclear(res);
-}
-
 /* Exchange handshakes with the peer (no transaction open). */
 static void
 handshake(SyncRun *r)
@@ -297,8 +262,8 @@ handshake(SyncRun *r)
 	MemoryContext old = MemoryContextSwitchTo(r->cxt);
 	const char *params[1];
 	PGresult   *res;
-	volatile bool legacy = false;
 	char	   *from = psprintf("peer \"%s\"", r->peer);
+	Jsonb	   *json;
 
 	params[0] = proto_encode(&r->me);
 	PG_TRY();
@@ -314,17 +279,16 @@ handshake(SyncRun *r)
 		e = CopyErrorData();
 		if (e->sqlerrcode != ERRCODE_UNDEFINED_FUNCTION)
 			PG_RE_THROW();
-		FlushErrorState();
-		legacy = true;
+		/* replstamp 1.0 has no serve(). */
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("peer \"%s\" runs replstamp 1.0, this node %s", r->peer, REPLSTAMP_VERSION),
+				 errdetail("replstamp 1.0 does not record which transaction made each change, and this node applies remote transactions whole."),
+				 errhint("Update replstamp on the peer (install the same version, restart, ALTER EXTENSION replstamp UPDATE). Nothing is lost meanwhile: its changes wait in its log.")));
 	}
 	PG_END_TRY();
 
-	if (legacy)
-		legacy_handshake(r);
-	else
 	{
-		Jsonb	   *json;
-
 		if (PQntuples(res) != 1 || PQnfields(res) != 1 || PQgetisnull(res, 0, 0))
 		{
 			PQclear(res);
@@ -340,9 +304,11 @@ handshake(SyncRun *r)
 		if (r->srv.protocol != REPLSTAMP_PROTOCOL)
 			ereport(ERROR,
 					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-					 errmsg("peer \"%s\" speaks sync protocol %d, this node %d",
-							r->peer, r->srv.protocol, REPLSTAMP_PROTOCOL),
-					 errhint("Run the same version of replstamp on every node.")));
+					 errmsg("peer \"%s\" runs replstamp %s (sync protocol %d), this node %s (protocol %d)",
+							r->peer, r->srv.version && r->srv.version[0] ? r->srv.version : "?",
+							r->srv.protocol, REPLSTAMP_VERSION, REPLSTAMP_PROTOCOL),
+					 errdetail("replstamp 1.2 applies remote transactions whole and in order, which needs what a node of the same version sends."),
+					 errhint("Update replstamp on the peer (install the same version, restart, ALTER EXTENSION replstamp UPDATE). Nothing is lost meanwhile: its changes wait in its log.")));
 		r->skew = r->srv.now - serial_clock_now();
 	}
 	MemoryContextSwitchTo(old);
@@ -478,7 +444,6 @@ plan(SyncRun *r)
 	replstamp_become_owner(&ctx);
 	SPI_connect();
 
-	if (!r->legacy)
 	{
 		/* Has this data set gone back in time, as the peer sees it? */
 		VectorItem *mine = proto_find(&r->srv, &r->me.replica_id);
@@ -515,7 +480,7 @@ plan(SyncRun *r)
 		int64		lo = ours ? ours->serial : 0;
 		int64		cap;
 		int64		vector_to;
-		bool		peers_own = !r->legacy && same_id(&v->id, &r->srv.replica_id);
+		bool		peers_own = same_id(&v->id, &r->srv.replica_id);
 
 		/*
 		 * A peer that could bring deleted rows back is not pulled from (an
@@ -564,7 +529,7 @@ plan(SyncRun *r)
 		if (!peers_own && issued_by_other_peer(r, &v->id, &cap) && hi > cap)
 			vector_to = Max(cap, lo);
 
-		if (!r->legacy && identity_check_histories())
+		if (identity_check_histories())
 		{
 			int64		diverge_at;
 
@@ -589,6 +554,7 @@ plan(SyncRun *r)
 		r->ranges[r->nranges].vector_to = vector_to;
 		r->nranges++;
 	}
+	qsort(r->ranges, r->nranges, sizeof(Range), sync_range_cmp);
 	record_lag(r);
 
 	SPI_finish();
@@ -633,47 +599,77 @@ parse_jsonb(SyncRun *r, PGresult *res, int col, const char *what)
 }
 
 /*
- * One streamed row (binary: replica_id, serial, relation, op, pk,
- * row_image, changed_at) into *c, checked.  prev is the last serial of the
- * range; the row is cleared.
+ * The range of a replica ID, or NULL.  plan() sorts the ranges by ID.
  */
-static void
-parse_row(SyncRun *r, Range *rg, PGresult *res, Change *c, int64 prev)
+static int
+sync_range_cmp(const void *a, const void *b)
+{
+	return memcmp(((const Range *) a)->item->id.data, ((const Range *) b)->item->id.data, UUID_LEN);
+}
+
+static Range *
+find_range(SyncRun *r, const pg_uuid_t *id)
+{
+	int			lo = 0;
+	int			hi = r->nranges - 1;
+
+	while (lo <= hi)
+	{
+		int			mid = lo + (hi - lo) / 2;
+		int			c = memcmp(id->data, r->ranges[mid].item->id.data, UUID_LEN);
+
+		if (c == 0)
+			return &r->ranges[mid];
+		if (c < 0)
+			hi = mid - 1;
+		else
+			lo = mid + 1;
+	}
+	return NULL;
+}
+
+/*
+ * One streamed row (binary: replica_id, serial, relation, op, pk,
+ * row_image, changed_at, group) into *c, checked; returns the range of its
+ * replica ID.  *group is the peer's place of the last change of the
+ * transaction it belongs to, the same for every change of that
+ * transaction; *single is set for a change recorded before replstamp 1.2,
+ * which is a transaction of its own.  The row is cleared.
+ */
+static Range *
+parse_row(SyncRun *r, PGresult *res, Change *c, int64 *group, bool *single)
 {
 	const char *relation;
 	int			rellen;
 	TimestampTz limit;
+	Range	   *rg;
 
-	if (PQnfields(res) != 7 || PQntuples(res) != 1)
-		malformed(r, res, "a row does not have the seven columns asked for");
+	if (PQnfields(res) != 8 || PQntuples(res) != 1)
+		malformed(r, res, "a row does not have the eight columns asked for");
 	for (int k = 0; k < 7; k++)
 		if (k != 5 && PQgetisnull(res, 0, k))
-			malformed(r, res, "a column other than row_image is null");
+			malformed(r, res, "a column other than row_image and the transaction is null");
 	if (PQgetlength(res, 0, 0) != UUID_LEN || PQgetlength(res, 0, 1) != 8 ||
-		PQgetlength(res, 0, 6) != 8)
-		malformed(r, res, "a stamp or a time has the wrong size");
+		PQgetlength(res, 0, 6) != 8 ||
+		(!PQgetisnull(res, 0, 7) && PQgetlength(res, 0, 7) != 8))
+		malformed(r, res, "a stamp, a time or a transaction has the wrong size");
 
 	memcpy(&c->replica_id, PQgetvalue(res, 0, 0), UUID_LEN);
 	c->serial = be_int64(PQgetvalue(res, 0, 1));
-	if (!same_id(&c->replica_id, &rg->item->id))
-		malformed(r, res, "a change of another replica ID than asked for came");
-	if (c->serial <= prev)
+	rg = find_range(r, &c->replica_id);
+	if (rg == NULL)
+		malformed(r, res, "a change of a replica ID not asked for came");
+	if (c->serial <= rg->lo)
 	{
 		PQclear(res);
 		ereport(ERROR,
 				(errcode(ERRCODE_DATA_EXCEPTION),
-				 errmsg("peer \"%s\" sent serial " INT64_FORMAT " after " INT64_FORMAT " of the same replica ID",
-						r->peer, c->serial, prev),
-				 errdetail("Changes must come in increasing serial order.")));
+				 errmsg("peer \"%s\" sent serial " INT64_FORMAT " of replica ID %s, which this node holds already",
+						r->peer, c->serial, replstamp_uuid_text(&rg->item->id)),
+				 errdetail("It was asked for serials above " INT64_FORMAT ".", rg->lo)));
 	}
-	if (c->serial <= rg->lo || c->serial > rg->hi)
-	{
-		PQclear(res);
-		ereport(ERROR,
-				(errcode(ERRCODE_DATA_EXCEPTION),
-				 errmsg("peer \"%s\" sent serial " INT64_FORMAT " outside the range it was asked for",
-						r->peer, c->serial)));
-	}
+	*single = PQgetisnull(res, 0, 7);
+	*group = *single ? 0 : be_int64(PQgetvalue(res, 0, 7));
 
 	relation = PQgetvalue(res, 0, 2);
 	rellen = PQgetlength(res, 0, 2);
@@ -719,20 +715,7 @@ parse_row(SyncRun *r, Range *rg, PGresult *res, Change *c, int64 prev)
 	if (c->changed_at - serial_clock_now() > r->skew)
 		r->skew = c->changed_at - serial_clock_now();
 	PQclear(res);
-}
-
-static void
-page_add(PageBuf *p, Change *c, int64 bytes)
-{
-	if (p->n >= p->max)
-	{
-		p->max = Max(64, p->max * 2);
-		p->changes = p->changes ?
-			repalloc(p->changes, sizeof(Change) * p->max) :
-			MemoryContextAlloc(p->cxt, sizeof(Change) * p->max);
-	}
-	p->changes[p->n++] = *c;
-	p->bytes += bytes;
+	return rg;
 }
 
 /*
@@ -742,9 +725,7 @@ page_add(PageBuf *p, Change *c, int64 bytes)
  * entry past the first serial of an epoch this node never recorded is a
  * history that parts from its origin's, and the origin, seeing it in the
  * next handshake, would take itself for a node gone back in time and
- * rotate -- a page committed before the last one of a range, or before a
- * row held by a local writer, would do that to a node that merely
- * restarted.
+ * rotate.
  */
 static void
 advance_vector(SyncRun *r, Range *rg, int64 upto, TimestampTz max_changed_at)
@@ -771,8 +752,7 @@ advance_vector(SyncRun *r, Range *rg, int64 upto, TimestampTz max_changed_at)
 			           "serial = GREATEST(replstamp.vector_state.serial, EXCLUDED.serial), "
 			           "max_changed_at = GREATEST(replstamp.vector_state.max_changed_at, EXCLUDED.max_changed_at)",
 			           3, types, values, nulls, SPI_OK_INSERT);
-	if (!r->legacy)
-		epochs_adopt(rg->item, upto);
+	epochs_adopt(rg->item, upto);
 	SPI_finish();
 	replstamp_restore_user(&ctx);
 }
@@ -786,72 +766,163 @@ transient(ErrorData *e)
 		(e->message && strcmp(e->message, "tuple concurrently updated") == 0);
 }
 
+/* ---------------------------------------------------------------------
+ * Pages: whole remote transactions, one local transaction
+ * ---------------------------------------------------------------------
+ */
+
+static void
+page_open(SyncRun *r, PageBuf *p)
+{
+	worker_begin_xact();
+	apply_page_begin(r->apply);
+	p->open = true;
+}
+
+static void
+page_forget(PageBuf *p)
+{
+	MemoryContextReset(p->cxt);
+	p->changes = NULL;
+	p->n = 0;
+	p->max = 0;
+	p->bytes = 0;
+	p->overflowed = false;
+	p->count = 0;
+	p->applied = 0;
+	p->groups = 0;
+}
+
 /*
- * Apply a page and commit it with the vector entry it reached (upto, if it
- * is above the page's last serial: the end of the range).  A page is one
- * transaction, unless a change's row is held by another transaction (a
- * local writer's): what the page applied before it is committed first, so
- * that the sync holds no row lock while it waits, and no local writer
- * waiting for one of those rows can deadlock with it.  Retried on
- * transient errors.  Then pause for replstamp.sync_delay, if set.
+ * Commit the page: every remote transaction in it is whole.  The last one
+ * of a sync carries the vector: every ID's entry moves to what the peer
+ * held when the sync began (or less: see plan()), and only then, since the
+ * peer sends its changes in its own log's order, not in serial order per
+ * ID, and a vector entry claims every serial up to it.
  */
 static void
-apply_page(SyncRun *r, Range *rg, PageBuf *p, int64 upto)
+page_commit(SyncRun *r, PageBuf *p, bool last)
 {
-	volatile int done = 0;		/* changes committed */
+	if (!p->open)
+		page_open(r, p);
+	apply_page_end(r->apply);
+	if (last)
+		for (int i = 0; i < r->nranges; i++)
+			advance_vector(r, &r->ranges[i], r->ranges[i].vector_to, r->ranges[i].max_t);
+	worker_commit_xact();
+	p->open = false;
+	r->applied += p->applied;
+	page_forget(p);
+}
 
+/* Keep an applied change, to apply the page again after a transient error. */
+static void
+page_keep(PageBuf *p, const Change *c, int64 bytes)
+{
+	MemoryContext old;
+	Change	   *k;
+
+	if (p->overflowed)
+		return;
+	if (p->bytes + bytes > PAGE_BYTES)
+	{
+		/* One large remote transaction: memory stays flat, no retry. */
+		MemoryContextReset(p->cxt);
+		p->changes = NULL;
+		p->n = 0;
+		p->max = 0;
+		p->overflowed = true;
+		return;
+	}
+	old = MemoryContextSwitchTo(p->cxt);
+	if (p->n >= p->max)
+	{
+		p->max = Max(64, p->max * 2);
+		p->changes = p->changes ? repalloc(p->changes, sizeof(Change) * p->max) :
+			palloc(sizeof(Change) * p->max);
+	}
+	k = &p->changes[p->n++];
+	*k = *c;
+	k->relation = (text *) PG_DETOAST_DATUM_COPY(PointerGetDatum(c->relation));
+	k->pk = DatumGetJsonbPCopy(JsonbPGetDatum(c->pk));
+	k->image = c->image ? DatumGetJsonbPCopy(JsonbPGetDatum(c->image)) : NULL;
+	MemoryContextSwitchTo(old);
+	p->bytes += bytes;
+}
+
+/*
+ * Apply one change in the page's transaction.  At the start of a remote
+ * transaction, a change whose row another transaction holds (a local
+ * writer's) makes the page commit the whole transactions before it
+ * first, so that the sync holds no row lock while it waits; inside one it
+ * waits holding them, as any transaction does (a deadlock is retried).
+ */
+static void
+page_apply(SyncRun *r, PageBuf *p, Range *rg, Change *c, bool group_start)
+{
+	ApplyOutcome o;
+
+	if (!p->open)
+		page_open(r, p);
+	o = apply_change(r->apply, c, group_start && p->groups > 0);
+	if (o == APPLY_BUSY)
+	{
+		page_commit(r, p, false);
+		page_open(r, p);
+		o = apply_change(r->apply, c, false);
+	}
+	p->count++;
+	if (o == APPLY_NEW)
+		p->applied++;
+	if (c->changed_at > rg->max_t)
+		rg->max_t = c->changed_at;
+}
+
+/* After a transient error: the kept changes again, in a new transaction. */
+static void
+page_replay(SyncRun *r, PageBuf *p)
+{
+	page_open(r, p);
+	p->count = 0;
+	p->applied = 0;
+	for (int i = 0; i < p->n; i++)
+	{
+		CHECK_FOR_INTERRUPTS();
+		if (apply_change(r->apply, &p->changes[i], false) == APPLY_NEW)
+			p->applied++;
+		p->count++;
+	}
+}
+
+/*
+ * Apply a change (c), or commit the page (c NULL), trying again on a
+ * transient error (a concurrent local insert of the same key, a deadlock,
+ * a serialisation failure): the page's transaction is rolled back whole
+ * and its changes applied again, three tries in all.  Any other error, a
+ * third failure, or one in a page too large to keep ends the sync at
+ * that change (record_failure()); what it committed before stays, whole
+ * transactions only.
+ *
+ * No jump leaves the PG_TRY or the PG_CATCH (a "continue" in the PG_CATCH
+ * would only leave PG_TRY's do-while and skip the restoring of the
+ * exception stack): the outcome is decided after PG_END_TRY.
+ */
+static void
+page_step(SyncRun *r, PageBuf *p, Range *rg, Change *c, bool group_start, bool last)
+{
 	for (int attempt = 1;; attempt++)
 	{
 		MemoryContext cxt = CurrentMemoryContext;
 		bool		retry = false;
 
-		/*
-		 * No jump leaves the PG_TRY or the PG_CATCH below (a "continue" in
-		 * the PG_CATCH would only leave PG_TRY's do-while, skip the
-		 * restoring of the exception stack, and end this loop as if the page
-		 * had committed): the outcome is decided after PG_END_TRY.
-		 */
 		PG_TRY();
 		{
-			for (;;)
-			{
-				int64		last = 0;
-				TimestampTz max_t = 0;
-				int64		applied = 0;
-				int			i;
-
-				worker_begin_xact();
-				apply_page_begin(r->apply);
-				for (i = done; i < p->n; i++)
-				{
-					Change	   *c = &p->changes[i];
-					ApplyOutcome o;
-
-					CHECK_FOR_INTERRUPTS();
-					o = apply_change(r->apply, c, i > done);
-					if (o == APPLY_BUSY)
-						break;
-					if (o == APPLY_NEW)
-						applied++;
-					last = c->serial;
-					max_t = Max(max_t, c->changed_at);
-				}
-				apply_page_end(r->apply);
-				if (i < p->n)
-				{
-					/* Busy: commit what came before it, then wait for it. */
-					advance_vector(r, rg, last, max_t);
-					worker_commit_xact();
-					r->applied += applied;
-					done = i;
-					continue;
-				}
-				if (Max(last, upto) > 0)
-					advance_vector(r, rg, Max(last, upto), max_t);
-				worker_commit_xact();
-				r->applied += applied;
-				break;
-			}
+			if (attempt > 1)
+				page_replay(r, p);
+			if (c)
+				page_apply(r, p, rg, c, group_start);
+			else
+				page_commit(r, p, last);
 		}
 		PG_CATCH();
 		{
@@ -859,11 +930,12 @@ apply_page(SyncRun *r, Range *rg, PageBuf *p, int64 upto)
 
 			MemoryContextSwitchTo(cxt);
 			e = CopyErrorData();
-			if (attempt >= PAGE_RETRIES || !transient(e))
+			if (attempt >= PAGE_RETRIES || !transient(e) || p->overflowed)
 				PG_RE_THROW();
 			FlushErrorState();
 			AbortCurrentTransaction();
 			apply_page_abort(r->apply);
+			p->open = false;
 			ereport(LOG,
 					(errcode(e->sqlerrcode),
 					 errmsg("replstamp: retrying a page from peer \"%s\" (attempt %d of %d) after: %s",
@@ -875,77 +947,119 @@ apply_page(SyncRun *r, Range *rg, PageBuf *p, int64 upto)
 		if (!retry)
 			break;
 	}
-	if (p->n > 0 && sync_delay > 0)
-	{
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 sync_delay, PG_WAIT_EXTENSION);
-		ResetLatch(MyLatch);
-		CHECK_FOR_INTERRUPTS();
-	}
-	MemoryContextReset(p->cxt);
-	p->n = 0;
-	p->max = 0;
-	p->changes = NULL;
-	p->bytes = 0;
 }
 
-/* Pull one replica ID's range. */
+/* Pause for replstamp.sync_delay after a page, if set. */
 static void
-pull_range(SyncRun *r, Range *rg)
+page_pause(void)
 {
-	char		idtext[UUID_LEN * 2 + 5];
-	char		lo[32];
-	char		hi[32];
-	const char *params[3] = {idtext, lo, hi};
-	PageBuf		page;
-	int64		prev = rg->lo;
+	if (sync_delay <= 0)
+		return;
+	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+					 sync_delay, PG_WAIT_EXTENSION);
+	ResetLatch(MyLatch);
+	CHECK_FOR_INTERRUPTS();
+}
 
-	strlcpy(idtext, replstamp_uuid_text(&rg->item->id), sizeof(idtext));
-	snprintf(lo, sizeof(lo), INT64_FORMAT, rg->lo);
-	snprintf(hi, sizeof(hi), INT64_FORMAT, rg->hi);
+/*
+ * Pull every change of the ranges in one stream, in the peer's log order:
+ * the transactions the peer recorded (made there or applied there), each
+ * whole, ordered by the place of their last change (replstamp.changes.usn),
+ * which a transaction always has after every transaction it saw committed.
+ * A change this node holds already (it came through another peer) is
+ * passed over by the apply.  Pages end between two transactions, after
+ * replstamp.sync_batch_size changes or 16 MB; the last one moves the
+ * vector.  Memory holds one page, and one change of a larger transaction.
+ */
+static void
+pull(SyncRun *r)
+{
+	StringInfoData ids;
+	StringInfoData los;
+	const char *params[2];
+	PageBuf		page;
+	int64		group_prev = 0;
+	bool		have_prev = false;
+	bool		single_prev = false;
+
 	memset(&page, 0, sizeof(page));
 	page.cxt = AllocSetContextCreate(r->cxt, "replstamp sync page", ALLOCSET_DEFAULT_SIZES);
+	page.row_cxt = AllocSetContextCreate(r->cxt, "replstamp sync change", ALLOCSET_DEFAULT_SIZES);
+	initStringInfo(&ids);
+	initStringInfo(&los);
+	appendStringInfoChar(&ids, '{');
+	appendStringInfoChar(&los, '{');
+	for (int i = 0; i < r->nranges; i++)
+	{
+		appendStringInfo(&ids, "%s%s", i ? "," : "", replstamp_uuid_text(&r->ranges[i].item->id));
+		appendStringInfo(&los, "%s" INT64_FORMAT, i ? "," : "", r->ranges[i].lo);
+	}
+	appendStringInfoChar(&ids, '}');
+	appendStringInfoChar(&los, '}');
+	params[0] = ids.data;
+	params[1] = los.data;
 
 	/*
-	 * A 1.1 peer leaves out the changes of tables it dropped or untracked:
-	 * a node that never had such a table must not be stopped by them.
+	 * Changes of tables the peer dropped or untracked are left out: a node
+	 * that never had such a table must not be stopped by them.
 	 */
-	remote_stream(&r->remote, r->legacy ?
-				  "SELECT replica_id, serial, relation, op, pk, row_image, changed_at "
-				  "FROM replstamp.changes WHERE replica_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid "
-				  "AND serial OPERATOR(pg_catalog.>) $2::pg_catalog.int8 "
-				  "AND serial OPERATOR(pg_catalog.<=) $3::pg_catalog.int8 ORDER BY serial" :
-				  "SELECT c.replica_id, c.serial, c.relation, c.op, c.pk, c.row_image, c.changed_at "
-				  "FROM replstamp.changes c WHERE c.replica_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid "
-				  "AND c.serial OPERATOR(pg_catalog.>) $2::pg_catalog.int8 "
-				  "AND c.serial OPERATOR(pg_catalog.<=) $3::pg_catalog.int8 "
-				  "AND NOT EXISTS (SELECT 1 FROM replstamp.tracked t "
-				  "  WHERE t.relation OPERATOR(pg_catalog.=) c.relation AND t.state OPERATOR(pg_catalog.<>) 'tracked') "
-				  "ORDER BY c.serial",
-				  3, params);
+	if (r->nranges > 0)
+		remote_stream(&r->remote,
+					  "SELECT c.replica_id, c.serial, c.relation, c.op, c.pk, c.row_image, c.changed_at, "
+					  "  CASE WHEN c.xact IS NULL THEN NULL "
+					  "  ELSE pg_catalog.max(c.usn) OVER (PARTITION BY c.xact) END AS grp "
+					  "FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.uuid[]), pg_catalog.unnest($2::pg_catalog.int8[])) AS v(id, lo) "
+					  "JOIN replstamp.changes c ON c.replica_id OPERATOR(pg_catalog.=) v.id "
+					  "  AND c.serial OPERATOR(pg_catalog.>) v.lo "
+					  "WHERE NOT EXISTS (SELECT 1 FROM replstamp.tracked t "
+					  "  WHERE t.relation OPERATOR(pg_catalog.=) c.relation AND t.state OPERATOR(pg_catalog.<>) 'tracked') "
+					  "ORDER BY grp NULLS FIRST, c.usn NULLS FIRST, c.replica_id, c.serial",
+					  2, params);
 	for (;;)
 	{
 		PGresult   *res;
 		Change		c;
+		Range	   *rg;
+		int64		group;
+		bool		single;
+		bool		group_start;
 		int64		bytes = 0;
 		MemoryContext old;
 
+		if (r->nranges == 0)
+			break;
 		CHECK_FOR_INTERRUPTS();
 		res = remote_next_row(&r->remote);
 		if (res == NULL)
 			break;
 		for (int k = 0; k < PQnfields(res); k++)
 			bytes += PQgetlength(res, 0, k);
-		old = MemoryContextSwitchTo(page.cxt);
-		parse_row(r, rg, res, &c, prev);
-		page_add(&page, &c, bytes);
+		MemoryContextReset(page.row_cxt);
+		old = MemoryContextSwitchTo(page.row_cxt);
+		rg = parse_row(r, res, &c, &group, &single);
 		MemoryContextSwitchTo(old);
-		prev = c.serial;
-		if (page.n >= sync_batch_size || page.bytes >= PAGE_BYTES)
-			apply_page(r, rg, &page, 0);
+
+		group_start = !have_prev || single || single_prev || group != group_prev;
+		if (group_start && have_prev)
+		{
+			/* The transaction before this change is whole. */
+			page.groups++;
+			if (page.open && (page.count >= sync_batch_size || page.bytes >= PAGE_BYTES ||
+							  page.overflowed))
+			{
+				page_step(r, &page, NULL, NULL, false, false);
+				page_pause();
+			}
+		}
+		page_step(r, &page, rg, &c, group_start, false);
+		page_keep(&page, &c, bytes);
+		have_prev = true;
+		single_prev = single;
+		group_prev = group;
 	}
-	/* The last page carries the end of the range. */
-	apply_page(r, rg, &page, rg->vector_to);
+	/* The last transaction is whole: commit it with the vector. */
+	page_step(r, &page, NULL, NULL, false, true);
+	MemoryContextDelete(page.row_cxt);
 	MemoryContextDelete(page.cxt);
 }
 
@@ -1004,16 +1118,8 @@ record_success(SyncRun *r)
 	SPI_connect();
 	values[0] = CStringGetTextDatum(r->peer);
 	values[1] = Int64GetDatum(r->applied);
-	if (r->legacy)
-	{
-		nulls[2] = 'n';
-		nulls[3] = 'n';
-	}
-	else
-	{
-		values[2] = UUIDPGetDatum(&r->srv.replica_id);
-		values[3] = Int64GetDatum(r->srv.issued);
-	}
+	values[2] = UUIDPGetDatum(&r->srv.replica_id);
+	values[3] = Int64GetDatum(r->srv.issued);
 	values[4] = CStringGetTextDatum(r->notes.len ? "diverged" : "ok");
 	if (r->notes.len)
 		values[5] = CStringGetTextDatum(psprintf("not pulled: %s", r->notes.data));
@@ -1021,7 +1127,7 @@ record_success(SyncRun *r)
 		nulls[5] = 'n';
 	values[6] = Int64GetDatum(r->skew);
 	values[7] = Int64GetDatum(apply_conflicts(r->apply));
-	values[8] = Int32GetDatum(r->legacy ? 1 : REPLSTAMP_PROTOCOL);
+	values[8] = Int32GetDatum(REPLSTAMP_PROTOCOL);
 	replstamp_spi_exec("UPDATE replstamp.peer SET last_sync_at = pg_catalog.now(), "
 			           "changes_pulled = changes_pulled OPERATOR(pg_catalog.+) $2, "
 			           "replica_id = $3, issued = $4, status = $5, last_error = $6, "
@@ -1046,7 +1152,7 @@ record_success(SyncRun *r)
 	}
 	adopt_purged(r);
 	/* Only a sync that pulled everything the peer offered says it lacks a column. */
-	apply_note_dropped_elsewhere(r->peer, r->legacy || r->notes.len ? NULL : r->lacking,
+	apply_note_dropped_elsewhere(r->peer, r->notes.len ? NULL : r->lacking,
 								 &r->srv.replica_id, r->srv.issued);
 
 	SPI_finish();
@@ -1159,8 +1265,7 @@ sync_peer(const char *peer)
 
 		(void) PQclear(remote_exec(&r->remote, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
 								   0, NULL, PGRES_COMMAND_OK));
-		for (int i = 0; i < r->nranges; i++)
-			pull_range(r, &r->ranges[i]);
+		pull(r);
 		(void) PQclear(remote_exec(&r->remote, "COMMIT", 0, NULL, PGRES_COMMAND_OK));
 		remote_disconnect(&r->remote);
 
