@@ -84,7 +84,8 @@ sq($b, 'ALTER SYSTEM SET replstamp.sync_interval = 0');
 sq($b, 'SELECT pg_reload_conf()');
 $b->poll_query_until('postgres', "SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'replstamp sync'")
   or die 'the sync worker did not stop';
-sq($a, "INSERT INTO t SELECT g, 'paced' FROM generate_series(101, 130) g");
+# Three transactions of ten rows: a page ends between two of them.
+sq($a, join(';', map { "INSERT INTO t SELECT g, 'paced' FROM generate_series($_, $_ + 9) g" } (101, 111, 121)));
 my $out = '';
 my $h = IPC::Run::start(
 	[ 'psql', '-X', '-At', '-d', $b->connstr('postgres'), '-c', 'SET replstamp.sync_batch_size = 10',

@@ -59,7 +59,8 @@ sub wait_for_lock
 # change arrives exactly once.
 sq($b, 'ALTER SYSTEM SET replstamp.sync_batch_size = 1000');
 sq($b, 'SELECT pg_reload_conf()');
-sq($a, "INSERT INTO big SELECT g, repeat('x', 100) FROM generate_series(1, 50000) g");
+# Fifty transactions of 1,000 rows: pages end between them.
+sq($a, join(';', map { "INSERT INTO big SELECT g, repeat('x', 100) FROM generate_series($_ * 1000 + 1, $_ * 1000 + 1000) g" } (0 .. 49)));
 my $log = '';
 my $hold = hold_key(20000);
 my $h = background_sync('a', \$log);

@@ -207,7 +207,7 @@ is(sq($p, 'SELECT count(*) FROM replstamp.epoch'), $epochs, 'none of them is kep
 # own replica ID in each: a would keep them and hand them on, and its
 # honest pullers would refuse a from then on.
 my $a_epochs = sq($a, 'SELECT count(*) FROM replstamp.epoch');
-my $request = q{pg_catalog.jsonb_build_object('protocol', 2, 'version', '1.1',
+my $request = q{pg_catalog.jsonb_build_object('protocol', 3, 'version', '1.2',
 	'replica_id', pg_catalog.gen_random_uuid(), 'label', 'mallory', 'issued', 0, 'now', 0,
 	'vector', '[]'::jsonb, 'retired', '[]'::jsonb, 'rotated', false, 'dead', DEAD)};
 ($rc, $out, $err) = $a->psql('postgres', 'SELECT replstamp.serve(' . ($request =~ s/DEAD/(SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_array('$a_id', pg_catalog.gen_random_uuid(), 1)) FROM pg_catalog.generate_series(1, 100000))/r) . ')');

@@ -50,7 +50,7 @@ sub serve_as
 {
 	my ($role, %part) = @_;
 	my $req = sprintf(
-		q{pg_catalog.jsonb_build_object('protocol', 2, 'version', '1.2', 'replica_id', %s, 'label', 'mallory',
+		q{pg_catalog.jsonb_build_object('protocol', 3, 'version', '1.2', 'replica_id', %s, 'label', 'mallory',
 			'issued', 0, 'now', 0, 'vector', %s, 'retired', '[]'::jsonb, 'rotated', false, 'dead', %s, 'purged', '[]'::jsonb)},
 		$part{id} // 'pg_catalog.gen_random_uuid()',
 		$part{vector} // q{'[]'::jsonb},

@@ -2,7 +2,9 @@
 # installed and replicating with the 1.0 binaries; the binaries replaced
 # (same data directories), where stamping goes on and replication refuses
 # until ALTER EXTENSION replstamp UPDATE; a mixed cluster during the
-# rolling upgrade replicating both ways; afterwards the old stamps intact,
+# rolling upgrade refusing both ways, with a hint (1.0 applies pages, not
+# whole transactions), and losing nothing: once both are updated every
+# change made meanwhile arrives; afterwards the old stamps intact,
 # last writer wins against versions written before the upgrade, a restore
 # that still rotates, and a catalog equal to a fresh 1.1 install's.
 #
@@ -157,7 +159,8 @@ sync_refused($a, 'b', 'replication refuses before the update, and says to run AL
 sq($a, 'SELECT replstamp.sync_all()');
 like(sq($a, "SELECT last_error FROM replstamp.peers WHERE name = 'b'"), qr/needs replstamp 1\.1/,
 	'sync_all records the refusal in replstamp.peers');
-is(try_sq($b, "SELECT replstamp.sync('a')"), '7', 'a 1.0 node still pulls from it (in a read-only transaction)');
+like(try_sq($b, "SELECT replstamp.sync('a')"), qr/a node running replstamp 1\.0 cannot pull from this node, which runs replstamp 1\.2.*HINT:  Update replstamp on the pulling node/s,
+	'a 1.0 node cannot pull from it: it would apply transactions split');
 is(stamps_intact($a), '0', 'every stamp a held is intact');
 # A backup of the live node: the 1.0 catalog cannot record that this
 # start's identity check is done, and the sessions that start during the
@@ -212,15 +215,11 @@ is(sq($a, q{SELECT count(*) FILTER (WHERE NOT deleted) || '/' || count(*) FILTER
 sq($a, "INSERT INTO accounts VALUES (31, 0, 'a on 1.1')");
 sq($b, "INSERT INTO accounts VALUES (32, 0, 'b on 1.0')");
 sq($a, q{UPDATE "Shop"."Order Lines" SET amount = amount + 1, tags = tags || '{"d\"e"}' WHERE line = 1});
-is(try_sq($a, "SELECT replstamp.sync('b')"), '3', 'mixed: a (1.1) pulls from b (1.0) through the 1.0 handshake');
-is(sq($a, "SELECT protocol || ':' || status FROM replstamp.peer WHERE name = 'b'"), '1:ok',
-	'replstamp.peer shows protocol 1 for b');
-is(try_sq($b, "SELECT replstamp.sync('a')"), '3', 'mixed: b (1.0) pulls from a (1.1) through serve_vector()');
-is(content($a), content($b), 'mixed: a and b hold the same rows');
-is(sq($a, 'SELECT note FROM accounts WHERE id = 3') . ',' . sq($a, 'SELECT note FROM accounts WHERE id = 4'),
-	'a, later,b, later', 'last writer wins on a against versions written by 1.0');
-is(sq($a, "SELECT string_agg(kind || ':' || (loser_replica_id = '$id_b'), ',' ORDER BY id) FROM replstamp.conflicts WHERE pk->>'id' = '3'"),
-	'incoming_lost:true', 'the earlier change from b lost, and is logged');
+like(try_sq($a, "SELECT replstamp.sync('b')"), qr/peer "b" runs replstamp 1\.0, this node 1\.2.*HINT:  Update replstamp on the peer/s,
+	'mixed: a (1.2) refuses to pull from b (1.0), with a hint');
+is(sq($a, "SELECT status FROM replstamp.peers WHERE name = 'b'"), 'failing', 'replstamp.peers shows it failing');
+like(try_sq($b, "SELECT replstamp.sync('a')"), qr/cannot pull from this node, which runs replstamp 1\.2/,
+	'mixed: b (1.0) cannot pull from a (1.2)');
 
 # Conflicts for b to settle after its update, against its 1.0 log.
 sq($a, "UPDATE accounts SET note = 'a, earlier' WHERE id = 8");
@@ -234,7 +233,8 @@ is(id_of($b), $id_b, 'b keeps its replica ID across the new binaries');
 sq($b, "INSERT INTO accounts VALUES (33, 0, 'b on 1.1 binaries')");
 is(sq($b, "SELECT replica_id = '$id_b' FROM replstamp.changes WHERE pk->>'id' = '33'"), 't', 'b stamps before its update');
 sync_refused($b, 'a', 'b refuses to pull before its update');
-is(try_sq($a, "SELECT replstamp.sync('b')"), '3', 'a (1.1) pulls from b (1.1 binaries, 1.0 catalog)');
+like(try_sq($a, "SELECT replstamp.sync('b')"), qr/peer "b" runs replstamp 1\.0, this node 1\.2/,
+	'a cannot pull from b before b\'s update either (its catalog has no serve())');
 is(stamps_intact($b), '0', 'every stamp b held is intact');
 
 # 6. ALTER EXTENSION replstamp UPDATE on b: both on 1.1.
@@ -246,11 +246,17 @@ sq($b, 'ALTER EXTENSION replstamp UPDATE');
 sq($b, 'SELECT replstamp.finish_backup()');
 is(id_of($b), $id_b, 'b keeps its replica ID through an update run during its backup');
 is(stamps_intact($b), '0', 'b\'s update keeps every stamp as it was');
-is(try_sq($b, "SELECT replstamp.sync('a')"), '2', '1.1: b pulls what it lacks from a');
-is(sq($a, "SELECT replstamp.sync('b')"), '0', '1.1: a pulls from b, nothing new');
+is(try_sq($a, "SELECT replstamp.sync('b')"), '6', 'both updated: a pulls every change b made during the upgrade');
+is(try_sq($b, "SELECT replstamp.sync('a')"), '12', 'and b every change a made');
+is(sq($a, "SELECT replstamp.sync('b')"), '0', 'a pulls from b again: nothing new');
 is(sq($a, "SELECT protocol || ':' || status FROM replstamp.peer WHERE name = 'b'")
 	  . ',' . sq($b, "SELECT protocol || ':' || status FROM replstamp.peer WHERE name = 'a'"),
-	'2:ok,2:ok', 'both speak protocol 2 now');
+	'3:ok,3:ok', 'both speak protocol 3 now');
+is(content($a), content($b), 'a and b hold the same rows');
+is(sq($a, 'SELECT note FROM accounts WHERE id = 3') . ',' . sq($a, 'SELECT note FROM accounts WHERE id = 4'),
+	'a, later,b, later', 'last writer wins on a against versions written by 1.0');
+is(sq($a, "SELECT string_agg(kind || ':' || (loser_replica_id = '$id_b'), ',' ORDER BY id) FROM replstamp.conflicts WHERE pk->>'id' = '3'"),
+	'incoming_lost:true', 'the earlier change from b lost, and is logged');
 is(sq($b, 'SELECT note FROM accounts WHERE id = 8') . ',' . sq($b, 'SELECT note FROM accounts WHERE id = 9'),
 	'b, later,a, later', 'last writer wins on b against versions written by 1.0');
 sq($a, "INSERT INTO accounts VALUES (40, 0, 'a after'); UPDATE accounts SET balance = 40 WHERE id = 1");
