@@ -22,6 +22,9 @@
 # SELECT replstamp.sync('a') on b is timed.  Afterwards every table of b
 # and of c is compared with a's (md5 of the rows in key order).
 #
+# Also: one transaction of APPLY_BIG_TX changes (an UPDATE of that many
+# pgbench_accounts rows), which replstamp applies whole, as one local
+# transaction, and native replication too: time and peak memory of each.
 # Also: the same for a hot-row stream of APPLY_HOT_BACKLOG changes (every
 # transaction updates one of the BENCH_SCALE rows of pgbench_branches four
 # times: the same shape of transaction, only on 10 rows), the peak memory
@@ -41,6 +44,8 @@
 #
 #   APPLY_BACKLOGS      backlogs in row changes (default "10000 100000 1000000")
 #   APPLY_HOT_BACKLOG   the hot-row backlog (default 100000; 0 skips it)
+#   APPLY_BIG_TX        changes of the one large transaction (default 1000000, at most
+#                       the 100000 x BENCH_SCALE accounts; 0 skips it)
 #   APPLY_LOAD_SECONDS  duration of each pgbench on b for the TPS ratio (default 10)
 #   APPLY_LOAD_DELAYS   replstamp.sync_delay values (ms) the TPS ratio is measured
 #                       with, each on its own (default "0 10 25 50")
@@ -58,13 +63,14 @@ drop_root "$SRCDIR/test/bench/apply_speed.sh" "$@"
 
 BACKLOGS=${APPLY_BACKLOGS:-10000 100000 1000000}
 HOT=${APPLY_HOT_BACKLOG:-100000}
+BIG=${APPLY_BIG_TX:-1000000}
 LOAD_SECONDS=${APPLY_LOAD_SECONDS:-10}
 LOAD_DELAYS=${APPLY_LOAD_DELAYS:-0 10 25 50}
 MAX_MB=${APPLY_MAX_MB:-4096}
 ROUNDS=${BENCH_ROUNDS:-1}
 SCALE=${BENCH_SCALE:-10}
 CLIENTS=${BENCH_CLIENTS:-2}
-for v in $BACKLOGS $HOT $LOAD_SECONDS $LOAD_DELAYS $MAX_MB $ROUNDS $SCALE $CLIENTS; do
+for v in $BACKLOGS $HOT $BIG $LOAD_SECONDS $LOAD_DELAYS $MAX_MB $ROUNDS $SCALE $CLIENTS; do
 	case "$v" in ''|*[!0-9]*) say "apply_speed.sh: not a number: \"$v\""; exit 2 ;; esac
 done
 for v in $LOAD_SECONDS $ROUNDS $SCALE $CLIENTS; do
@@ -247,7 +253,11 @@ stream() {
 	local kind="$1" n="$2" t0 t1 tx
 	tx=$((n / 4 / CLIENTS))
 	t0=$(now)
-	if [ "$kind" = pgbench ]; then
+	if [ "$kind" = bigtx ]; then
+		qa -c "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= $n"
+		secs "$t0" "$(now)"
+		return 0
+	elif [ "$kind" = pgbench ]; then
 		pgbench -p "$PA" -n -c "$CLIENTS" -j "$CLIENTS" -t "$tx" bench >"$WORK/stream.out" 2>&1
 	else
 		pgbench -p "$PA" -n -c "$CLIENTS" -j "$CLIENTS" -t "$tx" -D nbranches="$SCALE" \
@@ -434,10 +444,12 @@ echo "apply speed: pgbench scale $SCALE on a, b and c; $CLIENTS clients write th
 for round in $(seq "$ROUNDS"); do
 	for n in $BACKLOGS; do measure pgbench "$n" "$round"; done
 	if [ "$HOT" -gt 0 ]; then measure hot "$HOT" "$round"; fi
+	if [ "$BIG" -gt 0 ]; then measure bigtx "$BIG" "$round"; fi
 done
 
 # The summary: medians of the rounds.
-MEASURED=$(for n in $BACKLOGS; do echo "pgbench.$n"; done; if [ "$HOT" -gt 0 ]; then echo "hot.$HOT"; fi)
+MEASURED=$(for n in $BACKLOGS; do echo "pgbench.$n"; done; if [ "$HOT" -gt 0 ]; then echo "hot.$HOT"; fi
+	if [ "$BIG" -gt 0 ]; then echo "bigtx.$BIG"; fi)
 rate() { awk -v n="$1" -v s="$2" 'BEGIN { if (s > 0) printf "%.0f", n / s; else print "-" }'; }
 checks() {   # OK when every round was OK
 	[ -f "$RES/$1.$2" ] || { echo "-"; return; }
@@ -505,6 +517,10 @@ if [ -f "$RES/pgbench.$LARGEST.rs_anon" ]; then
 	printf 'memory during the %d backlog: syncing process on b (%s): private (RssAnon) %.0f MB, peak RSS (VmHWM, with the shared buffers it touched) %.0f MB; native apply worker on c: %.0f MB, %.0f MB\n' \
 		"$LARGEST" "$(cat "$RES/rs_proc")" "$(med "pgbench.$LARGEST" rs_anon)" "$(med "pgbench.$LARGEST" rs_hwm)" \
 		"$(med "pgbench.$LARGEST" native_anon)" "$(med "pgbench.$LARGEST" native_hwm)"
+fi
+if [ "$BIG" -gt 0 ] && [ -f "$RES/bigtx.$BIG.rs_anon" ]; then
+	printf 'one transaction of %d changes, applied whole: syncing process on b private %.0f MB (peak RSS %.0f MB); native apply worker on c %.0f MB (%.0f MB)\n' \
+		"$BIG" "$(med "bigtx.$BIG" rs_anon)" "$(med "bigtx.$BIG" rs_hwm)" "$(med "bigtx.$BIG" native_anon)" "$(med "bigtx.$BIG" native_hwm)"
 fi
 for d in $LOAD_DELAYS; do
 	[ -f "$RES/load.$d.idle" ] || continue
