@@ -1008,9 +1008,10 @@ replstamp_identity_db_main(Datum arg)
 	if (installed)
 	{
 		v10 = !replstamp_catalog(false)->v11;
-		if (v10)
+		if (v10 || !replstamp_catalog(false)->v12)
 			ereport(LOG,
-					(errmsg("replstamp: database \"%s\" still has the catalog of replstamp 1.0", dbname),
+					(errmsg("replstamp: database \"%s\" still has the catalog of replstamp %s", dbname,
+							v10 ? "1.0" : "1.1"),
 					 errhint("Run ALTER EXTENSION replstamp UPDATE in that database; replication waits for it.")));
 		/* A launcher restarted in this start leaves a checked database alone. */
 		if (!v10 || !v10_checked_this_start())

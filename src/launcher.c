@@ -417,12 +417,13 @@ static bool
 sync_round(List *watches)
 {
 	bool		installed;
-	bool		v11;
+	bool		ready;			/* the 1.2 catalog: replication can run */
 	MemoryContext cxt = CurrentMemoryContext;
 
 	worker_begin_xact();
 	installed = OidIsValid(get_extension_oid("replstamp", true));
-	v11 = installed && replstamp_catalog(false)->v11;
+	/* Replication needs the 1.2 catalog (whole transactions). */
+	ready = installed && replstamp_catalog(false)->v12;
 	if (!installed)
 		ereport(DEBUG1,
 				(errmsg_internal("replstamp: no replstamp in database \"%s\", its sync worker exits",
@@ -430,7 +431,7 @@ sync_round(List *watches)
 	worker_commit_xact();
 	if (!installed)
 		return false;
-	if (!v11)
+	if (!ready)
 		return true;			/* waiting for ALTER EXTENSION replstamp UPDATE */
 	if (!sync_has_peers())
 	{

@@ -5,21 +5,28 @@
  *		hand the work to a background worker and wait for it; the worker
  *		(or the resident sync worker of launcher.c) connects to the peer,
  *		exchanges handshakes (proto.c, serve.c), reads every change the peer
- *		holds above this node's vector, one replica ID at a time, one row at
- *		a time, and applies them (apply.c) in pages of at most
- *		replstamp.sync_batch_size changes or 16 MB, one transaction each.
+ *		holds above this node's vector in one stream, one row at a time,
+ *		and applies them (apply.c) in pages, one local transaction each.
  *
- * A page commits with the vector entry it reached, and the epochs of that
- * ID's history up to there: an interrupted sync keeps what it committed
- * and the next one goes on from there, locks are held for one page, and
- * memory holds one page.  Changes arrive in serial order per replica ID,
- * so a committed prefix never claims a serial whose change is not held,
- * nor a history other than the one it was pulled from.  A page that
- * failed is rolled back whole: on a transient error (a concurrent local
- * insert of the same key, a deadlock, a serialisation failure) it is
- * tried again, three tries in all; on any other error, or a third
- * failure, the sync stops at that change and records it
- * (record_failure()).  Nothing is skipped without skip().
+ * The stream comes in the peer's log order: the changes grouped by the
+ * peer's transaction that recorded them (replstamp.changes.xact), the
+ * groups ordered by the place of their last change (usn), which a
+ * transaction always has after every transaction it saw committed.  A page
+ * ends only between two groups, once it holds replstamp.sync_batch_size
+ * changes or 16 MB: every remote transaction is applied whole, in an order
+ * that never puts one before a transaction its writer had seen, relays
+ * included, and an interrupted sync keeps whole transactions only.  The
+ * vector moves with the last page, to what the peer held when the sync
+ * began: changes do not come in serial order per replica ID, so no page
+ * before the last can claim a serial prefix; a change held already (an
+ * earlier, interrupted sync applied it, or another peer brought it) is
+ * passed over by the apply.  A page that failed is rolled back whole: on
+ * a transient error (a concurrent local insert of the same key, a
+ * deadlock, a serialisation failure) it is applied again from the changes
+ * kept for that, three tries in all; on any other error, a third failure,
+ * or in a page too large to keep (one transaction over 16 MB: memory
+ * holds one change of it at a time), the sync stops at that change and
+ * records it (record_failure()).  Nothing is skipped without skip().
  *
  * Syncs of a database run one at a time: each holds a session advisory
  * lock on the database (rowversion_lock(), shown in pg_locks) while it
@@ -162,9 +169,10 @@ void
 sync_init(void)
 {
 	DefineCustomIntVariable("replstamp.sync_batch_size",
-							"Changes a sync applies per transaction.",
-							"A sync commits after this many changes (or 16 MB): locks are held that "
-							"long, and an interrupted sync goes on from the last commit.",
+							"Changes a sync applies per local transaction, at least.",
+							"A sync commits at the first end of a remote transaction after this many "
+							"changes (or 16 MB): remote transactions are never split, so a larger one "
+							"is a page of its own. An interrupted sync keeps what it committed.",
 							&sync_batch_size,
 							1000, 1, 1000000,
 							PGC_SUSET,
@@ -1232,7 +1240,7 @@ sync_peer(const char *peer)
 		 */
 		rowimage_enter_input_settings(true);
 		SetConfigOption("session_replication_role", "replica", PGC_SUSET, PGC_S_SESSION);
-		(void) replstamp_catalog_v11("replstamp.sync()");
+		(void) replstamp_catalog_v12("replstamp.sync()");
 		replstamp_become_owner(&ctx);
 		SPI_connect();
 		conninfo = read_conninfo(peer);
