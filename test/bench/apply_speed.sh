@@ -87,9 +87,11 @@ BACKLOGS=$(echo $list)
 LARGEST=$(printf '%s\n' $BACKLOGS | sort -n | tail -1)
 SMALLEST=$(printf '%s\n' $BACKLOGS | sort -n | head -1)
 
+# No background sync on b (sync_interval = 0 also stops the wake-ups): the
+# one timed replstamp.sync() pulls the whole backlog.
 # No pruning (test/bench/prune_churn.sh measures it): a's log must hold
 # the whole stream, as the publication's WAL does, or b would pull less.
-CONF=("synchronous_commit = off" "shared_buffers = 512MB" "max_wal_size = 4GB"
+CONF=("synchronous_commit = off" "shared_buffers = 512MB" "max_wal_size = 4GB" "replstamp.sync_interval = 0"
 	"checkpoint_timeout = 30min" "replstamp.prune_interval = 0")
 bench_cluster "${CONF[@]}" "wal_level = logical"
 PA=$PORT PB=$((PORT + 1)) PC=$((PORT + 2))
