@@ -141,6 +141,7 @@ typedef struct PageBuf
 	int64		count;			/* changes since the last commit */
 	int64		applied;		/* of them, applied */
 	int64		groups;			/* whole remote transactions since the last commit */
+	int			group_at;		/* kept changes before the current transaction */
 } PageBuf;
 
 typedef struct SyncRun
@@ -503,6 +504,13 @@ plan(SyncRun *r)
 							   replstamp_uuid_text(&v->id), v->serial),
 					 errhint("Rebuild that node from a fresh backup of a current node, then add it again.")));
 
+		/*
+		 * Nothing of it held here and nothing of it to pull: no entry.  (A
+		 * node that applied changes but stamped none has served its own ID
+		 * with the serials its apply took, see changelog_append().)
+		 */
+		if (ours == NULL && v->count == 0)
+			continue;
 		/* Never pull this node's own current ID, nor IDs all made here. */
 		if (same_id(&v->id, &r->me.replica_id) || (ours && own_local_id(&v->id)))
 			continue;
@@ -799,6 +807,7 @@ page_forget(PageBuf *p)
 	p->count = 0;
 	p->applied = 0;
 	p->groups = 0;
+	p->group_at = 0;
 }
 
 /*
@@ -839,6 +848,7 @@ page_keep(PageBuf *p, const Change *c, int64 bytes)
 		p->changes = NULL;
 		p->n = 0;
 		p->max = 0;
+		p->group_at = 0;
 		p->overflowed = true;
 		return;
 	}
@@ -886,14 +896,17 @@ page_apply(SyncRun *r, PageBuf *p, Range *rg, Change *c, bool group_start)
 		rg->max_t = c->changed_at;
 }
 
-/* After a transient error: the kept changes again, in a new transaction. */
+/*
+ * After a transient error: the first n kept changes again, in a new
+ * transaction.
+ */
 static void
-page_replay(SyncRun *r, PageBuf *p)
+page_replay(SyncRun *r, PageBuf *p, int n)
 {
 	page_open(r, p);
 	p->count = 0;
 	p->applied = 0;
-	for (int i = 0; i < p->n; i++)
+	for (int i = 0; i < n; i++)
 	{
 		CHECK_FOR_INTERRUPTS();
 		if (apply_change(r->apply, &p->changes[i], false) == APPLY_NEW)
@@ -903,13 +916,46 @@ page_replay(SyncRun *r, PageBuf *p)
 }
 
 /*
+ * The sync stops at an error: the whole transactions of the page before
+ * the one that failed are committed first (without the vector), so that
+ * what came before the failing transaction stays, as if each were a page
+ * of its own.  If that fails too, nothing more is done: the page is rolled
+ * back whole, and the next sync applies it again.
+ */
+static void
+page_salvage(SyncRun *r, PageBuf *p)
+{
+	int			n = p->group_at;
+
+	AbortCurrentTransaction();
+	apply_page_abort(r->apply);
+	p->open = false;
+	if (p->overflowed || n <= 0)
+		return;
+	PG_TRY();
+	{
+		page_replay(r, p, n);
+		page_commit(r, p, false);
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(r->cxt);
+		FlushErrorState();
+		AbortCurrentTransaction();
+		apply_page_abort(r->apply);
+		p->open = false;
+	}
+	PG_END_TRY();
+}
+
+/*
  * Apply a change (c), or commit the page (c NULL), trying again on a
  * transient error (a concurrent local insert of the same key, a deadlock,
  * a serialisation failure): the page's transaction is rolled back whole
  * and its changes applied again, three tries in all.  Any other error, a
  * third failure, or one in a page too large to keep ends the sync at
- * that change (record_failure()); what it committed before stays, whole
- * transactions only.
+ * that change (record_failure()), after committing the whole transactions
+ * of the page before the one that failed (page_salvage()).
  *
  * No jump leaves the PG_TRY or the PG_CATCH (a "continue" in the PG_CATCH
  * would only leave PG_TRY's do-while and skip the restoring of the
@@ -920,13 +966,13 @@ page_step(SyncRun *r, PageBuf *p, Range *rg, Change *c, bool group_start, bool l
 {
 	for (int attempt = 1;; attempt++)
 	{
-		MemoryContext cxt = CurrentMemoryContext;
+		ErrorData  *volatile failed = NULL;
 		bool		retry = false;
 
 		PG_TRY();
 		{
 			if (attempt > 1)
-				page_replay(r, p);
+				page_replay(r, p, p->n);
 			if (c)
 				page_apply(r, p, rg, c, group_start);
 			else
@@ -936,22 +982,31 @@ page_step(SyncRun *r, PageBuf *p, Range *rg, Change *c, bool group_start, bool l
 		{
 			ErrorData  *e;
 
-			MemoryContextSwitchTo(cxt);
+			/* Not the page's transaction's memory: it is rolled back. */
+			MemoryContextSwitchTo(r->cxt);
 			e = CopyErrorData();
-			if (attempt >= PAGE_RETRIES || !transient(e) || p->overflowed)
-				PG_RE_THROW();
 			FlushErrorState();
-			AbortCurrentTransaction();
-			apply_page_abort(r->apply);
-			p->open = false;
-			ereport(LOG,
-					(errcode(e->sqlerrcode),
-					 errmsg("replstamp: retrying a page from peer \"%s\" (attempt %d of %d) after: %s",
-							r->peer, attempt + 1, PAGE_RETRIES, e->message)));
-			FreeErrorData(e);
-			retry = true;
+			if (attempt >= PAGE_RETRIES || !transient(e) || p->overflowed)
+				failed = e;
+			else
+			{
+				AbortCurrentTransaction();
+				apply_page_abort(r->apply);
+				p->open = false;
+				ereport(LOG,
+						(errcode(e->sqlerrcode),
+						 errmsg("replstamp: retrying a page from peer \"%s\" (attempt %d of %d) after: %s",
+								r->peer, attempt + 1, PAGE_RETRIES, e->message)));
+				FreeErrorData(e);
+				retry = true;
+			}
 		}
 		PG_END_TRY();
+		if (failed)
+		{
+			page_salvage(r, p);
+			ReThrowError(failed);
+		}
 		if (!retry)
 			break;
 	}
@@ -1059,6 +1114,8 @@ pull(SyncRun *r)
 				page_pause();
 			}
 		}
+		if (group_start)
+			page.group_at = page.n;
 		page_step(r, &page, rg, &c, group_start, false);
 		page_keep(&page, &c, bytes);
 		have_prev = true;
