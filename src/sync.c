@@ -504,13 +504,6 @@ plan(SyncRun *r)
 							   replstamp_uuid_text(&v->id), v->serial),
 					 errhint("Rebuild that node from a fresh backup of a current node, then add it again.")));
 
-		/*
-		 * Nothing of it held here and nothing of it to pull: no entry.  (A
-		 * node that applied changes but stamped none has served its own ID
-		 * with the serials its apply took, see changelog_append().)
-		 */
-		if (ours == NULL && v->count == 0)
-			continue;
 		/* Never pull this node's own current ID, nor IDs all made here. */
 		if (same_id(&v->id, &r->me.replica_id) || (ours && own_local_id(&v->id)))
 			continue;

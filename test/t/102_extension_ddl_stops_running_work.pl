@@ -66,18 +66,17 @@ pass('writes to the formerly tracked table go on');
 is(sq($b, q{SELECT count(*) FROM pg_stat_activity WHERE backend_type LIKE 'replstamp %' AND datname = 'postgres'}),
 	'0', 'no replstamp worker is left in the database');
 
-# 2. ALTER EXTENSION replstamp UPDATE during replstamp.sync().
+# 2. On the 1.1 catalog (the library is 1.2) no sync runs for ALTER
+# EXTENSION UPDATE to stop: it refuses, and says to update (whole
+# transactions need the 1.2 catalog).  A backfill, which does run there,
+# is item 5.
 sq($b, q{DROP TABLE t; CREATE EXTENSION replstamp VERSION '1.1';
 	CREATE TABLE t (id int PRIMARY KEY, v text); SELECT replstamp.track('t')});
 add_peer($b, 'a', $a);
-($sync, $sync_out, $run, $ddl_out) = ddl_during_sync('ALTER EXTENSION replstamp UPDATE');
-ok($b->poll_query_until('postgres', q{SELECT extversion <> '1.1' FROM pg_extension WHERE extname = 'replstamp'}),
-	'ALTER EXTENSION UPDATE during a sync ends');
-$run->finish;
-$sync->finish;
-like($$ddl_out, qr/^ALTER EXTENSION$/m, 'and succeeds');
-like($$sync_out, qr/replstamp\.sync\(\) was stopped because extension "replstamp" is being dropped or updated/,
-	'the sync it stopped says why');
+my ($rc2, $out2, $err2) = $b->psql('postgres', q{SELECT replstamp.sync('a')});
+like($err2, qr/replstamp\.sync\(\) needs replstamp 1\.2, but this database still has the catalog of replstamp 1\.1.*HINT:  Run ALTER EXTENSION replstamp UPDATE in this database/s,
+	'on the 1.1 catalog a sync refuses, and says to run ALTER EXTENSION UPDATE');
+sq($b, 'ALTER EXTENSION replstamp UPDATE');
 like(sq($b, q{SELECT replstamp.sync('a')}), qr/^\d+$/, 'the next sync runs');
 is(sq($b, q{SELECT count(*) FROM t WHERE id <= 200}), '200', 'and brings the changes');
 
