@@ -277,3 +277,13 @@ CREATE FUNCTION replstamp.wait_for(stamp text, timeout interval DEFAULT '10s')
     AS 'MODULE_PATHNAME', 'replstamp_wait_for';
 COMMENT ON FUNCTION replstamp.wait_for(text, interval) IS
     'true as soon as this node holds the change of the stamp (see last_stamp()), false at the timeout';
+
+-- Constraints on apply (constraints.c): a pulled change that would break
+-- a foreign key or a second unique key is resolved by a change made here,
+-- recorded with the version that lost.  orphan_deleted / orphan_updated: a
+-- row whose referenced row is gone, deleted, or its key set to NULL or its
+-- default (ON DELETE SET NULL / SET DEFAULT); unique_lost: of two rows
+-- taking one value of a unique key, the later one, deleted.
+ALTER TABLE replstamp.conflict_log DROP CONSTRAINT conflict_log_kind_check;
+ALTER TABLE replstamp.conflict_log ADD CONSTRAINT conflict_log_kind_check
+    CHECK (kind IN ('incoming_lost', 'overwrote', 'orphan_deleted', 'orphan_updated', 'unique_lost'));

@@ -1161,6 +1161,10 @@ sync_peer(const char *peer)
 								   0, NULL, PGRES_COMMAND_OK));
 		for (int i = 0; i < r->nranges; i++)
 			pull_range(r, &r->ranges[i]);
+		/* All the peer held is here: foreign keys still broken are resolved. */
+		worker_begin_xact();
+		apply_sync_end(r->apply);
+		worker_commit_xact();
 		(void) PQclear(remote_exec(&r->remote, "COMMIT", 0, NULL, PGRES_COMMAND_OK));
 		remote_disconnect(&r->remote);
 
