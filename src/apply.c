@@ -1574,7 +1574,7 @@ apply_change(ApplySession *s, Change *change, bool nowait)
 		{
 			build_new_row(t, found, have_base, values, nulls, present);
 			if (!constraints_unique_ok(s, t->rel, t->rri, t->estate, t->newslot,
-									   found ? &t->localslot->tts_tid : NULL, &ver, change, row))
+									   found ? t->localslot : NULL, &ver, change, row))
 			{
 				/* It lost a second unique key: its row goes, as a change made here. */
 				if (found)

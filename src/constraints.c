@@ -850,13 +850,13 @@ check_pending(ApplySession *s, ConstraintState *cs, bool complete)
  */
 
 /*
- * Another row than self that holds the key newslot takes in index idx:
- * its tid in *holder and the row in slot.  Waits for a transaction in
+ * Another row than self (whose row as it is now is oldslot, if given)
+ * that holds the key newslot takes in index idx: the row in slot.  Waits for a transaction in
  * flight that writes such a row, as the index would.
  */
 static bool
 find_holder(Relation rel, Relation idx, IndexInfo *ii, EState *estate, TupleTableSlot *newslot,
-			ItemPointer self, TupleTableSlot *slot)
+			ItemPointer self, TupleTableSlot *oldslot, TupleTableSlot *slot)
 {
 	ExprContext *econtext = GetPerTupleExprContext(estate);
 	Datum		values[INDEX_MAX_KEYS];
@@ -867,6 +867,26 @@ find_holder(Relation rel, Relation idx, IndexInfo *ii, EState *estate, TupleTabl
 	IndexScanDesc scan;
 	bool		found = false;
 
+	/* An UPDATE that keeps the key's columns keeps the key. */
+	if (self && oldslot && ii->ii_Expressions == NIL && ii->ii_Predicate == NIL)
+	{
+		bool		same = true;
+
+		slot_getallattrs(oldslot);
+		slot_getallattrs(newslot);
+		for (int k = 0; k < nkeys && same; k++)
+		{
+			int			a = ii->ii_IndexAttrNumbers[k] - 1;
+			Form_pg_attribute att = TupleDescAttr(newslot->tts_tupleDescriptor, a);
+
+			same = oldslot->tts_isnull[a] == newslot->tts_isnull[a] &&
+				(newslot->tts_isnull[a] ||
+				 datum_image_eq(oldslot->tts_values[a], newslot->tts_values[a],
+								att->attbyval, att->attlen));
+		}
+		if (same)
+			return false;
+	}
 	econtext->ecxt_scantuple = newslot;
 	if (ii->ii_Predicate != NIL)
 	{
@@ -922,13 +942,13 @@ find_holder(Relation rel, Relation idx, IndexInfo *ii, EState *estate, TupleTabl
 }
 
 static bool resolve_unique(ApplySession *s, Relation rel, ResultRelInfo *rri, EState *estate,
-						   TupleTableSlot *newslot, ItemPointer self, const Version *ver,
-						   Change *change, ChangeRow *row);
+						   TupleTableSlot *newslot, ItemPointer self, TupleTableSlot *oldslot,
+						   const Version *ver, Change *change, ChangeRow *row);
 
 /*
- * Before the apply writes newslot (the row self, or a new row) for the
- * change of row at version ver: does another row hold one of its second
- * unique keys?  Of the two, the one whose latest version is the later
+ * Before the apply writes newslot (over oldslot, the row as it is, or as
+ * a new row if NULL) for the change of row at version ver: does another
+ * row hold one of its second unique keys?  Of the two, the one whose latest version is the later
  * loses.  If the other row loses, it is deleted (a change made here) and
  * the write may go on: true.  If the incoming row loses: false, and the
  * caller deletes its row here, if it has one (a change made here too),
@@ -938,10 +958,11 @@ static bool resolve_unique(ApplySession *s, Relation rel, ResultRelInfo *rri, ES
  */
 bool
 constraints_unique_ok(ApplySession *s, Relation rel, ResultRelInfo *rri, EState *estate,
-					  TupleTableSlot *newslot, ItemPointer self, const Version *ver,
+					  TupleTableSlot *newslot, TupleTableSlot *oldslot, const Version *ver,
 					  Change *change, ChangeRow *row)
 {
 	RelCons    *rc = rel_cons(rel);
+	ItemPointer self = oldslot ? &oldslot->tts_tid : NULL;
 	volatile bool ok = true;
 
 	if (!rc->has_unique || constraints_on_conflict == CONSTRAINT_CONFLICT_STOP)
@@ -949,7 +970,7 @@ constraints_unique_ok(ApplySession *s, Relation rel, ResultRelInfo *rri, EState 
 	cache_pins++;
 	PG_TRY();
 	{
-		ok = resolve_unique(s, rel, rri, estate, newslot, self, ver, change, row);
+		ok = resolve_unique(s, rel, rri, estate, newslot, self, oldslot, ver, change, row);
 	}
 	PG_FINALLY();
 	{
@@ -962,8 +983,8 @@ constraints_unique_ok(ApplySession *s, Relation rel, ResultRelInfo *rri, EState 
 /* constraints_unique_ok(), the cache pinned. */
 static bool
 resolve_unique(ApplySession *s, Relation rel, ResultRelInfo *rri, EState *estate,
-			   TupleTableSlot *newslot, ItemPointer self, const Version *ver,
-			   Change *change, ChangeRow *row)
+			   TupleTableSlot *newslot, ItemPointer self, TupleTableSlot *oldslot,
+			   const Version *ver, Change *change, ChangeRow *row)
 {
 	TupleTableSlot *slot = table_slot_create(rel, NULL);
 	bool		ok = true;
@@ -976,7 +997,7 @@ resolve_unique(ApplySession *s, Relation rel, ResultRelInfo *rri, EState *estate
 		if (idx == NULL || !idx->rd_index->indisunique || idx->rd_index->indisprimary ||
 			!idx->rd_index->indimmediate || !idx->rd_index->indisvalid)
 			continue;
-		while (find_holder(rel, idx, ii, estate, newslot, self, slot))
+		while (find_holder(rel, idx, ii, estate, newslot, self, oldslot, slot))
 		{
 			ChangeRow	hrow;
 			RowVersion	hcur;

@@ -46,7 +46,7 @@ extern ConstraintState *constraints_session_begin(MemoryContext cxt);
 extern void constraints_note_write(ConstraintState *cs, Relation rel,
 								   TupleTableSlot *oldrow, TupleTableSlot *newrow);
 extern bool constraints_unique_ok(ApplySession *s, Relation rel, ResultRelInfo *rri,
-								  EState *estate, TupleTableSlot *newslot, ItemPointer self,
+								  EState *estate, TupleTableSlot *newslot, TupleTableSlot *oldslot,
 								  const Version *ver, Change *change, ChangeRow *row);
 extern void constraints_check_deferred(ApplySession *s, bool complete);
 
