@@ -280,6 +280,8 @@ apply_set_causal(ApplySession *s, bool causal)
 void
 apply_sync_end(ApplySession *s)
 {
+	if (!constraints_pending(s->cons))
+		return;
 	apply_page_begin(s);
 	constraints_check_deferred(s, true);
 	apply_page_end(s);

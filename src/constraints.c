@@ -749,6 +749,13 @@ resolve_child(ApplySession *s, FkInfo *fk, Candidate *c, ItemPointer tid)
 
 static void check_pending(ApplySession *s, ConstraintState *cs, bool complete);
 
+/* Are foreign keys noted and not checked yet? */
+bool
+constraints_pending(ConstraintState *cs)
+{
+	return cs->pending != NIL;
+}
+
 /*
  * Before the applied transaction commits: every foreign key noted since
  * the last call holds, or is made to hold.  complete: this node holds

@@ -48,6 +48,7 @@ extern void constraints_note_write(ConstraintState *cs, Relation rel,
 extern bool constraints_unique_ok(ApplySession *s, Relation rel, ResultRelInfo *rri,
 								  EState *estate, TupleTableSlot *newslot, TupleTableSlot *oldslot,
 								  const Version *ver, Change *change, ChangeRow *row);
+extern bool constraints_pending(ConstraintState *cs);
 extern void constraints_check_deferred(ApplySession *s, bool complete);
 
 #endif							/* REPLSTAMP_CONSTRAINTS_H */

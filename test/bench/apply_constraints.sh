@@ -12,11 +12,16 @@
 # SELECT replstamp.sync('a'), timed; then a updates v of those rows (the
 # keys unchanged), b pulls again, timed.  Prints the median changes/s per
 # table and operation over BENCH_ROUNDS rounds.  Nothing conflicts: this is
-# the cost of the checks themselves.  To compare two versions, run the
-# script from each tree (it builds the tree it is in).
+# the cost of the checks themselves.
+#
+# With APPLY_BASELINE naming another source tree (a checkout of an older
+# commit), that tree is built too and runs on a second pair of clusters;
+# each round measures both pairs, one after the other, in alternating
+# order, so that a load from elsewhere on the machine weighs on both alike;
+# the table then shows both and their ratio.
 #
 #   test/bench/apply_constraints.sh                 (50,000 rows, 3 rounds)
-#   BENCH_ROWS=20000 BENCH_ROUNDS=5 test/bench/apply_constraints.sh
+#   APPLY_BASELINE=/path/to/main BENCH_ROWS=20000 BENCH_ROUNDS=7 test/bench/apply_constraints.sh
 #
 # Copyright (c) 2026, the replstamp authors
 set -eu
@@ -33,10 +38,17 @@ done
 
 CONF=("synchronous_commit = off" "shared_buffers = 256MB" "max_wal_size = 4GB"
 	"checkpoint_timeout = 30min" "replstamp.sync_interval = 0" "replstamp.prune_interval = 0")
-bench_cluster "${CONF[@]}"
-PA=$PORT
-PB=$((PA + 1))
-bench_node b "$PB" "${CONF[@]}"
+WORK=$(mktemp -d /tmp/replstamp-bench.XXXXXX)
+trap bench_cleanup EXIT
+BASE=$((5400 + RANDOM % 500))
+VERSIONS="new"
+BIN_new=$(private_install "$WORK/new") || exit 1
+if [ -n "${APPLY_BASELINE:-}" ]; then
+	BIN_old=$(private_install_from "$APPLY_BASELINE" "$WORK/old" 0 0) || exit 1
+	VERSIONS="old new"
+fi
+export PATH="$BIN_new:$PATH" PGHOST="$WORK" PGDATABASE=bench
+unset PGUSER PGSERVICE
 
 SCHEMA="CREATE EXTENSION replstamp;
 CREATE TABLE plain (id int PRIMARY KEY, parent_id int, v int);
@@ -44,52 +56,82 @@ CREATE TABLE parent (id int PRIMARY KEY, v int);
 CREATE TABLE child (id int PRIMARY KEY, parent_id int REFERENCES parent, v int);
 CREATE TABLE uniq (id int PRIMARY KEY, email text UNIQUE, v int);
 SELECT replstamp.track(t::regclass) FROM unnest(ARRAY['plain', 'parent', 'child', 'uniq']) t;"
-psql -qX -p "$PA" -c "$SCHEMA" >/dev/null
-psql -qX -p "$PB" -c "$SCHEMA" >/dev/null
-psql -qX -p "$PB" -c "SELECT replstamp.add_peer('a', 'host=$WORK port=$PA dbname=bench')" >/dev/null
-psql -qX -p "$PA" -c "INSERT INTO parent SELECT g, 0 FROM generate_series(1, 1000) g"
-psql -qX -p "$PB" -Atc "SELECT replstamp.sync('a')" >/dev/null
 
-# Seconds one sync of b from a takes; checks it applied $1 changes.
+# Clusters a_<version> and b_<version>; b pulls from a.
+declare -A PORT_A PORT_B
+i=0
+for v in $VERSIONS; do
+	bin_var=BIN_$v
+	PORT_A[$v]=$((BASE + i)); PORT_B[$v]=$((BASE + i + 1)); i=$((i + 2))
+	for n in a b; do
+		port=${PORT_A[$v]}; [ $n = b ] && port=${PORT_B[$v]}
+		bench_initdb "$WORK/${n}_$v" "$port" "${CONF[@]}"
+		"${!bin_var}/pg_ctl" -D "$WORK/${n}_$v" -l "$WORK/${n}_$v.log" -w start >/dev/null
+		createdb -p "$port" bench
+		psql -qX -p "$port" -c "$SCHEMA" >/dev/null
+	done
+	psql -qX -p "${PORT_B[$v]}" -c "SELECT replstamp.add_peer('a', 'host=$WORK port=${PORT_A[$v]} dbname=bench')" >/dev/null
+	psql -qX -p "${PORT_A[$v]}" -c "INSERT INTO parent SELECT g, 0 FROM generate_series(1, 1000) g"
+	psql -qX -p "${PORT_B[$v]}" -Atc "SELECT replstamp.sync('a')" >/dev/null
+done
+
+# Seconds one sync of b from a takes ($1: the version); checks it applied $2 changes.
 timed_sync() {
-	local want="$1" t0 t1 got
+	local v="$1" want="$2" t0 t1 got
 	t0=$(date +%s.%N)
-	got=$(psql -qX -p "$PB" -Atc "SELECT replstamp.sync('a')")
+	got=$(psql -qX -p "${PORT_B[$v]}" -Atc "SELECT replstamp.sync('a')")
 	t1=$(date +%s.%N)
 	[ "$got" = "$want" ] || { say "sync applied $got changes, expected $want"; exit 1; }
 	echo "$t1 - $t0" | bc -l
 }
 
 declare -A RATES
+order="$VERSIONS"
 for r in $(seq 1 "$ROUNDS"); do
 	base=$(( (r - 1) * ROWS ))
-	for t in plain child uniq; do
-		case $t in
-			uniq) ins="INSERT INTO uniq SELECT g, 'e' || g || '@x', 0 FROM generate_series($base + 1, $base + $ROWS) g" ;;
-			*) ins="INSERT INTO $t SELECT g, g % 1000 + 1, 0 FROM generate_series($base + 1, $base + $ROWS) g" ;;
-		esac
-		psql -qX -p "$PA" -c "$ins"
-		s=$(timed_sync "$ROWS")
-		RATES[$t-insert]+="$(echo "$ROWS / $s" | bc -l) "
-		psql -qX -p "$PA" -c "UPDATE $t SET v = v + 1 WHERE id > $base AND id <= $base + $ROWS"
-		s=$(timed_sync "$ROWS")
-		RATES[$t-update]+="$(echo "$ROWS / $s" | bc -l) "
+	for v in $order; do
+		for t in plain child uniq; do
+			case $t in
+				uniq) ins="INSERT INTO uniq SELECT g, 'e' || g || '@x', 0 FROM generate_series($base + 1, $base + $ROWS) g" ;;
+				*) ins="INSERT INTO $t SELECT g, g % 1000 + 1, 0 FROM generate_series($base + 1, $base + $ROWS) g" ;;
+			esac
+			psql -qX -p "${PORT_A[$v]}" -c "$ins"
+			s=$(timed_sync "$v" "$ROWS")
+			RATES[$v-$t-insert]+="$(echo "$ROWS / $s" | bc -l) "
+			psql -qX -p "${PORT_A[$v]}" -c "UPDATE $t SET v = v + 1 WHERE id > $base AND id <= $base + $ROWS"
+			s=$(timed_sync "$v" "$ROWS")
+			RATES[$v-$t-update]+="$(echo "$ROWS / $s" | bc -l) "
+		done
 	done
+	order=$(echo $order | awk '{ for (i = NF; i > 0; i--) printf "%s%s", $i, (i > 1 ? " " : "") }')
 	say "round $r of $ROUNDS done"
 done
 
-# Both nodes hold the same rows.
-for t in plain child uniq; do
-	q="SELECT count(*) || ':' || md5(string_agg(x::text, ',' ORDER BY id)) FROM $t x"
-	[ "$(psql -qX -p "$PA" -Atc "$q")" = "$(psql -qX -p "$PB" -Atc "$q")" ] ||
-		{ say "table $t differs between a and b"; exit 1; }
+# Both nodes of each pair hold the same rows.
+for v in $VERSIONS; do
+	for t in plain child uniq; do
+		q="SELECT count(*) || ':' || md5(string_agg(x::text, ',' ORDER BY id)) FROM $t x"
+		[ "$(psql -qX -p "${PORT_A[$v]}" -Atc "$q")" = "$(psql -qX -p "${PORT_B[$v]}" -Atc "$q")" ] ||
+			{ say "table $t differs between a and b ($v)"; exit 1; }
+	done
 done
 
-printf '%-8s %-7s %12s   (median of %d rounds of %d rows; all rounds: changes/s)\n' table op 'changes/s' "$ROUNDS" "$ROWS"
+med() { printf '%s\n' $1 | median; }
+echo "changes/s applied by one sync, median of $ROUNDS rounds of $ROWS rows"
+if [ -n "${APPLY_BASELINE:-}" ]; then
+	printf '%-8s %-7s %12s %12s %8s\n' table op baseline this ratio
+else
+	printf '%-8s %-7s %12s\n' table op this
+fi
 for t in plain child uniq; do
 	for op in insert update; do
-		vals=${RATES[$t-$op]}
-		med=$(printf '%s\n' $vals | median)
-		printf '%-8s %-7s %12.0f   %s\n' "$t" "$op" "$med" "$(printf '%.0f ' $vals)"
+		new=$(med "${RATES[new-$t-$op]}")
+		if [ -n "${APPLY_BASELINE:-}" ]; then
+			old=$(med "${RATES[old-$t-$op]}")
+			printf '%-8s %-7s %12.0f %12.0f %8.2f   baseline: %s  this: %s\n' "$t" "$op" "$old" "$new" \
+				"$(echo "$new / $old" | bc -l)" "$(printf '%.0f ' ${RATES[old-$t-$op]})" "$(printf '%.0f ' ${RATES[new-$t-$op]})"
+		else
+			printf '%-8s %-7s %12.0f   all rounds: %s\n' "$t" "$op" "$new" "$(printf '%.0f ' ${RATES[new-$t-$op]})"
+		fi
 	done
 done

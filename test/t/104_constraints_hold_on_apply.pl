@@ -30,13 +30,15 @@ my $schema = q{
 	CREATE TABLE child (id int PRIMARY KEY, parent_id int REFERENCES parent, note text);
 	CREATE TABLE grandchild (id int PRIMARY KEY, child_id int REFERENCES child ON DELETE CASCADE);
 	CREATE TABLE nchild (id int PRIMARY KEY, parent_id int REFERENCES parent ON DELETE SET NULL);
+	CREATE TABLE dchild (id int PRIMARY KEY,
+		parent_id int REFERENCES parent DEFERRABLE INITIALLY DEFERRED);
 	CREATE TABLE users (id int PRIMARY KEY, email text UNIQUE, note text);
-	SELECT replstamp.track(t) FROM unnest(ARRAY['parent', 'child', 'grandchild', 'nchild', 'users']::regclass[]) t;
+	SELECT replstamp.track(t) FROM unnest(ARRAY['parent', 'child', 'grandchild', 'nchild', 'dchild', 'users']::regclass[]) t;
 };
 my @nodes = map { replstamp_node($_, sql => $schema) } qw(a b c);
 my ($a, $b, $c) = @nodes;
 add_mesh(@nodes);
-my @tables = qw(parent child grandchild nchild users);
+my @tables = qw(parent child grandchild nchild dchild users);
 
 sub sq { my ($node, $sql) = @_; return $node->safe_psql('postgres', $sql); }
 
@@ -75,6 +77,8 @@ sub orphans
 		SELECT (SELECT count(*) FROM child x WHERE x.parent_id IS NOT NULL
 		          AND NOT EXISTS (SELECT 1 FROM parent p WHERE p.id = x.parent_id))
 		     + (SELECT count(*) FROM nchild x WHERE x.parent_id IS NOT NULL
+		          AND NOT EXISTS (SELECT 1 FROM parent p WHERE p.id = x.parent_id))
+		     + (SELECT count(*) FROM dchild x WHERE x.parent_id IS NOT NULL
 		          AND NOT EXISTS (SELECT 1 FROM parent p WHERE p.id = x.parent_id))
 		     + (SELECT count(*) FROM grandchild g
 		          WHERE NOT EXISTS (SELECT 1 FROM child x WHERE x.id = g.child_id))});
@@ -131,6 +135,22 @@ is(sq($a, q{SELECT count(*) FROM child WHERE id IN (50, 60)}), '2', 'children of
 ok(sq($a, q{SELECT count(*) FROM replstamp.conflicts WHERE kind = 'orphan_updated' AND relation = 'public.nchild'}) +
 	  sq($b, q{SELECT count(*) FROM replstamp.conflicts WHERE kind = 'orphan_updated' AND relation = 'public.nchild'}) >= 1,
 	'the SET NULL is recorded as orphan_updated');
+
+# 1e. No false orphans: a deferred key's child written before its parent
+# in one transaction; a child whose parent comes from another replica ID,
+# which c may pull after the child (ranges go one replica ID after the
+# other).
+sq($a, q{BEGIN; INSERT INTO dchild VALUES (70, 7); INSERT INTO parent VALUES (7, 'p7'); COMMIT});
+sq($a, q{INSERT INTO parent VALUES (8, 'p8')});
+is(pull($b, 'a'), '', 'b pulls the parents');
+sq($b, q{INSERT INTO child VALUES (80, 8, 'b')});
+is(pull($c, 'b'), '', 'c pulls the parent of a and the child of b, both through b');
+is(sq($c, 'SELECT count(*) FROM child WHERE id = 80') . sq($c, 'SELECT count(*) FROM dchild WHERE id = 70'),
+	'11', 'c: a child whose parent arrives later in the same sync or transaction stays');
+is(join(' ', mesh_rounds()), '', 'every sync of the mesh goes through');
+same_everywhere('children whose parents arrive after them');
+is(sq($_, q{SELECT count(*) FROM replstamp.conflicts WHERE pk IN ('{"id": 70}', '{"id": 80}')}), '0',
+	$_->name . ': no conflict recorded for them') for @nodes;
 
 # 2. A second unique key taken on two nodes: a first, b later.  c pulls b
 # first, then a; b pulls a; a pulls b.
