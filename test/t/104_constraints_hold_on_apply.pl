@@ -8,8 +8,9 @@
 # 2. a and b take the same value of a second unique key: the row whose
 #    version is the later is deleted everywhere, recorded, restorable;
 #    no sync stops.
-# 3. replstamp.on_constraint_conflict = 'stop': the sync stops at the
-#    change instead (the behaviour of 1.1).
+# 3. replstamp.on_constraint_conflict = 'stop': nothing is resolved; a
+#    child whose parent is gone fails the sync (23503), a second unique key
+#    stops it at the change (23505, the behaviour of 1.1).
 #
 # Before constraints.c, the apply ran with session_replication_role =
 # replica and no foreign key fired: every node ended with the orphan
@@ -179,8 +180,18 @@ is(join(' ', mesh_rounds()), '', 'the restored row replicates');
 is(sq($c, q{SELECT email FROM users WHERE id = 2}), 'q@x', 'restore_version() brings the loser back everywhere');
 same_everywhere('after restore_version()');
 
-# 3. The user's choice: stop at the change.
+# 3. The user's choice: stop.  A child whose parent is gone fails the sync
+# (at its end: the parent might only have been late) and is left alone.
+sq($a, q{INSERT INTO parent VALUES (9, 'p9')});
+is(join(' ', mesh_rounds()), '', 'parent 9 reaches every node');
 sq($a, q{ALTER SYSTEM SET replstamp.on_constraint_conflict = 'stop'; SELECT pg_reload_conf()});
+sq($a, 'DELETE FROM parent WHERE id = 9');
+sq($b, q{INSERT INTO child VALUES (90, 9, 'late')});
+like(pull($a, 'b'), qr/rows of table public\.child reference a row of public\.parent that is gone \(foreign key "child_parent_id_fkey"\)/,
+	'with on_constraint_conflict = stop, a child whose parent is gone fails the sync');
+is(sq($a, q{SELECT last_error_sqlstate FROM replstamp.peers WHERE name = 'b'}) . ' '
+	  . sq($a, 'SELECT count(*) FROM child WHERE id = 90'),
+	'23503 1', 'replstamp.peers shows 23503, and the child is left for the user');
 sq($b, q{INSERT INTO users VALUES (7, 's@x', 'b')});
 sq($a, q{INSERT INTO users VALUES (8, 's@x', 'a')});
 like(pull($a, 'b'), qr/duplicate key value violates unique constraint "users_email_key"/,
