@@ -296,3 +296,13 @@ COMMENT ON COLUMN replstamp.changes.usn IS
     'place in this node''s log: the serial it was stamped with here, or taken when it was applied here';
 COMMENT ON COLUMN replstamp.changes.xact IS
     'the local transaction that recorded it (full transaction ID): a peer applies its changes together';
+
+-- Constraints on apply (constraints.c): a pulled change that would break
+-- a foreign key or a second unique key is resolved by a change made here,
+-- recorded with the version that lost.  orphan_deleted / orphan_updated: a
+-- row whose referenced row is gone, deleted, or its key set to NULL or its
+-- default (ON DELETE SET NULL / SET DEFAULT); unique_lost: of two rows
+-- taking one value of a unique key, the later one, deleted.
+ALTER TABLE replstamp.conflict_log DROP CONSTRAINT conflict_log_kind_check;
+ALTER TABLE replstamp.conflict_log ADD CONSTRAINT conflict_log_kind_check
+    CHECK (kind IN ('incoming_lost', 'overwrote', 'orphan_deleted', 'orphan_updated', 'unique_lost'));

@@ -65,6 +65,7 @@
 #include "apply.h"
 #include "catalog.h"
 #include "compat.h"
+#include "constraints.h"
 #include "errors.h"
 #include "rowimage.h"
 #include "rowversion.h"
@@ -131,6 +132,8 @@ struct ApplySession
 	List	   *open_tables;
 	int64		conflicts;
 	int64		skipped;
+	ConstraintState *cons;		/* foreign keys to check (constraints.c) */
+	bool		causal;			/* every page holds what its writers had seen */
 };
 
 /* What an error while applying a change names: never row values. */
@@ -139,6 +142,12 @@ typedef struct ApplyErrorArg
 	ApplySession *s;
 	Change	   *change;
 } ApplyErrorArg;
+
+static ApplyTable *resolve_table(ApplySession *s, Change *change);
+static void table_open_page(ApplySession *s, ApplyTable *t);
+static void log_conflict(ApplySession *s, ApplyTable *t, Change *change, ChangeRow *row,
+						 const char *kind, const Version *winner, const Version *loser,
+						 Change *lost);
 
 static void
 apply_error_context(void *arg)
@@ -168,6 +177,7 @@ apply_session_begin(const char *peer, MemoryContext cxt)
 	s->peer = MemoryContextStrdup(cxt, peer);
 	s->cat = replstamp_catalog_v11("applying changes");
 	s->reconcile = reconcile_begin(cxt);
+	s->cons = constraints_session_begin(cxt);
 
 	ctl.keysize = MAX_RELATION_LEN;
 	ctl.entrysize = sizeof(ApplyTable);
@@ -226,6 +236,78 @@ apply_stamp_skipped(ApplySession *s, const pg_uuid_t *id, int64 serial)
 	return hash_search(s->skips, &key, HASH_FIND, NULL) != NULL;
 }
 
+/* ---------------------------------------------------------------------
+ * What constraints.c uses of the session
+ * ---------------------------------------------------------------------
+ */
+
+ConstraintState *
+apply_constraint_state(ApplySession *s)
+{
+	return s->cons;
+}
+
+const char *
+apply_peer(ApplySession *s)
+{
+	return s->peer;
+}
+
+/* The page's row_version writer, with every local change committed or made so far in it. */
+RowVersionWriter *
+apply_reconciled(ApplySession *s)
+{
+	reconcile(s->rvw, s->reconcile);
+	return s->rvw;
+}
+
+/*
+ * Every page holds what the writers of its changes had seen (the apply is
+ * causal): foreign keys are then resolved before each page commits,
+ * instead of at the end of the sync.
+ */
+void
+apply_set_causal(ApplySession *s, bool causal)
+{
+	s->causal = causal;
+}
+
+/*
+ * At the end of a sync, in a transaction of its own: the node holds all
+ * the peer held, so a referenced row still missing is gone, and the keys
+ * left are resolved (constraints.c).
+ */
+void
+apply_sync_end(ApplySession *s)
+{
+	if (!constraints_pending(s->cons))
+		return;
+	apply_page_begin(s);
+	constraints_check_deferred(s, true);
+	apply_page_end(s);
+}
+
+/*
+ * Record a conflict that a constraint resolved (kind: see constraints.c)
+ * on a row of rel (key pk): the version kept and the one that lost.
+ */
+void
+apply_record_conflict(ApplySession *s, Relation rel, Jsonb *pk, const char *kind,
+					  const Version *winner, const Version *loser, Change *lost)
+{
+	Change		probe;
+	ChangeRow	row;
+	ApplyTable *t;
+
+	memset(&probe, 0, sizeof(probe));
+	probe.relation = rowimage_layout(rel)->relname_text;
+	t = resolve_table(s, &probe);
+	table_open_page(s, t);
+	memset(&row, 0, sizeof(row));
+	row.key = pk;
+	log_conflict(s, t, &probe, &row, kind, winner, loser, lost);
+}
+
 /*
  * In a new transaction: ready for a page of changes.  A prune's batch
  * waits for the page to end, and the page for the batch (rowversion.c).
@@ -281,6 +363,8 @@ apply_page_end(ApplySession *s)
 {
 	ListCell   *lc;
 
+	/* The page's foreign keys hold before it commits. */
+	constraints_check_deferred(s, s->causal);
 	foreach(lc, s->open_tables)
 	{
 		ApplyTable *t = lfirst(lc);
@@ -334,6 +418,9 @@ apply_page_abort(ApplySession *s)
 	/* What was reconciled in the aborted transaction must be read again. */
 	s->reconcile->loaded = false;
 	s->reconcile->looked = false;
+	/* Nor does anything it wrote need checking any more. */
+	if (s->cons)
+		constraints_forget(s->cons);
 	MemoryContextReset(s->page_cxt);
 	MemoryContextReset(s->row_cxt);
 }
@@ -1483,6 +1570,7 @@ apply_change(ApplySession *s, Change *change, bool nowait)
 		{
 			if (found)
 			{
+				constraints_note_write(s->cons, t->rel, t->localslot, NULL);
 				ExecSimpleRelationDelete(t->rri, t->estate, &t->epq, t->localslot);
 				stamp_skip_tuple(t->relid, &t->localslot->tts_tid);
 			}
@@ -1490,11 +1578,27 @@ apply_change(ApplySession *s, Change *change, bool nowait)
 		else
 		{
 			build_new_row(t, found, have_base, values, nulls, present);
-			if (found)
-				ExecSimpleRelationUpdate(t->rri, t->estate, &t->epq, t->localslot, t->newslot);
+			if (!constraints_unique_ok(s, t->rel, t->rri, t->estate, t->newslot,
+									   found ? t->localslot : NULL, &ver, change, row))
+			{
+				/* It lost a second unique key: its row goes, as a change made here. */
+				if (found)
+				{
+					constraints_note_write(s->cons, t->rel, t->localslot, NULL);
+					ExecSimpleRelationDelete(t->rri, t->estate, &t->epq, t->localslot);
+				}
+			}
 			else
-				ExecSimpleRelationInsert(t->rri, t->estate, t->newslot);
-			stamp_skip_tuple(t->relid, &t->newslot->tts_tid);
+			{
+				/* After what constraints_unique_ok() may have deleted. */
+				t->estate->es_output_cid = GetCurrentCommandId(true);
+				constraints_note_write(s->cons, t->rel, found ? t->localslot : NULL, t->newslot);
+				if (found)
+					ExecSimpleRelationUpdate(t->rri, t->estate, &t->epq, t->localslot, t->newslot);
+				else
+					ExecSimpleRelationInsert(t->rri, t->estate, t->newslot);
+				stamp_skip_tuple(t->relid, &t->newslot->tts_tid);
+			}
 		}
 		AfterTriggerEndQuery(t->estate);
 		stamp_skip_clear();

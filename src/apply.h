@@ -12,6 +12,8 @@
 #ifndef REPLSTAMP_APPLY_H
 #define REPLSTAMP_APPLY_H
 
+#include "utils/relcache.h"
+
 #include "changelog.h"
 
 typedef enum ApplyOutcome
@@ -37,5 +39,18 @@ extern void apply_page_abort(ApplySession *s);
 extern int64 apply_conflicts(ApplySession *s);
 extern int64 apply_skipped(ApplySession *s);
 extern bool apply_stamp_skipped(ApplySession *s, const pg_uuid_t *id, int64 serial);
+extern void apply_set_causal(ApplySession *s, bool causal);
+extern void apply_sync_end(ApplySession *s);
+
+/* For constraints.c */
+struct ConstraintState;
+struct RowVersionWriter;
+struct Version;
+extern struct ConstraintState *apply_constraint_state(ApplySession *s);
+extern const char *apply_peer(ApplySession *s);
+extern struct RowVersionWriter *apply_reconciled(ApplySession *s);
+extern void apply_record_conflict(ApplySession *s, Relation rel, Jsonb *pk, const char *kind,
+								  const struct Version *winner, const struct Version *loser,
+								  Change *lost);
 
 #endif							/* REPLSTAMP_APPLY_H */

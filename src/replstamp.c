@@ -17,6 +17,7 @@
 
 #include "catalog.h"
 #include "changelog.h"
+#include "constraints.h"
 #include "errors.h"
 #include "fence.h"
 #include "identity.h"
@@ -63,6 +64,7 @@ _PG_init(void)
 	identity_init();
 	remote_init();
 	sync_init();
+	constraints_init();
 	maintenance_init();
 	latest_init();
 	launcher_init();

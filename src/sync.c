@@ -1323,6 +1323,13 @@ sync_peer(const char *peer)
 
 		(void) PQclear(remote_exec(&r->remote, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
 								   0, NULL, PGRES_COMMAND_OK));
+		/*
+		 * Pages come in causal order, whole: foreign keys are resolved at
+		 * the end of each.  Not when an ID was left out (its history parts
+		 * from ours): a parent of it may merely be missing here, and
+		 * deleting its children would replicate everywhere.
+		 */
+		apply_set_causal(r->apply, r->notes.len == 0);
 		pull(r);
 		(void) PQclear(remote_exec(&r->remote, "COMMIT", 0, NULL, PGRES_COMMAND_OK));
 		remote_disconnect(&r->remote);

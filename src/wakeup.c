@@ -156,6 +156,21 @@ wakeup_stamped(const pg_uuid_t *replica_id, int64 serial)
 	xact_stamped = true;
 }
 
+/*
+ * The highest stamp the current transaction has made here so far (the
+ * apply's remedies for constraints read the stamp of the change they just
+ * made): false if it made none.
+ */
+bool
+wakeup_xact_stamp(pg_uuid_t *replica_id, int64 *serial)
+{
+	if (!xact_stamped)
+		return false;
+	*replica_id = xact_stamp_id;
+	*serial = xact_stamp_serial;
+	return true;
+}
+
 static uint64
 counter_now(void)
 {

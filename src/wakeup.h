@@ -18,5 +18,6 @@
 extern void wakeup_init(void);
 extern void wakeup_change_written(void);
 extern void wakeup_stamped(const pg_uuid_t *replica_id, int64 serial);
+extern bool wakeup_xact_stamp(pg_uuid_t *replica_id, int64 *serial);
 
 #endif							/* REPLSTAMP_WAKEUP_H */
