@@ -180,8 +180,9 @@ is(join(' ', mesh_rounds()), '', 'the restored row replicates');
 is(sq($c, q{SELECT email FROM users WHERE id = 2}), 'q@x', 'restore_version() brings the loser back everywhere');
 same_everywhere('after restore_version()');
 
-# 3. The user's choice: stop.  A child whose parent is gone fails the sync
-# (at its end: the parent might only have been late) and is left alone.
+# 3. The user's choice: stop.  A child whose parent is gone fails the page
+# before it commits (pages come in causal order: the parent is gone), so
+# the child is not applied, and the sync stops there.
 sq($a, q{INSERT INTO parent VALUES (9, 'p9')});
 is(join(' ', mesh_rounds()), '', 'parent 9 reaches every node');
 sq($a, q{ALTER SYSTEM SET replstamp.on_constraint_conflict = 'stop'; SELECT pg_reload_conf()});
@@ -191,7 +192,7 @@ like(pull($a, 'b'), qr/rows of table public\.child reference a row of public\.pa
 	'with on_constraint_conflict = stop, a child whose parent is gone fails the sync');
 is(sq($a, q{SELECT last_error_sqlstate FROM replstamp.peers WHERE name = 'b'}) . ' '
 	  . sq($a, 'SELECT count(*) FROM child WHERE id = 90'),
-	'23503 1', 'replstamp.peers shows 23503, and the child is left for the user');
+	'23503 0', 'replstamp.peers shows 23503, and the child is not applied');
 sq($b, q{INSERT INTO users VALUES (7, 's@x', 'b')});
 sq($a, q{INSERT INTO users VALUES (8, 's@x', 'a')});
 like(pull($a, 'b'), qr/duplicate key value violates unique constraint "users_email_key"/,
