@@ -277,3 +277,44 @@ CREATE FUNCTION replstamp.wait_for(stamp text, timeout interval DEFAULT '10s')
     AS 'MODULE_PATHNAME', 'replstamp_wait_for';
 COMMENT ON FUNCTION replstamp.wait_for(text, interval) IS
     'true as soon as this node holds the change of the stamp (see last_stamp()), false at the timeout';
+
+/*
+ * Verifying that two nodes agree (issue 23, src/digest.c, src/verify.c).
+ *
+ * Per tracked table and bucket (the top 12 bits of row_hash, 4096
+ * buckets), the sum modulo 2^256 of SHA-256(relation, key, stamp) over the
+ * table's live rows as row_version records them: adding a row's version
+ * and subtracting the one it replaces keeps it current, in any order.  Two
+ * nodes at the same vector have equal digests; verify() compares them
+ * before it reads any row.  Written where row_version is written (the
+ * apply, the reconciliation of local changes, a rotation's re-issue), in
+ * the same transaction, one write per bucket touched.
+ */
+CREATE TABLE replstamp.row_digest (
+    relation text NOT NULL,              -- schema-qualified, as in replstamp.tracked
+    bucket   integer NOT NULL,           -- 0 .. 4095: row_hash's top 12 bits
+    digest   bytea NOT NULL,             -- 32 bytes, sum mod 2^256, big-endian
+    nrows    bigint NOT NULL,            -- live rows counted in it
+    PRIMARY KEY (relation, bucket)
+);
+REVOKE ALL ON replstamp.row_digest FROM PUBLIC;
+
+-- The rows of one bucket, read by verify when its digests differ: a
+-- bucket is a range of row_hash.
+CREATE INDEX row_version_bucket ON replstamp.row_version (relation, row_hash);
+
+-- a + b modulo 2^256, for the writes of row_digest.
+CREATE FUNCTION replstamp._digest_add(a bytea, b bytea)
+    RETURNS bytea LANGUAGE c STRICT IMMUTABLE
+    AS 'MODULE_PATHNAME', 'replstamp_digest_add';
+REVOKE ALL ON FUNCTION replstamp._digest_add(bytea, bytea) FROM PUBLIC;
+
+CREATE FUNCTION replstamp.rebuild_digests(relation regclass DEFAULT NULL)
+    RETURNS bigint LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'replstamp_rebuild_digests';
+COMMENT ON FUNCTION replstamp.rebuild_digests(regclass) IS
+    'recompute replstamp.row_digest from replstamp.row_version (one table, or every one); returns the rows counted';
+REVOKE ALL ON FUNCTION replstamp.rebuild_digests(regclass) FROM PUBLIC;
+
+-- Digests of the rows row_version holds already.
+SELECT replstamp.rebuild_digests();
