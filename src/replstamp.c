@@ -29,6 +29,7 @@
 #include "shmem.h"
 #include "stamp.h"
 #include "sync.h"
+#include "verify.h"
 #include "wakeup.h"
 
 PG_MODULE_MAGIC;
@@ -68,6 +69,7 @@ _PG_init(void)
 	launcher_init();
 	fence_init();
 	wakeup_init();
+	verify_init();
 
 	MarkGUCPrefixReserved("replstamp");
 }
