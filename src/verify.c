@@ -95,6 +95,7 @@ PGDLLEXPORT void replstamp_verify_main(Datum arg);
 
 /* GUC: seconds between background verifications; 0 = off. */
 static int	verify_interval = 0;
+static int	debug_verify_pause = 0;	/* ms */
 
 /* One table of a verification. */
 typedef struct VTable
@@ -157,6 +158,17 @@ verify_init(void)
 							PGC_SIGHUP,
 							GUC_UNIT_S,
 							NULL, NULL, NULL);
+#ifdef REPLSTAMP_TESTING
+	DefineCustomIntVariable("replstamp.debug_verify_pause",
+							"Testing aid: pause each verification this long between the digests and the rows.",
+							"So that a test can take the peer away in the middle of a verification. Zero "
+							"(the default) means no pause.",
+							&debug_verify_pause,
+							0, 0, 3600 * 1000,
+							PGC_SUSET,
+							GUC_UNIT_MS | GUC_NOT_IN_SAMPLE,
+							NULL, NULL, NULL);
+#endif
 }
 
 int
@@ -1355,6 +1367,8 @@ attempt(Remote *r, List *tables, bool deep, VResult *res, char **here_v, char **
 			res->digests_read += n;
 	}
 	ttables = json_sub(ans, "tables");
+	if (debug_verify_pause > 0)
+		pause_ms(debug_verify_pause);
 
 	foreach(lc, tables)
 	{
@@ -1502,6 +1516,7 @@ verify_run(const char *peer, ArrayType *tables_arr, bool deep, VResult *res)
 	PG_TRY();
 	{
 		remote_connect(&r, peer, conninfo);
+		r.verifying = true;
 		for (int i = 0; i < VERIFY_ATTEMPTS && !done; i++)
 		{
 			if (i > 0)
@@ -1809,6 +1824,7 @@ replstamp_repair(PG_FUNCTION_ARGS)
 	PG_TRY();
 	{
 		remote_connect(&r, peer, read_conninfo(peer));
+		r.verifying = true;
 		theirs = remote_images(&r, t, keys);
 	}
 	PG_FINALLY();
