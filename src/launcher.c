@@ -10,9 +10,11 @@
  *		sync_interval seconds and with every peer every FULL_ROUND_EVERY
  *		intervals (the fallback poll), and every
  *		replstamp.prune_interval starts a short maintenance worker per
- *		database (prune, backfill, the recorded LUS: maintenance.c); right
- *		after the identity checks, a backfill worker per database carries on
- *		with the backfills a shutdown or a crash interrupted.
+ *		database (prune, backfill, the recorded LUS: maintenance.c), and
+ *		every replstamp.verify_interval (off by default) a short verify
+ *		worker per database (verify.c); right after the identity checks, a
+ *		backfill worker per database carries on with the backfills a
+ *		shutdown or a crash interrupted.
  *
  * The launcher stays up (idle, on its latch) so that the postmaster starts
  * it again after a crash restart, when every database must be checked
@@ -291,6 +293,8 @@ take_sync_wakeups(List **slots)
 		wake_sync_worker(slot_for(slots, dbs[i]));
 }
 
+static void start_short_workers(List **slots, const char *function, const char *type);
+
 /*
  * A short maintenance worker of the given type ("replstamp maintenance", or
  * "replstamp backfill" for one that only backfills) in every database; it
@@ -299,8 +303,6 @@ take_sync_wakeups(List **slots)
  * prune of a long log, or one waiting for a sync, must not be joined by
  * another each interval until no worker slot is left.
  */
-static void start_short_workers(List **slots, const char *function, const char *type);
-
 static void
 start_maintenance(List **slots, const char *type)
 {

@@ -120,6 +120,7 @@ typedef struct VRowEntry
 	bool		deleted_there;
 	bool		present_there;
 	char	   *content_there;
+	struct Image *image_there;	/* repair: the peer's row */
 } VRowEntry;
 
 /* One difference found. */
@@ -1219,11 +1220,13 @@ remote_digests(Remote *r, List *tables, bool deep, bool with_totals)
 	return out;
 }
 
-/* A row of one side into the comparison. */
+/*
+ * A row of one side into the comparison, by the text of its key (pk: its
+ * jsonb, or NULL to parse the text only if the row differs).
+ */
 static VRowEntry *
-row_entry(HTAB *rows, Jsonb *pk)
+row_entry(HTAB *rows, char *pktext, Jsonb *pk)
 {
-	char	   *pktext = jsonb_text(pk);
 	bool		found;
 	VRowEntry  *e = hash_search(rows, &pktext, HASH_ENTER, &found);
 
@@ -1268,7 +1271,7 @@ compare_rows(VTable *t, HTAB *rows, bool deep, VResult *res)
 			continue;
 		d = palloc0(sizeof(VDiff));
 		d->relation = t->relation;
-		d->pk = e->pk;
+		d->pk = e->pk ? e->pk : jsonb_parse(e->pktext);
 		d->stamp_here = e->present_here ? e->stamp_here : NULL;
 		d->stamp_there = e->present_there ? e->stamp_there : NULL;
 		d->what = what;
@@ -1301,7 +1304,7 @@ remote_rows(Remote *r, VTable *t, bool deep, HTAB *rows, VResult *res)
 		res->rows_read += PQntuples(pres);
 		for (int i = 0; i < PQntuples(pres); i++)
 		{
-			VRowEntry  *e = row_entry(rows, jsonb_parse(PQgetvalue(pres, i, 0)));
+			VRowEntry  *e = row_entry(rows, pstrdup(PQgetvalue(pres, i, 0)), NULL);
 
 			e->present_there = !PQgetisnull(pres, i, 1) || !PQgetisnull(pres, i, 3);
 			e->stamp_there = PQgetisnull(pres, i, 1) ? NULL : pstrdup(PQgetvalue(pres, i, 1));
@@ -1421,7 +1424,7 @@ attempt(Remote *r, List *tables, bool deep, VResult *res, char **here_v, char **
 		foreach(rc, mine)
 		{
 			SideRow    *s = lfirst(rc);
-			VRowEntry  *e = row_entry(rows, s->pk);
+			VRowEntry  *e = row_entry(rows, jsonb_text(s->pk), s->pk);
 
 			e->present_here = true;
 			e->stamp_here = s->stamp;
@@ -1522,6 +1525,9 @@ verify_run(const char *peer, ArrayType *tables_arr, bool deep, VResult *res)
 			if (i > 0)
 				pause_ms(VERIFY_PAUSE_MS * i);
 			done = attempt(&r, tables, deep, res, &here_v, &there_v);
+			if (!done)
+				elog(DEBUG1, "replstamp: verification attempt %d: vector here %s, there %s, or one moved",
+					 i + 1, here_v, there_v);
 		}
 	}
 	PG_FINALLY();
@@ -1838,9 +1844,9 @@ replstamp_repair(PG_FUNCTION_ARGS)
 	foreach(tc, theirs)
 	{
 		Image	   *im = lfirst(tc);
-		VRowEntry  *e = row_entry(byk, im->pk);
+		VRowEntry  *e = row_entry(byk, jsonb_text(im->pk), im->pk);
 
-		e->content_there = (char *) im;		/* the peer's Image */
+		e->image_there = im;
 	}
 
 	rel = table_open(relid, RowExclusiveLock);
@@ -1853,7 +1859,7 @@ replstamp_repair(PG_FUNCTION_ARGS)
 		Image	   *here = lfirst(lc);
 		char	   *pktext = jsonb_text(here->pk);
 		VRowEntry  *e = hash_search(byk, &pktext, HASH_FIND, NULL);
-		Image	   *there = e ? (Image *) e->content_there : NULL;
+		Image	   *there = e ? e->image_there : NULL;
 		const char *action;
 		Datum		values[4];
 		bool		nulls[4] = {false, false, here->stamp == NULL, there == NULL || there->stamp == NULL};
