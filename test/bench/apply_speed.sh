@@ -83,8 +83,10 @@ SMALLEST=$(printf '%s\n' $BACKLOGS | sort -n | head -1)
 
 # No pruning (test/bench/prune_churn.sh measures it): a's log must hold
 # the whole stream, as the publication's WAL does, or b would pull less.
+# No automatic sync (on by default since wake-ups): b's sync worker would
+# pull the stream while it is written, and the timed sync find nothing.
 CONF=("synchronous_commit = off" "shared_buffers = 512MB" "max_wal_size = 4GB"
-	"checkpoint_timeout = 30min" "replstamp.prune_interval = 0")
+	"checkpoint_timeout = 30min" "replstamp.prune_interval = 0" "replstamp.sync_interval = 0")
 bench_cluster "${CONF[@]}" "wal_level = logical"
 PA=$PORT PB=$((PORT + 1)) PC=$((PORT + 2))
 bench_trap_jobs
