@@ -39,6 +39,13 @@ for my $pair ([$a, 'c'], [$b, 'a'], [$c, 'b'])
 		'from their digests alone: no row read');
 }
 
+# A rotation: the old and the new replica ID are in both vectors alike.
+sq($a, q{SELECT replstamp.rotate('verify test')});
+sq($a, q{UPDATE t SET v = 'after the rotation' WHERE id = 4});
+sync_everywhere();
+is(sq($b, q{SELECT count(*) FROM replstamp.verify('a')}), '0', 'after a rotation of a, b and a still agree');
+is(sq($b, "SELECT rows_read FROM replstamp.verification WHERE peer = 'a'"), '0', 'reading no row');
+
 # 1. Nodes that do not hold the same changes are not compared.
 sq($a, q{UPDATE t SET v = 'not pulled yet' WHERE id = 2});
 my ($rc, $out, $err) = $b->psql('postgres', q{SELECT * FROM replstamp.verify('a')});
