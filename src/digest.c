@@ -47,6 +47,7 @@
 #include "utils/hsearch.h"
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
+#include "utils/snapmgr.h"
 
 #include "catalog.h"
 #include "digest.h"
@@ -375,10 +376,17 @@ digest_flush(void)
 	PendingBucket *b;
 	ReplstampOwnerContext ctx;
 	HTAB	   *notes = pending;
+	bool		pushed = false;
 
 	if (notes == NULL)
 		return;
 	pending = NULL;				/* an error below leaves nothing to write twice */
+	/* Just before commit (a worker's) there may be no snapshot left. */
+	if (!ActiveSnapshotSet())
+	{
+		PushActiveSnapshot(GetTransactionSnapshot());
+		pushed = true;
+	}
 	replstamp_become_owner(&ctx);
 	SPI_connect();
 	hash_seq_init(&seq, notes);
@@ -401,6 +409,8 @@ digest_flush(void)
 	}
 	SPI_finish();
 	replstamp_restore_user(&ctx);
+	if (pushed)
+		PopActiveSnapshot();
 	pending_reset();
 }
 

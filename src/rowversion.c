@@ -604,6 +604,8 @@ rowversion_restamp(const ReplstampCatalog *cat, Change *change,
 			digest_note(change->relation, rows[i].hash, rows[i].key, new_id, new_serial, true);
 		}
 	}
+	/* Written now: a rotation is rare, and its commit may come without a snapshot. */
+	digest_flush();
 }
 
 /* ---------------------------------------------------------------------
