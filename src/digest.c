@@ -19,9 +19,9 @@
  * Who calls it: rowversion.c notes each version it records or replaces
  * (digest_note()), and a rotation's re-issue each stamp it moves.  The
  * notes of a transaction are summed per bucket in memory and written when
- * the row_version writer ends (digest_flush()), at the latest just before
- * commit: one row_digest write per bucket and writer, however many rows
- * of the bucket a page touched.  row_version has one writer at a time
+ * the row_version writer ends (digest_flush()), a re-issue's at once, and
+ * whatever is left just before commit: one row_digest write per bucket and
+ * writer, however many rows of the bucket a page touched.  row_version has one writer at a time
  * (rowversion.c's sync and page locks, a rotation's lock on the state
  * row), so the digest rows are no hot spot for anyone else; the stamp
  * trigger, which does not write row_version, pays nothing.  The notes of
