@@ -306,3 +306,149 @@ COMMENT ON COLUMN replstamp.changes.xact IS
 ALTER TABLE replstamp.conflict_log DROP CONSTRAINT conflict_log_kind_check;
 ALTER TABLE replstamp.conflict_log ADD CONSTRAINT conflict_log_kind_check
     CHECK (kind IN ('incoming_lost', 'overwrote', 'orphan_deleted', 'orphan_updated', 'unique_lost'));
+
+ * Verifying that two nodes agree (issue 23, src/digest.c, src/verify.c).
+ *
+ * Per tracked table and bucket (the top 12 bits of row_hash, 4096
+ * buckets), the sum modulo 2^256 of SHA-256(relation, key, stamp) over the
+ * table's live rows as row_version records them: adding a row's version
+ * and subtracting the one it replaces keeps it current, in any order.  Two
+ * nodes at the same vector have equal digests; verify() compares them
+ * before it reads any row.  Written where row_version is written (the
+ * apply, the reconciliation of local changes, a rotation's re-issue), in
+ * the same transaction, one write per bucket touched.
+ */
+CREATE TABLE replstamp.row_digest (
+    relation text NOT NULL,              -- schema-qualified, as in replstamp.tracked
+    bucket   integer NOT NULL,           -- 0 .. 4095: row_hash's top 12 bits
+    digest   bytea NOT NULL,             -- 32 bytes, sum mod 2^256, big-endian
+    nrows    bigint NOT NULL,            -- live rows counted in it
+    PRIMARY KEY (relation, bucket)
+);
+REVOKE ALL ON replstamp.row_digest FROM PUBLIC;
+
+-- The rows of one bucket, read by verify when its digests differ: a
+-- bucket is a range of row_hash.
+CREATE INDEX row_version_bucket ON replstamp.row_version (relation, row_hash);
+
+-- a + b modulo 2^256, for the writes of row_digest.
+CREATE FUNCTION replstamp._digest_add(a bytea, b bytea)
+    RETURNS bytea LANGUAGE c STRICT IMMUTABLE
+    AS 'MODULE_PATHNAME', 'replstamp_digest_add';
+REVOKE ALL ON FUNCTION replstamp._digest_add(bytea, bytea) FROM PUBLIC;
+
+CREATE FUNCTION replstamp.rebuild_digests(relation regclass DEFAULT NULL)
+    RETURNS bigint LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'replstamp_rebuild_digests';
+COMMENT ON FUNCTION replstamp.rebuild_digests(regclass) IS
+    'recompute replstamp.row_digest from replstamp.row_version (one table, or every one); returns the rows counted';
+REVOKE ALL ON FUNCTION replstamp.rebuild_digests(regclass) FROM PUBLIC;
+
+-- The last verification against each peer: what replstamp.peers shows.
+CREATE TABLE replstamp.verification (
+    peer          text PRIMARY KEY REFERENCES replstamp.peer ON DELETE CASCADE,
+    verified_at   timestamptz NOT NULL,
+    tables        text[],                -- NULL: every tracked table
+    deep          boolean NOT NULL,
+    differences   bigint NOT NULL,       -- rows named by that run
+    digests_read  bigint NOT NULL,       -- bucket digests compared
+    rows_read     bigint NOT NULL,       -- rows read, here and there
+    duration      interval NOT NULL
+);
+REVOKE ALL ON replstamp.verification FROM PUBLIC;
+GRANT SELECT ON replstamp.verification TO PUBLIC;
+
+-- Every row repair() wrote (or, dry run, would write).
+CREATE TABLE replstamp.repairs (
+    id           bigserial PRIMARY KEY,
+    repaired_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    peer         text NOT NULL,
+    relation     text NOT NULL,
+    pk           jsonb NOT NULL,
+    action       text NOT NULL CHECK (action IN ('insert', 'update', 'delete')),
+    stamp_before text,                   -- the row's stamp here before
+    stamp_peer   text,                   -- the version copied from the peer
+    repaired_by  name NOT NULL DEFAULT current_user
+);
+REVOKE ALL ON replstamp.repairs FROM PUBLIC;
+
+/*
+ * The peer's side: called by verify() over the peer's connection, as the
+ * role of its connection string.  Granted, as wait_for_changes(), to
+ * every role that may pull (EXECUTE on serve(jsonb)).  They serve keys
+ * and stamps, which SELECT on replstamp.changes shows anyway; content
+ * (deep, repair) only of tables the role may SELECT.
+ */
+CREATE FUNCTION replstamp.verify_digests(request jsonb)
+    RETURNS jsonb LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'replstamp_verify_digests';
+COMMENT ON FUNCTION replstamp.verify_digests(jsonb) IS
+    'for verify(): this node''s vector and digests of the tables requested';
+REVOKE ALL ON FUNCTION replstamp.verify_digests(jsonb) FROM PUBLIC;
+
+CREATE FUNCTION replstamp.verify_rows(request jsonb)
+    RETURNS TABLE (relation text, pk jsonb, stamp text, deleted boolean, content text)
+    LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'replstamp_verify_rows';
+COMMENT ON FUNCTION replstamp.verify_rows(jsonb) IS
+    'for verify(): the keys and stamps (deep: content hashes) of the buckets requested';
+REVOKE ALL ON FUNCTION replstamp.verify_rows(jsonb) FROM PUBLIC;
+
+CREATE FUNCTION replstamp.verify_images(relation text, keys jsonb[])
+    RETURNS TABLE (pk jsonb, stamp text, image jsonb)
+    LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'replstamp_verify_images';
+COMMENT ON FUNCTION replstamp.verify_images(text, jsonb[]) IS
+    'for repair(): the rows of these keys as they are here';
+REVOKE ALL ON FUNCTION replstamp.verify_images(text, jsonb[]) FROM PUBLIC;
+
+DO $grant$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT DISTINCT a.grantee::pg_catalog.regrole AS role
+               FROM pg_catalog.pg_proc p,
+                    LATERAL pg_catalog.aclexplode(p.proacl) a
+              WHERE p.oid OPERATOR(pg_catalog.=) 'replstamp.serve(jsonb)'::pg_catalog.regprocedure
+                AND a.privilege_type OPERATOR(pg_catalog.=) 'EXECUTE'
+                AND a.grantee OPERATOR(pg_catalog.<>) 0
+                AND a.grantee OPERATOR(pg_catalog.<>) p.proowner
+    LOOP
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION replstamp.verify_digests(jsonb), '
+                                  'replstamp.verify_rows(jsonb), replstamp.verify_images(text, jsonb[]) TO %s',
+                                  r.role);
+    END LOOP;
+END
+$grant$;
+
+CREATE FUNCTION replstamp.verify(peer text, tables regclass[] DEFAULT NULL, deep boolean DEFAULT false)
+    RETURNS TABLE (relation text, pk jsonb, stamp_here text, stamp_there text, difference text)
+    LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'replstamp_verify';
+COMMENT ON FUNCTION replstamp.verify(text, regclass[], boolean) IS
+    'every row this node and the peer disagree on, compared at one vector; nothing when they agree';
+REVOKE ALL ON FUNCTION replstamp.verify(text, regclass[], boolean) FROM PUBLIC;
+
+CREATE FUNCTION replstamp.repair(peer text, tbl regclass, keys jsonb[] DEFAULT NULL,
+                                 dry_run boolean DEFAULT false)
+    RETURNS TABLE (pk jsonb, action text, stamp_before text, stamp_peer text)
+    LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'replstamp_repair';
+COMMENT ON FUNCTION replstamp.repair(text, regclass, jsonb[], boolean) IS
+    'make these rows here (NULL: every row deep verify names) equal to the peer''s, as new stamped changes';
+REVOKE ALL ON FUNCTION replstamp.repair(text, regclass, jsonb[], boolean) FROM PUBLIC;
+
+-- What the last verification against each peer found: a peer whose rows
+-- differ shows status diverged and how many rows.
+CREATE OR REPLACE VIEW replstamp.peers AS
+    SELECT p.name, p.added_at, p.last_sync_at, p.changes_pulled, p.last_error, p.last_error_at,
+           CASE WHEN p.status OPERATOR(pg_catalog.=) 'ok' AND v.differences OPERATOR(pg_catalog.>) 0
+                THEN 'diverged' ELSE p.status END AS status,
+           p.replica_id, p.last_error_sqlstate, p.last_error_change, p.clock_skew,
+           p.changes_skipped, p.conflicts, p.wakeups, p.next_retry_at,
+           v.verified_at, v.differences AS rows_differing
+      FROM replstamp.peer p
+      LEFT JOIN replstamp.verification v ON v.peer OPERATOR(pg_catalog.=) p.name;
+
+-- Digests of the rows row_version holds already.
+SELECT replstamp.rebuild_digests();

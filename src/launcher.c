@@ -10,9 +10,11 @@
  *		sync_interval seconds and with every peer every FULL_ROUND_EVERY
  *		intervals (the fallback poll), and every
  *		replstamp.prune_interval starts a short maintenance worker per
- *		database (prune, backfill, the recorded LUS: maintenance.c); right
- *		after the identity checks, a backfill worker per database carries on
- *		with the backfills a shutdown or a crash interrupted.
+ *		database (prune, backfill, the recorded LUS: maintenance.c), and
+ *		every replstamp.verify_interval (off by default) a short verify
+ *		worker per database (verify.c); right after the identity checks, a
+ *		backfill worker per database carries on with the backfills a
+ *		shutdown or a crash interrupted.
  *
  * The launcher stays up (idle, on its latch) so that the postmaster starts
  * it again after a crash restart, when every database must be checked
@@ -63,6 +65,7 @@
 #include "maintenance.h"
 #include "shmem.h"
 #include "sync.h"
+#include "verify.h"
 #include "watch.h"
 #include "workers.h"
 
@@ -290,6 +293,8 @@ take_sync_wakeups(List **slots)
 		wake_sync_worker(slot_for(slots, dbs[i]));
 }
 
+static void start_short_workers(List **slots, const char *function, const char *type);
+
 /*
  * A short maintenance worker of the given type ("replstamp maintenance", or
  * "replstamp backfill" for one that only backfills) in every database; it
@@ -300,6 +305,16 @@ take_sync_wakeups(List **slots)
  */
 static void
 start_maintenance(List **slots, const char *type)
+{
+	start_short_workers(slots, "replstamp_maintenance_main", type);
+}
+
+/*
+ * A short worker running function in every database (see
+ * start_maintenance()).
+ */
+static void
+start_short_workers(List **slots, const char *function, const char *type)
 {
 	List	   *dbs = current_databases();
 	ListCell   *lc;
@@ -312,7 +327,7 @@ start_maintenance(List **slots, const char *type)
 
 		if (slots == NULL)
 		{
-			if (!replstamp_start_worker("replstamp_maintenance_main", type,
+			if (!replstamp_start_worker(function, type,
 										dboid, InvalidOid, NULL, 0, NULL))
 				ereport(LOG,
 						(errmsg("replstamp: could not start the %s worker of database %u",
@@ -328,7 +343,7 @@ start_maintenance(List **slots, const char *type)
 			pfree(slot->handle);
 			slot->handle = NULL;
 		}
-		if (!replstamp_start_worker("replstamp_maintenance_main", type,
+		if (!replstamp_start_worker(function, type,
 									dboid, InvalidOid, NULL, 0, &slot->handle))
 		{
 			slot->handle = NULL;
@@ -349,7 +364,9 @@ replstamp_launcher_main(Datum arg)
 {
 	List	   *slots = NIL;
 	List	   *maintenance_slots = NIL;
+	List	   *verify_slots = NIL;
 	TimestampTz last_maintenance;
+	TimestampTz last_verify;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
@@ -362,6 +379,7 @@ replstamp_launcher_main(Datum arg)
 	/* A backfill a shutdown or a crash interrupted goes on now. */
 	start_maintenance(NULL, "replstamp backfill");
 	last_maintenance = GetCurrentTimestamp();
+	last_verify = last_maintenance;
 
 	for (;;)
 	{
@@ -395,6 +413,20 @@ replstamp_launcher_main(Datum arg)
 				start_maintenance(&maintenance_slots, "replstamp maintenance");
 				last_maintenance = GetCurrentTimestamp();
 				due = TimestampTzPlusMilliseconds(last_maintenance, (int64) interval * 1000);
+			}
+			nap = Min(nap, Max(TimestampDifferenceMilliseconds(GetCurrentTimestamp(), due), 100));
+		}
+		/* The background check (verify.c), off unless replstamp.verify_interval is set. */
+		interval = verify_interval_s();
+		if (interval > 0)
+		{
+			TimestampTz due = TimestampTzPlusMilliseconds(last_verify, (int64) interval * 1000);
+
+			if (GetCurrentTimestamp() >= due)
+			{
+				start_short_workers(&verify_slots, "replstamp_verify_main", "replstamp verify");
+				last_verify = GetCurrentTimestamp();
+				due = TimestampTzPlusMilliseconds(last_verify, (int64) interval * 1000);
 			}
 			nap = Min(nap, Max(TimestampDifferenceMilliseconds(GetCurrentTimestamp(), due), 100));
 		}

@@ -225,6 +225,12 @@ remote_error(Remote *r, PGresult *res)
 	{
 		char	   *msg = pchomp(PQerrorMessage(r->conn));
 
+		/* A verification (verify.c) changes nothing here: no hint needed. */
+		if (r->verifying)
+			ereport(ERROR,
+					(errcode(ERRCODE_CONNECTION_FAILURE),
+					 errmsg("peer \"%s\" failed during verification", r->peer),
+					 errdetail_internal("%s", msg[0] ? msg : "the connection was lost")));
 		ereport(ERROR,
 				(errcode(ERRCODE_CONNECTION_FAILURE),
 				 errmsg("peer \"%s\" failed during sync", r->peer),

@@ -24,6 +24,7 @@ typedef struct Remote
 	int			timeout_ms;		/* per wait; 0 = none */
 	bool		fd_acquired;
 	bool		streaming;		/* a single-row-mode query is running */
+	bool		verifying;		/* for messages: a verification, not a sync */
 } Remote;
 
 extern void remote_init(void);

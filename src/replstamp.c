@@ -30,6 +30,7 @@
 #include "shmem.h"
 #include "stamp.h"
 #include "sync.h"
+#include "verify.h"
 #include "wakeup.h"
 
 PG_MODULE_MAGIC;
@@ -70,6 +71,7 @@ _PG_init(void)
 	launcher_init();
 	fence_init();
 	wakeup_init();
+	verify_init();
 
 	MarkGUCPrefixReserved("replstamp");
 }

@@ -63,6 +63,7 @@
 #include "catalog.h"
 #include "changelog.h"
 #include "compat.h"
+#include "digest.h"
 #include "errors.h"
 #include "latest.h"
 #include "rowimage.h"
@@ -317,6 +318,8 @@ rowversion_writer_end(RowVersionWriter *w)
 	FreeExecutorState(w->estate);
 	table_close(w->rel, NoLock);
 	pfree(w);
+	/* The bucket digests of what it wrote, one write per bucket. */
+	digest_flush();
 }
 
 /*
@@ -514,6 +517,11 @@ rowversion_put(RowVersionWriter *w, text *relation, ChangeRow *row,
 		superseded(w, &current->v, current, carry);
 	w->superseding = NULL;
 	latest_note(&v->replica_id, v->serial, true);
+	/* The table's digest: the old live version out, the new one in. */
+	if (current->found && !current->deleted)
+		digest_note(relation, row->hash, row->key, &current->v.replica_id, current->v.serial, false);
+	if (!deleted)
+		digest_note(relation, row->hash, row->key, &v->replica_id, v->serial, true);
 
 	current->v = *v;
 	current->deleted = deleted;
@@ -578,11 +586,26 @@ rowversion_restamp(const ReplstampCatalog *cat, Change *change,
 									"AND relation OPERATOR(pg_catalog.=) $2 "
 									"AND pk OPERATOR(pg_catalog.=) $3 "
 									"AND ((replica_id OPERATOR(pg_catalog.=) $4 AND serial OPERATOR(pg_catalog.=) $5) "
-									" OR (carry_replica_id OPERATOR(pg_catalog.=) $4 AND carry_serial OPERATOR(pg_catalog.=) $5))",
+									" OR (carry_replica_id OPERATOR(pg_catalog.=) $4 AND carry_serial OPERATOR(pg_catalog.=) $5)) "
+									"RETURNING NOT deleted AND replica_id OPERATOR(pg_catalog.=) $6 "
+									"AND serial OPERATOR(pg_catalog.=) $7",
 									7, types, values, NULL, false, 0);
-		if (ret != SPI_OK_UPDATE)
+		if (ret != SPI_OK_UPDATE_RETURNING)
 			elog(ERROR, "replstamp: could not move a row version: %s", SPI_result_code_string(ret));
+		/* A live row's latest version moved: so does its element. */
+		for (uint64 k = 0; k < SPI_processed; k++)
+		{
+			bool		isnull;
+
+			if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[k], SPI_tuptable->tupdesc, 1, &isnull)))
+				continue;
+			digest_note(change->relation, rows[i].hash, rows[i].key,
+						&change->replica_id, change->serial, false);
+			digest_note(change->relation, rows[i].hash, rows[i].key, new_id, new_serial, true);
+		}
 	}
+	/* Written now: a rotation is rare, and its commit may come without a snapshot. */
+	digest_flush();
 }
 
 /* ---------------------------------------------------------------------
