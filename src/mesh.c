@@ -18,7 +18,8 @@
  * Credentials: the others pull from this node with my_conninfo (stored as
  * their peer's connection string); this node pulls from each member with
  * the connection string the sponsor holds for it (the sponsor itself: its
- * own replstamp.mesh.conninfo, else the conninfo given).  To add peers,
+ * own replstamp.mesh.conninfo, else the address of the conninfo given with
+ * the credential of my_conninfo, or the conninfo given).  To add peers,
  * join() and leave() connect to each member at the address this node knows
  * it by, with the credential of their conninfo argument: a role that may
  * add peers on every member (a superuser, or granted EXECUTE on
@@ -125,8 +126,10 @@ option(PQconninfoOption *opts, const char *k)
 
 /*
  * A connection string with the address of address (or, where host is not
- * NULL, of host, port and dbname) and the credential of credential: its
- * keywords override those of address.  Either may be NULL.
+ * NULL, of host, port and dbname) and the credential of credential (if
+ * NULL, of address).  Credentials are never mixed: a password of one with
+ * the user of the other would be a wrong password, or the right one sent
+ * where it does not belong.
  */
 static char *
 compose(const char *address, const char *credential,
@@ -145,7 +148,7 @@ compose(const char *address, const char *credential,
 		if (address_key(o->keyword))
 			v = host ? NULL : option(a, o->keyword);
 		else
-			v = option(c, o->keyword) ? option(c, o->keyword) : option(a, o->keyword);
+			v = c ? option(c, o->keyword) : option(a, o->keyword);
 		if (v)
 			append_option(&buf, o->keyword, v);
 	}
@@ -527,8 +530,13 @@ replstamp_join(PG_FUNCTION_ARGS)
 	sponsor = admit_via("the node to join", conninfo, me, mine, conninfo, &members, true);
 	if (sponsor == NULL)
 		elog(ERROR, "replstamp: the node to join did not name itself");
+	/*
+	 * The sponsor did not join with join(): pull from it at the address
+	 * of conninfo as the role others pull from here (my_conninfo's
+	 * credential: the mesh's pulling role), or as conninfo's.
+	 */
 	if (sponsor->pull == NULL)
-		sponsor->pull = conninfo;
+		sponsor->pull = PG_ARGISNULL(1) ? conninfo : compose(conninfo, mine, NULL, NULL, NULL);
 	sponsor->admin = conninfo;
 	for (int i = 0; i < list_length(members); i++)
 	{

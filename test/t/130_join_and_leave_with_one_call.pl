@@ -13,6 +13,8 @@
 #  4. d writes, then leaves at once: every member first pulls what it
 #     lacks from d, then drops it; d drops its peers; the others keep d's
 #     changes, and replstamp.cluster no longer lists d anywhere.
+#  5. A node joins with a pulling role in my_conninfo: every link to and
+#     from it uses that role, never mixed with the join's credential.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -127,5 +129,27 @@ for my $n (@nodes)
 		$n->name . ': replstamp.cluster lists a, b and c only');
 }
 wait_converged(\@nodes, ['t'], 'the three after d left');
+
+# 5. A node that joins with a pulling role for my_conninfo: the others
+# pull from it as that role, and it pulls from the sponsor as that role
+# too (the sponsor did not join with join(), so it has no my_conninfo).
+my $g = replstamp_node('g', defaults => 1, sql => $TRACK_T . q{
+	CREATE ROLE puller LOGIN REPLICATION;
+	GRANT USAGE ON SCHEMA replstamp TO puller;
+	GRANT EXECUTE ON FUNCTION replstamp.serve(jsonb), replstamp.wait_for_changes(bigint, interval) TO puller;
+	GRANT SELECT ON replstamp.changes TO puller;
+});
+sq($g, "SELECT * FROM replstamp.join(\$\$" . $a->connstr('postgres') . "\$\$, my_conninfo => \$\$"
+	  . $g->connstr('postgres') . " user=puller\$\$)");
+like(sq($a, q{SELECT conninfo FROM replstamp.peer WHERE name = 'g'}), qr/user=puller/,
+	'a pulls from g with the my_conninfo g gave, as the pulling role');
+like(sq($g, q{SELECT conninfo FROM replstamp.peer WHERE name = 'a'}), qr/user='puller'/,
+	"g pulls from a as the same role, at a's address");
+sq($g, q{INSERT INTO t VALUES (3000, 'from g')});
+wait_converged([ @nodes, $g ], ['t'], 'g, joined with a pulling role');
+$a->poll_query_until('postgres', q{SELECT status = 'ok' FROM replstamp.cluster WHERE name = 'g'})
+  or diag(sq($a, 'SELECT * FROM replstamp.cluster'));
+is(sq($a, q{SELECT status FROM replstamp.cluster WHERE name = 'g'}), 'ok',
+	'a shows g ok: it pulls from g, and g pulls from it as a trusted puller');
 
 done_testing();

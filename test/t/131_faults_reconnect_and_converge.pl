@@ -58,7 +58,8 @@ sub proxy_child
 				$sel->add($in, $out);
 				next;
 			}
-			my $o = $other{$s};
+			# The other end of a pair closed in this round.
+			my $o = $other{$s} or next;
 			my $n = sysread($s, my $buf, 65536);
 			if (!$n)
 			{
@@ -83,8 +84,9 @@ sub restore
 	die "fork: $!" unless defined $proxy_pid;
 	if ($proxy_pid == 0)
 	{
-		proxy_child();
-		POSIX::_exit(0);
+		# Never the parent's END blocks (they stop the nodes), even on an error.
+		eval { proxy_child(); };
+		POSIX::_exit(1);
 	}
 	# Up once it accepts.
 	for (1 .. 100)
