@@ -353,11 +353,14 @@ find_member(List *members, const char *name)
 
 /*
  * Have the node r reaches admit this node (me, mine); add the members it
- * lists that are new to *members.  Returns its own row's member (NULL when
- * it lists none, which admit() never does).
+ * lists that are new to *members.  That node is target (NULL: the sponsor,
+ * added under the name it gives itself), whatever name it gives itself:
+ * a member's name is the one the sponsor knows it by.  Returns its member
+ * (NULL when it lists no row of itself, which admit() always does).
  */
 static Member *
-admit_at(Remote *r, const char *me, const char *mine, const char *credential, List **members)
+admit_at(Remote *r, const char *me, const char *mine, const char *credential,
+		 List **members, Member *target)
 {
 	const char *params[2] = {me, mine};
 	PGresult   *res = remote_exec(r, "SELECT node, conninfo, is_self, action FROM replstamp.admit($1, $2)",
@@ -372,6 +375,13 @@ admit_at(Remote *r, const char *me, const char *mine, const char *credential, Li
 
 		if (strcmp(name, me) == 0)
 			continue;			/* this node, as a peer there */
+		if (is_self && target != NULL)
+		{
+			target->admitted = true;
+			target->there = pstrdup(PQgetvalue(res, i, 3));
+			self = target;
+			continue;
+		}
 		m = find_member(*members, name);
 		if (m == NULL)
 		{
@@ -395,10 +405,13 @@ admit_at(Remote *r, const char *me, const char *mine, const char *credential, Li
 	return self;
 }
 
-/* Connect to r's node and admit this node there; closes the connection. */
+/*
+ * Connect to a member (target; NULL: the sponsor, at conninfo) and admit
+ * this node there; closes the connection.
+ */
 static Member *
 admit_via(const char *label, const char *conninfo, const char *me, const char *mine,
-		  const char *credential, List **members, bool check_stale)
+		  const char *credential, List **members, Member *target)
 {
 	Remote		r;
 	Member	   *self = NULL;
@@ -407,9 +420,9 @@ admit_via(const char *label, const char *conninfo, const char *me, const char *m
 	PG_TRY();
 	{
 		remote_connect(&r, label, conninfo);
-		if (check_stale)
+		if (target == NULL)
 			refuse_stale(&r);
-		self = admit_at(&r, me, mine, credential, members);
+		self = admit_at(&r, me, mine, credential, members, target);
 	}
 	PG_FINALLY();
 	{
@@ -527,7 +540,7 @@ replstamp_join(PG_FUNCTION_ARGS)
 		mine = default_my_conninfo(conninfo);
 
 	/* The sponsor first, then every member it (or another) names. */
-	sponsor = admit_via("the node to join", conninfo, me, mine, conninfo, &members, true);
+	sponsor = admit_via("the node to join", conninfo, me, mine, conninfo, &members, NULL);
 	if (sponsor == NULL)
 		elog(ERROR, "replstamp: the node to join did not name itself");
 	/*
@@ -548,11 +561,8 @@ replstamp_join(PG_FUNCTION_ARGS)
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("no node of the mesh says how to reach member \"%s\"", m->name)));
-		(void) admit_via(m->name, m->admin, me, mine, conninfo, &members, false);
-		if (!m->admitted)
-			ereport(ERROR,
-					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("member \"%s\" did not name itself when it admitted this node", m->name)));
+		if (admit_via(m->name, m->admin, me, mine, conninfo, &members, m) == NULL)
+			elog(ERROR, "replstamp: member \"%s\" did not name itself", m->name);
 	}
 
 	/* Every member admitted this node: now this node pulls from each. */
