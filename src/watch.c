@@ -441,7 +441,12 @@ watch_wait(List *watches, TimestampTz until)
 		Watch	   *w = lfirst(lc);
 		TimestampTz t;
 
-		if (w->remote.conn != NULL && w->connecting)
+		if (w->remote.conn != NULL && PQsocket(w->remote.conn) == PGINVALID_SOCKET)
+		{
+			failed(w, "the connection has no socket", lost(w));
+			t = w->next_retry;
+		}
+		else if (w->remote.conn != NULL && w->connecting)
 		{
 			t = w->remote.connect_deadline;
 			if (t <= now)
