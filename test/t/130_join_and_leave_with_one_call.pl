@@ -15,6 +15,8 @@
 #     changes, and replstamp.cluster no longer lists d anywhere.
 #  5. A node joins with a pulling role in my_conninfo: every link to and
 #     from it uses that role, never mixed with the join's credential.
+#  6. A member its sponsor knows by another name than its own is joined
+#     once, under the sponsor's name for it.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -151,5 +153,21 @@ $a->poll_query_until('postgres', q{SELECT status = 'ok' FROM replstamp.cluster W
   or diag(sq($a, 'SELECT * FROM replstamp.cluster'));
 is(sq($a, q{SELECT status FROM replstamp.cluster WHERE name = 'g'}), 'ok',
 	'a shows g ok: it pulls from g, and g pulls from it as a trusted puller');
+
+# 6. A member known by another name than its own: a calls h "hh" (peers
+# added by hand).  A node joining through a reaches it as "hh" and joins
+# it once.
+my $h = replstamp_node('h', defaults => 1, sql => $TRACK_T);
+add_peer($a, 'hh', $h);
+add_peer($h, 'a', $a);
+my $i = replstamp_node('i', defaults => 1, sql => $TRACK_T);
+is(sq($i, "SELECT string_agg(node || ' ' || action, ',' ORDER BY node) FROM replstamp.join(\$\$" . $a->connstr('postgres') . "\$\$)"),
+	join(',', map { "$_ there: added; here: added" } qw(a b c g hh)),
+	'i joins a, b, c, g and h, which a calls hh, once each');
+is(sq($h, q{SELECT string_agg(name, ',' ORDER BY name) FROM replstamp.peer}), 'a,i', 'h has i as a peer');
+sq($h, q{INSERT INTO t VALUES (4000, 'from h')});
+$i->poll_query_until('postgres', q{SELECT count(*) = 1 FROM t WHERE id = 4000})
+  or die "h's write does not reach i";
+pass("h's write reaches i");
 
 done_testing();
