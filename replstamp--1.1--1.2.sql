@@ -452,3 +452,92 @@ CREATE OR REPLACE VIEW replstamp.peers AS
 
 -- Digests of the rows row_version holds already.
 SELECT replstamp.rebuild_digests();
+
+ * Joining a mesh with one call (src/mesh.c).  replstamp.mesh holds, once
+ * this node joined with replstamp.join(), its name in the mesh and the
+ * connection string by which the others pull from it; the others store
+ * that string as their peer's.  The string may hold a password: only the
+ * owner reads it (the name is readable by everybody).
+ */
+CREATE TABLE replstamp.mesh (
+    one        boolean PRIMARY KEY DEFAULT true CHECK (one),
+    name       text NOT NULL CHECK (name ~ '^[A-Za-z0-9_.-]{1,63}$'),
+    conninfo   text NOT NULL,
+    joined_at  timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+REVOKE ALL ON replstamp.mesh FROM PUBLIC;
+GRANT SELECT (name, joined_at) ON replstamp.mesh TO PUBLIC;
+
+-- On a new node: join the mesh of the node conninfo reaches.
+CREATE FUNCTION replstamp."join"(conninfo text, my_conninfo text DEFAULT NULL, name text DEFAULT NULL)
+    RETURNS TABLE (node text, action text)
+    LANGUAGE C VOLATILE
+    AS 'MODULE_PATHNAME', 'replstamp_join';
+COMMENT ON FUNCTION replstamp."join"(text, text, text) IS
+    'join the mesh of the node conninfo reaches: every member and this node pull from each other';
+
+-- On a member, called by join(): add the joining node as a peer, and
+-- list the members this node knows.
+CREATE FUNCTION replstamp.admit(name text, conninfo text)
+    RETURNS TABLE (node text, conninfo text, is_self boolean, action text)
+    LANGUAGE C VOLATILE STRICT
+    AS 'MODULE_PATHNAME', 'replstamp_admit';
+COMMENT ON FUNCTION replstamp.admit(text, text) IS
+    'for join(): add a joining node as a peer; returns this node and its peers with their connection strings';
+
+-- Leave the mesh: every peer pulls what it lacks from here and drops this
+-- node; then this node drops its peers.
+CREATE FUNCTION replstamp.leave(conninfo text DEFAULT NULL)
+    RETURNS TABLE (node text, action text)
+    LANGUAGE C VOLATILE
+    AS 'MODULE_PATHNAME', 'replstamp_leave';
+COMMENT ON FUNCTION replstamp.leave(text) IS
+    'leave the mesh: every peer pulls from this node, then drops it; this node drops its peers';
+
+REVOKE ALL ON FUNCTION replstamp."join"(text, text, text), replstamp.admit(text, text),
+    replstamp.leave(text) FROM PUBLIC;
+
+/*
+ * Every node this node knows of, like repadmin /replsummary: itself, its
+ * peers and the nodes that pull from it (matched by replica ID), with the
+ * last contact and what each side lacks of the other as of then.
+ */
+CREATE VIEW replstamp.cluster AS
+    WITH self AS (
+        SELECT coalesce((SELECT m.name FROM replstamp.mesh m),
+                        CASE WHEN pg_catalog.current_setting('cluster_name')
+                                  OPERATOR(pg_catalog.~) '^[A-Za-z0-9_.-]{1,63}$'
+                             THEN pg_catalog.current_setting('cluster_name') END,
+                        'n' OPERATOR(pg_catalog.||) n.system_identifier::text) AS name,
+               n.replica_id
+          FROM replstamp.node n
+    ), lag AS (
+        SELECT l.peer, pg_catalog.sum(l.changes_behind)::bigint AS changes
+          FROM replstamp.lag l GROUP BY l.peer
+    )
+    SELECT s.name, s.replica_id, true AS is_self, NULL::timestamptz AS last_contact,
+           NULL::bigint AS changes_to_pull, NULL::bigint AS changes_to_send,
+           'this node'::text AS status, NULL::boolean AS wakeups,
+           NULL::timestamptz AS next_retry_at, NULL::text AS last_error
+      FROM self s
+    UNION ALL
+    SELECT p.name, p.replica_id, false,
+           CASE WHEN u.last_pull_at OPERATOR(pg_catalog.>) p.last_sync_at OR p.last_sync_at IS NULL
+                THEN u.last_pull_at ELSE p.last_sync_at END,
+           coalesce(l.changes, 0), u.changes_not_held,
+           CASE WHEN p.status IN ('diverged', 'stale') THEN p.status
+                WHEN p.last_error IS NOT NULL THEN 'failing'
+                WHEN p.last_sync_at IS NULL THEN 'new'
+                WHEN u.replica_id IS NULL THEN 'not pulling'
+                ELSE 'ok' END,
+           p.wakeups, p.next_retry_at, p.last_error
+      FROM replstamp.peer p
+      LEFT JOIN replstamp.pullers u ON u.replica_id OPERATOR(pg_catalog.=) p.replica_id
+      LEFT JOIN lag l ON l.peer OPERATOR(pg_catalog.=) p.name
+    UNION ALL
+    SELECT u.label, u.replica_id, false, u.last_pull_at, NULL, u.changes_not_held,
+           'pulls only', NULL, NULL, NULL
+      FROM replstamp.pullers u
+     WHERE NOT EXISTS (SELECT 1 FROM replstamp.peer p
+                        WHERE p.replica_id OPERATOR(pg_catalog.=) u.replica_id);
+GRANT SELECT ON replstamp.cluster TO PUBLIC;

@@ -438,15 +438,16 @@ replstamp_launcher_main(Datum arg)
 }
 
 /*
- * One round of the sync worker: every peer (but those watches has waiting
- * connections on), each in transactions of its own.  Returns false if the
+ * One round of the sync worker: every peer, each in transactions of its
+ * own, but those watches has waiting connections on (unless full) and
+ * those it finds down (watch.c: it syncs them when it reaches them).  Returns false if the
  * extension is not installed here, or the database has no peer: the
  * worker leaves, so that it holds no connection to a database that does
  * not replicate (DROP DATABASE would wait for it); add_peer() has it
  * started again.
  */
 static bool
-sync_round(List *watches)
+sync_round(List *watches, bool full)
 {
 	bool		installed;
 	bool		ready;			/* the 1.2 catalog: replication can run */
@@ -475,7 +476,7 @@ sync_round(List *watches)
 
 	PG_TRY();
 	{
-		(void) sync_peers_but(watches ? watch_is_up : NULL, watches);
+		(void) sync_peers_but(full ? watch_is_down : watch_is_up_or_down, watches);
 		worker_begin_xact();
 		maintenance_mark_lus();
 		worker_commit_xact();
@@ -548,7 +549,7 @@ replstamp_sync_main(Datum arg)
 														(int64) sync_interval * 1000 * FULL_ROUND_EVERY);
 				watch_clear_due(watches);
 			}
-			if (!sync_round(full ? NIL : watches))
+			if (!sync_round(watches, full))
 			{
 				watch_close_all(&watches);
 				proc_exit(0);

@@ -57,6 +57,7 @@ remote_init(void)
 							NULL, NULL, NULL);
 }
 
+pg_attribute_noreturn()
 static void
 connection_failed(Remote *r, const char *what)
 {
@@ -119,18 +120,18 @@ notice_receiver(void *arg, const PGresult *res)
 }
 
 /*
- * Connect to a peer.  conninfo may name connect_timeout; otherwise 10 s.
+ * Start connecting to a peer, without waiting: remote_connect_poll() goes
+ * on.  conninfo may name connect_timeout; otherwise 10 s.  options, if not
+ * NULL, are more server settings for the session ("-c name=value ...").
  */
 void
-remote_connect(Remote *r, const char *peer, const char *conninfo)
+remote_connect_start(Remote *r, const char *peer, const char *conninfo, const char *options)
 {
 	const char *keywords[8];
 	const char *values[8];
 	char	   *err = NULL;
 	PQconninfoOption *opts;
 	int			connect_timeout = DEFAULT_CONNECT_TIMEOUT_S;
-	TimestampTz deadline;
-	PostgresPollingStatusType status;
 	int			n = 0;
 
 	memset(r, 0, sizeof(Remote));
@@ -147,6 +148,7 @@ remote_connect(Remote *r, const char *peer, const char *conninfo)
 		if (strcmp(o->keyword, "connect_timeout") == 0 && o->val && o->val[0])
 			connect_timeout = Max(atoi(o->val), 1);
 	PQconninfoFree(opts);
+	r->connect_timeout_s = connect_timeout;
 
 	keywords[n] = "dbname";
 	values[n++] = conninfo;
@@ -154,8 +156,10 @@ remote_connect(Remote *r, const char *peer, const char *conninfo)
 	values[n++] = "replstamp";
 	/* What the peer sends must not depend on its settings. */
 	keywords[n] = "options";
-	values[n++] = "-c search_path= -c datestyle=ISO -c intervalstyle=postgres "
-		"-c timezone=UTC -c extra_float_digits=3 -c default_transaction_isolation=read\\ committed";
+	values[n++] = psprintf("-c search_path= -c datestyle=ISO -c intervalstyle=postgres "
+						   "-c timezone=UTC -c extra_float_digits=3 "
+						   "-c default_transaction_isolation=read\\ committed%s%s",
+						   options ? " " : "", options ? options : "");
 	keywords[n] = "keepalives";
 	values[n++] = "1";
 	keywords[n] = NULL;
@@ -172,22 +176,64 @@ remote_connect(Remote *r, const char *peer, const char *conninfo)
 	r->conn = PQconnectStartParams(keywords, values, true);
 	if (r->conn == NULL || PQstatus(r->conn) == CONNECTION_BAD)
 		connection_failed(r, NULL);
+	r->connect_deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), connect_timeout * 1000);
+	r->connect_events = WL_SOCKET_WRITEABLE;
+}
 
-	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), connect_timeout * 1000);
-	status = PGRES_POLLING_WRITING;
-	while (status != PGRES_POLLING_OK)
+/*
+ * One step of a connection remote_connect_start() began, once the socket
+ * is ready for r->connect_events.  Returns true once connected; otherwise
+ * r->connect_events says what to wait for next.  Raises the error of a
+ * connection that failed.  The caller gives up at r->connect_deadline
+ * (remote_connect_timed_out()).
+ */
+bool
+remote_connect_poll(Remote *r)
+{
+	PostgresPollingStatusType status = PQconnectPoll(r->conn);
+
+	if (status == PGRES_POLLING_FAILED)
+		connection_failed(r, NULL);
+	if (status != PGRES_POLLING_OK)
 	{
-		if (status == PGRES_POLLING_FAILED)
-			connection_failed(r, NULL);
-		if (!wait_socket(r, status == PGRES_POLLING_READING ?
-						 WL_SOCKET_READABLE : WL_SOCKET_WRITEABLE, deadline))
-			connection_failed(r, psprintf("timeout expired after %d s (connect_timeout)",
-										  connect_timeout));
-		status = PQconnectPoll(r->conn);
+		r->connect_events = status == PGRES_POLLING_READING ?
+			WL_SOCKET_READABLE : WL_SOCKET_WRITEABLE;
+		return false;
 	}
 	if (PQstatus(r->conn) != CONNECTION_OK)
 		connection_failed(r, NULL);
 	PQsetNoticeReceiver(r->conn, notice_receiver, r);
+	return true;
+}
+
+/*
+ * Connect to a peer, waiting at most connect_timeout (conninfo may name
+ * it; otherwise 10 s).
+ */
+void
+remote_connect(Remote *r, const char *peer, const char *conninfo)
+{
+	remote_connect_start(r, peer, conninfo, NULL);
+	do
+	{
+		if (!wait_socket(r, r->connect_events, r->connect_deadline))
+			remote_connect_timed_out(r);
+	} while (!remote_connect_poll(r));
+}
+
+/* Give up a connection that took longer than connect_timeout. */
+void
+remote_connect_timed_out(Remote *r)
+{
+	connection_failed(r, psprintf("timeout expired after %d s (connect_timeout)",
+								  r->connect_timeout_s));
+}
+
+/* How long a sync waits for a peer's answer, in ms (0: forever). */
+int
+remote_peer_timeout_ms(void)
+{
+	return peer_timeout * 1000;
 }
 
 /*

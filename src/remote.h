@@ -15,6 +15,7 @@
 #ifndef REPLSTAMP_REMOTE_H
 #define REPLSTAMP_REMOTE_H
 
+#include "datatype/timestamp.h"
 #include "libpq-fe.h"
 
 typedef struct Remote
@@ -25,10 +26,19 @@ typedef struct Remote
 	bool		fd_acquired;
 	bool		streaming;		/* a single-row-mode query is running */
 	bool		verifying;		/* for messages: a verification, not a sync */
+	/* While connecting (remote_connect_start() and _poll()): */
+	TimestampTz connect_deadline;
+	int			connect_timeout_s;
+	int			connect_events; /* WL_SOCKET_READABLE or WRITEABLE */
 } Remote;
 
 extern void remote_init(void);
 extern void remote_connect(Remote *r, const char *peer, const char *conninfo);
+extern void remote_connect_start(Remote *r, const char *peer, const char *conninfo,
+								 const char *options);
+extern bool remote_connect_poll(Remote *r);
+extern void remote_connect_timed_out(Remote *r) pg_attribute_noreturn();
+extern int	remote_peer_timeout_ms(void);
 extern void remote_disconnect(Remote *r);
 extern PGresult *remote_exec(Remote *r, const char *sql, int nparams,
 							 const char *const *params, ExecStatusType expected);

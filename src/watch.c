@@ -20,8 +20,20 @@
  * A connection that fails is tried again after a back-off that doubles
  * from BACKOFF_MIN_MS up to BACKOFF_MAX_MS; replstamp.peers shows whether
  * a peer's connection waits (wakeups) and when the next try is due
- * (next_retry_at).  A wait that has not answered a minute past its
- * timeout is taken for a lost connection.
+ * (next_retry_at).  A wait that has not answered replstamp.peer_timeout
+ * past its timeout is taken for a lost connection.
+ *
+ * Faults (issue 24, item 6): a connection is made without blocking (the
+ * worker waits on its socket with the others'), so a peer that accepts
+ * connections and never answers (stopped, or behind a dead link) costs
+ * the other peers nothing while it is tried.  A peer whose connection
+ * was lost or could not be made is "down" until its next try: the
+ * fallback poll leaves it to the watch (a sync would only wait for
+ * connect_timeout or replstamp.peer_timeout), and replstamp.peers shows
+ * it failing, with what failed in last_error, as a failed sync would.
+ * When a connection is made again, the worker asks for the counter and
+ * syncs (which records the peer ok again): nothing is lost, whatever
+ * happened meanwhile.
  *
  * Everything here runs in the sync worker only, outside any transaction;
  * the list of watches lives in TopMemoryContext.
@@ -57,7 +69,7 @@
  * trip.
  */
 #define WAIT_S				10
-#define LOST_MS				((WAIT_S + 60) * 1000)	/* unanswered this long: lost */
+#define LOST_DEFAULT_MS		60000	/* with replstamp.peer_timeout = 0 */
 #define BACKOFF_MIN_MS		1000
 #define BACKOFF_MAX_MS		60000
 
@@ -67,6 +79,8 @@ typedef struct Watch
 	char	   *name;
 	char	   *conninfo;
 	Remote		remote;			/* remote.conn NULL: not connected */
+	bool		connecting;		/* remote.conn is being connected */
+	bool		down;			/* the connection was lost or not made */
 	bool		known;			/* since holds the peer's counter */
 	int64		since;
 	TimestampTz sent_at;		/* when the running wait was sent */
@@ -80,9 +94,13 @@ typedef struct Watch
 /* The catalog has replstamp.peer.wakeups and next_retry_at (1.2). */
 static bool has_columns = false;
 
-/* Record what replstamp.peers shows of the watch: its own transaction. */
+/*
+ * Record what replstamp.peers shows of the watch: its own transaction.
+ * error, if not NULL: the peer is down, and this is what failed (words of
+ * replstamp's own, which every role may read).
+ */
 static void
-record(Watch *w)
+record(Watch *w, const char *error)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 
@@ -91,21 +109,31 @@ record(Watch *w)
 	PG_TRY();
 	{
 		ReplstampOwnerContext ctx;
-		Oid			types[3] = {TEXTOID, BOOLOID, TIMESTAMPTZOID};
-		Datum		values[3];
-		char		nulls[3] = {' ', ' ', ' '};
+		Oid			types[4] = {TEXTOID, BOOLOID, TIMESTAMPTZOID, TEXTOID};
+		Datum		values[4];
+		char		nulls[4] = {' ', ' ', ' ', ' '};
 
 		values[0] = CStringGetTextDatum(w->name);
 		values[1] = BoolGetDatum(w->remote.conn != NULL);
 		values[2] = TimestampTzGetDatum(w->next_retry);
 		if (w->remote.conn != NULL || w->next_retry == 0)
 			nulls[2] = 'n';
+		values[3] = CStringGetTextDatum(error ? error : "");
 		worker_begin_xact();
 		replstamp_become_owner(&ctx);
 		SPI_connect();
-		replstamp_spi_exec("UPDATE replstamp.peer SET wakeups = $2, next_retry_at = $3 "
-						   "WHERE name OPERATOR(pg_catalog.=) $1",
-						   3, types, values, nulls, SPI_OK_UPDATE);
+		if (error)
+			replstamp_spi_exec("UPDATE replstamp.peer SET wakeups = $2, next_retry_at = $3, "
+							   "last_error = $4, last_error_at = pg_catalog.now(), "
+							   "last_error_sqlstate = '08006', last_error_change = NULL, "
+							   "status = CASE WHEN status IN ('diverged', 'stale') THEN status "
+							   "ELSE 'failing' END "
+							   "WHERE name OPERATOR(pg_catalog.=) $1",
+							   4, types, values, nulls, SPI_OK_UPDATE);
+		else
+			replstamp_spi_exec("UPDATE replstamp.peer SET wakeups = $2, next_retry_at = $3 "
+							   "WHERE name OPERATOR(pg_catalog.=) $1",
+							   3, types, values, nulls, SPI_OK_UPDATE);
 		SPI_finish();
 		replstamp_restore_user(&ctx);
 		worker_commit_xact();
@@ -123,18 +151,37 @@ record(Watch *w)
 	PG_END_TRY();
 }
 
+/* What replstamp.peers shows of a peer that cannot be reached. */
+static char *
+unreachable(Watch *w)
+{
+	return psprintf("could not connect to peer \"%s\"", w->name);
+}
+
+static char *
+lost(Watch *w)
+{
+	return psprintf("lost the connection to peer \"%s\"", w->name);
+}
+
 static void
 disconnect(Watch *w)
 {
 	remote_disconnect(&w->remote);
 	w->known = false;
+	w->connecting = false;
 }
 
-/* The connection failed: try again after the back-off. */
+/*
+ * The connection failed: try again after the back-off.  down, if not
+ * NULL: the peer could not be reached (rather than refusing the wait),
+ * in replstamp's words, for replstamp.peers (why goes to the log).
+ */
 static void
-failed(Watch *w, const char *why)
+failed(Watch *w, const char *why, const char *down)
 {
 	disconnect(w);
+	w->down = down != NULL;
 	w->backoff_ms = w->backoff_ms == 0 ? BACKOFF_MIN_MS :
 		Min(w->backoff_ms * 2, BACKOFF_MAX_MS);
 	w->next_retry = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), w->backoff_ms);
@@ -142,7 +189,7 @@ failed(Watch *w, const char *why)
 			(errmsg("replstamp: wake-ups from peer \"%s\" stopped, next try in %d ms",
 					w->name, w->backoff_ms),
 			 errdetail_internal("%s", why)));
-	record(w);
+	record(w, down);
 }
 
 /* Send the wait; since unknown: ask for the counter at once. */
@@ -159,7 +206,7 @@ send_wait(Watch *w)
 						   "SELECT replstamp.wait_for_changes($1::pg_catalog.int8, $2::pg_catalog.interval)",
 						   2, NULL, params, NULL, NULL, 0))
 	{
-		failed(w, pchomp(PQerrorMessage(w->remote.conn)));
+		failed(w, pchomp(PQerrorMessage(w->remote.conn)), lost(w));
 		return false;
 	}
 	w->sent_at = GetCurrentTimestamp();
@@ -217,6 +264,7 @@ watch_refresh(List **watches)
 			w->conninfo = pstrdup(conninfo);
 			w->backoff_ms = 0;
 			w->next_retry = 0;
+			w->down = false;
 		}
 		w->seen = true;
 	}
@@ -240,7 +288,7 @@ watch_refresh(List **watches)
 	}
 }
 
-/* Connect to every peer not connected whose next try is due. */
+/* Start connecting to every peer not connected whose next try is due. */
 void
 watch_connect(List *watches)
 {
@@ -251,38 +299,79 @@ watch_connect(List *watches)
 	{
 		Watch	   *w = lfirst(lc);
 		MemoryContext cxt = CurrentMemoryContext;
-		bool		ok = false;
 
 		if (w->remote.conn != NULL || w->next_retry > now)
 			continue;
 		PG_TRY();
 		{
-			remote_connect(&w->remote, w->name, w->conninfo);
 			/* The serving side's settings must not cut the wait short. */
-			PQclear(remote_exec(&w->remote,
-								"SELECT pg_catalog.set_config('statement_timeout', '0', false), "
-								"pg_catalog.set_config('idle_in_transaction_session_timeout', '0', false)",
-								0, NULL, PGRES_TUPLES_OK));
-			ok = true;
+			remote_connect_start(&w->remote, w->name, w->conninfo,
+								 "-c statement_timeout=0 -c idle_in_transaction_session_timeout=0");
+			w->connecting = true;
 		}
 		PG_CATCH();
 		{
 			ErrorData  *e = worker_catch_error(cxt);
 
-			failed(w, e->detail ? e->detail : e->message);
+			failed(w, e->detail ? e->detail : e->message, unreachable(w));
 			FreeErrorData(e);
 		}
 		PG_END_TRY();
-		if (!ok)
-			continue;
-		w->known = false;
-		if (!send_wait(w))
-			continue;
-		w->backoff_ms = 0;
-		w->next_retry = 0;
-		if (!w->shown_up)
-			record(w);
 	}
+}
+
+/* The socket of a connection being made is ready: go on with it. */
+static void
+connect_step(Watch *w)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	bool		done = false;
+	bool		ok = true;
+
+	PG_TRY();
+	{
+		done = remote_connect_poll(&w->remote);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *e = worker_catch_error(cxt);
+
+		failed(w, e->detail ? e->detail : e->message, unreachable(w));
+		FreeErrorData(e);
+		ok = false;
+	}
+	PG_END_TRY();
+	if (!ok || !done)
+		return;
+	w->connecting = false;
+	w->down = false;
+	w->known = false;
+	if (!send_wait(w))
+		return;
+	w->backoff_ms = 0;
+	w->next_retry = 0;
+	if (!w->shown_up)
+		record(w, NULL);
+}
+
+/* A connection being made took longer than connect_timeout. */
+static void
+connect_timed_out(Watch *w)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+
+	PG_TRY();
+	{
+		remote_connect_timed_out(&w->remote);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *e = worker_catch_error(cxt);
+
+		failed(w, e->detail ? e->detail : e->message, unreachable(w));
+		FreeErrorData(e);
+	}
+	PG_END_TRY();
 }
 
 /* The answer of a wait arrived (or part of it): read it, send the next. */
@@ -293,7 +382,7 @@ receive(Watch *w)
 
 	if (!PQconsumeInput(w->remote.conn))
 	{
-		failed(w, pchomp(PQerrorMessage(w->remote.conn)));
+		failed(w, pchomp(PQerrorMessage(w->remote.conn)), lost(w));
 		return;
 	}
 	while (!PQisBusy(w->remote.conn))
@@ -312,7 +401,8 @@ receive(Watch *w)
 			char	   *why = pstrdup(msg ? msg : "unexpected answer to wait_for_changes()");
 
 			PQclear(res);
-			failed(w, why);
+			/* A connection that broke, or an answer that is an error. */
+			failed(w, why, PQstatus(w->remote.conn) == CONNECTION_BAD ? lost(w) : NULL);
 			return;
 		}
 		else
@@ -343,19 +433,38 @@ watch_wait(List *watches, TimestampTz until)
 	long		timeout = -1;
 	TimestampTz now = GetCurrentTimestamp();
 	TimestampTz wake = until;
+	int			lost_ms = WAIT_S * 1000 +
+		(remote_peer_timeout_ms() > 0 ? remote_peer_timeout_ms() : LOST_DEFAULT_MS);
 
 	foreach(lc, watches)
 	{
 		Watch	   *w = lfirst(lc);
 		TimestampTz t;
 
-		if (w->remote.conn != NULL)
+		if (w->remote.conn != NULL && PQsocket(w->remote.conn) == PGINVALID_SOCKET)
 		{
-			/* A wait unanswered for too long: the connection is lost. */
-			t = TimestampTzPlusMilliseconds(w->sent_at, LOST_MS);
+			failed(w, "the connection has no socket", lost(w));
+			t = w->next_retry;
+		}
+		else if (w->remote.conn != NULL && w->connecting)
+		{
+			t = w->remote.connect_deadline;
 			if (t <= now)
 			{
-				failed(w, "the peer did not answer the wait in time");
+				connect_timed_out(w);
+				t = w->next_retry;
+			}
+			else
+				n++;
+		}
+		else if (w->remote.conn != NULL)
+		{
+			/* A wait unanswered for too long: the connection is lost. */
+			t = TimestampTzPlusMilliseconds(w->sent_at, lost_ms);
+			if (t <= now)
+			{
+				failed(w, "the peer did not answer the wait in time",
+					   psprintf("peer \"%s\" did not answer within %d s", w->name, lost_ms / 1000));
 				t = w->next_retry;
 			}
 			else
@@ -377,8 +486,8 @@ watch_wait(List *watches, TimestampTz until)
 		Watch	   *w = lfirst(lc);
 
 		if (w->remote.conn != NULL)
-			(void) AddWaitEventToSet(set, WL_SOCKET_READABLE, PQsocket(w->remote.conn),
-									 NULL, w);
+			(void) AddWaitEventToSet(set, w->connecting ? w->remote.connect_events : WL_SOCKET_READABLE,
+									 PQsocket(w->remote.conn), NULL, w);
 	}
 	events = palloc(sizeof(WaitEvent) * n);
 	nready = WaitEventSetWait(set, timeout, events, n, PG_WAIT_EXTENSION);
@@ -387,11 +496,14 @@ watch_wait(List *watches, TimestampTz until)
 	{
 		if (events[i].events & WL_LATCH_SET)
 			ResetLatch(MyLatch);
-		else if ((events[i].events & WL_SOCKET_READABLE) && events[i].user_data != NULL)
+		else if ((events[i].events & (WL_SOCKET_READABLE | WL_SOCKET_WRITEABLE)) &&
+				 events[i].user_data != NULL)
 		{
 			Watch	   *w = events[i].user_data;
 
-			if (w->remote.conn != NULL)
+			if (w->remote.conn != NULL && w->connecting)
+				connect_step(w);
+			else if (w->remote.conn != NULL)
 				receive(w);
 		}
 	}
@@ -456,7 +568,36 @@ watch_is_up(const char *peer, void *watches)
 		Watch	   *w = lfirst(lc);
 
 		if (strcmp(w->name, peer) == 0)
-			return w->remote.conn != NULL && w->known;
+			return w->remote.conn != NULL && !w->connecting && w->known;
 	}
 	return false;
+}
+
+/*
+ * Is the peer down: its connection lost or not made, and not made again
+ * yet?  For sync_peers_but(): the fallback poll leaves such a peer to the
+ * watch, which tries it with its back-off and syncs once it connects (a
+ * sync would only wait for connect_timeout or replstamp.peer_timeout,
+ * and the worker's other peers with it).
+ */
+bool
+watch_is_down(const char *peer, void *watches)
+{
+	ListCell   *lc;
+
+	foreach(lc, (List *) watches)
+	{
+		Watch	   *w = lfirst(lc);
+
+		if (strcmp(w->name, peer) == 0)
+			return w->down && (w->remote.conn == NULL || w->connecting);
+	}
+	return false;
+}
+
+/* Up or down: the fallback poll leaves the peer to the watch. */
+bool
+watch_is_up_or_down(const char *peer, void *watches)
+{
+	return watch_is_up(peer, watches) || watch_is_down(peer, watches);
 }

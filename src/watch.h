@@ -23,5 +23,7 @@ extern const char *watch_take_due(List *watches);
 extern void watch_clear_due(List *watches);
 extern void watch_close_all(List **watches);
 extern bool watch_is_up(const char *peer, void *watches);
+extern bool watch_is_down(const char *peer, void *watches);
+extern bool watch_is_up_or_down(const char *peer, void *watches);
 
 #endif							/* REPLSTAMP_WATCH_H */
