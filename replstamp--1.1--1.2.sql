@@ -307,6 +307,7 @@ ALTER TABLE replstamp.conflict_log DROP CONSTRAINT conflict_log_kind_check;
 ALTER TABLE replstamp.conflict_log ADD CONSTRAINT conflict_log_kind_check
     CHECK (kind IN ('incoming_lost', 'overwrote', 'orphan_deleted', 'orphan_updated', 'unique_lost'));
 
+/*
  * Verifying that two nodes agree (issue 23, src/digest.c, src/verify.c).
  *
  * Per tracked table and bucket (the top 12 bits of row_hash, 4096
@@ -453,6 +454,7 @@ CREATE OR REPLACE VIEW replstamp.peers AS
 -- Digests of the rows row_version holds already.
 SELECT replstamp.rebuild_digests();
 
+/*
  * Joining a mesh with one call (src/mesh.c).  replstamp.mesh holds, once
  * this node joined with replstamp.join(), its name in the mesh and the
  * connection string by which the others pull from it; the others store
