@@ -215,6 +215,13 @@ like($err, qr/node "mallory" advertises more than 1000 dead epochs this node has
 	'a puller whose request names 100,000 dead epochs is refused');
 is(sq($a, 'SELECT count(*) FROM replstamp.epoch'), $a_epochs, 'and a keeps none of them');
 
+# (f2) A puller of replstamp 1.1 (sync protocol 2) would apply what it
+# reads split into pages: refused, with what to do.
+my $old_request = $request =~ s/'protocol', 3, 'version', '1\.2'/'protocol', 2, 'version', '1.1'/r;
+($rc, $out, $err) = $a->psql('postgres', 'SELECT replstamp.serve(' . ($old_request =~ s/DEAD/'[]'::jsonb/r) . ')');
+like($err, qr/node "mallory" runs replstamp 1\.1 \(sync protocol 2\), this node 1\.2 \(protocol 3\).*HINT:  Update replstamp on that node/s,
+	'a 1.1 puller is refused, with a hint to update it');
+
 sq($a, 'INSERT INTO t VALUES (21, 21)');
 $t0 = time;
 is(sq($p, "SELECT replstamp.sync('a')"), '1', 'honest syncs go on');

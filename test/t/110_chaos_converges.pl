@@ -441,6 +441,17 @@ for (qw(b c))
 	is($final_ins{$_}, $final_ins{a}, "node $_ holds exactly the ins rows node a holds (seed $seed)");
 }
 
+# And verify, from the digests kept with each row's version, names no row
+# that differs between any two nodes (issue 23).
+for my $n (@names)
+{
+	for my $peer (grep { $_ ne $n } @names)
+	{
+		my $diff = sq($node{$n}, "SELECT count(*) || coalesce(': ' || string_agg(difference || ' ' || relation || pk::text, ', '), '') FROM replstamp.verify('$peer')");
+		is($diff, '0', "verify on $n against $peer finds no row that differs (seed $seed)");
+	}
+}
+
 # Every transaction inserted a row of its own into ins, which nothing
 # overwrites: the row of each acknowledged one must be on every node, and
 # none of a rolled-back one.
