@@ -282,8 +282,8 @@ COMMENT ON FUNCTION replstamp.wait_for(text, interval) IS
  * Whole transactions.  Every change recorded here, stamped here or pulled,
  * carries the local transaction that recorded it (xact: its full
  * transaction ID) and its place in this node's log (usn: the serial it
- * was stamped with, or for a pulled change a number from the same
- * sequence, taken when it was applied).  A server sends the changes a
+ * was stamped with, or for a pulled change the last serial handed out
+ * here when it was applied).  A server sends the changes a
  * puller lacks grouped by xact, the groups in the order of their last usn:
  * whole transactions, in an order no transaction precedes one it had
  * already seen.  Changes recorded before this update have neither: each
@@ -293,7 +293,7 @@ ALTER TABLE replstamp.changes
     ADD COLUMN usn bigint,
     ADD COLUMN xact bigint;
 COMMENT ON COLUMN replstamp.changes.usn IS
-    'place in this node''s log: the serial it was stamped with here, or taken when it was applied here';
+    'place in this node''s log: the serial it was stamped with here, or the last serial handed out here when it was applied';
 COMMENT ON COLUMN replstamp.changes.xact IS
     'the local transaction that recorded it (full transaction ID): a peer applies its changes together';
 

@@ -24,7 +24,6 @@
 #include "access/table.h"
 #include "access/xact.h"
 #include "catalog/index.h"
-#include "commands/sequence.h"
 #include "miscadmin.h"
 #include "parser/parse_relation.h"
 #include "storage/proc.h"
@@ -39,6 +38,7 @@
 #include "compat.h"
 #include "errors.h"
 #include "rowimage.h"
+#include "serial.h"
 #include "wakeup.h"
 
 /*
@@ -201,17 +201,18 @@ changelog_append(const ReplstampCatalog *cat, Change *change)
 
 	/*
 	 * Its place in this node's log (usn) and the transaction recording it.
-	 * A change stamped here is placed by its serial; a pulled one by a
-	 * number from the same sequence, taken now, outside the lowest
-	 * uncommitted serial's bookkeeping (it is no stamp of this node's: the
-	 * vector of this node's ID may pass it while the apply is in flight).
-	 * Either way a transaction that read another's committed change has
-	 * all its own changes placed after that one's.
+	 * A change stamped here is placed by its serial; a pulled one by the
+	 * last serial handed out here so far, read, not taken (taking one would
+	 * move this node's own vector entry with every apply, and leave gaps in
+	 * its stamps).  A transaction that read another's committed change
+	 * takes its serials after that one's places, so it is placed after it;
+	 * two places can be equal only for transactions that did not see each
+	 * other, which a server orders by transaction (sync.c).
 	 */
 	if (cat->v12)
 	{
 		values[Anum_changes_usn - 1] = change->applied ?
-			Int64GetDatum(nextval_internal(cat->serial_seq, false)) :
+			Int64GetDatum(serial_next(cat->serial_seq) - 1) :
 			Int64GetDatum(change->serial);
 		values[Anum_changes_xact - 1] =
 			Int64GetDatum((int64) U64FromFullTransactionId(GetTopFullTransactionId()));

@@ -1069,7 +1069,7 @@ pull(SyncRun *r)
 					  "  AND c.serial OPERATOR(pg_catalog.>) v.lo "
 					  "WHERE NOT EXISTS (SELECT 1 FROM replstamp.tracked t "
 					  "  WHERE t.relation OPERATOR(pg_catalog.=) c.relation AND t.state OPERATOR(pg_catalog.<>) 'tracked') "
-					  "ORDER BY grp NULLS FIRST, c.usn NULLS FIRST, c.replica_id, c.serial",
+					  "ORDER BY grp NULLS FIRST, c.xact NULLS FIRST, c.usn NULLS FIRST, c.replica_id, c.serial",
 					  2, params);
 	for (;;)
 	{

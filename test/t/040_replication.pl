@@ -65,13 +65,14 @@ sq($b, "SELECT replstamp.sync('a')");
 is(sq($b, "SELECT count(*) FROM accounts WHERE id IN (100, 101)"), '2',
 	'once it commits, the earlier serial is delivered too');
 
-# A bad batch: a table not tracked on the puller; nothing of the batch applies.
+# A bad transaction: it writes a table not tracked on the puller; nothing
+# of it applies.
 sq($a, "CREATE TABLE only_on_a (id int PRIMARY KEY); SELECT replstamp.track('only_on_a')");
-sq($a, "INSERT INTO accounts VALUES (300, 0, 'same batch'); INSERT INTO only_on_a VALUES (1)");
+sq($a, "BEGIN; INSERT INTO accounts VALUES (300, 0, 'same transaction'); INSERT INTO only_on_a VALUES (1); COMMIT");
 my $before = sq($b, "SELECT count(*) FROM replstamp.changes");
 my ($rc, $out, $err) = $b->psql('postgres', "SELECT replstamp.sync('a')");
 like($err, qr/which does not exist here/, 'a change of an unknown table is a clear error');
-is(sq($b, "SELECT count(*) FROM replstamp.changes"), $before, 'nothing of the batch was applied');
+is(sq($b, "SELECT count(*) FROM replstamp.changes"), $before, 'nothing of the transaction was applied');
 sq($b, "SELECT replstamp.sync_all()");
 like(sq($b, "SELECT last_error FROM replstamp.peers WHERE name = 'a'"), qr/only_on_a/,
 	'sync_all records the error in replstamp.peers');

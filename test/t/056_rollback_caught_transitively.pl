@@ -91,7 +91,7 @@ is(sq($_, 'SELECT count(*) FROM t'), '25', $_->name . ' holds every row: both hi
 is(sq($_, "SELECT count(*) FROM replstamp.changes WHERE replica_id = '$id' AND (pk->>'id')::int BETWEEN 16 AND 20"),
 	'0', $_->name . ': no change made after the rollback carries the old ID') for ($a, $b, $c, $d);
 # The epoch a abandoned starts at the first serial a stamped after the
-# rollback (not always 11: an apply takes numbers from the same sequence).
+# rollback.
 my $dead_from = sq($a, "SELECT first_serial FROM replstamp.epoch WHERE replica_id = '$id' AND dead");
 ok($d->log_contains(qr/reports that the history of replica ID $id from serial $dead_from on was abandoned/),
 	"d learnt that the history it pulled (from serial $dead_from) was abandoned");

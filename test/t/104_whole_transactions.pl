@@ -129,7 +129,7 @@ my ($bad2);
 (undef, $bad2) = sync_sampled($b, 'a', 1, '300ms',
 	q{SELECT v IS NOT DISTINCT FROM 0 OR v = (SELECT bal FROM acct WHERE id = 2) FROM note});
 is($bad2, '0', 'no reader on b saw the note copied from row 2 before row 2 itself');
-is(sq($b, "SELECT string_agg(serial::text, ',' ORDER BY usn) FROM replstamp.changes "
+is(sq($b, "SELECT string_agg(serial::text, ',' ORDER BY usn, xact, serial) FROM replstamp.changes "
 		  . "WHERE replica_id = '$aid' AND serial IN (" . join(',', split /,/, $serials) . ")"),
 	do { my @s = split /,/, $serials; join(',', @s[1, 2, 0, 3, 4]) },
 	'b applied T2 (serials 2 and 3 of 5) before T1 (1, 4, 5): the order they committed in');
@@ -173,7 +173,7 @@ my $s5 = IPC::Run::start(
 	  '-c', "SET replstamp.sync_delay = '400ms'", '-c', "SELECT replstamp.sync('a')" ],
 	'>', \$out5, '2>', \$out5, IPC::Run::timeout(300));
 my $applied_transfers = "SELECT count(DISTINCT xact) FROM replstamp.changes WHERE applied AND relation = 'public.acct' "
-	  . "AND usn > (SELECT max(usn) FROM replstamp.changes WHERE relation = 'public.big')";
+	  . "AND xact > (SELECT max(xact) FROM replstamp.changes WHERE relation = 'public.big')";
 $b->poll_query_until('postgres', "SELECT ($applied_transfers) >= 1") or die 'the sync does not start';
 $b->stop('immediate');
 $s5->finish;

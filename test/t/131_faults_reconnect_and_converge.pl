@@ -149,7 +149,8 @@ for my $round (1 .. 4)
 # --- 2. A peer that vanishes mid-stream.
 sq($b, q{ALTER SYSTEM SET replstamp.sync_batch_size = 100; ALTER SYSTEM SET replstamp.sync_delay = '50ms';
 	SELECT pg_reload_conf()});
-sq($a, "INSERT INTO t SELECT g, 'backlog' FROM generate_series($written + 1, $written + 5000) g");
+# Fifty transactions of 100 rows: pages end between them.
+sq($a, join(';', map { "INSERT INTO t SELECT g, 'backlog' FROM generate_series($written + $_ * 100 + 1, $written + $_ * 100 + 100) g" } (0 .. 49)));
 $written += 5000;
 $b->poll_query_until('postgres', q{SELECT count(*) > 0 FROM t WHERE v = 'backlog'})
   or die 'the backlog does not start arriving';
