@@ -181,7 +181,7 @@ sq($a, "INSERT INTO t SELECT g, 'before stop' FROM generate_series($written + 1,
 $written += 20;
 $b->poll_query_until('postgres', "SELECT count(*) = $written FROM t WHERE id < 1000000")
   or diag(a_rows_on_b());
-my @stopped = stop_all($a);
+my @stopped = freeze_node($a);
 my $stopped_at = time;
 # Made while a is stopped: b cannot have it before a goes on.
 $b->poll_query_until('postgres', q{SELECT status = 'failing' AND NOT wakeups FROM replstamp.peers WHERE name = 'a'})
@@ -224,24 +224,3 @@ is(sq($b, q{SELECT replstamp.sync('a')}), '0', 'replstamp.sync() pulls by hand: 
 cut();
 done_testing();
 
-# Stop (SIGSTOP) the postmaster of $node and its children; returns them.
-sub stop_all
-{
-	my ($node) = @_;
-	open(my $fh, '<', $node->data_dir . '/postmaster.pid') or die "no postmaster.pid: $!";
-	my $pid = <$fh>;
-	close $fh;
-	chomp $pid;
-	kill 'STOP', $pid;
-	my @children;
-	for my $stat (glob '/proc/[0-9]*/stat')
-	{
-		open(my $s, '<', $stat) or next;
-		my $line = <$s>;
-		close $s;
-		next unless defined $line && $line =~ /^(\d+) \(.*\) \S (\d+) /;
-		push @children, $1 if $2 == $pid;
-	}
-	kill 'STOP', @children;
-	return ($pid, @children);
-}

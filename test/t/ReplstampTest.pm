@@ -11,7 +11,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(usleep);
 
-our @EXPORT = qw(replstamp_node add_peer add_mesh snapshot_running start_verified use_install set_guc node_state wait_converged $TRACK_T psql_start);
+our @EXPORT = qw(replstamp_node add_peer add_mesh freeze_node snapshot_running start_verified use_install set_guc node_state wait_converged $TRACK_T psql_start);
 
 # A started node with replstamp preloaded.  Options: init => { ... } for
 # PostgreSQL::Test::Cluster::init, conf => [ lines ] for postgresql.conf,
@@ -84,11 +84,11 @@ sub add_mesh
 	return;
 }
 
-# Freeze every process of a running server (SIGSTOP), copy its data
-# directory, let it go on: what a snapshot of a running VM holds.
-sub snapshot_running
+# Freeze the postmaster of a running server and every child of it
+# (SIGSTOP); returns their PIDs, for kill 'CONT'.
+sub freeze_node
 {
-	my ($node, $to) = @_;
+	my ($node) = @_;
 	open(my $fh, '<', $node->data_dir . '/postmaster.pid') or die "no postmaster.pid: $!";
 	my $pid = <$fh>;
 	close $fh;
@@ -104,8 +104,17 @@ sub snapshot_running
 		push @children, $1 if $2 == $pid;
 	}
 	kill 'STOP', @children;
+	return ($pid, @children);
+}
+
+# Freeze every process of a running server, copy its data directory, let
+# it go on: what a snapshot of a running VM holds.
+sub snapshot_running
+{
+	my ($node, $to) = @_;
+	my @frozen = freeze_node($node);
 	my $ok = system('cp', '-a', $node->data_dir, $to) == 0;
-	kill 'CONT', @children, $pid;
+	kill 'CONT', @frozen;
 	die 'cp failed' unless $ok;
 	unlink "$to/postmaster.pid";
 	return;
