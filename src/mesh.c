@@ -186,13 +186,6 @@ check_name(const char *name)
 				 errhint("Pass another with name => '...'.")));
 }
 
-/* Run a query as the extension's owner; the caller reads SPI_tuptable. */
-static void
-owner_query(const char *sql, int n, Oid *types, Datum *values, int expected)
-{
-	replstamp_spi_exec(sql, n, types, values, NULL, expected);
-}
-
 /* This node's name in the mesh (see the file header), palloc'd. */
 static char *
 self_name(void)
@@ -203,7 +196,7 @@ self_name(void)
 
 	replstamp_become_owner(&ctx);
 	SPI_connect();
-	owner_query("SELECT name FROM replstamp.cluster WHERE is_self", 0, NULL, NULL, SPI_OK_SELECT);
+	replstamp_spi_exec("SELECT name FROM replstamp.cluster WHERE is_self", 0, NULL, NULL, NULL, SPI_OK_SELECT);
 	name = MemoryContextStrdup(caller, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
 	SPI_finish();
 	replstamp_restore_user(&ctx);
@@ -226,8 +219,8 @@ ensure_peer(const char *name, const char *conninfo)
 
 	replstamp_become_owner(&ctx);
 	SPI_connect();
-	owner_query("SELECT conninfo FROM replstamp.peer WHERE name OPERATOR(pg_catalog.=) $1",
-				1, types, values, SPI_OK_SELECT);
+	replstamp_spi_exec("SELECT conninfo FROM replstamp.peer WHERE name OPERATOR(pg_catalog.=) $1",
+				1, types, values, NULL, SPI_OK_SELECT);
 	exists = SPI_processed > 0;
 	if (exists)
 		same = strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), conninfo) == 0;
@@ -261,12 +254,12 @@ refuse_unstamped_rows(void)
 
 	replstamp_become_owner(&ctx);
 	SPI_connect();
-	owner_query("SELECT t.relid::pg_catalog.regclass::pg_catalog.text FROM replstamp.tracked t "
+	replstamp_spi_exec("SELECT t.relid::pg_catalog.regclass::pg_catalog.text FROM replstamp.tracked t "
 				"WHERE t.state OPERATOR(pg_catalog.=) 'tracked' AND t.relid IS NOT NULL "
 				"AND (t.backfill IS NULL OR t.backfill OPERATOR(pg_catalog.<>) ALL ('{pending,running}'::pg_catalog.text[])) "
 				"AND NOT EXISTS (SELECT 1 FROM replstamp.changes c "
 				"                 WHERE c.relation OPERATOR(pg_catalog.=) t.relation) "
-				"ORDER BY 1", 0, NULL, NULL, SPI_OK_SELECT);
+				"ORDER BY 1", 0, NULL, NULL, NULL, SPI_OK_SELECT);
 	if (SPI_processed > 0)
 	{
 		SPITupleTable *tables = SPI_tuptable;
@@ -276,7 +269,7 @@ refuse_unstamped_rows(void)
 		{
 			char	   *rel = SPI_getvalue(tables->vals[i], tables->tupdesc, 1);
 
-			owner_query(psprintf("SELECT 1 FROM %s LIMIT 1", rel), 0, NULL, NULL, SPI_OK_SELECT);
+			replstamp_spi_exec(psprintf("SELECT 1 FROM %s LIMIT 1", rel), 0, NULL, NULL, NULL, SPI_OK_SELECT);
 			if (SPI_processed > 0)
 				table = pstrdup(rel);
 		}
@@ -314,8 +307,8 @@ refuse_stale(Remote *r)
 
 		values[0] = DirectFunctionCall1(uuid_in, CStringGetDatum(PQgetvalue(res, i, 0)));
 		values[1] = Int64GetDatum(pg_strtoint64(PQgetvalue(res, i, 1)));
-		owner_query("SELECT 1 FROM replstamp.vector WHERE replica_id OPERATOR(pg_catalog.=) $1 "
-					"AND serial OPERATOR(pg_catalog.<) $2", 2, types, values, SPI_OK_SELECT);
+		replstamp_spi_exec("SELECT 1 FROM replstamp.vector WHERE replica_id OPERATOR(pg_catalog.=) $1 "
+					"AND serial OPERATOR(pg_catalog.<) $2", 2, types, values, NULL, SPI_OK_SELECT);
 		if (SPI_processed > 0)
 			stale = pstrdup(PQgetvalue(res, i, 0));
 	}
@@ -498,9 +491,9 @@ remember_self(const char *name, const char *conninfo)
 
 	replstamp_become_owner(&ctx);
 	SPI_connect();
-	owner_query("INSERT INTO replstamp.mesh (name, conninfo) VALUES ($1, $2) "
+	replstamp_spi_exec("INSERT INTO replstamp.mesh (name, conninfo) VALUES ($1, $2) "
 				"ON CONFLICT (one) DO UPDATE SET name = EXCLUDED.name, conninfo = EXCLUDED.conninfo",
-				2, types, values, SPI_OK_INSERT);
+				2, types, values, NULL, SPI_OK_INSERT);
 	SPI_finish();
 	replstamp_restore_user(&ctx);
 }
@@ -616,12 +609,12 @@ replstamp_admit(PG_FUNCTION_ARGS)
 	args[0] = CStringGetTextDatum(name);
 	replstamp_become_owner(&ctx);
 	SPI_connect();
-	owner_query("SELECT c.name, m.conninfo, true FROM replstamp.cluster c "
+	replstamp_spi_exec("SELECT c.name, m.conninfo, true FROM replstamp.cluster c "
 				"LEFT JOIN replstamp.mesh m ON true WHERE c.is_self "
 				"UNION ALL "
 				"SELECT p.name, p.conninfo, false FROM replstamp.peer p "
 				"WHERE p.name OPERATOR(pg_catalog.<>) $1",
-				1, types, args, SPI_OK_SELECT);
+				1, types, args, NULL, SPI_OK_SELECT);
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
 		Datum		values[4];
@@ -696,7 +689,7 @@ replstamp_leave(PG_FUNCTION_ARGS)
 
 	replstamp_become_owner(&ctx);
 	SPI_connect();
-	owner_query("SELECT name, conninfo FROM replstamp.peer ORDER BY name", 0, NULL, NULL, SPI_OK_SELECT);
+	replstamp_spi_exec("SELECT name, conninfo FROM replstamp.peer ORDER BY name", 0, NULL, NULL, NULL, SPI_OK_SELECT);
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
 		MemoryContext old = MemoryContextSwitchTo(caller);
@@ -738,7 +731,7 @@ replstamp_leave(PG_FUNCTION_ARGS)
 		(void) DirectFunctionCall1(replstamp_drop_peer, CStringGetTextDatum(list_nth(names, i)));
 	replstamp_become_owner(&ctx);
 	SPI_connect();
-	owner_query("DELETE FROM replstamp.mesh", 0, NULL, NULL, SPI_OK_DELETE);
+	replstamp_spi_exec("DELETE FROM replstamp.mesh", 0, NULL, NULL, NULL, SPI_OK_DELETE);
 	SPI_finish();
 	replstamp_restore_user(&ctx);
 	return (Datum) 0;
