@@ -288,6 +288,19 @@ watch_refresh(List **watches)
 	}
 }
 
+/*
+ * In the PG_CATCH of a step of making a connection: the error, recorded
+ * as the peer's being unreachable.
+ */
+static void
+connect_failed(Watch *w, MemoryContext cxt)
+{
+	ErrorData  *e = worker_catch_error(cxt);
+
+	failed(w, e->detail ? e->detail : e->message, unreachable(w));
+	FreeErrorData(e);
+}
+
 /* Start connecting to every peer not connected whose next try is due. */
 void
 watch_connect(List *watches)
@@ -311,10 +324,7 @@ watch_connect(List *watches)
 		}
 		PG_CATCH();
 		{
-			ErrorData  *e = worker_catch_error(cxt);
-
-			failed(w, e->detail ? e->detail : e->message, unreachable(w));
-			FreeErrorData(e);
+			connect_failed(w, cxt);
 		}
 		PG_END_TRY();
 	}
@@ -334,10 +344,7 @@ connect_step(Watch *w)
 	}
 	PG_CATCH();
 	{
-		ErrorData  *e = worker_catch_error(cxt);
-
-		failed(w, e->detail ? e->detail : e->message, unreachable(w));
-		FreeErrorData(e);
+		connect_failed(w, cxt);
 		ok = false;
 	}
 	PG_END_TRY();
@@ -366,10 +373,7 @@ connect_timed_out(Watch *w)
 	}
 	PG_CATCH();
 	{
-		ErrorData  *e = worker_catch_error(cxt);
-
-		failed(w, e->detail ? e->detail : e->message, unreachable(w));
-		FreeErrorData(e);
+		connect_failed(w, cxt);
 	}
 	PG_END_TRY();
 }
