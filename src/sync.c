@@ -117,7 +117,6 @@ typedef struct Range
 {
 	VectorItem *item;			/* the peer's entry */
 	int64		lo;				/* we hold it up to here */
-	int64		hi;				/* the peer holds it up to here */
 	int64		vector_to;		/* after the sync, hold it up to here */
 	TimestampTz max_t;			/* the latest stamp time pulled */
 } Range;
@@ -559,7 +558,6 @@ plan(SyncRun *r)
 			continue;
 		r->ranges[r->nranges].item = v;
 		r->ranges[r->nranges].lo = lo;
-		r->ranges[r->nranges].hi = hi;
 		r->ranges[r->nranges].vector_to = vector_to;
 		r->nranges++;
 	}
