@@ -231,23 +231,7 @@ COMMENT ON FUNCTION replstamp.wait_for_changes(bigint, interval) IS
     'for pullers: the commit counter of changes written here, as soon as it differs from since (NULL: at once), or at the timeout';
 REVOKE ALL ON FUNCTION replstamp.wait_for_changes(bigint, interval) FROM PUBLIC;
 
-DO $grant$
-DECLARE
-    r record;
-BEGIN
-    FOR r IN SELECT DISTINCT a.grantee::pg_catalog.regrole AS role
-               FROM pg_catalog.pg_proc p,
-                    LATERAL pg_catalog.aclexplode(p.proacl) a
-              WHERE p.oid OPERATOR(pg_catalog.=) 'replstamp.serve(jsonb)'::pg_catalog.regprocedure
-                AND a.privilege_type OPERATOR(pg_catalog.=) 'EXECUTE'
-                AND a.grantee OPERATOR(pg_catalog.<>) 0
-                AND a.grantee OPERATOR(pg_catalog.<>) p.proowner
-    LOOP
-        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION replstamp.wait_for_changes(bigint, interval) TO %s',
-                                  r.role);
-    END LOOP;
-END
-$grant$;
+-- Granted to the roles that may serve, further down (with the verify functions).
 
 -- A peer whose waiting connection failed is tried again at next_retry_at
 -- (back-off doubling from 1 s up to a minute); NULL: connected, or not
@@ -415,7 +399,8 @@ BEGIN
                 AND a.grantee OPERATOR(pg_catalog.<>) 0
                 AND a.grantee OPERATOR(pg_catalog.<>) p.proowner
     LOOP
-        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION replstamp.verify_digests(jsonb), '
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION replstamp.wait_for_changes(bigint, interval), '
+                                  'replstamp.verify_digests(jsonb), '
                                   'replstamp.verify_rows(jsonb), replstamp.verify_images(text, jsonb[]) TO %s',
                                   r.role);
     END LOOP;
