@@ -42,7 +42,7 @@ drop_root() {
 	local user="${REPLSTAMP_TEST_USER:-postgres}"
 	id "$user" >/dev/null 2>&1 || useradd --system --create-home "$user"
 	local src
-	src=$(mktemp -d /tmp/replstamp-src.XXXXXX)
+	src=$(mktemp -d "${TMPDIR:-/tmp}/replstamp-src.XXXXXX")
 	rsync -a --exclude .git --exclude 'tmp_*' --exclude '*.o' --exclude '*.so' \
 		--exclude '*.bc' "$SRCDIR"/ "$src"/
 	# The copy has no git history: bring along the released sources the
