@@ -43,6 +43,7 @@
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
 #include "utils/jsonb.h"
@@ -356,6 +357,19 @@ digest_note(text *relation, int64 row_hash, Jsonb *pk,
 	}
 }
 
+/* Order of the rows a flush writes: by relation, then bucket. */
+static int
+pending_cmp(const void *a, const void *b)
+{
+	const PendingBucket *x = *(PendingBucket *const *) a;
+	const PendingBucket *y = *(PendingBucket *const *) b;
+	int			c = strcmp(x->key.relation, y->key.relation);
+
+	if (c != 0)
+		return c;
+	return (x->key.bucket > y->key.bucket) - (x->key.bucket < y->key.bucket);
+}
+
 static bytea *
 digest_bytea(const DigestSum *sum)
 {
@@ -374,6 +388,8 @@ digest_flush(void)
 {
 	HASH_SEQ_STATUS seq;
 	PendingBucket *b;
+	PendingBucket **rows;
+	int			n = 0;
 	ReplstampOwnerContext ctx;
 	HTAB	   *notes = pending;
 	bool		pushed = false;
@@ -381,36 +397,61 @@ digest_flush(void)
 	if (notes == NULL)
 		return;
 	pending = NULL;				/* an error below leaves nothing to write twice */
-	/* Just before commit (a worker's) there may be no snapshot left. */
-	if (!ActiveSnapshotSet())
-	{
-		PushActiveSnapshot(GetTransactionSnapshot());
-		pushed = true;
-	}
-	replstamp_become_owner(&ctx);
-	SPI_connect();
+	rows = palloc(sizeof(PendingBucket *) * Max(hash_get_num_entries(notes), 1));
 	hash_seq_init(&seq, notes);
 	while ((b = hash_seq_search(&seq)) != NULL)
 	{
-		Oid			types[4] = {TEXTOID, INT4OID, BYTEAOID, INT8OID};
-		Datum		values[4];
-
 		if (b->nrows == 0 && digest_is_zero(&b->delta))
 			continue;			/* a version replaced by itself */
-		values[0] = CStringGetTextDatum(b->key.relation);
-		values[1] = Int32GetDatum(b->key.bucket);
-		values[2] = PointerGetDatum(digest_bytea(&b->delta));
-		values[3] = Int64GetDatum(b->nrows);
+		rows[n++] = b;
+	}
+	if (n > 0)
+	{
+		Oid			types[4] = {TEXTARRAYOID, INT4ARRAYOID, BYTEAARRAYOID, INT8ARRAYOID};
+		Datum		values[4];
+		Datum	   *relations = palloc(sizeof(Datum) * n);
+		Datum	   *buckets = palloc(sizeof(Datum) * n);
+		Datum	   *digests = palloc(sizeof(Datum) * n);
+		Datum	   *nrows = palloc(sizeof(Datum) * n);
+
+		/*
+		 * One statement for the whole transaction, its rows in one order
+		 * for every writer, so that two flushing at once wait for each
+		 * other rather than deadlock.
+		 */
+		qsort(rows, n, sizeof(PendingBucket *), pending_cmp);
+		for (int i = 0; i < n; i++)
+		{
+			relations[i] = CStringGetTextDatum(rows[i]->key.relation);
+			buckets[i] = Int32GetDatum(rows[i]->key.bucket);
+			digests[i] = PointerGetDatum(digest_bytea(&rows[i]->delta));
+			nrows[i] = Int64GetDatum(rows[i]->nrows);
+		}
+		values[0] = PointerGetDatum(construct_array(relations, n, TEXTOID, -1, false, TYPALIGN_INT));
+		values[1] = PointerGetDatum(construct_array(buckets, n, INT4OID, sizeof(int32), true, TYPALIGN_INT));
+		values[2] = PointerGetDatum(construct_array(digests, n, BYTEAOID, -1, false, TYPALIGN_INT));
+		values[3] = PointerGetDatum(construct_array(nrows, n, INT8OID, sizeof(int64), FLOAT8PASSBYVAL,
+													TYPALIGN_DOUBLE));
+		/* Just before commit (a worker's) there may be no snapshot left. */
+		if (!ActiveSnapshotSet())
+		{
+			PushActiveSnapshot(GetTransactionSnapshot());
+			pushed = true;
+		}
+		replstamp_become_owner(&ctx);
+		SPI_connect();
 		replstamp_spi_exec_kept("INSERT INTO replstamp.row_digest AS d (relation, bucket, digest, nrows) "
-								"VALUES ($1, $2, $3, $4) ON CONFLICT (relation, bucket) DO UPDATE "
+								"SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), "
+								"pg_catalog.unnest($3), pg_catalog.unnest($4)) "
+								"ON CONFLICT (relation, bucket) DO UPDATE "
 								"SET digest = replstamp._digest_add(d.digest, EXCLUDED.digest), "
 								"nrows = d.nrows OPERATOR(pg_catalog.+) EXCLUDED.nrows",
 								4, types, values, NULL, SPI_OK_INSERT);
+		SPI_finish();
+		replstamp_restore_user(&ctx);
+		if (pushed)
+			PopActiveSnapshot();
 	}
-	SPI_finish();
-	replstamp_restore_user(&ctx);
-	if (pushed)
-		PopActiveSnapshot();
 	pending_reset();
 }
 
