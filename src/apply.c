@@ -15,7 +15,7 @@
  *
  * Security: everything a table owner controls runs as that owner, in a
  * security-restricted operation, and whatever settings that code changes
- * are rolled back after the change (catalog.c): type input (domain
+ * are rolled back after the change (dbaccess.c): type input (domain
  * checks), key lookups (operator classes), triggers (ENABLE REPLICA and
  * ENABLE ALWAYS ones; session_replication_role is 'replica' during a
  * sync), defaults of absent columns, constraints, index expressions.  The
@@ -66,6 +66,7 @@
 #include "catalog.h"
 #include "compat.h"
 #include "constraints.h"
+#include "dbaccess.h"
 #include "errors.h"
 #include "rowimage.h"
 #include "rowversion.h"
@@ -155,7 +156,7 @@ apply_error_context(void *arg)
 	ApplyErrorArg *a = arg;
 
 	errcontext("applying change %s/" INT64_FORMAT " (%s) of table %s from peer \"%s\"",
-			   replstamp_uuid_text(&a->change->replica_id), a->change->serial,
+			   catalog_uuid_text(&a->change->replica_id), a->change->serial,
 			   changelog_op_name(a->change->op),
 			   text_to_cstring(a->change->relation), a->s->peer);
 }
@@ -175,8 +176,8 @@ apply_session_begin(const char *peer, MemoryContext cxt)
 	s->page_cxt = AllocSetContextCreate(cxt, "replstamp apply page", ALLOCSET_DEFAULT_SIZES);
 	s->row_cxt = AllocSetContextCreate(cxt, "replstamp apply change", ALLOCSET_DEFAULT_SIZES);
 	s->peer = MemoryContextStrdup(cxt, peer);
-	s->cat = replstamp_catalog_v11("applying changes");
-	s->reconcile = reconcile_begin(cxt);
+	s->cat = catalog_get_v11("applying changes");
+	s->reconcile = rowversion_reconcile_begin(cxt);
 	s->cons = constraints_session_begin(cxt);
 
 	ctl.keysize = MAX_RELATION_LEN;
@@ -190,7 +191,7 @@ apply_session_begin(const char *peer, MemoryContext cxt)
 	ctl.hcxt = cxt;
 	s->skips = hash_create("replstamp skip requests", 16, &ctl,
 						   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-	replstamp_become_owner(&octx);
+	dbaccess_become_owner(&octx);
 	SPI_connect();
 	if (SPI_execute("SELECT replica_id, serial FROM replstamp.skipped WHERE skipped_at IS NULL",
 					true, 0) != SPI_OK_SELECT)
@@ -208,7 +209,7 @@ apply_session_begin(const char *peer, MemoryContext cxt)
 		(void) hash_search(s->skips, &key, HASH_ENTER, NULL);
 	}
 	SPI_finish();
-	replstamp_restore_user(&octx);
+	dbaccess_restore_user(&octx);
 	return s;
 }
 
@@ -257,7 +258,7 @@ apply_peer(ApplySession *s)
 RowVersionWriter *
 apply_reconciled(ApplySession *s)
 {
-	reconcile(s->rvw, s->reconcile);
+	rowversion_reconcile(s->rvw, s->reconcile);
 	return s->rvw;
 }
 
@@ -345,13 +346,13 @@ spi_owner_exec(const char *sql, int nargs, Oid *types, Datum *values, int expect
 	ReplstampOwnerContext ctx;
 	int			ret;
 
-	replstamp_become_owner(&ctx);
+	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	ret = SPI_execute_with_args(sql, nargs, types, values, NULL, false, 0);
 	if (ret != expected)
 		elog(ERROR, "replstamp: query failed (%s): %s", SPI_result_code_string(ret), sql);
 	SPI_finish();
-	replstamp_restore_user(&ctx);
+	dbaccess_restore_user(&ctx);
 }
 
 /*
@@ -391,7 +392,7 @@ apply_page_end(ApplySession *s)
 	}
 	rowversion_writer_end(s->rvw);
 	s->rvw = NULL;
-	reconcile_save(s->reconcile);
+	rowversion_reconcile_save(s->reconcile);
 	s->open_tables = NIL;
 	MemoryContextReset(s->page_cxt);
 }
@@ -434,7 +435,7 @@ registry_state(const char *relation)
 	Datum		values[1] = {CStringGetTextDatum(relation)};
 	char	   *state = NULL;
 
-	replstamp_become_owner(&ctx);
+	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	if (SPI_execute_with_args("SELECT state FROM replstamp.tracked WHERE relation OPERATOR(pg_catalog.=) $1",
 							  1, types, values, NULL, true, 1) != SPI_OK_SELECT)
@@ -444,7 +445,7 @@ registry_state(const char *relation)
 	if (state)
 		state = MemoryContextStrdup(TopTransactionContext, state);
 	SPI_finish();
-	replstamp_restore_user(&ctx);
+	dbaccess_restore_user(&ctx);
 	return state;
 }
 
@@ -548,7 +549,7 @@ table_open_page(ApplySession *s, ApplyTable *t)
 	t->layout = rowimage_layout(t->rel);
 	desc = RelationGetDescr(t->rel);
 	t->estate = CreateExecutorState();
-	t->rri = replstamp_open_result_rel(t->rel, t->estate);
+	t->rri = dbaccess_open_result_rel(t->rel, t->estate);
 	EvalPlanQualInit(&t->epq, t->estate, NULL, NIL, -1);
 	t->keyslot = ExecInitExtraTupleSlot(t->estate, desc, &TTSOpsVirtual);
 	t->newslot = ExecInitExtraTupleSlot(t->estate, desc, &TTSOpsVirtual);
@@ -610,14 +611,14 @@ log_conflict(ApplySession *s, ApplyTable *t, Change *change, ChangeRow *row,
 			lost = NULL;		/* not here: nothing to restore it from */
 	}
 
-	replstamp_become_owner(&ctx);
+	dbaccess_become_owner(&ctx);
 	if (s->clog == NULL)
 	{
 		MemoryContext old = MemoryContextSwitchTo(s->page_cxt);
 
 		s->clog = table_open(s->cat->conflict_log, RowExclusiveLock);
 		s->clog_estate = CreateExecutorState();
-		s->clog_rri = replstamp_open_result_rel(s->clog, s->clog_estate);
+		s->clog_rri = dbaccess_open_result_rel(s->clog, s->clog_estate);
 		s->clog_slot = table_slot_create(s->clog, &s->clog_estate->es_tupleTable);
 		s->clog_seq = getIdentitySequence(s->cat->conflict_log, Anum_conflict_log_id, false);
 		MemoryContextSwitchTo(old);
@@ -657,7 +658,7 @@ log_conflict(ApplySession *s, ApplyTable *t, Change *change, ChangeRow *row,
 	ExecStoreVirtualTuple(slot);
 	ExecSimpleRelationInsert(s->clog_rri, s->clog_estate, slot);
 	ResetPerTupleExprContext(s->clog_estate);
-	replstamp_restore_user(&ctx);
+	dbaccess_restore_user(&ctx);
 	s->conflicts++;
 	t->conflicts++;
 }
@@ -771,8 +772,8 @@ partial_row_keys(ApplyTable *t, List *names, int *n)
 
 	args[0] = CStringGetTextDatum(t->relation);
 	if (names)
-		args[1] = replstamp_names_array(names);
-	replstamp_become_owner(&octx);
+		args[1] = dbaccess_names_array(names);
+	dbaccess_become_owner(&octx);
 	SPI_connect();
 	if (SPI_execute_with_args(names ?
 							  "SELECT pk FROM replstamp.row_version "
@@ -795,7 +796,7 @@ partial_row_keys(ApplyTable *t, List *names, int *n)
 		MemoryContextSwitchTo(spi);
 	}
 	SPI_finish();
-	replstamp_restore_user(&octx);
+	dbaccess_restore_user(&octx);
 	return keys;
 }
 
@@ -838,7 +839,7 @@ fill_columns(ApplySession *s, ApplyTable *t, List *new_cols, List *all_cols)
 		row.hash = rowimage_row_hash(t->relation, strlen(t->relation), keys[i]);
 		row.deleted = false;
 
-		replstamp_become_untrusted(t->owner, &uctx);
+		dbaccess_become_untrusted(t->owner, &uctx);
 		rowimage_decode_key(t->layout, keys[i], keyvalues, keynulls);
 		ExecClearTuple(t->keyslot);
 		memset(t->keyslot->tts_isnull, true, sizeof(bool) * desc->natts);
@@ -860,7 +861,7 @@ fill_columns(ApplySession *s, ApplyTable *t, List *new_cols, List *all_cols)
 		 */
 		found = RelationFindReplTupleByIndex(t->rel, t->layout->pkoid, LockTupleExclusive,
 											 t->keyslot, t->localslot);
-		reconcile(s->rvw, s->reconcile);
+		rowversion_reconcile(s->rvw, s->reconcile);
 		rowversion_get(s->rvw, relation, &row, &cur);
 		usable = cur.found && cur.partial &&
 			changelog_fetch(s->cat, &cur.carry.replica_id, cur.carry.serial, &c) &&
@@ -886,7 +887,7 @@ fill_columns(ApplySession *s, ApplyTable *t, List *new_cols, List *all_cols)
 			filled++;
 		}
 		PopActiveSnapshot();
-		replstamp_restore_user(&uctx);
+		dbaccess_restore_user(&uctx);
 		CommandCounterIncrement();
 		if (!usable)
 			continue;
@@ -975,7 +976,7 @@ apply_fill_new_columns(ApplySession *s)
 	bool	   *have_known;
 	MemoryContext caller = CurrentMemoryContext;
 
-	replstamp_become_owner(&ctx);
+	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	if (SPI_execute("SELECT relation, columns, dropped_columns FROM replstamp.tracked "
 					"WHERE state = 'tracked' AND relid IS NOT NULL", false, 0) != SPI_OK_SELECT)
@@ -1005,7 +1006,7 @@ apply_fill_new_columns(ApplySession *s)
 		MemoryContextSwitchTo(spi);
 	}
 	SPI_finish();
-	replstamp_restore_user(&ctx);
+	dbaccess_restore_user(&ctx);
 
 	for (int i = 0; i < n; i++)
 	{
@@ -1054,8 +1055,8 @@ apply_fill_new_columns(ApplySession *s)
 		if (new_cols != NIL)
 			fill_columns(s, t, new_cols, cols);
 		values[0] = CStringGetTextDatum(relations[i]);
-		values[1] = replstamp_names_array(cols);
-		values[2] = replstamp_names_array(now_dropped);
+		values[1] = dbaccess_names_array(cols);
+		values[2] = dbaccess_names_array(now_dropped);
 		spi_owner_exec("UPDATE replstamp.tracked SET columns = $2, dropped_columns = $3 "
 					   "WHERE relation OPERATOR(pg_catalog.=) $1", 3, types, values, SPI_OK_UPDATE);
 	}
@@ -1083,7 +1084,7 @@ apply_fill_new_columns(ApplySession *s)
 static bool
 have_dropped_column_peers(void)
 {
-	const ReplstampCatalog *cat = replstamp_catalog(true);
+	const ReplstampCatalog *cat = catalog_get(true);
 
 	return cat != NULL && OidIsValid(get_relname_relid("dropped_column_peers", cat->schema));
 }
@@ -1101,7 +1102,7 @@ apply_dropped_columns(MemoryContext cxt)
 
 	if (!have_dropped_column_peers())
 		return NULL;
-	replstamp_become_owner(&ctx);
+	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	if (SPI_execute("SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('r', t.relation, 'c', d.c)) "
 					"FROM replstamp.tracked t, pg_catalog.unnest(t.dropped_columns) AS d(c) "
@@ -1115,7 +1116,7 @@ apply_dropped_columns(MemoryContext cxt)
 			json = MemoryContextStrdup(cxt, v);
 	}
 	SPI_finish();
-	replstamp_restore_user(&ctx);
+	dbaccess_restore_user(&ctx);
 	return json;
 }
 
@@ -1152,18 +1153,18 @@ apply_note_dropped_elsewhere(const char *peer, const char *lacking, const pg_uui
 		values[2] = UUIDPGetDatum(id);
 		values[3] = Int64GetDatum(serial);
 		/* The first sighting stays: a later one would only ask for more. */
-		replstamp_spi_exec("INSERT INTO replstamp.dropped_column_peers (relation, column_name, peer, replica_id, serial) "
+		dbaccess_spi_exec("INSERT INTO replstamp.dropped_column_peers (relation, column_name, peer, replica_id, serial) "
 						   "SELECT d.r, d.c, $2, $3, $4 FROM pg_catalog.jsonb_to_recordset($1) AS d(r text, c text) "
 						   "ON CONFLICT (relation, column_name, peer) DO NOTHING",
 						   4, types, values, NULL, SPI_OK_INSERT);
 	}
-	replstamp_spi_exec("UPDATE replstamp.tracked t SET dropped_columns = ARRAY("
+	dbaccess_spi_exec("UPDATE replstamp.tracked t SET dropped_columns = ARRAY("
 					   "  SELECT x FROM pg_catalog.unnest(t.dropped_columns) AS x WHERE " SOME_PEER_MAY_HAVE_IT ") "
 					   "WHERE t.state OPERATOR(pg_catalog.=) 'tracked' "
 					   "AND EXISTS (SELECT 1 FROM pg_catalog.unnest(t.dropped_columns) AS x "
 					   "  WHERE NOT " SOME_PEER_MAY_HAVE_IT ")",
 					   0, NULL, NULL, NULL, SPI_OK_UPDATE);
-	replstamp_spi_exec("DELETE FROM replstamp.dropped_column_peers w WHERE NOT EXISTS ("
+	dbaccess_spi_exec("DELETE FROM replstamp.dropped_column_peers w WHERE NOT EXISTS ("
 					   "  SELECT 1 FROM replstamp.tracked t WHERE t.relation OPERATOR(pg_catalog.=) w.relation "
 					   "  AND t.state OPERATOR(pg_catalog.=) 'tracked' "
 					   "  AND w.column_name OPERATOR(pg_catalog.=) ANY (t.dropped_columns))",
@@ -1274,7 +1275,7 @@ carry_from_loser(ApplySession *s, ApplyTable *t, Change *change, ChangeRow *row,
 	bool		any = false;
 	Version		latest = cur->v;
 
-	if (cur->partial && version_cmp(ver, &cur->carry) < 0)
+	if (cur->partial && rowversion_cmp(ver, &cur->carry) < 0)
 		return;					/* a later version carries them already */
 	/* Fetched only when versions are compared: during rolling DDL. */
 	latest_names = image_names(version_image(s, &latest));
@@ -1489,13 +1490,13 @@ apply_change(ApplySession *s, Change *change, bool nowait)
 				 errdetail("The peer identifies its rows by (%s), this node by (%s).",
 						   rowimage_key_names(change->pk), rowimage_layout_key_names(t->layout)),
 				 errhint("Give the table the same primary key on every node.")));
-	nrows = change_rows(change, rows);
+	nrows = rowversion_change_rows(change, rows);
 	ver.changed_at = change->changed_at;
 	ver.replica_id = change->replica_id;
 	ver.serial = change->serial;
 
 	/* Everything the table owner's code touches runs as the table owner. */
-	replstamp_become_untrusted(t->owner, &uctx);
+	dbaccess_become_untrusted(t->owner, &uctx);
 
 	/* Decode first: nothing the owner's code does later can sway it. */
 	if (change->image)
@@ -1543,7 +1544,7 @@ apply_change(ApplySession *s, Change *change, bool nowait)
 		found = (r == ROW_LOCKED);
 
 		/* Last writer wins, against the row's latest version held here. */
-		reconcile(s->rvw, s->reconcile);
+		rowversion_reconcile(s->rvw, s->reconcile);
 		s->rvw->superseding = NULL;
 		rowversion_get(s->rvw, change->relation, row, &cur);
 		if (row->deleted && nrows == 2 && found)
@@ -1551,7 +1552,7 @@ apply_change(ApplySession *s, Change *change, bool nowait)
 			keep_base(t);
 			have_base = true;
 		}
-		if (cur.found && version_cmp(&ver, &cur.v) < 0)
+		if (cur.found && rowversion_cmp(&ver, &cur.v) < 0)
 		{
 			log_conflict(s, t, change, row, "incoming_lost", &cur.v, &ver, change);
 			if (!row->deleted && !cur.deleted)
@@ -1610,7 +1611,7 @@ apply_change(ApplySession *s, Change *change, bool nowait)
 		else
 			put_winner(s, t, change, row, &cur, &ver, lacked, present);
 	}
-	replstamp_restore_user(&uctx);
+	dbaccess_restore_user(&uctx);
 
 	change->applied = true;
 	changelog_append(s->cat, change);
@@ -1622,7 +1623,7 @@ apply_change(ApplySession *s, Change *change, bool nowait)
 	return APPLY_NEW;
 
 busy:
-	replstamp_restore_user(&uctx);
+	dbaccess_restore_user(&uctx);
 	error_context_stack = errcb.previous;
 	MemoryContextSwitchTo(old);
 	MemoryContextReset(s->row_cxt);

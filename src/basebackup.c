@@ -87,11 +87,11 @@
 #include "utils/wait_event.h"
 
 #include "backup_mark.h"
+#include "catalog.h"
 #include "compat.h"
 #include "errors.h"
-#include "workers.h"
-#include "catalog.h"
 #include "shmem.h"
+#include "workers.h"
 
 PG_FUNCTION_INFO_V1(replstamp_backup);
 
@@ -1084,7 +1084,7 @@ backup_cleanup(int code, Datum arg)
 			ReplicationSlotDrop(run->slot_name, true);
 	}
 	pgstat_progress_end_command();
-	backup_release_owner();
+	backup_mark_release_owner();
 	if (run->wrote_target || run->created_target)
 	{
 		if (!rmtree(run->target, run->created_target))
@@ -1097,9 +1097,9 @@ backup_cleanup(int code, Datum arg)
 	if (run->flipped != NIL)
 	{
 		if (proc_exit_inprogress)
-			backup_flip_back_detached(run->flipped);
+			backup_mark_flip_back_detached(run->flipped);
 		else
-			(void) backup_flip(run->flipped, false, NULL);
+			(void) backup_mark_flip(run->flipped, false, NULL);
 	}
 	RESUME_INTERRUPTS();
 }
@@ -1400,7 +1400,7 @@ replstamp_backup(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("a backup is already in progress in this session")));
-	(void) replstamp_catalog(false);
+	(void) catalog_get(false);
 
 	/* Lives across the procedure's commits. */
 	cxt = AllocSetContextCreate(TopMemoryContext, "replstamp backup", ALLOCSET_DEFAULT_SIZES);
@@ -1424,7 +1424,7 @@ replstamp_backup(PG_FUNCTION_ARGS)
 	INSTR_TIME_SET_CURRENT(run->started);
 	run->last_notice = run->started;
 
-	backup_claim_owner();
+	backup_mark_claim_owner();
 	current_run = run;
 	/* Before our own cleanup: exit callbacks must nest. */
 	register_persistent_abort_backup_handler();
@@ -1436,10 +1436,10 @@ replstamp_backup(PG_FUNCTION_ARGS)
 		prepare_target(run, target);
 
 		/* 2. The flip, committed by the workers before the backup starts. */
-		run->flipped = backup_flip(replstamp_connectable_databases(), true, label);
+		run->flipped = backup_mark_flip(worker_connectable_databases(), true, label);
 		MemoryContextSwitchTo(cxt);
 		run->flipped = list_copy(run->flipped);
-		names = backup_database_names(run->flipped);
+		names = backup_mark_database_names(run->flipped);
 		ereport(NOTICE,
 				(errmsg("marked 'backup': %s", names)));
 
@@ -1534,14 +1534,14 @@ replstamp_backup(PG_FUNCTION_ARGS)
 		/* 7. Back to 'original'; from here on the backup stands. */
 		run->wrote_target = false;
 		run->created_target = false;
-		(void) backup_flip(run->flipped, false, NULL);
+		(void) backup_mark_flip(run->flipped, false, NULL);
 		run->flipped = NIL;
 	}
 	PG_END_ENSURE_ERROR_CLEANUP(backup_cleanup, (Datum) 0);
 
 	current_run = NULL;
 	pgstat_progress_end_command();
-	backup_release_owner();
+	backup_mark_release_owner();
 	ereport(NOTICE,
 			(errmsg("backup complete in %.1f s: %s in \"%s\", WAL %X/%X to %X/%X; marked 'original' again: %s",
 					elapsed_ms(run->started) / 1000.0, pretty_bytes(run->done_bytes),

@@ -138,31 +138,16 @@ typedef struct ReplstampNode
 	bool		verified;		/* checked since this server started (1.1) */
 } ReplstampNode;
 
-/* Saved user and GUC state while acting as another role. */
-typedef struct ReplstampOwnerContext
-{
-	Oid			save_userid;
-	int			save_sec_context;
-	int			save_nestlevel;
-} ReplstampOwnerContext;
-
 extern void catalog_init(void);
-extern const ReplstampCatalog *replstamp_catalog(bool missing_ok);
-extern const ReplstampCatalog *replstamp_catalog_v11(const char *what);
-extern const ReplstampCatalog *replstamp_catalog_v12(const char *what);
-extern const ReplstampNode *replstamp_node(void);
-extern void replstamp_node_forget(void);
-extern bool replstamp_fingerprint_is_this_database(const char *fp);
-extern void replstamp_spi_exec(const char *sql, int nargs, Oid *types, Datum *values,
-							   const char *nulls, int expected);
-extern void replstamp_spi_exec_kept(const char *sql, int nargs, Oid *types, Datum *values,
-									const char *nulls, int expected);
-extern void replstamp_mint_uuid(pg_uuid_t *uuid);
-extern char *replstamp_uuid_text(const pg_uuid_t *uuid);
+extern const ReplstampCatalog *catalog_get(bool missing_ok);
+extern const ReplstampCatalog *catalog_get_v11(const char *what);
+extern const ReplstampCatalog *catalog_get_v12(const char *what);
+extern const ReplstampNode *catalog_node(void);
+extern void catalog_node_forget(void);
+extern bool catalog_fingerprint_is_this_database(const char *fp);
+extern void catalog_mint_uuid(pg_uuid_t *uuid);
+extern char *catalog_uuid_text(const pg_uuid_t *uuid);
 
-extern Oid	replstamp_extension_owner(void);
-extern void replstamp_become_owner(ReplstampOwnerContext *ctx);
-extern void replstamp_become_untrusted(Oid role, ReplstampOwnerContext *ctx);
-extern void replstamp_restore_user(ReplstampOwnerContext *ctx);
+extern Oid	catalog_extension_owner(void);
 
 #endif							/* REPLSTAMP_CATALOG_H */

@@ -87,6 +87,7 @@
 #include "apply.h"
 #include "catalog.h"
 #include "constraints.h"
+#include "dbaccess.h"
 #include "rowimage.h"
 #include "rowversion.h"
 #include "serial.h"
@@ -557,7 +558,7 @@ parent_exists(FkInfo *fk, Candidate *c)
 	int			ret;
 	bool		found;
 
-	replstamp_become_untrusted(fk->parent_owner, &ctx);
+	dbaccess_become_untrusted(fk->parent_owner, &ctx);
 	SPI_connect();
 	ret = SPI_execute_plan(fk_plan(fk, c->child_side ? PARENT_BY_CHILD : PARENT_BY_PARENT),
 						   c->values, NULL, false, 1);
@@ -565,7 +566,7 @@ parent_exists(FkInfo *fk, Candidate *c)
 		elog(ERROR, "replstamp: could not look up a referenced row: %s", SPI_result_code_string(ret));
 	found = SPI_processed > 0;
 	SPI_finish();
-	replstamp_restore_user(&ctx);
+	dbaccess_restore_user(&ctx);
 	return found;
 }
 
@@ -578,7 +579,7 @@ children_of(FkInfo *fk, Candidate *c)
 	List	   *tids = NIL;
 	int			ret;
 
-	replstamp_become_untrusted(fk->child_owner, &ctx);
+	dbaccess_become_untrusted(fk->child_owner, &ctx);
 	SPI_connect();
 	ret = SPI_execute_plan(fk_plan(fk, c->child_side ? CHILDREN_BY_CHILD : CHILDREN_BY_PARENT),
 						   c->values, NULL, false, 0);
@@ -596,7 +597,7 @@ children_of(FkInfo *fk, Candidate *c)
 		MemoryContextSwitchTo(spi);
 	}
 	SPI_finish();
-	replstamp_restore_user(&ctx);
+	dbaccess_restore_user(&ctx);
 	return tids;
 }
 
@@ -621,7 +622,7 @@ remedy_write(Relation rel, ItemPointer tid, const char *set, ItemPointer newtid)
 		sql = psprintf("UPDATE ONLY %s SET %s WHERE ctid OPERATOR(pg_catalog.=) $1 RETURNING ctid", name, set);
 	else
 		sql = psprintf("DELETE FROM ONLY %s WHERE ctid OPERATOR(pg_catalog.=) $1", name);
-	replstamp_become_untrusted(rel->rd_rel->relowner, &ctx);
+	dbaccess_become_untrusted(rel->rd_rel->relowner, &ctx);
 	SPI_connect();
 	ret = SPI_execute_with_args(sql, 1, types, values, NULL, false, 0);
 	if (ret != (set ? SPI_OK_UPDATE_RETURNING : SPI_OK_DELETE))
@@ -636,7 +637,7 @@ remedy_write(Relation rel, ItemPointer tid, const char *set, ItemPointer newtid)
 						newtid);
 	}
 	SPI_finish();
-	replstamp_restore_user(&ctx);
+	dbaccess_restore_user(&ctx);
 	return done;
 }
 
@@ -662,9 +663,9 @@ stamped_since(bool had, const pg_uuid_t *id0, int64 serial0, Version *v)
 
 	if (!wakeup_xact_stamp(&v->replica_id, &v->serial))
 		return false;
-	if (had && same_stamp(&v->replica_id, v->serial, id0, serial0))
+	if (had && changelog_same_stamp(&v->replica_id, v->serial, id0, serial0))
 		return false;
-	if (!changelog_fetch(replstamp_catalog_v11("applying changes"), &v->replica_id, v->serial, &c))
+	if (!changelog_fetch(catalog_get_v11("applying changes"), &v->replica_id, v->serial, &c))
 		return false;
 	v->changed_at = c.changed_at;
 	return true;
@@ -1024,7 +1025,7 @@ resolve_unique(ApplySession *s, Relation rel, ResultRelInfo *rri, EState *estate
 			serial_clock_seen(ver->changed_at);
 			slot_getallattrs(slot);
 			row_version_of(s, rel, slot, &hrow, &hcur);
-			if (hcur.found && !hcur.deleted && version_cmp(ver, &hcur.v) > 0)
+			if (hcur.found && !hcur.deleted && rowversion_cmp(ver, &hcur.v) > 0)
 			{
 				apply_record_conflict(s, rel, row->key, "unique_lost", &hcur.v, ver, change);
 				ok = false;

@@ -50,6 +50,7 @@
 #include "utils/snapmgr.h"
 
 #include "catalog.h"
+#include "dbaccess.h"
 #include "digest.h"
 #include "rowimage.h"
 
@@ -212,7 +213,7 @@ digest_of_version(const char *relation, int rellen, Jsonb *pk,
 	char		stamp[64];
 	Part		parts[4];
 
-	snprintf(stamp, sizeof(stamp), "%s/" INT64_FORMAT, replstamp_uuid_text(id), serial);
+	snprintf(stamp, sizeof(stamp), "%s/" INT64_FORMAT, catalog_uuid_text(id), serial);
 	parts[0] = (Part) {"version", 7};
 	parts[1] = (Part) {relation, rellen};
 	parts[2] = (Part) {key, strlen(key)};
@@ -387,7 +388,7 @@ digest_flush(void)
 		PushActiveSnapshot(GetTransactionSnapshot());
 		pushed = true;
 	}
-	replstamp_become_owner(&ctx);
+	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	hash_seq_init(&seq, notes);
 	while ((b = hash_seq_search(&seq)) != NULL)
@@ -401,14 +402,14 @@ digest_flush(void)
 		values[1] = Int32GetDatum(b->key.bucket);
 		values[2] = PointerGetDatum(digest_bytea(&b->delta));
 		values[3] = Int64GetDatum(b->nrows);
-		replstamp_spi_exec_kept("INSERT INTO replstamp.row_digest AS d (relation, bucket, digest, nrows) "
+		dbaccess_spi_exec_kept("INSERT INTO replstamp.row_digest AS d (relation, bucket, digest, nrows) "
 								"VALUES ($1, $2, $3, $4) ON CONFLICT (relation, bucket) DO UPDATE "
 								"SET digest = replstamp._digest_add(d.digest, EXCLUDED.digest), "
 								"nrows = d.nrows OPERATOR(pg_catalog.+) EXCLUDED.nrows",
 								4, types, values, NULL, SPI_OK_INSERT);
 	}
 	SPI_finish();
-	replstamp_restore_user(&ctx);
+	dbaccess_restore_user(&ctx);
 	if (pushed)
 		PopActiveSnapshot();
 	pending_reset();
@@ -428,7 +429,7 @@ digest_set_bucket(const char *relation, int bucket, const DigestSum *sum, int64 
 	values[1] = Int32GetDatum(bucket);
 	values[2] = PointerGetDatum(digest_bytea(sum));
 	values[3] = Int64GetDatum(nrows);
-	replstamp_spi_exec_kept("INSERT INTO replstamp.row_digest (relation, bucket, digest, nrows) "
+	dbaccess_spi_exec_kept("INSERT INTO replstamp.row_digest (relation, bucket, digest, nrows) "
 							"VALUES ($1, $2, $3, $4) ON CONFLICT (relation, bucket) DO UPDATE "
 							"SET digest = EXCLUDED.digest, nrows = EXCLUDED.nrows",
 							4, types, values, NULL, SPI_OK_INSERT);
@@ -451,10 +452,10 @@ digest_rebuild(const char *relation)
 	SPIPlanPtr	plan;
 
 	digest_flush();
-	replstamp_become_owner(&ctx);
+	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	values[0] = relation ? CStringGetTextDatum(relation) : (Datum) 0;
-	replstamp_spi_exec("DELETE FROM replstamp.row_digest WHERE $1 IS NULL OR relation OPERATOR(pg_catalog.=) $1",
+	dbaccess_spi_exec("DELETE FROM replstamp.row_digest WHERE $1 IS NULL OR relation OPERATOR(pg_catalog.=) $1",
 					   1, types, values, relation ? NULL : "n", SPI_OK_DELETE);
 	plan = SPI_prepare("SELECT relation, row_hash, pk, replica_id, serial FROM replstamp.row_version "
 					   "WHERE NOT deleted AND ($1 IS NULL OR relation OPERATOR(pg_catalog.=) $1)",
@@ -485,7 +486,7 @@ digest_rebuild(const char *relation)
 	}
 	SPI_cursor_close(portal);
 	SPI_finish();
-	replstamp_restore_user(&ctx);
+	dbaccess_restore_user(&ctx);
 	digest_flush();
 	return n;
 }
@@ -522,7 +523,7 @@ replstamp_rebuild_digests(PG_FUNCTION_ARGS)
 	char	   *relation = NULL;
 	int64		n;
 
-	(void) replstamp_catalog_v11("replstamp.rebuild_digests()");
+	(void) catalog_get_v11("replstamp.rebuild_digests()");
 	if (!PG_ARGISNULL(0))
 	{
 		Oid			relid = PG_GETARG_OID(0);

@@ -95,8 +95,8 @@ spi_int64(int row, int col)
 void
 proto_local(Handshake *h, bool unused)
 {
-	const ReplstampCatalog *cat = replstamp_catalog_v12("replication");
-	const ReplstampNode *node = replstamp_node();
+	const ReplstampCatalog *cat = catalog_get_v12("replication");
+	const ReplstampNode *node = catalog_node();
 	const char *cluster = GetConfigOption("cluster_name", true, false);
 	int			nepochs;
 	EpochEntry *epochs;
@@ -173,7 +173,7 @@ proto_local(Handshake *h, bool unused)
 static void
 append_uuid(StringInfo buf, const pg_uuid_t *u)
 {
-	appendStringInfo(buf, "\"%s\"", replstamp_uuid_text(u));
+	appendStringInfo(buf, "\"%s\"", catalog_uuid_text(u));
 }
 
 /*

@@ -1097,3 +1097,11 @@ rowimage_key_inexact(Relation rel, const char **column, Oid *col_type, Oid *bad_
 	index_close(idx, AccessShareLock);
 	return inexact;
 }
+
+/* Byte for byte (a key spelled two ways differs: only a lookup is lost). */
+bool
+rowimage_bytes_equal(const struct varlena *a, const struct varlena *b)
+{
+	return VARSIZE_ANY_EXHDR(a) == VARSIZE_ANY_EXHDR(b) &&
+		memcmp(VARDATA_ANY(a), VARDATA_ANY(b), VARSIZE_ANY_EXHDR(a)) == 0;
+}

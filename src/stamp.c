@@ -46,12 +46,13 @@
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 
+#include "backfill.h"
 #include "catalog.h"
 #include "changelog.h"
 #include "compat.h"
+#include "dbaccess.h"
 #include "errors.h"
 #include "identity.h"
-#include "maintenance.h"
 #include "rowimage.h"
 #include "rowversion.h"
 #include "serial.h"
@@ -188,10 +189,10 @@ replstamp_stamp(PG_FUNCTION_ARGS)
 	if (unlikely(nskip > 0) && skipped(RelationGetRelid(rel), tid))
 		return PointerGetDatum(NULL);
 
-	cat = replstamp_catalog(false);
+	cat = catalog_get(false);
 	/* A restored copy must not stamp with its old ID: check before the first stamp. */
 	identity_ensure_verified();
-	node = replstamp_node();
+	node = catalog_node();
 	layout = rowimage_layout(rel);
 	if (!OidIsValid(layout->pkoid))
 		ereport(ERROR,
@@ -259,7 +260,7 @@ static bool
 trigger_intact(Relation rel, const char *tgname, const char *funcname, int16 tgtype)
 {
 	TriggerDesc *td = rel->trigdesc;
-	Oid			schema = replstamp_catalog(false)->schema;
+	Oid			schema = catalog_get(false)->schema;
 
 	if (td == NULL)
 		return false;
@@ -349,8 +350,8 @@ registry_set_key(const char *regname, List *keys, bool replace)
 	Datum		values[2];
 
 	values[0] = CStringGetTextDatum(regname);
-	values[1] = replstamp_names_array(keys);
-	replstamp_spi_exec(replace ?
+	values[1] = dbaccess_names_array(keys);
+	dbaccess_spi_exec(replace ?
 					   "UPDATE replstamp.tracked SET key_columns = $2 WHERE relation OPERATOR(pg_catalog.=) $1" :
 					   "UPDATE replstamp.tracked SET key_columns = $2 WHERE relation OPERATOR(pg_catalog.=) $1 "
 					   "AND key_columns IS NULL",
@@ -370,8 +371,8 @@ registry_key_differs(const char *regname, List *keys)
 	char	   *recorded = NULL;
 
 	values[0] = CStringGetTextDatum(regname);
-	values[1] = replstamp_names_array(keys);
-	replstamp_spi_exec("SELECT pg_catalog.array_to_string(key_columns, ', ') FROM replstamp.tracked "
+	values[1] = dbaccess_names_array(keys);
+	dbaccess_spi_exec("SELECT pg_catalog.array_to_string(key_columns, ', ') FROM replstamp.tracked "
 					   "WHERE relation OPERATOR(pg_catalog.=) $1 AND key_columns IS NOT NULL "
 					   "AND key_columns OPERATOR(pg_catalog.<>) $2",
 					   2, types, values, NULL, SPI_OK_SELECT);
@@ -388,7 +389,7 @@ run_as_owner(const char *const *commands, int ncommands, int expected)
 {
 	ReplstampOwnerContext ctx;
 
-	replstamp_become_owner(&ctx);
+	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	for (int i = 0; i < ncommands; i++)
 	{
@@ -399,7 +400,7 @@ run_as_owner(const char *const *commands, int ncommands, int expected)
 				 SPI_result_code_string(ret));
 	}
 	SPI_finish();
-	replstamp_restore_user(&ctx);
+	dbaccess_restore_user(&ctx);
 }
 
 /*
@@ -434,7 +435,7 @@ registry_set(const ReplstampCatalog *cat, Oid relid, const char *state,
 	}
 	else
 		nulls[3] = nulls[4] = nulls[5] = 'n';
-	replstamp_become_owner(&ctx);
+	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	ret = SPI_execute_with_args("INSERT INTO replstamp.tracked AS t "
 								"(relation, relid, state, since, backfill, backfill_snapshot, "
@@ -463,7 +464,7 @@ registry_set(const ReplstampCatalog *cat, Oid relid, const char *state,
 		relation_close(rel, AccessShareLock);
 	}
 	SPI_finish();
-	replstamp_restore_user(&ctx);
+	dbaccess_restore_user(&ctx);
 }
 
 /*
@@ -488,7 +489,7 @@ registry_backfill_again(Oid relid, const BackfillOrigin *backfill)
 	values[1] = CStringGetTextDatum(backfill->snapshot);
 	values[2] = CStringGetTextDatum(backfill->end);
 	values[3] = ObjectIdGetDatum(backfill->filenode);
-	replstamp_become_owner(&ctx);
+	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	ret = SPI_execute_with_args("UPDATE replstamp.tracked SET backfill = 'pending', backfill_rows = 0, "
 								"backfill_after = NULL, backfill_error = NULL, "
@@ -501,7 +502,7 @@ registry_backfill_again(Oid relid, const BackfillOrigin *backfill)
 		elog(ERROR, "replstamp: could not record the backfill: %s", SPI_result_code_string(ret));
 	started = SPI_processed > 0;
 	SPI_finish();
-	replstamp_restore_user(&ctx);
+	dbaccess_restore_user(&ctx);
 	return started;
 }
 
@@ -609,16 +610,16 @@ replstamp_track(PG_FUNCTION_ARGS)
 {
 	Oid			relid = PG_GETARG_OID(0);
 	bool		backfill = PG_NARGS() > 1 && !PG_ARGISNULL(1) && PG_GETARG_BOOL(1);
-	const ReplstampCatalog *cat = replstamp_catalog(false);
+	const ReplstampCatalog *cat = catalog_get(false);
 	Relation	rel;
 	const char *relname;
 	char	   *qname;
 	char	   *cmds[4];
 	BackfillOrigin origin;
 
-	replstamp_require_shmem();
+	shmem_require();
 	if (backfill)
-		(void) replstamp_catalog_v11("replstamp.track() with backfill");
+		(void) catalog_get_v11("replstamp.track() with backfill");
 	rel = open_table_for_tracking(relid);
 	relname = RelationGetRelationName(rel);
 
@@ -686,7 +687,7 @@ replstamp_track(PG_FUNCTION_ARGS)
 		/* Tracked already: only its existing rows are stamped once more. */
 		relation_close(rel, NoLock);
 		if (registry_backfill_again(relid, &origin))
-			maintenance_request_backfill();	/* a worker starts at commit */
+			backfill_request();	/* a worker starts at commit */
 		else
 			ereport(NOTICE,
 					(errmsg("a backfill of table \"%s\" is under way already", relname),
@@ -713,7 +714,7 @@ replstamp_track(PG_FUNCTION_ARGS)
 	/* Registered only once the triggers are in place: see the DDL guard. */
 	registry_set(cat, relid, "tracked", backfill ? &origin : NULL);
 	if (backfill)
-		maintenance_request_backfill();	/* a worker starts at commit */
+		backfill_request();	/* a worker starts at commit */
 	PG_RETURN_VOID();
 }
 
@@ -730,14 +731,14 @@ registry_dropped(const ReplstampCatalog *cat, Oid relid)
 		return false;
 	values[0] = CStringGetTextDatum(quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
 															   get_rel_name(relid)));
-	replstamp_become_owner(&ctx);
+	dbaccess_become_owner(&ctx);
 	SPI_connect();
-	replstamp_spi_exec("SELECT 1 FROM replstamp.tracked WHERE relation OPERATOR(pg_catalog.=) $1 "
+	dbaccess_spi_exec("SELECT 1 FROM replstamp.tracked WHERE relation OPERATOR(pg_catalog.=) $1 "
 					   "AND state OPERATOR(pg_catalog.=) 'dropped'",
 					   1, types, values, NULL, SPI_OK_SELECT);
 	dropped = SPI_processed > 0;
 	SPI_finish();
-	replstamp_restore_user(&ctx);
+	dbaccess_restore_user(&ctx);
 	return dropped;
 }
 
@@ -751,7 +752,7 @@ Datum
 replstamp_untrack(PG_FUNCTION_ARGS)
 {
 	Oid			relid = PG_GETARG_OID(0);
-	const ReplstampCatalog *cat = replstamp_catalog(false);
+	const ReplstampCatalog *cat = catalog_get(false);
 	Relation	rel;
 	char	   *qname;
 	char	   *cmds[2];
@@ -798,7 +799,7 @@ guard_active(void)
 
 	if (creating_extension)
 		return false;
-	cat = replstamp_catalog(true);
+	cat = catalog_get(true);
 	return cat != NULL && cat->v11 &&
 		OidIsValid(get_relname_relid("tracked", cat->schema));
 }
@@ -822,7 +823,7 @@ register_restored(Oid relid)
 		has_trigger(rel, TRUNCATE_TRIGGER_NAME, true);
 	relation_close(rel, AccessShareLock);
 	if (tracked)
-		registry_set(replstamp_catalog(false), relid, "tracked", NULL);
+		registry_set(catalog_get(false), relid, "tracked", NULL);
 }
 
 /*
@@ -885,7 +886,7 @@ check_tracked(Oid relid, const char *regname)
 				 errmsg("cannot drop the primary key of table %s because it is tracked by replstamp", regname),
 				 errdetail("Every node identifies the table's rows by their primary key."),
 				 errhint("Untrack it first with replstamp.untrack('%s') on every node.", regname)));
-	if (registry_has_key_columns(replstamp_catalog(false)) &&
+	if (registry_has_key_columns(catalog_get(false)) &&
 		(recorded = registry_key_differs(regname, keys)) != NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -1043,7 +1044,7 @@ replstamp_ddl_guard(PG_FUNCTION_ARGS)
 			check_added_columns((AlterTableStmt *) trigdata->parsetree);
 	}
 
-	replstamp_become_owner(&ctx);
+	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	/*
 	 * The tables the command touched, itself or a trigger of it, and the
@@ -1089,7 +1090,7 @@ replstamp_ddl_guard(PG_FUNCTION_ARGS)
 		}
 	}
 	SPI_finish();
-	replstamp_restore_user(&ctx);
+	dbaccess_restore_user(&ctx);
 	PG_RETURN_VOID();
 }
 
@@ -1109,7 +1110,7 @@ replstamp_drop_guard(PG_FUNCTION_ARGS)
 		PG_RETURN_VOID();
 
 	/* As the owner, with a safe search_path: see replstamp_ddl_guard(). */
-	replstamp_become_owner(&ctx);
+	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	/* Tracked tables that are gone now. */
 	if (SPI_execute("UPDATE replstamp.tracked t SET state = 'dropped', relid = NULL, "
@@ -1147,6 +1148,6 @@ replstamp_drop_guard(PG_FUNCTION_ARGS)
 			check_tracked(relids[i], names[i]);
 	}
 	SPI_finish();
-	replstamp_restore_user(&ctx);
+	dbaccess_restore_user(&ctx);
 	PG_RETURN_VOID();
 }
