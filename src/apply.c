@@ -1417,18 +1417,35 @@ lock_key(ApplyTable *t, Datum *keyvalues, bool *keynulls, int natts, bool nowait
 }
 
 /*
- * Apply one change, in the current page's transaction.  With nowait, a
- * change whose row another transaction holds is not applied: APPLY_BUSY,
- * and nothing of it written (the caller commits what it applied before,
- * so that it holds no row lock while it waits, and applies it again).
+ * A change replstamp.skip() asked to hold without applying: recorded as
+ * held, and the skip as met.
  */
-ApplyOutcome
-apply_change(ApplySession *s, Change *change, bool nowait)
+static ApplyOutcome
+apply_skipped_change(ApplySession *s, Change *change)
 {
-	MemoryContext old;
-	ApplyTable *t;
-	ApplyErrorArg earg;
-	ErrorContextCallback errcb;
+	Oid			types[3] = {UUIDOID, INT8OID, TEXTOID};
+	Datum		vals[3] = {UUIDPGetDatum(&change->replica_id), Int64GetDatum(change->serial),
+	PointerGetDatum(change->relation)};
+
+	change->applied = true;
+	changelog_append(s->cat, change);
+	spi_owner_exec("UPDATE replstamp.skipped SET skipped_at = pg_catalog.now(), relation = $3 "
+				   "WHERE replica_id OPERATOR(pg_catalog.=) $1 AND serial OPERATOR(pg_catalog.=) $2",
+				   3, types, vals, SPI_OK_UPDATE);
+	s->skipped++;
+	return APPLY_SKIPPED;
+}
+
+/*
+ * Apply change to its table t: last writer wins per row, the rows written
+ * as t's owner.  In the change's memory context (s->row_cxt), which the
+ * caller resets.  APPLY_BUSY (with nowait) when another transaction holds
+ * a row, and then nothing is written.
+ */
+static ApplyOutcome
+apply_to_table(ApplySession *s, ApplyTable *t, Change *change, bool nowait)
+{
+	ApplyOutcome outcome = APPLY_NEW;
 	ReplstampOwnerContext uctx;
 	ChangeRow	rows[2];
 	int			nrows;
@@ -1442,43 +1459,7 @@ apply_change(ApplySession *s, Change *change, bool nowait)
 	List	   *lacked = NIL;
 	bool		have_base = false;
 
-	if (changelog_held(s->cat, &change->replica_id, change->serial))
-		return APPLY_HELD;
-
-	old = MemoryContextSwitchTo(s->row_cxt);
-	earg.s = s;
-	earg.change = change;
-	errcb.callback = apply_error_context;
-	errcb.arg = &earg;
-	errcb.previous = error_context_stack;
-	error_context_stack = &errcb;
-
-	if (apply_stamp_skipped(s, &change->replica_id, change->serial))
-	{
-		Oid			types[3] = {UUIDOID, INT8OID, TEXTOID};
-		Datum		vals[3] = {UUIDPGetDatum(&change->replica_id), Int64GetDatum(change->serial),
-		PointerGetDatum(change->relation)};
-
-		change->applied = true;
-		changelog_append(s->cat, change);
-		spi_owner_exec("UPDATE replstamp.skipped SET skipped_at = pg_catalog.now(), relation = $3 "
-					   "WHERE replica_id OPERATOR(pg_catalog.=) $1 AND serial OPERATOR(pg_catalog.=) $2",
-					   3, types, vals, SPI_OK_UPDATE);
-		s->skipped++;
-		error_context_stack = errcb.previous;
-		MemoryContextSwitchTo(old);
-		MemoryContextReset(s->row_cxt);
-		return APPLY_SKIPPED;
-	}
-
-	t = resolve_table(s, change);
-	if (t->state == TABLE_IGNORED)
-	{
-		error_context_stack = errcb.previous;
-		MemoryContextSwitchTo(old);
-		MemoryContextReset(s->row_cxt);
-		return APPLY_IGNORED;
-	}
+	Assert(CurrentMemoryContext == s->row_cxt);
 	table_open_page(s, t);
 	natts = RelationGetDescr(t->rel)->natts;
 
@@ -1526,11 +1507,11 @@ apply_change(ApplySession *s, Change *change, bool nowait)
 	 */
 	if (nowait && nrows == 2)
 	{
-		for (int i = 0; i < nrows; i++)
+		for (int i = 0; i < nrows && outcome != APPLY_BUSY; i++)
 			if (lock_key(t, keyvalues[i], keynulls[i], natts, true) == ROW_BUSY)
-				goto busy;
+				outcome = APPLY_BUSY;
 	}
-	for (int i = 0; i < nrows; i++)
+	for (int i = 0; i < nrows && outcome != APPLY_BUSY; i++)
 	{
 		ChangeRow  *row = &rows[i];
 		RowVersion	cur;
@@ -1540,7 +1521,11 @@ apply_change(ApplySession *s, Change *change, bool nowait)
 		/* Lock the row: a local change of it has then committed. */
 		r = lock_key(t, keyvalues[i], keynulls[i], natts, nowait && nrows == 1);
 		if (r == ROW_BUSY)
-			goto busy;			/* only with one row: nothing is written yet */
+		{
+			/* Only with one row: nothing is written yet. */
+			outcome = APPLY_BUSY;
+			break;
+		}
 		found = (r == ROW_LOCKED);
 
 		/* Last writer wins, against the row's latest version held here. */
@@ -1613,19 +1598,57 @@ apply_change(ApplySession *s, Change *change, bool nowait)
 	}
 	dbaccess_restore_user(&uctx);
 
-	change->applied = true;
-	changelog_append(s->cat, change);
-	serial_clock_seen(change->changed_at);
+	if (outcome == APPLY_NEW)
+	{
+		change->applied = true;
+		changelog_append(s->cat, change);
+		serial_clock_seen(change->changed_at);
+	}
+	return outcome;
+}
 
-	error_context_stack = errcb.previous;
-	MemoryContextSwitchTo(old);
-	MemoryContextReset(s->row_cxt);
-	return APPLY_NEW;
+/*
+ * Apply one change, in the current page's transaction.  With nowait, a
+ * change whose row another transaction holds is not applied: APPLY_BUSY,
+ * and nothing of it written (the caller commits what it applied before,
+ * so that it holds no row lock while it waits, and applies it again).
+ * Whatever the outcome, the change's memory is freed and the error
+ * context popped in one place, at the end.
+ */
+ApplyOutcome
+apply_change(ApplySession *s, Change *change, bool nowait)
+{
+	ApplyOutcome outcome = APPLY_HELD;
 
-busy:
-	dbaccess_restore_user(&uctx);
-	error_context_stack = errcb.previous;
-	MemoryContextSwitchTo(old);
-	MemoryContextReset(s->row_cxt);
-	return APPLY_BUSY;
+	Assert(IsTransactionState());
+	if (!changelog_held(s->cat, &change->replica_id, change->serial))
+	{
+		MemoryContext old = MemoryContextSwitchTo(s->row_cxt);
+		ApplyErrorArg earg;
+		ErrorContextCallback errcb;
+
+		earg.s = s;
+		earg.change = change;
+		errcb.callback = apply_error_context;
+		errcb.arg = &earg;
+		errcb.previous = error_context_stack;
+		error_context_stack = &errcb;
+
+		if (apply_stamp_skipped(s, &change->replica_id, change->serial))
+			outcome = apply_skipped_change(s, change);
+		else
+		{
+			ApplyTable *t = resolve_table(s, change);
+
+			if (t->state == TABLE_IGNORED)
+				outcome = APPLY_IGNORED;
+			else
+				outcome = apply_to_table(s, t, change, nowait);
+		}
+
+		error_context_stack = errcb.previous;
+		MemoryContextSwitchTo(old);
+		MemoryContextReset(s->row_cxt);
+	}
+	return outcome;
 }

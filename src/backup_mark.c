@@ -180,6 +180,7 @@ flip_batch(List *batch, bool to_backup, List **changed, char **failed_db,
 	BackgroundWorkerHandle **handles;
 
 	Assert(list_length(batch) <= FLIP_BATCH);
+	Assert(replstamp_shared->flip_owner == MyProcPid);
 
 	/* Start one worker per database, all at once ... */
 	handles = palloc0(sizeof(BackgroundWorkerHandle *) * Max(list_length(batch), 1));

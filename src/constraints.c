@@ -738,10 +738,14 @@ resolve_child(ApplySession *s, FkInfo *fk, Candidate *c, ItemPointer tid)
 	if (tracked && cur.found && stamped_since(had, &id0, serial0, &remedy))
 		apply_record_conflict(s, rel, row.key, set ? "orphan_updated" : "orphan_deleted",
 							  &remedy, &cur.v, NULL);
+	else if (set)
+		ereport(LOG,
+				(errmsg("replstamp: updated a row of table %s whose row in %s is gone (foreign key \"%s\")",
+						fk->child_name, fk->parent_name, fk->conname)));
 	else
 		ereport(LOG,
-				(errmsg("replstamp: %s a row of table %s whose row in %s is gone (foreign key \"%s\")",
-						set ? "updated" : "deleted", fk->child_name, fk->parent_name, fk->conname)));
+				(errmsg("replstamp: deleted a row of table %s whose row in %s is gone (foreign key \"%s\")",
+						fk->child_name, fk->parent_name, fk->conname)));
 	if (newslot)
 		ExecDropSingleTupleTableSlot(newslot);
 	ExecDropSingleTupleTableSlot(slot);

@@ -70,7 +70,8 @@ own_epochs(const pg_uuid_t *id)
 /*
  * theirs is what a peer holds of this node's current replica ID: up to
  * theirs->serial, from the epochs it lists.  Returns NULL if that fits this
- * data set's history, else why not (and where the histories part).
+ * data set's history, else why not, as a sentence for a message's detail
+ * (and where the histories part in *diverge_at).
  */
 char *
 epochs_own_divergence(const pg_uuid_t *current, const VectorItem *theirs,
@@ -81,14 +82,14 @@ epochs_own_divergence(const pg_uuid_t *current, const VectorItem *theirs,
 	int64		issued = serial_next(cat->serial_seq) - 1;
 
 	if (!proto_histories_agree(mine, PG_INT64_MAX, theirs, theirs->serial, diverge_at))
-		return psprintf("the peer's history of it parts from this data set's at serial " INT64_FORMAT,
+		return psprintf(_("The peer's history of it parts from this data set's at serial " INT64_FORMAT "."),
 						*diverge_at);
 	if (theirs->serial > issued)
 	{
 		/* They hold serials never handed out here: re-issue this start's. */
 		*diverge_at = mine->nepochs > 0 ? mine->epochs[mine->nepochs - 1].first : 1;
-		return psprintf("the peer holds it up to serial " INT64_FORMAT
-						", and this data set has handed out serials only up to " INT64_FORMAT,
+		return psprintf(_("The peer holds it up to serial " INT64_FORMAT
+						  ", and this data set has handed out serials only up to " INT64_FORMAT "."),
 						theirs->serial, issued);
 	}
 	return NULL;

@@ -134,6 +134,7 @@ fence_take(void)
 static bool
 fenced_locked(Oid dboid)
 {
+	Assert(LWLockHeldByMe(replstamp_shared->lock));
 	for (int i = 0; i < MAX_FENCES; i++)
 		if (replstamp_shared->fences[i].dboid == dboid)
 			return true;

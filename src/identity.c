@@ -361,6 +361,8 @@ rotate_locked(const ReplstampCatalog *cat, const ReplstampNode *node,
 	Datum		v2[5];
 	int64		reissued = 0;
 
+	Assert(IsTransactionState());
+
 	catalog_mint_uuid(new_id);
 
 	v1[0] = UUIDPGetDatum(&old_id);

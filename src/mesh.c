@@ -87,16 +87,25 @@ address_key(const char *k)
 		strcmp(k, "service") == 0;
 }
 
+/*
+ * Parse conninfo, the argument argname of the function called, or, with
+ * argname NULL, the address of a member the sponsor sent.
+ */
 static PQconninfoOption *
-parse_conninfo(const char *conninfo, const char *what)
+parse_conninfo(const char *conninfo, const char *argname)
 {
 	char	   *err = NULL;
 	PQconninfoOption *opts = PQconninfoParse(conninfo, &err);
 
+	if (opts == NULL && argname)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid connection string in argument \"%s\"", argname),
+				 errdetail_internal("%s", err ? pchomp(err) : "out of memory")));
 	if (opts == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid connection string %s", what),
+				 errmsg("invalid connection string of a member"),
 				 errdetail_internal("%s", err ? pchomp(err) : "out of memory")));
 	return opts;
 }
@@ -137,8 +146,8 @@ static char *
 compose(const char *address, const char *credential,
 		const char *host, const char *port, const char *dbname)
 {
-	PQconninfoOption *a = address ? parse_conninfo(address, "of a member") : NULL;
-	PQconninfoOption *c = credential ? parse_conninfo(credential, "given") : NULL;
+	PQconninfoOption *a = address ? parse_conninfo(address, NULL) : NULL;
+	PQconninfoOption *c = credential ? parse_conninfo(credential, "conninfo") : NULL;
 	PQconninfoOption *all = a ? a : c;
 	StringInfoData buf;
 
@@ -522,7 +531,7 @@ replstamp_join(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("the connection string of a node to join is required")));
 	conninfo = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	PQconninfoFree(parse_conninfo(conninfo, "given"));
+	PQconninfoFree(parse_conninfo(conninfo, "conninfo"));
 	me = PG_ARGISNULL(2) ? self_name() : text_to_cstring(PG_GETARG_TEXT_PP(2));
 	check_name(me);
 	refuse_unstamped_rows();
@@ -685,7 +694,7 @@ replstamp_leave(PG_FUNCTION_ARGS)
 	PreventInTransactionBlock(true, "replstamp.leave()");
 	(void) catalog_get_v11("replstamp.leave()");
 	if (credential)
-		PQconninfoFree(parse_conninfo(credential, "given"));
+		PQconninfoFree(parse_conninfo(credential, "conninfo"));
 	me = self_name();
 	my_id = catalog_uuid_text(&catalog_node()->replica_id);
 

@@ -905,6 +905,9 @@ locktag(uint16 which)
 #define WRITER_LOCK		3
 #define PAGE_LOCK		4
 
+/* How many times this backend holds the sync lock, for Asserts. */
+static int	sync_lock_count = 0;
+
 /*
  * Syncs of a database run one at a time: each holds this session lock (an
  * advisory lock, shown in pg_locks) across its transactions.  Call inside
@@ -915,7 +918,9 @@ rowversion_lock(void)
 {
 	LOCKTAG		tag = locktag(WRITER_LOCK);
 
+	Assert(IsTransactionState());
 	(void) LockAcquire(&tag, ExclusiveLock, true, false);
+	sync_lock_count++;
 }
 
 void
@@ -923,7 +928,15 @@ rowversion_unlock(void)
 {
 	LOCKTAG		tag = locktag(WRITER_LOCK);
 
-	(void) LockRelease(&tag, ExclusiveLock, true);
+	if (LockRelease(&tag, ExclusiveLock, true))
+		sync_lock_count--;
+}
+
+/* Does this backend hold the sync lock (rowversion_lock())?  For Asserts. */
+bool
+rowversion_lock_held(void)
+{
+	return sync_lock_count > 0;
 }
 
 /*

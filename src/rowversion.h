@@ -108,6 +108,7 @@ extern void rowversion_restamp(const ReplstampCatalog *cat, Change *change,
 
 extern void rowversion_lock(void);
 extern void rowversion_unlock(void);
+extern bool rowversion_lock_held(void);
 extern void rowversion_page_lock(bool prune);
 
 extern ReconcileState *rowversion_reconcile_begin(MemoryContext cxt);

@@ -151,6 +151,8 @@ serial_take(Oid seqoid)
 		pg_atomic_write_u64(&my_slot->lowest, 0);
 		pg_atomic_write_u32(&my_slot->dboid, MyDatabaseId);
 	}
+	/* This backend's own slot, the only one it writes. */
+	Assert(my_slot == &replstamp_shared->slots[replstamp_my_proc_index()]);
 	if (!callbacks_registered)
 	{
 		RegisterXactCallback(serial_xact_callback, NULL);

@@ -251,7 +251,7 @@ replstamp_serve(PG_FUNCTION_ARGS)
 	identity_ensure_verified();
 
 	proto_decode(json, &req, "the pulling node");
-	from = psprintf("node \"%s\"", req.label);
+	from = psprintf(_("node \"%s\""), req.label);
 	if (req.protocol != REPLSTAMP_PROTOCOL)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
@@ -287,18 +287,20 @@ replstamp_serve(PG_FUNCTION_ARGS)
 			if (why && !trusted)
 				ereport(WARNING,
 						(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-						 errmsg("replstamp: %s says it holds changes of this node's replica ID %s that this data set does not have (%s); not acted on: role \"%s\" is not trusted",
-								from, catalog_uuid_text(&current), why, rolename),
+						 errmsg("replstamp: %s says it holds changes of this node's replica ID %s that this data set does not have; not acted on: role \"%s\" is not trusted",
+								from, catalog_uuid_text(&current), rolename),
+						 errdetail_internal("%s", why),
 						 errhint("A node rotates on what a trusted puller (a superuser or a role with REPLICATION) shows, or on what its own syncs from its peers show.")));
 			else if (why)
 			{
 				ereport(WARNING,
-						(errmsg("replstamp: %s holds changes of this node's replica ID %s that this data set does not have: %s",
-								from, catalog_uuid_text(&current), why),
+						(errmsg("replstamp: %s holds changes of this node's replica ID %s that this data set does not have",
+								from, catalog_uuid_text(&current)),
+						 errdetail_internal("%s", why),
 						 errhint("This node rotates its replica ID now and re-issues what it stamped since serial " INT64_FORMAT ".",
 								 diverge_at)));
 				rotated = identity_rotate_diverged(&current, diverge_at,
-												   psprintf("peer history: %s", why));
+												   psprintf("peer history: parts at serial " INT64_FORMAT, diverge_at));
 			}
 		}
 	}

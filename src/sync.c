@@ -267,7 +267,7 @@ handshake(SyncRun *r)
 	MemoryContext old = MemoryContextSwitchTo(r->cxt);
 	const char *params[1];
 	PGresult   *res;
-	char	   *from = psprintf("peer \"%s\"", r->peer);
+	char	   *from = psprintf(_("peer \"%s\""), r->peer);
 	Jsonb	   *json;
 
 	params[0] = proto_encode(&r->me);
@@ -441,7 +441,7 @@ static void
 plan(SyncRun *r)
 {
 	ReplstampOwnerContext ctx;
-	char	   *from = psprintf("peer \"%s\"", r->peer);
+	char	   *from = psprintf(_("peer \"%s\""), r->peer);
 	MemoryContext old;
 
 	proto_refuse_flood(&r->me, &r->srv, true, from);
@@ -461,12 +461,13 @@ plan(SyncRun *r)
 			if (why)
 			{
 				ereport(WARNING,
-						(errmsg("replstamp: peer \"%s\" holds changes of this node's replica ID %s that this data set does not have: %s",
-								r->peer, catalog_uuid_text(&r->me.replica_id), why),
+						(errmsg("replstamp: peer \"%s\" holds changes of this node's replica ID %s that this data set does not have",
+								r->peer, catalog_uuid_text(&r->me.replica_id)),
+						 errdetail_internal("%s", why),
 						 errhint("This node rotates its replica ID now and re-issues what it stamped since serial " INT64_FORMAT "; nothing to do.",
 								 diverge_at)));
 				(void) identity_rotate_diverged(&r->me.replica_id, diverge_at,
-												psprintf("peer history: %s", why));
+												psprintf("peer history: parts at serial " INT64_FORMAT, diverge_at));
 			}
 		}
 		epochs_learn_dead(&r->srv, from);
@@ -573,13 +574,13 @@ plan(SyncRun *r)
 
 pg_attribute_noreturn()
 static void
-malformed(SyncRun *r, PGresult *res, const char *what)
+malformed(SyncRun *r, PGresult *res, const char *detail)
 {
 	PQclear(res);
 	ereport(ERROR,
 			(errcode(ERRCODE_DATA_EXCEPTION),
 			 errmsg("peer \"%s\" sent a malformed change", r->peer),
-			 errdetail("%c%s.", pg_toupper((unsigned char) what[0]), what + 1)));
+			 errdetail_internal("%s", detail)));
 }
 
 static int64
@@ -598,7 +599,7 @@ parse_jsonb(SyncRun *r, PGresult *res, int col, const char *what)
 	const char *p = PQgetvalue(res, 0, col);
 
 	if (PQgetlength(res, 0, col) < 1 || p[0] != 1)
-		malformed(r, res, psprintf("%s is not jsonb", what));
+		malformed(r, res, psprintf(_("Column \"%s\" is not jsonb."), what));
 	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(p + 1)));
 }
 
@@ -649,20 +650,20 @@ parse_row(SyncRun *r, PGresult *res, Change *c, int64 *group, bool *single)
 	Range	   *rg;
 
 	if (PQnfields(res) != 8 || PQntuples(res) != 1)
-		malformed(r, res, "a row does not have the eight columns asked for");
+		malformed(r, res, _("A row does not have the eight columns asked for."));
 	for (int k = 0; k < 7; k++)
 		if (k != 5 && PQgetisnull(res, 0, k))
-			malformed(r, res, "a column other than row_image and the transaction is null");
+			malformed(r, res, _("A column other than row_image and the transaction is null."));
 	if (PQgetlength(res, 0, 0) != UUID_LEN || PQgetlength(res, 0, 1) != 8 ||
 		PQgetlength(res, 0, 6) != 8 ||
 		(!PQgetisnull(res, 0, 7) && PQgetlength(res, 0, 7) != 8))
-		malformed(r, res, "a stamp, a time or a transaction has the wrong size");
+		malformed(r, res, _("A stamp, a time or a transaction has the wrong size."));
 
 	memcpy(&c->replica_id, PQgetvalue(res, 0, 0), UUID_LEN);
 	c->serial = be_int64(PQgetvalue(res, 0, 1));
 	rg = find_range(r, &c->replica_id);
 	if (rg == NULL)
-		malformed(r, res, "a change of a replica ID not asked for came");
+		malformed(r, res, _("A change of a replica ID not asked for came."));
 	if (c->serial <= rg->lo)
 	{
 		PQclear(res);
@@ -678,7 +679,7 @@ parse_row(SyncRun *r, PGresult *res, Change *c, int64 *group, bool *single)
 	relation = PQgetvalue(res, 0, 2);
 	rellen = PQgetlength(res, 0, 2);
 	if (rellen == 0 || rellen >= MAX_RELATION_LEN)
-		malformed(r, res, "a table name is empty or too long");
+		malformed(r, res, _("A table name is empty or too long."));
 	c->relation = cstring_to_text_with_len(relation, rellen);
 	c->op = changelog_op_code(PQgetvalue(res, 0, 3), PQgetlength(res, 0, 3));
 	if (c->op == 0)
@@ -699,12 +700,12 @@ parse_row(SyncRun *r, PGresult *res, Change *c, int64 *group, bool *single)
 				 errdetail("An %s must have a row image exactly when it is not a DELETE.",
 						   changelog_op_name(c->op))));
 	}
-	c->pk = parse_jsonb(r, res, 4, "the key");
-	c->image = c->op == 'D' ? NULL : parse_jsonb(r, res, 5, "the row image");
+	c->pk = parse_jsonb(r, res, 4, "pk");
+	c->image = c->op == 'D' ? NULL : parse_jsonb(r, res, 5, "row_image");
 	c->changed_at = be_int64(PQgetvalue(res, 0, 6));
 	c->applied = true;
 	if (TIMESTAMP_NOT_FINITE(c->changed_at))
-		malformed(r, res, "a stamp time is not finite");
+		malformed(r, res, _("A stamp time is not finite."));
 	limit = serial_clock_now() + (TimestampTz) max_clock_skew * USECS_PER_SEC;
 	if (c->changed_at > limit)
 	{

@@ -391,6 +391,7 @@ hold_still_and_reconcile(void)
 	RowVersionWriter *w;
 	ReconcileState *st;
 
+	Assert(rowversion_lock_held());
 	rowversion_page_lock(false);
 	w = rowversion_writer_begin(cat);
 	st = rowversion_reconcile_begin(CurrentMemoryContext);

@@ -257,6 +257,8 @@ worker_connectable_databases(void)
 	TableScanDesc scan;
 	HeapTuple	tuple;
 
+	Assert(IsTransactionState());
+
 	rel = table_open(DatabaseRelationId, AccessShareLock);
 	scan = table_beginscan_catalog(rel, 0, NULL);
 	while ((tuple = heap_getnext(scan, ForwardScanDirection)) != NULL)
