@@ -59,7 +59,7 @@ SET ROLE regress_writer;
 SELECT count(*) FROM replstamp.changes;
 -- Nor do the conflicts, with their copies of the versions that lost.
 SELECT count(*) FROM replstamp.conflicts;
-SELECT loser_image FROM replstamp.conflict_log;
+SELECT loser_image FROM replstamp.conflict;
 
 -- ... but cannot forge or remove stamps, or touch the state.
 INSERT INTO replstamp.changes VALUES (gen_random_uuid(), 1, 'public.accounts', 'INSERT', '{}', NULL, now());
@@ -117,7 +117,8 @@ SELECT p.oid::regprocedure AS public_may_execute
    AND p.oid::regprocedure::text NOT IN (
        'replstamp.lowest_uncommitted_serial()',
        'replstamp.next_serial()',
-       'replstamp.lus_holder()',
+       'replstamp.lus_holder()',                  -- deprecated name of the next one
+       'replstamp.lowest_uncommitted_serial_holder()',
        'replstamp.row_hash(text,jsonb)',
        'replstamp.last_stamp()',                  -- read-your-writes, for every client
        'replstamp.wait_for(text,interval)')

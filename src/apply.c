@@ -124,7 +124,7 @@ struct ApplySession
 	HTAB	   *skips;			/* replstamp.skip() requests not met yet */
 	ReconcileState *reconcile;
 	RowVersionWriter *rvw;		/* the current page's */
-	/* replstamp.conflict_log, once the page records a conflict */
+	/* replstamp.conflict, once the page records a conflict */
 	Relation	clog;
 	EState	   *clog_estate;
 	ResultRelInfo *clog_rri;
@@ -616,11 +616,11 @@ log_conflict(ApplySession *s, ApplyTable *t, Change *change, ChangeRow *row,
 	{
 		MemoryContext old = MemoryContextSwitchTo(s->page_cxt);
 
-		s->clog = table_open(s->cat->conflict_log, RowExclusiveLock);
+		s->clog = table_open(s->cat->conflict, RowExclusiveLock);
 		s->clog_estate = CreateExecutorState();
 		s->clog_rri = dbaccess_open_result_rel(s->clog, s->clog_estate);
 		s->clog_slot = table_slot_create(s->clog, &s->clog_estate->es_tupleTable);
-		s->clog_seq = getIdentitySequence(s->cat->conflict_log, Anum_conflict_log_id, false);
+		s->clog_seq = getIdentitySequence(s->cat->conflict, Anum_conflict_id, false);
 		MemoryContextSwitchTo(old);
 	}
 	s->clog_estate->es_output_cid = GetCurrentCommandId(true);
@@ -631,28 +631,28 @@ log_conflict(ApplySession *s, ApplyTable *t, Change *change, ChangeRow *row,
 	for (int a = 0; a < slot->tts_tupleDescriptor->natts; a++)
 		isnull[a] = true;
 	/* The id's identity sequence, as its default would. */
-	values[Anum_conflict_log_id - 1] = Int64GetDatum(nextval_internal(s->clog_seq, false));
-	values[Anum_conflict_log_resolved_at - 1] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
-	values[Anum_conflict_log_relation - 1] = PointerGetDatum(change->relation);
-	values[Anum_conflict_log_pk - 1] = JsonbPGetDatum(row->key);
-	values[Anum_conflict_log_kind - 1] = CStringGetTextDatum(kind);
-	values[Anum_conflict_log_peer - 1] = CStringGetTextDatum(s->peer);
-	values[Anum_conflict_log_winner_replica_id - 1] = UUIDPGetDatum(&winner->replica_id);
-	values[Anum_conflict_log_winner_serial - 1] = Int64GetDatum(winner->serial);
-	values[Anum_conflict_log_winner_changed_at - 1] = TimestampTzGetDatum(winner->changed_at);
-	values[Anum_conflict_log_loser_replica_id - 1] = UUIDPGetDatum(&loser->replica_id);
-	values[Anum_conflict_log_loser_serial - 1] = Int64GetDatum(loser->serial);
-	values[Anum_conflict_log_loser_changed_at - 1] = TimestampTzGetDatum(loser->changed_at);
-	for (int a = Anum_conflict_log_id; a <= Anum_conflict_log_loser_changed_at; a++)
+	values[Anum_conflict_id - 1] = Int64GetDatum(nextval_internal(s->clog_seq, false));
+	values[Anum_conflict_resolved_at - 1] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
+	values[Anum_conflict_relation - 1] = PointerGetDatum(change->relation);
+	values[Anum_conflict_pk - 1] = JsonbPGetDatum(row->key);
+	values[Anum_conflict_kind - 1] = CStringGetTextDatum(kind);
+	values[Anum_conflict_peer - 1] = CStringGetTextDatum(s->peer);
+	values[Anum_conflict_winner_replica_id - 1] = UUIDPGetDatum(&winner->replica_id);
+	values[Anum_conflict_winner_serial - 1] = Int64GetDatum(winner->serial);
+	values[Anum_conflict_winner_changed_at - 1] = TimestampTzGetDatum(winner->changed_at);
+	values[Anum_conflict_loser_replica_id - 1] = UUIDPGetDatum(&loser->replica_id);
+	values[Anum_conflict_loser_serial - 1] = Int64GetDatum(loser->serial);
+	values[Anum_conflict_loser_changed_at - 1] = TimestampTzGetDatum(loser->changed_at);
+	for (int a = Anum_conflict_id; a <= Anum_conflict_loser_changed_at; a++)
 		isnull[a - 1] = false;
 	if (lost)
 	{
-		values[Anum_conflict_log_loser_op - 1] = CStringGetTextDatum(changelog_op_name(lost->op));
-		isnull[Anum_conflict_log_loser_op - 1] = false;
+		values[Anum_conflict_loser_op - 1] = CStringGetTextDatum(changelog_op_name(lost->op));
+		isnull[Anum_conflict_loser_op - 1] = false;
 		if (lost->image)
 		{
-			values[Anum_conflict_log_loser_image - 1] = JsonbPGetDatum(lost->image);
-			isnull[Anum_conflict_log_loser_image - 1] = false;
+			values[Anum_conflict_loser_image - 1] = JsonbPGetDatum(lost->image);
+			isnull[Anum_conflict_loser_image - 1] = false;
 		}
 	}
 	ExecStoreVirtualTuple(slot);

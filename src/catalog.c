@@ -68,8 +68,8 @@ catalog_relcache_callback(Datum arg, Oid relid)
 		relid == catalog.changes_pkey || relid == catalog.serial_seq ||
 		relid == catalog.vector_state || relid == catalog.replica_history ||
 		relid == catalog.row_version || relid == catalog.row_version_hash ||
-		relid == catalog.conflict_log || relid == catalog.conflict_log_pkey ||
-		relid == catalog.conflict_log_loser)
+		relid == catalog.conflict || relid == catalog.conflict_pkey ||
+		relid == catalog.conflict_loser)
 	{
 		catalog_valid = false;
 		node_valid = false;
@@ -141,12 +141,24 @@ catalog_get(bool missing_ok)
 	catalog.replica_history = catalog_relid("replica_history", false);
 	catalog.row_version = catalog_relid("row_version", true);
 	catalog.row_version_hash = catalog_relid("row_version_hash", true);
-	catalog.conflict_log = catalog_relid("conflict_log", true);
-	catalog.conflict_log_pkey = catalog_relid("conflict_log_pkey", true);
-	catalog.conflict_log_loser = catalog_relid("conflict_log_loser", true);
+	/* replstamp.conflict, named conflict_log before 1.2 */
+	catalog.conflict = catalog_relid("conflict", true);
+	if (OidIsValid(catalog.conflict))
+	{
+		catalog.conflict_name = "replstamp.conflict";
+		catalog.conflict_pkey = catalog_relid("conflict_pkey", true);
+		catalog.conflict_loser = catalog_relid("conflict_loser", true);
+	}
+	else
+	{
+		catalog.conflict = catalog_relid("conflict_log", true);
+		catalog.conflict_name = "replstamp.conflict_log";
+		catalog.conflict_pkey = catalog_relid("conflict_log_pkey", true);
+		catalog.conflict_loser = catalog_relid("conflict_log_loser", true);
+	}
 	catalog.v11 = OidIsValid(catalog.row_version) && OidIsValid(catalog.row_version_hash) &&
-		OidIsValid(catalog.conflict_log) && OidIsValid(catalog.conflict_log_pkey) &&
-		OidIsValid(catalog.conflict_log_loser);
+		OidIsValid(catalog.conflict) && OidIsValid(catalog.conflict_pkey) &&
+		OidIsValid(catalog.conflict_loser);
 
 	check_attnum(catalog.changes, Anum_changes_applied, "applied");
 	catalog.v12 = catalog.v11 && get_attname(catalog.changes, Anum_changes_xact, true) != NULL;
@@ -160,11 +172,11 @@ catalog_get(bool missing_ok)
 	{
 		check_attnum(catalog.node, Anum_node_verified_token, "verified_token");
 		check_attnum(catalog.row_version, Anum_row_version_carry_changed_at, "carry_changed_at");
-		check_attnum(catalog.conflict_log, Anum_conflict_log_resolved_at, "resolved_at");
-		check_attnum(catalog.conflict_log, Anum_conflict_log_loser_replica_id, "loser_replica_id");
-		check_attnum(catalog.conflict_log, Anum_conflict_log_loser_serial, "loser_serial");
-		check_attnum(catalog.conflict_log, Anum_conflict_log_peer, "peer");
-		check_attnum(catalog.conflict_log, Anum_conflict_log_loser_image, "loser_image");
+		check_attnum(catalog.conflict, Anum_conflict_resolved_at, "resolved_at");
+		check_attnum(catalog.conflict, Anum_conflict_loser_replica_id, "loser_replica_id");
+		check_attnum(catalog.conflict, Anum_conflict_loser_serial, "loser_serial");
+		check_attnum(catalog.conflict, Anum_conflict_peer, "peer");
+		check_attnum(catalog.conflict, Anum_conflict_loser_image, "loser_image");
 	}
 	catalog_valid = true;
 	return &catalog;

@@ -67,22 +67,22 @@
 #define Anum_row_version_carry_changed_at	12
 #define Natts_row_version			12
 
-/* The columns of replstamp.conflict_log. */
-#define Anum_conflict_log_id		1
-#define Anum_conflict_log_resolved_at	2
-#define Anum_conflict_log_relation	3
-#define Anum_conflict_log_pk		4
-#define Anum_conflict_log_kind		5
-#define Anum_conflict_log_peer		6
-#define Anum_conflict_log_winner_replica_id	7
-#define Anum_conflict_log_winner_serial	8
-#define Anum_conflict_log_winner_changed_at	9
-#define Anum_conflict_log_loser_replica_id	10
-#define Anum_conflict_log_loser_serial	11
-#define Anum_conflict_log_loser_changed_at	12
-#define Anum_conflict_log_loser_op	13
-#define Anum_conflict_log_loser_image	14
-#define Natts_conflict_log			14
+/* The columns of replstamp.conflict (conflict_log before 1.2). */
+#define Anum_conflict_id		1
+#define Anum_conflict_resolved_at	2
+#define Anum_conflict_relation	3
+#define Anum_conflict_pk		4
+#define Anum_conflict_kind		5
+#define Anum_conflict_peer		6
+#define Anum_conflict_winner_replica_id	7
+#define Anum_conflict_winner_serial	8
+#define Anum_conflict_winner_changed_at	9
+#define Anum_conflict_loser_replica_id	10
+#define Anum_conflict_loser_serial	11
+#define Anum_conflict_loser_changed_at	12
+#define Anum_conflict_loser_op	13
+#define Anum_conflict_loser_image	14
+#define Natts_conflict			14
 
 /*
  * OIDs of the extension's objects in the current database, looked up once per
@@ -106,9 +106,10 @@ typedef struct ReplstampCatalog
 	bool		v11;
 	Oid			row_version;	/* replstamp.row_version */
 	Oid			row_version_hash;	/* its index on row_hash */
-	Oid			conflict_log;	/* replstamp.conflict_log */
-	Oid			conflict_log_pkey;	/* its primary key (id) */
-	Oid			conflict_log_loser; /* its index on (loser_replica_id, loser_serial) */
+	Oid			conflict;		/* replstamp.conflict (1.1: conflict_log) */
+	const char *conflict_name;	/* its qualified name, for SQL */
+	Oid			conflict_pkey;	/* its primary key (id) */
+	Oid			conflict_loser; /* its index on (loser_replica_id, loser_serial) */
 
 	/*
 	 * From 1.2 on: replstamp.changes records each change's local

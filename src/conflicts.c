@@ -85,11 +85,11 @@ conflict_copy(const pg_uuid_t *id, int64 serial, Change *out)
 
 	dbaccess_become_owner(&ctx);
 	SPI_connect();
-	dbaccess_spi_exec("SELECT relation, pk, loser_op, loser_image, loser_changed_at "
-			           "FROM replstamp.conflict_log "
-			           "WHERE loser_replica_id OPERATOR(pg_catalog.=) $1 "
-			           "AND loser_serial OPERATOR(pg_catalog.=) $2 AND loser_op IS NOT NULL "
-			           "ORDER BY id DESC LIMIT 1",
+	dbaccess_spi_exec(psprintf("SELECT relation, pk, loser_op, loser_image, loser_changed_at "
+							   "FROM %s "
+							   "WHERE loser_replica_id OPERATOR(pg_catalog.=) $1 "
+							   "AND loser_serial OPERATOR(pg_catalog.=) $2 AND loser_op IS NOT NULL "
+							   "ORDER BY id DESC LIMIT 1", catalog_get(false)->conflict_name),
 			           2, types, values, NULL, SPI_OK_SELECT);
 	found = SPI_processed == 1;
 	if (found)

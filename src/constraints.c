@@ -24,7 +24,7 @@
  * clock): it reaches every peer and wins there as it did here, so every
  * node converges even when it got the rows through relays, and two nodes
  * that both resolve a conflict make the same change twice (two deletions
- * of one row).  Each remedy is recorded in replstamp.conflict_log with the
+ * of one row).  Each remedy is recorded in replstamp.conflict with the
  * version that lost, which replstamp.restore_version() can bring back.
  *
  * When: second unique keys are checked before each write (the index would

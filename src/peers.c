@@ -121,7 +121,7 @@ replstamp_drop_peer(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("peer \"%s\" does not exist", name),
-				 errhint("replstamp.peers lists the peers; a node that only pulled from here is forgotten with replstamp.forget_puller().")));
+				 errhint("replstamp.peers lists the peers; a node that only pulled from here is forgotten with replstamp.drop_puller().")));
 	/* Its replica ID as of the last sync from it: it pulled under that one. */
 	{
 		bool		isnull;
@@ -142,8 +142,9 @@ replstamp_drop_peer(PG_FUNCTION_ARGS)
 }
 
 /*
- * replstamp.forget_puller(replica_id): a node that pulled from here is gone
- * for good; it no longer holds pruning back.
+ * replstamp.drop_puller(replica_id) (forget_puller() until 1.2, whose C
+ * name the 1.1 script keeps): a node that pulled from here is gone for
+ * good; it no longer holds pruning back.
  */
 Datum
 replstamp_forget_puller(PG_FUNCTION_ARGS)
@@ -154,7 +155,7 @@ replstamp_forget_puller(PG_FUNCTION_ARGS)
 	ReplstampOwnerContext ctx;
 	bool		found;
 
-	(void) catalog_get_v11("replstamp.forget_puller()");
+	(void) catalog_get_v11("replstamp.drop_puller()");
 	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	dbaccess_spi_exec("DELETE FROM replstamp.puller WHERE replica_id OPERATOR(pg_catalog.=) $1",

@@ -339,8 +339,8 @@ expiry_boundary(PruneRun *p)
 {
 	TimestampTz cutoff = GetCurrentTransactionStartTimestamp() -
 		(TimestampTz) conflict_retention * USECS_PER_SEC;
-	Relation	rel = table_open(p->cat->conflict_log, AccessShareLock);
-	Relation	idx = index_open(p->cat->conflict_log_pkey, AccessShareLock);
+	Relation	rel = table_open(p->cat->conflict, AccessShareLock);
+	Relation	idx = index_open(p->cat->conflict_pkey, AccessShareLock);
 	SysScanDesc scan = systable_beginscan_ordered(rel, idx, GetActiveSnapshot(), 0, NULL);
 	HeapTuple	tuple;
 	int64		below = 0;
@@ -348,10 +348,10 @@ expiry_boundary(PruneRun *p)
 	while ((tuple = systable_getnext_ordered(scan, ForwardScanDirection)) != NULL)
 	{
 		bool		isnull;
-		int64		id = DatumGetInt64(heap_getattr(tuple, Anum_conflict_log_id,
+		int64		id = DatumGetInt64(heap_getattr(tuple, Anum_conflict_id,
 													RelationGetDescr(rel), &isnull));
 
-		if (DatumGetTimestampTz(heap_getattr(tuple, Anum_conflict_log_resolved_at,
+		if (DatumGetTimestampTz(heap_getattr(tuple, Anum_conflict_resolved_at,
 											 RelationGetDescr(rel), &isnull)) >= cutoff)
 		{
 			below = id;
@@ -526,11 +526,11 @@ prune_expired(PruneRun *p)
 		batch_begin();
 		dbaccess_become_owner(&ctx);
 		SPI_connect();
-		dbaccess_spi_exec("DELETE FROM replstamp.conflict_log WHERE ctid OPERATOR(pg_catalog.=) ANY (ARRAY("
-				           "SELECT ctid FROM replstamp.conflict_log "
-				           "WHERE id OPERATOR(pg_catalog.>=) $1 AND id OPERATOR(pg_catalog.<) $2 "
-				           "ORDER BY id LIMIT " CppAsString2(PRUNE_BATCH) ")) "
-				           "RETURNING id",
+		dbaccess_spi_exec(psprintf("DELETE FROM %s WHERE ctid OPERATOR(pg_catalog.=) ANY (ARRAY("
+								   "SELECT ctid FROM %s "
+								   "WHERE id OPERATOR(pg_catalog.>=) $1 AND id OPERATOR(pg_catalog.<) $2 "
+								   "ORDER BY id LIMIT " CppAsString2(PRUNE_BATCH) ")) "
+								   "RETURNING id", p->cat->conflict_name, p->cat->conflict_name),
 				           2, types, values, NULL, SPI_OK_DELETE_RETURNING);
 		n = SPI_processed;
 		for (int i = 0; i < n; i++)

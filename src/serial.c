@@ -292,7 +292,9 @@ replstamp_next_serial(PG_FUNCTION_ARGS)
 }
 
 /*
- * replstamp.lus_holder(): the process holding the LUS back, or NULL.
+ * replstamp.lowest_uncommitted_serial_holder() (lus_holder() until 1.2,
+ * whose C name the 1.1 script keeps): the process holding the LUS back, or
+ * NULL.
  */
 Datum
 replstamp_lus_holder(PG_FUNCTION_ARGS)
