@@ -175,6 +175,13 @@ typedef struct Part
 	size_t		len;
 } Part;
 
+static inline void
+set_part(Part *part, const void *data, size_t len)
+{
+	part->data = data;
+	part->len = len;
+}
+
 /* SHA-256 of the parts, each followed by a zero byte (none contains one). */
 static void
 sha256_parts(const Part *parts, int nparts, DigestSum *out)
@@ -214,10 +221,10 @@ digest_of_version(const char *relation, int rellen, Jsonb *pk,
 	Part		parts[4];
 
 	snprintf(stamp, sizeof(stamp), "%s/" INT64_FORMAT, catalog_uuid_text(id), serial);
-	parts[0] = (Part) {"version", 7};
-	parts[1] = (Part) {relation, rellen};
-	parts[2] = (Part) {key, strlen(key)};
-	parts[3] = (Part) {stamp, strlen(stamp)};
+	set_part(&parts[0], "version", 7);
+	set_part(&parts[1], relation, rellen);
+	set_part(&parts[2], key, strlen(key));
+	set_part(&parts[3], stamp, strlen(stamp));
 	sha256_parts(parts, 4, out);
 	pfree(key);
 }
@@ -232,18 +239,18 @@ digest_of_content(const char *relation, int rellen, const char *pk,
 {
 	Part		parts[4];
 
-	parts[0] = (Part) {"content", 7};
-	parts[1] = (Part) {relation, rellen};
-	parts[2] = (Part) {pk, strlen(pk)};
-	parts[3] = (Part) {content, strlen(content)};
+	set_part(&parts[0], "content", 7);
+	set_part(&parts[1], relation, rellen);
+	set_part(&parts[2], pk, strlen(pk));
+	set_part(&parts[3], content, strlen(content));
 	sha256_parts(parts, 4, out);
 }
 
 /* SHA-256 of a text (a row image). */
 void
-digest_of_text(const char *text, DigestSum *out)
+digest_of_text(const char *str, DigestSum *out)
 {
-	Part		part = {text, strlen(text)};
+	Part		part = {str, strlen(str)};
 
 	sha256_parts(&part, 1, out);
 }

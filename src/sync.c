@@ -1191,9 +1191,9 @@ record_success(SyncRun *r)
 			           "conflicts = conflicts OPERATOR(pg_catalog.+) $8, protocol = $9 "
 			           "WHERE name OPERATOR(pg_catalog.=) $1",
 			           9, types, values, nulls, SPI_OK_UPDATE);
+	values[1] = Int64GetDatum(apply_skipped(r->apply));
 	dbaccess_spi_exec("UPDATE replstamp.peer SET changes_skipped = changes_skipped OPERATOR(pg_catalog.+) $2 "
-			           "WHERE name OPERATOR(pg_catalog.=) $1", 2, types,
-			           (Datum[]) {values[0], Int64GetDatum(apply_skipped(r->apply))}, NULL, SPI_OK_UPDATE);
+			           "WHERE name OPERATOR(pg_catalog.=) $1", 2, types, values, NULL, SPI_OK_UPDATE);
 
 	/* IDs the peer retired: they may leave the vector once pruned. */
 	for (int i = 0; i < r->srv.nretired; i++)
