@@ -595,3 +595,22 @@ ALTER INDEX replstamp.conflict_log_loser RENAME TO conflict_loser;
 ALTER SEQUENCE replstamp.conflict_log_id_seq RENAME TO conflict_id_seq;
 ALTER TABLE replstamp.conflict RENAME CONSTRAINT conflict_log_kind_check TO conflict_kind_check;
 ALTER TABLE replstamp.conflict RENAME CONSTRAINT conflict_log_loser_op_check TO conflict_loser_op_check;
+
+/*
+ * tracked -> tracked_table: the registry behind replstamp.tracked_tables,
+ * in the singular.  Users read it (backfill progress), so the old name
+ * stays for 1.2 as a view of it, with the same privileges.  The library
+ * finds the table under either name (catalog_sql(), src/catalog.c), so
+ * that track(), untrack(), the DDL guards, backfills and prunes go on with
+ * a new library on the 1.1 catalog until this update.
+ */
+ALTER TABLE replstamp.tracked RENAME TO tracked_table;
+ALTER INDEX replstamp.tracked_pkey RENAME TO tracked_table_pkey;
+ALTER TABLE replstamp.tracked_table RENAME CONSTRAINT tracked_state_check TO tracked_table_state_check;
+ALTER TABLE replstamp.tracked_table RENAME CONSTRAINT tracked_backfill_check TO tracked_table_backfill_check;
+CREATE VIEW replstamp.tracked AS
+    SELECT * FROM replstamp.tracked_table;
+COMMENT ON VIEW replstamp.tracked IS
+    'deprecated since 1.2, removed in the next release: read replstamp.tracked_table';
+REVOKE ALL ON replstamp.tracked FROM PUBLIC;
+GRANT SELECT ON replstamp.tracked TO PUBLIC;

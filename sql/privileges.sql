@@ -95,7 +95,7 @@ SET ROLE regress_writer;
 SELECT replstamp.track('writer_owned', backfill => true);
 RESET ROLE;
 -- Nothing was registered or installed.
-SELECT count(*) AS registered FROM replstamp.tracked
+SELECT count(*) AS registered FROM replstamp.tracked_table
  WHERE relation IN ('public.owned_by_superuser', 'public.writer_owned');
 SELECT count(*) AS triggers FROM pg_trigger
  WHERE tgrelid IN ('owned_by_superuser'::regclass, 'writer_owned'::regclass);

@@ -376,8 +376,8 @@ apply_page_end(ApplySession *s)
 			Oid			types[2] = {TEXTOID, INT8OID};
 			Datum		values[2] = {CStringGetTextDatum(t->relation), Int64GetDatum(t->conflicts)};
 
-			spi_owner_exec("UPDATE replstamp.tracked SET conflicts = conflicts OPERATOR(pg_catalog.+) $2 "
-						   "WHERE relation OPERATOR(pg_catalog.=) $1", 2, types, values, SPI_OK_UPDATE);
+			spi_owner_exec(catalog_sql("UPDATE replstamp.tracked_table SET conflicts = conflicts OPERATOR(pg_catalog.+) $2 "
+						   "WHERE relation OPERATOR(pg_catalog.=) $1"), 2, types, values, SPI_OK_UPDATE);
 			t->conflicts = 0;
 		}
 	}
@@ -426,7 +426,7 @@ apply_page_abort(ApplySession *s)
 	MemoryContextReset(s->row_cxt);
 }
 
-/* The state of a table in replstamp.tracked, or NULL. */
+/* The state of a table in replstamp.tracked_table, or NULL. */
 static char *
 registry_state(const char *relation)
 {
@@ -437,9 +437,9 @@ registry_state(const char *relation)
 
 	dbaccess_become_owner(&ctx);
 	SPI_connect();
-	if (SPI_execute_with_args("SELECT state FROM replstamp.tracked WHERE relation OPERATOR(pg_catalog.=) $1",
+	if (SPI_execute_with_args(catalog_sql("SELECT state FROM replstamp.tracked_table WHERE relation OPERATOR(pg_catalog.=) $1"),
 							  1, types, values, NULL, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "replstamp: could not read replstamp.tracked");
+		elog(ERROR, "replstamp: could not read replstamp.tracked_table");
 	if (SPI_processed > 0)
 		state = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 	if (state)
@@ -978,9 +978,9 @@ apply_fill_new_columns(ApplySession *s)
 
 	dbaccess_become_owner(&ctx);
 	SPI_connect();
-	if (SPI_execute("SELECT relation, columns, dropped_columns FROM replstamp.tracked "
-					"WHERE state = 'tracked' AND relid IS NOT NULL", false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "replstamp: could not read replstamp.tracked");
+	if (SPI_execute(catalog_sql("SELECT relation, columns, dropped_columns FROM replstamp.tracked_table "
+					"WHERE state = 'tracked' AND relid IS NOT NULL"), false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "replstamp: could not read replstamp.tracked_table");
 	n = SPI_processed;
 	/* Outlive SPI_finish(). */
 	relations = MemoryContextAlloc(caller, sizeof(char *) * Max(n, 1));
@@ -1057,8 +1057,8 @@ apply_fill_new_columns(ApplySession *s)
 		values[0] = CStringGetTextDatum(relations[i]);
 		values[1] = dbaccess_names_array(cols);
 		values[2] = dbaccess_names_array(now_dropped);
-		spi_owner_exec("UPDATE replstamp.tracked SET columns = $2, dropped_columns = $3 "
-					   "WHERE relation OPERATOR(pg_catalog.=) $1", 3, types, values, SPI_OK_UPDATE);
+		spi_owner_exec(catalog_sql("UPDATE replstamp.tracked_table SET columns = $2, dropped_columns = $3 "
+					   "WHERE relation OPERATOR(pg_catalog.=) $1"), 3, types, values, SPI_OK_UPDATE);
 	}
 }
 
@@ -1104,10 +1104,10 @@ apply_dropped_columns(MemoryContext cxt)
 		return NULL;
 	dbaccess_become_owner(&ctx);
 	SPI_connect();
-	if (SPI_execute("SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('r', t.relation, 'c', d.c)) "
-					"FROM replstamp.tracked t, pg_catalog.unnest(t.dropped_columns) AS d(c) "
-					"WHERE t.state OPERATOR(pg_catalog.=) 'tracked'", true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "replstamp: could not read replstamp.tracked");
+	if (SPI_execute(catalog_sql("SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('r', t.relation, 'c', d.c)) "
+					"FROM replstamp.tracked_table t, pg_catalog.unnest(t.dropped_columns) AS d(c) "
+					"WHERE t.state OPERATOR(pg_catalog.=) 'tracked'"), true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "replstamp: could not read replstamp.tracked_table");
 	if (SPI_processed == 1)
 	{
 		char	   *v = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
@@ -1158,16 +1158,16 @@ apply_note_dropped_elsewhere(const char *peer, const char *lacking, const pg_uui
 						   "ON CONFLICT (relation, column_name, peer) DO NOTHING",
 						   4, types, values, NULL, SPI_OK_INSERT);
 	}
-	dbaccess_spi_exec("UPDATE replstamp.tracked t SET dropped_columns = ARRAY("
-					   "  SELECT x FROM pg_catalog.unnest(t.dropped_columns) AS x WHERE " SOME_PEER_MAY_HAVE_IT ") "
-					   "WHERE t.state OPERATOR(pg_catalog.=) 'tracked' "
-					   "AND EXISTS (SELECT 1 FROM pg_catalog.unnest(t.dropped_columns) AS x "
-					   "  WHERE NOT " SOME_PEER_MAY_HAVE_IT ")",
+	dbaccess_spi_exec(catalog_sql("UPDATE replstamp.tracked_table t SET dropped_columns = ARRAY("
+								  "  SELECT x FROM pg_catalog.unnest(t.dropped_columns) AS x WHERE " SOME_PEER_MAY_HAVE_IT ") "
+								  "WHERE t.state OPERATOR(pg_catalog.=) 'tracked' "
+								  "AND EXISTS (SELECT 1 FROM pg_catalog.unnest(t.dropped_columns) AS x "
+								  "  WHERE NOT " SOME_PEER_MAY_HAVE_IT ")"),
 					   0, NULL, NULL, NULL, SPI_OK_UPDATE);
-	dbaccess_spi_exec("DELETE FROM replstamp.dropped_column_peers w WHERE NOT EXISTS ("
-					   "  SELECT 1 FROM replstamp.tracked t WHERE t.relation OPERATOR(pg_catalog.=) w.relation "
+	dbaccess_spi_exec(catalog_sql("DELETE FROM replstamp.dropped_column_peers w WHERE NOT EXISTS ("
+					   "  SELECT 1 FROM replstamp.tracked_table t WHERE t.relation OPERATOR(pg_catalog.=) w.relation "
 					   "  AND t.state OPERATOR(pg_catalog.=) 'tracked' "
-					   "  AND w.column_name OPERATOR(pg_catalog.=) ANY (t.dropped_columns))",
+					   "  AND w.column_name OPERATOR(pg_catalog.=) ANY (t.dropped_columns))"),
 					   0, NULL, NULL, NULL, SPI_OK_DELETE);
 }
 

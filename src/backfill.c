@@ -113,7 +113,7 @@ backfill_init(void)
  * deletes the row meanwhile waits and stamps its own change later: on every
  * node the writer's change wins.  A row a writer holds is waited for only
  * when the batch holds no other lock a writer or a sync could wait for (no
- * row, and its row of replstamp.tracked is only written at its end), so
+ * row, and its row of replstamp.tracked_table is only written at its end), so
  * that the backfill never takes part in a deadlock; otherwise the batch
  * ends before that row and the next one starts with it.
  *
@@ -142,7 +142,7 @@ typedef enum BackfillStep
 	BACKFILL_STALE				/* tracked anew meanwhile: roll this batch back */
 } BackfillStep;
 
-/* A table's backfill, as replstamp.tracked records it. */
+/* A table's backfill, as replstamp.tracked_table records it. */
 typedef struct Backfill
 {
 	Oid			relid;
@@ -264,7 +264,7 @@ written_before_track(const Backfill *bf, HeapTupleHeader tuple)
 }
 
 /*
- * Read the table's backfill from replstamp.tracked.  False if it has
+ * Read the table's backfill from replstamp.tracked_table.  False if it has
  * nothing (left) to do.  Its row there is not locked: a batch that waited
  * for a row of the table while holding it could deadlock with a sync,
  * which updates it (the conflict counts) while holding rows of the table.
@@ -280,12 +280,12 @@ backfill_read(Backfill *bf)
 
 	dbaccess_become_owner(&ctx);
 	SPI_connect();
-	dbaccess_spi_exec("SELECT relation, coalesce(backfill_after, '(0,0)'), backfill_end, backfill_filenode, "
+	dbaccess_spi_exec(catalog_sql("SELECT relation, coalesce(backfill_after, '(0,0)'), backfill_end, backfill_filenode, "
 			           "pg_catalog.pg_snapshot_xmax(backfill_snapshot), "
 			           "ARRAY(SELECT pg_catalog.pg_snapshot_xip(backfill_snapshot)), "
 			           "backfill_snapshot::pg_catalog.text "
-			           "FROM replstamp.tracked WHERE relid OPERATOR(pg_catalog.=) $1 AND state = 'tracked' "
-			           "AND backfill IN ('pending', 'running')",
+			           "FROM replstamp.tracked_table WHERE relid OPERATOR(pg_catalog.=) $1 AND state = 'tracked' "
+			           "AND backfill IN ('pending', 'running')"),
 			           1, types, values, NULL, SPI_OK_SELECT);
 	found = SPI_processed > 0;
 	if (found)
@@ -346,9 +346,9 @@ backfill_restart(Relation rel, Backfill *bf)
 	values[3] = ObjectIdGetDatum(origin.filenode);
 	dbaccess_become_owner(&ctx);
 	SPI_connect();
-	dbaccess_spi_exec("UPDATE replstamp.tracked SET backfill_after = NULL, "
+	dbaccess_spi_exec(catalog_sql("UPDATE replstamp.tracked_table SET backfill_after = NULL, "
 			           "backfill_snapshot = $2::pg_catalog.pg_snapshot, backfill_end = $3::pg_catalog.tid, "
-			           "backfill_filenode = $4 WHERE relid OPERATOR(pg_catalog.=) $1 AND state = 'tracked'",
+			           "backfill_filenode = $4 WHERE relid OPERATOR(pg_catalog.=) $1 AND state = 'tracked'"),
 			           4, types, values, NULL, SPI_OK_UPDATE);
 	SPI_finish();
 	dbaccess_restore_user(&ctx);
@@ -517,14 +517,14 @@ backfill_batch(const ReplstampCatalog *cat, Oid relid)
 	values[5] = PointerGetDatum(&from);
 	dbaccess_become_owner(&ctx);
 	SPI_connect();
-	dbaccess_spi_exec("UPDATE replstamp.tracked SET backfill = $2, "
+	dbaccess_spi_exec(catalog_sql("UPDATE replstamp.tracked_table SET backfill = $2, "
 			           "backfill_rows = backfill_rows OPERATOR(pg_catalog.+) $3, backfill_after = $4, "
 			           "backfill_error = NULL "
 			           "WHERE relid OPERATOR(pg_catalog.=) $1 AND state = 'tracked' "
 			           "AND backfill IN ('pending', 'running') "
 			           "AND backfill_snapshot::pg_catalog.text OPERATOR(pg_catalog.=) $5 "
 			           "AND coalesce(backfill_after, '(0,0)') OPERATOR(pg_catalog.=) $6 "
-			           "RETURNING backfill_rows",
+			           "RETURNING backfill_rows"),
 			           6, types, values, NULL, SPI_OK_UPDATE_RETURNING);
 	step = SPI_processed == 0 ? BACKFILL_STALE : done ? BACKFILL_DONE : BACKFILL_MORE;
 	if (step == BACKFILL_DONE)
@@ -553,8 +553,8 @@ backfill_record_error(Oid relid, const char *message)
 
 	dbaccess_become_owner(&ctx);
 	SPI_connect();
-	dbaccess_spi_exec("UPDATE replstamp.tracked SET backfill_error = $2 "
-			           "WHERE relid OPERATOR(pg_catalog.=) $1 AND state = 'tracked'",
+	dbaccess_spi_exec(catalog_sql("UPDATE replstamp.tracked_table SET backfill_error = $2 "
+			           "WHERE relid OPERATOR(pg_catalog.=) $1 AND state = 'tracked'"),
 			           2, types, values, NULL, SPI_OK_UPDATE);
 	SPI_finish();
 	dbaccess_restore_user(&ctx);
@@ -562,7 +562,7 @@ backfill_record_error(Oid relid, const char *message)
 
 /*
  * Backfill one table, batch after batch, until it is done.  An error ends
- * it: it is logged and recorded in replstamp.tracked (backfill_error), and
+ * it: it is logged and recorded in replstamp.tracked_table (backfill_error), and
  * the table is tried again by the next worker (the launcher's next
  * maintenance round, the next server start).
  */
@@ -648,8 +648,8 @@ backfill_claim(List **skip)
 	}
 	dbaccess_become_owner(&ctx);
 	SPI_connect();
-	dbaccess_spi_exec("SELECT relid FROM replstamp.tracked WHERE state = 'tracked' "
-			           "AND backfill IN ('pending', 'running') AND relid IS NOT NULL ORDER BY since",
+	dbaccess_spi_exec(catalog_sql("SELECT relid FROM replstamp.tracked_table WHERE state = 'tracked' "
+			           "AND backfill IN ('pending', 'running') AND relid IS NOT NULL ORDER BY since"),
 			           0, NULL, NULL, NULL, SPI_OK_SELECT);
 	n = SPI_processed;
 	relids = MemoryContextAlloc(caller, sizeof(Oid) * Max(n, 1));

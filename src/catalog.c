@@ -27,6 +27,7 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_extension.h"
 #include "commands/extension.h"
+#include "lib/stringinfo.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "storage/proc.h"
@@ -69,7 +70,7 @@ catalog_relcache_callback(Datum arg, Oid relid)
 		relid == catalog.vector_state || relid == catalog.replica_history ||
 		relid == catalog.row_version || relid == catalog.row_version_hash ||
 		relid == catalog.conflict || relid == catalog.conflict_pkey ||
-		relid == catalog.conflict_loser)
+		relid == catalog.conflict_loser || relid == catalog.tracked)
 	{
 		catalog_valid = false;
 		node_valid = false;
@@ -156,6 +157,14 @@ catalog_get(bool missing_ok)
 		catalog.conflict_pkey = catalog_relid("conflict_log_pkey", true);
 		catalog.conflict_loser = catalog_relid("conflict_log_loser", true);
 	}
+	/* replstamp.tracked_table, named tracked before 1.2 */
+	catalog.tracked = catalog_relid("tracked_table", true);
+	catalog.tracked_name = "replstamp.tracked_table";
+	if (!OidIsValid(catalog.tracked))
+	{
+		catalog.tracked = catalog_relid("tracked", true);
+		catalog.tracked_name = "replstamp.tracked";
+	}
 	catalog.v11 = OidIsValid(catalog.row_version) && OidIsValid(catalog.row_version_hash) &&
 		OidIsValid(catalog.conflict) && OidIsValid(catalog.conflict_pkey) &&
 		OidIsValid(catalog.conflict_loser);
@@ -215,6 +224,35 @@ catalog_get_v12(const char *what)
 				 errdetail("The 1.1 catalog does not record which transaction made each change, and replication applies remote transactions whole."),
 				 errhint("Run ALTER EXTENSION replstamp UPDATE in this database.")));
 	return cat;
+}
+
+/*
+ * sql, a statement that names replstamp.tracked_table, as this database's
+ * catalog needs it: before 1.2 the table was replstamp.tracked, and a new
+ * library runs track(), untrack(), the DDL guards, backfills and prunes on
+ * that catalog until ALTER EXTENSION replstamp UPDATE.  On a 1.2 catalog,
+ * sql itself (the same pointer: plans kept by it stay valid).
+ */
+const char *
+catalog_sql(const char *sql)
+{
+	static const char new_name[] = "replstamp.tracked_table";
+	const ReplstampCatalog *cat = catalog_get(true);
+	StringInfoData buf;
+	const char *p = sql;
+	const char *hit;
+
+	if (cat == NULL || strcmp(cat->tracked_name, new_name) == 0)
+		return sql;
+	initStringInfo(&buf);
+	while ((hit = strstr(p, new_name)) != NULL)
+	{
+		appendBinaryStringInfo(&buf, p, hit - p);
+		appendStringInfoString(&buf, cat->tracked_name);
+		p = hit + strlen(new_name);
+	}
+	appendStringInfoString(&buf, p);
+	return buf.data;
 }
 
 static char *

@@ -110,6 +110,8 @@ typedef struct ReplstampCatalog
 	const char *conflict_name;	/* its qualified name, for SQL */
 	Oid			conflict_pkey;	/* its primary key (id) */
 	Oid			conflict_loser; /* its index on (loser_replica_id, loser_serial) */
+	Oid			tracked;		/* replstamp.tracked_table (1.1: tracked) */
+	const char *tracked_name;	/* its qualified name, for SQL */
 
 	/*
 	 * From 1.2 on: replstamp.changes records each change's local
@@ -143,6 +145,7 @@ extern void catalog_init(void);
 extern const ReplstampCatalog *catalog_get(bool missing_ok);
 extern const ReplstampCatalog *catalog_get_v11(const char *what);
 extern const ReplstampCatalog *catalog_get_v12(const char *what);
+extern const char *catalog_sql(const char *sql);
 extern const ReplstampNode *catalog_node(void);
 extern void catalog_node_forget(void);
 extern bool catalog_fingerprint_is_this_database(const char *fp);

@@ -265,12 +265,12 @@ refuse_unstamped_rows(void)
 
 	dbaccess_become_owner(&ctx);
 	SPI_connect();
-	dbaccess_spi_exec("SELECT t.relid::pg_catalog.regclass::pg_catalog.text FROM replstamp.tracked t "
+	dbaccess_spi_exec(catalog_sql("SELECT t.relid::pg_catalog.regclass::pg_catalog.text FROM replstamp.tracked_table t "
 				"WHERE t.state OPERATOR(pg_catalog.=) 'tracked' AND t.relid IS NOT NULL "
 				"AND (t.backfill IS NULL OR t.backfill OPERATOR(pg_catalog.<>) ALL ('{pending,running}'::pg_catalog.text[])) "
 				"AND NOT EXISTS (SELECT 1 FROM replstamp.changes c "
 				"                 WHERE c.relation OPERATOR(pg_catalog.=) t.relation) "
-				"ORDER BY 1", 0, NULL, NULL, NULL, SPI_OK_SELECT);
+				"ORDER BY 1"), 0, NULL, NULL, NULL, SPI_OK_SELECT);
 	if (SPI_processed > 0)
 	{
 		SPITupleTable *tables = SPI_tuptable;

@@ -765,13 +765,13 @@ prune_dropped_tables(PruneRun *p)
 
 	dbaccess_become_owner(&ctx);
 	SPI_connect();
-	dbaccess_spi_exec("WITH gone AS (UPDATE replstamp.tracked SET log_purged = true "
+	dbaccess_spi_exec(catalog_sql("WITH gone AS (UPDATE replstamp.tracked_table SET log_purged = true "
 			           "  WHERE state OPERATOR(pg_catalog.<>) 'tracked' AND NOT log_purged RETURNING relation), "
 			           "rv AS (DELETE FROM replstamp.row_version v USING gone "
 			           "  WHERE v.relation OPERATOR(pg_catalog.=) gone.relation), "
 			           "rd AS (DELETE FROM replstamp.row_digest d USING gone "
 			           "  WHERE d.relation OPERATOR(pg_catalog.=) gone.relation) "
-			           "DELETE FROM replstamp.changes c USING gone WHERE c.relation OPERATOR(pg_catalog.=) gone.relation",
+			           "DELETE FROM replstamp.changes c USING gone WHERE c.relation OPERATOR(pg_catalog.=) gone.relation"),
 			           0, NULL, NULL, NULL, SPI_OK_DELETE);
 	p->removed += SPI_processed;
 	SPI_finish();

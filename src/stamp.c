@@ -4,7 +4,7 @@
  *		The data manager: an AFTER ROW trigger that writes one row to
  *		replstamp.changes per INSERT, UPDATE or DELETE of a tracked table,
  *		in the writer's transaction; track()/untrack() to install it; the
- *		registry replstamp.tracked and the DDL guard that keeps the trigger
+ *		registry replstamp.tracked_table and the DDL guard that keeps the trigger
  *		from being disabled or dropped behind replstamp's back.
  *
  * The trigger is on the hot path of every write, so it builds no SQL: the
@@ -316,13 +316,11 @@ key_columns(Relation rel)
 	return names;
 }
 
-/* Does replstamp.tracked have the key_columns column (1.2)? */
+/* Does the registry have the key_columns column (1.2)? */
 static bool
 registry_has_key_columns(const ReplstampCatalog *cat)
 {
-	Oid			tracked = get_relname_relid("tracked", cat->schema);
-
-	return OidIsValid(tracked) && get_attnum(tracked, "key_columns") != InvalidAttrNumber;
+	return OidIsValid(cat->tracked) && get_attnum(cat->tracked, "key_columns") != InvalidAttrNumber;
 }
 
 /* The names of a list, as "a, b" (quoted where needed). */
@@ -339,7 +337,7 @@ names_text(List *names)
 }
 
 /*
- * Record the primary key columns of a tracked table in replstamp.tracked
+ * Record the primary key columns of a tracked table in replstamp.tracked_table
  * (1.2): the DDL guard keeps them.  Only where none are recorded yet, unless
  * replace.  The caller is connected to SPI as the extension's owner.
  */
@@ -352,9 +350,9 @@ registry_set_key(const char *regname, List *keys, bool replace)
 	values[0] = CStringGetTextDatum(regname);
 	values[1] = dbaccess_names_array(keys);
 	dbaccess_spi_exec(replace ?
-					   "UPDATE replstamp.tracked SET key_columns = $2 WHERE relation OPERATOR(pg_catalog.=) $1" :
-					   "UPDATE replstamp.tracked SET key_columns = $2 WHERE relation OPERATOR(pg_catalog.=) $1 "
-					   "AND key_columns IS NULL",
+					   catalog_sql("UPDATE replstamp.tracked_table SET key_columns = $2 WHERE relation OPERATOR(pg_catalog.=) $1") :
+					   catalog_sql("UPDATE replstamp.tracked_table SET key_columns = $2 WHERE relation OPERATOR(pg_catalog.=) $1 "
+								   "AND key_columns IS NULL"),
 					   2, types, values, NULL, SPI_OK_UPDATE);
 }
 
@@ -372,9 +370,9 @@ registry_key_differs(const char *regname, List *keys)
 
 	values[0] = CStringGetTextDatum(regname);
 	values[1] = dbaccess_names_array(keys);
-	dbaccess_spi_exec("SELECT pg_catalog.array_to_string(key_columns, ', ') FROM replstamp.tracked "
+	dbaccess_spi_exec(catalog_sql("SELECT pg_catalog.array_to_string(key_columns, ', ') FROM replstamp.tracked_table "
 					   "WHERE relation OPERATOR(pg_catalog.=) $1 AND key_columns IS NOT NULL "
-					   "AND key_columns OPERATOR(pg_catalog.<>) $2",
+					   "AND key_columns OPERATOR(pg_catalog.<>) $2"),
 					   2, types, values, NULL, SPI_OK_SELECT);
 	if (SPI_processed > 0)
 		recorded = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
@@ -404,7 +402,7 @@ run_as_owner(const char *const *commands, int ncommands, int expected)
 }
 
 /*
- * Record a table's state in replstamp.tracked (1.1).  backfill: where the
+ * Record a table's state in replstamp.tracked_table (1.1).  backfill: where the
  * background worker starts stamping its existing rows once, or NULL.  The
  * OID is kept only while the table is tracked: the rows of tables that left
  * are dumped by pg_dump, and an OID means nothing in another database.
@@ -437,7 +435,7 @@ registry_set(const ReplstampCatalog *cat, Oid relid, const char *state,
 		nulls[3] = nulls[4] = nulls[5] = 'n';
 	dbaccess_become_owner(&ctx);
 	SPI_connect();
-	ret = SPI_execute_with_args("INSERT INTO replstamp.tracked AS t "
+	ret = SPI_execute_with_args(catalog_sql("INSERT INTO replstamp.tracked_table AS t "
 								"(relation, relid, state, since, backfill, backfill_snapshot, "
 								"backfill_end, backfill_filenode) "
 								"VALUES ($1, $2, $3, pg_catalog.now(), "
@@ -449,7 +447,7 @@ registry_set(const ReplstampCatalog *cat, Oid relid, const char *state,
 								"backfill_snapshot = EXCLUDED.backfill_snapshot, "
 								"backfill_end = EXCLUDED.backfill_end, "
 								"backfill_filenode = EXCLUDED.backfill_filenode, "
-								"backfill_error = NULL, log_purged = false",
+								"backfill_error = NULL, log_purged = false"),
 								6, types, values, nulls, false, 0);
 	if (ret != SPI_OK_INSERT)
 		elog(ERROR, "replstamp: could not record the table: %s", SPI_result_code_string(ret));
@@ -491,12 +489,12 @@ registry_backfill_again(Oid relid, const BackfillOrigin *backfill)
 	values[3] = ObjectIdGetDatum(backfill->filenode);
 	dbaccess_become_owner(&ctx);
 	SPI_connect();
-	ret = SPI_execute_with_args("UPDATE replstamp.tracked SET backfill = 'pending', backfill_rows = 0, "
+	ret = SPI_execute_with_args(catalog_sql("UPDATE replstamp.tracked_table SET backfill = 'pending', backfill_rows = 0, "
 								"backfill_after = NULL, backfill_error = NULL, "
 								"backfill_snapshot = $2::pg_catalog.pg_snapshot, "
 								"backfill_end = $3::pg_catalog.tid, backfill_filenode = $4 "
 								"WHERE relation OPERATOR(pg_catalog.=) $1 AND state = 'tracked' "
-								"AND backfill IS DISTINCT FROM 'pending' AND backfill IS DISTINCT FROM 'running'",
+								"AND backfill IS DISTINCT FROM 'pending' AND backfill IS DISTINCT FROM 'running'"),
 								4, types, values, NULL, false, 0);
 	if (ret != SPI_OK_UPDATE)
 		elog(ERROR, "replstamp: could not record the backfill: %s", SPI_result_code_string(ret));
@@ -691,7 +689,7 @@ replstamp_track(PG_FUNCTION_ARGS)
 		else
 			ereport(NOTICE,
 					(errmsg("a backfill of table \"%s\" is under way already", relname),
-					 errhint("replstamp.tracked shows its progress.")));
+					 errhint("replstamp.tracked_table shows its progress.")));
 		PG_RETURN_VOID();
 	}
 
@@ -733,8 +731,8 @@ registry_dropped(const ReplstampCatalog *cat, Oid relid)
 															   get_rel_name(relid)));
 	dbaccess_become_owner(&ctx);
 	SPI_connect();
-	dbaccess_spi_exec("SELECT 1 FROM replstamp.tracked WHERE relation OPERATOR(pg_catalog.=) $1 "
-					   "AND state OPERATOR(pg_catalog.=) 'dropped'",
+	dbaccess_spi_exec(catalog_sql("SELECT 1 FROM replstamp.tracked_table WHERE relation OPERATOR(pg_catalog.=) $1 "
+					   "AND state OPERATOR(pg_catalog.=) 'dropped'"),
 					   1, types, values, NULL, SPI_OK_SELECT);
 	dropped = SPI_processed > 0;
 	SPI_finish();
@@ -800,14 +798,13 @@ guard_active(void)
 	if (creating_extension)
 		return false;
 	cat = catalog_get(true);
-	return cat != NULL && cat->v11 &&
-		OidIsValid(get_relname_relid("tracked", cat->schema));
+	return cat != NULL && cat->v11 && OidIsValid(cat->tracked);
 }
 
 /*
  * A table that carries both triggers of track(), enabled ALWAYS, and is
  * not registered: pg_restore has just re-created the triggers of a table
- * that was tracked in the dumped database, whose row in replstamp.tracked
+ * that was tracked in the dumped database, whose row in replstamp.tracked_table
  * is not dumped (its relid is the dumped database's).  Register it.
  */
 static void
@@ -1051,7 +1048,7 @@ replstamp_ddl_guard(PG_FUNCTION_ARGS)
 	 * tracked tables of a schema it touched; with their registered names
 	 * (NULL: not tracked).
 	 */
-	if (SPI_execute("WITH cmd AS (SELECT classid, objid FROM pg_catalog.pg_event_trigger_ddl_commands()), "
+	if (SPI_execute(catalog_sql("WITH cmd AS (SELECT classid, objid FROM pg_catalog.pg_event_trigger_ddl_commands()), "
 					"touched AS ("
 					"  SELECT cmd.objid AS relid FROM cmd "
 					"  WHERE cmd.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass "
@@ -1060,11 +1057,11 @@ replstamp_ddl_guard(PG_FUNCTION_ARGS)
 					"  WHERE cmd.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_trigger'::pg_catalog.regclass "
 					"  UNION SELECT c.oid FROM cmd JOIN pg_catalog.pg_class c "
 					"  ON c.relnamespace OPERATOR(pg_catalog.=) cmd.objid "
-					"  JOIN replstamp.tracked t ON t.relid OPERATOR(pg_catalog.=) c.oid "
+					"  JOIN replstamp.tracked_table t ON t.relid OPERATOR(pg_catalog.=) c.oid "
 					"  AND t.state OPERATOR(pg_catalog.=) 'tracked' "
 					"  WHERE cmd.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_namespace'::pg_catalog.regclass) "
-					"SELECT x.relid, t.relation FROM touched x LEFT JOIN replstamp.tracked t "
-					"ON t.relid OPERATOR(pg_catalog.=) x.relid AND t.state OPERATOR(pg_catalog.=) 'tracked'",
+					"SELECT x.relid, t.relation FROM touched x LEFT JOIN replstamp.tracked_table t "
+					"ON t.relid OPERATOR(pg_catalog.=) x.relid AND t.state OPERATOR(pg_catalog.=) 'tracked'"),
 					true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "replstamp: could not read the DDL commands");
 	if (SPI_processed > 0)
@@ -1113,24 +1110,24 @@ replstamp_drop_guard(PG_FUNCTION_ARGS)
 	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	/* Tracked tables that are gone now. */
-	if (SPI_execute("UPDATE replstamp.tracked t SET state = 'dropped', relid = NULL, "
+	if (SPI_execute(catalog_sql("UPDATE replstamp.tracked_table t SET state = 'dropped', relid = NULL, "
 					"since = pg_catalog.now() "
 					"FROM pg_catalog.pg_event_trigger_dropped_objects() d "
 					"WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass "
 					"AND d.objid OPERATOR(pg_catalog.=) t.relid AND d.objsubid OPERATOR(pg_catalog.=) 0 "
-					"AND t.state OPERATOR(pg_catalog.=) 'tracked'",
+					"AND t.state OPERATOR(pg_catalog.=) 'tracked'"),
 					false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "replstamp: could not record dropped tables");
 
 	/* Was one of our triggers dropped from a table that stays tracked? */
-	if (SPI_execute("SELECT t.relid, t.relation FROM replstamp.tracked t "
+	if (SPI_execute(catalog_sql("SELECT t.relid, t.relation FROM replstamp.tracked_table t "
 					"WHERE t.state OPERATOR(pg_catalog.=) 'tracked' AND EXISTS (SELECT 1 FROM "
 					"pg_catalog.pg_event_trigger_dropped_objects() d "
 					"WHERE d.object_type OPERATOR(pg_catalog.=) 'trigger' AND (d.object_identity OPERATOR(pg_catalog.~~) '"
-					STAMP_TRIGGER_NAME " on %' OR d.object_identity OPERATOR(pg_catalog.~~) '"
-					TRUNCATE_TRIGGER_NAME " on %'))",
+								STAMP_TRIGGER_NAME " on %' OR d.object_identity OPERATOR(pg_catalog.~~) '"
+								TRUNCATE_TRIGGER_NAME " on %'))"),
 					true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "replstamp: could not read replstamp.tracked");
+		elog(ERROR, "replstamp: could not read replstamp.tracked_table");
 	if (SPI_processed > 0)
 	{
 		int			n = SPI_processed;

@@ -1063,7 +1063,7 @@ pull(SyncRun *r)
 					  "FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.uuid[]), pg_catalog.unnest($2::pg_catalog.int8[])) AS v(id, lo) "
 					  "JOIN replstamp.changes c ON c.replica_id OPERATOR(pg_catalog.=) v.id "
 					  "  AND c.serial OPERATOR(pg_catalog.>) v.lo "
-					  "WHERE NOT EXISTS (SELECT 1 FROM replstamp.tracked t "
+					  "WHERE NOT EXISTS (SELECT 1 FROM replstamp.tracked_table t "
 					  "  WHERE t.relation OPERATOR(pg_catalog.=) c.relation AND t.state OPERATOR(pg_catalog.<>) 'tracked') "
 					  "ORDER BY grp NULLS FIRST, c.xact NULLS FIRST, c.usn NULLS FIRST, c.replica_id, c.serial",
 					  2, params);

@@ -101,7 +101,7 @@ static int	debug_verify_pause = 0;	/* ms */
 /* One table of a verification. */
 typedef struct VTable
 {
-	char	   *relation;		/* schema-qualified, as in replstamp.tracked */
+	char	   *relation;		/* schema-qualified, as in replstamp.tracked_table */
 	Oid			relid;
 	DigestSum	total;
 	DigestSum  *buckets;		/* DIGEST_BUCKETS of them; zero: no row */
@@ -293,7 +293,7 @@ vector_text(void)
 	return v;
 }
 
-/* The relation name replstamp.tracked knows a tracked table by. */
+/* The relation name replstamp.tracked_table knows a tracked table by. */
 static char *
 tracked_name(Oid relid)
 {
@@ -307,8 +307,8 @@ tracked_name(Oid relid)
 	relation_close(rel, AccessShareLock);
 	dbaccess_become_owner(&ctx);
 	SPI_connect();
-	dbaccess_spi_exec("SELECT 1 FROM replstamp.tracked WHERE relation OPERATOR(pg_catalog.=) $1 "
-					   "AND state OPERATOR(pg_catalog.=) 'tracked'",
+	dbaccess_spi_exec(catalog_sql("SELECT 1 FROM replstamp.tracked_table WHERE relation OPERATOR(pg_catalog.=) $1 "
+					   "AND state OPERATOR(pg_catalog.=) 'tracked'"),
 					   1, types, values, NULL, SPI_OK_SELECT);
 	tracked = SPI_processed > 0;
 	SPI_finish();
@@ -334,8 +334,8 @@ resolve_tables(ArrayType *arr)
 
 		dbaccess_become_owner(&ctx);
 		SPI_connect();
-		dbaccess_spi_exec("SELECT relation, relid FROM replstamp.tracked "
-						   "WHERE state OPERATOR(pg_catalog.=) 'tracked' ORDER BY relation",
+		dbaccess_spi_exec(catalog_sql("SELECT relation, relid FROM replstamp.tracked_table "
+						   "WHERE state OPERATOR(pg_catalog.=) 'tracked' ORDER BY relation"),
 						   0, NULL, NULL, NULL, SPI_OK_SELECT);
 		for (uint64 i = 0; i < SPI_processed; i++)
 		{
@@ -790,8 +790,8 @@ named_table(const char *relation)
 	t->relation = pstrdup(relation);
 	dbaccess_become_owner(&ctx);
 	SPI_connect();
-	dbaccess_spi_exec("SELECT relid FROM replstamp.tracked WHERE relation OPERATOR(pg_catalog.=) $1 "
-					   "AND state OPERATOR(pg_catalog.=) 'tracked'",
+	dbaccess_spi_exec(catalog_sql("SELECT relid FROM replstamp.tracked_table WHERE relation OPERATOR(pg_catalog.=) $1 "
+					   "AND state OPERATOR(pg_catalog.=) 'tracked'"),
 					   1, types, values, NULL, SPI_OK_SELECT);
 	if (SPI_processed == 1)
 		t->relid = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
