@@ -176,7 +176,7 @@ apply_session_begin(const char *peer, MemoryContext cxt)
 	s->page_cxt = AllocSetContextCreate(cxt, "replstamp apply page", ALLOCSET_DEFAULT_SIZES);
 	s->row_cxt = AllocSetContextCreate(cxt, "replstamp apply change", ALLOCSET_DEFAULT_SIZES);
 	s->peer = MemoryContextStrdup(cxt, peer);
-	s->cat = catalog_get_v11("applying changes");
+	s->cat = catalog_get_v11("replstamp.sync()");
 	s->reconcile = rowversion_reconcile_begin(cxt);
 	s->cons = constraints_session_begin(cxt);
 

@@ -585,7 +585,7 @@ backfill_table(Oid relid)
 		PG_TRY();
 		{
 			worker_begin_xact();
-			step = backfill_batch(catalog_get_v11("the backfill"), relid);
+			step = backfill_batch(catalog_get_v11("replstamp backfill"), relid);
 			if (step == BACKFILL_STALE)
 			{
 				PopActiveSnapshot();

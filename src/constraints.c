@@ -665,7 +665,7 @@ stamped_since(bool had, const pg_uuid_t *id0, int64 serial0, Version *v)
 		return false;
 	if (had && changelog_same_stamp(&v->replica_id, v->serial, id0, serial0))
 		return false;
-	if (!changelog_fetch(catalog_get_v11("applying changes"), &v->replica_id, v->serial, &c))
+	if (!changelog_fetch(catalog_get_v11("replstamp.sync()"), &v->replica_id, v->serial, &c))
 		return false;
 	v->changed_at = c.changed_at;
 	return true;

@@ -77,9 +77,14 @@ char *
 epochs_own_divergence(const pg_uuid_t *current, const VectorItem *theirs,
 					  int64 *diverge_at)
 {
-	const ReplstampCatalog *cat = catalog_get_v11("comparing histories");
-	VectorItem *mine = own_epochs(current);
-	int64		issued = serial_next(cat->serial_seq) - 1;
+	const ReplstampCatalog *cat = catalog_get(false);
+	VectorItem *mine;
+	int64		issued;
+
+	/* Called in a sync or replstamp.serve(), which need the 1.2 catalog. */
+	Assert(cat->v12);
+	mine = own_epochs(current);
+	issued = serial_next(cat->serial_seq) - 1;
 
 	if (!proto_histories_agree(mine, PG_INT64_MAX, theirs, theirs->serial, diverge_at))
 		return psprintf(_("The peer's history of it parts from this data set's at serial " INT64_FORMAT "."),
@@ -124,7 +129,10 @@ epochs_adopt(const VectorItem *theirs, int64 upto)
 void
 epochs_learn_dead(Handshake *h, const char *from)
 {
-	const ReplstampCatalog *cat = catalog_get_v11("learning dead epochs");
+	const ReplstampCatalog *cat = catalog_get(false);
+
+	/* Called in a sync or replstamp.serve(), which need the 1.2 catalog. */
+	Assert(cat->v12);
 
 	for (int i = 0; i < h->ndead; i++)
 	{

@@ -906,12 +906,15 @@ bool
 identity_rotate_diverged(const pg_uuid_t *diverged_id, int64 from_serial,
 						 const char *reason)
 {
-	const ReplstampCatalog *cat = catalog_get_v11("rotating a diverged replica ID");
+	const ReplstampCatalog *cat = catalog_get(false);
 	ReplstampOwnerContext ctx;
 	const ReplstampNode *node;
 	pg_uuid_t	new_id;
 	Oid			types[2] = {UUIDOID, INT8OID};
 	Datum		values[2];
+
+	/* Called in a sync or replstamp.serve(), which need the 1.2 catalog. */
+	Assert(cat->v12);
 
 	dbaccess_become_owner(&ctx);
 	SPI_connect();

@@ -96,7 +96,7 @@ spi_int64(int row, int col)
 void
 proto_local(Handshake *h, bool unused)
 {
-	const ReplstampCatalog *cat = catalog_get_v12("replication");
+	const ReplstampCatalog *cat = catalog_get_v12("replstamp.serve()");
 	const ReplstampNode *node = catalog_node();
 	const char *cluster = GetConfigOption("cluster_name", true, false);
 	int			nepochs;

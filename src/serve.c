@@ -245,7 +245,7 @@ replstamp_serve(PG_FUNCTION_ARGS)
 	char	   *rolename = GetUserNameFromId(role, false);
 
 	shmem_require();
-	(void) catalog_get_v12("serving changes");
+	(void) catalog_get_v12("replstamp.serve()");
 	refuse_in_recovery();
 	/* A data set restored and not checked yet must rotate before it serves. */
 	identity_ensure_verified();

@@ -617,7 +617,7 @@ replstamp_track(PG_FUNCTION_ARGS)
 
 	shmem_require();
 	if (backfill)
-		(void) catalog_get_v11("replstamp.track() with backfill");
+		(void) catalog_get_v11("replstamp.track()");
 	rel = open_table_for_tracking(relid);
 	relname = RelationGetRelationName(rel);
 
