@@ -535,3 +535,89 @@ CREATE VIEW replstamp.cluster AS
      WHERE NOT EXISTS (SELECT 1 FROM replstamp.peer p
                         WHERE p.replica_id OPERATOR(pg_catalog.=) u.replica_id);
 GRANT SELECT ON replstamp.cluster TO PUBLIC;
+
+/*
+ * One naming rule for the SQL names (doc/reference.md, "Names"): views
+ * are plural nouns, actions verb_object with one verb for each action
+ * (drop_ removes), a leading underscore marks what nobody calls, and an
+ * abbreviation has one spelling.  What 1.1 named otherwise is renamed
+ * here; a function users call keeps its old name for 1.2 as a deprecated
+ * wrapper (CHANGELOG.md lists them).
+ *
+ * forget_puller() -> drop_puller(): drop_peer() already removes.  The
+ * rename keeps the function (its OID, and the grants made on it); the old
+ * name calls the new one, and is granted to the roles granted the new one.
+ */
+ALTER FUNCTION replstamp.forget_puller(uuid) RENAME TO drop_puller;
+CREATE FUNCTION replstamp.forget_puller(replica_id uuid)
+RETURNS boolean
+LANGUAGE sql STRICT
+AS 'SELECT replstamp.drop_puller($1)';
+COMMENT ON FUNCTION replstamp.forget_puller(uuid) IS
+    'deprecated since 1.2, removed in the next release: use replstamp.drop_puller()';
+REVOKE ALL ON FUNCTION replstamp.forget_puller(uuid) FROM PUBLIC;
+DO $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT a.grantee::pg_catalog.regrole AS role
+               FROM pg_catalog.pg_proc p, pg_catalog.aclexplode(p.proacl) a
+              WHERE p.oid OPERATOR(pg_catalog.=) 'replstamp.drop_puller(uuid)'::pg_catalog.regprocedure
+                AND a.privilege_type OPERATOR(pg_catalog.=) 'EXECUTE'
+                AND a.grantee OPERATOR(pg_catalog.<>) 0
+                AND a.grantee OPERATOR(pg_catalog.<>) p.proowner
+    LOOP
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION replstamp.forget_puller(uuid) TO %s', r.role);
+    END LOOP;
+END
+$$;
+
+/*
+ * lus_holder() -> lowest_uncommitted_serial_holder(): a function's name
+ * spells the lowest uncommitted serial out, as lowest_uncommitted_serial()
+ * does; columns keep the one short spelling, lus (status.lus_holder_pid,
+ * node.backup_lus).  replstamp.status calls the function by OID and follows.
+ */
+ALTER FUNCTION replstamp.lus_holder() RENAME TO lowest_uncommitted_serial_holder;
+COMMENT ON FUNCTION replstamp.lowest_uncommitted_serial_holder() IS
+    'the process ID of the backend whose open transaction holds the lowest uncommitted serial, or NULL';
+CREATE FUNCTION replstamp.lus_holder()
+RETURNS integer
+LANGUAGE sql STABLE
+AS 'SELECT replstamp.lowest_uncommitted_serial_holder()';
+COMMENT ON FUNCTION replstamp.lus_holder() IS
+    'deprecated since 1.2, removed in the next release: use replstamp.lowest_uncommitted_serial_holder()';
+GRANT EXECUTE ON FUNCTION replstamp.lus_holder() TO PUBLIC;
+
+/*
+ * conflict_log -> conflict: the table behind a view is the view's noun in
+ * the singular (peer/peers, puller/pullers, conflict/conflicts).  Nobody
+ * but the extension reads it (replstamp.conflicts is the interface); the
+ * library finds it under either name, so that a new library runs on the
+ * 1.1 catalog until this update.
+ */
+ALTER TABLE replstamp.conflict_log RENAME TO conflict;
+ALTER INDEX replstamp.conflict_log_pkey RENAME TO conflict_pkey;
+ALTER INDEX replstamp.conflict_log_loser RENAME TO conflict_loser;
+ALTER SEQUENCE replstamp.conflict_log_id_seq RENAME TO conflict_id_seq;
+ALTER TABLE replstamp.conflict RENAME CONSTRAINT conflict_log_kind_check TO conflict_kind_check;
+ALTER TABLE replstamp.conflict RENAME CONSTRAINT conflict_log_loser_op_check TO conflict_loser_op_check;
+
+/*
+ * tracked -> tracked_table: the registry behind replstamp.tracked_tables,
+ * in the singular.  Users read it (backfill progress), so the old name
+ * stays for 1.2 as a view of it, with the same privileges.  The library
+ * finds the table under either name (catalog_sql(), src/catalog.c), so
+ * that track(), untrack(), the DDL guards, backfills and prunes go on with
+ * a new library on the 1.1 catalog until this update.
+ */
+ALTER TABLE replstamp.tracked RENAME TO tracked_table;
+ALTER INDEX replstamp.tracked_pkey RENAME TO tracked_table_pkey;
+ALTER TABLE replstamp.tracked_table RENAME CONSTRAINT tracked_state_check TO tracked_table_state_check;
+ALTER TABLE replstamp.tracked_table RENAME CONSTRAINT tracked_backfill_check TO tracked_table_backfill_check;
+CREATE VIEW replstamp.tracked AS
+    SELECT * FROM replstamp.tracked_table;
+COMMENT ON VIEW replstamp.tracked IS
+    'deprecated since 1.2, removed in the next release: read replstamp.tracked_table';
+REVOKE ALL ON replstamp.tracked FROM PUBLIC;
+GRANT SELECT ON replstamp.tracked TO PUBLIC;

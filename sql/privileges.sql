@@ -59,7 +59,7 @@ SET ROLE regress_writer;
 SELECT count(*) FROM replstamp.changes;
 -- Nor do the conflicts, with their copies of the versions that lost.
 SELECT count(*) FROM replstamp.conflicts;
-SELECT loser_image FROM replstamp.conflict_log;
+SELECT loser_image FROM replstamp.conflict;
 
 -- ... but cannot forge or remove stamps, or touch the state.
 INSERT INTO replstamp.changes VALUES (gen_random_uuid(), 1, 'public.accounts', 'INSERT', '{}', NULL, now());
@@ -95,7 +95,7 @@ SET ROLE regress_writer;
 SELECT replstamp.track('writer_owned', backfill => true);
 RESET ROLE;
 -- Nothing was registered or installed.
-SELECT count(*) AS registered FROM replstamp.tracked
+SELECT count(*) AS registered FROM replstamp.tracked_table
  WHERE relation IN ('public.owned_by_superuser', 'public.writer_owned');
 SELECT count(*) AS triggers FROM pg_trigger
  WHERE tgrelid IN ('owned_by_superuser'::regclass, 'writer_owned'::regclass);
@@ -117,7 +117,8 @@ SELECT p.oid::regprocedure AS public_may_execute
    AND p.oid::regprocedure::text NOT IN (
        'replstamp.lowest_uncommitted_serial()',
        'replstamp.next_serial()',
-       'replstamp.lus_holder()',
+       'replstamp.lus_holder()',                  -- deprecated name of the next one
+       'replstamp.lowest_uncommitted_serial_holder()',
        'replstamp.row_hash(text,jsonb)',
        'replstamp.last_stamp()',                  -- read-your-writes, for every client
        'replstamp.wait_for(text,interval)')

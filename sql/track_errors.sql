@@ -47,7 +47,7 @@ SELECT replstamp.stamp();
 -- Nothing above left a trigger behind on a refused table, nor registered
 -- it or asked for a backfill.
 SELECT relation FROM replstamp.tracked_tables ORDER BY 1;
-SELECT relation, state, backfill FROM replstamp.tracked ORDER BY 1;
+SELECT relation, state, backfill FROM replstamp.tracked_table ORDER BY 1;
 
 -- A tracked table cannot lose its primary key, change it, or become
 -- unlogged (1.2): its changes would go unstamped or unidentifiable.
@@ -57,7 +57,7 @@ ALTER TABLE loses_pk DROP CONSTRAINT loses_pk_pkey;
 ALTER TABLE loses_pk DROP CONSTRAINT loses_pk_pkey, ADD PRIMARY KEY (v);
 ALTER TABLE loses_pk DROP CONSTRAINT loses_pk_pkey, ADD CONSTRAINT loses_pk_pkey PRIMARY KEY (id);
 ALTER TABLE loses_pk SET UNLOGGED;
-SELECT key_columns FROM replstamp.tracked WHERE relation = 'public.loses_pk';
+SELECT key_columns FROM replstamp.tracked_table WHERE relation = 'public.loses_pk';
 INSERT INTO loses_pk VALUES (1, 1);
 SELECT count(*) FROM loses_pk;
 SELECT * FROM replstamp.problems;

@@ -83,7 +83,7 @@ ALTER TABLE ok_numeric ADD COLUMN v float8;
 ALTER TABLE ok_numeric ALTER COLUMN k TYPE numeric(10,2);
 
 -- Only the accepted tables are tracked, and nothing was asked to backfill.
-SELECT relation, state, backfill FROM replstamp.tracked ORDER BY 1;
+SELECT relation, state, backfill FROM replstamp.tracked_table ORDER BY 1;
 
 -- Leave the database as the next test expects it.
 SET client_min_messages = warning;

@@ -15,7 +15,7 @@
  *
  * Security: everything a table owner controls runs as that owner, in a
  * security-restricted operation, and whatever settings that code changes
- * are rolled back after the change (catalog.c): type input (domain
+ * are rolled back after the change (dbaccess.c): type input (domain
  * checks), key lookups (operator classes), triggers (ENABLE REPLICA and
  * ENABLE ALWAYS ones; session_replication_role is 'replica' during a
  * sync), defaults of absent columns, constraints, index expressions.  The
@@ -66,6 +66,7 @@
 #include "catalog.h"
 #include "compat.h"
 #include "constraints.h"
+#include "dbaccess.h"
 #include "errors.h"
 #include "rowimage.h"
 #include "rowversion.h"
@@ -123,7 +124,7 @@ struct ApplySession
 	HTAB	   *skips;			/* replstamp.skip() requests not met yet */
 	ReconcileState *reconcile;
 	RowVersionWriter *rvw;		/* the current page's */
-	/* replstamp.conflict_log, once the page records a conflict */
+	/* replstamp.conflict, once the page records a conflict */
 	Relation	clog;
 	EState	   *clog_estate;
 	ResultRelInfo *clog_rri;
@@ -155,7 +156,7 @@ apply_error_context(void *arg)
 	ApplyErrorArg *a = arg;
 
 	errcontext("applying change %s/" INT64_FORMAT " (%s) of table %s from peer \"%s\"",
-			   replstamp_uuid_text(&a->change->replica_id), a->change->serial,
+			   catalog_uuid_text(&a->change->replica_id), a->change->serial,
 			   changelog_op_name(a->change->op),
 			   text_to_cstring(a->change->relation), a->s->peer);
 }
@@ -175,8 +176,8 @@ apply_session_begin(const char *peer, MemoryContext cxt)
 	s->page_cxt = AllocSetContextCreate(cxt, "replstamp apply page", ALLOCSET_DEFAULT_SIZES);
 	s->row_cxt = AllocSetContextCreate(cxt, "replstamp apply change", ALLOCSET_DEFAULT_SIZES);
 	s->peer = MemoryContextStrdup(cxt, peer);
-	s->cat = replstamp_catalog_v11("applying changes");
-	s->reconcile = reconcile_begin(cxt);
+	s->cat = catalog_get_v11("replstamp.sync()");
+	s->reconcile = rowversion_reconcile_begin(cxt);
 	s->cons = constraints_session_begin(cxt);
 
 	ctl.keysize = MAX_RELATION_LEN;
@@ -190,7 +191,7 @@ apply_session_begin(const char *peer, MemoryContext cxt)
 	ctl.hcxt = cxt;
 	s->skips = hash_create("replstamp skip requests", 16, &ctl,
 						   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-	replstamp_become_owner(&octx);
+	dbaccess_become_owner(&octx);
 	SPI_connect();
 	if (SPI_execute("SELECT replica_id, serial FROM replstamp.skipped WHERE skipped_at IS NULL",
 					true, 0) != SPI_OK_SELECT)
@@ -208,7 +209,7 @@ apply_session_begin(const char *peer, MemoryContext cxt)
 		(void) hash_search(s->skips, &key, HASH_ENTER, NULL);
 	}
 	SPI_finish();
-	replstamp_restore_user(&octx);
+	dbaccess_restore_user(&octx);
 	return s;
 }
 
@@ -257,7 +258,7 @@ apply_peer(ApplySession *s)
 RowVersionWriter *
 apply_reconciled(ApplySession *s)
 {
-	reconcile(s->rvw, s->reconcile);
+	rowversion_reconcile(s->rvw, s->reconcile);
 	return s->rvw;
 }
 
@@ -345,13 +346,13 @@ spi_owner_exec(const char *sql, int nargs, Oid *types, Datum *values, int expect
 	ReplstampOwnerContext ctx;
 	int			ret;
 
-	replstamp_become_owner(&ctx);
+	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	ret = SPI_execute_with_args(sql, nargs, types, values, NULL, false, 0);
 	if (ret != expected)
 		elog(ERROR, "replstamp: query failed (%s): %s", SPI_result_code_string(ret), sql);
 	SPI_finish();
-	replstamp_restore_user(&ctx);
+	dbaccess_restore_user(&ctx);
 }
 
 /*
@@ -375,8 +376,8 @@ apply_page_end(ApplySession *s)
 			Oid			types[2] = {TEXTOID, INT8OID};
 			Datum		values[2] = {CStringGetTextDatum(t->relation), Int64GetDatum(t->conflicts)};
 
-			spi_owner_exec("UPDATE replstamp.tracked SET conflicts = conflicts OPERATOR(pg_catalog.+) $2 "
-						   "WHERE relation OPERATOR(pg_catalog.=) $1", 2, types, values, SPI_OK_UPDATE);
+			spi_owner_exec(catalog_sql("UPDATE replstamp.tracked_table SET conflicts = conflicts OPERATOR(pg_catalog.+) $2 "
+						   "WHERE relation OPERATOR(pg_catalog.=) $1"), 2, types, values, SPI_OK_UPDATE);
 			t->conflicts = 0;
 		}
 	}
@@ -391,7 +392,7 @@ apply_page_end(ApplySession *s)
 	}
 	rowversion_writer_end(s->rvw);
 	s->rvw = NULL;
-	reconcile_save(s->reconcile);
+	rowversion_reconcile_save(s->reconcile);
 	s->open_tables = NIL;
 	MemoryContextReset(s->page_cxt);
 }
@@ -425,7 +426,7 @@ apply_page_abort(ApplySession *s)
 	MemoryContextReset(s->row_cxt);
 }
 
-/* The state of a table in replstamp.tracked, or NULL. */
+/* The state of a table in replstamp.tracked_table, or NULL. */
 static char *
 registry_state(const char *relation)
 {
@@ -434,17 +435,17 @@ registry_state(const char *relation)
 	Datum		values[1] = {CStringGetTextDatum(relation)};
 	char	   *state = NULL;
 
-	replstamp_become_owner(&ctx);
+	dbaccess_become_owner(&ctx);
 	SPI_connect();
-	if (SPI_execute_with_args("SELECT state FROM replstamp.tracked WHERE relation OPERATOR(pg_catalog.=) $1",
+	if (SPI_execute_with_args(catalog_sql("SELECT state FROM replstamp.tracked_table WHERE relation OPERATOR(pg_catalog.=) $1"),
 							  1, types, values, NULL, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "replstamp: could not read replstamp.tracked");
+		elog(ERROR, "replstamp: could not read replstamp.tracked_table");
 	if (SPI_processed > 0)
 		state = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 	if (state)
 		state = MemoryContextStrdup(TopTransactionContext, state);
 	SPI_finish();
-	replstamp_restore_user(&ctx);
+	dbaccess_restore_user(&ctx);
 	return state;
 }
 
@@ -548,7 +549,7 @@ table_open_page(ApplySession *s, ApplyTable *t)
 	t->layout = rowimage_layout(t->rel);
 	desc = RelationGetDescr(t->rel);
 	t->estate = CreateExecutorState();
-	t->rri = replstamp_open_result_rel(t->rel, t->estate);
+	t->rri = dbaccess_open_result_rel(t->rel, t->estate);
 	EvalPlanQualInit(&t->epq, t->estate, NULL, NIL, -1);
 	t->keyslot = ExecInitExtraTupleSlot(t->estate, desc, &TTSOpsVirtual);
 	t->newslot = ExecInitExtraTupleSlot(t->estate, desc, &TTSOpsVirtual);
@@ -610,16 +611,16 @@ log_conflict(ApplySession *s, ApplyTable *t, Change *change, ChangeRow *row,
 			lost = NULL;		/* not here: nothing to restore it from */
 	}
 
-	replstamp_become_owner(&ctx);
+	dbaccess_become_owner(&ctx);
 	if (s->clog == NULL)
 	{
 		MemoryContext old = MemoryContextSwitchTo(s->page_cxt);
 
-		s->clog = table_open(s->cat->conflict_log, RowExclusiveLock);
+		s->clog = table_open(s->cat->conflict, RowExclusiveLock);
 		s->clog_estate = CreateExecutorState();
-		s->clog_rri = replstamp_open_result_rel(s->clog, s->clog_estate);
+		s->clog_rri = dbaccess_open_result_rel(s->clog, s->clog_estate);
 		s->clog_slot = table_slot_create(s->clog, &s->clog_estate->es_tupleTable);
-		s->clog_seq = getIdentitySequence(s->cat->conflict_log, Anum_conflict_log_id, false);
+		s->clog_seq = getIdentitySequence(s->cat->conflict, Anum_conflict_id, false);
 		MemoryContextSwitchTo(old);
 	}
 	s->clog_estate->es_output_cid = GetCurrentCommandId(true);
@@ -630,34 +631,34 @@ log_conflict(ApplySession *s, ApplyTable *t, Change *change, ChangeRow *row,
 	for (int a = 0; a < slot->tts_tupleDescriptor->natts; a++)
 		isnull[a] = true;
 	/* The id's identity sequence, as its default would. */
-	values[Anum_conflict_log_id - 1] = Int64GetDatum(nextval_internal(s->clog_seq, false));
-	values[Anum_conflict_log_resolved_at - 1] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
-	values[Anum_conflict_log_relation - 1] = PointerGetDatum(change->relation);
-	values[Anum_conflict_log_pk - 1] = JsonbPGetDatum(row->key);
-	values[Anum_conflict_log_kind - 1] = CStringGetTextDatum(kind);
-	values[Anum_conflict_log_peer - 1] = CStringGetTextDatum(s->peer);
-	values[Anum_conflict_log_winner_replica_id - 1] = UUIDPGetDatum(&winner->replica_id);
-	values[Anum_conflict_log_winner_serial - 1] = Int64GetDatum(winner->serial);
-	values[Anum_conflict_log_winner_changed_at - 1] = TimestampTzGetDatum(winner->changed_at);
-	values[Anum_conflict_log_loser_replica_id - 1] = UUIDPGetDatum(&loser->replica_id);
-	values[Anum_conflict_log_loser_serial - 1] = Int64GetDatum(loser->serial);
-	values[Anum_conflict_log_loser_changed_at - 1] = TimestampTzGetDatum(loser->changed_at);
-	for (int a = Anum_conflict_log_id; a <= Anum_conflict_log_loser_changed_at; a++)
+	values[Anum_conflict_id - 1] = Int64GetDatum(nextval_internal(s->clog_seq, false));
+	values[Anum_conflict_resolved_at - 1] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
+	values[Anum_conflict_relation - 1] = PointerGetDatum(change->relation);
+	values[Anum_conflict_pk - 1] = JsonbPGetDatum(row->key);
+	values[Anum_conflict_kind - 1] = CStringGetTextDatum(kind);
+	values[Anum_conflict_peer - 1] = CStringGetTextDatum(s->peer);
+	values[Anum_conflict_winner_replica_id - 1] = UUIDPGetDatum(&winner->replica_id);
+	values[Anum_conflict_winner_serial - 1] = Int64GetDatum(winner->serial);
+	values[Anum_conflict_winner_changed_at - 1] = TimestampTzGetDatum(winner->changed_at);
+	values[Anum_conflict_loser_replica_id - 1] = UUIDPGetDatum(&loser->replica_id);
+	values[Anum_conflict_loser_serial - 1] = Int64GetDatum(loser->serial);
+	values[Anum_conflict_loser_changed_at - 1] = TimestampTzGetDatum(loser->changed_at);
+	for (int a = Anum_conflict_id; a <= Anum_conflict_loser_changed_at; a++)
 		isnull[a - 1] = false;
 	if (lost)
 	{
-		values[Anum_conflict_log_loser_op - 1] = CStringGetTextDatum(changelog_op_name(lost->op));
-		isnull[Anum_conflict_log_loser_op - 1] = false;
+		values[Anum_conflict_loser_op - 1] = CStringGetTextDatum(changelog_op_name(lost->op));
+		isnull[Anum_conflict_loser_op - 1] = false;
 		if (lost->image)
 		{
-			values[Anum_conflict_log_loser_image - 1] = JsonbPGetDatum(lost->image);
-			isnull[Anum_conflict_log_loser_image - 1] = false;
+			values[Anum_conflict_loser_image - 1] = JsonbPGetDatum(lost->image);
+			isnull[Anum_conflict_loser_image - 1] = false;
 		}
 	}
 	ExecStoreVirtualTuple(slot);
 	ExecSimpleRelationInsert(s->clog_rri, s->clog_estate, slot);
 	ResetPerTupleExprContext(s->clog_estate);
-	replstamp_restore_user(&ctx);
+	dbaccess_restore_user(&ctx);
 	s->conflicts++;
 	t->conflicts++;
 }
@@ -771,8 +772,8 @@ partial_row_keys(ApplyTable *t, List *names, int *n)
 
 	args[0] = CStringGetTextDatum(t->relation);
 	if (names)
-		args[1] = replstamp_names_array(names);
-	replstamp_become_owner(&octx);
+		args[1] = dbaccess_names_array(names);
+	dbaccess_become_owner(&octx);
 	SPI_connect();
 	if (SPI_execute_with_args(names ?
 							  "SELECT pk FROM replstamp.row_version "
@@ -795,7 +796,7 @@ partial_row_keys(ApplyTable *t, List *names, int *n)
 		MemoryContextSwitchTo(spi);
 	}
 	SPI_finish();
-	replstamp_restore_user(&octx);
+	dbaccess_restore_user(&octx);
 	return keys;
 }
 
@@ -838,7 +839,7 @@ fill_columns(ApplySession *s, ApplyTable *t, List *new_cols, List *all_cols)
 		row.hash = rowimage_row_hash(t->relation, strlen(t->relation), keys[i]);
 		row.deleted = false;
 
-		replstamp_become_untrusted(t->owner, &uctx);
+		dbaccess_become_untrusted(t->owner, &uctx);
 		rowimage_decode_key(t->layout, keys[i], keyvalues, keynulls);
 		ExecClearTuple(t->keyslot);
 		memset(t->keyslot->tts_isnull, true, sizeof(bool) * desc->natts);
@@ -860,7 +861,7 @@ fill_columns(ApplySession *s, ApplyTable *t, List *new_cols, List *all_cols)
 		 */
 		found = RelationFindReplTupleByIndex(t->rel, t->layout->pkoid, LockTupleExclusive,
 											 t->keyslot, t->localslot);
-		reconcile(s->rvw, s->reconcile);
+		rowversion_reconcile(s->rvw, s->reconcile);
 		rowversion_get(s->rvw, relation, &row, &cur);
 		usable = cur.found && cur.partial &&
 			changelog_fetch(s->cat, &cur.carry.replica_id, cur.carry.serial, &c) &&
@@ -886,7 +887,7 @@ fill_columns(ApplySession *s, ApplyTable *t, List *new_cols, List *all_cols)
 			filled++;
 		}
 		PopActiveSnapshot();
-		replstamp_restore_user(&uctx);
+		dbaccess_restore_user(&uctx);
 		CommandCounterIncrement();
 		if (!usable)
 			continue;
@@ -975,11 +976,11 @@ apply_fill_new_columns(ApplySession *s)
 	bool	   *have_known;
 	MemoryContext caller = CurrentMemoryContext;
 
-	replstamp_become_owner(&ctx);
+	dbaccess_become_owner(&ctx);
 	SPI_connect();
-	if (SPI_execute("SELECT relation, columns, dropped_columns FROM replstamp.tracked "
-					"WHERE state = 'tracked' AND relid IS NOT NULL", false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "replstamp: could not read replstamp.tracked");
+	if (SPI_execute(catalog_sql("SELECT relation, columns, dropped_columns FROM replstamp.tracked_table "
+					"WHERE state = 'tracked' AND relid IS NOT NULL"), false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "replstamp: could not read replstamp.tracked_table");
 	n = SPI_processed;
 	/* Outlive SPI_finish(). */
 	relations = MemoryContextAlloc(caller, sizeof(char *) * Max(n, 1));
@@ -1005,7 +1006,7 @@ apply_fill_new_columns(ApplySession *s)
 		MemoryContextSwitchTo(spi);
 	}
 	SPI_finish();
-	replstamp_restore_user(&ctx);
+	dbaccess_restore_user(&ctx);
 
 	for (int i = 0; i < n; i++)
 	{
@@ -1054,10 +1055,10 @@ apply_fill_new_columns(ApplySession *s)
 		if (new_cols != NIL)
 			fill_columns(s, t, new_cols, cols);
 		values[0] = CStringGetTextDatum(relations[i]);
-		values[1] = replstamp_names_array(cols);
-		values[2] = replstamp_names_array(now_dropped);
-		spi_owner_exec("UPDATE replstamp.tracked SET columns = $2, dropped_columns = $3 "
-					   "WHERE relation OPERATOR(pg_catalog.=) $1", 3, types, values, SPI_OK_UPDATE);
+		values[1] = dbaccess_names_array(cols);
+		values[2] = dbaccess_names_array(now_dropped);
+		spi_owner_exec(catalog_sql("UPDATE replstamp.tracked_table SET columns = $2, dropped_columns = $3 "
+					   "WHERE relation OPERATOR(pg_catalog.=) $1"), 3, types, values, SPI_OK_UPDATE);
 	}
 }
 
@@ -1083,7 +1084,7 @@ apply_fill_new_columns(ApplySession *s)
 static bool
 have_dropped_column_peers(void)
 {
-	const ReplstampCatalog *cat = replstamp_catalog(true);
+	const ReplstampCatalog *cat = catalog_get(true);
 
 	return cat != NULL && OidIsValid(get_relname_relid("dropped_column_peers", cat->schema));
 }
@@ -1101,12 +1102,12 @@ apply_dropped_columns(MemoryContext cxt)
 
 	if (!have_dropped_column_peers())
 		return NULL;
-	replstamp_become_owner(&ctx);
+	dbaccess_become_owner(&ctx);
 	SPI_connect();
-	if (SPI_execute("SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('r', t.relation, 'c', d.c)) "
-					"FROM replstamp.tracked t, pg_catalog.unnest(t.dropped_columns) AS d(c) "
-					"WHERE t.state OPERATOR(pg_catalog.=) 'tracked'", true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "replstamp: could not read replstamp.tracked");
+	if (SPI_execute(catalog_sql("SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('r', t.relation, 'c', d.c)) "
+					"FROM replstamp.tracked_table t, pg_catalog.unnest(t.dropped_columns) AS d(c) "
+					"WHERE t.state OPERATOR(pg_catalog.=) 'tracked'"), true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "replstamp: could not read replstamp.tracked_table");
 	if (SPI_processed == 1)
 	{
 		char	   *v = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
@@ -1115,7 +1116,7 @@ apply_dropped_columns(MemoryContext cxt)
 			json = MemoryContextStrdup(cxt, v);
 	}
 	SPI_finish();
-	replstamp_restore_user(&ctx);
+	dbaccess_restore_user(&ctx);
 	return json;
 }
 
@@ -1152,21 +1153,21 @@ apply_note_dropped_elsewhere(const char *peer, const char *lacking, const pg_uui
 		values[2] = UUIDPGetDatum(id);
 		values[3] = Int64GetDatum(serial);
 		/* The first sighting stays: a later one would only ask for more. */
-		replstamp_spi_exec("INSERT INTO replstamp.dropped_column_peers (relation, column_name, peer, replica_id, serial) "
+		dbaccess_spi_exec("INSERT INTO replstamp.dropped_column_peers (relation, column_name, peer, replica_id, serial) "
 						   "SELECT d.r, d.c, $2, $3, $4 FROM pg_catalog.jsonb_to_recordset($1) AS d(r text, c text) "
 						   "ON CONFLICT (relation, column_name, peer) DO NOTHING",
 						   4, types, values, NULL, SPI_OK_INSERT);
 	}
-	replstamp_spi_exec("UPDATE replstamp.tracked t SET dropped_columns = ARRAY("
-					   "  SELECT x FROM pg_catalog.unnest(t.dropped_columns) AS x WHERE " SOME_PEER_MAY_HAVE_IT ") "
-					   "WHERE t.state OPERATOR(pg_catalog.=) 'tracked' "
-					   "AND EXISTS (SELECT 1 FROM pg_catalog.unnest(t.dropped_columns) AS x "
-					   "  WHERE NOT " SOME_PEER_MAY_HAVE_IT ")",
+	dbaccess_spi_exec(catalog_sql("UPDATE replstamp.tracked_table t SET dropped_columns = ARRAY("
+								  "  SELECT x FROM pg_catalog.unnest(t.dropped_columns) AS x WHERE " SOME_PEER_MAY_HAVE_IT ") "
+								  "WHERE t.state OPERATOR(pg_catalog.=) 'tracked' "
+								  "AND EXISTS (SELECT 1 FROM pg_catalog.unnest(t.dropped_columns) AS x "
+								  "  WHERE NOT " SOME_PEER_MAY_HAVE_IT ")"),
 					   0, NULL, NULL, NULL, SPI_OK_UPDATE);
-	replstamp_spi_exec("DELETE FROM replstamp.dropped_column_peers w WHERE NOT EXISTS ("
-					   "  SELECT 1 FROM replstamp.tracked t WHERE t.relation OPERATOR(pg_catalog.=) w.relation "
+	dbaccess_spi_exec(catalog_sql("DELETE FROM replstamp.dropped_column_peers w WHERE NOT EXISTS ("
+					   "  SELECT 1 FROM replstamp.tracked_table t WHERE t.relation OPERATOR(pg_catalog.=) w.relation "
 					   "  AND t.state OPERATOR(pg_catalog.=) 'tracked' "
-					   "  AND w.column_name OPERATOR(pg_catalog.=) ANY (t.dropped_columns))",
+					   "  AND w.column_name OPERATOR(pg_catalog.=) ANY (t.dropped_columns))"),
 					   0, NULL, NULL, NULL, SPI_OK_DELETE);
 }
 
@@ -1274,7 +1275,7 @@ carry_from_loser(ApplySession *s, ApplyTable *t, Change *change, ChangeRow *row,
 	bool		any = false;
 	Version		latest = cur->v;
 
-	if (cur->partial && version_cmp(ver, &cur->carry) < 0)
+	if (cur->partial && rowversion_cmp(ver, &cur->carry) < 0)
 		return;					/* a later version carries them already */
 	/* Fetched only when versions are compared: during rolling DDL. */
 	latest_names = image_names(version_image(s, &latest));
@@ -1416,18 +1417,35 @@ lock_key(ApplyTable *t, Datum *keyvalues, bool *keynulls, int natts, bool nowait
 }
 
 /*
- * Apply one change, in the current page's transaction.  With nowait, a
- * change whose row another transaction holds is not applied: APPLY_BUSY,
- * and nothing of it written (the caller commits what it applied before,
- * so that it holds no row lock while it waits, and applies it again).
+ * A change replstamp.skip() asked to hold without applying: recorded as
+ * held, and the skip as met.
  */
-ApplyOutcome
-apply_change(ApplySession *s, Change *change, bool nowait)
+static ApplyOutcome
+apply_skipped_change(ApplySession *s, Change *change)
 {
-	MemoryContext old;
-	ApplyTable *t;
-	ApplyErrorArg earg;
-	ErrorContextCallback errcb;
+	Oid			types[3] = {UUIDOID, INT8OID, TEXTOID};
+	Datum		vals[3] = {UUIDPGetDatum(&change->replica_id), Int64GetDatum(change->serial),
+	PointerGetDatum(change->relation)};
+
+	change->applied = true;
+	changelog_append(s->cat, change);
+	spi_owner_exec("UPDATE replstamp.skipped SET skipped_at = pg_catalog.now(), relation = $3 "
+				   "WHERE replica_id OPERATOR(pg_catalog.=) $1 AND serial OPERATOR(pg_catalog.=) $2",
+				   3, types, vals, SPI_OK_UPDATE);
+	s->skipped++;
+	return APPLY_SKIPPED;
+}
+
+/*
+ * Apply change to its table t: last writer wins per row, the rows written
+ * as t's owner.  In the change's memory context (s->row_cxt), which the
+ * caller resets.  APPLY_BUSY (with nowait) when another transaction holds
+ * a row, and then nothing is written.
+ */
+static ApplyOutcome
+apply_to_table(ApplySession *s, ApplyTable *t, Change *change, bool nowait)
+{
+	ApplyOutcome outcome = APPLY_NEW;
 	ReplstampOwnerContext uctx;
 	ChangeRow	rows[2];
 	int			nrows;
@@ -1441,43 +1459,7 @@ apply_change(ApplySession *s, Change *change, bool nowait)
 	List	   *lacked = NIL;
 	bool		have_base = false;
 
-	if (changelog_held(s->cat, &change->replica_id, change->serial))
-		return APPLY_HELD;
-
-	old = MemoryContextSwitchTo(s->row_cxt);
-	earg.s = s;
-	earg.change = change;
-	errcb.callback = apply_error_context;
-	errcb.arg = &earg;
-	errcb.previous = error_context_stack;
-	error_context_stack = &errcb;
-
-	if (apply_stamp_skipped(s, &change->replica_id, change->serial))
-	{
-		Oid			types[3] = {UUIDOID, INT8OID, TEXTOID};
-		Datum		vals[3] = {UUIDPGetDatum(&change->replica_id), Int64GetDatum(change->serial),
-		PointerGetDatum(change->relation)};
-
-		change->applied = true;
-		changelog_append(s->cat, change);
-		spi_owner_exec("UPDATE replstamp.skipped SET skipped_at = pg_catalog.now(), relation = $3 "
-					   "WHERE replica_id OPERATOR(pg_catalog.=) $1 AND serial OPERATOR(pg_catalog.=) $2",
-					   3, types, vals, SPI_OK_UPDATE);
-		s->skipped++;
-		error_context_stack = errcb.previous;
-		MemoryContextSwitchTo(old);
-		MemoryContextReset(s->row_cxt);
-		return APPLY_SKIPPED;
-	}
-
-	t = resolve_table(s, change);
-	if (t->state == TABLE_IGNORED)
-	{
-		error_context_stack = errcb.previous;
-		MemoryContextSwitchTo(old);
-		MemoryContextReset(s->row_cxt);
-		return APPLY_IGNORED;
-	}
+	Assert(CurrentMemoryContext == s->row_cxt);
 	table_open_page(s, t);
 	natts = RelationGetDescr(t->rel)->natts;
 
@@ -1489,13 +1471,13 @@ apply_change(ApplySession *s, Change *change, bool nowait)
 				 errdetail("The peer identifies its rows by (%s), this node by (%s).",
 						   rowimage_key_names(change->pk), rowimage_layout_key_names(t->layout)),
 				 errhint("Give the table the same primary key on every node.")));
-	nrows = change_rows(change, rows);
+	nrows = rowversion_change_rows(change, rows);
 	ver.changed_at = change->changed_at;
 	ver.replica_id = change->replica_id;
 	ver.serial = change->serial;
 
 	/* Everything the table owner's code touches runs as the table owner. */
-	replstamp_become_untrusted(t->owner, &uctx);
+	dbaccess_become_untrusted(t->owner, &uctx);
 
 	/* Decode first: nothing the owner's code does later can sway it. */
 	if (change->image)
@@ -1525,11 +1507,11 @@ apply_change(ApplySession *s, Change *change, bool nowait)
 	 */
 	if (nowait && nrows == 2)
 	{
-		for (int i = 0; i < nrows; i++)
+		for (int i = 0; i < nrows && outcome != APPLY_BUSY; i++)
 			if (lock_key(t, keyvalues[i], keynulls[i], natts, true) == ROW_BUSY)
-				goto busy;
+				outcome = APPLY_BUSY;
 	}
-	for (int i = 0; i < nrows; i++)
+	for (int i = 0; i < nrows && outcome != APPLY_BUSY; i++)
 	{
 		ChangeRow  *row = &rows[i];
 		RowVersion	cur;
@@ -1539,11 +1521,15 @@ apply_change(ApplySession *s, Change *change, bool nowait)
 		/* Lock the row: a local change of it has then committed. */
 		r = lock_key(t, keyvalues[i], keynulls[i], natts, nowait && nrows == 1);
 		if (r == ROW_BUSY)
-			goto busy;			/* only with one row: nothing is written yet */
+		{
+			/* Only with one row: nothing is written yet. */
+			outcome = APPLY_BUSY;
+			break;
+		}
 		found = (r == ROW_LOCKED);
 
 		/* Last writer wins, against the row's latest version held here. */
-		reconcile(s->rvw, s->reconcile);
+		rowversion_reconcile(s->rvw, s->reconcile);
 		s->rvw->superseding = NULL;
 		rowversion_get(s->rvw, change->relation, row, &cur);
 		if (row->deleted && nrows == 2 && found)
@@ -1551,7 +1537,7 @@ apply_change(ApplySession *s, Change *change, bool nowait)
 			keep_base(t);
 			have_base = true;
 		}
-		if (cur.found && version_cmp(&ver, &cur.v) < 0)
+		if (cur.found && rowversion_cmp(&ver, &cur.v) < 0)
 		{
 			log_conflict(s, t, change, row, "incoming_lost", &cur.v, &ver, change);
 			if (!row->deleted && !cur.deleted)
@@ -1610,21 +1596,59 @@ apply_change(ApplySession *s, Change *change, bool nowait)
 		else
 			put_winner(s, t, change, row, &cur, &ver, lacked, present);
 	}
-	replstamp_restore_user(&uctx);
+	dbaccess_restore_user(&uctx);
 
-	change->applied = true;
-	changelog_append(s->cat, change);
-	serial_clock_seen(change->changed_at);
+	if (outcome == APPLY_NEW)
+	{
+		change->applied = true;
+		changelog_append(s->cat, change);
+		serial_clock_seen(change->changed_at);
+	}
+	return outcome;
+}
 
-	error_context_stack = errcb.previous;
-	MemoryContextSwitchTo(old);
-	MemoryContextReset(s->row_cxt);
-	return APPLY_NEW;
+/*
+ * Apply one change, in the current page's transaction.  With nowait, a
+ * change whose row another transaction holds is not applied: APPLY_BUSY,
+ * and nothing of it written (the caller commits what it applied before,
+ * so that it holds no row lock while it waits, and applies it again).
+ * Whatever the outcome, the change's memory is freed and the error
+ * context popped in one place, at the end.
+ */
+ApplyOutcome
+apply_change(ApplySession *s, Change *change, bool nowait)
+{
+	ApplyOutcome outcome = APPLY_HELD;
 
-busy:
-	replstamp_restore_user(&uctx);
-	error_context_stack = errcb.previous;
-	MemoryContextSwitchTo(old);
-	MemoryContextReset(s->row_cxt);
-	return APPLY_BUSY;
+	Assert(IsTransactionState());
+	if (!changelog_held(s->cat, &change->replica_id, change->serial))
+	{
+		MemoryContext old = MemoryContextSwitchTo(s->row_cxt);
+		ApplyErrorArg earg;
+		ErrorContextCallback errcb;
+
+		earg.s = s;
+		earg.change = change;
+		errcb.callback = apply_error_context;
+		errcb.arg = &earg;
+		errcb.previous = error_context_stack;
+		error_context_stack = &errcb;
+
+		if (apply_stamp_skipped(s, &change->replica_id, change->serial))
+			outcome = apply_skipped_change(s, change);
+		else
+		{
+			ApplyTable *t = resolve_table(s, change);
+
+			if (t->state == TABLE_IGNORED)
+				outcome = APPLY_IGNORED;
+			else
+				outcome = apply_to_table(s, t, change, nowait);
+		}
+
+		error_context_stack = errcb.previous;
+		MemoryContextSwitchTo(old);
+		MemoryContextReset(s->row_cxt);
+	}
+	return outcome;
 }

@@ -69,6 +69,7 @@
 #include "backup_mark.h"
 #include "catalog.h"
 #include "compat.h"
+#include "dbaccess.h"
 #include "errors.h"
 #include "identity.h"
 #include "serial.h"
@@ -110,7 +111,7 @@ claim(pid_t *slot)
 {
 	pid_t		holder;
 
-	replstamp_require_shmem();
+	shmem_require();
 	if (!exit_callback_registered)
 	{
 		before_shmem_exit(release_claims, (Datum) 0);
@@ -134,7 +135,7 @@ release(pid_t *slot)
 }
 
 void
-backup_claim_owner(void)
+backup_mark_claim_owner(void)
 {
 	pid_t		holder = claim(&replstamp_shared->backup_owner);
 
@@ -147,7 +148,7 @@ backup_claim_owner(void)
 }
 
 void
-backup_release_owner(void)
+backup_mark_release_owner(void)
 {
 	if (replstamp_shared)
 		release(&replstamp_shared->backup_owner);
@@ -162,7 +163,7 @@ start_flip_worker(Oid dboid, bool to_backup, int result_index,
 	StaticAssertStmt(sizeof(FlipRequest) + sizeof(Oid) <= BGW_EXTRALEN, "FlipRequest too large");
 	req.to_backup = to_backup;
 	req.result_index = result_index;
-	return replstamp_start_worker("replstamp_backup_flip_main", "replstamp backup flip",
+	return worker_start("replstamp_backup_flip_main", "replstamp backup flip",
 								  dboid, InvalidOid, &req, sizeof(req), handle);
 }
 
@@ -179,6 +180,7 @@ flip_batch(List *batch, bool to_backup, List **changed, char **failed_db,
 	BackgroundWorkerHandle **handles;
 
 	Assert(list_length(batch) <= FLIP_BATCH);
+	Assert(replstamp_shared->flip_owner == MyProcPid);
 
 	/* Start one worker per database, all at once ... */
 	handles = palloc0(sizeof(BackgroundWorkerHandle *) * Max(list_length(batch), 1));
@@ -257,7 +259,7 @@ flip_batch(List *batch, bool to_backup, List **changed, char **failed_db,
  * the others go on.
  */
 List *
-backup_flip(List *dbs, bool to_backup, const char *label)
+backup_mark_flip(List *dbs, bool to_backup, const char *label)
 {
 	List	   *volatile changed = NIL;
 	pid_t		holder;
@@ -304,7 +306,7 @@ backup_flip(List *dbs, bool to_backup, const char *label)
 	{
 		/* Undo what this call did, then report the first failure. */
 		if (changed != NIL)
-			(void) backup_flip(changed, false, NULL);
+			(void) backup_mark_flip(changed, false, NULL);
 		if (failed_status == FLIP_UNCHANGED)
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -323,7 +325,7 @@ backup_flip(List *dbs, bool to_backup, const char *label)
  * prepare_backup() and fixed by finish_backup().
  */
 void
-backup_flip_back_detached(List *dbs)
+backup_mark_flip_back_detached(List *dbs)
 {
 	ListCell   *lc;
 
@@ -339,7 +341,7 @@ backup_flip_back_detached(List *dbs)
 
 /* A comma-separated list of database names, for messages. */
 char *
-backup_database_names(List *dbs)
+backup_mark_database_names(List *dbs)
 {
 	StringInfoData buf;
 	ListCell   *lc;
@@ -361,12 +363,12 @@ backup_database_names(List *dbs)
 static FlipStatus
 flip_here(bool to_backup, const char *label)
 {
-	const ReplstampCatalog *cat = replstamp_catalog(false);
+	const ReplstampCatalog *cat = catalog_get(false);
 	ReplstampOwnerContext ctx;
 	FlipStatus	result = FLIP_DONE;
 	int			ret;
 
-	replstamp_become_owner(&ctx);
+	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	if (to_backup)
 	{
@@ -404,7 +406,7 @@ flip_here(bool to_backup, const char *label)
 			result = FLIP_UNCHANGED;
 	}
 	SPI_finish();
-	replstamp_restore_user(&ctx);
+	dbaccess_restore_user(&ctx);
 	return result;
 }
 
@@ -434,7 +436,7 @@ replstamp_backup_flip_main(Datum arg)
 	MemoryContext topcxt = CurrentMemoryContext;
 
 	pqsignal(SIGTERM, die);
-	replstamp_worker_connect(arg, &req, sizeof(req));
+	worker_connect(arg, &req, sizeof(req));
 	SetConfigOption("synchronous_commit", "on", PGC_SUSET, PGC_S_OVERRIDE);
 
 	SpinLockAcquire(&replstamp_shared->mutex);
@@ -496,7 +498,7 @@ replstamp_prepare_backup(PG_FUNCTION_ARGS)
 	List	   *changed;
 
 	PreventInTransactionBlock(true, "replstamp.prepare_backup()");
-	(void) replstamp_catalog(false);
+	(void) catalog_get(false);
 	if (RecoveryInProgress())
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -512,9 +514,9 @@ replstamp_prepare_backup(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
 				 errmsg("backup label too long (maximum %d bytes)", FLIP_LABEL_LEN - 1)));
 
-	changed = backup_flip(replstamp_connectable_databases(), true, label);
+	changed = backup_mark_flip(worker_connectable_databases(), true, label);
 	ereport(NOTICE,
-			(errmsg("marked 'backup': %s", backup_database_names(changed)),
+			(errmsg("marked 'backup': %s", backup_mark_database_names(changed)),
 			 errhint("Take the backup now, then call SELECT replstamp.finish_backup().")));
 	PG_RETURN_TEXT_P(cstring_to_text(label));
 }
@@ -528,8 +530,8 @@ replstamp_finish_backup(PG_FUNCTION_ARGS)
 {
 	List	   *changed;
 
-	(void) replstamp_catalog(false);
-	changed = backup_flip(replstamp_connectable_databases(), false, NULL);
+	(void) catalog_get(false);
+	changed = backup_mark_flip(worker_connectable_databases(), false, NULL);
 	if (changed == NIL)
 		ereport(WARNING,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -537,6 +539,6 @@ replstamp_finish_backup(PG_FUNCTION_ARGS)
 				 errhint("Call SELECT replstamp.prepare_backup() before the backup starts.")));
 	else
 		ereport(NOTICE,
-				(errmsg("marked 'original': %s", backup_database_names(changed))));
+				(errmsg("marked 'original': %s", backup_mark_database_names(changed))));
 	PG_RETURN_VOID();
 }

@@ -16,10 +16,10 @@
 
 #include "nodes/pg_list.h"
 
-extern List *backup_flip(List *dbs, bool to_backup, const char *label);
-extern void backup_flip_back_detached(List *dbs);
-extern char *backup_database_names(List *dbs);
-extern void backup_claim_owner(void);
-extern void backup_release_owner(void);
+extern List *backup_mark_flip(List *dbs, bool to_backup, const char *label);
+extern void backup_mark_flip_back_detached(List *dbs);
+extern char *backup_mark_database_names(List *dbs);
+extern void backup_mark_claim_owner(void);
+extern void backup_mark_release_owner(void);
 
 #endif							/* REPLSTAMP_BACKUP_MARK_H */

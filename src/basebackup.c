@@ -87,11 +87,11 @@
 #include "utils/wait_event.h"
 
 #include "backup_mark.h"
+#include "catalog.h"
 #include "compat.h"
 #include "errors.h"
-#include "workers.h"
-#include "catalog.h"
 #include "shmem.h"
+#include "workers.h"
 
 PG_FUNCTION_INFO_V1(replstamp_backup);
 
@@ -1084,7 +1084,7 @@ backup_cleanup(int code, Datum arg)
 			ReplicationSlotDrop(run->slot_name, true);
 	}
 	pgstat_progress_end_command();
-	backup_release_owner();
+	backup_mark_release_owner();
 	if (run->wrote_target || run->created_target)
 	{
 		if (!rmtree(run->target, run->created_target))
@@ -1097,9 +1097,9 @@ backup_cleanup(int code, Datum arg)
 	if (run->flipped != NIL)
 	{
 		if (proc_exit_inprogress)
-			backup_flip_back_detached(run->flipped);
+			backup_mark_flip_back_detached(run->flipped);
 		else
-			(void) backup_flip(run->flipped, false, NULL);
+			(void) backup_mark_flip(run->flipped, false, NULL);
 	}
 	RESUME_INTERRUPTS();
 }
@@ -1197,7 +1197,7 @@ first_missing_dir(const char *path)
 /* A place that belongs to the cluster: the target must keep out of it. */
 typedef struct ClusterArea
 {
-	char	   *what;			/* for messages: the data directory at "..." */
+	char	   *label;			/* for messages: "the data directory", ... */
 	char	   *path;			/* real path */
 } ClusterArea;
 
@@ -1213,7 +1213,7 @@ cluster_area(const char *path, const char *label)
 				 errmsg("could not resolve \"%s\": %m", path)));
 	area->path = pstrdup(real);
 	free(real);
-	area->what = psprintf("%s at \"%s\"", label, area->path);
+	area->label = pstrdup(label);
 	return area;
 }
 
@@ -1229,9 +1229,9 @@ cluster_areas(void)
 	DIR		   *dir;
 	struct dirent *de;
 
-	areas = lappend(areas, cluster_area(DataDir, "the data directory"));
+	areas = lappend(areas, cluster_area(DataDir, _("the data directory")));
 	if (lstat(XLOGDIR, &st) == 0 && S_ISLNK(st.st_mode))
-		areas = lappend(areas, cluster_area(XLOGDIR, "the WAL directory"));
+		areas = lappend(areas, cluster_area(XLOGDIR, _("the WAL directory")));
 
 	dir = AllocateDir("pg_tblspc");
 	while ((de = ReadDir(dir, "pg_tblspc")) != NULL)
@@ -1247,8 +1247,8 @@ cluster_areas(void)
 		if (strspn(de->d_name, "0123456789") == strlen(de->d_name))
 			name = get_tablespace_name(atooid(de->d_name));
 		areas = lappend(areas,
-						cluster_area(link, name ? psprintf("tablespace \"%s\"", name) :
-									 "a tablespace"));
+						cluster_area(link, name ? psprintf(_("tablespace \"%s\""), name) :
+									 _("a tablespace")));
 	}
 	FreeDir(dir);
 	return areas;
@@ -1290,16 +1290,19 @@ prepare_target(BackupRun *run, const char *target)
 		if (strcmp(path, given) != 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("backup target \"%s\" overlaps %s", target, area->what),
-					 errdetail(inside ?
-							   "With its symbolic links resolved, the target is \"%s\", which is inside it." :
-							   "With its symbolic links resolved, the target is \"%s\", which holds it.",
-							   path),
+					 errmsg("backup target \"%s\" overlaps %s", target, area->label),
+					 inside ?
+					 errdetail("With its symbolic links resolved, the target is \"%s\", which is inside \"%s\".",
+							   path, area->path) :
+					 errdetail("With its symbolic links resolved, the target is \"%s\", which holds \"%s\".",
+							   path, area->path),
 					 errhint("Choose a target outside the data directory, the WAL directory and every tablespace.")));
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("backup target \"%s\" overlaps %s", target, area->what),
-				 errdetail(inside ? "The target is inside it." : "The target holds it."),
+				 errmsg("backup target \"%s\" overlaps %s", target, area->label),
+				 inside ?
+				 errdetail("The target is inside \"%s\".", area->path) :
+				 errdetail("The target holds \"%s\".", area->path),
 				 errhint("Choose a target outside the data directory, the WAL directory and every tablespace.")));
 	}
 
@@ -1400,7 +1403,7 @@ replstamp_backup(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("a backup is already in progress in this session")));
-	(void) replstamp_catalog(false);
+	(void) catalog_get(false);
 
 	/* Lives across the procedure's commits. */
 	cxt = AllocSetContextCreate(TopMemoryContext, "replstamp backup", ALLOCSET_DEFAULT_SIZES);
@@ -1424,7 +1427,7 @@ replstamp_backup(PG_FUNCTION_ARGS)
 	INSTR_TIME_SET_CURRENT(run->started);
 	run->last_notice = run->started;
 
-	backup_claim_owner();
+	backup_mark_claim_owner();
 	current_run = run;
 	/* Before our own cleanup: exit callbacks must nest. */
 	register_persistent_abort_backup_handler();
@@ -1436,10 +1439,10 @@ replstamp_backup(PG_FUNCTION_ARGS)
 		prepare_target(run, target);
 
 		/* 2. The flip, committed by the workers before the backup starts. */
-		run->flipped = backup_flip(replstamp_connectable_databases(), true, label);
+		run->flipped = backup_mark_flip(worker_connectable_databases(), true, label);
 		MemoryContextSwitchTo(cxt);
 		run->flipped = list_copy(run->flipped);
-		names = backup_database_names(run->flipped);
+		names = backup_mark_database_names(run->flipped);
 		ereport(NOTICE,
 				(errmsg("marked 'backup': %s", names)));
 
@@ -1460,8 +1463,12 @@ replstamp_backup(PG_FUNCTION_ARGS)
 
 		pgstat_progress_update_param(PROGRESS_BASEBACKUP_PHASE,
 									 PROGRESS_BASEBACKUP_PHASE_WAIT_CHECKPOINT);
-		ereport(NOTICE,
-				(errmsg("starting the backup: waiting for a%s checkpoint", fast ? "n immediate" : " spread")));
+		if (fast)
+			ereport(NOTICE,
+					(errmsg("starting the backup: waiting for an immediate checkpoint")));
+		else
+			ereport(NOTICE,
+					(errmsg("starting the backup: waiting for a spread checkpoint")));
 		labelfile = makeStringInfo();
 		tblspcmap = makeStringInfo();
 		run->session_started = true;
@@ -1489,9 +1496,10 @@ replstamp_backup(PG_FUNCTION_ARGS)
 			pgstat_progress_update_multi_param(3, index, val);
 		}
 		ereport(NOTICE,
-				(errmsg("copying %s from the data directory and %d tablespace%s to \"%s\"",
-						pretty_bytes(run->total_bytes), run->ntablespaces,
-						run->ntablespaces == 1 ? "" : "s", run->target)));
+				(errmsg_plural("copying %s from the data directory and %d tablespace to \"%s\"",
+							   "copying %s from the data directory and %d tablespaces to \"%s\"",
+							   run->ntablespaces,
+							   pretty_bytes(run->total_bytes), run->ntablespaces, run->target)));
 		walk(run, ".", run->target, "", DIR_TOP);
 		build_path(dst, "%s/%s", run->target, XLOG_CONTROL_FILE);
 		(void) copy_file(run, XLOG_CONTROL_FILE, dst, XLOG_CONTROL_FILE, NULL, NULL);
@@ -1534,14 +1542,14 @@ replstamp_backup(PG_FUNCTION_ARGS)
 		/* 7. Back to 'original'; from here on the backup stands. */
 		run->wrote_target = false;
 		run->created_target = false;
-		(void) backup_flip(run->flipped, false, NULL);
+		(void) backup_mark_flip(run->flipped, false, NULL);
 		run->flipped = NIL;
 	}
 	PG_END_ENSURE_ERROR_CLEANUP(backup_cleanup, (Datum) 0);
 
 	current_run = NULL;
 	pgstat_progress_end_command();
-	backup_release_owner();
+	backup_mark_release_owner();
 	ereport(NOTICE,
 			(errmsg("backup complete in %.1f s: %s in \"%s\", WAL %X/%X to %X/%X; marked 'original' again: %s",
 					elapsed_ms(run->started) / 1000.0, pretty_bytes(run->done_bytes),

@@ -27,6 +27,7 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_extension.h"
 #include "commands/extension.h"
+#include "lib/stringinfo.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "storage/proc.h"
@@ -68,8 +69,8 @@ catalog_relcache_callback(Datum arg, Oid relid)
 		relid == catalog.changes_pkey || relid == catalog.serial_seq ||
 		relid == catalog.vector_state || relid == catalog.replica_history ||
 		relid == catalog.row_version || relid == catalog.row_version_hash ||
-		relid == catalog.conflict_log || relid == catalog.conflict_log_pkey ||
-		relid == catalog.conflict_log_loser)
+		relid == catalog.conflict || relid == catalog.conflict_pkey ||
+		relid == catalog.conflict_loser || relid == catalog.tracked)
 	{
 		catalog_valid = false;
 		node_valid = false;
@@ -117,7 +118,7 @@ check_attnum(Oid relid, AttrNumber attnum, const char *attname)
  * otherwise that is an error.
  */
 const ReplstampCatalog *
-replstamp_catalog(bool missing_ok)
+catalog_get(bool missing_ok)
 {
 	if (catalog_valid)
 		return &catalog;
@@ -141,12 +142,32 @@ replstamp_catalog(bool missing_ok)
 	catalog.replica_history = catalog_relid("replica_history", false);
 	catalog.row_version = catalog_relid("row_version", true);
 	catalog.row_version_hash = catalog_relid("row_version_hash", true);
-	catalog.conflict_log = catalog_relid("conflict_log", true);
-	catalog.conflict_log_pkey = catalog_relid("conflict_log_pkey", true);
-	catalog.conflict_log_loser = catalog_relid("conflict_log_loser", true);
+	/* replstamp.conflict, named conflict_log before 1.2 */
+	catalog.conflict = catalog_relid("conflict", true);
+	if (OidIsValid(catalog.conflict))
+	{
+		catalog.conflict_name = "replstamp.conflict";
+		catalog.conflict_pkey = catalog_relid("conflict_pkey", true);
+		catalog.conflict_loser = catalog_relid("conflict_loser", true);
+	}
+	else
+	{
+		catalog.conflict = catalog_relid("conflict_log", true);
+		catalog.conflict_name = "replstamp.conflict_log";
+		catalog.conflict_pkey = catalog_relid("conflict_log_pkey", true);
+		catalog.conflict_loser = catalog_relid("conflict_log_loser", true);
+	}
+	/* replstamp.tracked_table, named tracked before 1.2 */
+	catalog.tracked = catalog_relid("tracked_table", true);
+	catalog.tracked_name = "replstamp.tracked_table";
+	if (!OidIsValid(catalog.tracked))
+	{
+		catalog.tracked = catalog_relid("tracked", true);
+		catalog.tracked_name = "replstamp.tracked";
+	}
 	catalog.v11 = OidIsValid(catalog.row_version) && OidIsValid(catalog.row_version_hash) &&
-		OidIsValid(catalog.conflict_log) && OidIsValid(catalog.conflict_log_pkey) &&
-		OidIsValid(catalog.conflict_log_loser);
+		OidIsValid(catalog.conflict) && OidIsValid(catalog.conflict_pkey) &&
+		OidIsValid(catalog.conflict_loser);
 
 	check_attnum(catalog.changes, Anum_changes_applied, "applied");
 	catalog.v12 = catalog.v11 && get_attname(catalog.changes, Anum_changes_xact, true) != NULL;
@@ -160,11 +181,11 @@ replstamp_catalog(bool missing_ok)
 	{
 		check_attnum(catalog.node, Anum_node_verified_token, "verified_token");
 		check_attnum(catalog.row_version, Anum_row_version_carry_changed_at, "carry_changed_at");
-		check_attnum(catalog.conflict_log, Anum_conflict_log_resolved_at, "resolved_at");
-		check_attnum(catalog.conflict_log, Anum_conflict_log_loser_replica_id, "loser_replica_id");
-		check_attnum(catalog.conflict_log, Anum_conflict_log_loser_serial, "loser_serial");
-		check_attnum(catalog.conflict_log, Anum_conflict_log_peer, "peer");
-		check_attnum(catalog.conflict_log, Anum_conflict_log_loser_image, "loser_image");
+		check_attnum(catalog.conflict, Anum_conflict_resolved_at, "resolved_at");
+		check_attnum(catalog.conflict, Anum_conflict_loser_replica_id, "loser_replica_id");
+		check_attnum(catalog.conflict, Anum_conflict_loser_serial, "loser_serial");
+		check_attnum(catalog.conflict, Anum_conflict_peer, "peer");
+		check_attnum(catalog.conflict, Anum_conflict_loser_image, "loser_image");
 	}
 	catalog_valid = true;
 	return &catalog;
@@ -175,9 +196,9 @@ replstamp_catalog(bool missing_ok)
  * while the library is newer than the installed extension.
  */
 const ReplstampCatalog *
-replstamp_catalog_v11(const char *what)
+catalog_get_v11(const char *what)
 {
-	const ReplstampCatalog *cat = replstamp_catalog(false);
+	const ReplstampCatalog *cat = catalog_get(false);
 
 	if (!cat->v11)
 		ereport(ERROR,
@@ -192,9 +213,9 @@ replstamp_catalog_v11(const char *what)
  * transactions need the transaction of every change).
  */
 const ReplstampCatalog *
-replstamp_catalog_v12(const char *what)
+catalog_get_v12(const char *what)
 {
-	const ReplstampCatalog *cat = replstamp_catalog_v11(what);
+	const ReplstampCatalog *cat = catalog_get_v11(what);
 
 	if (!cat->v12)
 		ereport(ERROR,
@@ -203,6 +224,35 @@ replstamp_catalog_v12(const char *what)
 				 errdetail("The 1.1 catalog does not record which transaction made each change, and replication applies remote transactions whole."),
 				 errhint("Run ALTER EXTENSION replstamp UPDATE in this database.")));
 	return cat;
+}
+
+/*
+ * sql, a statement that names replstamp.tracked_table, as this database's
+ * catalog needs it: before 1.2 the table was replstamp.tracked, and a new
+ * library runs track(), untrack(), the DDL guards, backfills and prunes on
+ * that catalog until ALTER EXTENSION replstamp UPDATE.  On a 1.2 catalog,
+ * sql itself (the same pointer: plans kept by it stay valid).
+ */
+const char *
+catalog_sql(const char *sql)
+{
+	static const char new_name[] = "replstamp.tracked_table";
+	const ReplstampCatalog *cat = catalog_get(true);
+	StringInfoData buf;
+	const char *p = sql;
+	const char *hit;
+
+	if (cat == NULL || strcmp(cat->tracked_name, new_name) == 0)
+		return sql;
+	initStringInfo(&buf);
+	while ((hit = strstr(p, new_name)) != NULL)
+	{
+		appendBinaryStringInfo(&buf, p, hit - p);
+		appendStringInfoString(&buf, cat->tracked_name);
+		p = hit + strlen(new_name);
+	}
+	appendStringInfoString(&buf, p);
+	return buf.data;
 }
 
 static char *
@@ -230,7 +280,7 @@ node_int64(HeapTuple tuple, TupleDesc desc, AttrNumber att, int64 *out)
  * Errors out if the extension is not installed or the row is missing.
  */
 const ReplstampNode *
-replstamp_node(void)
+catalog_node(void)
 {
 	const ReplstampCatalog *cat;
 	Relation	rel;
@@ -246,7 +296,7 @@ replstamp_node(void)
 	if (node_valid && catalog_valid)
 		return &node_cache;
 
-	cat = replstamp_catalog(false);
+	cat = catalog_get(false);
 	if (node_cxt == NULL)
 		node_cxt = AllocSetContextCreate(CacheMemoryContext, "replstamp node row",
 										 ALLOCSET_SMALL_SIZES);
@@ -297,7 +347,7 @@ replstamp_node(void)
 		d = heap_getattr(tuple, Anum_node_verified_token, desc, &isnull);
 		node_cache.verified = !isnull && replstamp_shared != NULL &&
 			memcmp(DatumGetUUIDP(d)->data, replstamp_shared->start_token.data, UUID_LEN) == 0 &&
-			replstamp_fingerprint_is_this_database(node_cache.restore_fingerprint);
+			catalog_fingerprint_is_this_database(node_cache.restore_fingerprint);
 	}
 
 	systable_endscan(scan);
@@ -316,7 +366,7 @@ replstamp_node(void)
  * row, verified token included: it must not pass for verified.
  */
 bool
-replstamp_fingerprint_is_this_database(const char *fp)
+catalog_fingerprint_is_this_database(const char *fp)
 {
 	char		dbpart[32];
 	size_t		len;
@@ -331,7 +381,7 @@ replstamp_fingerprint_is_this_database(const char *fp)
  * Forget the cached state row (after this backend changed it).
  */
 void
-replstamp_node_forget(void)
+catalog_node_forget(void)
 {
 	node_valid = false;
 }
@@ -340,7 +390,7 @@ replstamp_node_forget(void)
  * A new random (version 4) uuid.
  */
 void
-replstamp_mint_uuid(pg_uuid_t *uuid)
+catalog_mint_uuid(pg_uuid_t *uuid)
 {
 	if (!pg_strong_random(uuid->data, UUID_LEN))
 		ereport(ERROR,
@@ -352,7 +402,7 @@ replstamp_mint_uuid(pg_uuid_t *uuid)
 
 /* The text form of a uuid, palloc'd. */
 char *
-replstamp_uuid_text(const pg_uuid_t *uuid)
+catalog_uuid_text(const pg_uuid_t *uuid)
 {
 	return DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(uuid)));
 }
@@ -363,7 +413,7 @@ replstamp_uuid_text(const pg_uuid_t *uuid)
  * and the stamp path act as the owner for every change.
  */
 Oid
-replstamp_extension_owner(void)
+catalog_extension_owner(void)
 {
 	Oid			extoid;
 	Relation	rel;
@@ -390,112 +440,4 @@ replstamp_extension_owner(void)
 	owner_seen = owner;
 	owner_seen_in = PGPROC_LXID(MyProc);
 	return owner;
-}
-
-/*
- * Act as the extension's owner, with search_path = pg_catalog, pg_temp,
- * until replstamp_restore_user().  For SQL that replstamp runs on behalf of
- * a user who may not write its tables (the identity check in the stamp
- * path, trigger DDL in track()).  An error in between restores the user and
- * the GUCs through transaction abort.
- */
-void
-replstamp_become_owner(ReplstampOwnerContext *ctx)
-{
-	GetUserIdAndSecContext(&ctx->save_userid, &ctx->save_sec_context);
-	SetUserIdAndSecContext(replstamp_extension_owner(),
-						   ctx->save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
-	ctx->save_nestlevel = NewGUCNestLevel();
-	(void) set_config_option("search_path", "pg_catalog, pg_temp",
-							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
-							 true, 0, false);
-}
-
-/*
- * Act as role (a table's owner), in a security-restricted operation, for
- * code that role controls: its triggers, defaults, constraints, index
- * expressions.  Whatever settings that code changes, SET or SET LOCAL, are
- * undone by replstamp_restore_user(), so nothing it does outlives it (a
- * search_path it sets must not steer the operators the caller resolves
- * later).
- */
-void
-replstamp_become_untrusted(Oid role, ReplstampOwnerContext *ctx)
-{
-	GetUserIdAndSecContext(&ctx->save_userid, &ctx->save_sec_context);
-	SetUserIdAndSecContext(role, ctx->save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
-						   SECURITY_RESTRICTED_OPERATION);
-	ctx->save_nestlevel = NewGUCNestLevel();
-}
-
-/*
- * Back to the saved user.  Every setting changed since, even with a plain
- * SET, is rolled back (AtEOXact_GUC with isCommit = false, as PostgreSQL
- * does after running index functions and other user code).
- */
-void
-replstamp_restore_user(ReplstampOwnerContext *ctx)
-{
-	AtEOXact_GUC(false, ctx->save_nestlevel);
-	SetUserIdAndSecContext(ctx->save_userid, ctx->save_sec_context);
-}
-
-/*
- * Run one statement through SPI (the caller is connected) and raise an
- * internal error unless it returns expected.
- */
-void
-replstamp_spi_exec(const char *sql, int nargs, Oid *types, Datum *values, const char *nulls,
-				   int expected)
-{
-	int			ret = SPI_execute_with_args(sql, nargs, types, values, nulls, false, 0);
-
-	if (ret != expected)
-		elog(ERROR, "replstamp: query failed (%s): %s", SPI_result_code_string(ret), sql);
-}
-
-typedef struct KeptPlan
-{
-	const char *sql;			/* hash key: the statement's address */
-	SPIPlanPtr	plan;
-} KeptPlan;
-
-/*
- * As replstamp_spi_exec(), for a statement run once per change (sql a
- * string constant, the same types every time): prepared once per process
- * and kept, as PL/pgSQL keeps its statements' plans (the plan cache makes
- * it anew after DDL on what it reads).
- */
-void
-replstamp_spi_exec_kept(const char *sql, int nargs, Oid *types, Datum *values, const char *nulls,
-						int expected)
-{
-	static HTAB *plans = NULL;
-	KeptPlan   *e;
-	bool		found;
-	int			ret;
-
-	if (plans == NULL)
-	{
-		HASHCTL		ctl;
-
-		ctl.keysize = sizeof(const char *);
-		ctl.entrysize = sizeof(KeptPlan);
-		ctl.hcxt = TopMemoryContext;
-		plans = hash_create("replstamp kept plans", 16, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-	}
-	e = hash_search(plans, &sql, HASH_ENTER, &found);
-	if (!found)
-		e->plan = NULL;
-	if (e->plan == NULL)
-	{
-		SPIPlanPtr	plan = SPI_prepare(sql, nargs, types);
-
-		if (plan == NULL || SPI_keepplan(plan) != 0)
-			elog(ERROR, "replstamp: could not prepare (%s): %s", SPI_result_code_string(SPI_result), sql);
-		e->plan = plan;
-	}
-	ret = SPI_execute_plan(e->plan, values, nulls, false, 0);
-	if (ret != expected)
-		elog(ERROR, "replstamp: query failed (%s): %s", SPI_result_code_string(ret), sql);
 }

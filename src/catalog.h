@@ -67,22 +67,22 @@
 #define Anum_row_version_carry_changed_at	12
 #define Natts_row_version			12
 
-/* The columns of replstamp.conflict_log. */
-#define Anum_conflict_log_id		1
-#define Anum_conflict_log_resolved_at	2
-#define Anum_conflict_log_relation	3
-#define Anum_conflict_log_pk		4
-#define Anum_conflict_log_kind		5
-#define Anum_conflict_log_peer		6
-#define Anum_conflict_log_winner_replica_id	7
-#define Anum_conflict_log_winner_serial	8
-#define Anum_conflict_log_winner_changed_at	9
-#define Anum_conflict_log_loser_replica_id	10
-#define Anum_conflict_log_loser_serial	11
-#define Anum_conflict_log_loser_changed_at	12
-#define Anum_conflict_log_loser_op	13
-#define Anum_conflict_log_loser_image	14
-#define Natts_conflict_log			14
+/* The columns of replstamp.conflict (conflict_log before 1.2). */
+#define Anum_conflict_id		1
+#define Anum_conflict_resolved_at	2
+#define Anum_conflict_relation	3
+#define Anum_conflict_pk		4
+#define Anum_conflict_kind		5
+#define Anum_conflict_peer		6
+#define Anum_conflict_winner_replica_id	7
+#define Anum_conflict_winner_serial	8
+#define Anum_conflict_winner_changed_at	9
+#define Anum_conflict_loser_replica_id	10
+#define Anum_conflict_loser_serial	11
+#define Anum_conflict_loser_changed_at	12
+#define Anum_conflict_loser_op	13
+#define Anum_conflict_loser_image	14
+#define Natts_conflict			14
 
 /*
  * OIDs of the extension's objects in the current database, looked up once per
@@ -106,9 +106,12 @@ typedef struct ReplstampCatalog
 	bool		v11;
 	Oid			row_version;	/* replstamp.row_version */
 	Oid			row_version_hash;	/* its index on row_hash */
-	Oid			conflict_log;	/* replstamp.conflict_log */
-	Oid			conflict_log_pkey;	/* its primary key (id) */
-	Oid			conflict_log_loser; /* its index on (loser_replica_id, loser_serial) */
+	Oid			conflict;		/* replstamp.conflict (1.1: conflict_log) */
+	const char *conflict_name;	/* its qualified name, for SQL */
+	Oid			conflict_pkey;	/* its primary key (id) */
+	Oid			conflict_loser; /* its index on (loser_replica_id, loser_serial) */
+	Oid			tracked;		/* replstamp.tracked_table (1.1: tracked) */
+	const char *tracked_name;	/* its qualified name, for SQL */
 
 	/*
 	 * From 1.2 on: replstamp.changes records each change's local
@@ -138,31 +141,17 @@ typedef struct ReplstampNode
 	bool		verified;		/* checked since this server started (1.1) */
 } ReplstampNode;
 
-/* Saved user and GUC state while acting as another role. */
-typedef struct ReplstampOwnerContext
-{
-	Oid			save_userid;
-	int			save_sec_context;
-	int			save_nestlevel;
-} ReplstampOwnerContext;
-
 extern void catalog_init(void);
-extern const ReplstampCatalog *replstamp_catalog(bool missing_ok);
-extern const ReplstampCatalog *replstamp_catalog_v11(const char *what);
-extern const ReplstampCatalog *replstamp_catalog_v12(const char *what);
-extern const ReplstampNode *replstamp_node(void);
-extern void replstamp_node_forget(void);
-extern bool replstamp_fingerprint_is_this_database(const char *fp);
-extern void replstamp_spi_exec(const char *sql, int nargs, Oid *types, Datum *values,
-							   const char *nulls, int expected);
-extern void replstamp_spi_exec_kept(const char *sql, int nargs, Oid *types, Datum *values,
-									const char *nulls, int expected);
-extern void replstamp_mint_uuid(pg_uuid_t *uuid);
-extern char *replstamp_uuid_text(const pg_uuid_t *uuid);
+extern const ReplstampCatalog *catalog_get(bool missing_ok);
+extern const ReplstampCatalog *catalog_get_v11(const char *what);
+extern const ReplstampCatalog *catalog_get_v12(const char *what);
+extern const char *catalog_sql(const char *sql);
+extern const ReplstampNode *catalog_node(void);
+extern void catalog_node_forget(void);
+extern bool catalog_fingerprint_is_this_database(const char *fp);
+extern void catalog_mint_uuid(pg_uuid_t *uuid);
+extern char *catalog_uuid_text(const pg_uuid_t *uuid);
 
-extern Oid	replstamp_extension_owner(void);
-extern void replstamp_become_owner(ReplstampOwnerContext *ctx);
-extern void replstamp_become_untrusted(Oid role, ReplstampOwnerContext *ctx);
-extern void replstamp_restore_user(ReplstampOwnerContext *ctx);
+extern Oid	catalog_extension_owner(void);
 
 #endif							/* REPLSTAMP_CATALOG_H */

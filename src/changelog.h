@@ -34,6 +34,13 @@ typedef struct Change
 	ItemPointerData tid;		/* where it is in the log, when read from it */
 } Change;
 
+/* Do two stamps (replica ID, serial) name the same change? */
+static inline bool
+changelog_same_stamp(const pg_uuid_t *a, int64 a_serial, const pg_uuid_t *b, int64 b_serial)
+{
+	return a_serial == b_serial && memcmp(a->data, b->data, UUID_LEN) == 0;
+}
+
 /* Called for each change of a range, in serial order; return false to stop. */
 typedef bool (*ChangeCallback) (Change *change, void *arg);
 

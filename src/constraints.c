@@ -24,7 +24,7 @@
  * clock): it reaches every peer and wins there as it did here, so every
  * node converges even when it got the rows through relays, and two nodes
  * that both resolve a conflict make the same change twice (two deletions
- * of one row).  Each remedy is recorded in replstamp.conflict_log with the
+ * of one row).  Each remedy is recorded in replstamp.conflict with the
  * version that lost, which replstamp.restore_version() can bring back.
  *
  * When: second unique keys are checked before each write (the index would
@@ -89,6 +89,7 @@
 #include "apply.h"
 #include "catalog.h"
 #include "constraints.h"
+#include "dbaccess.h"
 #include "rowimage.h"
 #include "rowversion.h"
 #include "serial.h"
@@ -583,7 +584,7 @@ parent_exists(FkInfo *fk, Candidate *c)
 	int			ret;
 	bool		found;
 
-	replstamp_become_untrusted(fk->parent_owner, &ctx);
+	dbaccess_become_untrusted(fk->parent_owner, &ctx);
 	SPI_connect();
 	ret = SPI_execute_plan(fk_plan(fk, c->child_side ? PARENT_BY_CHILD : PARENT_BY_PARENT),
 						   c->values, NULL, false, 1);
@@ -591,7 +592,7 @@ parent_exists(FkInfo *fk, Candidate *c)
 		elog(ERROR, "replstamp: could not look up a referenced row: %s", SPI_result_code_string(ret));
 	found = SPI_processed > 0;
 	SPI_finish();
-	replstamp_restore_user(&ctx);
+	dbaccess_restore_user(&ctx);
 	return found;
 }
 
@@ -604,7 +605,7 @@ children_of(FkInfo *fk, Candidate *c)
 	List	   *tids = NIL;
 	int			ret;
 
-	replstamp_become_untrusted(fk->child_owner, &ctx);
+	dbaccess_become_untrusted(fk->child_owner, &ctx);
 	SPI_connect();
 	ret = SPI_execute_plan(fk_plan(fk, c->child_side ? CHILDREN_BY_CHILD : CHILDREN_BY_PARENT),
 						   c->values, NULL, false, 0);
@@ -622,7 +623,7 @@ children_of(FkInfo *fk, Candidate *c)
 		MemoryContextSwitchTo(spi);
 	}
 	SPI_finish();
-	replstamp_restore_user(&ctx);
+	dbaccess_restore_user(&ctx);
 	return tids;
 }
 
@@ -647,7 +648,7 @@ remedy_write(Relation rel, ItemPointer tid, const char *set, ItemPointer newtid)
 		sql = psprintf("UPDATE ONLY %s SET %s WHERE ctid OPERATOR(pg_catalog.=) $1 RETURNING ctid", name, set);
 	else
 		sql = psprintf("DELETE FROM ONLY %s WHERE ctid OPERATOR(pg_catalog.=) $1", name);
-	replstamp_become_untrusted(rel->rd_rel->relowner, &ctx);
+	dbaccess_become_untrusted(rel->rd_rel->relowner, &ctx);
 	SPI_connect();
 	ret = SPI_execute_with_args(sql, 1, types, values, NULL, false, 0);
 	if (ret != (set ? SPI_OK_UPDATE_RETURNING : SPI_OK_DELETE))
@@ -662,7 +663,7 @@ remedy_write(Relation rel, ItemPointer tid, const char *set, ItemPointer newtid)
 						newtid);
 	}
 	SPI_finish();
-	replstamp_restore_user(&ctx);
+	dbaccess_restore_user(&ctx);
 	return done;
 }
 
@@ -688,9 +689,9 @@ stamped_since(bool had, const pg_uuid_t *id0, int64 serial0, Version *v)
 
 	if (!wakeup_xact_stamp(&v->replica_id, &v->serial))
 		return false;
-	if (had && same_stamp(&v->replica_id, v->serial, id0, serial0))
+	if (had && changelog_same_stamp(&v->replica_id, v->serial, id0, serial0))
 		return false;
-	if (!changelog_fetch(replstamp_catalog_v11("applying changes"), &v->replica_id, v->serial, &c))
+	if (!changelog_fetch(catalog_get_v11("replstamp.sync()"), &v->replica_id, v->serial, &c))
 		return false;
 	v->changed_at = c.changed_at;
 	return true;
@@ -763,10 +764,14 @@ resolve_child(ApplySession *s, FkInfo *fk, Candidate *c, ItemPointer tid)
 	if (tracked && cur.found && stamped_since(had, &id0, serial0, &remedy))
 		apply_record_conflict(s, rel, row.key, set ? "orphan_updated" : "orphan_deleted",
 							  &remedy, &cur.v, NULL);
+	else if (set)
+		ereport(LOG,
+				(errmsg("replstamp: updated a row of table %s whose row in %s is gone (foreign key \"%s\")",
+						fk->child_name, fk->parent_name, fk->conname)));
 	else
 		ereport(LOG,
-				(errmsg("replstamp: %s a row of table %s whose row in %s is gone (foreign key \"%s\")",
-						set ? "updated" : "deleted", fk->child_name, fk->parent_name, fk->conname)));
+				(errmsg("replstamp: deleted a row of table %s whose row in %s is gone (foreign key \"%s\")",
+						fk->child_name, fk->parent_name, fk->conname)));
 	if (newslot)
 		ExecDropSingleTupleTableSlot(newslot);
 	ExecDropSingleTupleTableSlot(slot);
@@ -1059,7 +1064,7 @@ resolve_unique(ApplySession *s, Relation rel, ResultRelInfo *rri, EState *estate
 			serial_clock_seen(ver->changed_at);
 			slot_getallattrs(slot);
 			row_version_of(s, rel, slot, &hrow, &hcur);
-			if (hcur.found && !hcur.deleted && version_cmp(ver, &hcur.v) > 0)
+			if (hcur.found && !hcur.deleted && rowversion_cmp(ver, &hcur.v) > 0)
 			{
 				apply_record_conflict(s, rel, row->key, "unique_lost", &hcur.v, ver, change);
 				ok = false;
@@ -1181,7 +1186,7 @@ check_deferred_unique(ApplySession *s, ConstraintState *cs)
 				if (!cver.found || cver.deleted)
 					cur_loses = hver.found && !hver.deleted;
 				else
-					cur_loses = hver.found && !hver.deleted && version_cmp(&cver.v, &hver.v) > 0;
+					cur_loses = hver.found && !hver.deleted && rowversion_cmp(&cver.v, &hver.v) > 0;
 				loser = cur_loses ? cur : holder;
 				serial_clock_seen(cur_loses ? cver.v.changed_at : hver.v.changed_at);
 				constraints_note_write(cs, rel, loser, NULL);

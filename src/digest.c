@@ -51,6 +51,7 @@
 #include "utils/snapmgr.h"
 
 #include "catalog.h"
+#include "dbaccess.h"
 #include "digest.h"
 #include "rowimage.h"
 
@@ -175,6 +176,13 @@ typedef struct Part
 	size_t		len;
 } Part;
 
+static inline void
+set_part(Part *part, const void *data, size_t len)
+{
+	part->data = data;
+	part->len = len;
+}
+
 /* SHA-256 of the parts, each followed by a zero byte (none contains one). */
 static void
 sha256_parts(const Part *parts, int nparts, DigestSum *out)
@@ -213,11 +221,11 @@ digest_of_version(const char *relation, int rellen, Jsonb *pk,
 	char		stamp[64];
 	Part		parts[4];
 
-	snprintf(stamp, sizeof(stamp), "%s/" INT64_FORMAT, replstamp_uuid_text(id), serial);
-	parts[0] = (Part) {"version", 7};
-	parts[1] = (Part) {relation, rellen};
-	parts[2] = (Part) {key, strlen(key)};
-	parts[3] = (Part) {stamp, strlen(stamp)};
+	snprintf(stamp, sizeof(stamp), "%s/" INT64_FORMAT, catalog_uuid_text(id), serial);
+	set_part(&parts[0], "version", 7);
+	set_part(&parts[1], relation, rellen);
+	set_part(&parts[2], key, strlen(key));
+	set_part(&parts[3], stamp, strlen(stamp));
 	sha256_parts(parts, 4, out);
 	pfree(key);
 }
@@ -232,18 +240,18 @@ digest_of_content(const char *relation, int rellen, const char *pk,
 {
 	Part		parts[4];
 
-	parts[0] = (Part) {"content", 7};
-	parts[1] = (Part) {relation, rellen};
-	parts[2] = (Part) {pk, strlen(pk)};
-	parts[3] = (Part) {content, strlen(content)};
+	set_part(&parts[0], "content", 7);
+	set_part(&parts[1], relation, rellen);
+	set_part(&parts[2], pk, strlen(pk));
+	set_part(&parts[3], content, strlen(content));
 	sha256_parts(parts, 4, out);
 }
 
 /* SHA-256 of a text (a row image). */
 void
-digest_of_text(const char *text, DigestSum *out)
+digest_of_text(const char *str, DigestSum *out)
 {
-	Part		part = {text, strlen(text)};
+	Part		part = {str, strlen(str)};
 
 	sha256_parts(&part, 1, out);
 }
@@ -438,9 +446,9 @@ digest_flush(void)
 			PushActiveSnapshot(GetTransactionSnapshot());
 			pushed = true;
 		}
-		replstamp_become_owner(&ctx);
+		dbaccess_become_owner(&ctx);
 		SPI_connect();
-		replstamp_spi_exec_kept("INSERT INTO replstamp.row_digest AS d (relation, bucket, digest, nrows) "
+		dbaccess_spi_exec_kept("INSERT INTO replstamp.row_digest AS d (relation, bucket, digest, nrows) "
 								"SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), "
 								"pg_catalog.unnest($3), pg_catalog.unnest($4)) "
 								"ON CONFLICT (relation, bucket) DO UPDATE "
@@ -448,7 +456,7 @@ digest_flush(void)
 								"nrows = d.nrows OPERATOR(pg_catalog.+) EXCLUDED.nrows",
 								4, types, values, NULL, SPI_OK_INSERT);
 		SPI_finish();
-		replstamp_restore_user(&ctx);
+		dbaccess_restore_user(&ctx);
 		if (pushed)
 			PopActiveSnapshot();
 	}
@@ -469,7 +477,7 @@ digest_set_bucket(const char *relation, int bucket, const DigestSum *sum, int64 
 	values[1] = Int32GetDatum(bucket);
 	values[2] = PointerGetDatum(digest_bytea(sum));
 	values[3] = Int64GetDatum(nrows);
-	replstamp_spi_exec_kept("INSERT INTO replstamp.row_digest (relation, bucket, digest, nrows) "
+	dbaccess_spi_exec_kept("INSERT INTO replstamp.row_digest (relation, bucket, digest, nrows) "
 							"VALUES ($1, $2, $3, $4) ON CONFLICT (relation, bucket) DO UPDATE "
 							"SET digest = EXCLUDED.digest, nrows = EXCLUDED.nrows",
 							4, types, values, NULL, SPI_OK_INSERT);
@@ -492,10 +500,10 @@ digest_rebuild(const char *relation)
 	SPIPlanPtr	plan;
 
 	digest_flush();
-	replstamp_become_owner(&ctx);
+	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	values[0] = relation ? CStringGetTextDatum(relation) : (Datum) 0;
-	replstamp_spi_exec("DELETE FROM replstamp.row_digest WHERE $1 IS NULL OR relation OPERATOR(pg_catalog.=) $1",
+	dbaccess_spi_exec("DELETE FROM replstamp.row_digest WHERE $1 IS NULL OR relation OPERATOR(pg_catalog.=) $1",
 					   1, types, values, relation ? NULL : "n", SPI_OK_DELETE);
 	plan = SPI_prepare("SELECT relation, row_hash, pk, replica_id, serial FROM replstamp.row_version "
 					   "WHERE NOT deleted AND ($1 IS NULL OR relation OPERATOR(pg_catalog.=) $1)",
@@ -526,7 +534,7 @@ digest_rebuild(const char *relation)
 	}
 	SPI_cursor_close(portal);
 	SPI_finish();
-	replstamp_restore_user(&ctx);
+	dbaccess_restore_user(&ctx);
 	digest_flush();
 	return n;
 }
@@ -563,7 +571,7 @@ replstamp_rebuild_digests(PG_FUNCTION_ARGS)
 	char	   *relation = NULL;
 	int64		n;
 
-	(void) replstamp_catalog_v11("replstamp.rebuild_digests()");
+	(void) catalog_get_v11("replstamp.rebuild_digests()");
 	if (!PG_ARGISNULL(0))
 	{
 		Oid			relid = PG_GETARG_OID(0);

@@ -53,7 +53,7 @@ extern void digest_of_version(const char *relation, int rellen, Jsonb *pk,
 							  const pg_uuid_t *id, int64 serial, DigestSum *out);
 extern void digest_of_content(const char *relation, int rellen, const char *pk,
 							  const char *content, DigestSum *out);
-extern void digest_of_text(const char *text, DigestSum *out);
+extern void digest_of_text(const char *str, DigestSum *out);
 
 extern void digest_note(text *relation, int64 row_hash, Jsonb *pk,
 						const pg_uuid_t *id, int64 serial, bool add);

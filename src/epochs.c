@@ -34,6 +34,7 @@
 #include "utils/uuid.h"
 
 #include "catalog.h"
+#include "dbaccess.h"
 #include "epochs.h"
 #include "errors.h"
 #include "identity.h"
@@ -47,7 +48,7 @@ own_epochs(const pg_uuid_t *id)
 	Oid			types[1] = {UUIDOID};
 	Datum		values[1] = {UUIDPGetDatum(id)};
 
-	replstamp_spi_exec("SELECT token, first_serial FROM replstamp.epoch "
+	dbaccess_spi_exec("SELECT token, first_serial FROM replstamp.epoch "
 			           "WHERE replica_id OPERATOR(pg_catalog.=) $1 AND NOT dead "
 			           "ORDER BY first_serial, token", 1, types, values, NULL, SPI_OK_SELECT);
 	v->id = *id;
@@ -69,25 +70,31 @@ own_epochs(const pg_uuid_t *id)
 /*
  * theirs is what a peer holds of this node's current replica ID: up to
  * theirs->serial, from the epochs it lists.  Returns NULL if that fits this
- * data set's history, else why not (and where the histories part).
+ * data set's history, else why not, as a sentence for a message's detail
+ * (and where the histories part in *diverge_at).
  */
 char *
 epochs_own_divergence(const pg_uuid_t *current, const VectorItem *theirs,
 					  int64 *diverge_at)
 {
-	const ReplstampCatalog *cat = replstamp_catalog_v11("comparing histories");
-	VectorItem *mine = own_epochs(current);
-	int64		issued = serial_next(cat->serial_seq) - 1;
+	const ReplstampCatalog *cat = catalog_get(false);
+	VectorItem *mine;
+	int64		issued;
+
+	/* Called in a sync or replstamp.serve(), which need the 1.2 catalog. */
+	Assert(cat->v12);
+	mine = own_epochs(current);
+	issued = serial_next(cat->serial_seq) - 1;
 
 	if (!proto_histories_agree(mine, PG_INT64_MAX, theirs, theirs->serial, diverge_at))
-		return psprintf("the peer's history of it parts from this data set's at serial " INT64_FORMAT,
+		return psprintf(_("The peer's history of it parts from this data set's at serial " INT64_FORMAT "."),
 						*diverge_at);
 	if (theirs->serial > issued)
 	{
 		/* They hold serials never handed out here: re-issue this start's. */
 		*diverge_at = mine->nepochs > 0 ? mine->epochs[mine->nepochs - 1].first : 1;
-		return psprintf("the peer holds it up to serial " INT64_FORMAT
-						", and this data set has handed out serials only up to " INT64_FORMAT,
+		return psprintf(_("The peer holds it up to serial " INT64_FORMAT
+						  ", and this data set has handed out serials only up to " INT64_FORMAT "."),
 						theirs->serial, issued);
 	}
 	return NULL;
@@ -110,7 +117,7 @@ epochs_adopt(const VectorItem *theirs, int64 upto)
 		values[0] = UUIDPGetDatum(&theirs->id);
 		values[1] = UUIDPGetDatum(&theirs->epochs[i].token);
 		values[2] = Int64GetDatum(theirs->epochs[i].first);
-		replstamp_spi_exec("INSERT INTO replstamp.epoch (replica_id, token, first_serial, started_at) "
+		dbaccess_spi_exec("INSERT INTO replstamp.epoch (replica_id, token, first_serial, started_at) "
 				           "VALUES ($1, $2, $3, pg_catalog.now()) ON CONFLICT (replica_id, token) DO NOTHING",
 				           3, types, values, NULL, SPI_OK_INSERT);
 	}
@@ -122,7 +129,10 @@ epochs_adopt(const VectorItem *theirs, int64 upto)
 void
 epochs_learn_dead(Handshake *h, const char *from)
 {
-	const ReplstampCatalog *cat = replstamp_catalog_v11("learning dead epochs");
+	const ReplstampCatalog *cat = catalog_get(false);
+
+	/* Called in a sync or replstamp.serve(), which need the 1.2 catalog. */
+	Assert(cat->v12);
 
 	for (int i = 0; i < h->ndead; i++)
 	{
@@ -136,7 +146,7 @@ epochs_learn_dead(Handshake *h, const char *from)
 		values[0] = UUIDPGetDatum(&d->id);
 		values[1] = UUIDPGetDatum(&d->token);
 		values[2] = Int64GetDatum(d->first);
-		replstamp_spi_exec("SELECT NOT dead FROM replstamp.epoch WHERE replica_id OPERATOR(pg_catalog.=) $1 "
+		dbaccess_spi_exec("SELECT NOT dead FROM replstamp.epoch WHERE replica_id OPERATOR(pg_catalog.=) $1 "
 				           "AND token OPERATOR(pg_catalog.=) $2", 2, types, values, NULL, SPI_OK_SELECT);
 		if (SPI_processed > 0)
 		{
@@ -149,12 +159,12 @@ epochs_learn_dead(Handshake *h, const char *from)
 		else
 		{
 			/* Never held anything of it: just remember, and pass it on. */
-			replstamp_spi_exec("INSERT INTO replstamp.epoch (replica_id, token, first_serial, started_at, dead) "
+			dbaccess_spi_exec("INSERT INTO replstamp.epoch (replica_id, token, first_serial, started_at, dead) "
 					           "VALUES ($1, $2, $3, pg_catalog.now(), true) ON CONFLICT DO NOTHING",
 					           3, types, values, NULL, SPI_OK_INSERT);
 			continue;
 		}
-		if (memcmp(d->id.data, replstamp_node()->replica_id.data, UUID_LEN) == 0)
+		if (memcmp(d->id.data, catalog_node()->replica_id.data, UUID_LEN) == 0)
 			continue;			/* only this data set kills its own epochs */
 
 		/* The changes of that epoch held here end where our next epoch begins. */
@@ -166,17 +176,17 @@ epochs_learn_dead(Handshake *h, const char *from)
 				break;
 			}
 		{
-			pg_uuid_t	current = replstamp_node()->replica_id;
+			pg_uuid_t	current = catalog_node()->replica_id;
 			int64		n = identity_reissue(cat, &d->id, d->first, until, &current);
 
-			replstamp_spi_exec("UPDATE replstamp.epoch SET dead = true WHERE replica_id OPERATOR(pg_catalog.=) $1 "
+			dbaccess_spi_exec("UPDATE replstamp.epoch SET dead = true WHERE replica_id OPERATOR(pg_catalog.=) $1 "
 					           "AND token OPERATOR(pg_catalog.=) $2", 2, types, values, NULL, SPI_OK_UPDATE);
-			replstamp_spi_exec("UPDATE replstamp.vector_state SET serial = $3 - 1 "
+			dbaccess_spi_exec("UPDATE replstamp.vector_state SET serial = $3 - 1 "
 					           "WHERE replica_id OPERATOR(pg_catalog.=) $1 AND serial OPERATOR(pg_catalog.>=) $3",
 					           3, types, values, NULL, SPI_OK_UPDATE);
 			ereport(LOG,
 					(errmsg("replstamp: %s reports that the history of replica ID %s from serial " INT64_FORMAT " on was abandoned (a rolled-back or cloned node rotated)",
-							from, replstamp_uuid_text(&d->id), d->first),
+							from, catalog_uuid_text(&d->id), d->first),
 					 errdetail("%lld changes of it held here were re-issued under this node's replica ID; the other history's changes of those serials will be pulled.",
 							   (long long) n)));
 		}

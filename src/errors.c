@@ -3,7 +3,7 @@
  * errors.c
  *		What replstamp shows of an error where every role can read it.
  *
- * replstamp.peers (last_error) and replstamp.tracked (backfill_error) are
+ * replstamp.peers (last_error) and replstamp.tracked_table (backfill_error) are
  * readable by PUBLIC, but an error raised while a change is applied may
  * quote a value of the row: an input function's "invalid input syntax
  * ... \"4111-...\"", a text search parser's "syntax error in tsvector:

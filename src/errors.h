@@ -2,7 +2,7 @@
  *
  * errors.h
  *		What replstamp shows of an error in places every role can read
- *		(replstamp.peers, replstamp.tracked): the SQLSTATE, the stamp and
+ *		(replstamp.peers, replstamp.tracked_table): the SQLSTATE, the stamp and
  *		the table, never a value of a row.
  *
  * Copyright (c) 2026, the replstamp authors

@@ -44,11 +44,11 @@
 #include "utils/acl.h"
 #include "utils/backend_status.h"
 
+#include "backfill.h"
 #include "catalog.h"
 #include "compat.h"
 #include "errors.h"
 #include "fence.h"
-#include "maintenance.h"
 #include "shmem.h"
 
 static ProcessUtility_hook_type prev_ProcessUtility = NULL;
@@ -134,6 +134,7 @@ fence_take(void)
 static bool
 fenced_locked(Oid dboid)
 {
+	Assert(LWLockHeldByMe(replstamp_shared->lock));
 	for (int i = 0; i < MAX_FENCES; i++)
 		if (replstamp_shared->fences[i].dboid == dboid)
 			return true;
@@ -285,7 +286,7 @@ fence_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnly
 								queryEnv, dest, qc);
 	/* A backfill it stopped goes on once the update commits. */
 	if (fence && IsA(parsetree, AlterExtensionStmt))
-		maintenance_request_backfill();
+		backfill_request();
 }
 
 /*

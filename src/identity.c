@@ -26,7 +26,7 @@
  * A rotation retires the old ID with the serial below which this data set
  * is known to hold all of its changes (lost_after: the lowest uncommitted
  * serial recorded at backup, the one last recorded in replstamp.lus_mark
- * (maintenance_mark_lus(), identity_mark_served()), or the point where the
+ * (identity_mark_lus(), identity_mark_served()), or the point where the
  * peers' history parts from ours).  Changes of the old ID held here from lost_after on are re-issued
  * under the new ID (same table, key, image and stamp time), so that they
  * reach the peers although the vector no longer claims them, and the old
@@ -91,6 +91,7 @@
 #include "catalog.h"
 #include "changelog.h"
 #include "compat.h"
+#include "dbaccess.h"
 #include "errors.h"
 #include "identity.h"
 #include "rowversion.h"
@@ -216,14 +217,14 @@ identity_fingerprint(void)
 static const ReplstampNode *
 lock_node(void)
 {
-	replstamp_spi_exec("SELECT 1 FROM replstamp.node FOR UPDATE", 0, NULL, NULL, NULL, SPI_OK_SELECT);
+	dbaccess_spi_exec("SELECT 1 FROM replstamp.node FOR UPDATE", 0, NULL, NULL, NULL, SPI_OK_SELECT);
 	if (SPI_processed != 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("the state row replstamp.node is missing"),
 				 errhint("Reinstall the extension with DROP EXTENSION replstamp and CREATE EXTENSION replstamp.")));
-	replstamp_node_forget();
-	return replstamp_node();
+	catalog_node_forget();
+	return catalog_node();
 }
 
 /*
@@ -237,7 +238,7 @@ mint_epoch(const pg_uuid_t *id, int64 first_serial)
 	Oid			types[2] = {UUIDOID, INT8OID};
 	Datum		values[2] = {UUIDPGetDatum(id), Int64GetDatum(first_serial)};
 
-	replstamp_spi_exec("INSERT INTO replstamp.epoch (replica_id, first_serial, token, started_at) "
+	dbaccess_spi_exec("INSERT INTO replstamp.epoch (replica_id, first_serial, token, started_at) "
 			           "VALUES ($1, $2, pg_catalog.gen_random_uuid(), pg_catalog.now())",
 			           2, types, values, NULL, SPI_OK_INSERT);
 }
@@ -360,7 +361,9 @@ rotate_locked(const ReplstampCatalog *cat, const ReplstampNode *node,
 	Datum		v2[5];
 	int64		reissued = 0;
 
-	replstamp_mint_uuid(new_id);
+	Assert(IsTransactionState());
+
+	catalog_mint_uuid(new_id);
 
 	v1[0] = UUIDPGetDatum(&old_id);
 	v1[1] = CStringGetTextDatum(reason);
@@ -376,7 +379,7 @@ rotate_locked(const ReplstampCatalog *cat, const ReplstampNode *node,
 		v1[4] = CStringGetTextDatum(node->backup_label);
 	else
 		n1[4] = 'n';
-	replstamp_spi_exec("UPDATE replstamp.replica_history "
+	dbaccess_spi_exec("UPDATE replstamp.replica_history "
 			           "SET retired_at = pg_catalog.now(), retired_reason = $2, "
 			           "lus_at_retirement = $3, next_serial_at_retirement = $4, backup_label = $5 "
 			           "WHERE replica_id OPERATOR(pg_catalog.=) $1",
@@ -387,7 +390,7 @@ rotate_locked(const ReplstampCatalog *cat, const ReplstampNode *node,
 	v2[2] = Int64GetDatum((int64) GetSystemIdentifier());
 	v2[3] = Int32GetDatum((int32) GetWALInsertionTimeLine());
 	v2[4] = CStringGetTextDatum(fingerprint);
-	replstamp_spi_exec("INSERT INTO replstamp.replica_history "
+	dbaccess_spi_exec("INSERT INTO replstamp.replica_history "
 			           "(replica_id, minted_reason, system_identifier, timeline) "
 			           "VALUES ($1, $2, $3, $4)",
 			           4, t2, v2, NULL, SPI_OK_INSERT);
@@ -403,12 +406,12 @@ rotate_locked(const ReplstampCatalog *cat, const ReplstampNode *node,
 
 		v3[0] = UUIDPGetDatum(&old_id);
 		v3[1] = Int64GetDatum(lost_after - 1);
-		replstamp_spi_exec("INSERT INTO replstamp.vector_state (replica_id, serial) VALUES ($1, $2) "
+		dbaccess_spi_exec("INSERT INTO replstamp.vector_state (replica_id, serial) VALUES ($1, $2) "
 				           "ON CONFLICT (replica_id) DO UPDATE SET serial = EXCLUDED.serial",
 				           2, t3, v3, NULL, SPI_OK_INSERT);
 	}
 
-	replstamp_spi_exec("UPDATE replstamp.node SET replica_id = $1, state = 'original', "
+	dbaccess_spi_exec("UPDATE replstamp.node SET replica_id = $1, state = 'original', "
 			           "minted_at = pg_catalog.now(), system_identifier = $3, timeline = $4, "
 			           "restore_fingerprint = $5",
 			           5, t2, v2, NULL, SPI_OK_UPDATE);
@@ -423,8 +426,8 @@ rotate_locked(const ReplstampCatalog *cat, const ReplstampNode *node,
 
 	ereport(LOG,
 			(errmsg("replstamp: database \"%s\" retired replica ID %s and now stamps as %s",
-					get_database_name(MyDatabaseId), replstamp_uuid_text(&old_id),
-					replstamp_uuid_text(new_id)),
+					get_database_name(MyDatabaseId), catalog_uuid_text(&old_id),
+					catalog_uuid_text(new_id)),
 			 errdetail("Reason: %s.", reason),
 			 reissued > 0 ?
 			 errhint("%lld changes the old ID made from serial %lld on were re-issued under the new one, so that every peer gets them.",
@@ -448,7 +451,7 @@ marked_lus(const ReplstampCatalog *cat, const pg_uuid_t *id)
 
 	if (!cat->v11)
 		return 1;
-	replstamp_spi_exec("SELECT lus FROM replstamp.lus_mark WHERE replica_id OPERATOR(pg_catalog.=) $1",
+	dbaccess_spi_exec("SELECT lus FROM replstamp.lus_mark WHERE replica_id OPERATOR(pg_catalog.=) $1",
 			           1, types, values, NULL, SPI_OK_SELECT);
 	if (SPI_processed > 0)
 	{
@@ -491,7 +494,7 @@ epoch_start(const ReplstampCatalog *cat, const pg_uuid_t *id)
 	bool		isnull;
 
 	values[0] = UUIDPGetDatum(id);
-	replstamp_spi_exec("SELECT walked_upto FROM replstamp.prune_progress WHERE replica_id OPERATOR(pg_catalog.=) $1",
+	dbaccess_spi_exec("SELECT walked_upto FROM replstamp.prune_progress WHERE replica_id OPERATOR(pg_catalog.=) $1",
 			           1, types, values, NULL, SPI_OK_SELECT);
 	if (SPI_processed > 0)
 	{
@@ -502,7 +505,7 @@ epoch_start(const ReplstampCatalog *cat, const pg_uuid_t *id)
 	}
 
 	values[1] = Int64GetDatum(from);
-	replstamp_spi_exec("SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM replstamp.changes "
+	dbaccess_spi_exec("SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM replstamp.changes "
 			           "  WHERE replica_id OPERATOR(pg_catalog.=) $1 AND serial OPERATOR(pg_catalog.=) $2) THEN $2 "
 			           "ELSE (SELECT pg_catalog.min(c.serial) OPERATOR(pg_catalog.+) 1 FROM replstamp.changes c "
 			           "  WHERE c.replica_id OPERATOR(pg_catalog.=) $1 AND c.serial OPERATOR(pg_catalog.>=) $2 "
@@ -525,7 +528,7 @@ identity_raise_lus_mark(const pg_uuid_t *id, int64 lus)
 	Oid			types[2] = {UUIDOID, INT8OID};
 	Datum		values[2] = {UUIDPGetDatum(id), Int64GetDatum(lus)};
 
-	replstamp_spi_exec("INSERT INTO replstamp.lus_mark (singleton, replica_id, lus, marked_at) "
+	dbaccess_spi_exec("INSERT INTO replstamp.lus_mark (singleton, replica_id, lus, marked_at) "
 			           "VALUES (true, $1, $2, pg_catalog.now()) ON CONFLICT (singleton) DO UPDATE "
 			           "SET lus = CASE WHEN replstamp.lus_mark.replica_id OPERATOR(pg_catalog.=) EXCLUDED.replica_id "
 			           "  THEN GREATEST(replstamp.lus_mark.lus, EXCLUDED.lus) ELSE EXCLUDED.lus END, "
@@ -534,9 +537,43 @@ identity_raise_lus_mark(const pg_uuid_t *id, int64 lus)
 }
 
 /*
+ * Record the lowest uncommitted serial of the current replica ID, if a
+ * serial was taken since this process last did (after each start, every
+ * maintenance round, after syncs).  In a transaction.  The mark never goes
+ * down while it is about one ID (a lowest uncommitted serial read while a
+ * transaction starts can be below an earlier one): the re-issue from it
+ * relies on that.
+ */
+void
+identity_mark_lus(void)
+{
+	static bool marked = false;
+	static uint64 marked_activity = 0;
+	const ReplstampCatalog *cat = catalog_get(true);
+	ReplstampOwnerContext ctx;
+	uint64		activity;
+	int64		lus;
+
+	Assert(IsTransactionState());
+	if (cat == NULL || !cat->v11 || RecoveryInProgress())
+		return;
+	activity = serial_activity();
+	if (marked && activity == marked_activity)
+		return;
+	lus = serial_lus(cat->serial_seq);
+	dbaccess_become_owner(&ctx);
+	SPI_connect();
+	identity_raise_lus_mark(&catalog_node()->replica_id, lus);
+	SPI_finish();
+	dbaccess_restore_user(&ctx);
+	marked = true;
+	marked_activity = activity;
+}
+
+/*
  * A node serves its vector, claiming its current replica ID id up to
  * lus - 1: raise the mark to lus, durably with this transaction, before
- * the puller reads a change (maintenance_mark_lus() raises it too).
+ * the puller reads a change (identity_mark_lus() raises it too).
  * Caller is connected to SPI as the extension owner.
  */
 void
@@ -558,7 +595,7 @@ restore_clock_floor(void)
 	bool		isnull;
 	Datum		d;
 
-	replstamp_spi_exec("SELECT pg_catalog.max(t) FROM ("
+	dbaccess_spi_exec("SELECT pg_catalog.max(t) FROM ("
 			           "SELECT pg_catalog.max(max_changed_at) AS t FROM replstamp.vector_state "
 			           "UNION ALL SELECT (SELECT c.changed_at FROM replstamp.changes c "
 			           "  WHERE c.replica_id OPERATOR(pg_catalog.=) h.replica_id "
@@ -583,7 +620,7 @@ restore_signals(const ReplstampNode *node, const char *fp_now, StringInfo reason
 	if (node->restore_fingerprint == NULL || strcmp(node->restore_fingerprint, fp_now) != 0)
 	{
 		if (node->restore_fingerprint != NULL &&
-			!replstamp_fingerprint_is_this_database(node->restore_fingerprint))
+			!catalog_fingerprint_is_this_database(node->restore_fingerprint))
 			appendStringInfo(reason, "%scopied from another database",
 							 reason->len ? "; " : "");
 		else
@@ -605,7 +642,7 @@ restore_signals(const ReplstampNode *node, const char *fp_now, StringInfo reason
 static bool
 identity_check(void)
 {
-	const ReplstampCatalog *cat = replstamp_catalog(false);
+	const ReplstampCatalog *cat = catalog_get(false);
 	ReplstampOwnerContext ctx;
 	const ReplstampNode *node;
 	char	   *fp_now;
@@ -614,17 +651,17 @@ identity_check(void)
 	int64		lost_after = 0;
 	char	   *old_id;
 
-	replstamp_become_owner(&ctx);
+	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	node = lock_node();
 	if (cat->v11 && node->verified)
 	{
 		/* Another check of this start committed while we waited. */
 		SPI_finish();
-		replstamp_restore_user(&ctx);
+		dbaccess_restore_user(&ctx);
 		return false;
 	}
-	old_id = replstamp_uuid_text(&node->replica_id);
+	old_id = catalog_uuid_text(&node->replica_id);
 	fp_now = identity_fingerprint();
 
 	initStringInfo(&reason);
@@ -663,14 +700,14 @@ identity_check(void)
 
 		if (!rotated)
 			mint_epoch(&node->replica_id, epoch_start(cat, &node->replica_id));
-		replstamp_spi_exec("UPDATE replstamp.node SET verified_token = $1", 1, types, values, NULL,
+		dbaccess_spi_exec("UPDATE replstamp.node SET verified_token = $1", 1, types, values, NULL,
 				           SPI_OK_UPDATE);
 		restore_clock_floor();
 	}
 
 	SPI_finish();
-	replstamp_restore_user(&ctx);
-	replstamp_node_forget();
+	dbaccess_restore_user(&ctx);
+	catalog_node_forget();
 	return rotated;
 }
 
@@ -751,7 +788,7 @@ verify_in_worker(void)
 	BackgroundWorkerHandle *handle;
 
 	if (IsBackgroundWorker ||
-		!replstamp_start_worker("replstamp_identity_db_main", "replstamp identity check",
+		!worker_start("replstamp_identity_db_main", "replstamp identity check",
 								MyDatabaseId, InvalidOid, NULL, 0, &handle))
 		return false;
 	PG_TRY();
@@ -764,8 +801,8 @@ verify_in_worker(void)
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
-	replstamp_node_forget();
-	return replstamp_node()->verified;
+	catalog_node_forget();
+	return catalog_node()->verified;
 }
 
 /*
@@ -779,7 +816,7 @@ verify_in_xact(void)
 	(void) identity_check();
 	/* Make this transaction's new node row visible to its next stamps. */
 	CommandCounterIncrement();
-	replstamp_node_forget();
+	catalog_node_forget();
 }
 
 /*
@@ -789,12 +826,12 @@ verify_in_xact(void)
 void
 identity_verify_slow(void)
 {
-	const ReplstampCatalog *cat = replstamp_catalog(false);
+	const ReplstampCatalog *cat = catalog_get(false);
 
-	replstamp_require_shmem();
+	shmem_require();
 	if (cat->v11)
 	{
-		if (replstamp_node()->verified)
+		if (catalog_node()->verified)
 			return;
 		if (!verify_in_worker())
 			verify_in_xact();
@@ -824,7 +861,7 @@ identity_verify_slow(void)
 		StringInfoData reason;
 
 		initStringInfo(&reason);
-		restore_signals(replstamp_node(), identity_fingerprint(), &reason);
+		restore_signals(catalog_node(), identity_fingerprint(), &reason);
 		if (reason.len == 0)
 		{
 			v10_mark_checked();
@@ -850,8 +887,8 @@ identity_verify_slow(void)
 Datum
 replstamp_verify_identity(PG_FUNCTION_ARGS)
 {
-	replstamp_require_shmem();
-	if (!replstamp_node()->verified)
+	shmem_require();
+	if (!catalog_node()->verified)
 		verify_in_xact();
 	PG_RETURN_VOID();
 }
@@ -869,32 +906,35 @@ bool
 identity_rotate_diverged(const pg_uuid_t *diverged_id, int64 from_serial,
 						 const char *reason)
 {
-	const ReplstampCatalog *cat = replstamp_catalog_v11("rotating a diverged replica ID");
+	const ReplstampCatalog *cat = catalog_get(false);
 	ReplstampOwnerContext ctx;
 	const ReplstampNode *node;
 	pg_uuid_t	new_id;
 	Oid			types[2] = {UUIDOID, INT8OID};
 	Datum		values[2];
 
-	replstamp_become_owner(&ctx);
+	/* Called in a sync or replstamp.serve(), which need the 1.2 catalog. */
+	Assert(cat->v12);
+
+	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	node = lock_node();
 	if (memcmp(node->replica_id.data, diverged_id->data, UUID_LEN) != 0)
 	{
 		SPI_finish();
-		replstamp_restore_user(&ctx);
+		dbaccess_restore_user(&ctx);
 		return false;
 	}
 	values[0] = UUIDPGetDatum(diverged_id);
 	values[1] = Int64GetDatum(from_serial);
-	replstamp_spi_exec("UPDATE replstamp.epoch SET dead = true "
+	dbaccess_spi_exec("UPDATE replstamp.epoch SET dead = true "
 			           "WHERE replica_id OPERATOR(pg_catalog.=) $1 AND first_serial OPERATOR(pg_catalog.>=) $2",
 			           2, types, values, NULL, SPI_OK_UPDATE);
 	rotate_locked(cat, node, &new_id, reason, Max(from_serial, 1), identity_fingerprint());
 	SPI_finish();
-	replstamp_restore_user(&ctx);
+	dbaccess_restore_user(&ctx);
 	CommandCounterIncrement();
-	replstamp_node_forget();
+	catalog_node_forget();
 	return true;
 }
 
@@ -907,7 +947,7 @@ Datum
 replstamp_rotate(PG_FUNCTION_ARGS)
 {
 	char	   *reason = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	const ReplstampCatalog *cat = replstamp_catalog(false);
+	const ReplstampCatalog *cat = catalog_get(false);
 	ReplstampOwnerContext ctx;
 	const ReplstampNode *node;
 	pg_uuid_t  *new_id;
@@ -919,15 +959,15 @@ replstamp_rotate(PG_FUNCTION_ARGS)
 				 errhint("Say why, for example replstamp.rotate('node cloned by hand').")));
 
 	new_id = palloc(sizeof(pg_uuid_t));
-	replstamp_become_owner(&ctx);
+	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	node = lock_node();
 	rotate_locked(cat, node, new_id, psprintf("manual: %s", reason), 0, identity_fingerprint());
 	SPI_finish();
-	replstamp_restore_user(&ctx);
+	dbaccess_restore_user(&ctx);
 
 	CommandCounterIncrement();
-	replstamp_node_forget();
+	catalog_node_forget();
 	PG_RETURN_UUID_P(new_id);
 }
 
@@ -942,7 +982,7 @@ replstamp_init_node(PG_FUNCTION_ARGS)
 	Oid			argtypes[4] = {UUIDOID, INT8OID, INT4OID, TEXTOID};
 	Datum		args[4];
 
-	replstamp_mint_uuid(id);
+	catalog_mint_uuid(id);
 	args[0] = UUIDPGetDatum(id);
 	args[1] = Int64GetDatum((int64) GetSystemIdentifier());
 	args[2] = Int32GetDatum((int32) GetWALInsertionTimeLine());
@@ -950,11 +990,11 @@ replstamp_init_node(PG_FUNCTION_ARGS)
 	args[3] = CStringGetTextDatum(identity_fingerprint());
 
 	SPI_connect();
-	replstamp_spi_exec("INSERT INTO replstamp.node "
+	dbaccess_spi_exec("INSERT INTO replstamp.node "
 			           "(replica_id, system_identifier, timeline, restore_fingerprint) "
 			           "VALUES ($1, $2, $3, $4)",
 			           4, argtypes, args, NULL, SPI_OK_INSERT);
-	replstamp_spi_exec("INSERT INTO replstamp.replica_history "
+	dbaccess_spi_exec("INSERT INTO replstamp.replica_history "
 			           "(replica_id, minted_reason, system_identifier, timeline) "
 			           "VALUES ($1, 'created', $2, $3)",
 			           3, argtypes, args, NULL, SPI_OK_INSERT);
@@ -978,7 +1018,7 @@ replstamp_node_changed(PG_FUNCTION_ARGS)
 						"replstamp._node_changed")));
 
 	CacheInvalidateRelcacheByRelid(RelationGetRelid(trigdata->tg_relation));
-	replstamp_node_forget();
+	catalog_node_forget();
 	return PointerGetDatum(NULL);
 }
 
@@ -996,7 +1036,7 @@ replstamp_identity_db_main(Datum arg)
 				elapsed;
 
 	pqsignal(SIGTERM, die);
-	replstamp_worker_connect(arg, NULL, 0);
+	worker_connect(arg, NULL, 0);
 	INSTR_TIME_SET_CURRENT(start);
 
 	SetCurrentStatementStartTimestamp();
@@ -1007,8 +1047,8 @@ replstamp_identity_db_main(Datum arg)
 	dbname = pstrdup(get_database_name(dboid));
 	if (installed)
 	{
-		v10 = !replstamp_catalog(false)->v11;
-		if (v10 || !replstamp_catalog(false)->v12)
+		v10 = !catalog_get(false)->v11;
+		if (v10 || !catalog_get(false)->v12)
 			ereport(LOG,
 					(errmsg("replstamp: database \"%s\" still has the catalog of replstamp %s", dbname,
 							v10 ? "1.0" : "1.1"),

@@ -24,6 +24,7 @@ extern int64 identity_reissue(const ReplstampCatalog *cat, const pg_uuid_t *old_
 							  int64 from_serial, int64 to_serial, const pg_uuid_t *new_id);
 extern bool identity_check_histories(void);
 extern void identity_raise_lus_mark(const pg_uuid_t *id, int64 lus);
+extern void identity_mark_lus(void);
 extern void identity_mark_served(const pg_uuid_t *id, int64 lus);
 
 /*
@@ -34,7 +35,7 @@ extern void identity_mark_served(const pg_uuid_t *id, int64 lus);
 static inline void
 identity_ensure_verified(void)
 {
-	if (likely(replstamp_node()->verified))
+	if (likely(catalog_node()->verified))
 		return;
 	identity_verify_slow();
 }

@@ -10,7 +10,7 @@
  *		sync_interval seconds and with every peer every FULL_ROUND_EVERY
  *		intervals (the fallback poll), and every
  *		replstamp.prune_interval starts a short maintenance worker per
- *		database (prune, backfill, the recorded LUS: maintenance.c), and
+ *		database (prune.c, backfill.c, the recorded LUS: identity.c), and
  *		every replstamp.verify_interval (off by default) a short verify
  *		worker per database (verify.c); right after the identity checks, a
  *		backfill worker per database carries on with the backfills a
@@ -58,11 +58,13 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
+#include "backfill.h"
 #include "catalog.h"
 #include "compat.h"
 #include "errors.h"
+#include "identity.h"
 #include "launcher.h"
-#include "maintenance.h"
+#include "prune.h"
 #include "shmem.h"
 #include "sync.h"
 #include "verify.h"
@@ -127,7 +129,7 @@ current_databases(void)
 
 	StartTransactionCommand();
 	old = MemoryContextSwitchTo(TopMemoryContext);
-	dbs = replstamp_connectable_databases();
+	dbs = worker_connectable_databases();
 	MemoryContextSwitchTo(old);
 	CommitTransactionCommand();
 	return dbs;
@@ -144,7 +146,7 @@ check_identities(void)
 	{
 		BackgroundWorkerHandle *handle;
 
-		if (!replstamp_start_worker("replstamp_identity_db_main", "replstamp identity check",
+		if (!worker_start("replstamp_identity_db_main", "replstamp identity check",
 									lfirst_oid(lc), InvalidOid, NULL, 0, &handle))
 		{
 			ereport(LOG,
@@ -211,7 +213,7 @@ tend_sync_workers(List **slots)
 										Max(SYNC_RETRY_S, sync_interval) * 1000))
 			continue;
 		slot->woken = false;
-		if (!replstamp_start_worker("replstamp_sync_main", "replstamp sync", dboid,
+		if (!worker_start("replstamp_sync_main", "replstamp sync", dboid,
 									InvalidOid, NULL, 0, &slot->handle))
 		{
 			slot->handle = NULL;
@@ -327,7 +329,7 @@ start_short_workers(List **slots, const char *function, const char *type)
 
 		if (slots == NULL)
 		{
-			if (!replstamp_start_worker(function, type,
+			if (!worker_start(function, type,
 										dboid, InvalidOid, NULL, 0, NULL))
 				ereport(LOG,
 						(errmsg("replstamp: could not start the %s worker of database %u",
@@ -343,7 +345,7 @@ start_short_workers(List **slots, const char *function, const char *type)
 			pfree(slot->handle);
 			slot->handle = NULL;
 		}
-		if (!replstamp_start_worker(function, type,
+		if (!worker_start(function, type,
 									dboid, InvalidOid, NULL, 0, &slot->handle))
 		{
 			slot->handle = NULL;
@@ -403,7 +405,7 @@ replstamp_launcher_main(Datum arg)
 		}
 		else
 			(void) worker_take_sync_wakeups(NULL);	/* nothing to wake */
-		interval = maintenance_prune_interval();
+		interval = prune_interval_s();
 		if (interval > 0)
 		{
 			TimestampTz due = TimestampTzPlusMilliseconds(last_maintenance, (int64) interval * 1000);
@@ -456,7 +458,7 @@ sync_round(List *watches, bool full)
 	worker_begin_xact();
 	installed = OidIsValid(get_extension_oid("replstamp", true));
 	/* Replication needs the 1.2 catalog (whole transactions). */
-	ready = installed && replstamp_catalog(false)->v12;
+	ready = installed && catalog_get(false)->v12;
 	if (!installed)
 		ereport(DEBUG1,
 				(errmsg_internal("replstamp: no replstamp in database \"%s\", its sync worker exits",
@@ -478,7 +480,7 @@ sync_round(List *watches, bool full)
 	{
 		(void) sync_peers_but(full ? watch_is_down : watch_is_up_or_down, watches);
 		worker_begin_xact();
-		maintenance_mark_lus();
+		identity_mark_lus();
 		worker_commit_xact();
 	}
 	PG_CATCH();
@@ -511,7 +513,7 @@ replstamp_sync_main(Datum arg)
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
-	replstamp_worker_connect(arg, NULL, 0);
+	worker_connect(arg, NULL, 0);
 
 	for (;;)
 	{
@@ -585,12 +587,12 @@ replstamp_maintenance_main(Datum arg)
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
-	replstamp_worker_connect(arg, NULL, 0);
+	worker_connect(arg, NULL, 0);
 
 	worker_begin_xact();
-	ready = OidIsValid(get_extension_oid("replstamp", true)) && replstamp_catalog(false)->v11;
+	ready = OidIsValid(get_extension_oid("replstamp", true)) && catalog_get(false)->v11;
 	if (ready)
-		maintenance_mark_lus();
+		identity_mark_lus();
 	worker_commit_xact();
 	if (!ready)
 		proc_exit(0);
@@ -599,7 +601,7 @@ replstamp_maintenance_main(Datum arg)
 	PG_TRY();
 	{
 		backfill_run();
-		if (!backfill_only && maintenance_prune_interval() > 0)
+		if (!backfill_only && prune_interval_s() > 0)
 			(void) prune_run();
 	}
 	PG_CATCH();

@@ -54,6 +54,8 @@
 #include "utils/uuid.h"
 
 #include "catalog.h"
+#include "dbaccess.h"
+#include "peers.h"
 #include "remote.h"
 #include "sync.h"
 
@@ -85,16 +87,25 @@ address_key(const char *k)
 		strcmp(k, "service") == 0;
 }
 
+/*
+ * Parse conninfo, the argument argname of the function called, or, with
+ * argname NULL, the address of a member the sponsor sent.
+ */
 static PQconninfoOption *
-parse_conninfo(const char *conninfo, const char *what)
+parse_conninfo(const char *conninfo, const char *argname)
 {
 	char	   *err = NULL;
 	PQconninfoOption *opts = PQconninfoParse(conninfo, &err);
 
+	if (opts == NULL && argname)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid connection string in argument \"%s\"", argname),
+				 errdetail_internal("%s", err ? pchomp(err) : "out of memory")));
 	if (opts == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid connection string %s", what),
+				 errmsg("invalid connection string of a member"),
 				 errdetail_internal("%s", err ? pchomp(err) : "out of memory")));
 	return opts;
 }
@@ -135,8 +146,8 @@ static char *
 compose(const char *address, const char *credential,
 		const char *host, const char *port, const char *dbname)
 {
-	PQconninfoOption *a = address ? parse_conninfo(address, "of a member") : NULL;
-	PQconninfoOption *c = credential ? parse_conninfo(credential, "given") : NULL;
+	PQconninfoOption *a = address ? parse_conninfo(address, NULL) : NULL;
+	PQconninfoOption *c = credential ? parse_conninfo(credential, "conninfo") : NULL;
 	PQconninfoOption *all = a ? a : c;
 	StringInfoData buf;
 
@@ -194,12 +205,12 @@ self_name(void)
 	char	   *name;
 	MemoryContext caller = CurrentMemoryContext;
 
-	replstamp_become_owner(&ctx);
+	dbaccess_become_owner(&ctx);
 	SPI_connect();
-	replstamp_spi_exec("SELECT name FROM replstamp.cluster WHERE is_self", 0, NULL, NULL, NULL, SPI_OK_SELECT);
+	dbaccess_spi_exec("SELECT name FROM replstamp.cluster WHERE is_self", 0, NULL, NULL, NULL, SPI_OK_SELECT);
 	name = MemoryContextStrdup(caller, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
 	SPI_finish();
-	replstamp_restore_user(&ctx);
+	dbaccess_restore_user(&ctx);
 	return name;
 }
 
@@ -217,15 +228,15 @@ ensure_peer(const char *name, const char *conninfo)
 	bool		same = false;
 	bool		exists;
 
-	replstamp_become_owner(&ctx);
+	dbaccess_become_owner(&ctx);
 	SPI_connect();
-	replstamp_spi_exec("SELECT conninfo FROM replstamp.peer WHERE name OPERATOR(pg_catalog.=) $1",
+	dbaccess_spi_exec("SELECT conninfo FROM replstamp.peer WHERE name OPERATOR(pg_catalog.=) $1",
 				1, types, values, NULL, SPI_OK_SELECT);
 	exists = SPI_processed > 0;
 	if (exists)
 		same = strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), conninfo) == 0;
 	SPI_finish();
-	replstamp_restore_user(&ctx);
+	dbaccess_restore_user(&ctx);
 	if (exists && !same)
 		ereport(ERROR,
 				(errcode(ERRCODE_DUPLICATE_OBJECT),
@@ -252,14 +263,14 @@ refuse_unstamped_rows(void)
 	ReplstampOwnerContext ctx;
 	char	   *table = NULL;
 
-	replstamp_become_owner(&ctx);
+	dbaccess_become_owner(&ctx);
 	SPI_connect();
-	replstamp_spi_exec("SELECT t.relid::pg_catalog.regclass::pg_catalog.text FROM replstamp.tracked t "
+	dbaccess_spi_exec(catalog_sql("SELECT t.relid::pg_catalog.regclass::pg_catalog.text FROM replstamp.tracked_table t "
 				"WHERE t.state OPERATOR(pg_catalog.=) 'tracked' AND t.relid IS NOT NULL "
 				"AND (t.backfill IS NULL OR t.backfill OPERATOR(pg_catalog.<>) ALL ('{pending,running}'::pg_catalog.text[])) "
 				"AND NOT EXISTS (SELECT 1 FROM replstamp.changes c "
 				"                 WHERE c.relation OPERATOR(pg_catalog.=) t.relation) "
-				"ORDER BY 1", 0, NULL, NULL, NULL, SPI_OK_SELECT);
+				"ORDER BY 1"), 0, NULL, NULL, NULL, SPI_OK_SELECT);
 	if (SPI_processed > 0)
 	{
 		SPITupleTable *tables = SPI_tuptable;
@@ -269,13 +280,13 @@ refuse_unstamped_rows(void)
 		{
 			char	   *rel = SPI_getvalue(tables->vals[i], tables->tupdesc, 1);
 
-			replstamp_spi_exec(psprintf("SELECT 1 FROM %s LIMIT 1", rel), 0, NULL, NULL, NULL, SPI_OK_SELECT);
+			dbaccess_spi_exec(psprintf("SELECT 1 FROM %s LIMIT 1", rel), 0, NULL, NULL, NULL, SPI_OK_SELECT);
 			if (SPI_processed > 0)
 				table = pstrdup(rel);
 		}
 	}
 	SPI_finish();
-	replstamp_restore_user(&ctx);
+	dbaccess_restore_user(&ctx);
 	if (table)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -298,7 +309,7 @@ refuse_stale(Remote *r)
 	char	   *stale = NULL;
 	ReplstampOwnerContext ctx;
 
-	replstamp_become_owner(&ctx);
+	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	for (int i = 0; i < PQntuples(res) && stale == NULL; i++)
 	{
@@ -307,13 +318,13 @@ refuse_stale(Remote *r)
 
 		values[0] = DirectFunctionCall1(uuid_in, CStringGetDatum(PQgetvalue(res, i, 0)));
 		values[1] = Int64GetDatum(pg_strtoint64(PQgetvalue(res, i, 1)));
-		replstamp_spi_exec("SELECT 1 FROM replstamp.vector WHERE replica_id OPERATOR(pg_catalog.=) $1 "
+		dbaccess_spi_exec("SELECT 1 FROM replstamp.vector WHERE replica_id OPERATOR(pg_catalog.=) $1 "
 					"AND serial OPERATOR(pg_catalog.<) $2", 2, types, values, NULL, SPI_OK_SELECT);
 		if (SPI_processed > 0)
 			stale = pstrdup(PQgetvalue(res, i, 0));
 	}
 	SPI_finish();
-	replstamp_restore_user(&ctx);
+	dbaccess_restore_user(&ctx);
 	PQclear(res);
 	if (stale)
 		ereport(ERROR,
@@ -489,13 +500,13 @@ remember_self(const char *name, const char *conninfo)
 	Oid			types[2] = {TEXTOID, TEXTOID};
 	Datum		values[2] = {CStringGetTextDatum(name), CStringGetTextDatum(conninfo)};
 
-	replstamp_become_owner(&ctx);
+	dbaccess_become_owner(&ctx);
 	SPI_connect();
-	replstamp_spi_exec("INSERT INTO replstamp.mesh (name, conninfo) VALUES ($1, $2) "
+	dbaccess_spi_exec("INSERT INTO replstamp.mesh (name, conninfo) VALUES ($1, $2) "
 				"ON CONFLICT (one) DO UPDATE SET name = EXCLUDED.name, conninfo = EXCLUDED.conninfo",
 				2, types, values, NULL, SPI_OK_INSERT);
 	SPI_finish();
-	replstamp_restore_user(&ctx);
+	dbaccess_restore_user(&ctx);
 }
 
 /*
@@ -514,13 +525,13 @@ replstamp_join(PG_FUNCTION_ARGS)
 	ListCell   *lc;
 
 	PreventInTransactionBlock(true, "replstamp.join()");
-	(void) replstamp_catalog_v11("replstamp.join()");
+	(void) catalog_get_v11("replstamp.join()");
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("the connection string of a node to join is required")));
 	conninfo = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	PQconninfoFree(parse_conninfo(conninfo, "given"));
+	PQconninfoFree(parse_conninfo(conninfo, "conninfo"));
 	me = PG_ARGISNULL(2) ? self_name() : text_to_cstring(PG_GETARG_TEXT_PP(2));
 	check_name(me);
 	refuse_unstamped_rows();
@@ -595,7 +606,7 @@ replstamp_admit(PG_FUNCTION_ARGS)
 	Oid			types[1] = {TEXTOID};
 	Datum		args[1];
 
-	(void) replstamp_catalog_v11("replstamp.admit()");
+	(void) catalog_get_v11("replstamp.admit()");
 	check_name(name);
 	self = self_name();
 	if (strcmp(name, self) == 0)
@@ -607,9 +618,9 @@ replstamp_admit(PG_FUNCTION_ARGS)
 
 	InitMaterializedSRF(fcinfo, 0);
 	args[0] = CStringGetTextDatum(name);
-	replstamp_become_owner(&ctx);
+	dbaccess_become_owner(&ctx);
 	SPI_connect();
-	replstamp_spi_exec("SELECT c.name, m.conninfo, true FROM replstamp.cluster c "
+	dbaccess_spi_exec("SELECT c.name, m.conninfo, true FROM replstamp.cluster c "
 				"LEFT JOIN replstamp.mesh m ON true WHERE c.is_self "
 				"UNION ALL "
 				"SELECT p.name, p.conninfo, false FROM replstamp.peer p "
@@ -627,7 +638,7 @@ replstamp_admit(PG_FUNCTION_ARGS)
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	SPI_finish();
-	replstamp_restore_user(&ctx);
+	dbaccess_restore_user(&ctx);
 	return (Datum) 0;
 }
 
@@ -681,15 +692,15 @@ replstamp_leave(PG_FUNCTION_ARGS)
 	MemoryContext caller = CurrentMemoryContext;
 
 	PreventInTransactionBlock(true, "replstamp.leave()");
-	(void) replstamp_catalog_v11("replstamp.leave()");
+	(void) catalog_get_v11("replstamp.leave()");
 	if (credential)
-		PQconninfoFree(parse_conninfo(credential, "given"));
+		PQconninfoFree(parse_conninfo(credential, "conninfo"));
 	me = self_name();
-	my_id = replstamp_uuid_text(&replstamp_node()->replica_id);
+	my_id = catalog_uuid_text(&catalog_node()->replica_id);
 
-	replstamp_become_owner(&ctx);
+	dbaccess_become_owner(&ctx);
 	SPI_connect();
-	replstamp_spi_exec("SELECT name, conninfo FROM replstamp.peer ORDER BY name", 0, NULL, NULL, NULL, SPI_OK_SELECT);
+	dbaccess_spi_exec("SELECT name, conninfo FROM replstamp.peer ORDER BY name", 0, NULL, NULL, NULL, SPI_OK_SELECT);
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
 		MemoryContext old = MemoryContextSwitchTo(caller);
@@ -699,7 +710,7 @@ replstamp_leave(PG_FUNCTION_ARGS)
 		MemoryContextSwitchTo(old);
 	}
 	SPI_finish();
-	replstamp_restore_user(&ctx);
+	dbaccess_restore_user(&ctx);
 
 	InitMaterializedSRF(fcinfo, 0);
 	for (int i = 0; i < list_length(names); i++)
@@ -729,10 +740,10 @@ replstamp_leave(PG_FUNCTION_ARGS)
 	/* Every peer let this node go: drop them here. */
 	for (int i = 0; i < list_length(names); i++)
 		(void) DirectFunctionCall1(replstamp_drop_peer, CStringGetTextDatum(list_nth(names, i)));
-	replstamp_become_owner(&ctx);
+	dbaccess_become_owner(&ctx);
 	SPI_connect();
-	replstamp_spi_exec("DELETE FROM replstamp.mesh", 0, NULL, NULL, NULL, SPI_OK_DELETE);
+	dbaccess_spi_exec("DELETE FROM replstamp.mesh", 0, NULL, NULL, NULL, SPI_OK_DELETE);
 	SPI_finish();
-	replstamp_restore_user(&ctx);
+	dbaccess_restore_user(&ctx);
 	return (Datum) 0;
 }

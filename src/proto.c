@@ -20,6 +20,7 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
 #include "executor/spi.h"
@@ -95,12 +96,14 @@ spi_int64(int row, int col)
 void
 proto_local(Handshake *h, bool unused)
 {
-	const ReplstampCatalog *cat = replstamp_catalog_v12("replication");
-	const ReplstampNode *node = replstamp_node();
+	const ReplstampCatalog *cat = catalog_get_v12("replstamp.serve()");
+	const ReplstampNode *node = catalog_node();
 	const char *cluster = GetConfigOption("cluster_name", true, false);
 	int			nepochs;
 	EpochEntry *epochs;
 	pg_uuid_t  *epoch_ids;
+
+	Assert(IsTransactionState());
 
 	memset(h, 0, sizeof(Handshake));
 	h->protocol = REPLSTAMP_PROTOCOL;
@@ -173,7 +176,7 @@ proto_local(Handshake *h, bool unused)
 static void
 append_uuid(StringInfo buf, const pg_uuid_t *u)
 {
-	appendStringInfo(buf, "\"%s\"", replstamp_uuid_text(u));
+	appendStringInfo(buf, "\"%s\"", catalog_uuid_text(u));
 }
 
 /*
@@ -247,12 +250,12 @@ static const char *decoding_from;
 
 pg_attribute_noreturn()
 static void
-malformed(const char *what)
+malformed(const char *detail)
 {
 	ereport(ERROR,
 			(errcode(ERRCODE_DATA_EXCEPTION),
 			 errmsg("%s sent a malformed handshake", decoding_from),
-			 errdetail("%c%s.", pg_toupper((unsigned char) what[0]), what + 1)));
+			 errdetail_internal("%s", detail)));
 }
 
 static int
@@ -267,7 +270,7 @@ member(JsonbContainer *c, const char *key)
 	JsonbValue	k;
 
 	if (!JsonContainerIsObject(c))
-		malformed("an object was expected");
+		malformed(_("An object was expected."));
 	k.type = jbvString;
 	k.val.string.val = (char *) key;
 	k.val.string.len = strlen(key);
@@ -278,7 +281,7 @@ static int64
 as_int64(JsonbValue *v, const char *what)
 {
 	if (v == NULL || v->type != jbvNumeric)
-		malformed(psprintf("%s is not a number", what));
+		malformed(psprintf(_("The value of \"%s\" is not a number."), what));
 	return DatumGetInt64(DirectFunctionCall1(numeric_int8, NumericGetDatum(v->val.numeric)));
 }
 
@@ -290,7 +293,7 @@ as_uuid(JsonbValue *v, const char *what)
 	Datum		d;
 
 	if (v == NULL || v->type != jbvString || v->val.string.len != 36)
-		malformed(psprintf("%s is not a uuid", what));
+		malformed(psprintf(_("The value of \"%s\" is not a uuid."), what));
 	s = pnstrdup(v->val.string.val, v->val.string.len);
 	d = DirectFunctionCall1(uuid_in, CStringGetDatum(s));
 	memcpy(&u, DatumGetUUIDP(d), sizeof(pg_uuid_t));
@@ -301,7 +304,7 @@ static char *
 as_text(JsonbValue *v, const char *what, int maxlen)
 {
 	if (v == NULL || v->type != jbvString || v->val.string.len > maxlen)
-		malformed(psprintf("%s is not a string of at most %d bytes", what, maxlen));
+		malformed(psprintf(_("The value of \"%s\" is not a string of at most %d bytes."), what, maxlen));
 	return pnstrdup(v->val.string.val, v->val.string.len);
 }
 
@@ -309,7 +312,7 @@ static JsonbContainer *
 as_array(JsonbValue *v, const char *what, int *n)
 {
 	if (v == NULL || v->type != jbvBinary || !JsonContainerIsArray(v->val.binary.data))
-		malformed(psprintf("%s is not an array", what));
+		malformed(psprintf(_("The value of \"%s\" is not an array."), what));
 	*n = JsonContainerSize(v->val.binary.data);
 	return v->val.binary.data;
 }
@@ -320,7 +323,7 @@ element(JsonbContainer *c, int i)
 	JsonbValue *v = getIthJsonbValueFromContainer(c, i);
 
 	if (v == NULL)
-		malformed("an array is shorter than it says");
+		malformed(_("An array is shorter than it says."));
 	return v;
 }
 
@@ -328,7 +331,7 @@ static JsonbContainer *
 as_object(JsonbValue *v, const char *what)
 {
 	if (v == NULL || v->type != jbvBinary || !JsonContainerIsObject(v->val.binary.data))
-		malformed(psprintf("%s is not an object", what));
+		malformed(psprintf(_("The value of \"%s\" is not an object."), what));
 	return v->val.binary.data;
 }
 
@@ -346,7 +349,7 @@ proto_decode(Jsonb *json, Handshake *h, const char *from)
 	decoding_from = from;
 	memset(h, 0, sizeof(Handshake));
 	if (JB_ROOT_IS_SCALAR(json) || !JB_ROOT_IS_OBJECT(json))
-		malformed("it is not a JSON object");
+		malformed(_("It is not a JSON object."));
 	h->protocol = (int) as_int64(member(root, "protocol"), "protocol");
 	h->version = as_text(member(root, "version"), "version", 64);
 	h->replica_id = as_uuid(member(root, "replica_id"), "replica_id");
@@ -354,36 +357,36 @@ proto_decode(Jsonb *json, Handshake *h, const char *from)
 	h->issued = as_int64(member(root, "issued"), "issued");
 	h->now = (TimestampTz) as_int64(member(root, "now"), "now");
 	if (h->issued < 0)
-		malformed("issued is negative");
+		malformed(_("The value of \"issued\" is negative."));
 
 	arr = as_array(member(root, "vector"), "vector", &n);
 	h->nvector = n;
 	h->vector = palloc0(sizeof(VectorItem) * Max(n, 1));
 	for (int i = 0; i < n; i++)
 	{
-		JsonbContainer *item = as_object(element(arr, i), "a vector entry");
+		JsonbContainer *item = as_object(element(arr, i), "vector[]");
 		VectorItem *v = &h->vector[i];
 		JsonbContainer *eps;
 		int			ne;
 
-		v->id = as_uuid(member(item, "id"), "a vector entry's id");
-		v->serial = as_int64(member(item, "serial"), "a vector entry's serial");
-		v->count = as_int64(member(item, "count"), "a vector entry's count");
-		v->oldest = (TimestampTz) as_int64(member(item, "oldest"), "a vector entry's oldest");
+		v->id = as_uuid(member(item, "id"), "vector[].id");
+		v->serial = as_int64(member(item, "serial"), "vector[].serial");
+		v->count = as_int64(member(item, "count"), "vector[].count");
+		v->oldest = (TimestampTz) as_int64(member(item, "oldest"), "vector[].oldest");
 		if (v->serial < 0 || v->count < 0)
-			malformed("a vector entry is negative");
-		eps = as_array(member(item, "epochs"), "a vector entry's epochs", &ne);
+			malformed(_("A vector entry is negative."));
+		eps = as_array(member(item, "epochs"), "vector[].epochs", &ne);
 		v->nepochs = ne;
 		v->epochs = palloc(sizeof(EpochEntry) * Max(ne, 1));
 		for (int k = 0; k < ne; k++)
 		{
 			int			two;
-			JsonbContainer *pair = as_array(element(eps, k), "an epoch", &two);
+			JsonbContainer *pair = as_array(element(eps, k), "vector[].epochs[]", &two);
 
 			if (two != 2)
-				malformed("an epoch is not a [token, first serial] pair");
-			v->epochs[k].token = as_uuid(element(pair, 0), "an epoch's token");
-			v->epochs[k].first = as_int64(element(pair, 1), "an epoch's first serial");
+				malformed(_("An epoch is not a [token, first serial] pair."));
+			v->epochs[k].token = as_uuid(element(pair, 0), "vector[].epochs[][0]");
+			v->epochs[k].first = as_int64(element(pair, 1), "vector[].epochs[][1]");
 		}
 		qsort(v->epochs, ne, sizeof(EpochEntry), epoch_cmp);
 	}
@@ -397,7 +400,7 @@ proto_decode(Jsonb *json, Handshake *h, const char *from)
 		qsort(ids, n, sizeof(pg_uuid_t), replica_id_cmp);
 		for (int i = 1; i < n; i++)
 			if (replica_id_cmp(&ids[i - 1], &ids[i]) == 0)
-				malformed("a replica ID appears twice in the vector");
+				malformed(_("A replica ID appears twice in the vector."));
 		pfree(ids);
 	}
 
@@ -405,13 +408,13 @@ proto_decode(Jsonb *json, Handshake *h, const char *from)
 	h->nretired = n;
 	h->retired = palloc(sizeof(pg_uuid_t) * Max(n, 1));
 	for (int i = 0; i < n; i++)
-		h->retired[i] = as_uuid(element(arr, i), "a retired ID");
+		h->retired[i] = as_uuid(element(arr, i), "retired[]");
 
 	{
 		JsonbValue *rot = member(root, "rotated");
 
 		if (rot && rot->type != jbvBool)
-			malformed("rotated is not a boolean");
+			malformed(_("The value of \"rotated\" is not a boolean."));
 		h->rotated = rot && rot->val.boolean;
 	}
 
@@ -421,13 +424,13 @@ proto_decode(Jsonb *json, Handshake *h, const char *from)
 	for (int i = 0; i < n; i++)
 	{
 		int			three;
-		JsonbContainer *t = as_array(element(arr, i), "a dead epoch", &three);
+		JsonbContainer *t = as_array(element(arr, i), "dead[]", &three);
 
 		if (three != 3)
-			malformed("a dead epoch is not a [replica ID, token, first serial] triple");
-		h->dead[i].id = as_uuid(element(t, 0), "a dead epoch's replica ID");
-		h->dead[i].token = as_uuid(element(t, 1), "a dead epoch's token");
-		h->dead[i].first = as_int64(element(t, 2), "a dead epoch's first serial");
+			malformed(_("A dead epoch is not a [replica ID, token, first serial] triple."));
+		h->dead[i].id = as_uuid(element(t, 0), "dead[][0]");
+		h->dead[i].token = as_uuid(element(t, 1), "dead[][1]");
+		h->dead[i].first = as_int64(element(t, 2), "dead[][2]");
 	}
 
 	/* Absent from the handshakes of earlier 1.1 builds. */
@@ -439,14 +442,14 @@ proto_decode(Jsonb *json, Handshake *h, const char *from)
 		for (int i = 0; i < n; i++)
 		{
 			int			two;
-			JsonbContainer *pm = as_array(element(arr, i), "a purged mark", &two);
+			JsonbContainer *pm = as_array(element(arr, i), "purged[]", &two);
 
 			if (two != 2)
-				malformed("a purged mark is not a [replica ID, serial] pair");
-			h->purged[i].id = as_uuid(element(pm, 0), "a purged mark's replica ID");
-			h->purged[i].serial = as_int64(element(pm, 1), "a purged mark's serial");
+				malformed(_("A purged mark is not a [replica ID, serial] pair."));
+			h->purged[i].id = as_uuid(element(pm, 0), "purged[][0]");
+			h->purged[i].serial = as_int64(element(pm, 1), "purged[][1]");
 			if (h->purged[i].serial <= 0)
-				malformed("a purged mark's serial is not positive");
+				malformed(_("A purged mark's serial is not positive."));
 		}
 	}
 }

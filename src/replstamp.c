@@ -15,15 +15,16 @@
 #include "miscadmin.h"
 #include "utils/guc.h"
 
+#include "backfill.h"
 #include "catalog.h"
 #include "changelog.h"
 #include "constraints.h"
 #include "errors.h"
 #include "fence.h"
 #include "identity.h"
-#include "launcher.h"
 #include "latest.h"
-#include "maintenance.h"
+#include "launcher.h"
+#include "prune.h"
 #include "remote.h"
 #include "rowimage.h"
 #include "serial.h"
@@ -66,7 +67,8 @@ _PG_init(void)
 	remote_init();
 	sync_init();
 	constraints_init();
-	maintenance_init();
+	prune_init();
+	backfill_init();
 	latest_init();
 	launcher_init();
 	fence_init();
@@ -83,7 +85,7 @@ _PG_init(void)
 Datum
 replstamp_require_preload(PG_FUNCTION_ARGS)
 {
-	replstamp_require_shmem();
+	shmem_require();
 	PG_RETURN_VOID();
 }
 

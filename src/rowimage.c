@@ -659,13 +659,19 @@ decode_error_context(void *arg)
 				   decoding_table ? decoding_table : "?");
 }
 
+/* Refuse a row image (or, with key, a primary key image) that is not an object. */
 static void
-check_object(Jsonb *image, const char *what)
+check_object(Jsonb *image, bool key)
 {
-	if (!JB_ROOT_IS_OBJECT(image) || JB_ROOT_IS_SCALAR(image))
+	if (JB_ROOT_IS_OBJECT(image) && !JB_ROOT_IS_SCALAR(image))
+		return;
+	if (key)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATA_EXCEPTION),
-				 errmsg("%s is not a JSON object", what)));
+				 errmsg("primary key image is not a JSON object")));
+	ereport(ERROR,
+			(errcode(ERRCODE_DATA_EXCEPTION),
+			 errmsg("row image is not a JSON object")));
 }
 
 /*
@@ -684,7 +690,7 @@ rowimage_decode(RowLayout *layout, Jsonb *image, Datum *values, bool *nulls,
 	int			extra = 0;
 	ErrorContextCallback errcb;
 
-	check_object(image, "row image");
+	check_object(image, false);
 	if (missing)
 		*missing = NIL;
 	errcb.callback = decode_error_context;
@@ -732,7 +738,7 @@ rowimage_key_matches(RowLayout *layout, Jsonb *pk)
 	JsonbIteratorToken tok;
 	int			n = 0;
 
-	check_object(pk, "primary key image");
+	check_object(pk, true);
 	it = JsonbIteratorInit(&pk->root);
 	while ((tok = JsonbIteratorNext(&it, &k, true)) != WJB_DONE)
 	{
@@ -798,8 +804,8 @@ rowimage_key_of(Jsonb *pk, Jsonb *image)
 	JsonbIteratorToken tok;
 	JsonbValue *result;
 
-	check_object(pk, "primary key image");
-	check_object(image, "row image");
+	check_object(pk, true);
+	check_object(image, false);
 	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
 	it = JsonbIteratorInit(&pk->root);
 	while ((tok = JsonbIteratorNext(&it, &k, true)) != WJB_DONE)
@@ -1096,4 +1102,12 @@ rowimage_key_inexact(Relation rel, const char **column, Oid *col_type, Oid *bad_
 	}
 	index_close(idx, AccessShareLock);
 	return inexact;
+}
+
+/* Byte for byte (a key spelled two ways differs: only a lookup is lost). */
+bool
+rowimage_bytes_equal(const struct varlena *a, const struct varlena *b)
+{
+	return VARSIZE_ANY_EXHDR(a) == VARSIZE_ANY_EXHDR(b) &&
+		memcmp(VARDATA_ANY(a), VARDATA_ANY(b), VARSIZE_ANY_EXHDR(a)) == 0;
 }

@@ -100,5 +100,6 @@ extern bool rowimage_key_inexact(Relation rel, const char **column, Oid *col_typ
 extern void rowimage_enter_input_settings(bool session);
 extern char *rowimage_key_names(Jsonb *pk);
 extern char *rowimage_layout_key_names(RowLayout *layout);
+extern bool rowimage_bytes_equal(const struct varlena *a, const struct varlena *b);
 
 #endif							/* REPLSTAMP_ROWIMAGE_H */

@@ -22,7 +22,7 @@
  *	- a rotation that re-issues changes (identity.c), which moves the rows
  *	  that named an old stamp to the new one.
  * Syncs of one database run one at a time (sync.c holds rowversion_lock()),
- * so do prunes (maintenance.c), and a sync's page and a prune's batch
+ * so do prunes (prune.c), and a sync's page and a prune's batch
  * exclude each other (rowversion_page_lock()), so only a rotation can
  * write concurrently; the writes here then fail with "tuple concurrently
  * updated" and the page is tried again.
@@ -63,6 +63,7 @@
 #include "catalog.h"
 #include "changelog.h"
 #include "compat.h"
+#include "dbaccess.h"
 #include "digest.h"
 #include "errors.h"
 #include "latest.h"
@@ -75,7 +76,7 @@
  * replica ID, then the greater serial.  The same on every node.
  */
 int
-version_cmp(const Version *a, const Version *b)
+rowversion_cmp(const Version *a, const Version *b)
 {
 	int			c;
 
@@ -95,21 +96,13 @@ jsonb_equal(Jsonb *a, Jsonb *b)
 	return DatumGetBool(DirectFunctionCall2(jsonb_eq, JsonbPGetDatum(a), JsonbPGetDatum(b)));
 }
 
-/* Byte for byte (a key spelled two ways differs: only a lookup is lost). */
-bool
-bytes_equal(const struct varlena *a, const struct varlena *b)
-{
-	return VARSIZE_ANY_EXHDR(a) == VARSIZE_ANY_EXHDR(b) &&
-		memcmp(VARDATA_ANY(a), VARDATA_ANY(b), VARSIZE_ANY_EXHDR(a)) == 0;
-}
-
 /*
  * The rows a change affects, into rows[] (room for 2): an INSERT or an
  * UPDATE that keeps the key writes one row, a DELETE deletes one, an
  * UPDATE that changes the key deletes the old key and writes the new one.
  */
 int
-change_rows(Change *change, ChangeRow *rows)
+rowversion_change_rows(Change *change, ChangeRow *rows)
 {
 	const char *rel = VARDATA_ANY(change->relation);
 	int			len = VARSIZE_ANY_EXHDR(change->relation);
@@ -129,45 +122,6 @@ change_rows(Change *change, ChangeRow *rows)
 }
 
 /*
- * Make rel (opened, RowExclusiveLock) the one result relation of estate,
- * with its indexes open, as PostgreSQL's logical replication apply does:
- * the executor's routines then insert, update and delete its tuples and
- * maintain its indexes (and fire its triggers) without a plan.
- */
-ResultRelInfo *
-replstamp_open_result_rel(Relation rel, EState *estate)
-{
-	RangeTblEntry *rte = makeNode(RangeTblEntry);
-	ResultRelInfo *rri = makeNode(ResultRelInfo);
-
-	rte->rtekind = RTE_RELATION;
-	rte->relid = RelationGetRelid(rel);
-	rte->relkind = rel->rd_rel->relkind;
-	rte->rellockmode = RowExclusiveLock;
-	ExecInitRangeTable(estate, list_make1(rte));
-	InitResultRelInfo(rri, rel, 1, NULL, 0);
-
-	/*
-	 * The triggers' function lookups live as long as the estate.  Left to
-	 * the trigger manager, each is made on the first call in whatever
-	 * context is current then (a row's, reset after every change): the
-	 * cache fmgr_security_definer() keeps for a function with SET or
-	 * SECURITY DEFINER was freed with the row and read again by the next
-	 * one.
-	 */
-	if (rri->ri_TrigDesc)
-	{
-		for (int i = 0; i < rri->ri_TrigDesc->numtriggers; i++)
-			fmgr_info_cxt(rri->ri_TrigDesc->triggers[i].tgfoid,
-						  &rri->ri_TrigFunctions[i], estate->es_query_cxt);
-	}
-	/* Known to the executor, so that firing triggers finds it. */
-	estate->es_opened_result_relations = lappend(estate->es_opened_result_relations, rri);
-	ExecOpenIndices(rri, false);
-	return rri;
-}
-
-/*
  * Open replstamp.row_version for writing in the current transaction.
  */
 RowVersionWriter *
@@ -178,7 +132,7 @@ rowversion_writer_begin(const ReplstampCatalog *cat)
 	w->cat = cat;
 	w->rel = table_open(cat->row_version, RowExclusiveLock);
 	w->estate = CreateExecutorState();
-	w->rri = replstamp_open_result_rel(w->rel, w->estate);
+	w->rri = dbaccess_open_result_rel(w->rel, w->estate);
 	w->estate->es_output_cid = GetCurrentCommandId(true);
 	w->slot = table_slot_create(w->rel, &w->estate->es_tupleTable);
 	w->oldslot = table_slot_create(w->rel, &w->estate->es_tupleTable);
@@ -195,7 +149,7 @@ typedef struct WalkedEntry
 } WalkedEntry;
 
 /*
- * How far pruning has looked at the changes of id (maintenance.c), and
+ * How far pruning has looked at the changes of id (prune.c), and
  * how far every puller holds them, as the writer first asks.
  */
 static WalkedEntry *
@@ -211,10 +165,10 @@ walked_entry(RowVersionWriter *w, const pg_uuid_t *id)
 		ctl.hcxt = w->cxt;		/* lives as long as the writer */
 		w->walked = hash_create("replstamp prune progress", 16, &ctl,
 								HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-		replstamp_become_owner(&ctx);
+		dbaccess_become_owner(&ctx);
 		SPI_connect();
 		/* Once per sync page: a plan kept for the process. */
-		replstamp_spi_exec_kept("SELECT pp.replica_id, pp.walked_upto, "
+		dbaccess_spi_exec_kept("SELECT pp.replica_id, pp.walked_upto, "
 								"coalesce(LEAST(v.serial, (SELECT pg_catalog.min(coalesce(pv.serial, 0)) "
 								"  FROM replstamp.puller u LEFT JOIN replstamp.puller_vector pv "
 								"  ON pv.puller OPERATOR(pg_catalog.=) u.replica_id "
@@ -237,7 +191,7 @@ walked_entry(RowVersionWriter *w, const pg_uuid_t *id)
 													   SPI_tuptable->tupdesc, 3, &isnull));
 		}
 		SPI_finish();
-		replstamp_restore_user(&ctx);
+		dbaccess_restore_user(&ctx);
 	}
 	return hash_search(w->walked, id, HASH_FIND, NULL);
 }
@@ -271,9 +225,9 @@ superseded(RowVersionWriter *w, const Version *old, const RowVersion *current,
 	if (e == NULL || old->serial > e->walked_upto)
 		return;
 	if (old->serial <= e->held_upto &&
-		!(current->partial && same_stamp(&current->carry.replica_id, current->carry.serial,
+		!(current->partial && changelog_same_stamp(&current->carry.replica_id, current->carry.serial,
 										 &old->replica_id, old->serial)) &&
-		!(carry && same_stamp(&carry->replica_id, carry->serial, &old->replica_id, old->serial)))
+		!(carry && changelog_same_stamp(&carry->replica_id, carry->serial, &old->replica_id, old->serial)))
 	{
 		Change		fetched;
 		Change	   *change = w->superseding;
@@ -281,13 +235,13 @@ superseded(RowVersionWriter *w, const Version *old, const RowVersion *current,
 
 		/* A conflict recorded just now read it from the log already. */
 		if (change == NULL ||
-			!same_stamp(&change->replica_id, change->serial, &old->replica_id, old->serial))
+			!changelog_same_stamp(&change->replica_id, change->serial, &old->replica_id, old->serial))
 		{
 			change = &fetched;
 			if (!changelog_fetch(w->cat, &old->replica_id, old->serial, change))
 				return;			/* gone already */
 		}
-		if (change_rows(change, rows) == 1)
+		if (rowversion_change_rows(change, rows) == 1)
 		{
 			changelog_delete_tid(w->cat, &change->tid);
 			w->removed++;
@@ -296,12 +250,12 @@ superseded(RowVersionWriter *w, const Version *old, const RowVersion *current,
 	}
 	values[0] = UUIDPGetDatum(&old->replica_id);
 	values[1] = Int64GetDatum(old->serial);
-	replstamp_become_owner(&ctx);
+	dbaccess_become_owner(&ctx);
 	SPI_connect();
-	replstamp_spi_exec_kept("INSERT INTO replstamp.prune_queue (replica_id, serial) VALUES ($1, $2) "
+	dbaccess_spi_exec_kept("INSERT INTO replstamp.prune_queue (replica_id, serial) VALUES ($1, $2) "
 							"ON CONFLICT DO NOTHING", 2, types, values, NULL, SPI_OK_INSERT);
 	SPI_finish();
-	replstamp_restore_user(&ctx);
+	dbaccess_restore_user(&ctx);
 }
 
 void
@@ -373,7 +327,7 @@ rowversion_get(RowVersionWriter *w, text *relation, ChangeRow *row, RowVersion *
 		slot_getallattrs(slot);
 		values = slot->tts_values;
 		nulls = slot->tts_isnull;
-		if (!bytes_equal(DatumGetTextPP(values[Anum_row_version_relation - 1]), relation) ||
+		if (!rowimage_bytes_equal(DatumGetTextPP(values[Anum_row_version_relation - 1]), relation) ||
 			!jsonb_equal(DatumGetJsonbP(values[Anum_row_version_pk - 1]), row->key))
 			continue;
 		out->found = true;
@@ -407,19 +361,6 @@ rowversion_get(RowVersionWriter *w, text *relation, ChangeRow *row, RowVersion *
 		break;
 	}
 	ExecClearTuple(slot);
-}
-
-/* A text[] of names (column names of a carry, dropped columns). */
-Datum
-replstamp_names_array(List *names)
-{
-	Datum	   *elems = palloc(sizeof(Datum) * Max(list_length(names), 1));
-	ListCell   *lc;
-	int			n = 0;
-
-	foreach(lc, names)
-		elems[n++] = CStringGetTextDatum(lfirst(lc));
-	return PointerGetDatum(construct_array(elems, n, TEXTOID, -1, false, TYPALIGN_INT));
 }
 
 /* Write the row_version tuple from the slot: insert or update current. */
@@ -463,7 +404,7 @@ fill_slot(RowVersionWriter *w, text *relation, ChangeRow *row, RowVersion *rv)
 	{
 		slot->tts_values[Anum_row_version_carry_replica_id - 1] = UUIDPGetDatum(&rv->carry.replica_id);
 		slot->tts_values[Anum_row_version_carry_serial - 1] = Int64GetDatum(rv->carry.serial);
-		slot->tts_values[Anum_row_version_carry_columns - 1] = replstamp_names_array(rv->carry_columns);
+		slot->tts_values[Anum_row_version_carry_columns - 1] = dbaccess_names_array(rv->carry_columns);
 		slot->tts_values[Anum_row_version_carry_changed_at - 1] = TimestampTzGetDatum(rv->carry.changed_at);
 	}
 	else
@@ -513,7 +454,7 @@ rowversion_put(RowVersionWriter *w, text *relation, ChangeRow *row,
 			   const Version *carry, List *carry_columns)
 {
 	if (current->found &&
-		!same_stamp(&current->v.replica_id, current->v.serial, &v->replica_id, v->serial))
+		!changelog_same_stamp(&current->v.replica_id, current->v.serial, &v->replica_id, v->serial))
 		superseded(w, &current->v, current, carry);
 	w->superseding = NULL;
 	latest_note(&v->replica_id, v->serial, true);
@@ -558,7 +499,7 @@ rowversion_restamp(const ReplstampCatalog *cat, Change *change,
 				   const pg_uuid_t *new_id, int64 new_serial)
 {
 	ChangeRow	rows[2];
-	int			n = change_rows(change, rows);
+	int			n = rowversion_change_rows(change, rows);
 
 	for (int i = 0; i < n; i++)
 	{
@@ -614,7 +555,7 @@ rowversion_restamp(const ReplstampCatalog *cat, Change *change,
  */
 
 ReconcileState *
-reconcile_begin(MemoryContext cxt)
+rowversion_reconcile_begin(MemoryContext cxt)
 {
 	ReconcileState *st = MemoryContextAllocZero(cxt, sizeof(ReconcileState));
 
@@ -629,7 +570,7 @@ load_ids(ReconcileState *st)
 	MemoryContext old;
 	ReplstampOwnerContext ctx;
 
-	replstamp_become_owner(&ctx);
+	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	if (SPI_execute("SELECT replica_id, reconciled_upto FROM replstamp.replica_history",
 					true, 0) != SPI_OK_SELECT)
@@ -658,8 +599,8 @@ load_ids(ReconcileState *st)
 	}
 	MemoryContextSwitchTo(old);
 	SPI_finish();
-	replstamp_restore_user(&ctx);
-	st->current_id = replstamp_node()->replica_id;
+	dbaccess_restore_user(&ctx);
+	st->current_id = catalog_node()->replica_id;
 	st->loaded = true;
 }
 
@@ -707,7 +648,7 @@ static void
 pending_add(Pending *pd, Change *change)
 {
 	ChangeRow	rows[2];
-	int			n = change_rows(change, rows);
+	int			n = rowversion_change_rows(change, rows);
 	Version		v;
 
 	v.changed_at = change->changed_at;
@@ -723,10 +664,10 @@ pending_add(Pending *pd, Change *change)
 		if (found)
 		{
 			for (r = head; r; r = r->next)
-				if (bytes_equal(r->relation, change->relation) &&
+				if (rowimage_bytes_equal(r->relation, change->relation) &&
 					jsonb_equal(r->key, rows[i].key))
 					break;
-			if (r && version_cmp(&v, &r->v) <= 0)
+			if (r && rowversion_cmp(&v, &r->v) <= 0)
 				continue;
 		}
 		old = MemoryContextSwitchTo(pd->cxt);
@@ -769,7 +710,7 @@ pending_write(Pending *pd, RowVersionWriter *w)
 			row.key = r->key;
 			row.deleted = r->deleted;
 			rowversion_get(w, r->relation, &row, &cur);
-			if (!cur.found || version_cmp(&r->v, &cur.v) > 0)
+			if (!cur.found || rowversion_cmp(&r->v, &cur.v) > 0)
 			{
 				List	   *left = NIL;
 				Version		carry = cur.carry;
@@ -843,7 +784,7 @@ scan_callback(Change *change, void *arg)
  * Bring every change stamped here and committed by now into row_version.
  */
 void
-reconcile(RowVersionWriter *w, ReconcileState *st)
+rowversion_reconcile(RowVersionWriter *w, ReconcileState *st)
 {
 	const ReplstampCatalog *cat = w->cat;
 	uint64		activity = serial_activity();
@@ -853,7 +794,7 @@ reconcile(RowVersionWriter *w, ReconcileState *st)
 	Pending		pd;
 
 	if (!st->loaded ||
-		memcmp(replstamp_node()->replica_id.data, st->current_id.data, UUID_LEN) != 0)
+		memcmp(catalog_node()->replica_id.data, st->current_id.data, UUID_LEN) != 0)
 		load_ids(st);
 	for (int i = 0; i < st->nids; i++)
 		holes |= st->ids[i].nholes > 0;
@@ -912,7 +853,7 @@ reconcile(RowVersionWriter *w, ReconcileState *st)
  * Save how far each ID is reconciled, in the current transaction.
  */
 void
-reconcile_save(ReconcileState *st)
+rowversion_reconcile_save(ReconcileState *st)
 {
 	ReplstampOwnerContext ctx;
 	bool		connected = false;
@@ -927,7 +868,7 @@ reconcile_save(ReconcileState *st)
 			continue;
 		if (!connected)
 		{
-			replstamp_become_owner(&ctx);
+			dbaccess_become_owner(&ctx);
 			SPI_connect();
 			connected = true;
 		}
@@ -942,7 +883,7 @@ reconcile_save(ReconcileState *st)
 	if (connected)
 	{
 		SPI_finish();
-		replstamp_restore_user(&ctx);
+		dbaccess_restore_user(&ctx);
 	}
 }
 
@@ -964,6 +905,9 @@ locktag(uint16 which)
 #define WRITER_LOCK		3
 #define PAGE_LOCK		4
 
+/* How many times this backend holds the sync lock, for Asserts. */
+static int	sync_lock_count = 0;
+
 /*
  * Syncs of a database run one at a time: each holds this session lock (an
  * advisory lock, shown in pg_locks) across its transactions.  Call inside
@@ -974,7 +918,9 @@ rowversion_lock(void)
 {
 	LOCKTAG		tag = locktag(WRITER_LOCK);
 
+	Assert(IsTransactionState());
 	(void) LockAcquire(&tag, ExclusiveLock, true, false);
+	sync_lock_count++;
 }
 
 void
@@ -982,7 +928,15 @@ rowversion_unlock(void)
 {
 	LOCKTAG		tag = locktag(WRITER_LOCK);
 
-	(void) LockRelease(&tag, ExclusiveLock, true);
+	if (LockRelease(&tag, ExclusiveLock, true))
+		sync_lock_count--;
+}
+
+/* Does this backend hold the sync lock (rowversion_lock())?  For Asserts. */
+bool
+rowversion_lock_held(void)
+{
+	return sync_lock_count > 0;
 }
 
 /*

@@ -28,13 +28,6 @@ typedef struct Version
 	int64		serial;
 } Version;
 
-/* Do two stamps (replica ID, serial) name the same change? */
-static inline bool
-same_stamp(const pg_uuid_t *a, int64 a_serial, const pg_uuid_t *b, int64 b_serial)
-{
-	return a_serial == b_serial && memcmp(a->data, b->data, UUID_LEN) == 0;
-}
-
 /* The latest version of a row, as recorded. */
 typedef struct RowVersion
 {
@@ -98,14 +91,11 @@ typedef struct ReconcileState
 	OwnIdState *ids;
 } ReconcileState;
 
-extern ResultRelInfo *replstamp_open_result_rel(Relation rel, EState *estate);
-extern Datum replstamp_names_array(List *names);
-extern int	version_cmp(const Version *a, const Version *b);
-extern int	change_rows(Change *change, ChangeRow *rows);
+extern int	rowversion_cmp(const Version *a, const Version *b);
+extern int	rowversion_change_rows(Change *change, ChangeRow *rows);
 
 extern RowVersionWriter *rowversion_writer_begin(const ReplstampCatalog *cat);
 extern void rowversion_writer_end(RowVersionWriter *w);
-extern bool bytes_equal(const struct varlena *a, const struct varlena *b);
 extern void rowversion_get(RowVersionWriter *w, text *relation, ChangeRow *row, RowVersion *out);
 extern List *rowversion_carry_left(RowVersion *current, Jsonb *image);
 extern void rowversion_put(RowVersionWriter *w, text *relation, ChangeRow *row,
@@ -118,10 +108,11 @@ extern void rowversion_restamp(const ReplstampCatalog *cat, Change *change,
 
 extern void rowversion_lock(void);
 extern void rowversion_unlock(void);
+extern bool rowversion_lock_held(void);
 extern void rowversion_page_lock(bool prune);
 
-extern ReconcileState *reconcile_begin(MemoryContext cxt);
-extern void reconcile(RowVersionWriter *w, ReconcileState *st);
-extern void reconcile_save(ReconcileState *st);
+extern ReconcileState *rowversion_reconcile_begin(MemoryContext cxt);
+extern void rowversion_reconcile(RowVersionWriter *w, ReconcileState *st);
+extern void rowversion_reconcile_save(ReconcileState *st);
 
 #endif							/* REPLSTAMP_ROWVERSION_H */

@@ -144,13 +144,15 @@ serial_take(Oid seqoid)
 
 	if (my_slot == NULL)
 	{
-		replstamp_require_shmem();
+		shmem_require();
 		if (replstamp_my_proc_index() < 0 || replstamp_my_proc_index() >= replstamp_shared->nslots)
 			elog(ERROR, "replstamp: backend index %d out of range", replstamp_my_proc_index());
 		my_slot = &replstamp_shared->slots[replstamp_my_proc_index()];
 		pg_atomic_write_u64(&my_slot->lowest, 0);
 		pg_atomic_write_u32(&my_slot->dboid, MyDatabaseId);
 	}
+	/* This backend's own slot, the only one it writes. */
+	Assert(my_slot == &replstamp_shared->slots[replstamp_my_proc_index()]);
 	if (!callbacks_registered)
 	{
 		RegisterXactCallback(serial_xact_callback, NULL);
@@ -187,7 +189,7 @@ serial_take(Oid seqoid)
 uint64
 serial_activity(void)
 {
-	replstamp_require_shmem();
+	shmem_require();
 	return pg_atomic_read_u64(&replstamp_shared->serials_taken);
 }
 
@@ -221,7 +223,7 @@ lus_internal(Oid seqoid, int *holder)
 	int64		lus;
 	Oid			dboid = MyDatabaseId;
 
-	replstamp_require_shmem();
+	shmem_require();
 
 	/* Read the sequence first: see the concurrency contract above. */
 	lus = serial_next(seqoid);
@@ -276,7 +278,7 @@ serial_lus_holder(Oid seqoid)
 Datum
 replstamp_lowest_uncommitted_serial(PG_FUNCTION_ARGS)
 {
-	PG_RETURN_INT64(serial_lus(replstamp_catalog(false)->serial_seq));
+	PG_RETURN_INT64(serial_lus(catalog_get(false)->serial_seq));
 }
 
 /*
@@ -285,17 +287,19 @@ replstamp_lowest_uncommitted_serial(PG_FUNCTION_ARGS)
 Datum
 replstamp_next_serial(PG_FUNCTION_ARGS)
 {
-	replstamp_require_shmem();
-	PG_RETURN_INT64(serial_next(replstamp_catalog(false)->serial_seq));
+	shmem_require();
+	PG_RETURN_INT64(serial_next(catalog_get(false)->serial_seq));
 }
 
 /*
- * replstamp.lus_holder(): the process holding the LUS back, or NULL.
+ * replstamp.lowest_uncommitted_serial_holder() (lus_holder() until 1.2,
+ * whose C name the 1.1 script keeps): the process holding the LUS back, or
+ * NULL.
  */
 Datum
 replstamp_lus_holder(PG_FUNCTION_ARGS)
 {
-	int			pid = serial_lus_holder(replstamp_catalog(false)->serial_seq);
+	int			pid = serial_lus_holder(catalog_get(false)->serial_seq);
 
 	if (pid == 0)
 		PG_RETURN_NULL();
@@ -321,7 +325,7 @@ serial_stamp_time(void)
 	TimestampTz now = serial_clock_now();
 	uint64		floor;
 
-	replstamp_require_shmem();
+	shmem_require();
 	floor = pg_atomic_read_u64(&replstamp_shared->clock_floor);
 	for (;;)
 	{
@@ -345,7 +349,7 @@ serial_clock_seen(TimestampTz t)
 {
 	uint64		cur;
 
-	replstamp_require_shmem();
+	shmem_require();
 	cur = pg_atomic_read_u64(&replstamp_shared->clock_floor);
 	while ((TimestampTz) cur < t &&
 		   !pg_atomic_compare_exchange_u64(&replstamp_shared->clock_floor, &cur, (uint64) t))

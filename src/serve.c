@@ -59,8 +59,9 @@
 #include "utils/timestamp.h"
 
 #include "catalog.h"
-#include "epochs.h"
 #include "compat.h"
+#include "dbaccess.h"
+#include "epochs.h"
 #include "errors.h"
 #include "identity.h"
 #include "proto.h"
@@ -113,7 +114,7 @@ refuse_stale_puller(Handshake *req)
 		 * when nothing was recorded, and the copy holds that ID's rows.  A
 		 * node that never held any change of an ID has no entry for it.
 		 */
-		replstamp_spi_exec("SELECT serial FROM replstamp.purged WHERE replica_id OPERATOR(pg_catalog.=) $1 "
+		dbaccess_spi_exec("SELECT serial FROM replstamp.purged WHERE replica_id OPERATOR(pg_catalog.=) $1 "
 				           "AND serial OPERATOR(pg_catalog.>) $2", 2, types, values, NULL, SPI_OK_SELECT);
 		if (SPI_processed > 0)
 			ereport(ERROR,
@@ -121,7 +122,7 @@ refuse_stale_puller(Handshake *req)
 					 errmsg("node \"%s\" is too far behind to pull from here", req->label),
 					 errdetail("It holds changes of replica ID %s only up to serial " INT64_FORMAT
 							   ", and this node has dropped the tombstones of rows deleted after that: it could bring them back.",
-							   replstamp_uuid_text(&v->id), v->serial),
+							   catalog_uuid_text(&v->id), v->serial),
 					 errhint("Rebuild that node from a fresh backup of a current node (its data is older than replstamp.tombstone_lifetime).")));
 	}
 }
@@ -139,7 +140,7 @@ puller_trusted(Oid role)
 /*
  * Record what the puller holds; forget it under its retired IDs.  An ID
  * missing from its vector now but recorded before is one it held all of
- * and let leave its vector (a retired ID, maintenance.c): its record
+ * and let leave its vector (a retired ID, prune.c): its record
  * stays, or it would hold back forever the pruning of that ID here.  The
  * record is role's: under a replica ID whose record another role made,
  * nothing is written (a WARNING says why).
@@ -153,7 +154,7 @@ record_puller(Handshake *req, const char *role, const char *from)
 	values[0] = UUIDPGetDatum(&req->replica_id);
 	values[1] = CStringGetTextDatum(req->label);
 	values[2] = CStringGetDatum(role);
-	replstamp_spi_exec("INSERT INTO replstamp.puller AS u (replica_id, label, last_pull_at, role) "
+	dbaccess_spi_exec("INSERT INTO replstamp.puller AS u (replica_id, label, last_pull_at, role) "
 			           "VALUES ($1, $2, pg_catalog.now(), $3) ON CONFLICT (replica_id) "
 			           "DO UPDATE SET label = EXCLUDED.label, last_pull_at = EXCLUDED.last_pull_at, "
 			           "role = EXCLUDED.role "
@@ -164,7 +165,7 @@ record_puller(Handshake *req, const char *role, const char *from)
 		ereport(WARNING,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("replstamp: %s pulls under replica ID %s as role \"%s\", but another role pulls under that ID: its record is left as it is",
-						from, replstamp_uuid_text(&req->replica_id), role),
+						from, catalog_uuid_text(&req->replica_id), role),
 				 errhint("Each node should pull as its own role; replstamp.pullers shows which role each record is bound to.")));
 		return;
 	}
@@ -176,7 +177,7 @@ record_puller(Handshake *req, const char *role, const char *from)
 		vv[0] = UUIDPGetDatum(&req->replica_id);
 		vv[1] = UUIDPGetDatum(&req->vector[i].id);
 		vv[2] = Int64GetDatum(req->vector[i].serial);
-		replstamp_spi_exec("INSERT INTO replstamp.puller_vector (puller, replica_id, serial) VALUES ($1, $2, $3) "
+		dbaccess_spi_exec("INSERT INTO replstamp.puller_vector (puller, replica_id, serial) VALUES ($1, $2, $3) "
 				           "ON CONFLICT (puller, replica_id) DO UPDATE SET serial = EXCLUDED.serial",
 				           3, vt, vv, NULL, SPI_OK_INSERT);
 	}
@@ -192,7 +193,7 @@ record_puller(Handshake *req, const char *role, const char *from)
 	for (int i = 0; i < req->nretired; i++)
 	{
 		values[0] = UUIDPGetDatum(&req->retired[i]);
-		replstamp_spi_exec("DELETE FROM replstamp.puller u WHERE u.replica_id OPERATOR(pg_catalog.=) $1 "
+		dbaccess_spi_exec("DELETE FROM replstamp.puller u WHERE u.replica_id OPERATOR(pg_catalog.=) $1 "
 				           "AND (u.role IS NULL OR u.role OPERATOR(pg_catalog.=) $3) "
 				           "AND NOT EXISTS (SELECT 1 FROM replstamp.peer p "
 				           "  WHERE p.replica_id OPERATOR(pg_catalog.=) $1)",
@@ -217,7 +218,7 @@ add_lag(VectorItem *mine, VectorItem *theirs)
 	values[0] = UUIDPGetDatum(&mine->id);
 	values[1] = Int64GetDatum(lo);
 	values[2] = Int64GetDatum(mine->serial);
-	replstamp_spi_exec("SELECT pg_catalog.count(*), pg_catalog.min(changed_at) FROM replstamp.changes "
+	dbaccess_spi_exec("SELECT pg_catalog.count(*), pg_catalog.min(changed_at) FROM replstamp.changes "
 			           "WHERE replica_id OPERATOR(pg_catalog.=) $1 AND serial OPERATOR(pg_catalog.>) $2 "
 			           "AND serial OPERATOR(pg_catalog.<=) $3", 3, types, values, NULL, SPI_OK_SELECT);
 	mine->count = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
@@ -243,14 +244,14 @@ replstamp_serve(PG_FUNCTION_ARGS)
 	bool		trusted = puller_trusted(role);
 	char	   *rolename = GetUserNameFromId(role, false);
 
-	replstamp_require_shmem();
-	(void) replstamp_catalog_v12("serving changes");
+	shmem_require();
+	(void) catalog_get_v12("replstamp.serve()");
 	refuse_in_recovery();
 	/* A data set restored and not checked yet must rotate before it serves. */
 	identity_ensure_verified();
 
 	proto_decode(json, &req, "the pulling node");
-	from = psprintf("node \"%s\"", req.label);
+	from = psprintf(_("node \"%s\""), req.label);
 	if (req.protocol != REPLSTAMP_PROTOCOL)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
@@ -260,7 +261,7 @@ replstamp_serve(PG_FUNCTION_ARGS)
 				 errdetail("replstamp 1.2 applies remote transactions whole and in order; a node of another version would apply them otherwise."),
 				 errhint("Update replstamp on that node (install the same version, restart, ALTER EXTENSION replstamp UPDATE). Nothing is lost meanwhile: the changes wait in this node's log.")));
 
-	replstamp_become_owner(&ctx);
+	dbaccess_become_owner(&ctx);
 	SPI_connect();
 
 	/* Dead epochs travel on to every node: no flood of unknown ones. */
@@ -274,7 +275,7 @@ replstamp_serve(PG_FUNCTION_ARGS)
 	/* Has this data set gone back in time, as the puller sees it? */
 	if (identity_check_histories())
 	{
-		const ReplstampNode *node = replstamp_node();
+		const ReplstampNode *node = catalog_node();
 		pg_uuid_t	current = node->replica_id;
 		VectorItem *theirs = proto_find(&req, &current);
 
@@ -286,18 +287,20 @@ replstamp_serve(PG_FUNCTION_ARGS)
 			if (why && !trusted)
 				ereport(WARNING,
 						(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-						 errmsg("replstamp: %s says it holds changes of this node's replica ID %s that this data set does not have (%s); not acted on: role \"%s\" is not trusted",
-								from, replstamp_uuid_text(&current), why, rolename),
+						 errmsg("replstamp: %s says it holds changes of this node's replica ID %s that this data set does not have; not acted on: role \"%s\" is not trusted",
+								from, catalog_uuid_text(&current), rolename),
+						 errdetail_internal("%s", why),
 						 errhint("A node rotates on what a trusted puller (a superuser or a role with REPLICATION) shows, or on what its own syncs from its peers show.")));
 			else if (why)
 			{
 				ereport(WARNING,
-						(errmsg("replstamp: %s holds changes of this node's replica ID %s that this data set does not have: %s",
-								from, replstamp_uuid_text(&current), why),
+						(errmsg("replstamp: %s holds changes of this node's replica ID %s that this data set does not have",
+								from, catalog_uuid_text(&current)),
+						 errdetail_internal("%s", why),
 						 errhint("This node rotates its replica ID now and re-issues what it stamped since serial " INT64_FORMAT ".",
 								 diverge_at)));
 				rotated = identity_rotate_diverged(&current, diverge_at,
-												   psprintf("peer history: %s", why));
+												   psprintf("peer history: parts at serial " INT64_FORMAT, diverge_at));
 			}
 		}
 	}
@@ -339,7 +342,7 @@ replstamp_serve(PG_FUNCTION_ARGS)
 		add_lag(&me.vector[i], proto_find(&req, &me.vector[i].id));
 
 	SPI_finish();
-	replstamp_restore_user(&ctx);
+	dbaccess_restore_user(&ctx);
 	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(proto_encode(&me))));
 }
 
@@ -352,7 +355,7 @@ replstamp_serve(PG_FUNCTION_ARGS)
 Datum
 replstamp_serve_vector(PG_FUNCTION_ARGS)
 {
-	(void) replstamp_catalog(false);
+	(void) catalog_get(false);
 	ereport(ERROR,
 			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 			 errmsg("a node running replstamp 1.0 cannot pull from this node, which runs replstamp %s", REPLSTAMP_VERSION),

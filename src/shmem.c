@@ -95,7 +95,7 @@ shmem_init(void)
  * Every SQL entry point that needs shared memory calls this first.
  */
 void
-replstamp_require_shmem(void)
+shmem_require(void)
 {
 	if (replstamp_shared == NULL)
 		ereport(ERROR,

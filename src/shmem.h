@@ -17,7 +17,7 @@
  *	- changes_committed, change_waiters: atomics, no lock; changes_cv:
  *	  its own spinlock (wakeup.c documents the order of reads and writes);
  *	- nv10_checked, v10_checked[]: protected by mutex (identity.c);
- *	- requests[]: protected by lock (requests.c);
+ *	- requests[]: protected by lock (run_in_worker.c);
  *	- fences[]: protected by lock (fence.c).
  *
  * Copyright (c) 2026, the replstamp authors
@@ -51,7 +51,7 @@
 
 /*
  * sync(), sync_all() and prune() asked for by SQL sessions and run by
- * background workers (requests.c).
+ * background workers (run_in_worker.c).
  */
 #define MAX_SYNC_REQUESTS	32
 #define SYNC_MESSAGE_LEN	1024
@@ -86,7 +86,7 @@ typedef struct SyncRequest
 	Oid			dboid;
 	Oid			userid;			/* the worker runs as this role */
 	char		peer[NAMEDATALEN];	/* "" = every peer */
-	char		settings[SYNC_MESSAGE_LEN];	/* the caller's, see requests.c */
+	char		settings[SYNC_MESSAGE_LEN];	/* the caller's, see run_in_worker.c */
 	pid_t		requester;
 	bool		done;			/* the worker has reported */
 	int64		applied;
@@ -154,7 +154,7 @@ typedef struct ReplstampShared
 	int			nv10_checked;
 	Oid			v10_checked[V10_MAX_DBS];
 
-	/* Requests of sync(), sync_all() and prune() (requests.c). */
+	/* Requests of sync(), sync_all() and prune() (run_in_worker.c). */
 	LWLock	   *lock;
 	SyncRequest requests[MAX_SYNC_REQUESTS];
 
@@ -168,6 +168,6 @@ typedef struct ReplstampShared
 extern PGDLLIMPORT ReplstampShared *replstamp_shared;
 
 extern void shmem_init(void);
-extern void replstamp_require_shmem(void);
+extern void shmem_require(void);
 
 #endif							/* REPLSTAMP_SHMEM_H */

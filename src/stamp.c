@@ -4,7 +4,7 @@
  *		The data manager: an AFTER ROW trigger that writes one row to
  *		replstamp.changes per INSERT, UPDATE or DELETE of a tracked table,
  *		in the writer's transaction; track()/untrack() to install it; the
- *		registry replstamp.tracked and the DDL guard that keeps the trigger
+ *		registry replstamp.tracked_table and the DDL guard that keeps the trigger
  *		from being disabled or dropped behind replstamp's back.
  *
  * The trigger is on the hot path of every write, so it builds no SQL: the
@@ -46,12 +46,13 @@
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 
+#include "backfill.h"
 #include "catalog.h"
 #include "changelog.h"
 #include "compat.h"
+#include "dbaccess.h"
 #include "errors.h"
 #include "identity.h"
-#include "maintenance.h"
 #include "rowimage.h"
 #include "rowversion.h"
 #include "serial.h"
@@ -188,10 +189,10 @@ replstamp_stamp(PG_FUNCTION_ARGS)
 	if (unlikely(nskip > 0) && skipped(RelationGetRelid(rel), tid))
 		return PointerGetDatum(NULL);
 
-	cat = replstamp_catalog(false);
+	cat = catalog_get(false);
 	/* A restored copy must not stamp with its old ID: check before the first stamp. */
 	identity_ensure_verified();
-	node = replstamp_node();
+	node = catalog_node();
 	layout = rowimage_layout(rel);
 	if (!OidIsValid(layout->pkoid))
 		ereport(ERROR,
@@ -259,7 +260,7 @@ static bool
 trigger_intact(Relation rel, const char *tgname, const char *funcname, int16 tgtype)
 {
 	TriggerDesc *td = rel->trigdesc;
-	Oid			schema = replstamp_catalog(false)->schema;
+	Oid			schema = catalog_get(false)->schema;
 
 	if (td == NULL)
 		return false;
@@ -315,13 +316,11 @@ key_columns(Relation rel)
 	return names;
 }
 
-/* Does replstamp.tracked have the key_columns column (1.2)? */
+/* Does the registry have the key_columns column (1.2)? */
 static bool
 registry_has_key_columns(const ReplstampCatalog *cat)
 {
-	Oid			tracked = get_relname_relid("tracked", cat->schema);
-
-	return OidIsValid(tracked) && get_attnum(tracked, "key_columns") != InvalidAttrNumber;
+	return OidIsValid(cat->tracked) && get_attnum(cat->tracked, "key_columns") != InvalidAttrNumber;
 }
 
 /* The names of a list, as "a, b" (quoted where needed). */
@@ -338,7 +337,7 @@ names_text(List *names)
 }
 
 /*
- * Record the primary key columns of a tracked table in replstamp.tracked
+ * Record the primary key columns of a tracked table in replstamp.tracked_table
  * (1.2): the DDL guard keeps them.  Only where none are recorded yet, unless
  * replace.  The caller is connected to SPI as the extension's owner.
  */
@@ -349,11 +348,11 @@ registry_set_key(const char *regname, List *keys, bool replace)
 	Datum		values[2];
 
 	values[0] = CStringGetTextDatum(regname);
-	values[1] = replstamp_names_array(keys);
-	replstamp_spi_exec(replace ?
-					   "UPDATE replstamp.tracked SET key_columns = $2 WHERE relation OPERATOR(pg_catalog.=) $1" :
-					   "UPDATE replstamp.tracked SET key_columns = $2 WHERE relation OPERATOR(pg_catalog.=) $1 "
-					   "AND key_columns IS NULL",
+	values[1] = dbaccess_names_array(keys);
+	dbaccess_spi_exec(replace ?
+					   catalog_sql("UPDATE replstamp.tracked_table SET key_columns = $2 WHERE relation OPERATOR(pg_catalog.=) $1") :
+					   catalog_sql("UPDATE replstamp.tracked_table SET key_columns = $2 WHERE relation OPERATOR(pg_catalog.=) $1 "
+								   "AND key_columns IS NULL"),
 					   2, types, values, NULL, SPI_OK_UPDATE);
 }
 
@@ -370,10 +369,10 @@ registry_key_differs(const char *regname, List *keys)
 	char	   *recorded = NULL;
 
 	values[0] = CStringGetTextDatum(regname);
-	values[1] = replstamp_names_array(keys);
-	replstamp_spi_exec("SELECT pg_catalog.array_to_string(key_columns, ', ') FROM replstamp.tracked "
+	values[1] = dbaccess_names_array(keys);
+	dbaccess_spi_exec(catalog_sql("SELECT pg_catalog.array_to_string(key_columns, ', ') FROM replstamp.tracked_table "
 					   "WHERE relation OPERATOR(pg_catalog.=) $1 AND key_columns IS NOT NULL "
-					   "AND key_columns OPERATOR(pg_catalog.<>) $2",
+					   "AND key_columns OPERATOR(pg_catalog.<>) $2"),
 					   2, types, values, NULL, SPI_OK_SELECT);
 	if (SPI_processed > 0)
 		recorded = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
@@ -388,7 +387,7 @@ run_as_owner(const char *const *commands, int ncommands, int expected)
 {
 	ReplstampOwnerContext ctx;
 
-	replstamp_become_owner(&ctx);
+	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	for (int i = 0; i < ncommands; i++)
 	{
@@ -399,11 +398,11 @@ run_as_owner(const char *const *commands, int ncommands, int expected)
 				 SPI_result_code_string(ret));
 	}
 	SPI_finish();
-	replstamp_restore_user(&ctx);
+	dbaccess_restore_user(&ctx);
 }
 
 /*
- * Record a table's state in replstamp.tracked (1.1).  backfill: where the
+ * Record a table's state in replstamp.tracked_table (1.1).  backfill: where the
  * background worker starts stamping its existing rows once, or NULL.  The
  * OID is kept only while the table is tracked: the rows of tables that left
  * are dumped by pg_dump, and an OID means nothing in another database.
@@ -434,9 +433,9 @@ registry_set(const ReplstampCatalog *cat, Oid relid, const char *state,
 	}
 	else
 		nulls[3] = nulls[4] = nulls[5] = 'n';
-	replstamp_become_owner(&ctx);
+	dbaccess_become_owner(&ctx);
 	SPI_connect();
-	ret = SPI_execute_with_args("INSERT INTO replstamp.tracked AS t "
+	ret = SPI_execute_with_args(catalog_sql("INSERT INTO replstamp.tracked_table AS t "
 								"(relation, relid, state, since, backfill, backfill_snapshot, "
 								"backfill_end, backfill_filenode) "
 								"VALUES ($1, $2, $3, pg_catalog.now(), "
@@ -448,7 +447,7 @@ registry_set(const ReplstampCatalog *cat, Oid relid, const char *state,
 								"backfill_snapshot = EXCLUDED.backfill_snapshot, "
 								"backfill_end = EXCLUDED.backfill_end, "
 								"backfill_filenode = EXCLUDED.backfill_filenode, "
-								"backfill_error = NULL, log_purged = false",
+								"backfill_error = NULL, log_purged = false"),
 								6, types, values, nulls, false, 0);
 	if (ret != SPI_OK_INSERT)
 		elog(ERROR, "replstamp: could not record the table: %s", SPI_result_code_string(ret));
@@ -463,7 +462,7 @@ registry_set(const ReplstampCatalog *cat, Oid relid, const char *state,
 		relation_close(rel, AccessShareLock);
 	}
 	SPI_finish();
-	replstamp_restore_user(&ctx);
+	dbaccess_restore_user(&ctx);
 }
 
 /*
@@ -488,20 +487,20 @@ registry_backfill_again(Oid relid, const BackfillOrigin *backfill)
 	values[1] = CStringGetTextDatum(backfill->snapshot);
 	values[2] = CStringGetTextDatum(backfill->end);
 	values[3] = ObjectIdGetDatum(backfill->filenode);
-	replstamp_become_owner(&ctx);
+	dbaccess_become_owner(&ctx);
 	SPI_connect();
-	ret = SPI_execute_with_args("UPDATE replstamp.tracked SET backfill = 'pending', backfill_rows = 0, "
+	ret = SPI_execute_with_args(catalog_sql("UPDATE replstamp.tracked_table SET backfill = 'pending', backfill_rows = 0, "
 								"backfill_after = NULL, backfill_error = NULL, "
 								"backfill_snapshot = $2::pg_catalog.pg_snapshot, "
 								"backfill_end = $3::pg_catalog.tid, backfill_filenode = $4 "
 								"WHERE relation OPERATOR(pg_catalog.=) $1 AND state = 'tracked' "
-								"AND backfill IS DISTINCT FROM 'pending' AND backfill IS DISTINCT FROM 'running'",
+								"AND backfill IS DISTINCT FROM 'pending' AND backfill IS DISTINCT FROM 'running'"),
 								4, types, values, NULL, false, 0);
 	if (ret != SPI_OK_UPDATE)
 		elog(ERROR, "replstamp: could not record the backfill: %s", SPI_result_code_string(ret));
 	started = SPI_processed > 0;
 	SPI_finish();
-	replstamp_restore_user(&ctx);
+	dbaccess_restore_user(&ctx);
 	return started;
 }
 
@@ -609,16 +608,16 @@ replstamp_track(PG_FUNCTION_ARGS)
 {
 	Oid			relid = PG_GETARG_OID(0);
 	bool		backfill = PG_NARGS() > 1 && !PG_ARGISNULL(1) && PG_GETARG_BOOL(1);
-	const ReplstampCatalog *cat = replstamp_catalog(false);
+	const ReplstampCatalog *cat = catalog_get(false);
 	Relation	rel;
 	const char *relname;
 	char	   *qname;
 	char	   *cmds[4];
 	BackfillOrigin origin;
 
-	replstamp_require_shmem();
+	shmem_require();
 	if (backfill)
-		(void) replstamp_catalog_v11("replstamp.track() with backfill");
+		(void) catalog_get_v11("replstamp.track()");
 	rel = open_table_for_tracking(relid);
 	relname = RelationGetRelationName(rel);
 
@@ -686,11 +685,11 @@ replstamp_track(PG_FUNCTION_ARGS)
 		/* Tracked already: only its existing rows are stamped once more. */
 		relation_close(rel, NoLock);
 		if (registry_backfill_again(relid, &origin))
-			maintenance_request_backfill();	/* a worker starts at commit */
+			backfill_request();	/* a worker starts at commit */
 		else
 			ereport(NOTICE,
 					(errmsg("a backfill of table \"%s\" is under way already", relname),
-					 errhint("replstamp.tracked shows its progress.")));
+					 errhint("replstamp.tracked_table shows its progress.")));
 		PG_RETURN_VOID();
 	}
 
@@ -713,7 +712,7 @@ replstamp_track(PG_FUNCTION_ARGS)
 	/* Registered only once the triggers are in place: see the DDL guard. */
 	registry_set(cat, relid, "tracked", backfill ? &origin : NULL);
 	if (backfill)
-		maintenance_request_backfill();	/* a worker starts at commit */
+		backfill_request();	/* a worker starts at commit */
 	PG_RETURN_VOID();
 }
 
@@ -730,14 +729,14 @@ registry_dropped(const ReplstampCatalog *cat, Oid relid)
 		return false;
 	values[0] = CStringGetTextDatum(quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
 															   get_rel_name(relid)));
-	replstamp_become_owner(&ctx);
+	dbaccess_become_owner(&ctx);
 	SPI_connect();
-	replstamp_spi_exec("SELECT 1 FROM replstamp.tracked WHERE relation OPERATOR(pg_catalog.=) $1 "
-					   "AND state OPERATOR(pg_catalog.=) 'dropped'",
+	dbaccess_spi_exec(catalog_sql("SELECT 1 FROM replstamp.tracked_table WHERE relation OPERATOR(pg_catalog.=) $1 "
+					   "AND state OPERATOR(pg_catalog.=) 'dropped'"),
 					   1, types, values, NULL, SPI_OK_SELECT);
 	dropped = SPI_processed > 0;
 	SPI_finish();
-	replstamp_restore_user(&ctx);
+	dbaccess_restore_user(&ctx);
 	return dropped;
 }
 
@@ -751,7 +750,7 @@ Datum
 replstamp_untrack(PG_FUNCTION_ARGS)
 {
 	Oid			relid = PG_GETARG_OID(0);
-	const ReplstampCatalog *cat = replstamp_catalog(false);
+	const ReplstampCatalog *cat = catalog_get(false);
 	Relation	rel;
 	char	   *qname;
 	char	   *cmds[2];
@@ -798,15 +797,14 @@ guard_active(void)
 
 	if (creating_extension)
 		return false;
-	cat = replstamp_catalog(true);
-	return cat != NULL && cat->v11 &&
-		OidIsValid(get_relname_relid("tracked", cat->schema));
+	cat = catalog_get(true);
+	return cat != NULL && cat->v11 && OidIsValid(cat->tracked);
 }
 
 /*
  * A table that carries both triggers of track(), enabled ALWAYS, and is
  * not registered: pg_restore has just re-created the triggers of a table
- * that was tracked in the dumped database, whose row in replstamp.tracked
+ * that was tracked in the dumped database, whose row in replstamp.tracked_table
  * is not dumped (its relid is the dumped database's).  Register it.
  */
 static void
@@ -822,7 +820,7 @@ register_restored(Oid relid)
 		has_trigger(rel, TRUNCATE_TRIGGER_NAME, true);
 	relation_close(rel, AccessShareLock);
 	if (tracked)
-		registry_set(replstamp_catalog(false), relid, "tracked", NULL);
+		registry_set(catalog_get(false), relid, "tracked", NULL);
 }
 
 /*
@@ -885,7 +883,7 @@ check_tracked(Oid relid, const char *regname)
 				 errmsg("cannot drop the primary key of table %s because it is tracked by replstamp", regname),
 				 errdetail("Every node identifies the table's rows by their primary key."),
 				 errhint("Untrack it first with replstamp.untrack('%s') on every node.", regname)));
-	if (registry_has_key_columns(replstamp_catalog(false)) &&
+	if (registry_has_key_columns(catalog_get(false)) &&
 		(recorded = registry_key_differs(regname, keys)) != NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -1043,14 +1041,14 @@ replstamp_ddl_guard(PG_FUNCTION_ARGS)
 			check_added_columns((AlterTableStmt *) trigdata->parsetree);
 	}
 
-	replstamp_become_owner(&ctx);
+	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	/*
 	 * The tables the command touched, itself or a trigger of it, and the
 	 * tracked tables of a schema it touched; with their registered names
 	 * (NULL: not tracked).
 	 */
-	if (SPI_execute("WITH cmd AS (SELECT classid, objid FROM pg_catalog.pg_event_trigger_ddl_commands()), "
+	if (SPI_execute(catalog_sql("WITH cmd AS (SELECT classid, objid FROM pg_catalog.pg_event_trigger_ddl_commands()), "
 					"touched AS ("
 					"  SELECT cmd.objid AS relid FROM cmd "
 					"  WHERE cmd.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass "
@@ -1059,11 +1057,11 @@ replstamp_ddl_guard(PG_FUNCTION_ARGS)
 					"  WHERE cmd.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_trigger'::pg_catalog.regclass "
 					"  UNION SELECT c.oid FROM cmd JOIN pg_catalog.pg_class c "
 					"  ON c.relnamespace OPERATOR(pg_catalog.=) cmd.objid "
-					"  JOIN replstamp.tracked t ON t.relid OPERATOR(pg_catalog.=) c.oid "
+					"  JOIN replstamp.tracked_table t ON t.relid OPERATOR(pg_catalog.=) c.oid "
 					"  AND t.state OPERATOR(pg_catalog.=) 'tracked' "
 					"  WHERE cmd.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_namespace'::pg_catalog.regclass) "
-					"SELECT x.relid, t.relation FROM touched x LEFT JOIN replstamp.tracked t "
-					"ON t.relid OPERATOR(pg_catalog.=) x.relid AND t.state OPERATOR(pg_catalog.=) 'tracked'",
+					"SELECT x.relid, t.relation FROM touched x LEFT JOIN replstamp.tracked_table t "
+					"ON t.relid OPERATOR(pg_catalog.=) x.relid AND t.state OPERATOR(pg_catalog.=) 'tracked'"),
 					true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "replstamp: could not read the DDL commands");
 	if (SPI_processed > 0)
@@ -1089,7 +1087,7 @@ replstamp_ddl_guard(PG_FUNCTION_ARGS)
 		}
 	}
 	SPI_finish();
-	replstamp_restore_user(&ctx);
+	dbaccess_restore_user(&ctx);
 	PG_RETURN_VOID();
 }
 
@@ -1109,27 +1107,27 @@ replstamp_drop_guard(PG_FUNCTION_ARGS)
 		PG_RETURN_VOID();
 
 	/* As the owner, with a safe search_path: see replstamp_ddl_guard(). */
-	replstamp_become_owner(&ctx);
+	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	/* Tracked tables that are gone now. */
-	if (SPI_execute("UPDATE replstamp.tracked t SET state = 'dropped', relid = NULL, "
+	if (SPI_execute(catalog_sql("UPDATE replstamp.tracked_table t SET state = 'dropped', relid = NULL, "
 					"since = pg_catalog.now() "
 					"FROM pg_catalog.pg_event_trigger_dropped_objects() d "
 					"WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass "
 					"AND d.objid OPERATOR(pg_catalog.=) t.relid AND d.objsubid OPERATOR(pg_catalog.=) 0 "
-					"AND t.state OPERATOR(pg_catalog.=) 'tracked'",
+					"AND t.state OPERATOR(pg_catalog.=) 'tracked'"),
 					false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "replstamp: could not record dropped tables");
 
 	/* Was one of our triggers dropped from a table that stays tracked? */
-	if (SPI_execute("SELECT t.relid, t.relation FROM replstamp.tracked t "
+	if (SPI_execute(catalog_sql("SELECT t.relid, t.relation FROM replstamp.tracked_table t "
 					"WHERE t.state OPERATOR(pg_catalog.=) 'tracked' AND EXISTS (SELECT 1 FROM "
 					"pg_catalog.pg_event_trigger_dropped_objects() d "
 					"WHERE d.object_type OPERATOR(pg_catalog.=) 'trigger' AND (d.object_identity OPERATOR(pg_catalog.~~) '"
-					STAMP_TRIGGER_NAME " on %' OR d.object_identity OPERATOR(pg_catalog.~~) '"
-					TRUNCATE_TRIGGER_NAME " on %'))",
+								STAMP_TRIGGER_NAME " on %' OR d.object_identity OPERATOR(pg_catalog.~~) '"
+								TRUNCATE_TRIGGER_NAME " on %'))"),
 					true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "replstamp: could not read replstamp.tracked");
+		elog(ERROR, "replstamp: could not read replstamp.tracked_table");
 	if (SPI_processed > 0)
 	{
 		int			n = SPI_processed;
@@ -1147,6 +1145,6 @@ replstamp_drop_guard(PG_FUNCTION_ARGS)
 			check_tracked(relids[i], names[i]);
 	}
 	SPI_finish();
-	replstamp_restore_user(&ctx);
+	dbaccess_restore_user(&ctx);
 	PG_RETURN_VOID();
 }

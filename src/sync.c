@@ -30,7 +30,7 @@
  *
  * Syncs of a database run one at a time: each holds a session advisory
  * lock on the database (rowversion_lock(), shown in pg_locks) while it
- * runs.  Prunes run one at a time too (maintenance.c), beside a sync: a
+ * runs.  Prunes run one at a time too (prune.c), beside a sync: a
  * sync's page and a prune's batch exclude each other (rowversion.c).
  *
  * What a node accepts from a peer (a hostile or broken peer cannot make it
@@ -84,23 +84,20 @@
 #include "apply.h"
 #include "catalog.h"
 #include "changelog.h"
-#include "epochs.h"
 #include "compat.h"
+#include "dbaccess.h"
+#include "epochs.h"
 #include "errors.h"
 #include "identity.h"
-#include "maintenance.h"
 #include "proto.h"
 #include "remote.h"
-#include "rowversion.h"
 #include "rowimage.h"
+#include "rowversion.h"
 #include "serial.h"
 #include "shmem.h"
 #include "sync.h"
 #include "workers.h"
 
-PG_FUNCTION_INFO_V1(replstamp_add_peer);
-PG_FUNCTION_INFO_V1(replstamp_drop_peer);
-PG_FUNCTION_INFO_V1(replstamp_forget_puller);
 PG_FUNCTION_INFO_V1(replstamp_skip);
 
 #define PAGE_BYTES			(16 * 1024 * 1024)
@@ -229,7 +226,7 @@ read_conninfo(const char *peer)
 	Oid			types[1] = {TEXTOID};
 	Datum		values[1] = {CStringGetTextDatum(peer)};
 
-	replstamp_spi_exec("SELECT conninfo FROM replstamp.peer WHERE name OPERATOR(pg_catalog.=) $1",
+	dbaccess_spi_exec("SELECT conninfo FROM replstamp.peer WHERE name OPERATOR(pg_catalog.=) $1",
 			           1, types, values, NULL, SPI_OK_SELECT);
 	if (SPI_processed != 1)
 		ereport(ERROR,
@@ -253,13 +250,13 @@ describe_self(SyncRun *r)
 	 * rotate before it tells a peer which replica ID it is.
 	 */
 	identity_ensure_verified();
-	replstamp_become_owner(&ctx);
+	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	old = MemoryContextSwitchTo(r->cxt);
 	proto_local(&r->me, false);
 	MemoryContextSwitchTo(old);
 	SPI_finish();
-	replstamp_restore_user(&ctx);
+	dbaccess_restore_user(&ctx);
 	worker_commit_xact();
 }
 
@@ -270,7 +267,7 @@ handshake(SyncRun *r)
 	MemoryContext old = MemoryContextSwitchTo(r->cxt);
 	const char *params[1];
 	PGresult   *res;
-	char	   *from = psprintf("peer \"%s\"", r->peer);
+	char	   *from = psprintf(_("peer \"%s\""), r->peer);
 	Jsonb	   *json;
 
 	params[0] = proto_encode(&r->me);
@@ -329,7 +326,7 @@ own_local_id(const pg_uuid_t *id)
 	Oid			types[1] = {UUIDOID};
 	Datum		values[1] = {UUIDPGetDatum(id)};
 
-	replstamp_spi_exec("SELECT 1 FROM replstamp.replica_history h WHERE h.replica_id OPERATOR(pg_catalog.=) $1 "
+	dbaccess_spi_exec("SELECT 1 FROM replstamp.replica_history h WHERE h.replica_id OPERATOR(pg_catalog.=) $1 "
 			           "AND NOT EXISTS (SELECT 1 FROM replstamp.vector_state v "
 			           "WHERE v.replica_id OPERATOR(pg_catalog.=) $1)", 1, types, values, NULL, SPI_OK_SELECT);
 	return SPI_processed > 0;
@@ -349,7 +346,7 @@ issued_by_other_peer(SyncRun *r, const pg_uuid_t *id, int64 *issued)
 	Datum		values[2] = {UUIDPGetDatum(id), CStringGetTextDatum(r->peer)};
 	bool		isnull;
 
-	replstamp_spi_exec("SELECT pg_catalog.max(issued) FROM replstamp.peer WHERE replica_id OPERATOR(pg_catalog.=) $1 "
+	dbaccess_spi_exec("SELECT pg_catalog.max(issued) FROM replstamp.peer WHERE replica_id OPERATOR(pg_catalog.=) $1 "
 			           "AND name OPERATOR(pg_catalog.<>) $2 AND issued IS NOT NULL",
 			           2, types, values, NULL, SPI_OK_SELECT);
 	if (SPI_processed == 0)
@@ -366,7 +363,7 @@ purged_upto(const pg_uuid_t *id)
 	Datum		values[1] = {UUIDPGetDatum(id)};
 	bool		isnull;
 
-	replstamp_spi_exec("SELECT serial FROM replstamp.purged WHERE replica_id OPERATOR(pg_catalog.=) $1",
+	dbaccess_spi_exec("SELECT serial FROM replstamp.purged WHERE replica_id OPERATOR(pg_catalog.=) $1",
 			           1, types, values, NULL, SPI_OK_SELECT);
 	if (SPI_processed == 0)
 		return 0;
@@ -401,7 +398,7 @@ adopt_purged(SyncRun *r)
 		int64		held;
 		int64		plausible;
 
-		replstamp_spi_exec("WITH old AS (SELECT pg_catalog.now() OPERATOR(pg_catalog.-) "
+		dbaccess_spi_exec("WITH old AS (SELECT pg_catalog.now() OPERATOR(pg_catalog.-) "
 				           "  pg_catalog.current_setting('replstamp.tombstone_lifetime')::pg_catalog.interval AS before) "
 				           "SELECT COALESCE((SELECT pg_catalog.max(v.serial) FROM replstamp.vector v "
 				           "                 WHERE v.replica_id OPERATOR(pg_catalog.=) $1), 0), "
@@ -424,20 +421,20 @@ adopt_purged(SyncRun *r)
 			ereport(WARNING,
 					(errmsg("replstamp: peer \"%s\" says tombstones of replica ID %s were dropped up to serial " INT64_FORMAT
 							", but this node holds changes of that ID older than replstamp.tombstone_lifetime only up to serial " INT64_FORMAT,
-							r->peer, replstamp_uuid_text(&r->srv.purged[i].id), claimed, plausible),
+							r->peer, catalog_uuid_text(&r->srv.purged[i].id), claimed, plausible),
 					 errhint("This node takes the claim only that far. Set replstamp.tombstone_lifetime to the same value on every node; "
 							 "if it is, check that peer's replstamp.purged: its claim would make this node refuse current nodes.")));
 		else if (plausible < claimed)
 			ereport(WARNING,
 					(errmsg("replstamp: peer \"%s\" says tombstones of replica ID %s were dropped up to serial " INT64_FORMAT
 							", but this node holds no change of that ID older than replstamp.tombstone_lifetime",
-							r->peer, replstamp_uuid_text(&r->srv.purged[i].id), claimed),
+							r->peer, catalog_uuid_text(&r->srv.purged[i].id), claimed),
 					 errhint("This node ignores the claim. Set replstamp.tombstone_lifetime to the same value on every node; "
 							 "if it is, check that peer's replstamp.purged: its claim would make this node refuse current nodes.")));
 		if (plausible == 0)
 			continue;
 		values[1] = Int64GetDatum(plausible);
-		replstamp_spi_exec("INSERT INTO replstamp.purged (replica_id, serial) VALUES ($1, $2) "
+		dbaccess_spi_exec("INSERT INTO replstamp.purged (replica_id, serial) VALUES ($1, $2) "
 				           "ON CONFLICT (replica_id) DO UPDATE SET serial = "
 				           "GREATEST(replstamp.purged.serial, EXCLUDED.serial)",
 				           2, types, values, NULL, SPI_OK_INSERT);
@@ -456,7 +453,7 @@ record_lag(SyncRun *r)
 		Oid			dt[1] = {TEXTOID};
 		Datum		dv[1] = {CStringGetTextDatum(r->peer)};
 
-		replstamp_spi_exec("DELETE FROM replstamp.peer_lag WHERE peer OPERATOR(pg_catalog.=) $1",
+		dbaccess_spi_exec("DELETE FROM replstamp.peer_lag WHERE peer OPERATOR(pg_catalog.=) $1",
 				           1, dt, dv, NULL, SPI_OK_DELETE);
 	}
 	for (int i = 0; i < r->srv.nvector; i++)
@@ -476,7 +473,7 @@ record_lag(SyncRun *r)
 			lv[4] = TimestampTzGetDatum(v->oldest);
 		else
 			ln[4] = 'n';
-		replstamp_spi_exec("INSERT INTO replstamp.peer_lag (peer, replica_id, peer_serial, pending, oldest_pending, observed_at) "
+		dbaccess_spi_exec("INSERT INTO replstamp.peer_lag (peer, replica_id, peer_serial, pending, oldest_pending, observed_at) "
 				           "VALUES ($1, $2, $3, $4, $5, pg_catalog.now())", 5, lt, lv, ln, SPI_OK_INSERT);
 	}
 }
@@ -490,12 +487,12 @@ static void
 plan(SyncRun *r)
 {
 	ReplstampOwnerContext ctx;
-	char	   *from = psprintf("peer \"%s\"", r->peer);
+	char	   *from = psprintf(_("peer \"%s\""), r->peer);
 	MemoryContext old;
 
 	proto_refuse_flood(&r->me, &r->srv, true, from);
 	worker_begin_xact();
-	replstamp_become_owner(&ctx);
+	dbaccess_become_owner(&ctx);
 	SPI_connect();
 
 	{
@@ -510,12 +507,13 @@ plan(SyncRun *r)
 			if (why)
 			{
 				ereport(WARNING,
-						(errmsg("replstamp: peer \"%s\" holds changes of this node's replica ID %s that this data set does not have: %s",
-								r->peer, replstamp_uuid_text(&r->me.replica_id), why),
+						(errmsg("replstamp: peer \"%s\" holds changes of this node's replica ID %s that this data set does not have",
+								r->peer, catalog_uuid_text(&r->me.replica_id)),
+						 errdetail_internal("%s", why),
 						 errhint("This node rotates its replica ID now and re-issues what it stamped since serial " INT64_FORMAT "; nothing to do.",
 								 diverge_at)));
 				(void) identity_rotate_diverged(&r->me.replica_id, diverge_at,
-												psprintf("peer history: %s", why));
+												psprintf("peer history: parts at serial " INT64_FORMAT, diverge_at));
 			}
 		}
 		epochs_learn_dead(&r->srv, from);
@@ -546,7 +544,7 @@ plan(SyncRun *r)
 					 errmsg("peer \"%s\" is too far behind to pull from", r->peer),
 					 errdetail("It holds changes of replica ID %s only up to serial " INT64_FORMAT
 							   ", and this node has dropped the tombstones of rows deleted after that: it could bring them back.",
-							   replstamp_uuid_text(&v->id), v->serial),
+							   catalog_uuid_text(&v->id), v->serial),
 					 errhint("Rebuild that node from a fresh backup of a current node, then add it again.")));
 
 		/* Never pull this node's own current ID, nor IDs all made here. */
@@ -557,11 +555,11 @@ plan(SyncRun *r)
 			/* We hold more of its current ID than it ever handed out. */
 			appendStringInfo(&r->notes, "%sits replica ID %s: it says it handed out serials up to " INT64_FORMAT
 							 " and this node holds them up to " INT64_FORMAT " (its data went back in time)",
-							 r->notes.len ? "; " : "", replstamp_uuid_text(&v->id), r->srv.issued, lo);
+							 r->notes.len ? "; " : "", catalog_uuid_text(&v->id), r->srv.issued, lo);
 			ereport(WARNING,
 					(errmsg("replstamp: peer \"%s\" has handed out serials of its replica ID %s only up to " INT64_FORMAT
 							", but this node holds them up to " INT64_FORMAT,
-							r->peer, replstamp_uuid_text(&v->id), r->srv.issued, lo),
+							r->peer, catalog_uuid_text(&v->id), r->srv.issued, lo),
 					 errdetail("The peer's data went back in time (a snapshot or a copy put back); it would hand out serials this node already holds."),
 					 errhint("Nothing is pulled under that ID. The peer rotates its replica ID when it next syncs or is synced from by a node running replstamp 1.1.")));
 			continue;
@@ -591,10 +589,10 @@ plan(SyncRun *r)
 									   &diverge_at))
 			{
 				appendStringInfo(&r->notes, "%sreplica ID %s: its history parts from ours at serial " INT64_FORMAT,
-								 r->notes.len ? "; " : "", replstamp_uuid_text(&v->id), diverge_at);
+								 r->notes.len ? "; " : "", catalog_uuid_text(&v->id), diverge_at);
 				ereport(WARNING,
 						(errmsg("replstamp: not pulling replica ID %s from peer \"%s\": the peer's history of it parts from this node's at serial " INT64_FORMAT,
-								replstamp_uuid_text(&v->id), r->peer, diverge_at),
+								catalog_uuid_text(&v->id), r->peer, diverge_at),
 						 errdetail("Two different data sets handed out the same serials under that ID (a node went back in time, or was cloned)."),
 						 errhint("Nothing to do: the node that diverged rotates its replica ID when it next syncs, and the changes follow.")));
 				continue;
@@ -611,7 +609,7 @@ plan(SyncRun *r)
 	record_lag(r);
 
 	SPI_finish();
-	replstamp_restore_user(&ctx);
+	dbaccess_restore_user(&ctx);
 	worker_commit_xact();
 }
 
@@ -622,13 +620,13 @@ plan(SyncRun *r)
 
 pg_attribute_noreturn()
 static void
-malformed(SyncRun *r, PGresult *res, const char *what)
+malformed(SyncRun *r, PGresult *res, const char *detail)
 {
 	PQclear(res);
 	ereport(ERROR,
 			(errcode(ERRCODE_DATA_EXCEPTION),
 			 errmsg("peer \"%s\" sent a malformed change", r->peer),
-			 errdetail("%c%s.", pg_toupper((unsigned char) what[0]), what + 1)));
+			 errdetail_internal("%s", detail)));
 }
 
 static int64
@@ -647,7 +645,7 @@ parse_jsonb(SyncRun *r, PGresult *res, int col, const char *what)
 	const char *p = PQgetvalue(res, 0, col);
 
 	if (PQgetlength(res, 0, col) < 1 || p[0] != 1)
-		malformed(r, res, psprintf("%s is not jsonb", what));
+		malformed(r, res, psprintf(_("Column \"%s\" is not jsonb."), what));
 	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(p + 1)));
 }
 
@@ -698,27 +696,27 @@ parse_row(SyncRun *r, PGresult *res, Change *c, int64 *group, bool *single)
 	Range	   *rg;
 
 	if (PQnfields(res) != 8 || PQntuples(res) != 1)
-		malformed(r, res, "a row does not have the eight columns asked for");
+		malformed(r, res, _("A row does not have the eight columns asked for."));
 	for (int k = 0; k < 7; k++)
 		if (k != 5 && PQgetisnull(res, 0, k))
-			malformed(r, res, "a column other than row_image and the transaction is null");
+			malformed(r, res, _("A column other than row_image and the transaction is null."));
 	if (PQgetlength(res, 0, 0) != UUID_LEN || PQgetlength(res, 0, 1) != 8 ||
 		PQgetlength(res, 0, 6) != 8 ||
 		(!PQgetisnull(res, 0, 7) && PQgetlength(res, 0, 7) != 8))
-		malformed(r, res, "a stamp, a time or a transaction has the wrong size");
+		malformed(r, res, _("A stamp, a time or a transaction has the wrong size."));
 
 	memcpy(&c->replica_id, PQgetvalue(res, 0, 0), UUID_LEN);
 	c->serial = be_int64(PQgetvalue(res, 0, 1));
 	rg = find_range(r, &c->replica_id);
 	if (rg == NULL)
-		malformed(r, res, "a change of a replica ID not asked for came");
+		malformed(r, res, _("A change of a replica ID not asked for came."));
 	if (c->serial <= rg->lo)
 	{
 		PQclear(res);
 		ereport(ERROR,
 				(errcode(ERRCODE_DATA_EXCEPTION),
 				 errmsg("peer \"%s\" sent serial " INT64_FORMAT " of replica ID %s, which this node holds already",
-						r->peer, c->serial, replstamp_uuid_text(&rg->item->id)),
+						r->peer, c->serial, catalog_uuid_text(&rg->item->id)),
 				 errdetail("It was asked for serials above " INT64_FORMAT ".", rg->lo)));
 	}
 	*single = PQgetisnull(res, 0, 7);
@@ -727,7 +725,7 @@ parse_row(SyncRun *r, PGresult *res, Change *c, int64 *group, bool *single)
 	relation = PQgetvalue(res, 0, 2);
 	rellen = PQgetlength(res, 0, 2);
 	if (rellen == 0 || rellen >= MAX_RELATION_LEN)
-		malformed(r, res, "a table name is empty or too long");
+		malformed(r, res, _("A table name is empty or too long."));
 	c->relation = cstring_to_text_with_len(relation, rellen);
 	c->op = changelog_op_code(PQgetvalue(res, 0, 3), PQgetlength(res, 0, 3));
 	if (c->op == 0)
@@ -748,12 +746,12 @@ parse_row(SyncRun *r, PGresult *res, Change *c, int64 *group, bool *single)
 				 errdetail("An %s must have a row image exactly when it is not a DELETE.",
 						   changelog_op_name(c->op))));
 	}
-	c->pk = parse_jsonb(r, res, 4, "the key");
-	c->image = c->op == 'D' ? NULL : parse_jsonb(r, res, 5, "the row image");
+	c->pk = parse_jsonb(r, res, 4, "pk");
+	c->image = c->op == 'D' ? NULL : parse_jsonb(r, res, 5, "row_image");
 	c->changed_at = be_int64(PQgetvalue(res, 0, 6));
 	c->applied = true;
 	if (TIMESTAMP_NOT_FINITE(c->changed_at))
-		malformed(r, res, "a stamp time is not finite");
+		malformed(r, res, _("A stamp time is not finite."));
 	limit = serial_clock_now() + (TimestampTz) max_clock_skew * USECS_PER_SEC;
 	if (c->changed_at > limit)
 	{
@@ -762,7 +760,7 @@ parse_row(SyncRun *r, PGresult *res, Change *c, int64 *group, bool *single)
 				(errcode(ERRCODE_DATA_EXCEPTION),
 				 errmsg("peer \"%s\" sent a change stamped %s, more than replstamp.max_clock_skew ahead of this node's clock",
 						r->peer, timestamptz_to_str(c->changed_at)),
-				 errdetail("Change %s/" INT64_FORMAT ".", replstamp_uuid_text(&c->replica_id), c->serial),
+				 errdetail("Change %s/" INT64_FORMAT ".", catalog_uuid_text(&c->replica_id), c->serial),
 				 errhint("Fix the clocks (NTP). The sync goes on from this change once it is no longer that far ahead, or raise replstamp.max_clock_skew.")));
 	}
 	if (c->changed_at - serial_clock_now() > r->skew)
@@ -794,10 +792,10 @@ advance_vector(SyncRun *r, Range *rg, int64 upto, TimestampTz max_changed_at)
 		values[2] = TimestampTzGetDatum(max_changed_at);
 	else
 		nulls[2] = 'n';
-	replstamp_become_owner(&ctx);
+	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	/* IDs whose every change was made here follow our own LUS: no entry. */
-	replstamp_spi_exec("INSERT INTO replstamp.vector_state (replica_id, serial, max_changed_at) "
+	dbaccess_spi_exec("INSERT INTO replstamp.vector_state (replica_id, serial, max_changed_at) "
 			           "SELECT $1, $2, $3 WHERE NOT EXISTS (SELECT 1 FROM replstamp.replica_history h "
 			           "  WHERE h.replica_id OPERATOR(pg_catalog.=) $1 AND NOT EXISTS "
 			           "  (SELECT 1 FROM replstamp.vector_state v WHERE v.replica_id OPERATOR(pg_catalog.=) $1)) "
@@ -807,7 +805,7 @@ advance_vector(SyncRun *r, Range *rg, int64 upto, TimestampTz max_changed_at)
 			           3, types, values, nulls, SPI_OK_INSERT);
 	epochs_adopt(rg->item, upto);
 	SPI_finish();
-	replstamp_restore_user(&ctx);
+	dbaccess_restore_user(&ctx);
 }
 
 static bool
@@ -1091,7 +1089,7 @@ pull(SyncRun *r)
 	appendStringInfoChar(&los, '{');
 	for (int i = 0; i < r->nranges; i++)
 	{
-		appendStringInfo(&ids, "%s%s", i ? "," : "", replstamp_uuid_text(&r->ranges[i].item->id));
+		appendStringInfo(&ids, "%s%s", i ? "," : "", catalog_uuid_text(&r->ranges[i].item->id));
 		appendStringInfo(&los, "%s" INT64_FORMAT, i ? "," : "", r->ranges[i].lo);
 	}
 	appendStringInfoChar(&ids, '}');
@@ -1111,7 +1109,7 @@ pull(SyncRun *r)
 					  "FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.uuid[]), pg_catalog.unnest($2::pg_catalog.int8[])) AS v(id, lo) "
 					  "JOIN replstamp.changes c ON c.replica_id OPERATOR(pg_catalog.=) v.id "
 					  "  AND c.serial OPERATOR(pg_catalog.>) v.lo "
-					  "WHERE NOT EXISTS (SELECT 1 FROM replstamp.tracked t "
+					  "WHERE NOT EXISTS (SELECT 1 FROM replstamp.tracked_table t "
 					  "  WHERE t.relation OPERATOR(pg_catalog.=) c.relation AND t.state OPERATOR(pg_catalog.<>) 'tracked') "
 					  "ORDER BY grp NULLS FIRST, c.xact NULLS FIRST, c.usn NULLS FIRST, c.replica_id, c.serial",
 					  2, params);
@@ -1216,7 +1214,7 @@ record_success(SyncRun *r)
 	char		nulls[9] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 
 	worker_begin_xact();
-	replstamp_become_owner(&ctx);
+	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	values[0] = CStringGetTextDatum(r->peer);
 	values[1] = Int64GetDatum(r->applied);
@@ -1230,7 +1228,7 @@ record_success(SyncRun *r)
 	values[6] = Int64GetDatum(r->skew);
 	values[7] = Int64GetDatum(apply_conflicts(r->apply));
 	values[8] = Int32GetDatum(REPLSTAMP_PROTOCOL);
-	replstamp_spi_exec("UPDATE replstamp.peer SET last_sync_at = pg_catalog.now(), "
+	dbaccess_spi_exec("UPDATE replstamp.peer SET last_sync_at = pg_catalog.now(), "
 			           "changes_pulled = changes_pulled OPERATOR(pg_catalog.+) $2, "
 			           "replica_id = $3, issued = $4, status = $5, last_error = $6, "
 			           "last_error_at = CASE WHEN $6 IS NULL THEN NULL ELSE pg_catalog.now() END, "
@@ -1239,9 +1237,9 @@ record_success(SyncRun *r)
 			           "conflicts = conflicts OPERATOR(pg_catalog.+) $8, protocol = $9 "
 			           "WHERE name OPERATOR(pg_catalog.=) $1",
 			           9, types, values, nulls, SPI_OK_UPDATE);
-	replstamp_spi_exec("UPDATE replstamp.peer SET changes_skipped = changes_skipped OPERATOR(pg_catalog.+) $2 "
-			           "WHERE name OPERATOR(pg_catalog.=) $1", 2, types,
-			           (Datum[]) {values[0], Int64GetDatum(apply_skipped(r->apply))}, NULL, SPI_OK_UPDATE);
+	values[1] = Int64GetDatum(apply_skipped(r->apply));
+	dbaccess_spi_exec("UPDATE replstamp.peer SET changes_skipped = changes_skipped OPERATOR(pg_catalog.+) $2 "
+			           "WHERE name OPERATOR(pg_catalog.=) $1", 2, types, values, NULL, SPI_OK_UPDATE);
 
 	/* IDs the peer retired: they may leave the vector once pruned. */
 	for (int i = 0; i < r->srv.nretired; i++)
@@ -1249,7 +1247,7 @@ record_success(SyncRun *r)
 		Oid			rt[1] = {UUIDOID};
 		Datum		rv[1] = {UUIDPGetDatum(&r->srv.retired[i])};
 
-		replstamp_spi_exec("UPDATE replstamp.vector_state SET retired = true "
+		dbaccess_spi_exec("UPDATE replstamp.vector_state SET retired = true "
 				           "WHERE replica_id OPERATOR(pg_catalog.=) $1 AND NOT retired", 1, rt, rv, NULL, SPI_OK_UPDATE);
 	}
 	adopt_purged(r);
@@ -1258,8 +1256,8 @@ record_success(SyncRun *r)
 								 &r->srv.replica_id, r->srv.issued);
 
 	SPI_finish();
-	replstamp_restore_user(&ctx);
-	maintenance_mark_lus();
+	dbaccess_restore_user(&ctx);
+	identity_mark_lus();
 	worker_commit_xact();
 }
 
@@ -1286,17 +1284,17 @@ record_failure(const char *peer, ErrorData *e)
 	}
 
 	worker_begin_xact();
-	replstamp_become_owner(&ctx);
+	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	values[0] = CStringGetTextDatum(peer);
 	values[1] = CStringGetTextDatum(msg);
 	values[2] = CStringGetTextDatum(unpack_sql_state(e->sqlerrcode));
-	replstamp_spi_exec("UPDATE replstamp.peer SET last_error = $2, last_error_at = pg_catalog.now(), "
+	dbaccess_spi_exec("UPDATE replstamp.peer SET last_error = $2, last_error_at = pg_catalog.now(), "
 			           "last_error_sqlstate = $3, last_error_change = $4, "
 			           "status = CASE WHEN $3 OPERATOR(pg_catalog.=) '72000' THEN 'stale' ELSE 'failing' END "
 			           "WHERE name OPERATOR(pg_catalog.=) $1", 4, types, values, nulls, SPI_OK_UPDATE);
 	SPI_finish();
-	replstamp_restore_user(&ctx);
+	dbaccess_restore_user(&ctx);
 	worker_commit_xact();
 }
 
@@ -1334,13 +1332,13 @@ sync_peer(const char *peer)
 		 */
 		rowimage_enter_input_settings(true);
 		SetConfigOption("session_replication_role", "replica", PGC_SUSET, PGC_S_SESSION);
-		(void) replstamp_catalog_v12("replstamp.sync()");
-		replstamp_become_owner(&ctx);
+		(void) catalog_get_v12("replstamp.sync()");
+		dbaccess_become_owner(&ctx);
 		SPI_connect();
 		conninfo = read_conninfo(peer);
 		conninfo = MemoryContextStrdup(cxt, conninfo);
 		SPI_finish();
-		replstamp_restore_user(&ctx);
+		dbaccess_restore_user(&ctx);
 		r->apply = apply_session_begin(peer, cxt);
 		/* Columns added here since the last sync: fill them in first. */
 		apply_page_begin(r->apply);
@@ -1408,7 +1406,7 @@ peer_names(void)
 	MemoryContext caller = CurrentMemoryContext;
 
 	worker_begin_xact();
-	replstamp_become_owner(&ctx);
+	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	if (SPI_execute("SELECT name FROM replstamp.peer ORDER BY name", true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "replstamp: could not read the peers");
@@ -1421,7 +1419,7 @@ peer_names(void)
 		MemoryContextSwitchTo(old);
 	}
 	SPI_finish();
-	replstamp_restore_user(&ctx);
+	dbaccess_restore_user(&ctx);
 	worker_commit_xact();
 	return names;
 }
@@ -1447,12 +1445,12 @@ warn_problems(void)
 	ReplstampOwnerContext ctx;
 
 	worker_begin_xact();
-	cat = replstamp_catalog(false);
+	cat = catalog_get(false);
 	if (OidIsValid(get_relname_relid("problems", cat->schema)))
 	{
-		replstamp_become_owner(&ctx);
+		dbaccess_become_owner(&ctx);
 		SPI_connect();
-		replstamp_spi_exec("SELECT object, problem, detail, hint FROM replstamp.problems "
+		dbaccess_spi_exec("SELECT object, problem, detail, hint FROM replstamp.problems "
 						   "WHERE problem OPERATOR(pg_catalog.!~~) 'peer %' "
 						   "AND problem OPERATOR(pg_catalog.<>) 'ddl guard disabled'",
 						   0, NULL, NULL, NULL, SPI_OK_SELECT);
@@ -1469,7 +1467,7 @@ warn_problems(void)
 					 errhint("%s", SPI_getvalue(tup, desc, 4))));
 		}
 		SPI_finish();
-		replstamp_restore_user(&ctx);
+		dbaccess_restore_user(&ctx);
 	}
 	worker_commit_xact();
 }
@@ -1514,11 +1512,11 @@ sync_check_peer(const char *peer)
 {
 	ReplstampOwnerContext ctx;
 
-	replstamp_become_owner(&ctx);
+	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	(void) read_conninfo(peer);
 	SPI_finish();
-	replstamp_restore_user(&ctx);
+	dbaccess_restore_user(&ctx);
 }
 
 /*
@@ -1611,117 +1609,6 @@ sync_one_peer_warn(const char *peer)
 	return sync_locked_warn(peer);
 }
 
-/* ---------------------------------------------------------------------
- * Peers
- * ---------------------------------------------------------------------
- */
-
-/*
- * replstamp.add_peer(name, conninfo): validate and store a peer.
- */
-Datum
-replstamp_add_peer(PG_FUNCTION_ARGS)
-{
-	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	char	   *conninfo = text_to_cstring(PG_GETARG_TEXT_PP(1));
-	char	   *err = NULL;
-	PQconninfoOption *opts;
-	Oid			types[2] = {TEXTOID, TEXTOID};
-	Datum		values[2];
-	ReplstampOwnerContext ctx;
-
-	(void) replstamp_catalog(false);
-	opts = PQconninfoParse(conninfo, &err);
-	if (opts == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid connection string for peer \"%s\"", name),
-				 errdetail_internal("%s", err ? pchomp(err) : "out of memory")));
-	PQconninfoFree(opts);
-
-	values[0] = CStringGetTextDatum(name);
-	values[1] = CStringGetTextDatum(conninfo);
-	replstamp_become_owner(&ctx);
-	SPI_connect();
-	replstamp_spi_exec("INSERT INTO replstamp.peer (name, conninfo) VALUES ($1, $2) "
-			           "ON CONFLICT (name) DO NOTHING", 2, types, values, NULL, SPI_OK_INSERT);
-	if (SPI_processed == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_DUPLICATE_OBJECT),
-				 errmsg("peer \"%s\" already exists", name),
-				 errhint("Remove it first with replstamp.drop_peer().")));
-	SPI_finish();
-	replstamp_restore_user(&ctx);
-	/* With replstamp.sync_interval on, the first sync need not wait for it. */
-	worker_wake_sync_at_commit();
-	PG_RETURN_VOID();
-}
-
-/*
- * replstamp.drop_peer(name): this node no longer pulls from the peer, and
- * forgets it as a puller (it no longer holds pruning back).
- */
-Datum
-replstamp_drop_peer(PG_FUNCTION_ARGS)
-{
-	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	Oid			types[1] = {TEXTOID};
-	Datum		values[1] = {CStringGetTextDatum(name)};
-	ReplstampOwnerContext ctx;
-
-	(void) replstamp_catalog_v11("replstamp.drop_peer()");
-	replstamp_become_owner(&ctx);
-	SPI_connect();
-	replstamp_spi_exec("DELETE FROM replstamp.peer p WHERE p.name OPERATOR(pg_catalog.=) $1 "
-			           "RETURNING p.replica_id", 1, types, values, NULL, SPI_OK_DELETE_RETURNING);
-	if (SPI_processed == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("peer \"%s\" does not exist", name),
-				 errhint("replstamp.peers lists the peers; a node that only pulled from here is forgotten with replstamp.forget_puller().")));
-	/* Its replica ID as of the last sync from it: it pulled under that one. */
-	{
-		bool		isnull;
-		Datum		id = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-
-		if (!isnull)
-		{
-			Oid			ut[1] = {UUIDOID};
-			Datum		uv[1] = {id};
-
-			replstamp_spi_exec("DELETE FROM replstamp.puller WHERE replica_id OPERATOR(pg_catalog.=) $1",
-					           1, ut, uv, NULL, SPI_OK_DELETE);
-		}
-	}
-	SPI_finish();
-	replstamp_restore_user(&ctx);
-	PG_RETURN_VOID();
-}
-
-/*
- * replstamp.forget_puller(replica_id): a node that pulled from here is gone
- * for good; it no longer holds pruning back.
- */
-Datum
-replstamp_forget_puller(PG_FUNCTION_ARGS)
-{
-	pg_uuid_t  *id = PG_GETARG_UUID_P(0);
-	Oid			types[1] = {UUIDOID};
-	Datum		values[1] = {UUIDPGetDatum(id)};
-	ReplstampOwnerContext ctx;
-	bool		found;
-
-	(void) replstamp_catalog_v11("replstamp.forget_puller()");
-	replstamp_become_owner(&ctx);
-	SPI_connect();
-	replstamp_spi_exec("DELETE FROM replstamp.puller WHERE replica_id OPERATOR(pg_catalog.=) $1",
-			           1, types, values, NULL, SPI_OK_DELETE);
-	found = SPI_processed > 0;
-	SPI_finish();
-	replstamp_restore_user(&ctx);
-	PG_RETURN_BOOL(found);
-}
-
 /*
  * replstamp.skip(replica_id, serial): hold that change without applying
  * it, so that syncs go on past it.  Nothing is skipped without this call.
@@ -1731,7 +1618,7 @@ replstamp_skip(PG_FUNCTION_ARGS)
 {
 	pg_uuid_t  *id = PG_GETARG_UUID_P(0);
 	int64		serial = PG_GETARG_INT64(1);
-	const ReplstampCatalog *cat = replstamp_catalog_v11("replstamp.skip()");
+	const ReplstampCatalog *cat = catalog_get_v11("replstamp.skip()");
 	Oid			types[3] = {UUIDOID, INT8OID, TEXTOID};
 	Datum		values[3];
 	ReplstampOwnerContext ctx;
@@ -1752,26 +1639,26 @@ replstamp_skip(PG_FUNCTION_ARGS)
 	if (changelog_held(cat, id, serial))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("change %s/" INT64_FORMAT " is held here already", replstamp_uuid_text(id), serial),
+				 errmsg("change %s/" INT64_FORMAT " is held here already", catalog_uuid_text(id), serial),
 				 errhint("Only a change that a sync could not apply can be skipped.")));
-	if (same_id(id, &replstamp_node()->replica_id))
+	if (same_id(id, &catalog_node()->replica_id))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("cannot skip a change of this node's own replica ID")));
-	stamp = psprintf("%s/" INT64_FORMAT, replstamp_uuid_text(id), serial);
+	stamp = psprintf("%s/" INT64_FORMAT, catalog_uuid_text(id), serial);
 	values[0] = UUIDPGetDatum(id);
 	values[1] = Int64GetDatum(serial);
 	values[2] = CStringGetTextDatum(stamp);
-	replstamp_become_owner(&ctx);
+	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	/* The error the sync reported for it, if one did. */
-	replstamp_spi_exec("INSERT INTO replstamp.skipped (replica_id, serial, error, requested_by) "
+	dbaccess_spi_exec("INSERT INTO replstamp.skipped (replica_id, serial, error, requested_by) "
 			           "SELECT $1, $2, (SELECT p.last_error FROM replstamp.peer p "
 			           "  WHERE p.last_error_change OPERATOR(pg_catalog.=) $3 LIMIT 1), session_user "
 			           "ON CONFLICT (replica_id, serial) DO NOTHING",
 			           3, types, values, NULL, SPI_OK_INSERT);
 	SPI_finish();
-	replstamp_restore_user(&ctx);
+	dbaccess_restore_user(&ctx);
 	ereport(NOTICE,
 			(errmsg("change %s will be held without being applied", stamp),
 			 errhint("The next sync from a peer that has it goes on past it; replstamp.skipped lists it.")));

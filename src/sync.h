@@ -21,9 +21,6 @@ extern void sync_check_peer(const char *peer);
 extern int64 sync_all_peers(void);
 extern int64 sync_one_peer_warn(const char *peer);
 extern bool sync_has_peers(void);
-/* replstamp.add_peer() and drop_peer(), for mesh.c */
-extern Datum replstamp_add_peer(PG_FUNCTION_ARGS);
-extern Datum replstamp_drop_peer(PG_FUNCTION_ARGS);
 extern int64 sync_peers_but(bool (*but) (const char *peer, void *arg), void *arg);
 
 #endif							/* REPLSTAMP_SYNC_H */

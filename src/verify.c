@@ -76,6 +76,7 @@
 #include "utils/wait_event.h"
 
 #include "catalog.h"
+#include "dbaccess.h"
 #include "digest.h"
 #include "remote.h"
 #include "rowimage.h"
@@ -100,7 +101,7 @@ static int	debug_verify_pause = 0;	/* ms */
 /* One table of a verification. */
 typedef struct VTable
 {
-	char	   *relation;		/* schema-qualified, as in replstamp.tracked */
+	char	   *relation;		/* schema-qualified, as in replstamp.tracked_table */
 	Oid			relid;
 	DigestSum	total;
 	DigestSum  *buckets;		/* DIGEST_BUCKETS of them; zero: no row */
@@ -186,7 +187,7 @@ verify_interval_s(void)
 static char *
 stamp_text(const pg_uuid_t *id, int64 serial)
 {
-	return psprintf("%s/" INT64_FORMAT, replstamp_uuid_text(id), serial);
+	return psprintf("%s/" INT64_FORMAT, catalog_uuid_text(id), serial);
 }
 
 static char *
@@ -281,18 +282,18 @@ vector_text(void)
 	char	   *v;
 	MemoryContext outer = CurrentMemoryContext;
 
-	replstamp_become_owner(&ctx);
+	dbaccess_become_owner(&ctx);
 	SPI_connect();
-	replstamp_spi_exec_kept("SELECT coalesce(pg_catalog.jsonb_object_agg(replica_id::text, serial), '{}')::text "
+	dbaccess_spi_exec_kept("SELECT coalesce(pg_catalog.jsonb_object_agg(replica_id::text, serial), '{}')::text "
 							"FROM replstamp.vector WHERE serial OPERATOR(pg_catalog.>) 0",
 							0, NULL, NULL, NULL, SPI_OK_SELECT);
 	v = MemoryContextStrdup(outer, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
 	SPI_finish();
-	replstamp_restore_user(&ctx);
+	dbaccess_restore_user(&ctx);
 	return v;
 }
 
-/* The relation name replstamp.tracked knows a tracked table by. */
+/* The relation name replstamp.tracked_table knows a tracked table by. */
 static char *
 tracked_name(Oid relid)
 {
@@ -304,14 +305,14 @@ tracked_name(Oid relid)
 	bool		tracked;
 
 	relation_close(rel, AccessShareLock);
-	replstamp_become_owner(&ctx);
+	dbaccess_become_owner(&ctx);
 	SPI_connect();
-	replstamp_spi_exec("SELECT 1 FROM replstamp.tracked WHERE relation OPERATOR(pg_catalog.=) $1 "
-					   "AND state OPERATOR(pg_catalog.=) 'tracked'",
+	dbaccess_spi_exec(catalog_sql("SELECT 1 FROM replstamp.tracked_table WHERE relation OPERATOR(pg_catalog.=) $1 "
+					   "AND state OPERATOR(pg_catalog.=) 'tracked'"),
 					   1, types, values, NULL, SPI_OK_SELECT);
 	tracked = SPI_processed > 0;
 	SPI_finish();
-	replstamp_restore_user(&ctx);
+	dbaccess_restore_user(&ctx);
 	if (!tracked)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -331,10 +332,10 @@ resolve_tables(ArrayType *arr)
 		ReplstampOwnerContext ctx;
 		MemoryContext outer = CurrentMemoryContext;
 
-		replstamp_become_owner(&ctx);
+		dbaccess_become_owner(&ctx);
 		SPI_connect();
-		replstamp_spi_exec("SELECT relation, relid FROM replstamp.tracked "
-						   "WHERE state OPERATOR(pg_catalog.=) 'tracked' ORDER BY relation",
+		dbaccess_spi_exec(catalog_sql("SELECT relation, relid FROM replstamp.tracked_table "
+						   "WHERE state OPERATOR(pg_catalog.=) 'tracked' ORDER BY relation"),
 						   0, NULL, NULL, NULL, SPI_OK_SELECT);
 		for (uint64 i = 0; i < SPI_processed; i++)
 		{
@@ -348,7 +349,7 @@ resolve_tables(ArrayType *arr)
 			MemoryContextSwitchTo(old);
 		}
 		SPI_finish();
-		replstamp_restore_user(&ctx);
+		dbaccess_restore_user(&ctx);
 		return out;
 	}
 	else
@@ -386,15 +387,16 @@ resolve_tables(ArrayType *arr)
 static void
 hold_still_and_reconcile(void)
 {
-	const ReplstampCatalog *cat = replstamp_catalog_v11("replstamp.verify()");
+	const ReplstampCatalog *cat = catalog_get_v11("replstamp.verify()");
 	RowVersionWriter *w;
 	ReconcileState *st;
 
+	Assert(rowversion_lock_held());
 	rowversion_page_lock(false);
 	w = rowversion_writer_begin(cat);
-	st = reconcile_begin(CurrentMemoryContext);
-	reconcile(w, st);
-	reconcile_save(st);
+	st = rowversion_reconcile_begin(CurrentMemoryContext);
+	rowversion_reconcile(w, st);
+	rowversion_reconcile_save(st);
 	rowversion_writer_end(w);
 	CommandCounterIncrement();
 }
@@ -408,9 +410,9 @@ sum_plain(VTable *t)
 	Datum		values[1] = {CStringGetTextDatum(t->relation)};
 	int64		n;
 
-	replstamp_become_owner(&ctx);
+	dbaccess_become_owner(&ctx);
 	SPI_connect();
-	replstamp_spi_exec_kept("SELECT bucket, digest FROM replstamp.row_digest "
+	dbaccess_spi_exec_kept("SELECT bucket, digest FROM replstamp.row_digest "
 							"WHERE relation OPERATOR(pg_catalog.=) $1",
 							1, types, values, NULL, SPI_OK_SELECT);
 	n = SPI_processed;
@@ -426,7 +428,7 @@ sum_plain(VTable *t)
 		digest_add(&t->total, &t->buckets[b]);
 	}
 	SPI_finish();
-	replstamp_restore_user(&ctx);
+	dbaccess_restore_user(&ctx);
 	return n;
 }
 
@@ -603,9 +605,9 @@ bucket_versions(VTable *t, int bucket, bool check, RowsArg *a, int64 *read)
 	values[1] = Int64GetDatum(lo);
 	values[2] = Int64GetDatum(hi);
 	memset(&sum, 0, sizeof(sum));
-	replstamp_become_owner(&ctx);
+	dbaccess_become_owner(&ctx);
 	SPI_connect();
-	replstamp_spi_exec_kept("SELECT pk, replica_id, serial, deleted FROM replstamp.row_version "
+	dbaccess_spi_exec_kept("SELECT pk, replica_id, serial, deleted FROM replstamp.row_version "
 							"WHERE relation OPERATOR(pg_catalog.=) $1 "
 							"AND row_hash OPERATOR(pg_catalog.>=) $2 AND row_hash OPERATOR(pg_catalog.<=) $3",
 							3, types, values, NULL, SPI_OK_SELECT);
@@ -651,7 +653,7 @@ bucket_versions(VTable *t, int bucket, bool check, RowsArg *a, int64 *read)
 		DigestSum	stored;
 
 		memset(&stored, 0, sizeof(stored));
-		replstamp_spi_exec_kept("SELECT digest FROM replstamp.row_digest "
+		dbaccess_spi_exec_kept("SELECT digest FROM replstamp.row_digest "
 								"WHERE relation OPERATOR(pg_catalog.=) $1 AND bucket OPERATOR(pg_catalog.=) $2",
 								2, t2, v2, NULL, SPI_OK_SELECT);
 		if (SPI_processed == 1)
@@ -673,7 +675,7 @@ bucket_versions(VTable *t, int bucket, bool check, RowsArg *a, int64 *read)
 		}
 	}
 	SPI_finish();
-	replstamp_restore_user(&ctx);
+	dbaccess_restore_user(&ctx);
 	return stale;
 }
 
@@ -760,7 +762,7 @@ side_rows(VTable *t, List *buckets, bool deep, int64 *read, int *stale)
 static void
 check_puller(void)
 {
-	const ReplstampCatalog *cat = replstamp_catalog_v11("replstamp.verify_digests()");
+	const ReplstampCatalog *cat = catalog_get_v11("replstamp.verify_digests()");
 
 	if (pg_class_aclcheck(cat->changes, GetUserId(), ACL_SELECT) != ACLCHECK_OK)
 		ereport(ERROR,
@@ -786,15 +788,15 @@ named_table(const char *relation)
 	bool		isnull = true;
 
 	t->relation = pstrdup(relation);
-	replstamp_become_owner(&ctx);
+	dbaccess_become_owner(&ctx);
 	SPI_connect();
-	replstamp_spi_exec("SELECT relid FROM replstamp.tracked WHERE relation OPERATOR(pg_catalog.=) $1 "
-					   "AND state OPERATOR(pg_catalog.=) 'tracked'",
+	dbaccess_spi_exec(catalog_sql("SELECT relid FROM replstamp.tracked_table WHERE relation OPERATOR(pg_catalog.=) $1 "
+					   "AND state OPERATOR(pg_catalog.=) 'tracked'"),
 					   1, types, values, NULL, SPI_OK_SELECT);
 	if (SPI_processed == 1)
 		t->relid = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	SPI_finish();
-	replstamp_restore_user(&ctx);
+	dbaccess_restore_user(&ctx);
 	if (isnull || !OidIsValid(t->relid))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_TABLE),
@@ -1044,9 +1046,9 @@ version_stamp(const char *relation, Jsonb *pk)
 	values[0] = Int64GetDatum(rowimage_row_hash(relation, strlen(relation), pk));
 	values[1] = CStringGetTextDatum(relation);
 	values[2] = JsonbPGetDatum(pk);
-	replstamp_become_owner(&ctx);
+	dbaccess_become_owner(&ctx);
 	SPI_connect();
-	replstamp_spi_exec_kept("SELECT replica_id::text OPERATOR(pg_catalog.||) '/' OPERATOR(pg_catalog.||) serial "
+	dbaccess_spi_exec_kept("SELECT replica_id::text OPERATOR(pg_catalog.||) '/' OPERATOR(pg_catalog.||) serial "
 							"FROM replstamp.row_version WHERE row_hash OPERATOR(pg_catalog.=) $1 "
 							"AND relation OPERATOR(pg_catalog.=) $2 AND pk OPERATOR(pg_catalog.=) $3",
 							3, types, values, NULL, SPI_OK_SELECT);
@@ -1054,7 +1056,7 @@ version_stamp(const char *relation, Jsonb *pk)
 		stamp = MemoryContextStrdup(outer,
 									SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
 	SPI_finish();
-	replstamp_restore_user(&ctx);
+	dbaccess_restore_user(&ctx);
 	return stamp;
 }
 
@@ -1158,15 +1160,15 @@ read_conninfo(const char *peer)
 	char	   *conninfo = NULL;
 	MemoryContext outer = CurrentMemoryContext;
 
-	replstamp_become_owner(&ctx);
+	dbaccess_become_owner(&ctx);
 	SPI_connect();
-	replstamp_spi_exec("SELECT conninfo FROM replstamp.peer WHERE name OPERATOR(pg_catalog.=) $1",
+	dbaccess_spi_exec("SELECT conninfo FROM replstamp.peer WHERE name OPERATOR(pg_catalog.=) $1",
 					   1, types, values, NULL, SPI_OK_SELECT);
 	if (SPI_processed == 1)
 		conninfo = MemoryContextStrdup(outer,
 									   SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
 	SPI_finish();
-	replstamp_restore_user(&ctx);
+	dbaccess_restore_user(&ctx);
 	if (conninfo == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
@@ -1252,7 +1254,7 @@ compare_rows(VTable *t, HTAB *rows, bool deep, VResult *res)
 	{
 		bool		here = deep ? e->content_here != NULL : e->present_here && !e->deleted_here;
 		bool		there = deep ? e->content_there != NULL : e->present_there && !e->deleted_there;
-		bool		same_stamp = e->stamp_here && e->stamp_there && strcmp(e->stamp_here, e->stamp_there) == 0;
+		bool		changelog_same_stamp = e->stamp_here && e->stamp_there && strcmp(e->stamp_here, e->stamp_there) == 0;
 		const char *what = NULL;
 		VDiff	   *d;
 
@@ -1263,8 +1265,8 @@ compare_rows(VTable *t, HTAB *rows, bool deep, VResult *res)
 		else if (here && there)
 		{
 			if (deep && strcmp(e->content_here, e->content_there) != 0)
-				what = same_stamp ? "other content" : "other version";
-			else if (!deep && !same_stamp)
+				what = changelog_same_stamp ? "other content" : "other version";
+			else if (!deep && !changelog_same_stamp)
 				what = "other version";
 		}
 		if (what == NULL)
@@ -1477,9 +1479,9 @@ record_verification(const char *peer, ArrayType *tables, bool deep, VResult *res
 	values[5] = Int64GetDatum(res->rows_read);
 	values[6] = DirectFunctionCall2(timestamp_mi, TimestampTzGetDatum(GetCurrentTimestamp()),
 									TimestampTzGetDatum(started));
-	replstamp_become_owner(&ctx);
+	dbaccess_become_owner(&ctx);
 	SPI_connect();
-	replstamp_spi_exec("INSERT INTO replstamp.verification AS v (peer, verified_at, tables, deep, differences, "
+	dbaccess_spi_exec("INSERT INTO replstamp.verification AS v (peer, verified_at, tables, deep, differences, "
 					   "  digests_read, rows_read, duration) "
 					   "VALUES ($1, pg_catalog.now(), $2, $3, $4, $5, $6, $7) "
 					   "ON CONFLICT (peer) DO UPDATE SET verified_at = EXCLUDED.verified_at, "
@@ -1488,7 +1490,7 @@ record_verification(const char *peer, ArrayType *tables, bool deep, VResult *res
 					   "duration = EXCLUDED.duration",
 					   7, types, values, nulls, SPI_OK_INSERT);
 	SPI_finish();
-	replstamp_restore_user(&ctx);
+	dbaccess_restore_user(&ctx);
 }
 
 /*
@@ -1511,7 +1513,7 @@ verify_run(const char *peer, ArrayType *tables_arr, bool deep, VResult *res)
 				(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
 				 errmsg("replstamp.verify() cannot run in a REPEATABLE READ or SERIALIZABLE transaction"),
 				 errhint("Run it in a READ COMMITTED transaction.")));
-	(void) replstamp_catalog_v11("replstamp.verify()");
+	(void) catalog_get_v11("replstamp.verify()");
 	conninfo = read_conninfo(peer);
 	tables = resolve_tables(tables_arr);
 
@@ -1754,13 +1756,13 @@ record_repair(const char *peer, const char *relation, Image *here, Image *there,
 		values[5] = CStringGetTextDatum(there->stamp);
 	else
 		nulls[5] = 'n';
-	replstamp_become_owner(&ctx);
+	dbaccess_become_owner(&ctx);
 	SPI_connect();
-	replstamp_spi_exec("INSERT INTO replstamp.repairs (peer, relation, pk, action, stamp_before, stamp_peer, repaired_by) "
+	dbaccess_spi_exec("INSERT INTO replstamp.repairs (peer, relation, pk, action, stamp_before, stamp_peer, repaired_by) "
 					   "VALUES ($1, $2, $3, $4, $5, $6, pg_catalog.session_user())",
 					   6, types, values, nulls, SPI_OK_INSERT);
 	SPI_finish();
-	replstamp_restore_user(&ctx);
+	dbaccess_restore_user(&ctx);
 }
 
 /*
@@ -1795,7 +1797,7 @@ replstamp_repair(PG_FUNCTION_ARGS)
 	peer = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	relid = PG_GETARG_OID(1);
 	InitMaterializedSRF(fcinfo, 0);
-	(void) replstamp_catalog_v11("replstamp.repair()");
+	(void) catalog_get_v11("replstamp.repair()");
 	t = palloc0(sizeof(VTable));
 	t->relid = relid;
 	t->relation = tracked_name(relid);
@@ -1911,25 +1913,25 @@ replstamp_verify_main(Datum arg)
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
-	replstamp_worker_connect(arg, NULL, 0);
+	worker_connect(arg, NULL, 0);
 
 	worker_begin_xact();
-	ready = OidIsValid(get_extension_oid("replstamp", true)) && replstamp_catalog(false)->v11 &&
+	ready = OidIsValid(get_extension_oid("replstamp", true)) && catalog_get(false)->v11 &&
 		OidIsValid(get_relname_relid("verification", get_namespace_oid("replstamp", false)));
 	if (ready)
 	{
 		ReplstampOwnerContext ctx;
 		MemoryContext old;
 
-		replstamp_become_owner(&ctx);
+		dbaccess_become_owner(&ctx);
 		SPI_connect();
-		replstamp_spi_exec("SELECT name FROM replstamp.peer ORDER BY name", 0, NULL, NULL, NULL, SPI_OK_SELECT);
+		dbaccess_spi_exec("SELECT name FROM replstamp.peer ORDER BY name", 0, NULL, NULL, NULL, SPI_OK_SELECT);
 		old = MemoryContextSwitchTo(TopMemoryContext);
 		for (uint64 i = 0; i < SPI_processed; i++)
 			peers = lappend(peers, SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1));
 		MemoryContextSwitchTo(old);
 		SPI_finish();
-		replstamp_restore_user(&ctx);
+		dbaccess_restore_user(&ctx);
 	}
 	worker_commit_xact();
 

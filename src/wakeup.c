@@ -52,6 +52,7 @@
 #include "utils/wait_event.h"
 
 #include "catalog.h"
+#include "dbaccess.h"
 #include "errors.h"
 #include "shmem.h"
 #include "wakeup.h"
@@ -239,7 +240,7 @@ replstamp_wait_for_changes(PG_FUNCTION_ARGS)
 {
 	int64		timeout_ms;
 
-	replstamp_require_shmem();
+	shmem_require();
 	if (PG_ARGISNULL(0))
 		PG_RETURN_INT64((int64) counter_now());
 	timeout_ms = PG_ARGISNULL(1) ? 0 : interval_ms(PG_GETARG_INTERVAL_P(1));
@@ -253,7 +254,7 @@ replstamp_wait_for_changes(PG_FUNCTION_ARGS)
 Datum
 replstamp_last_stamp(PG_FUNCTION_ARGS)
 {
-	replstamp_require_shmem();
+	shmem_require();
 	if (!session_stamped)
 		PG_RETURN_NULL();
 	PG_RETURN_TEXT_P(cstring_to_text(psprintf("%s/" INT64_FORMAT,
@@ -294,9 +295,9 @@ holds_change(pg_uuid_t *id, int64 serial)
 	Datum		values[2] = {UUIDPGetDatum(id), Int64GetDatum(serial)};
 	bool		held;
 
-	replstamp_become_owner(&ctx);
+	dbaccess_become_owner(&ctx);
 	SPI_connect();
-	replstamp_spi_exec("SELECT EXISTS (SELECT 1 FROM replstamp.vector "
+	dbaccess_spi_exec("SELECT EXISTS (SELECT 1 FROM replstamp.vector "
 					   "WHERE replica_id OPERATOR(pg_catalog.=) $1 AND serial OPERATOR(pg_catalog.>=) $2) "
 					   "OR EXISTS (SELECT 1 FROM replstamp.changes "
 					   "WHERE replica_id OPERATOR(pg_catalog.=) $1 AND serial OPERATOR(pg_catalog.=) $2)",
@@ -304,7 +305,7 @@ holds_change(pg_uuid_t *id, int64 serial)
 	held = SPI_processed == 1 &&
 		strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), "t") == 0;
 	SPI_finish();
-	replstamp_restore_user(&ctx);
+	dbaccess_restore_user(&ctx);
 	return held;
 }
 
@@ -322,8 +323,8 @@ replstamp_wait_for(PG_FUNCTION_ARGS)
 	TimestampTz deadline;
 	bool		held;
 
-	replstamp_require_shmem();
-	(void) replstamp_catalog_v11("replstamp.wait_for()");
+	shmem_require();
+	(void) catalog_get_v11("replstamp.wait_for()");
 	if (IsolationUsesXactSnapshot())
 		ereport(ERROR,
 				(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),

@@ -57,6 +57,7 @@
 #include "utils/wait_event.h"
 
 #include "catalog.h"
+#include "dbaccess.h"
 #include "errors.h"
 #include "remote.h"
 #include "watch.h"
@@ -120,10 +121,10 @@ record(Watch *w, const char *error)
 			nulls[2] = 'n';
 		values[3] = CStringGetTextDatum(error ? error : "");
 		worker_begin_xact();
-		replstamp_become_owner(&ctx);
+		dbaccess_become_owner(&ctx);
 		SPI_connect();
 		if (error)
-			replstamp_spi_exec("UPDATE replstamp.peer SET wakeups = $2, next_retry_at = $3, "
+			dbaccess_spi_exec("UPDATE replstamp.peer SET wakeups = $2, next_retry_at = $3, "
 							   "last_error = $4, last_error_at = pg_catalog.now(), "
 							   "last_error_sqlstate = '08006', last_error_change = NULL, "
 							   "status = CASE WHEN status IN ('diverged', 'stale') THEN status "
@@ -131,11 +132,11 @@ record(Watch *w, const char *error)
 							   "WHERE name OPERATOR(pg_catalog.=) $1",
 							   4, types, values, nulls, SPI_OK_UPDATE);
 		else
-			replstamp_spi_exec("UPDATE replstamp.peer SET wakeups = $2, next_retry_at = $3 "
+			dbaccess_spi_exec("UPDATE replstamp.peer SET wakeups = $2, next_retry_at = $3 "
 							   "WHERE name OPERATOR(pg_catalog.=) $1",
 							   3, types, values, nulls, SPI_OK_UPDATE);
 		SPI_finish();
-		replstamp_restore_user(&ctx);
+		dbaccess_restore_user(&ctx);
 		worker_commit_xact();
 		w->shown_up = w->remote.conn != NULL;
 	}
@@ -229,14 +230,14 @@ watch_refresh(List **watches)
 		((Watch *) lfirst(lc))->seen = false;
 
 	worker_begin_xact();
-	replstamp_become_owner(&ctx);
+	dbaccess_become_owner(&ctx);
 	SPI_connect();
-	replstamp_spi_exec("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute "
+	dbaccess_spi_exec("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute "
 					   "WHERE attrelid OPERATOR(pg_catalog.=) 'replstamp.peer'::pg_catalog.regclass "
 					   "AND attname OPERATOR(pg_catalog.=) 'next_retry_at' AND NOT attisdropped)",
 					   0, NULL, NULL, NULL, SPI_OK_SELECT);
 	has_columns = strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), "t") == 0;
-	replstamp_spi_exec("SELECT name, conninfo FROM replstamp.peer ORDER BY name",
+	dbaccess_spi_exec("SELECT name, conninfo FROM replstamp.peer ORDER BY name",
 					   0, NULL, NULL, NULL, SPI_OK_SELECT);
 	old = MemoryContextSwitchTo(TopMemoryContext);
 	for (uint64 i = 0; i < SPI_processed; i++)
@@ -270,7 +271,7 @@ watch_refresh(List **watches)
 	}
 	MemoryContextSwitchTo(old);
 	SPI_finish();
-	replstamp_restore_user(&ctx);
+	dbaccess_restore_user(&ctx);
 	worker_commit_xact();
 
 	foreach(lc, *watches)

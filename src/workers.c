@@ -42,7 +42,7 @@
  * With handle, this backend is told when it stops; without, nobody is.
  */
 bool
-replstamp_start_worker(const char *function, const char *type, Oid dboid,
+worker_start(const char *function, const char *type, Oid dboid,
 					   Oid userid, const void *extra, Size extralen,
 					   BackgroundWorkerHandle **handle)
 {
@@ -66,13 +66,13 @@ replstamp_start_worker(const char *function, const char *type, Oid dboid,
 }
 
 /*
- * In a worker started by replstamp_start_worker(): unblock signals, connect
+ * In a worker started by worker_start(): unblock signals, connect
  * to the database of main_arg as the role chosen by the starter, and copy
  * the rest of bgw_extra to extra.  Waits while the extension is being
  * dropped or updated there (fence.c).
  */
 void
-replstamp_worker_connect(Datum main_arg, void *extra, Size extralen)
+worker_connect(Datum main_arg, void *extra, Size extralen)
 {
 	Oid			userid;
 
@@ -250,12 +250,14 @@ worker_peers_added(void)
  * list is allocated in the current context.
  */
 List *
-replstamp_connectable_databases(void)
+worker_connectable_databases(void)
 {
 	List	   *dbs = NIL;
 	Relation	rel;
 	TableScanDesc scan;
 	HeapTuple	tuple;
+
+	Assert(IsTransactionState());
 
 	rel = table_open(DatabaseRelationId, AccessShareLock);
 	scan = table_beginscan_catalog(rel, 0, NULL);

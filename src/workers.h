@@ -17,12 +17,12 @@
 
 struct BackgroundWorkerHandle;
 
-extern bool replstamp_start_worker(const char *function, const char *type, Oid dboid,
+extern bool worker_start(const char *function, const char *type, Oid dboid,
 								   Oid userid, const void *extra, Size extralen,
 								   struct BackgroundWorkerHandle **handle);
-extern void replstamp_worker_connect(Datum main_arg, void *extra, Size extralen);
+extern void worker_connect(Datum main_arg, void *extra, Size extralen);
 extern void worker_pin_settings(void);
-extern List *replstamp_connectable_databases(void);
+extern List *worker_connectable_databases(void);
 extern void worker_wake_sync_at_commit(void);
 extern void worker_launcher_ready(void);
 extern int	worker_take_sync_wakeups(Oid *dbs);

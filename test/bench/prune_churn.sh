@@ -10,7 +10,7 @@
 #    seconds, on node a: the changes it has stamped or pulled so far, the
 #    rows and bytes (pg_total_relation_size) of replstamp.changes and
 #    replstamp.row_version, the rows of the tracked tables, the conflicts
-#    recorded (rows, and bytes of replstamp.conflict_log: each keeps a copy
+#    recorded (rows, and bytes of replstamp.conflict: each keeps a copy
 #    of the version that lost).  Flat means the log follows the tables (about one change
 #    per row: the latest change of each row is kept), not the number of
 #    changes.  Meanwhile pg_stat_activity is sampled every second on every
@@ -157,8 +157,8 @@ sample() {
 		pg_total_relation_size('replstamp.row_version'),
 		(SELECT count(*) FROM pgbench_accounts) + (SELECT count(*) FROM pgbench_branches)
 		  + (SELECT count(*) FROM pgbench_tellers) + (SELECT count(*) FROM pgbench_history),
-		(SELECT count(*) FROM replstamp.conflict_log),
-		pg_total_relation_size('replstamp.conflict_log')"
+		(SELECT count(*) FROM replstamp.conflict),
+		pg_total_relation_size('replstamp.conflict')"
 }
 # Every second until $1 exists: on each node, is a worker pruning?
 prune_watch() {

@@ -2,7 +2,7 @@
 # a -> b -> c, each pulling one way only: a prunes only what b holds, b
 # only what c holds; replstamp.prune() returns the number removed; a new,
 # empty node converges from what is kept; replstamp.pullers and
-# replstamp.status show who holds pruning back, and forget_puller() or
+# replstamp.status show who holds pruning back, and drop_puller() or
 # drop_peer() releases it.
 use strict;
 use warnings;
@@ -91,7 +91,7 @@ my $id_d = sq($d, 'SELECT replica_id FROM replstamp.node');
 is(sq($b, "SELECT changes_not_held FROM replstamp.pullers WHERE replica_id = '$id_d'"), '10',
 	'b keeps what d lacks: d holds nothing, as it said when it started to pull');
 $d->stop;
-is(sq($b, "SELECT replstamp.forget_puller('$id_d')"), 't', 'b forgets d');
+is(sq($b, "SELECT replstamp.forget_puller('$id_d')"), 't', 'b forgets d (forget_puller(), the deprecated name of drop_puller())');
 
 # 4. Latest versions looked at before and superseded since are pruned
 # once every puller holds them.
@@ -113,7 +113,7 @@ is(sq($a, "SELECT bytes_not_held > 18 * 100 AND oldest_not_held_age > interval '
 	'their bytes, the age of the oldest, and how long since b pulled');
 is(sq($a, 'SELECT oldest_puller FROM replstamp.status'), 'b/postgres',
 	'replstamp.status names the puller that pulled the longest ago');
-is(sq($a, "SELECT replstamp.forget_puller('$id_b')"), 't', 'forget_puller() forgets b');
+is(sq($a, "SELECT replstamp.drop_puller('$id_b')"), 't', 'drop_puller() forgets b');
 is(sq($a, 'SELECT count(*) FROM replstamp.pullers'), '0', 'a has no puller left');
 is(sq($a, 'SELECT replstamp.prune()'), '9', 'nothing holds pruning back on a any more');
 is(latest_kept($a), '0', 'the latest changes are still kept');

@@ -37,7 +37,7 @@ sq($a, 'DELETE FROM accounts WHERE id IN (1, 2)');
 sq($b, "SELECT replstamp.sync('a')") for (1 .. 2);
 sq($a, "SELECT replstamp.sync('b')");
 # A DBA forgets e as a puller: nothing holds a's pruning back but b.
-is(sq($a, "SELECT replstamp.forget_puller('$id_e')"), 't', 'a forgets e');
+is(sq($a, "SELECT replstamp.drop_puller('$id_e')"), 't', 'a forgets e');
 ok(sq($a, 'SELECT replstamp.prune()') > 0, 'a prunes what b holds');
 is(sq($a, q{SELECT count(*) FROM replstamp.changes c JOIN replstamp.row_version v USING (replica_id, serial)
 	WHERE v.deleted}), '2', 'the two tombstones stay in the log');

@@ -5,7 +5,7 @@
 # back: the peers with their connection strings (replstamp.peer), the
 # changes chosen to skip (replstamp.skipped), the tracked tables (their
 # triggers, re-registered as pg_restore re-enables them) and the tables
-# that left (replstamp.tracked rows dropped or untracked).  The copy then
+# that left (replstamp.tracked_table rows dropped or untracked).  The copy then
 # replicates with the source's peers like any new node.
 use strict;
 use warnings;
@@ -70,7 +70,7 @@ is(sq($c, 'SELECT p FROM replstamp.peer p'), sq($a, 'SELECT p FROM replstamp.pee
 is(sq($c, 'SELECT replica_id || \'/\' || serial FROM replstamp.skipped'), "$id_b/1000",
 	'so do the changes chosen to skip');
 is(sq($c, q{SELECT string_agg(relation || ':' || state || ':' || coalesce(relid::regclass::text, '-'), ',' ORDER BY relation)
-		FROM replstamp.tracked}),
+		FROM replstamp.tracked_table}),
 	'public.accounts:tracked:accounts,public.gone:dropped:-,public.notes:untracked:-',
 	'the tracked tables are registered again, and the tables that left are known');
 is(sq($c, 'SELECT tracked_tables || \'/\' || tracked_tables_not_stamped FROM replstamp.status'), '1/0',

@@ -53,8 +53,8 @@ is(sq($b, q{SELECT kind FROM replstamp.conflicts WHERE pk = '{"id": 1}'}), 'inco
 	"b records that a's change lost");
 is(value($a, 1), 'b, later', 'a holds the winner');
 ok(sq($a, "SELECT conflicts FROM replstamp.peers WHERE name = 'b'") >= 1, 'replstamp.peers counts the conflict');
-ok(sq($b, "SELECT conflicts FROM replstamp.tracked WHERE relation = 'public.t'") >= 1,
-	'replstamp.tracked counts it per table');
+ok(sq($b, "SELECT conflicts FROM replstamp.tracked_table WHERE relation = 'public.t'") >= 1,
+	'replstamp.tracked_table counts it per table');
 
 # The lost version made current again, on every node.
 my ($lid, $lserial) = split /\|/, sq($b, q{SELECT loser_replica_id, loser_serial FROM replstamp.conflicts WHERE pk = '{"id": 1}'});

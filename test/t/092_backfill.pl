@@ -89,7 +89,7 @@ my $before = (split /\n/, sq($a, "BEGIN;
 	SELECT last_value FROM new_ids;
 	COMMIT;"))[-1];
 ok($a->poll_query_until('postgres',
-	"SELECT backfill = 'done' FROM replstamp.tracked WHERE relation = 'public.t'"),
+	"SELECT backfill = 'done' FROM replstamp.tracked_table WHERE relation = 'public.t'"),
 	'the backfill of t completes while pgbench writes');
 my $writing = sq($a, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgbench'");
 $bench->finish;
@@ -103,8 +103,8 @@ cmp_ok($writing, '>', 0, 'pgbench was still writing when the backfill ended');
 sq($a, "CREATE TABLE stamps AS SELECT (pk->>'id')::int AS id, op, serial
 	FROM replstamp.changes WHERE relation = 'public.t'; ANALYZE stamps, t");
 my $backfilled = sq($a, "SELECT count(*) FROM stamps WHERE op = 'INSERT' AND id <= $before");
-is(sq($a, "SELECT backfill_rows FROM replstamp.tracked WHERE relation = 'public.t'"), $backfilled,
-	"replstamp.tracked counts the rows the backfill stamped ($backfilled)");
+is(sq($a, "SELECT backfill_rows FROM replstamp.tracked_table WHERE relation = 'public.t'"), $backfilled,
+	"replstamp.tracked_table counts the rows the backfill stamped ($backfilled)");
 is(sq($a, "SELECT count(*) FROM (SELECT id FROM stamps WHERE op = 'INSERT'
 	GROUP BY id HAVING count(*) > 1) d"), '0',
 	'no row has two INSERT stamps: none is backfilled twice, none inserted later is backfilled');
@@ -158,9 +158,9 @@ sq($a, "SELECT replstamp.track('t2', true)");
 sq($a, "INSERT INTO t3 SELECT g, 'row ' || g FROM generate_series(1, 1000) g;
 	SELECT replstamp.track('t3', true)");
 $a->poll_query_until('postgres',
-	"SELECT backfill = 'done' FROM replstamp.tracked WHERE relation = 'public.t3'")
+	"SELECT backfill = 'done' FROM replstamp.tracked_table WHERE relation = 'public.t3'")
   or die 'the backfill of t3 does not end';
-is(sq($a, "SELECT backfill FROM replstamp.tracked WHERE relation = 'public.t2'"), 'running',
+is(sq($a, "SELECT backfill FROM replstamp.tracked_table WHERE relation = 'public.t2'"), 'running',
 	"another table's backfill ends while t2's goes on");
 
 # A table that lost its primary key is not backfilled: its rows could not
@@ -176,34 +176,34 @@ sq($a, "INSERT INTO t5 SELECT g, 'row ' || g FROM generate_series(1, 1000) g;
 	COMMIT;");
 ok($a->poll_query_until('postgres',
 	"SELECT backfill_error LIKE 'cannot backfill table public.t5 because it has no primary key'
-	   FROM replstamp.tracked WHERE relation = 'public.t5'"),
-	'a table without primary key: replstamp.tracked shows why its backfill stopped');
+	   FROM replstamp.tracked_table WHERE relation = 'public.t5'"),
+	'a table without primary key: replstamp.tracked_table shows why its backfill stopped');
 is(sq($a, "SELECT count(*) FROM replstamp.changes WHERE relation = 'public.t5'"), '0',
 	'and nothing of it is stamped');
 sq($a, 'ALTER TABLE t5 ADD PRIMARY KEY (id)');
 
 $a->poll_query_until('postgres',
-	"SELECT backfill_rows >= 5000 FROM replstamp.tracked WHERE relation = 'public.t2'")
+	"SELECT backfill_rows >= 5000 FROM replstamp.tracked_table WHERE relation = 'public.t2'")
   or die 'the backfill of t2 does not progress';
 $a->stop('immediate');
 $a->start;
 my ($state, $rows, $together) = split /\|/, sq($a, "SELECT backfill, backfill_rows,
 	backfill_rows = (SELECT count(*) FROM replstamp.changes WHERE relation = 'public.t2')
-	FROM replstamp.tracked WHERE relation = 'public.t2'");
+	FROM replstamp.tracked_table WHERE relation = 'public.t2'");
 ok($state eq 'running' && $rows > 0 && $rows < 50000,
 	"the shutdown caught the backfill half-way ($state, $rows rows)");
 is($together, 't', 'its stamps and its progress committed together');
 sq($a, 'ALTER SYSTEM SET replstamp.backfill_delay = 0');
 sq($a, 'SELECT pg_reload_conf()');
 ok($a->poll_query_until('postgres',
-	"SELECT backfill = 'done' FROM replstamp.tracked WHERE relation = 'public.t2'"),
+	"SELECT backfill = 'done' FROM replstamp.tracked_table WHERE relation = 'public.t2'"),
 	'after the restart the backfill resumes by itself and completes');
-is(sq($a, "SELECT backfill_rows FROM replstamp.tracked WHERE relation = 'public.t2'"), '50000',
-	'replstamp.tracked counts 50000 rows');
+is(sq($a, "SELECT backfill_rows FROM replstamp.tracked_table WHERE relation = 'public.t2'"), '50000',
+	'replstamp.tracked_table counts 50000 rows');
 is(sq($a, "SELECT count(*) || '/' || count(DISTINCT pk) FROM replstamp.changes WHERE relation = 'public.t2'"),
 	'50000/50000', 'every row of t2 is stamped exactly once');
 ok($a->poll_query_until('postgres',
-	"SELECT backfill = 'done' AND backfill_error IS NULL FROM replstamp.tracked WHERE relation = 'public.t5'"),
+	"SELECT backfill = 'done' AND backfill_error IS NULL FROM replstamp.tracked_table WHERE relation = 'public.t5'"),
 	'the table that got its primary key back is backfilled after the restart');
 is(sq($a, "SELECT count(*) || '/' || count(DISTINCT pk) FROM replstamp.changes WHERE relation = 'public.t5'"),
 	'1000/1000', 'each of its rows once');
@@ -216,7 +216,7 @@ sq($a, "ALTER SYSTEM SET replstamp.backfill_delay = '100ms'");
 sq($a, 'SELECT pg_reload_conf()');
 sq($a, "SELECT replstamp.track('t4', true)");
 $a->poll_query_until('postgres',
-	"SELECT backfill_rows >= 6000 FROM replstamp.tracked WHERE relation = 'public.t4'")
+	"SELECT backfill_rows >= 6000 FROM replstamp.tracked_table WHERE relation = 'public.t4'")
   or die 'the backfill of t4 does not progress';
 my $offset = -s $a->logfile;
 sq($a, 'DELETE FROM t4 WHERE id <= 3000');
@@ -224,7 +224,7 @@ sq($a, 'VACUUM FULL t4');
 sq($a, 'ALTER SYSTEM SET replstamp.backfill_delay = 0');
 sq($a, 'SELECT pg_reload_conf()');
 ok($a->poll_query_until('postgres',
-	"SELECT backfill = 'done' FROM replstamp.tracked WHERE relation = 'public.t4'"),
+	"SELECT backfill = 'done' FROM replstamp.tracked_table WHERE relation = 'public.t4'"),
 	'the backfill of the rewritten table completes');
 is(sq($a, "SELECT count(*) FROM (SELECT id FROM t4 EXCEPT SELECT (pk->>'id')::int
 	FROM replstamp.changes WHERE relation = 'public.t4' AND op = 'INSERT') m"), '0',
@@ -249,7 +249,7 @@ my ($out, $failed) = $writer->query("UPDATE t6 SET v = 'second' WHERE id = 1200;
 is($failed ? $writer->{stderr} : '', '', "the writer's transaction goes through");
 $writer->quit;
 ok($a->poll_query_until('postgres', "SELECT backfill = 'done' AND backfill_error IS NULL
-	FROM replstamp.tracked WHERE relation = 'public.t6'"),
+	FROM replstamp.tracked_table WHERE relation = 'public.t6'"),
 	'and the backfill completes without error');
 is(sq($a, "SELECT string_agg(op, ',' ORDER BY serial) FROM replstamp.changes
 	WHERE relation = 'public.t6' AND pk->>'id' IN ('1200', '1500') GROUP BY pk ORDER BY pk->>'id'"),

@@ -128,7 +128,7 @@ is(sq($e, q{SELECT count(*) FROM replstamp.row_version WHERE relation = 'public.
 
 # Rows that were never stamped reach the new nodes after a backfill on a.
 sq($a, q{SELECT replstamp.track('late', backfill => true)});
-$a->poll_query_until('postgres', q{SELECT backfill = 'done' FROM replstamp.tracked WHERE relation = 'public.late'})
+$a->poll_query_until('postgres', q{SELECT backfill = 'done' FROM replstamp.tracked_table WHERE relation = 'public.late'})
   or die 'the backfill does not end';
 sync_round($a, $b, $c, $e);
 is(content($_, 'late'), content($a, 'late'), $_->name . ': after the backfill on a, the rows of late are here')

@@ -58,7 +58,7 @@ sub holds_last_of
 
 # The column "old" is dropped on every node, one after the other; then every
 # node pulls from every other, and each one sees that the drop is done:
-# replstamp.tracked names the column neither among the columns the apply
+# replstamp.tracked_table names the column neither among the columns the apply
 # saw nor among the dropped ones.
 # b, which still has it when a has dropped it, writes it once more: a must
 # not keep that old value for a column of that name added later.
@@ -71,7 +71,7 @@ wait_converged([ map { $n{$_} } @names ], ['t'], 'after old was dropped everywhe
 for my $x (@names)
 {
 	ok($n{$x}->poll_query_until('postgres',
-			"SELECT NOT EXISTS (SELECT 1 FROM replstamp.tracked "
+			"SELECT NOT EXISTS (SELECT 1 FROM replstamp.tracked_table "
 			  . "WHERE columns IS NULL OR 'old' = ANY (columns) OR 'old' = ANY (dropped_columns))"),
 		"$x: once every peer lacks it and $x holds what they wrote before, the dropped name is forgotten");
 }

@@ -70,7 +70,7 @@ $b->command_ok([ 'pg_dump', '--format=custom', '--table=t', '--file', $dump, '--
 	'pg_dump of one tracked table');
 $b->command_ok([ 'pg_restore', '--clean', '--table=t', '--dbname', $b->connstr('postgres'), $dump ],
 	'pg_restore --clean -t restores it');
-is(sq($b, q{SELECT state FROM replstamp.tracked WHERE relation = 'public.t'}), 'dropped',
+is(sq($b, q{SELECT state FROM replstamp.tracked_table WHERE relation = 'public.t'}), 'dropped',
 	'replstamp recorded the table as dropped');
 is(sq($b, $problems), 're-created, not tracked public.t', 'replstamp.problems shows it is not replicated');
 is(sq($b, q{SELECT problems FROM replstamp.status}), '1', 'replstamp.status counts it');
@@ -91,7 +91,7 @@ sq($b, q{ALTER TABLE public.t ADD PRIMARY KEY (id)});
 sq($b, q{SELECT replstamp.track('public.t', backfill => true)});
 is(sq($b, $problems), 'none', 'tracked again, the table is no problem any more');
 sq($b, q{INSERT INTO t VALUES (13, 'b after the restore')});
-$b->poll_query_until('postgres', q{SELECT backfill = 'done' FROM replstamp.tracked WHERE relation = 'public.t'})
+$b->poll_query_until('postgres', q{SELECT backfill = 'done' FROM replstamp.tracked_table WHERE relation = 'public.t'})
   or die 'the backfill never ended';
 ($rc, $out, $err) = $b->psql('postgres', q{SELECT replstamp.sync('a')});
 is($err, '', 'and a sync no longer warns');
@@ -119,7 +119,7 @@ sq($a, q{CREATE TABLE loc (id int PRIMARY KEY); SELECT replstamp.track('loc'); D
 is(sq($a, $problems), 're-created, not tracked public.loc', 'a tracked table dropped and created again');
 sq($a, q{SELECT replstamp.untrack('loc')});
 is(sq($a, $problems), 'none', 'untrack() records that it stays local');
-is(sq($a, q{SELECT state FROM replstamp.tracked WHERE relation = 'public.loc'}), 'untracked', 'as untracked');
+is(sq($a, q{SELECT state FROM replstamp.tracked_table WHERE relation = 'public.loc'}), 'untracked', 'as untracked');
 
 $_->stop for ($a, $b);
 done_testing();

@@ -111,7 +111,7 @@ sq($b, q{CREATE EXTENSION replstamp; SELECT replstamp.track('t');
 sq($b, q{CREATE TABLE u (id int PRIMARY KEY); INSERT INTO u SELECT generate_series(1, 100);
 	SELECT replstamp.track('u', backfill => true)});
 $b->poll_query_until('postgres', q{SELECT backfill = 'running' AND backfill_rows > 0
-	FROM replstamp.tracked WHERE relation = 'public.u'})
+	FROM replstamp.tracked_table WHERE relation = 'public.u'})
   or die 'the backfill never started';
 my ($rc, $out, $err) = $b->psql('postgres', 'DROP EXTENSION replstamp CASCADE', timeout => 600);
 is($rc, 0, 'DROP EXTENSION during a backfill succeeds') or diag $err;
@@ -120,6 +120,7 @@ is(sq($b, q{SELECT count(*) FROM pg_stat_activity WHERE backend_type LIKE 'repls
 
 # 5. ALTER EXTENSION UPDATE during a backfill: the backfill goes on after it.
 sq($b, q{CREATE EXTENSION replstamp VERSION '1.1'; SELECT replstamp.track('t'); SELECT replstamp.track('u', backfill => true)});
+# On the 1.1 catalog the registry is still called replstamp.tracked.
 $b->poll_query_until('postgres', q{SELECT backfill = 'running' AND backfill_rows > 0
 	FROM replstamp.tracked WHERE relation = 'public.u'})
   or die 'the backfill never started';
@@ -128,7 +129,7 @@ sq($b, q{ALTER SYSTEM RESET replstamp.backfill_delay; SELECT pg_reload_conf()});
 ($rc, $out, $err) = $b->psql('postgres', 'ALTER EXTENSION replstamp UPDATE', timeout => 600);
 is($rc, 0, 'ALTER EXTENSION UPDATE during a backfill succeeds') or diag $err;
 ok($b->poll_query_until('postgres', q{SELECT backfill = 'done' AND backfill_rows = 100
-	FROM replstamp.tracked WHERE relation = 'public.u'}),
+	FROM replstamp.tracked_table WHERE relation = 'public.u'}),
 	'the backfill it stopped resumes and stamps every row once');
 is(sq($b, q{SELECT count(*) FROM replstamp.changes WHERE relation = 'public.u'}), '100',
 	'one change per row');

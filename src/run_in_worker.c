@@ -1,6 +1,6 @@
 /*-------------------------------------------------------------------------
  *
- * requests.c
+ * run_in_worker.c
  *		replstamp.sync(), replstamp.sync_all() and replstamp.prune() run in
  *		a background worker, which commits page by page (a function in the
  *		caller's transaction could not), while the caller waits for it.
@@ -67,7 +67,7 @@
 #include "compat.h"
 #include "errors.h"
 #include "fence.h"
-#include "maintenance.h"
+#include "prune.h"
 #include "shmem.h"
 #include "sync.h"
 #include "workers.h"
@@ -275,8 +275,8 @@ run_in_worker(char kind, const char *peer)
 	static bool callback_registered = false;
 	char	   *settings = caller_settings();
 
-	replstamp_require_shmem();
-	(void) replstamp_catalog_v11(kind_name(kind));
+	shmem_require();
+	(void) catalog_get_v11(kind_name(kind));
 	PreventInTransactionBlock(true, kind_name(kind));
 	if (kind == 'S')
 		sync_check_peer(peer);
@@ -324,7 +324,7 @@ run_in_worker(char kind, const char *peer)
 
 	PG_TRY();
 	{
-		if (!replstamp_start_worker("replstamp_request_main",
+		if (!worker_start("replstamp_request_main",
 									kind == 'P' ? "replstamp prune" : "replstamp sync request",
 									MyDatabaseId, GetUserId(), &a, sizeof(a), &handle))
 			ereport(ERROR,
@@ -470,7 +470,7 @@ replstamp_request_main(Datum arg)
 	MemoryContext cxt;
 
 	pqsignal(SIGTERM, die);
-	replstamp_worker_connect(arg, &a, sizeof(a));
+	worker_connect(arg, &a, sizeof(a));
 
 	LWLockAcquire(replstamp_shared->lock, LW_SHARED);
 	if (!replstamp_shared->requests[a.index].in_use ||

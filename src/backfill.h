@@ -1,17 +1,16 @@
 /*-------------------------------------------------------------------------
  *
- * maintenance.h
- *		Background upkeep of a database: pruning the change log, recording
- *		the lowest uncommitted serial every round, backfilling newly
- *		tracked tables; and replstamp.restore_version().
+ * backfill.h
+ *		Stamping once, in the background, the rows a table held when it was
+ *		tracked with backfill => true.
  *
  * Copyright (c) 2026, the replstamp authors
  * Distributed under the PostgreSQL License: see LICENSE.
  *
  *-------------------------------------------------------------------------
  */
-#ifndef REPLSTAMP_MAINTENANCE_H
-#define REPLSTAMP_MAINTENANCE_H
+#ifndef REPLSTAMP_BACKFILL_H
+#define REPLSTAMP_BACKFILL_H
 
 #include "utils/relcache.h"
 
@@ -23,12 +22,9 @@ typedef struct BackfillOrigin
 	Oid			filenode;		/* the table's file node */
 } BackfillOrigin;
 
-extern void maintenance_init(void);
-extern int	maintenance_prune_interval(void);
-extern void maintenance_mark_lus(void);
-extern int64 prune_run(void);
+extern void backfill_init(void);
 extern void backfill_run(void);
-extern void maintenance_request_backfill(void);
+extern void backfill_request(void);
 extern void backfill_origin(Relation rel, BackfillOrigin *origin);
 
-#endif							/* REPLSTAMP_MAINTENANCE_H */
+#endif							/* REPLSTAMP_BACKFILL_H */
