@@ -86,6 +86,7 @@
 
 #include "apply.h"
 #include "catalog.h"
+#include "compat.h"
 #include "constraints.h"
 #include "rowimage.h"
 #include "rowversion.h"

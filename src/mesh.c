@@ -54,6 +54,7 @@
 #include "utils/uuid.h"
 
 #include "catalog.h"
+#include "compat.h"
 #include "remote.h"
 #include "sync.h"
 

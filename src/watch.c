@@ -57,6 +57,7 @@
 #include "utils/wait_event.h"
 
 #include "catalog.h"
+#include "compat.h"
 #include "errors.h"
 #include "remote.h"
 #include "watch.h"
