@@ -77,17 +77,38 @@ apt_cleanup() {
 # The TAP modules, from postgresql-client-MAJOR.
 PERL_MODULES="$DEB/usr/lib/postgresql/$MAJOR/lib/pgxs/src/test/perl"
 
+# The packages taken from the suite: the headers, the TAP modules and the
+# client programs, the server (its pg_upgrade, and a server of the same
+# minor release for pg_upgrade to upgrade to), and the libraries these
+# programs need as that suite builds them, its C library first, two levels
+# deep (the rest Debian 12 has under the same names).  Not LLVM: only JIT
+# compilation loads it.
+suite_packages() {
+	local level=(postgresql-server-dev-$MAJOR postgresql-client-$MAJOR postgresql-$MAJOR
+		libpq5 libc6 libstdc++6 libgcc-s1) all=() next p
+	deps() {
+		apt-cache show "$1/$SUITE" 2>/dev/null |
+			sed -n 's/^\(Pre-\)\{0,1\}Depends: //p' | tr ',' '\n' |
+			sed 's/|.*//; s/(.*//; s/:any//; s/[[:space:]]//g' | grep '^lib' | grep -v '^libllvm'
+	}
+	for _ in 1 2; do
+		all+=("${level[@]}")
+		next=()
+		for p in "${level[@]}"; do next+=($(deps "$p")); done
+		level=("${next[@]}")
+	done
+	all+=("${level[@]}")
+	printf '%s\n' "${all[@]}" | sort -u
+}
+
+# Marks a cache whose packages are all unpacked (the list grew since the
+# first version of this script: an older cache is fetched again).
+DEB_DONE="$DEB/.replstamp-packages-2"
+
 fetch_headers() {
-	[ -f "$SERVER_INC/postgres.h" ] && [ -f "$PERL_MODULES/PostgreSQL/Test/Cluster.pm" ] && return 0
+	[ -f "$DEB_DONE" ] && return 0
 	if [ "$(id -u)" -ne 0 ]; then
-		say "replstamp: the PostgreSQL $MAJOR headers are not in $DEB; as root:"
-		say "  echo '$APT_SOURCE' >$APT_LIST"
-		say "  printf 'Package: *\\nPin: release n=$SUITE\\nPin-Priority: 1\\n' >$APT_PIN"
-		say "  apt-get update -o Dir::Etc::sourcelist=$APT_LIST -o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0"
-		say "  (cd $CACHE && apt-get download postgresql-server-dev-$MAJOR/$SUITE postgresql-client-$MAJOR/$SUITE)"
-		say "  dpkg -x $CACHE/postgresql-server-dev-${MAJOR}_*.deb $DEB"
-		say "  dpkg -x $CACHE/postgresql-client-${MAJOR}_*.deb $DEB"
-		say "  rm -f $APT_LIST $APT_PIN"
+		say "replstamp: the PostgreSQL $MAJOR packages are not in $DEB: run test/pg_major.sh $MAJOR as root"
 		return 1
 	fi
 	trap apt_cleanup EXIT
@@ -98,17 +119,22 @@ fetch_headers() {
 	# Only this suite's lists are fetched; the system's are left as they are.
 	apt-get update -qq -o Dir::Etc::sourcelist="$APT_LIST" \
 		-o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0 >&2
-	rm -f "$CACHE"/postgresql-server-dev-"$MAJOR"_*.deb "$CACHE"/postgresql-client-"$MAJOR"_*.deb
+	local pkgs
+	pkgs=$(suite_packages)
+	rm -rf "$CACHE/debs"
+	mkdir -p "$CACHE/debs"
 	# apt's download user may not write into the cache: the files are
 	# fetched as root then, which apt says in a warning that is no error.
-	(cd "$CACHE" && apt-get download -qq "postgresql-server-dev-$MAJOR/$SUITE" \
-		"postgresql-client-$MAJOR/$SUITE" 2>&1 | grep -v 'unsandboxed' >&2)
+	(cd "$CACHE/debs" && apt-get download -qq $(printf '%s/'"$SUITE"' ' $pkgs) 2>&1 |
+		grep -v 'unsandboxed' >&2)
 	apt_cleanup
 	trap - EXIT INT TERM
 	rm -rf "$DEB"
-	dpkg -x "$CACHE"/postgresql-server-dev-"$MAJOR"_*.deb "$DEB"
-	dpkg -x "$CACHE"/postgresql-client-"$MAJOR"_*.deb "$DEB"
-	[ -f "$SERVER_INC/postgres.h" ] && [ -f "$PERL_MODULES/PostgreSQL/Test/Cluster.pm" ]
+	local d
+	for d in "$CACHE"/debs/*.deb; do dpkg -x "$d" "$DEB"; done
+	rm -rf "$CACHE/debs" "$CACHE"/postgresql-*.deb
+	[ -f "$SERVER_INC/postgres.h" ] && [ -f "$PERL_MODULES/PostgreSQL/Test/Cluster.pm" ] &&
+		[ -x "$DEB/usr/lib/postgresql/$MAJOR/bin/pg_upgrade" ] && touch "$DEB_DONE"
 }
 
 # The minor release of the headers, e.g. 17.6: the binaries are taken of
@@ -230,6 +256,49 @@ EOF
 		printf '\n# Added by test/pg_major.sh (write_abi_shim).\nLDFLAGS_SL += -L$(libdir) -Wl,--no-as-needed -lreplstamp_abi_shim -Wl,--as-needed\n' >>"$global"
 }
 
+# Debian's programs of this major need a newer C library than Debian 12's
+# (glibc 2.38: strlcpy).  They run here by the dynamic loader of their own
+# suite's C library, with that suite's libraries first and Debian 12's
+# behind them.  Each program of Debian's bin/ (moved to bin.real/) gets a
+# wrapper script in bin/ that does so, its own name as argv[0], so that
+# PostgreSQL finds its share/ and lib/ and its sibling programs from
+# there; a tree made of the wrappers and Debian's share/ and lib/ is a
+# server of Debian's minor release, pg_upgrade included.  npm's tree gets
+# wrappers for the client programs it lacks, which the TAP tests run
+# (pg_basebackup, pg_verifybackup with its pg_waldump, pg_dump, ...).
+DEB_BIN="$DEB/usr/lib/postgresql/$MAJOR/bin"
+CLIENT_PROGRAMS="pg_basebackup pg_verifybackup pg_waldump pg_dump pg_dumpall pg_restore pg_receivewal pg_upgrade"
+
+write_wrapper() {	# wrapper, real program, 1 if the wrapper's ../lib comes first
+	local own=""
+	[ "$3" = 1 ] && own='$(cd "$(dirname "$0")/.." \&\& pwd)/lib:'
+	sed -e "s|@DEB@|$DEB|g" -e "s|@REAL@|$2|g" -e "s|@OWN@|$own|" >"$1" <<'EOF'
+#!/bin/sh
+# Written by test/pg_major.sh (write_debian_programs): Debian's program of
+# the suite's newer C library, run by that library's dynamic loader.
+deb=@DEB@
+exec "$deb/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2" \
+	--library-path "@OWN@$deb/usr/lib/x86_64-linux-gnu:$deb/lib/x86_64-linux-gnu:/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu" \
+	--argv0 "$0" "@REAL@" "$@"
+EOF
+	chmod +x "$1"
+}
+
+write_debian_programs() {
+	local p
+	if [ ! -d "$DEB_BIN.real" ]; then
+		mv "$DEB_BIN" "$DEB_BIN.real"
+		mkdir "$DEB_BIN"
+		for p in "$DEB_BIN.real"/*; do
+			write_wrapper "$DEB_BIN/$(basename "$p")" "$p" 1
+		done
+	fi
+	for p in $CLIENT_PROGRAMS; do
+		[ -e "$INSTALL/bin/$p" ] || write_wrapper "$INSTALL/bin/$p" "$DEB_BIN.real/$p" 0
+	done
+	"$INSTALL/bin/pg_basebackup" --version >/dev/null
+}
+
 # npm's tree was built without TAP tests: its PGXS runs none.  The modules
 # of the same major (Debian's) go where PGXS looks for them, and the
 # tree's Makefile.global turns the TAP suite on, as --enable-tap-tests
@@ -270,6 +339,7 @@ if [ -w "$INSTALL/bin" ]; then
 	write_pg_config
 	write_abi_shim
 	write_tap_support
+	write_debian_programs
 fi
 [ -n "$ACTION" ] || { echo "$INSTALL/bin/pg_config"; exit 0; }
 
