@@ -124,6 +124,16 @@ private_install_from() {
 	echo "$bin"
 }
 
+# Whether every directory from / down to $1 lets other users through.
+others_may_enter() {
+	local d
+	d=$(cd "$1" && pwd) || return 1
+	while [ -n "$d" ]; do
+		[ "$(( 0$(stat -c %a "$d") & 1 ))" -eq 1 ] || return 1
+		d=${d%/*}
+	done
+}
+
 # Where test/pg_major.sh keeps the PostgreSQL trees of majors other than 15.
 pg_cache() { echo "${REPLSTAMP_PG_CACHE:-$SRCDIR/tmp_pg}"; }
 

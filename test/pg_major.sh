@@ -19,8 +19,10 @@
 #   test/pg_major.sh 17             # prints the pg_config to use
 #   make PG_CONFIG=$PWD/tmp_pg/17/install/bin/pg_config
 #
-# and runs the pg_regress or isolation suite (sql/, test/isolation/) on
-# that major, as test/run does on 15: a test build (warnings are errors)
+# test/run fetches with it (test/run --pg 17, and a whole test/run), and
+# runs every suite on that major, the TAP tests included.  This script can
+# also run the pg_regress or isolation suite (sql/, test/isolation/) on
+# that major by itself: a test build (warnings are errors)
 # installed into a private copy of the tree, "make installcheck" there
 # (as root, as the user postgres, on a copy of the source tree).  Ends
 # with "N passed, N failed".
@@ -148,6 +150,10 @@ header_minor() {
 
 fetch_binaries() {
 	[ -x "$INSTALL/bin/postgres" ] && return 0
+	# The machines of this project come with Node.js's npm; Debian's will do.
+	if ! command -v npm >/dev/null && [ "$(id -u)" -eq 0 ]; then
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >&2
+	fi
 	local versions version minor
 	versions=$(npm view "$NPM_PACKAGE" versions --json | tr -d '[]", ' | grep "^$MAJOR\.")
 	minor=$(header_minor)
@@ -346,10 +352,9 @@ fi
 # ---- regress, isolation, smoke: the suites of "make installcheck" on this major ----
 
 # ---- smoke: two nodes, syncs both ways, a backup and its restored copy ----
-# Not the TAP suite (npm's binaries have no pg_basebackup, and no TAP
-# modules): the few behaviours that use what differs most between majors
-# (the executor writes of an apply, backend numbering, the backup API),
-# checked by hand.
+# The few behaviours that use what differs most between majors (the
+# executor writes of an apply, backend numbering, the backup API), checked
+# by hand in a few seconds; test/run --pg MAJOR runs the TAP tests.
 
 nodes_started=()
 stop_nodes() {
