@@ -51,6 +51,21 @@ UPDATE replstamp.tracked t
                          AND k.ord OPERATOR(pg_catalog.<=) i.indnkeyatts)
  WHERE t.state OPERATOR(pg_catalog.=) 'tracked';
 
+-- The last verification against each peer (issue 23): replstamp.peers
+-- and replstamp.problems show it.
+CREATE TABLE replstamp.verification (
+    peer          text PRIMARY KEY REFERENCES replstamp.peer ON DELETE CASCADE,
+    verified_at   timestamptz NOT NULL,
+    tables        text[],                -- NULL: every tracked table
+    deep          boolean NOT NULL,
+    differences   bigint NOT NULL,       -- rows named by that run
+    digests_read  bigint NOT NULL,       -- bucket digests compared
+    rows_read     bigint NOT NULL,       -- rows read, here and there
+    duration      interval NOT NULL
+);
+REVOKE ALL ON replstamp.verification FROM PUBLIC;
+GRANT SELECT ON replstamp.verification TO PUBLIC;
+
 /*
  * replstamp.problems: every reason this node is not replicating a tracked
  * table fully, one row each; empty when all is well (issue 27).  A sync
@@ -122,9 +137,15 @@ CREATE VIEW replstamp.problems AS
      WHERE p.last_error IS NOT NULL
     UNION ALL
     SELECT 'peer ' OPERATOR(pg_catalog.||) p.status, p.name::text,
-           'The peer''s data went back in time or it was away too long: see replstamp.peers.',
-           'See the documentation of replstamp.peers.status.'
+           CASE WHEN v.differences OPERATOR(pg_catalog.>) 0
+                THEN pg_catalog.format('replstamp.verify() found %s rows that differ from the peer''s at the same vector (%s).',
+                                       v.differences, v.verified_at)
+                ELSE 'The peer''s data went back in time or it was away too long: see replstamp.peers.' END,
+           CASE WHEN v.differences OPERATOR(pg_catalog.>) 0
+                THEN pg_catalog.format('List them with SELECT * FROM replstamp.verify(%L), make them equal with replstamp.repair().', p.name)
+                ELSE 'See the documentation of replstamp.peers.status.' END
       FROM replstamp.peers p
+      LEFT JOIN replstamp.verification v ON v.peer OPERATOR(pg_catalog.=) p.name
      WHERE p.status IN ('diverged', 'stale');
 GRANT SELECT ON replstamp.problems TO PUBLIC;
 
@@ -328,20 +349,6 @@ CREATE FUNCTION replstamp.rebuild_digests(relation regclass DEFAULT NULL)
 COMMENT ON FUNCTION replstamp.rebuild_digests(regclass) IS
     'recompute replstamp.row_digest from replstamp.row_version (one table, or every one); returns the rows counted';
 REVOKE ALL ON FUNCTION replstamp.rebuild_digests(regclass) FROM PUBLIC;
-
--- The last verification against each peer: what replstamp.peers shows.
-CREATE TABLE replstamp.verification (
-    peer          text PRIMARY KEY REFERENCES replstamp.peer ON DELETE CASCADE,
-    verified_at   timestamptz NOT NULL,
-    tables        text[],                -- NULL: every tracked table
-    deep          boolean NOT NULL,
-    differences   bigint NOT NULL,       -- rows named by that run
-    digests_read  bigint NOT NULL,       -- bucket digests compared
-    rows_read     bigint NOT NULL,       -- rows read, here and there
-    duration      interval NOT NULL
-);
-REVOKE ALL ON replstamp.verification FROM PUBLIC;
-GRANT SELECT ON replstamp.verification TO PUBLIC;
 
 -- Every row repair() wrote (or, dry run, would write).
 CREATE TABLE replstamp.repairs (

@@ -28,7 +28,9 @@
  * version that lost, which replstamp.restore_version() can bring back.
  *
  * When: second unique keys are checked before each write (the index would
- * refuse the row).  Foreign keys are noted as the apply writes (a child
+ * refuse the row), deferrable ones before the applied transaction commits
+ * (replica mode skips the trigger that checks them; inside a transaction
+ * they may be broken and hold again at its end).  Foreign keys are noted as the apply writes (a child
  * written, a parent deleted or its referenced key changed) and checked
  * before the applied transaction commits: constraints_check_deferred().
  * A referenced row missing then is resolved only once the node holds
@@ -146,6 +148,7 @@ typedef struct RelCons
 	List	   *as_child;		/* FkInfo *: keys of this table */
 	List	   *as_parent;		/* FkInfo *: keys referencing this table */
 	bool		has_unique;		/* a unique index besides the primary key */
+	bool		has_deferred_unique;	/* one of them deferrable */
 } RelCons;
 
 /* A foreign key to check: a child's values, or a parent's old ones. */
@@ -158,10 +161,18 @@ typedef struct Candidate
 	Datum		values[INDEX_MAX_KEYS];
 } Candidate;
 
+/* A row written to a table with a deferrable unique key: to check. */
+typedef struct UniqueCandidate
+{
+	Oid			relid;
+	HeapTuple	tuple;			/* the row as written */
+} UniqueCandidate;
+
 struct ConstraintState
 {
 	MemoryContext cxt;			/* the sync's */
 	List	   *pending;		/* Candidate * */
+	List	   *unique_pending; /* UniqueCandidate * */
 };
 
 /* The backend's cache. */
@@ -332,6 +343,7 @@ rel_cons(Relation rel)
 	List	   *as_child;
 	List	   *as_parent;
 	bool		has_unique = false;
+	bool		has_deferred_unique = false;
 	List	   *indexes;
 	ListCell   *lc;
 	MemoryContext old;
@@ -355,6 +367,8 @@ rel_cons(Relation rel)
 		ix = (Form_pg_index) GETSTRUCT(tup);
 		if (ix->indisunique && !ix->indisprimary && ix->indimmediate && ix->indisvalid)
 			has_unique = true;
+		if (ix->indisunique && !ix->indisprimary && !ix->indimmediate && ix->indisvalid)
+			has_deferred_unique = true;
 		ReleaseSysCache(tup);
 	}
 	list_free(indexes);
@@ -362,6 +376,7 @@ rel_cons(Relation rel)
 	rc->as_child = as_child;
 	rc->as_parent = as_parent;
 	rc->has_unique = has_unique;
+	rc->has_deferred_unique = has_deferred_unique;
 	return rc;
 }
 
@@ -508,7 +523,8 @@ add_candidate(ConstraintState *cs, FkInfo *fk, bool child_side, TupleDesc desc,
  * A row of rel is about to be written: oldrow is the row as it is (NULL
  * for an INSERT), newrow the row to be (NULL for a DELETE).  Notes each
  * foreign key the write may break: one whose child columns it sets, one
- * whose referenced columns it deletes or changes.  Checked by
+ * whose referenced columns it deletes or changes; and a row written to a
+ * table with a deferrable unique key.  Checked by
  * constraints_check_deferred() before the transaction commits.
  */
 void
@@ -519,6 +535,16 @@ constraints_note_write(ConstraintState *cs, Relation rel, TupleTableSlot *oldrow
 	TupleDesc	desc = RelationGetDescr(rel);
 	ListCell   *lc;
 
+	if (rc->has_deferred_unique && newrow)
+	{
+		MemoryContext old = MemoryContextSwitchTo(cs->cxt);
+		UniqueCandidate *u = palloc(sizeof(UniqueCandidate));
+
+		u->relid = RelationGetRelid(rel);
+		u->tuple = ExecCopySlotHeapTuple(newrow);
+		cs->unique_pending = lappend(cs->unique_pending, u);
+		MemoryContextSwitchTo(old);
+	}
 	if (rc->as_child == NIL && rc->as_parent == NIL)
 		return;
 	if (oldrow)
@@ -749,6 +775,7 @@ resolve_child(ApplySession *s, FkInfo *fk, Candidate *c, ItemPointer tid)
 }
 
 static void check_pending(ApplySession *s, ConstraintState *cs, bool complete);
+static void check_deferred_unique(ApplySession *s, ConstraintState *cs);
 
 /*
  * The page's transaction was rolled back: what its writes noted is void
@@ -757,15 +784,21 @@ static void check_pending(ApplySession *s, ConstraintState *cs, bool complete);
 void
 constraints_forget(ConstraintState *cs)
 {
+	ListCell   *lc;
+
 	list_free_deep(cs->pending);
 	cs->pending = NIL;
+	foreach(lc, cs->unique_pending)
+		heap_freetuple(((UniqueCandidate *) lfirst(lc))->tuple);
+	list_free_deep(cs->unique_pending);
+	cs->unique_pending = NIL;
 }
 
-/* Are foreign keys noted and not checked yet? */
+/* Are constraints noted and not checked yet? */
 bool
 constraints_pending(ConstraintState *cs)
 {
-	return cs->pending != NIL;
+	return cs->pending != NIL || cs->unique_pending != NIL;
 }
 
 /*
@@ -784,12 +817,14 @@ constraints_check_deferred(ApplySession *s, bool complete)
 {
 	ConstraintState *cs = apply_constraint_state(s);
 
-	if (cs->pending == NIL)
+	if (cs->pending == NIL && cs->unique_pending == NIL)
 		return;
 	cache_ready();
 	cache_pins++;
 	PG_TRY();
 	{
+		/* First: a row a unique key deletes may be a parent. */
+		check_deferred_unique(s, cs);
 		check_pending(s, cs, complete);
 	}
 	PG_FINALLY();
@@ -1046,4 +1081,135 @@ resolve_unique(ApplySession *s, Relation rel, ResultRelInfo *rri, EState *estate
 	}
 	ExecDropSingleTupleTableSlot(slot);
 	return ok;
+}
+
+/* ---------------------------------------------------------------------
+ * Deferrable unique keys
+ * ---------------------------------------------------------------------
+ */
+
+/*
+ * A deferrable unique key may be broken inside a transaction and hold at
+ * its end (two rows that swap their values): the origin checks it at
+ * commit, and replica mode skips the trigger that would check it here.
+ * So the rows the apply wrote to such tables are checked before the
+ * applied transaction commits, when each origin transaction applied is
+ * whole: a value two rows hold then is a conflict of concurrent writes,
+ * resolved as for other unique keys (the row whose latest version is the
+ * later is deleted, a change made here, recorded).
+ */
+static void
+check_deferred_unique(ApplySession *s, ConstraintState *cs)
+{
+	List	   *work = cs->unique_pending;
+	ListCell   *lc;
+
+	cs->unique_pending = NIL;
+	foreach(lc, work)
+	{
+		UniqueCandidate *u = lfirst(lc);
+		Relation	rel = try_table_open(u->relid, RowExclusiveLock);
+		EState	   *estate;
+		ResultRelInfo *rri;
+		TupleTableSlot *written;
+		TupleTableSlot *cur;
+		TupleTableSlot *holder;
+		Relation	pk = NULL;
+		IndexInfo  *pkinfo = NULL;
+		bool		found = false;
+
+		CHECK_FOR_INTERRUPTS();
+		if (rel == NULL)
+		{
+			heap_freetuple(u->tuple);
+			continue;
+		}
+		/* A remedy's SQL sees what the apply wrote. */
+		CommandCounterIncrement();
+		estate = CreateExecutorState();
+		rri = makeNode(ResultRelInfo);
+		InitResultRelInfo(rri, rel, 1, NULL, 0);
+		ExecOpenIndices(rri, false);
+		written = MakeSingleTupleTableSlot(RelationGetDescr(rel), &TTSOpsHeapTuple);
+		cur = table_slot_create(rel, NULL);
+		holder = table_slot_create(rel, NULL);
+		ExecStoreHeapTuple(u->tuple, written, false);
+		for (int i = 0; i < rri->ri_NumIndices; i++)
+			if (rri->ri_IndexRelationDescs[i]->rd_index->indisprimary)
+			{
+				pk = rri->ri_IndexRelationDescs[i];
+				pkinfo = rri->ri_IndexRelationInfo[i];
+			}
+
+		/* The row as it is now (a later change of the page may have changed it). */
+		if (pk)
+			found = find_holder(rel, pk, pkinfo, estate, written, NULL, NULL, cur);
+		for (int i = 0; found && i < rri->ri_NumIndices; i++)
+		{
+			Relation	idx = rri->ri_IndexRelationDescs[i];
+			IndexInfo  *ii = rri->ri_IndexRelationInfo[i];
+
+			if (!idx->rd_index->indisunique || idx->rd_index->indisprimary ||
+				idx->rd_index->indimmediate || !idx->rd_index->indisvalid)
+				continue;
+			while (found && find_holder(rel, idx, ii, estate, cur, &cur->tts_tid, NULL, holder))
+			{
+				ChangeRow	crow;
+				RowVersion	cver;
+				ChangeRow	hrow;
+				RowVersion	hver;
+				bool		cur_loses;
+				TupleTableSlot *loser;
+
+				if (constraints_on_conflict == CONSTRAINT_CONFLICT_STOP)
+					ereport(ERROR,
+							(errcode(ERRCODE_UNIQUE_VIOLATION),
+							 errmsg("rows of table %s take the same value of the deferrable unique index \"%s\"",
+									quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
+															   RelationGetRelationName(rel)),
+									RelationGetRelationName(idx)),
+							 errdetail("A change pulled from peer \"%s\" wrote one of them.", apply_peer(s)),
+							 errhint("Change or delete one of the rows here, or set replstamp.on_constraint_conflict to 'resolve'.")));
+				slot_getallattrs(cur);
+				slot_getallattrs(holder);
+				row_version_of(s, rel, cur, &crow, &cver);
+				row_version_of(s, rel, holder, &hrow, &hver);
+
+				/*
+				 * The later version loses; a row never stamped loses to
+				 * one that was.
+				 */
+				if (!cver.found || cver.deleted)
+					cur_loses = hver.found && !hver.deleted;
+				else
+					cur_loses = hver.found && !hver.deleted && version_cmp(&cver.v, &hver.v) > 0;
+				loser = cur_loses ? cur : holder;
+				serial_clock_seen(cur_loses ? cver.v.changed_at : hver.v.changed_at);
+				constraints_note_write(cs, rel, loser, NULL);
+				if (!remedy_write(rel, &loser->tts_tid, NULL, NULL))
+					elog(ERROR, "replstamp: could not delete a row of %s holding a unique key",
+						 RelationGetRelationName(rel));
+				CommandCounterIncrement();
+				if (cur_loses ? cver.found : hver.found)
+					apply_record_conflict(s, rel, cur_loses ? crow.key : hrow.key, "unique_lost",
+										  cur_loses ? &hver.v : &cver.v,
+										  cur_loses ? &cver.v : &hver.v, NULL);
+				else
+					ereport(LOG,
+							(errmsg("replstamp: deleted a row of table %s that was never stamped, for the unique index \"%s\" of a change from peer \"%s\"",
+									RelationGetRelationName(rel), RelationGetRelationName(idx),
+									apply_peer(s))));
+				if (cur_loses)
+					found = false;
+			}
+		}
+		ExecDropSingleTupleTableSlot(holder);
+		ExecDropSingleTupleTableSlot(cur);
+		ExecDropSingleTupleTableSlot(written);
+		ExecCloseIndices(rri);
+		FreeExecutorState(estate);
+		table_close(rel, NoLock);
+		heap_freetuple(u->tuple);
+	}
+	list_free_deep(work);
 }

@@ -358,31 +358,6 @@ issued_by_other_peer(SyncRun *r, const pg_uuid_t *id, int64 *issued)
 	return !isnull;
 }
 
-/*
- * The peer dropped tombstones of some IDs up to a serial (or learnt that
- * another node did): where this node now holds that ID at least that far,
- * it refuses from now on, as the peer does, a node holding less.  A node
- * that joined after the tombstones were dropped never held them: without
- * the peer's word it would let such a node pass for current.
- */
-static void
-adopt_purged(SyncRun *r)
-{
-	for (int i = 0; i < r->srv.npurged; i++)
-	{
-		Oid			types[2] = {UUIDOID, INT8OID};
-		Datum		values[2] = {UUIDPGetDatum(&r->srv.purged[i].id),
-		Int64GetDatum(r->srv.purged[i].serial)};
-
-		replstamp_spi_exec("INSERT INTO replstamp.purged (replica_id, serial) SELECT $1, $2 "
-				           "WHERE EXISTS (SELECT 1 FROM replstamp.vector v WHERE v.replica_id OPERATOR(pg_catalog.=) $1 "
-				           "  AND v.serial OPERATOR(pg_catalog.>=) $2) "
-				           "ON CONFLICT (replica_id) DO UPDATE SET serial = "
-				           "GREATEST(replstamp.purged.serial, EXCLUDED.serial)",
-				           2, types, values, NULL, SPI_OK_INSERT);
-	}
-}
-
 /* The highest serial of id whose tombstone we dropped, or 0. */
 static int64
 purged_upto(const pg_uuid_t *id)
@@ -396,6 +371,77 @@ purged_upto(const pg_uuid_t *id)
 	if (SPI_processed == 0)
 		return 0;
 	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+}
+
+/*
+ * The peer dropped tombstones of some IDs up to a serial (or learnt that
+ * another node did): where this node now holds that ID at least that far,
+ * it refuses from now on, as the peer does, a node holding less.  A node
+ * that joined after the tombstones were dropped never held them: without
+ * the peer's word it would let such a node pass for current.
+ *
+ * The peer's word is taken only as far as this node can check it (issue
+ * 20): a tombstone is dropped once it is older than
+ * replstamp.tombstone_lifetime, so a mark is plausible up to the newest
+ * change of that ID held here that is older than that, the marked change
+ * itself or an old tombstone below it.  A mark beyond that (a hostile
+ * peer echoing this node's own vector would make it refuse every node one
+ * change behind) is cut back to it, and the peer is named in a warning.
+ */
+static void
+adopt_purged(SyncRun *r)
+{
+	for (int i = 0; i < r->srv.npurged; i++)
+	{
+		Oid			types[2] = {UUIDOID, INT8OID};
+		Datum		values[2] = {UUIDPGetDatum(&r->srv.purged[i].id),
+		Int64GetDatum(r->srv.purged[i].serial)};
+		bool		isnull;
+		int64		claimed = r->srv.purged[i].serial;
+		int64		held;
+		int64		plausible;
+
+		replstamp_spi_exec("WITH old AS (SELECT pg_catalog.now() OPERATOR(pg_catalog.-) "
+				           "  pg_catalog.current_setting('replstamp.tombstone_lifetime')::pg_catalog.interval AS before) "
+				           "SELECT COALESCE((SELECT pg_catalog.max(v.serial) FROM replstamp.vector v "
+				           "                 WHERE v.replica_id OPERATOR(pg_catalog.=) $1), 0), "
+				           "  COALESCE(GREATEST("
+				           "    (SELECT c.serial FROM replstamp.changes c, old "
+				           "      WHERE c.replica_id OPERATOR(pg_catalog.=) $1 AND c.serial OPERATOR(pg_catalog.=) $2 "
+				           "      AND c.changed_at OPERATOR(pg_catalog.<) old.before), "
+				           "    (SELECT pg_catalog.max(t.serial) FROM replstamp.row_version t, old "
+				           "      WHERE t.deleted AND t.changed_at OPERATOR(pg_catalog.<) old.before "
+				           "      AND t.replica_id OPERATOR(pg_catalog.=) $1 AND t.serial OPERATOR(pg_catalog.<=) $2)), 0) "
+				           "FROM old",
+				           2, types, values, NULL, SPI_OK_SELECT);
+		held = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		plausible = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+
+		/* Of an ID held here less far, the peer's word is no use here. */
+		if (held < claimed || claimed <= purged_upto(&r->srv.purged[i].id))
+			continue;
+		if (plausible < claimed && plausible > 0)
+			ereport(WARNING,
+					(errmsg("replstamp: peer \"%s\" says tombstones of replica ID %s were dropped up to serial " INT64_FORMAT
+							", but this node holds changes of that ID older than replstamp.tombstone_lifetime only up to serial " INT64_FORMAT,
+							r->peer, replstamp_uuid_text(&r->srv.purged[i].id), claimed, plausible),
+					 errhint("This node takes the claim only that far. Set replstamp.tombstone_lifetime to the same value on every node; "
+							 "if it is, check that peer's replstamp.purged: its claim would make this node refuse current nodes.")));
+		else if (plausible < claimed)
+			ereport(WARNING,
+					(errmsg("replstamp: peer \"%s\" says tombstones of replica ID %s were dropped up to serial " INT64_FORMAT
+							", but this node holds no change of that ID older than replstamp.tombstone_lifetime",
+							r->peer, replstamp_uuid_text(&r->srv.purged[i].id), claimed),
+					 errhint("This node ignores the claim. Set replstamp.tombstone_lifetime to the same value on every node; "
+							 "if it is, check that peer's replstamp.purged: its claim would make this node refuse current nodes.")));
+		if (plausible == 0)
+			continue;
+		values[1] = Int64GetDatum(plausible);
+		replstamp_spi_exec("INSERT INTO replstamp.purged (replica_id, serial) VALUES ($1, $2) "
+				           "ON CONFLICT (replica_id) DO UPDATE SET serial = "
+				           "GREATEST(replstamp.purged.serial, EXCLUDED.serial)",
+				           2, types, values, NULL, SPI_OK_INSERT);
+	}
 }
 
 /*

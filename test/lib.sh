@@ -42,12 +42,16 @@ drop_root() {
 	local user="${REPLSTAMP_TEST_USER:-postgres}"
 	id "$user" >/dev/null 2>&1 || useradd --system --create-home "$user"
 	local src
-	src=$(mktemp -d /tmp/replstamp-src.XXXXXX)
+	src=$(mktemp -d "${TMPDIR:-/tmp}/replstamp-src.XXXXXX")
 	rsync -a --exclude .git --exclude 'tmp_*' --exclude '*.o' --exclude '*.so' \
 		--exclude '*.bc' "$SRCDIR"/ "$src"/
 	# The copy has no git history: bring along the released sources the
-	# upgrade test builds (release_source).
-	release_archive "$SRCDIR" >"$src/$RELEASE_ARCHIVE" 2>/dev/null || rm -f "$src/$RELEASE_ARCHIVE"
+	# upgrade tests build (release_source).
+	local r a
+	for r in $RELEASES; do
+		a="$src/$(release_archive_name "${r%%:*}")"
+		release_archive "${r%%:*}" "$SRCDIR" >"$a" 2>/dev/null || rm -f "$a"
+	done
 	chown -R "$user": "$src"
 	local rel="${script#"$SRCDIR"/}"
 	set +e
@@ -57,31 +61,38 @@ drop_root() {
 	exit $rc
 }
 
-# The last release, which the upgrade test (test/t/080_upgrade.pl) installs
-# first and upgrades from: its version and its commit.  Its sources come
-# from the git history, as a tar archive named $RELEASE_ARCHIVE at the top
-# of a copy of the tree that has no history (drop_root makes one).
-RELEASE_VERSION=1.0
-RELEASE_COMMIT=76eb008
-RELEASE_ARCHIVE="tmp_release-$RELEASE_VERSION.tar"
+# The released versions the upgrade and mixed-version tests install next
+# to the tree under test (test/t/080_upgrade.pl starts from 1.0,
+# test/t/082_rolling_upgrade_from_1_1.pl from 1.1): each VERSION:COMMIT.
+# A test asks for one by naming REPLSTAMP_INSTALL_<VERSION with _ for .>;
+# test/run builds it from the git history.  Its sources come as a tar
+# archive named by release_archive_name at the top of a copy of the tree
+# that has no history (drop_root makes one).
+RELEASES="1.0:76eb008 1.1:600457c"
 
-# The release's sources as a tar archive on stdout, from the git history of
-# the tree $1; fails if there is none.
+release_commit() { local r; for r in $RELEASES; do [ "${r%%:*}" = "$1" ] && echo "${r#*:}"; done; }
+release_archive_name() { echo "tmp_release-$1.tar"; }
+
+# The sources of release $1 as a tar archive on stdout, from the git
+# history of the tree $2; fails if there is none.
 release_archive() {
-	git -C "$1" rev-parse -q --verify "$RELEASE_COMMIT^{commit}" >/dev/null 2>&1 &&
-		git -C "$1" archive --format=tar "$RELEASE_COMMIT"
+	local commit
+	commit=$(release_commit "$1")
+	git -C "$2" rev-parse -q --verify "$commit^{commit}" >/dev/null 2>&1 &&
+		git -C "$2" archive --format=tar "$commit"
 }
 
-# Unpack the release's sources into the directory $1 (created): from the
-# archive drop_root left, or from the git history of $SRCDIR.  Fails with
-# nothing unpacked when neither is there.
+# Unpack the sources of release $1 into the directory $2 (created): from
+# the archive drop_root left, or from the git history of $SRCDIR.  Fails
+# with nothing unpacked when neither is there.
 release_source() {
-	local dir="$1"
+	local version="$1" dir="$2" archive
+	archive="$SRCDIR/$(release_archive_name "$version")"
 	mkdir -p "$dir"
-	if [ -s "$SRCDIR/$RELEASE_ARCHIVE" ]; then
-		tar -x -C "$dir" -f "$SRCDIR/$RELEASE_ARCHIVE"
-	elif git -C "$SRCDIR" rev-parse -q --verify "$RELEASE_COMMIT^{commit}" >/dev/null 2>&1; then
-		release_archive "$SRCDIR" | tar -x -C "$dir"
+	if [ -s "$archive" ]; then
+		tar -x -C "$dir" -f "$archive"
+	elif git -C "$SRCDIR" rev-parse -q --verify "$(release_commit "$version")^{commit}" >/dev/null 2>&1; then
+		release_archive "$version" "$SRCDIR" | tar -x -C "$dir"
 	else
 		return 1
 	fi

@@ -13,8 +13,7 @@
 # and, trusted (REPLICATION) but another role than the honest puller's,
 # the same as 4.  None of it changes anything now: only a trusted role's
 # requests are acted on, and a puller's record is bound to its role.
-# (Item 5, a hostile peer's purged marks, is not fixed: see
-# doc/limitations.md.)
+# (Item 5, a hostile peer's purged marks, is 078_hostile_purged_marks.pl.)
 #
 # Copyright (c) 2026, the replstamp authors
 use strict;

@@ -7,7 +7,10 @@
 #    NULL the child stays with a NULL key; a grandchild follows its parent.
 # 2. a and b take the same value of a second unique key: the row whose
 #    version is the later is deleted everywhere, recorded, restorable;
-#    no sync stops.
+#    no sync stops.  The same for a deferrable unique key, checked at the
+#    end of the applied transaction: a swap of two values inside one
+#    transaction is no conflict.  (Replica mode skips the trigger that
+#    checks a deferrable unique key: before, every node kept both rows.)
 # 3. replstamp.on_constraint_conflict = 'stop': nothing is resolved; a
 #    child whose parent is gone fails the sync (23503), a second unique key
 #    stops it at the change (23505, the behaviour of 1.1).
@@ -34,12 +37,13 @@ my $schema = q{
 	CREATE TABLE dchild (id int PRIMARY KEY,
 		parent_id int REFERENCES parent DEFERRABLE INITIALLY DEFERRED);
 	CREATE TABLE users (id int PRIMARY KEY, email text UNIQUE, note text);
-	SELECT replstamp.track(t) FROM unnest(ARRAY['parent', 'child', 'grandchild', 'nchild', 'dchild', 'users']::regclass[]) t;
+	CREATE TABLE seats (id int PRIMARY KEY, seat int UNIQUE DEFERRABLE INITIALLY DEFERRED);
+	SELECT replstamp.track(t) FROM unnest(ARRAY['parent', 'child', 'grandchild', 'nchild', 'dchild', 'users', 'seats']::regclass[]) t;
 };
 my @nodes = map { replstamp_node($_, sql => $schema) } qw(a b c);
 my ($a, $b, $c) = @nodes;
 add_mesh(@nodes);
-my @tables = qw(parent child grandchild nchild dchild users);
+my @tables = qw(parent child grandchild nchild dchild users seats);
 
 sub sq { my ($node, $sql) = @_; return $node->safe_psql('postgres', $sql); }
 
@@ -180,6 +184,25 @@ is(join(' ', mesh_rounds()), '', 'the restored row replicates');
 is(sq($c, q{SELECT email FROM users WHERE id = 2}), 'q@x', 'restore_version() brings the loser back everywhere');
 same_everywhere('after restore_version()');
 
+# 2b. A deferrable unique key taken on two nodes, a first.
+sq($a, q{INSERT INTO seats VALUES (1, 100)});
+sq($b, q{INSERT INTO seats VALUES (2, 100)});
+is(join(' ', mesh_rounds()), '', 'a deferrable unique key taken twice: every sync goes through');
+same_everywhere('a deferrable unique key taken twice');
+is(sq($_, 'SELECT string_agg(id::text, \',\' ORDER BY id) FROM seats'), '1',
+	$_->name . ': the later row is deleted') for @nodes;
+is(sq($a, q{SELECT kind FROM replstamp.conflicts WHERE relation = 'public.seats' AND pk = '{"id": 2}'}),
+	'unique_lost', 'and recorded as unique_lost');
+# A swap inside one transaction passes through a state that breaks the key.
+sq($a, q{INSERT INTO seats VALUES (3, 300), (4, 400)});
+is(join(' ', mesh_rounds()), '', 'seats 300 and 400 reach every node');
+sq($a, q{BEGIN; UPDATE seats SET seat = 400 WHERE id = 3; UPDATE seats SET seat = 300 WHERE id = 4; COMMIT});
+is(join(' ', mesh_rounds()), '', 'a swap of two seats in one transaction replicates');
+is(sq($_, 'SELECT string_agg(id || \':\' || seat, \',\' ORDER BY id) FROM seats'), '1:100,3:400,4:300',
+	$_->name . ': both rows swapped, none deleted') for @nodes;
+is(sq($a, q{SELECT count(*) FROM replstamp.conflicts WHERE relation = 'public.seats' AND pk IN ('{"id": 3}', '{"id": 4}')}),
+	'0', 'no conflict recorded for the swap');
+
 # 3. The user's choice: stop.  A child whose parent is gone fails the page
 # before it commits (pages come in causal order: the parent is gone), so
 # the child is not applied, and the sync stops there.
@@ -199,6 +222,14 @@ like(pull($a, 'b'), qr/duplicate key value violates unique constraint "users_ema
 	'with on_constraint_conflict = stop, the sync stops at the second unique key');
 is(sq($a, q{SELECT status || ' ' || last_error_sqlstate FROM replstamp.peers WHERE name = 'b'}), 'failing 23505',
 	'and replstamp.peers shows it failing');
+# c, which holds parent 9 and not a's row 8, pulls b's changes.
+sq($c, q{ALTER SYSTEM SET replstamp.on_constraint_conflict = 'stop'; SELECT pg_reload_conf()});
+sq($b, q{INSERT INTO seats VALUES (9, 900)});
+sq($c, q{INSERT INTO seats VALUES (10, 900)});
+like(pull($c, 'b'), qr/rows of table public\.seats take the same value of the deferrable unique index "seats_seat_key"/,
+	'with on_constraint_conflict = stop, the sync stops at a deferrable unique key');
+is(sq($c, 'SELECT count(*) FROM seats WHERE id = 9') . ' ' . sq($c, q{SELECT last_error_sqlstate FROM replstamp.peers WHERE name = 'b'}),
+	'0 23505', 'the row is not applied, and replstamp.peers shows 23505');
 
 ok(!$_->log_contains(qr/terminated by signal/), $_->name . ': no process crashed') for @nodes;
 done_testing();

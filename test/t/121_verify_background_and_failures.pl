@@ -66,6 +66,9 @@ is(peer_state($a, 'b'), 'ok 0', 'b checked and agrees');
 $a->wait_for_log(qr/WARNING:  replstamp: 1 rows differ between this node and peer "c"/, $offset);
 ok(1, 'the background check warned');
 is(sq($a, q{SELECT count(*) FROM replstamp.problems WHERE object = 'c'}), '1', 'replstamp.problems lists it');
+like(sq($a, q{SELECT problem || ' | ' || detail || ' | ' || hint FROM replstamp.problems WHERE object = 'c'}),
+	qr/^peer diverged \| replstamp\.verify\(\) found 1 rows that differ from the peer's at the same vector \(.*\)\. \| List them with SELECT \* FROM replstamp\.verify\('c'\), make them equal with replstamp\.repair\(\)\.$/,
+	'as rows that differ, with what to do');
 
 # Repair on a from c's view of the row: a new stamped change, everywhere.
 is(sq($a, q{SELECT action FROM replstamp.repair('c', 't', ARRAY['{"id": 3}'::jsonb])}), 'update',
