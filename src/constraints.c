@@ -88,6 +88,7 @@
 
 #include "apply.h"
 #include "catalog.h"
+#include "compat.h"
 #include "constraints.h"
 #include "dbaccess.h"
 #include "rowimage.h"

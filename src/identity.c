@@ -17,7 +17,9 @@
  *	  START TIME, LABEL) is kept in node.restore_fingerprint;
  *	- the database OID changed (CREATE DATABASE ... TEMPLATE copied it);
  *	- the timeline changed (point-in-time recovery, promoted standby);
- *	- the system identifier changed (a copy into another cluster).
+ *	- the system identifier changed (a copy into another cluster), unless
+ *	  pg_upgrade made this cluster from the one that minted the ID: see
+ *	  "pg_upgrade" below.
  * A data set put back in time without any of these (a VM snapshot, a cold
  * copy of the data directory) is caught by its peers instead (sync.c,
  * serve.c), through the epochs below, and rotates through
@@ -40,6 +42,19 @@
  * whole (replstamp.lus_mark; see epoch_start()).  Two copies of one data
  * set that both go on writing have different tokens from some serial on;
  * a peer that holds changes of both sees it.
+ *
+ * pg_upgrade: the new cluster has a system identifier of its own, and no
+ * backup_label.old, but it is the same data set moved on to a new major
+ * release, not a copy: it keeps its replica ID.  pg_upgrade starts both
+ * clusters in binary-upgrade mode, in which nothing of replstamp runs but
+ * identity_note_binary_upgrade(): it writes UPGRADE_MARK_FILE into the data
+ * directory, naming that cluster's system identifier.  The first normal
+ * start after it reads and removes the file (identity_init()); when the
+ * file names this cluster, the checks of that start take a changed system
+ * identifier, and a backup_label.old gone, for the upgrade they are, and
+ * record the new ones.  Any other signal still rotates.  The old cluster,
+ * if it is started again and writes, is a clone of the upgraded one, caught
+ * by the peers as every clone is (the epochs below).
  *
  * Who checks: the launcher (launcher.c) starts one worker per database
  * after every start.  Until a database is checked, the stamp trigger does
@@ -121,11 +136,83 @@ static bool callbacks_registered = false;
 static bool v10_checked_this_start(void);
 
 /*
+ * pg_upgrade's mark in the data directory (see the file header), and whether
+ * the first normal start after it found it naming this cluster: set in the
+ * postmaster, inherited by every process of this start.
+ */
+#define UPGRADE_MARK_FILE "replstamp_pg_upgrade"
+static bool upgraded_this_start = false;
+
+static void read_upgrade_mark(void);
+static bool upgrade_explains_fingerprint(const ReplstampNode *node, const char *fp_now);
+static void record_upgrade(const ReplstampNode *node, const char *fp_now);
+
+
+/*
+ * Called instead of everything else when the library is loaded in
+ * binary-upgrade mode, which only pg_upgrade uses (in the postmaster when
+ * preloaded, in a backend by pg_upgrade's LOAD): marks the data directory,
+ * which is the working directory, as pg_upgrade's.  A mark that cannot be
+ * written costs the upgraded node a rotation, nothing more.
+ */
+void
+identity_note_binary_upgrade(void)
+{
+	FILE	   *f;
+
+	f = fopen(UPGRADE_MARK_FILE ".tmp", "w");
+	if (f == NULL ||
+		fprintf(f, "system identifier " UINT64_FORMAT "\n", GetSystemIdentifier()) < 0 ||
+		fclose(f) != 0 ||
+		rename(UPGRADE_MARK_FILE ".tmp", UPGRADE_MARK_FILE) != 0)
+		ereport(WARNING,
+				(errcode_for_file_access(),
+				 errmsg("replstamp: could not write file \"%s\": %m", UPGRADE_MARK_FILE),
+				 errdetail("The upgraded cluster will take new replica IDs when it starts.")));
+}
+
+/*
+ * In the postmaster of a normal start: does pg_upgrade's mark name this
+ * cluster?  The mark is removed, whatever it says: only the first start
+ * after an upgrade may take a new system identifier for one.
+ */
+static void
+read_upgrade_mark(void)
+{
+	FILE	   *f;
+	uint64		sysid;
+
+	f = fopen(UPGRADE_MARK_FILE, "r");
+	if (f == NULL)
+	{
+		if (errno != ENOENT)
+			ereport(WARNING,
+					(errcode_for_file_access(),
+					 errmsg("replstamp: could not read file \"%s\": %m", UPGRADE_MARK_FILE)));
+		return;
+	}
+	if (fscanf(f, "system identifier " UINT64_FORMAT, &sysid) == 1 &&
+		sysid == GetSystemIdentifier())
+		upgraded_this_start = true;
+	fclose(f);
+	if (unlink(UPGRADE_MARK_FILE) != 0)
+		ereport(WARNING,
+				(errcode_for_file_access(),
+				 errmsg("replstamp: could not remove file \"%s\": %m", UPGRADE_MARK_FILE)));
+	if (upgraded_this_start)
+		ereport(LOG,
+				(errmsg("replstamp: this cluster was made by pg_upgrade: its databases keep their replica IDs")));
+}
+
+/*
  * GUCs.  Called from _PG_init.
  */
 void
 identity_init(void)
 {
+	if (process_shared_preload_libraries_in_progress && !IsUnderPostmaster)
+		read_upgrade_mark();
+
 	DefineCustomBoolVariable("replstamp.rotate_on_restore",
 							 "Gives a restored or copied database a new replica ID before it stamps anything.",
 							 "Off only logs a warning and keeps the old replica ID, so that peers skip "
@@ -617,7 +704,8 @@ restore_signals(const ReplstampNode *node, const char *fp_now, StringInfo reason
 	if (node->in_backup)
 		appendStringInfo(reason, "restored from backup \"%s\" (state was 'backup')",
 						 node->backup_label ? node->backup_label : "?");
-	if (node->restore_fingerprint == NULL || strcmp(node->restore_fingerprint, fp_now) != 0)
+	if ((node->restore_fingerprint == NULL || strcmp(node->restore_fingerprint, fp_now) != 0) &&
+		!upgrade_explains_fingerprint(node, fp_now))
 	{
 		if (node->restore_fingerprint != NULL &&
 			!catalog_fingerprint_is_this_database(node->restore_fingerprint))
@@ -630,9 +718,49 @@ restore_signals(const ReplstampNode *node, const char *fp_now, StringInfo reason
 	if (node->timeline != (int32) GetWALInsertionTimeLine())
 		appendStringInfo(reason, "%stimeline changed from %d to %u (point-in-time recovery or promoted standby)",
 						 reason->len ? "; " : "", node->timeline, GetWALInsertionTimeLine());
-	if (node->system_identifier != (int64) GetSystemIdentifier())
+	if (node->system_identifier != (int64) GetSystemIdentifier() && !upgraded_this_start)
 		appendStringInfo(reason, "%ssystem identifier changed from " INT64_FORMAT " to " UINT64_FORMAT,
 						 reason->len ? "; " : "", node->system_identifier, GetSystemIdentifier());
+}
+
+/*
+ * In the first start after pg_upgrade, a fingerprint that differs only by
+ * the backup_label.old the new data directory does not have: the database
+ * OID, which pg_upgrade keeps, is the same, and there is no new
+ * backup_label.old (a restore after the upgrade still shows).
+ */
+static bool
+upgrade_explains_fingerprint(const ReplstampNode *node, const char *fp_now)
+{
+	char	   *db_only = psprintf("database %u", MyDatabaseId);
+	size_t		len = strlen(db_only);
+
+	return upgraded_this_start && node->restore_fingerprint != NULL &&
+		strcmp(fp_now, db_only) == 0 &&
+		strncmp(node->restore_fingerprint, db_only, len) == 0 &&
+		(node->restore_fingerprint[len] == '\0' || node->restore_fingerprint[len] == ';');
+}
+
+/*
+ * After pg_upgrade, what this database keeps: its replica ID, under the new
+ * cluster's system identifier and fingerprint, which later starts compare
+ * with.  Caller holds the node row's lock and found no other signal.
+ */
+static void
+record_upgrade(const ReplstampNode *node, const char *fp_now)
+{
+	Oid			types[2] = {INT8OID, TEXTOID};
+	Datum		values[2];
+
+	values[0] = Int64GetDatum((int64) GetSystemIdentifier());
+	values[1] = CStringGetTextDatum(fp_now);
+	dbaccess_spi_exec("UPDATE replstamp.node SET system_identifier = $1, restore_fingerprint = $2",
+					   2, types, values, NULL, SPI_OK_UPDATE);
+	ereport(LOG,
+			(errmsg("replstamp: database \"%s\" was upgraded by pg_upgrade and keeps replica ID %s",
+					get_database_name(MyDatabaseId), catalog_uuid_text(&node->replica_id)),
+			 errdetail("System identifier " INT64_FORMAT " before, " UINT64_FORMAT " now.",
+					   node->system_identifier, GetSystemIdentifier())));
 }
 
 /*
@@ -692,6 +820,10 @@ identity_check(void)
 		rotate_locked(cat, node, &new_id, reason.data, lost_after, fp_now);
 		rotated = true;
 	}
+	else if (upgraded_this_start &&
+			 (node->system_identifier != (int64) GetSystemIdentifier() ||
+			  node->restore_fingerprint == NULL || strcmp(node->restore_fingerprint, fp_now) != 0))
+		record_upgrade(node, fp_now);
 
 	if (cat->v11)
 	{

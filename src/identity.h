@@ -16,6 +16,7 @@
 #include "catalog.h"
 
 extern void identity_init(void);
+extern void identity_note_binary_upgrade(void);
 extern void identity_verify_slow(void);
 extern char *identity_fingerprint(void);
 extern bool identity_rotate_diverged(const pg_uuid_t *diverged_id, int64 from_serial,

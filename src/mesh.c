@@ -54,6 +54,7 @@
 #include "utils/uuid.h"
 
 #include "catalog.h"
+#include "compat.h"
 #include "dbaccess.h"
 #include "peers.h"
 #include "remote.h"

@@ -18,6 +18,8 @@
 #include "datatype/timestamp.h"
 #include "libpq-fe.h"
 
+#include "compat.h"			/* pg_attribute_noreturn() on 18 */
+
 typedef struct Remote
 {
 	PGconn	   *conn;

@@ -48,8 +48,12 @@ PG_FUNCTION_INFO_V1(replstamp_row_hash);
 void
 _PG_init(void)
 {
+	/* pg_upgrade: only its mark (identity.c), nothing else runs. */
 	if (IsBinaryUpgrade)
+	{
+		identity_note_binary_upgrade();
 		return;
+	}
 
 	if (!process_shared_preload_libraries_in_progress)
 		ereport(ERROR,

@@ -57,6 +57,7 @@
 #include "utils/wait_event.h"
 
 #include "catalog.h"
+#include "compat.h"
 #include "dbaccess.h"
 #include "errors.h"
 #include "remote.h"

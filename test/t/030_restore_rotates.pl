@@ -6,6 +6,7 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use ReplstampTest;
+require_programs('pg_basebackup');
 
 # No maintenance round during the test: part 5 needs a node that has not
 # recorded its LUS (replstamp.lus_mark) lately.

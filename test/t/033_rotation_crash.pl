@@ -9,6 +9,7 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use ReplstampTest;
+require_programs('pg_basebackup');
 
 my $a = replstamp_node('primary', init => { allows_streaming => 1 });
 $a->safe_psql('postgres', q{CREATE EXTENSION replstamp; CREATE TABLE t (id int PRIMARY KEY);

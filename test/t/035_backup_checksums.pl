@@ -12,6 +12,7 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use ReplstampTest;
+require_programs('pg_verifybackup', 'pg_waldump');
 
 my $node = replstamp_node('live',
 	init => { allows_streaming => 1, extra => ['--data-checksums'] });

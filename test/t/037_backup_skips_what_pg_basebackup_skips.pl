@@ -14,6 +14,7 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use ReplstampTest;
+require_programs('pg_verifybackup', 'pg_waldump');
 
 my $node = replstamp_node('live', init => { allows_streaming => 1 });
 my $pgdata = $node->data_dir;
@@ -94,6 +95,24 @@ ok(!-e "$target/a_fifo", 'and not copied');
 is(join(' ', grep { m{pgsql_tmp} } @copied), '', 'temporary files are not copied');
 is(join(' ', grep { m{(^|/)t\d+_\d+} } @copied), '', 'temporary relations are not copied');
 is(join(' ', grep { m{^pg_replslot/} } @copied), '', 'replication slots are not copied');
+# What pg_wal holds: what pg_basebackup of this major sends, empty.  17
+# added the WAL summaries of incremental backups, and a manifest of
+# version 2 that names the system (which pg_verifybackup checks).
+my @wal_dirs = ('archive_status', (pg_major() >= 17 ? ('summaries') : ()));
+is(join(' ', sort map { s{.*/}{}r } grep { -d } glob("$target/pg_wal/*")), join(' ', @wal_dirs),
+	'pg_wal holds the directories ' . join(' and ', @wal_dirs) . ', as pg_basebackup ' . pg_major() . ' sends it');
+is(join(' ', grep { m{^pg_wal/(archive_status|summaries)/.} } @copied), '', 'and they are empty');
+my $manifest = slurp_file("$target/backup_manifest");
+my $sysid = $node->safe_psql('postgres', 'SELECT system_identifier FROM pg_control_system()');
+if (pg_major() >= 17)
+{
+	like($manifest, qr/^\{ "PostgreSQL-Backup-Manifest-Version": 2,\n"System-Identifier": $sysid,/,
+		'the manifest is of version 2 and names the system, as pg_basebackup ' . pg_major() . ' writes it');
+}
+else
+{
+	like($manifest, qr/^\{ "PostgreSQL-Backup-Manifest-Version": 1,/, 'the manifest is of version 1, as 15 writes it');
+}
 $node->command_ok([ 'pg_verifybackup', $target ], 'pg_verifybackup accepts the backup');
 
 my $copy = PostgreSQL::Test::Cluster->new('copy');

@@ -16,6 +16,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(time);
 use ReplstampTest;
+require_programs('pg_basebackup');
 
 my $common = q{
 	CREATE EXTENSION replstamp;

@@ -10,6 +10,7 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use ReplstampTest;
+require_programs('pg_basebackup');
 
 sub sq { my ($n, $sql) = @_; return $n->safe_psql('postgres', $sql); }
 sub content { my ($n, $where) = @_; $where //= 'true';

@@ -15,6 +15,7 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use ReplstampTest;
+require_programs('pg_basebackup');
 
 sub sq { my ($n, $sql) = @_; return $n->safe_psql('postgres', $sql); }
 

@@ -10,6 +10,7 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use ReplstampTest;
+require_programs('pg_basebackup');
 
 my $schema = q{CREATE EXTENSION replstamp;
 	CREATE TABLE accounts (id int PRIMARY KEY, note text);

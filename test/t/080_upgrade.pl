@@ -17,6 +17,7 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use ReplstampTest;
+require_programs('pg_basebackup', 'pg_dump');
 
 my $old = $ENV{REPLSTAMP_INSTALL_1_0};
 plan skip_all => 'release 1.0 is not installed: run test/run from a git checkout, '

@@ -13,6 +13,7 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use ReplstampTest;
+require_programs('pg_dump', 'pg_restore');
 
 sub sq { my ($n, $sql) = @_; return $n->safe_psql('postgres', $sql); }
 sub content { my ($n) = @_; return sq($n, q{SELECT string_agg(format('%s:%s', id, note), ',' ORDER BY id) FROM accounts}); }

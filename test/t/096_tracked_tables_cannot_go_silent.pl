@@ -16,6 +16,7 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use ReplstampTest;
+require_programs('pg_dump', 'pg_restore');
 
 my $a = replstamp_node('a', conf => ['replstamp.prune_interval = 0'], sql => $TRACK_T);
 my $b = replstamp_node('b', conf => ['replstamp.prune_interval = 0'], sql => $TRACK_T);

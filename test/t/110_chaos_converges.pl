@@ -61,6 +61,7 @@ use Test::More;
 use Time::HiRes qw(time usleep);
 use IPC::Run;
 use ReplstampTest;
+require_programs('pg_basebackup');
 
 my $seed = $ENV{REPLSTAMP_CHAOS_SEED} // (time() * 1000 % 1_000_000_007);
 $seed = int($seed);

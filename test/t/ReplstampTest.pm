@@ -11,7 +11,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(usleep);
 
-our @EXPORT = qw(replstamp_node add_peer add_mesh freeze_node snapshot_running start_verified use_install set_guc node_state wait_converged $TRACK_T psql_start);
+our @EXPORT = qw(replstamp_node require_programs pg_major add_peer add_mesh freeze_node snapshot_running start_verified use_install set_guc node_state wait_converged $TRACK_T psql_start);
 
 # A started node with replstamp preloaded.  Options: init => { ... } for
 # PostgreSQL::Test::Cluster::init, conf => [ lines ] for postgresql.conf,
@@ -62,6 +62,32 @@ sub replstamp_node
 	$node->start;
 	$node->safe_psql('postgres', $opts{sql}) if defined $opts{sql};
 	return $node;
+}
+
+# The major release of the PostgreSQL under test (the pg_config first on
+# the PATH), e.g. 17.
+sub pg_major
+{
+	my $v = `pg_config --version`;
+	return $v =~ /^PostgreSQL (\d+)/ ? $1 : 0;
+}
+
+# Skip the whole test, naming what is missing, unless the PostgreSQL under
+# test has each of the programs @names in its own bin directory.  npm's
+# trees of 17 and 18 (test/pg_major.sh) have no pg_basebackup,
+# pg_verifybackup, pg_dump, ...; another major's program found on the PATH
+# (Debian's /usr/bin wrappers run 15's) refuses a newer server or reads
+# its files wrongly, so only the tree's own counts.
+sub require_programs
+{
+	my (@names) = @_;
+	my $bindir = `pg_config --bindir`;
+	chomp $bindir;
+	my @missing = grep { !-x "$bindir/$_" } @names;
+	plan skip_all => 'PostgreSQL ' . pg_major() . ' here has no ' . join(', ', @missing)
+	  . " (not in $bindir)"
+	  if @missing;
+	return;
 }
 
 # $node pulls from $peer, which it calls $name.
