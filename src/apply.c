@@ -377,7 +377,7 @@ apply_page_end(ApplySession *s)
 			Datum		values[2] = {CStringGetTextDatum(t->relation), Int64GetDatum(t->conflicts)};
 
 			spi_owner_exec(catalog_sql("UPDATE replstamp.tracked_table SET conflicts = conflicts OPERATOR(pg_catalog.+) $2 "
-						   "WHERE relation OPERATOR(pg_catalog.=) $1"), 2, types, values, SPI_OK_UPDATE);
+									   "WHERE relation OPERATOR(pg_catalog.=) $1"), 2, types, values, SPI_OK_UPDATE);
 			t->conflicts = 0;
 		}
 	}
@@ -752,7 +752,7 @@ list_has_name(List *names, const char *name)
 
 	foreach(lc, names)
 		if (strcmp(lfirst(lc), name) == 0)
-			return true;
+		return true;
 	return false;
 }
 
@@ -895,7 +895,7 @@ fill_columns(ApplySession *s, ApplyTable *t, List *new_cols, List *all_cols)
 		/* What the carry still has that this node lacks. */
 		foreach(lc, cur.carry_columns)
 			if (!list_has_name(all_cols, lfirst(lc)))
-				remaining = lappend(remaining, lfirst(lc));
+			remaining = lappend(remaining, lfirst(lc));
 		rowversion_set_carry(s->rvw, relation, &row, &cur, remaining);
 	}
 	if (filled > 0)
@@ -933,7 +933,7 @@ drop_from_carries(ApplySession *s, ApplyTable *t, List *names)
 			continue;
 		foreach(lc, cur.carry_columns)
 			if (!list_has_name(names, lfirst(lc)))
-				remaining = lappend(remaining, lfirst(lc));
+			remaining = lappend(remaining, lfirst(lc));
 		rowversion_set_carry(s->rvw, relation, &row, &cur, remaining);
 	}
 	if (n > 0)
@@ -979,7 +979,7 @@ apply_fill_new_columns(ApplySession *s)
 	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	if (SPI_execute(catalog_sql("SELECT relation, columns, dropped_columns FROM replstamp.tracked_table "
-					"WHERE state = 'tracked' AND relid IS NOT NULL"), false, 0) != SPI_OK_SELECT)
+								"WHERE state = 'tracked' AND relid IS NOT NULL"), false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "replstamp: could not read replstamp.tracked_table");
 	n = SPI_processed;
 	/* Outlive SPI_finish(). */
@@ -1030,15 +1030,15 @@ apply_fill_new_columns(ApplySession *s)
 		cols = current_columns(t->rel);
 		foreach(lc, cols)
 			if (have_known[i] && !list_has_name(known[i], lfirst(lc)))
-				new_cols = lappend(new_cols, lfirst(lc));
+			new_cols = lappend(new_cols, lfirst(lc));
 		/* Dropped here: what was known and is gone, plus what was before. */
 		foreach(lc, known[i])
 			if (!list_has_name(cols, lfirst(lc)))
-				just_dropped = lappend(just_dropped, lfirst(lc));
+			just_dropped = lappend(just_dropped, lfirst(lc));
 		now_dropped = list_copy(just_dropped);
 		foreach(lc, dropped[i])
 			if (!list_has_name(cols, lfirst(lc)) && !list_has_name(now_dropped, lfirst(lc)))
-				now_dropped = lappend(now_dropped, lfirst(lc));
+			now_dropped = lappend(now_dropped, lfirst(lc));
 		old = MemoryContextSwitchTo(s->cxt);
 		list_free_deep(t->dropped);
 		t->dropped = NIL;
@@ -1058,7 +1058,7 @@ apply_fill_new_columns(ApplySession *s)
 		values[1] = dbaccess_names_array(cols);
 		values[2] = dbaccess_names_array(now_dropped);
 		spi_owner_exec(catalog_sql("UPDATE replstamp.tracked_table SET columns = $2, dropped_columns = $3 "
-					   "WHERE relation OPERATOR(pg_catalog.=) $1"), 3, types, values, SPI_OK_UPDATE);
+								   "WHERE relation OPERATOR(pg_catalog.=) $1"), 3, types, values, SPI_OK_UPDATE);
 	}
 }
 
@@ -1105,8 +1105,8 @@ apply_dropped_columns(MemoryContext cxt)
 	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	if (SPI_execute(catalog_sql("SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('r', t.relation, 'c', d.c)) "
-					"FROM replstamp.tracked_table t, pg_catalog.unnest(t.dropped_columns) AS d(c) "
-					"WHERE t.state OPERATOR(pg_catalog.=) 'tracked'"), true, 0) != SPI_OK_SELECT)
+								"FROM replstamp.tracked_table t, pg_catalog.unnest(t.dropped_columns) AS d(c) "
+								"WHERE t.state OPERATOR(pg_catalog.=) 'tracked'"), true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "replstamp: could not read replstamp.tracked_table");
 	if (SPI_processed == 1)
 	{
@@ -1154,21 +1154,21 @@ apply_note_dropped_elsewhere(const char *peer, const char *lacking, const pg_uui
 		values[3] = Int64GetDatum(serial);
 		/* The first sighting stays: a later one would only ask for more. */
 		dbaccess_spi_exec("INSERT INTO replstamp.dropped_column_peers (relation, column_name, peer, replica_id, serial) "
-						   "SELECT d.r, d.c, $2, $3, $4 FROM pg_catalog.jsonb_to_recordset($1) AS d(r text, c text) "
-						   "ON CONFLICT (relation, column_name, peer) DO NOTHING",
-						   4, types, values, NULL, SPI_OK_INSERT);
+						  "SELECT d.r, d.c, $2, $3, $4 FROM pg_catalog.jsonb_to_recordset($1) AS d(r text, c text) "
+						  "ON CONFLICT (relation, column_name, peer) DO NOTHING",
+						  4, types, values, NULL, SPI_OK_INSERT);
 	}
 	dbaccess_spi_exec(catalog_sql("UPDATE replstamp.tracked_table t SET dropped_columns = ARRAY("
 								  "  SELECT x FROM pg_catalog.unnest(t.dropped_columns) AS x WHERE " SOME_PEER_MAY_HAVE_IT ") "
 								  "WHERE t.state OPERATOR(pg_catalog.=) 'tracked' "
 								  "AND EXISTS (SELECT 1 FROM pg_catalog.unnest(t.dropped_columns) AS x "
 								  "  WHERE NOT " SOME_PEER_MAY_HAVE_IT ")"),
-					   0, NULL, NULL, NULL, SPI_OK_UPDATE);
+					  0, NULL, NULL, NULL, SPI_OK_UPDATE);
 	dbaccess_spi_exec(catalog_sql("DELETE FROM replstamp.dropped_column_peers w WHERE NOT EXISTS ("
-					   "  SELECT 1 FROM replstamp.tracked_table t WHERE t.relation OPERATOR(pg_catalog.=) w.relation "
-					   "  AND t.state OPERATOR(pg_catalog.=) 'tracked' "
-					   "  AND w.column_name OPERATOR(pg_catalog.=) ANY (t.dropped_columns))"),
-					   0, NULL, NULL, NULL, SPI_OK_DELETE);
+								  "  SELECT 1 FROM replstamp.tracked_table t WHERE t.relation OPERATOR(pg_catalog.=) w.relation "
+								  "  AND t.state OPERATOR(pg_catalog.=) 'tracked' "
+								  "  AND w.column_name OPERATOR(pg_catalog.=) ANY (t.dropped_columns))"),
+					  0, NULL, NULL, NULL, SPI_OK_DELETE);
 }
 
 /* ---------------------------------------------------------------------
@@ -1244,7 +1244,7 @@ put_winner(ApplySession *s, ApplyTable *t, Change *change, ChangeRow *row,
 
 		foreach(lc, absent)
 			if (list_has_name(old_names, lfirst(lc)))
-				kept = lappend(kept, lfirst(lc));
+			kept = lappend(kept, lfirst(lc));
 		if (kept != NIL)
 		{
 			rowversion_put(s->rvw, change->relation, row, cur, ver, false, &old_latest, kept);
@@ -1283,7 +1283,7 @@ carry_from_loser(ApplySession *s, ApplyTable *t, Change *change, ChangeRow *row,
 		return;
 	foreach(lc, theirs)
 		if (!list_has_name(latest_names, lfirst(lc)) && !list_has_name(t->dropped, lfirst(lc)))
-			only_here = lappend(only_here, lfirst(lc));
+		only_here = lappend(only_here, lfirst(lc));
 	if (only_here == NIL)
 		return;
 
@@ -1311,8 +1311,10 @@ carry_from_loser(ApplySession *s, ApplyTable *t, Change *change, ChangeRow *row,
 typedef enum RowLookup
 {
 	ROW_ABSENT,					/* no such row (none committed or in flight) */
-	ROW_LOCKED,					/* found and locked for update: in t->localslot */
-	ROW_BUSY					/* another transaction holds it or is writing it */
+	ROW_LOCKED,					/* found and locked for update: in
+								 * t->localslot */
+	ROW_BUSY					/* another transaction holds it or is writing
+								 * it */
 } RowLookup;
 
 /*
@@ -1492,7 +1494,7 @@ apply_to_table(ApplySession *s, ApplyTable *t, Change *change, bool nowait)
 		/* Columns this table lacks, unless dropped here on purpose. */
 		foreach(lc, missing)
 			if (!list_has_name(t->dropped, lfirst(lc)))
-				lacked = lappend(lacked, lfirst(lc));
+			lacked = lappend(lacked, lfirst(lc));
 	}
 	for (int i = 0; i < nrows; i++)
 	{
@@ -1567,7 +1569,10 @@ apply_to_table(ApplySession *s, ApplyTable *t, Change *change, bool nowait)
 			if (!constraints_unique_ok(s, t->rel, t->rri, t->estate, t->newslot,
 									   found ? t->localslot : NULL, &ver, change, row))
 			{
-				/* It lost a second unique key: its row goes, as a change made here. */
+				/*
+				 * It lost a second unique key: its row goes, as a change made
+				 * here.
+				 */
 				if (found)
 				{
 					constraints_note_write(s->cons, t->rel, t->localslot, NULL);

@@ -18,11 +18,13 @@
 
 typedef enum ApplyOutcome
 {
-	APPLY_NEW,					/* recorded (and written to its table if latest) */
+	APPLY_NEW,					/* recorded (and written to its table if
+								 * latest) */
 	APPLY_HELD,					/* held already (it came through another peer) */
 	APPLY_SKIPPED,				/* replstamp.skip() asked to hold it unapplied */
 	APPLY_IGNORED,				/* its table was dropped or untracked here */
-	APPLY_BUSY					/* not applied: another transaction holds its row */
+	APPLY_BUSY					/* not applied: another transaction holds its
+								 * row */
 } ApplyOutcome;
 
 typedef struct ApplySession ApplySession;

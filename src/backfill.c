@@ -66,7 +66,7 @@
 
 /* GUCs */
 static int	backfill_batch_size = 1000; /* rows */
-static int	backfill_delay = 0;		/* milliseconds */
+static int	backfill_delay = 0; /* milliseconds */
 
 /*
  * GUCs.  Called from _PG_init.
@@ -139,7 +139,8 @@ typedef enum BackfillStep
 {
 	BACKFILL_MORE,				/* the next batch goes on */
 	BACKFILL_DONE,				/* the table is done, or gone */
-	BACKFILL_STALE				/* tracked anew meanwhile: roll this batch back */
+	BACKFILL_STALE				/* tracked anew meanwhile: roll this batch
+								 * back */
 } BackfillStep;
 
 /* A table's backfill, as replstamp.tracked_table records it. */
@@ -167,7 +168,7 @@ backfill_xact_callback(XactEvent event, void *arg)
 	if (event == XACT_EVENT_COMMIT && backfill_requested)
 	{
 		if (!worker_start("replstamp_maintenance_main", "replstamp backfill",
-									MyDatabaseId, InvalidOid, NULL, 0, NULL))
+						  MyDatabaseId, InvalidOid, NULL, 0, NULL))
 			ereport(WARNING,
 					(errmsg("replstamp: could not start the backfill worker"),
 					 errhint("The launcher starts it at its next round; raise max_worker_processes.")));
@@ -281,12 +282,12 @@ backfill_read(Backfill *bf)
 	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	dbaccess_spi_exec(catalog_sql("SELECT relation, coalesce(backfill_after, '(0,0)'), backfill_end, backfill_filenode, "
-			           "pg_catalog.pg_snapshot_xmax(backfill_snapshot), "
-			           "ARRAY(SELECT pg_catalog.pg_snapshot_xip(backfill_snapshot)), "
-			           "backfill_snapshot::pg_catalog.text "
-			           "FROM replstamp.tracked_table WHERE relid OPERATOR(pg_catalog.=) $1 AND state = 'tracked' "
-			           "AND backfill IN ('pending', 'running')"),
-			           1, types, values, NULL, SPI_OK_SELECT);
+								  "pg_catalog.pg_snapshot_xmax(backfill_snapshot), "
+								  "ARRAY(SELECT pg_catalog.pg_snapshot_xip(backfill_snapshot)), "
+								  "backfill_snapshot::pg_catalog.text "
+								  "FROM replstamp.tracked_table WHERE relid OPERATOR(pg_catalog.=) $1 AND state = 'tracked' "
+								  "AND backfill IN ('pending', 'running')"),
+					  1, types, values, NULL, SPI_OK_SELECT);
 	found = SPI_processed > 0;
 	if (found)
 	{
@@ -347,9 +348,9 @@ backfill_restart(Relation rel, Backfill *bf)
 	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	dbaccess_spi_exec(catalog_sql("UPDATE replstamp.tracked_table SET backfill_after = NULL, "
-			           "backfill_snapshot = $2::pg_catalog.pg_snapshot, backfill_end = $3::pg_catalog.tid, "
-			           "backfill_filenode = $4 WHERE relid OPERATOR(pg_catalog.=) $1 AND state = 'tracked'"),
-			           4, types, values, NULL, SPI_OK_UPDATE);
+								  "backfill_snapshot = $2::pg_catalog.pg_snapshot, backfill_end = $3::pg_catalog.tid, "
+								  "backfill_filenode = $4 WHERE relid OPERATOR(pg_catalog.=) $1 AND state = 'tracked'"),
+					  4, types, values, NULL, SPI_OK_UPDATE);
 	SPI_finish();
 	dbaccess_restore_user(&ctx);
 }
@@ -505,9 +506,9 @@ backfill_batch(const ReplstampCatalog *cat, Oid relid)
 	}
 
 	/*
-	 * The progress, unless the table was untracked or tracked anew since
-	 * this batch read it: then its stamps are rolled back, and the next
-	 * batch reads what is to do now.
+	 * The progress, unless the table was untracked or tracked anew since this
+	 * batch read it: then its stamps are rolled back, and the next batch
+	 * reads what is to do now.
 	 */
 	values[0] = ObjectIdGetDatum(relid);
 	values[1] = CStringGetTextDatum(done ? "done" : "running");
@@ -518,14 +519,14 @@ backfill_batch(const ReplstampCatalog *cat, Oid relid)
 	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	dbaccess_spi_exec(catalog_sql("UPDATE replstamp.tracked_table SET backfill = $2, "
-			           "backfill_rows = backfill_rows OPERATOR(pg_catalog.+) $3, backfill_after = $4, "
-			           "backfill_error = NULL "
-			           "WHERE relid OPERATOR(pg_catalog.=) $1 AND state = 'tracked' "
-			           "AND backfill IN ('pending', 'running') "
-			           "AND backfill_snapshot::pg_catalog.text OPERATOR(pg_catalog.=) $5 "
-			           "AND coalesce(backfill_after, '(0,0)') OPERATOR(pg_catalog.=) $6 "
-			           "RETURNING backfill_rows"),
-			           6, types, values, NULL, SPI_OK_UPDATE_RETURNING);
+								  "backfill_rows = backfill_rows OPERATOR(pg_catalog.+) $3, backfill_after = $4, "
+								  "backfill_error = NULL "
+								  "WHERE relid OPERATOR(pg_catalog.=) $1 AND state = 'tracked' "
+								  "AND backfill IN ('pending', 'running') "
+								  "AND backfill_snapshot::pg_catalog.text OPERATOR(pg_catalog.=) $5 "
+								  "AND coalesce(backfill_after, '(0,0)') OPERATOR(pg_catalog.=) $6 "
+								  "RETURNING backfill_rows"),
+					  6, types, values, NULL, SPI_OK_UPDATE_RETURNING);
 	step = SPI_processed == 0 ? BACKFILL_STALE : done ? BACKFILL_DONE : BACKFILL_MORE;
 	if (step == BACKFILL_DONE)
 	{
@@ -554,8 +555,8 @@ backfill_record_error(Oid relid, const char *message)
 	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	dbaccess_spi_exec(catalog_sql("UPDATE replstamp.tracked_table SET backfill_error = $2 "
-			           "WHERE relid OPERATOR(pg_catalog.=) $1 AND state = 'tracked'"),
-			           2, types, values, NULL, SPI_OK_UPDATE);
+								  "WHERE relid OPERATOR(pg_catalog.=) $1 AND state = 'tracked'"),
+					  2, types, values, NULL, SPI_OK_UPDATE);
 	SPI_finish();
 	dbaccess_restore_user(&ctx);
 }
@@ -649,8 +650,8 @@ backfill_claim(List **skip)
 	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	dbaccess_spi_exec(catalog_sql("SELECT relid FROM replstamp.tracked_table WHERE state = 'tracked' "
-			           "AND backfill IN ('pending', 'running') AND relid IS NOT NULL ORDER BY since"),
-			           0, NULL, NULL, NULL, SPI_OK_SELECT);
+								  "AND backfill IN ('pending', 'running') AND relid IS NOT NULL ORDER BY since"),
+					  0, NULL, NULL, NULL, SPI_OK_SELECT);
 	n = SPI_processed;
 	relids = MemoryContextAlloc(caller, sizeof(Oid) * Max(n, 1));
 	for (int i = 0; i < n; i++)

@@ -164,7 +164,7 @@ start_flip_worker(Oid dboid, bool to_backup, int result_index,
 	req.to_backup = to_backup;
 	req.result_index = result_index;
 	return worker_start("replstamp_backup_flip_main", "replstamp backup flip",
-								  dboid, InvalidOid, &req, sizeof(req), handle);
+						dboid, InvalidOid, &req, sizeof(req), handle);
 }
 
 /*

@@ -1052,7 +1052,11 @@ copy_wal(BackupRun *run, TimeLineID tli, XLogRecPtr start, XLogRecPtr stop)
 		XLogFileName(fname, tli, seg, wal_segment_size);
 		build_path(src, XLOGDIR "/%s", fname);
 		build_path(dst, "%s/" XLOGDIR "/%s", run->target, fname);
-		/* WAL is not in the manifest: pg_verifybackup checks it with pg_waldump. */
+
+		/*
+		 * WAL is not in the manifest: pg_verifybackup checks it with
+		 * pg_waldump.
+		 */
 		if (!copy_file(run, src, dst, NULL, NULL, NULL))
 			ereport(ERROR,
 					(errcode_for_file_access(),
@@ -1519,7 +1523,7 @@ replstamp_backup(PG_FUNCTION_ARGS)
 				PROGRESS_BASEBACKUP_BACKUP_TOTAL,
 			PROGRESS_BASEBACKUP_TBLSPC_TOTAL};
 			const int64 val[] = {PROGRESS_BASEBACKUP_PHASE_STREAM_BACKUP,
-				(int64) run->total_bytes, run->ntablespaces + 1};
+			(int64) run->total_bytes, run->ntablespaces + 1};
 
 			pgstat_progress_update_multi_param(3, index, val);
 		}

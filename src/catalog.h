@@ -109,15 +109,16 @@ typedef struct ReplstampCatalog
 	Oid			conflict;		/* replstamp.conflict (1.1: conflict_log) */
 	const char *conflict_name;	/* its qualified name, for SQL */
 	Oid			conflict_pkey;	/* its primary key (id) */
-	Oid			conflict_loser; /* its index on (loser_replica_id, loser_serial) */
+	Oid			conflict_loser; /* its index on (loser_replica_id,
+								 * loser_serial) */
 	Oid			tracked;		/* replstamp.tracked_table (1.1: tracked) */
 	const char *tracked_name;	/* its qualified name, for SQL */
 
 	/*
-	 * From 1.2 on: replstamp.changes records each change's local
-	 * transaction and place in the log (usn, xact), which a sync needs to
-	 * send and apply whole transactions.  Before ALTER EXTENSION UPDATE,
-	 * stamping goes on without them and syncs refuse.
+	 * From 1.2 on: replstamp.changes records each change's local transaction
+	 * and place in the log (usn, xact), which a sync needs to send and apply
+	 * whole transactions.  Before ALTER EXTENSION UPDATE, stamping goes on
+	 * without them and syncs refuse.
 	 */
 	bool		v12;
 } ReplstampCatalog;

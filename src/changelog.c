@@ -200,14 +200,14 @@ changelog_append(const ReplstampCatalog *cat, Change *change)
 	values[Anum_changes_applied - 1] = BoolGetDatum(change->applied);
 
 	/*
-	 * Its place in this node's log (usn) and the transaction recording it.
-	 * A change stamped here is placed by its serial; a pulled one by the
-	 * last serial handed out here so far, read, not taken (taking one would
-	 * move this node's own vector entry with every apply, and leave gaps in
-	 * its stamps).  A transaction that read another's committed change
-	 * takes its serials after that one's places, so it is placed after it;
-	 * two places can be equal only for transactions that did not see each
-	 * other, which a server orders by transaction (sync.c).
+	 * Its place in this node's log (usn) and the transaction recording it. A
+	 * change stamped here is placed by its serial; a pulled one by the last
+	 * serial handed out here so far, read, not taken (taking one would move
+	 * this node's own vector entry with every apply, and leave gaps in its
+	 * stamps).  A transaction that read another's committed change takes its
+	 * serials after that one's places, so it is placed after it; two places
+	 * can be equal only for transactions that did not see each other, which a
+	 * server orders by transaction (sync.c).
 	 */
 	if (cat->v12)
 	{

@@ -90,7 +90,7 @@ conflict_copy(const pg_uuid_t *id, int64 serial, Change *out)
 							   "WHERE loser_replica_id OPERATOR(pg_catalog.=) $1 "
 							   "AND loser_serial OPERATOR(pg_catalog.=) $2 AND loser_op IS NOT NULL "
 							   "ORDER BY id DESC LIMIT 1", catalog_get(false)->conflict_name),
-			           2, types, values, NULL, SPI_OK_SELECT);
+					  2, types, values, NULL, SPI_OK_SELECT);
 	found = SPI_processed == 1;
 	if (found)
 	{
@@ -238,7 +238,10 @@ replstamp_restore_version(PG_FUNCTION_ARGS)
 	}
 	table_close(rel, NoLock);
 
-	/* As the caller, with the caller's privileges: the stamp trigger stamps it. */
+	/*
+	 * As the caller, with the caller's privileges: the stamp trigger stamps
+	 * it.
+	 */
 	SPI_connect();
 	if (SPI_execute_with_args(sql.data, np, types, params, pnulls, false, 0) < 0)
 		elog(ERROR, "replstamp: could not restore the version");

@@ -180,7 +180,7 @@ struct ConstraintState
 static MemoryContext cache_cxt = NULL;
 static HTAB *rel_cache = NULL;
 static bool cache_stale = false;
-static int	cache_pins = 0;			/* callers holding pointers into it */
+static int	cache_pins = 0;		/* callers holding pointers into it */
 
 /* Set while a SET DEFAULT remedy notes the row it wrote. */
 static bool noting_delete_only = false;
@@ -400,7 +400,7 @@ find_fk(Oid child, Oid conoid)
 	}
 	foreach(lc, rc->as_child)
 		if (((FkInfo *) lfirst(lc))->conoid == conoid)
-			return lfirst(lc);
+		return lfirst(lc);
 	return NULL;
 }
 
@@ -660,7 +660,7 @@ remedy_write(Relation rel, ItemPointer tid, const char *set, ItemPointer newtid)
 		bool		isnull;
 
 		ItemPointerCopy((ItemPointer) DatumGetPointer(SPI_getbinval(SPI_tuptable->vals[0],
-														  SPI_tuptable->tupdesc, 1, &isnull)),
+																	SPI_tuptable->tupdesc, 1, &isnull)),
 						newtid);
 	}
 	SPI_finish();
@@ -1146,7 +1146,10 @@ check_deferred_unique(ApplySession *s, ConstraintState *cs)
 				pkinfo = rri->ri_IndexRelationInfo[i];
 			}
 
-		/* The row as it is now (a later change of the page may have changed it). */
+		/*
+		 * The row as it is now (a later change of the page may have changed
+		 * it).
+		 */
 		if (pk)
 			found = find_holder(rel, pk, pkinfo, estate, written, NULL, NULL, cur);
 		for (int i = 0; found && i < rri->ri_NumIndices; i++)
@@ -1181,8 +1184,8 @@ check_deferred_unique(ApplySession *s, ConstraintState *cs)
 				row_version_of(s, rel, holder, &hrow, &hver);
 
 				/*
-				 * The later version loses; a row never stamped loses to
-				 * one that was.
+				 * The later version loses; a row never stamped loses to one
+				 * that was.
 				 */
 				if (!cver.found || cver.deleted)
 					cur_loses = hver.found && !hver.deleted;

@@ -92,7 +92,7 @@ dbaccess_restore_user(ReplstampOwnerContext *ctx)
  */
 void
 dbaccess_spi_exec(const char *sql, int nargs, Oid *types, Datum *values, const char *nulls,
-				   int expected)
+				  int expected)
 {
 	int			ret = SPI_execute_with_args(sql, nargs, types, values, nulls, false, 0);
 
@@ -114,7 +114,7 @@ typedef struct KeptPlan
  */
 void
 dbaccess_spi_exec_kept(const char *sql, int nargs, Oid *types, Datum *values, const char *nulls,
-						int expected)
+					   int expected)
 {
 	static HTAB *plans = NULL;
 	KeptPlan   *e;
@@ -166,12 +166,11 @@ dbaccess_open_result_rel(Relation rel, EState *estate)
 	InitResultRelInfo(rri, rel, 1, NULL, 0);
 
 	/*
-	 * The triggers' function lookups live as long as the estate.  Left to
-	 * the trigger manager, each is made on the first call in whatever
-	 * context is current then (a row's, reset after every change): the
-	 * cache fmgr_security_definer() keeps for a function with SET or
-	 * SECURITY DEFINER was freed with the row and read again by the next
-	 * one.
+	 * The triggers' function lookups live as long as the estate.  Left to the
+	 * trigger manager, each is made on the first call in whatever context is
+	 * current then (a row's, reset after every change): the cache
+	 * fmgr_security_definer() keeps for a function with SET or SECURITY
+	 * DEFINER was freed with the row and read again by the next one.
 	 */
 	if (rri->ri_TrigDesc)
 	{

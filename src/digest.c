@@ -404,7 +404,8 @@ digest_flush(void)
 
 	if (notes == NULL)
 		return;
-	pending = NULL;				/* an error below leaves nothing to write twice */
+	pending = NULL;				/* an error below leaves nothing to write
+								 * twice */
 	rows = palloc(sizeof(PendingBucket *) * Max(hash_get_num_entries(notes), 1));
 	hash_seq_init(&seq, notes);
 	while ((b = hash_seq_search(&seq)) != NULL)
@@ -423,9 +424,9 @@ digest_flush(void)
 		Datum	   *nrows = palloc(sizeof(Datum) * n);
 
 		/*
-		 * One statement for the whole transaction, its rows in one order
-		 * for every writer, so that two flushing at once wait for each
-		 * other rather than deadlock.
+		 * One statement for the whole transaction, its rows in one order for
+		 * every writer, so that two flushing at once wait for each other
+		 * rather than deadlock.
 		 */
 		qsort(rows, n, sizeof(PendingBucket *), pending_cmp);
 		for (int i = 0; i < n; i++)
@@ -449,12 +450,12 @@ digest_flush(void)
 		dbaccess_become_owner(&ctx);
 		SPI_connect();
 		dbaccess_spi_exec_kept("INSERT INTO replstamp.row_digest AS d (relation, bucket, digest, nrows) "
-								"SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), "
-								"pg_catalog.unnest($3), pg_catalog.unnest($4)) "
-								"ON CONFLICT (relation, bucket) DO UPDATE "
-								"SET digest = replstamp._digest_add(d.digest, EXCLUDED.digest), "
-								"nrows = d.nrows OPERATOR(pg_catalog.+) EXCLUDED.nrows",
-								4, types, values, NULL, SPI_OK_INSERT);
+							   "SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), "
+							   "pg_catalog.unnest($3), pg_catalog.unnest($4)) "
+							   "ON CONFLICT (relation, bucket) DO UPDATE "
+							   "SET digest = replstamp._digest_add(d.digest, EXCLUDED.digest), "
+							   "nrows = d.nrows OPERATOR(pg_catalog.+) EXCLUDED.nrows",
+							   4, types, values, NULL, SPI_OK_INSERT);
 		SPI_finish();
 		dbaccess_restore_user(&ctx);
 		if (pushed)
@@ -478,9 +479,9 @@ digest_set_bucket(const char *relation, int bucket, const DigestSum *sum, int64 
 	values[2] = PointerGetDatum(digest_bytea(sum));
 	values[3] = Int64GetDatum(nrows);
 	dbaccess_spi_exec_kept("INSERT INTO replstamp.row_digest (relation, bucket, digest, nrows) "
-							"VALUES ($1, $2, $3, $4) ON CONFLICT (relation, bucket) DO UPDATE "
-							"SET digest = EXCLUDED.digest, nrows = EXCLUDED.nrows",
-							4, types, values, NULL, SPI_OK_INSERT);
+						   "VALUES ($1, $2, $3, $4) ON CONFLICT (relation, bucket) DO UPDATE "
+						   "SET digest = EXCLUDED.digest, nrows = EXCLUDED.nrows",
+						   4, types, values, NULL, SPI_OK_INSERT);
 }
 
 /*
@@ -504,7 +505,7 @@ digest_rebuild(const char *relation)
 	SPI_connect();
 	values[0] = relation ? CStringGetTextDatum(relation) : (Datum) 0;
 	dbaccess_spi_exec("DELETE FROM replstamp.row_digest WHERE $1 IS NULL OR relation OPERATOR(pg_catalog.=) $1",
-					   1, types, values, relation ? NULL : "n", SPI_OK_DELETE);
+					  1, types, values, relation ? NULL : "n", SPI_OK_DELETE);
 	plan = SPI_prepare("SELECT relation, row_hash, pk, replica_id, serial FROM replstamp.row_version "
 					   "WHERE NOT deleted AND ($1 IS NULL OR relation OPERATOR(pg_catalog.=) $1)",
 					   1, types);

@@ -49,8 +49,8 @@ own_epochs(const pg_uuid_t *id)
 	Datum		values[1] = {UUIDPGetDatum(id)};
 
 	dbaccess_spi_exec("SELECT token, first_serial FROM replstamp.epoch "
-			           "WHERE replica_id OPERATOR(pg_catalog.=) $1 AND NOT dead "
-			           "ORDER BY first_serial, token", 1, types, values, NULL, SPI_OK_SELECT);
+					  "WHERE replica_id OPERATOR(pg_catalog.=) $1 AND NOT dead "
+					  "ORDER BY first_serial, token", 1, types, values, NULL, SPI_OK_SELECT);
 	v->id = *id;
 	v->nepochs = SPI_processed;
 	v->epochs = palloc(sizeof(EpochEntry) * Max(v->nepochs, 1));
@@ -118,8 +118,8 @@ epochs_adopt(const VectorItem *theirs, int64 upto)
 		values[1] = UUIDPGetDatum(&theirs->epochs[i].token);
 		values[2] = Int64GetDatum(theirs->epochs[i].first);
 		dbaccess_spi_exec("INSERT INTO replstamp.epoch (replica_id, token, first_serial, started_at) "
-				           "VALUES ($1, $2, $3, pg_catalog.now()) ON CONFLICT (replica_id, token) DO NOTHING",
-				           3, types, values, NULL, SPI_OK_INSERT);
+						  "VALUES ($1, $2, $3, pg_catalog.now()) ON CONFLICT (replica_id, token) DO NOTHING",
+						  3, types, values, NULL, SPI_OK_INSERT);
 	}
 }
 
@@ -147,7 +147,7 @@ epochs_learn_dead(Handshake *h, const char *from)
 		values[1] = UUIDPGetDatum(&d->token);
 		values[2] = Int64GetDatum(d->first);
 		dbaccess_spi_exec("SELECT NOT dead FROM replstamp.epoch WHERE replica_id OPERATOR(pg_catalog.=) $1 "
-				           "AND token OPERATOR(pg_catalog.=) $2", 2, types, values, NULL, SPI_OK_SELECT);
+						  "AND token OPERATOR(pg_catalog.=) $2", 2, types, values, NULL, SPI_OK_SELECT);
 		if (SPI_processed > 0)
 		{
 			bool		isnull;
@@ -160,14 +160,17 @@ epochs_learn_dead(Handshake *h, const char *from)
 		{
 			/* Never held anything of it: just remember, and pass it on. */
 			dbaccess_spi_exec("INSERT INTO replstamp.epoch (replica_id, token, first_serial, started_at, dead) "
-					           "VALUES ($1, $2, $3, pg_catalog.now(), true) ON CONFLICT DO NOTHING",
-					           3, types, values, NULL, SPI_OK_INSERT);
+							  "VALUES ($1, $2, $3, pg_catalog.now(), true) ON CONFLICT DO NOTHING",
+							  3, types, values, NULL, SPI_OK_INSERT);
 			continue;
 		}
 		if (memcmp(d->id.data, catalog_node()->replica_id.data, UUID_LEN) == 0)
 			continue;			/* only this data set kills its own epochs */
 
-		/* The changes of that epoch held here end where our next epoch begins. */
+		/*
+		 * The changes of that epoch held here end where our next epoch
+		 * begins.
+		 */
 		mine = own_epochs(&d->id);
 		for (int k = 0; k < mine->nepochs; k++)
 			if (mine->epochs[k].first > d->first)
@@ -180,10 +183,10 @@ epochs_learn_dead(Handshake *h, const char *from)
 			int64		n = identity_reissue(cat, &d->id, d->first, until, &current);
 
 			dbaccess_spi_exec("UPDATE replstamp.epoch SET dead = true WHERE replica_id OPERATOR(pg_catalog.=) $1 "
-					           "AND token OPERATOR(pg_catalog.=) $2", 2, types, values, NULL, SPI_OK_UPDATE);
+							  "AND token OPERATOR(pg_catalog.=) $2", 2, types, values, NULL, SPI_OK_UPDATE);
 			dbaccess_spi_exec("UPDATE replstamp.vector_state SET serial = $3 - 1 "
-					           "WHERE replica_id OPERATOR(pg_catalog.=) $1 AND serial OPERATOR(pg_catalog.>=) $3",
-					           3, types, values, NULL, SPI_OK_UPDATE);
+							  "WHERE replica_id OPERATOR(pg_catalog.=) $1 AND serial OPERATOR(pg_catalog.>=) $3",
+							  3, types, values, NULL, SPI_OK_UPDATE);
 			ereport(LOG,
 					(errmsg("replstamp: %s reports that the history of replica ID %s from serial " INT64_FORMAT " on was abandoned (a rolled-back or cloned node rotated)",
 							from, catalog_uuid_text(&d->id), d->first),

@@ -36,6 +36,7 @@ static const struct
 	int			code;
 	const char *name;
 }			conditions[] =
+
 {
 	{ERRCODE_UNIQUE_VIOLATION, "unique_violation"},
 	{ERRCODE_FOREIGN_KEY_VIOLATION, "foreign_key_violation"},
@@ -72,6 +73,7 @@ static const struct
 	const char	class[3];
 	const char *name;
 }			classes[] =
+
 {
 	{"08", "connection exception"},
 	{"09", "triggered action exception"},
@@ -171,7 +173,10 @@ errors_public_text(const ErrorData *e, char **stamp)
 	else
 		appendStringInfoString(&buf, errors_condition_text(e->sqlerrcode));
 
-	/* The change, which other context lines (a trigger, a column) may precede. */
+	/*
+	 * The change, which other context lines (a trigger, a column) may
+	 * precede.
+	 */
 	for (const char *p = e->context; p != NULL; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL)
 	{
 		if (strncmp(p, "applying change ", 16) == 0)

@@ -326,8 +326,8 @@ mint_epoch(const pg_uuid_t *id, int64 first_serial)
 	Datum		values[2] = {UUIDPGetDatum(id), Int64GetDatum(first_serial)};
 
 	dbaccess_spi_exec("INSERT INTO replstamp.epoch (replica_id, first_serial, token, started_at) "
-			           "VALUES ($1, $2, pg_catalog.gen_random_uuid(), pg_catalog.now())",
-			           2, types, values, NULL, SPI_OK_INSERT);
+					  "VALUES ($1, $2, pg_catalog.gen_random_uuid(), pg_catalog.now())",
+					  2, types, values, NULL, SPI_OK_INSERT);
 }
 
 /*
@@ -467,10 +467,10 @@ rotate_locked(const ReplstampCatalog *cat, const ReplstampNode *node,
 	else
 		n1[4] = 'n';
 	dbaccess_spi_exec("UPDATE replstamp.replica_history "
-			           "SET retired_at = pg_catalog.now(), retired_reason = $2, "
-			           "lus_at_retirement = $3, next_serial_at_retirement = $4, backup_label = $5 "
-			           "WHERE replica_id OPERATOR(pg_catalog.=) $1",
-			           5, t1, v1, n1, SPI_OK_UPDATE);
+					  "SET retired_at = pg_catalog.now(), retired_reason = $2, "
+					  "lus_at_retirement = $3, next_serial_at_retirement = $4, backup_label = $5 "
+					  "WHERE replica_id OPERATOR(pg_catalog.=) $1",
+					  5, t1, v1, n1, SPI_OK_UPDATE);
 
 	v2[0] = UUIDPGetDatum(new_id);
 	v2[1] = CStringGetTextDatum(reason);
@@ -478,9 +478,9 @@ rotate_locked(const ReplstampCatalog *cat, const ReplstampNode *node,
 	v2[3] = Int32GetDatum((int32) GetWALInsertionTimeLine());
 	v2[4] = CStringGetTextDatum(fingerprint);
 	dbaccess_spi_exec("INSERT INTO replstamp.replica_history "
-			           "(replica_id, minted_reason, system_identifier, timeline) "
-			           "VALUES ($1, $2, $3, $4)",
-			           4, t2, v2, NULL, SPI_OK_INSERT);
+					  "(replica_id, minted_reason, system_identifier, timeline) "
+					  "VALUES ($1, $2, $3, $4)",
+					  4, t2, v2, NULL, SPI_OK_INSERT);
 
 	/* Half-way: the old ID is retired, the new one is not current yet. */
 	if (debug_rotation_pause > 0)
@@ -494,14 +494,14 @@ rotate_locked(const ReplstampCatalog *cat, const ReplstampNode *node,
 		v3[0] = UUIDPGetDatum(&old_id);
 		v3[1] = Int64GetDatum(lost_after - 1);
 		dbaccess_spi_exec("INSERT INTO replstamp.vector_state (replica_id, serial) VALUES ($1, $2) "
-				           "ON CONFLICT (replica_id) DO UPDATE SET serial = EXCLUDED.serial",
-				           2, t3, v3, NULL, SPI_OK_INSERT);
+						  "ON CONFLICT (replica_id) DO UPDATE SET serial = EXCLUDED.serial",
+						  2, t3, v3, NULL, SPI_OK_INSERT);
 	}
 
 	dbaccess_spi_exec("UPDATE replstamp.node SET replica_id = $1, state = 'original', "
-			           "minted_at = pg_catalog.now(), system_identifier = $3, timeline = $4, "
-			           "restore_fingerprint = $5",
-			           5, t2, v2, NULL, SPI_OK_UPDATE);
+					  "minted_at = pg_catalog.now(), system_identifier = $3, timeline = $4, "
+					  "restore_fingerprint = $5",
+					  5, t2, v2, NULL, SPI_OK_UPDATE);
 
 	if (cat->v11)
 	{
@@ -539,7 +539,7 @@ marked_lus(const ReplstampCatalog *cat, const pg_uuid_t *id)
 	if (!cat->v11)
 		return 1;
 	dbaccess_spi_exec("SELECT lus FROM replstamp.lus_mark WHERE replica_id OPERATOR(pg_catalog.=) $1",
-			           1, types, values, NULL, SPI_OK_SELECT);
+					  1, types, values, NULL, SPI_OK_SELECT);
 	if (SPI_processed > 0)
 	{
 		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
@@ -582,7 +582,7 @@ epoch_start(const ReplstampCatalog *cat, const pg_uuid_t *id)
 
 	values[0] = UUIDPGetDatum(id);
 	dbaccess_spi_exec("SELECT walked_upto FROM replstamp.prune_progress WHERE replica_id OPERATOR(pg_catalog.=) $1",
-			           1, types, values, NULL, SPI_OK_SELECT);
+					  1, types, values, NULL, SPI_OK_SELECT);
 	if (SPI_processed > 0)
 	{
 		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
@@ -593,12 +593,12 @@ epoch_start(const ReplstampCatalog *cat, const pg_uuid_t *id)
 
 	values[1] = Int64GetDatum(from);
 	dbaccess_spi_exec("SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM replstamp.changes "
-			           "  WHERE replica_id OPERATOR(pg_catalog.=) $1 AND serial OPERATOR(pg_catalog.=) $2) THEN $2 "
-			           "ELSE (SELECT pg_catalog.min(c.serial) OPERATOR(pg_catalog.+) 1 FROM replstamp.changes c "
-			           "  WHERE c.replica_id OPERATOR(pg_catalog.=) $1 AND c.serial OPERATOR(pg_catalog.>=) $2 "
-			           "  AND NOT EXISTS (SELECT 1 FROM replstamp.changes n WHERE n.replica_id OPERATOR(pg_catalog.=) $1 "
-			           "    AND n.serial OPERATOR(pg_catalog.=) (c.serial OPERATOR(pg_catalog.+) 1))) END",
-			           2, types, values, NULL, SPI_OK_SELECT);
+					  "  WHERE replica_id OPERATOR(pg_catalog.=) $1 AND serial OPERATOR(pg_catalog.=) $2) THEN $2 "
+					  "ELSE (SELECT pg_catalog.min(c.serial) OPERATOR(pg_catalog.+) 1 FROM replstamp.changes c "
+					  "  WHERE c.replica_id OPERATOR(pg_catalog.=) $1 AND c.serial OPERATOR(pg_catalog.>=) $2 "
+					  "  AND NOT EXISTS (SELECT 1 FROM replstamp.changes n WHERE n.replica_id OPERATOR(pg_catalog.=) $1 "
+					  "    AND n.serial OPERATOR(pg_catalog.=) (c.serial OPERATOR(pg_catalog.+) 1))) END",
+					  2, types, values, NULL, SPI_OK_SELECT);
 	first = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	return Min(first, serial_next(cat->serial_seq));
 }
@@ -616,11 +616,11 @@ identity_raise_lus_mark(const pg_uuid_t *id, int64 lus)
 	Datum		values[2] = {UUIDPGetDatum(id), Int64GetDatum(lus)};
 
 	dbaccess_spi_exec("INSERT INTO replstamp.lus_mark (singleton, replica_id, lus, marked_at) "
-			           "VALUES (true, $1, $2, pg_catalog.now()) ON CONFLICT (singleton) DO UPDATE "
-			           "SET lus = CASE WHEN replstamp.lus_mark.replica_id OPERATOR(pg_catalog.=) EXCLUDED.replica_id "
-			           "  THEN GREATEST(replstamp.lus_mark.lus, EXCLUDED.lus) ELSE EXCLUDED.lus END, "
-			           "replica_id = EXCLUDED.replica_id, marked_at = EXCLUDED.marked_at",
-			           2, types, values, NULL, SPI_OK_INSERT);
+					  "VALUES (true, $1, $2, pg_catalog.now()) ON CONFLICT (singleton) DO UPDATE "
+					  "SET lus = CASE WHEN replstamp.lus_mark.replica_id OPERATOR(pg_catalog.=) EXCLUDED.replica_id "
+					  "  THEN GREATEST(replstamp.lus_mark.lus, EXCLUDED.lus) ELSE EXCLUDED.lus END, "
+					  "replica_id = EXCLUDED.replica_id, marked_at = EXCLUDED.marked_at",
+					  2, types, values, NULL, SPI_OK_INSERT);
 }
 
 /*
@@ -683,11 +683,11 @@ restore_clock_floor(void)
 	Datum		d;
 
 	dbaccess_spi_exec("SELECT pg_catalog.max(t) FROM ("
-			           "SELECT pg_catalog.max(max_changed_at) AS t FROM replstamp.vector_state "
-			           "UNION ALL SELECT (SELECT c.changed_at FROM replstamp.changes c "
-			           "  WHERE c.replica_id OPERATOR(pg_catalog.=) h.replica_id "
-			           "  ORDER BY c.serial DESC LIMIT 1) FROM replstamp.replica_history h) s",
-			           0, NULL, NULL, NULL, SPI_OK_SELECT);
+					  "SELECT pg_catalog.max(max_changed_at) AS t FROM replstamp.vector_state "
+					  "UNION ALL SELECT (SELECT c.changed_at FROM replstamp.changes c "
+					  "  WHERE c.replica_id OPERATOR(pg_catalog.=) h.replica_id "
+					  "  ORDER BY c.serial DESC LIMIT 1) FROM replstamp.replica_history h) s",
+					  0, NULL, NULL, NULL, SPI_OK_SELECT);
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	if (!isnull)
 		serial_clock_seen(DatumGetTimestampTz(d));
@@ -755,7 +755,7 @@ record_upgrade(const ReplstampNode *node, const char *fp_now)
 	values[0] = Int64GetDatum((int64) GetSystemIdentifier());
 	values[1] = CStringGetTextDatum(fp_now);
 	dbaccess_spi_exec("UPDATE replstamp.node SET system_identifier = $1, restore_fingerprint = $2",
-					   2, types, values, NULL, SPI_OK_UPDATE);
+					  2, types, values, NULL, SPI_OK_UPDATE);
 	ereport(LOG,
 			(errmsg("replstamp: database \"%s\" was upgraded by pg_upgrade and keeps replica ID %s",
 					get_database_name(MyDatabaseId), catalog_uuid_text(&node->replica_id)),
@@ -796,8 +796,8 @@ identity_check(void)
 
 	/*
 	 * Checked in this start while its catalog was 1.0: ALTER EXTENSION
-	 * replstamp UPDATE only records that check, and a 'backup' mark now is
-	 * a backup of the live node in progress, not a restore.
+	 * replstamp UPDATE only records that check, and a 'backup' mark now is a
+	 * backup of the live node in progress, not a restore.
 	 */
 	if (!(cat->v11 && v10_checked_this_start()))
 		restore_signals(node, fp_now, &reason);
@@ -833,7 +833,7 @@ identity_check(void)
 		if (!rotated)
 			mint_epoch(&node->replica_id, epoch_start(cat, &node->replica_id));
 		dbaccess_spi_exec("UPDATE replstamp.node SET verified_token = $1", 1, types, values, NULL,
-				           SPI_OK_UPDATE);
+						  SPI_OK_UPDATE);
 		restore_clock_floor();
 	}
 
@@ -921,7 +921,7 @@ verify_in_worker(void)
 
 	if (IsBackgroundWorker ||
 		!worker_start("replstamp_identity_db_main", "replstamp identity check",
-								MyDatabaseId, InvalidOid, NULL, 0, &handle))
+					  MyDatabaseId, InvalidOid, NULL, 0, &handle))
 		return false;
 	PG_TRY();
 	{
@@ -984,9 +984,9 @@ identity_verify_slow(void)
 
 	/*
 	 * Nothing says this data set was restored or copied: then there is
-	 * nothing to rotate, and the state row is left unlocked.  The check
-	 * locks it until its transaction ends, which would make the first stamp
-	 * of every other session wait for this one's transaction, and fail in a
+	 * nothing to rotate, and the state row is left unlocked.  The check locks
+	 * it until its transaction ends, which would make the first stamp of
+	 * every other session wait for this one's transaction, and fail in a
 	 * read-only transaction (a 1.0 node pulling through serve_vector()).
 	 */
 	{
@@ -1060,8 +1060,8 @@ identity_rotate_diverged(const pg_uuid_t *diverged_id, int64 from_serial,
 	values[0] = UUIDPGetDatum(diverged_id);
 	values[1] = Int64GetDatum(from_serial);
 	dbaccess_spi_exec("UPDATE replstamp.epoch SET dead = true "
-			           "WHERE replica_id OPERATOR(pg_catalog.=) $1 AND first_serial OPERATOR(pg_catalog.>=) $2",
-			           2, types, values, NULL, SPI_OK_UPDATE);
+					  "WHERE replica_id OPERATOR(pg_catalog.=) $1 AND first_serial OPERATOR(pg_catalog.>=) $2",
+					  2, types, values, NULL, SPI_OK_UPDATE);
 	rotate_locked(cat, node, &new_id, reason, Max(from_serial, 1), identity_fingerprint());
 	SPI_finish();
 	dbaccess_restore_user(&ctx);
@@ -1123,13 +1123,13 @@ replstamp_init_node(PG_FUNCTION_ARGS)
 
 	SPI_connect();
 	dbaccess_spi_exec("INSERT INTO replstamp.node "
-			           "(replica_id, system_identifier, timeline, restore_fingerprint) "
-			           "VALUES ($1, $2, $3, $4)",
-			           4, argtypes, args, NULL, SPI_OK_INSERT);
+					  "(replica_id, system_identifier, timeline, restore_fingerprint) "
+					  "VALUES ($1, $2, $3, $4)",
+					  4, argtypes, args, NULL, SPI_OK_INSERT);
 	dbaccess_spi_exec("INSERT INTO replstamp.replica_history "
-			           "(replica_id, minted_reason, system_identifier, timeline) "
-			           "VALUES ($1, 'created', $2, $3)",
-			           3, argtypes, args, NULL, SPI_OK_INSERT);
+					  "(replica_id, minted_reason, system_identifier, timeline) "
+					  "VALUES ($1, 'created', $2, $3)",
+					  3, argtypes, args, NULL, SPI_OK_INSERT);
 	SPI_finish();
 	PG_RETURN_DATUM(UUIDPGetDatum(id));
 }

@@ -60,7 +60,8 @@ typedef struct LatestSlot
 {
 	Oid			dboid;			/* InvalidOid: free */
 	pg_uuid_t	id;
-	int64		from;			/* covers serials from + 1 .. from + LATEST_WINDOW */
+	int64		from;			/* covers serials from + 1 .. from +
+								 * LATEST_WINDOW */
 	uint64		used;			/* when last used, for eviction */
 	uint64		bits[LATEST_WORDS]; /* by serial % LATEST_WINDOW */
 } LatestSlot;

@@ -78,7 +78,7 @@ PGDLLEXPORT void replstamp_maintenance_main(Datum arg);
 #define LAUNCHER_RESTART_S	10
 #define SYNC_RETRY_S		60
 #define LAUNCHER_NAP_MS		10000
-#define FULL_ROUND_EVERY	6		/* intervals between polls of watched peers */
+#define FULL_ROUND_EVERY	6	/* intervals between polls of watched peers */
 
 /* GUC */
 static int	sync_interval = 10;
@@ -147,7 +147,7 @@ check_identities(void)
 		BackgroundWorkerHandle *handle;
 
 		if (!worker_start("replstamp_identity_db_main", "replstamp identity check",
-									lfirst_oid(lc), InvalidOid, NULL, 0, &handle))
+						  lfirst_oid(lc), InvalidOid, NULL, 0, &handle))
 		{
 			ereport(LOG,
 					(errmsg("replstamp: could not start the identity check of database %u",
@@ -203,8 +203,8 @@ tend_sync_workers(List **slots)
 
 			/*
 			 * A worker woken as it left (it found no replstamp just before
-			 * the CREATE EXTENSION and add_peer() committed) is followed by
-			 * a new one at once.
+			 * the CREATE EXTENSION and add_peer() committed) is followed by a
+			 * new one at once.
 			 */
 			slot->stopped_at = slot->woken ? 0 : now;
 		}
@@ -214,7 +214,7 @@ tend_sync_workers(List **slots)
 			continue;
 		slot->woken = false;
 		if (!worker_start("replstamp_sync_main", "replstamp sync", dboid,
-									InvalidOid, NULL, 0, &slot->handle))
+						  InvalidOid, NULL, 0, &slot->handle))
 		{
 			slot->handle = NULL;
 			slot->stopped_at = now;
@@ -330,7 +330,7 @@ start_short_workers(List **slots, const char *function, const char *type)
 		if (slots == NULL)
 		{
 			if (!worker_start(function, type,
-										dboid, InvalidOid, NULL, 0, NULL))
+							  dboid, InvalidOid, NULL, 0, NULL))
 				ereport(LOG,
 						(errmsg("replstamp: could not start the %s worker of database %u",
 								type, dboid),
@@ -346,7 +346,7 @@ start_short_workers(List **slots, const char *function, const char *type)
 			slot->handle = NULL;
 		}
 		if (!worker_start(function, type,
-									dboid, InvalidOid, NULL, 0, &slot->handle))
+						  dboid, InvalidOid, NULL, 0, &slot->handle))
 		{
 			slot->handle = NULL;
 			ereport(LOG,
@@ -418,7 +418,11 @@ replstamp_launcher_main(Datum arg)
 			}
 			nap = Min(nap, Max(TimestampDifferenceMilliseconds(GetCurrentTimestamp(), due), 100));
 		}
-		/* The background check (verify.c), off unless replstamp.verify_interval is set. */
+
+		/*
+		 * The background check (verify.c), off unless
+		 * replstamp.verify_interval is set.
+		 */
 		interval = verify_interval_s();
 		if (interval > 0)
 		{
@@ -467,7 +471,8 @@ sync_round(List *watches, bool full)
 	if (!installed)
 		return false;
 	if (!ready)
-		return true;			/* waiting for ALTER EXTENSION replstamp UPDATE */
+		return true;			/* waiting for ALTER EXTENSION replstamp
+								 * UPDATE */
 	if (!sync_has_peers())
 	{
 		ereport(DEBUG1,
@@ -531,8 +536,8 @@ replstamp_sync_main(Datum arg)
 			proc_exit(0);
 
 		/*
-		 * The fallback poll: each interval, the peers no connection waits
-		 * on; every peer at start, when a peer was added, and every
+		 * The fallback poll: each interval, the peers no connection waits on;
+		 * every peer at start, when a peer was added, and every
 		 * FULL_ROUND_EVERY intervals.
 		 */
 		if (next_round == 0 || GetCurrentTimestamp() >= next_round ||

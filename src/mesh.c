@@ -232,7 +232,7 @@ ensure_peer(const char *name, const char *conninfo)
 	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	dbaccess_spi_exec("SELECT conninfo FROM replstamp.peer WHERE name OPERATOR(pg_catalog.=) $1",
-				1, types, values, NULL, SPI_OK_SELECT);
+					  1, types, values, NULL, SPI_OK_SELECT);
 	exists = SPI_processed > 0;
 	if (exists)
 		same = strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), conninfo) == 0;
@@ -267,11 +267,11 @@ refuse_unstamped_rows(void)
 	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	dbaccess_spi_exec(catalog_sql("SELECT t.relid::pg_catalog.regclass::pg_catalog.text FROM replstamp.tracked_table t "
-				"WHERE t.state OPERATOR(pg_catalog.=) 'tracked' AND t.relid IS NOT NULL "
-				"AND (t.backfill IS NULL OR t.backfill OPERATOR(pg_catalog.<>) ALL ('{pending,running}'::pg_catalog.text[])) "
-				"AND NOT EXISTS (SELECT 1 FROM replstamp.changes c "
-				"                 WHERE c.relation OPERATOR(pg_catalog.=) t.relation) "
-				"ORDER BY 1"), 0, NULL, NULL, NULL, SPI_OK_SELECT);
+								  "WHERE t.state OPERATOR(pg_catalog.=) 'tracked' AND t.relid IS NOT NULL "
+								  "AND (t.backfill IS NULL OR t.backfill OPERATOR(pg_catalog.<>) ALL ('{pending,running}'::pg_catalog.text[])) "
+								  "AND NOT EXISTS (SELECT 1 FROM replstamp.changes c "
+								  "                 WHERE c.relation OPERATOR(pg_catalog.=) t.relation) "
+								  "ORDER BY 1"), 0, NULL, NULL, NULL, SPI_OK_SELECT);
 	if (SPI_processed > 0)
 	{
 		SPITupleTable *tables = SPI_tuptable;
@@ -320,7 +320,7 @@ refuse_stale(Remote *r)
 		values[0] = DirectFunctionCall1(uuid_in, CStringGetDatum(PQgetvalue(res, i, 0)));
 		values[1] = Int64GetDatum(pg_strtoint64(PQgetvalue(res, i, 1)));
 		dbaccess_spi_exec("SELECT 1 FROM replstamp.vector WHERE replica_id OPERATOR(pg_catalog.=) $1 "
-					"AND serial OPERATOR(pg_catalog.<) $2", 2, types, values, NULL, SPI_OK_SELECT);
+						  "AND serial OPERATOR(pg_catalog.<) $2", 2, types, values, NULL, SPI_OK_SELECT);
 		if (SPI_processed > 0)
 			stale = pstrdup(PQgetvalue(res, i, 0));
 	}
@@ -504,8 +504,8 @@ remember_self(const char *name, const char *conninfo)
 	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	dbaccess_spi_exec("INSERT INTO replstamp.mesh (name, conninfo) VALUES ($1, $2) "
-				"ON CONFLICT (one) DO UPDATE SET name = EXCLUDED.name, conninfo = EXCLUDED.conninfo",
-				2, types, values, NULL, SPI_OK_INSERT);
+					  "ON CONFLICT (one) DO UPDATE SET name = EXCLUDED.name, conninfo = EXCLUDED.conninfo",
+					  2, types, values, NULL, SPI_OK_INSERT);
 	SPI_finish();
 	dbaccess_restore_user(&ctx);
 }
@@ -548,10 +548,11 @@ replstamp_join(PG_FUNCTION_ARGS)
 	sponsor = admit_via("the node to join", conninfo, me, mine, conninfo, &members, NULL);
 	if (sponsor == NULL)
 		elog(ERROR, "replstamp: the node to join did not name itself");
+
 	/*
-	 * The sponsor did not join with join(): pull from it at the address
-	 * of conninfo as the role others pull from here (my_conninfo's
-	 * credential: the mesh's pulling role), or as conninfo's.
+	 * The sponsor did not join with join(): pull from it at the address of
+	 * conninfo as the role others pull from here (my_conninfo's credential:
+	 * the mesh's pulling role), or as conninfo's.
 	 */
 	if (sponsor->pull == NULL)
 		sponsor->pull = PG_ARGISNULL(1) ? conninfo : compose(conninfo, mine, NULL, NULL, NULL);
@@ -622,11 +623,11 @@ replstamp_admit(PG_FUNCTION_ARGS)
 	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	dbaccess_spi_exec("SELECT c.name, m.conninfo, true FROM replstamp.cluster c "
-				"LEFT JOIN replstamp.mesh m ON true WHERE c.is_self "
-				"UNION ALL "
-				"SELECT p.name, p.conninfo, false FROM replstamp.peer p "
-				"WHERE p.name OPERATOR(pg_catalog.<>) $1",
-				1, types, args, NULL, SPI_OK_SELECT);
+					  "LEFT JOIN replstamp.mesh m ON true WHERE c.is_self "
+					  "UNION ALL "
+					  "SELECT p.name, p.conninfo, false FROM replstamp.peer p "
+					  "WHERE p.name OPERATOR(pg_catalog.<>) $1",
+					  1, types, args, NULL, SPI_OK_SELECT);
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
 		Datum		values[4];

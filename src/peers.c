@@ -87,7 +87,7 @@ replstamp_add_peer(PG_FUNCTION_ARGS)
 	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	dbaccess_spi_exec("INSERT INTO replstamp.peer (name, conninfo) VALUES ($1, $2) "
-			           "ON CONFLICT (name) DO NOTHING", 2, types, values, NULL, SPI_OK_INSERT);
+					  "ON CONFLICT (name) DO NOTHING", 2, types, values, NULL, SPI_OK_INSERT);
 	if (SPI_processed == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_DUPLICATE_OBJECT),
@@ -116,7 +116,7 @@ replstamp_drop_peer(PG_FUNCTION_ARGS)
 	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	dbaccess_spi_exec("DELETE FROM replstamp.peer p WHERE p.name OPERATOR(pg_catalog.=) $1 "
-			           "RETURNING p.replica_id", 1, types, values, NULL, SPI_OK_DELETE_RETURNING);
+					  "RETURNING p.replica_id", 1, types, values, NULL, SPI_OK_DELETE_RETURNING);
 	if (SPI_processed == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
@@ -133,7 +133,7 @@ replstamp_drop_peer(PG_FUNCTION_ARGS)
 			Datum		uv[1] = {id};
 
 			dbaccess_spi_exec("DELETE FROM replstamp.puller WHERE replica_id OPERATOR(pg_catalog.=) $1",
-					           1, ut, uv, NULL, SPI_OK_DELETE);
+							  1, ut, uv, NULL, SPI_OK_DELETE);
 		}
 	}
 	SPI_finish();
@@ -159,7 +159,7 @@ replstamp_forget_puller(PG_FUNCTION_ARGS)
 	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	dbaccess_spi_exec("DELETE FROM replstamp.puller WHERE replica_id OPERATOR(pg_catalog.=) $1",
-			           1, types, values, NULL, SPI_OK_DELETE);
+					  1, types, values, NULL, SPI_OK_DELETE);
 	found = SPI_processed > 0;
 	SPI_finish();
 	dbaccess_restore_user(&ctx);

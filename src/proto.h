@@ -78,7 +78,8 @@ typedef struct Handshake
 	DeadMark   *dead;
 	int			npurged;		/* absent from older 1.1 handshakes: none */
 	PurgedMark *purged;
-	bool		rotated;		/* response: the server rotated while answering */
+	bool		rotated;		/* response: the server rotated while
+								 * answering */
 } Handshake;
 
 extern int	proto_max_new_replica_ids;

@@ -385,17 +385,17 @@ prune_plan(PruneRun *p)
 	SPI_connect();
 	/* A puller away longer than a tombstone lifetime is refused anyway. */
 	dbaccess_spi_exec("DELETE FROM replstamp.puller WHERE last_pull_at OPERATOR(pg_catalog.<) "
-			           "(pg_catalog.now() OPERATOR(pg_catalog.-) $1::pg_catalog.interval)",
-			           1, types, values, NULL, SPI_OK_DELETE);
+					  "(pg_catalog.now() OPERATOR(pg_catalog.-) $1::pg_catalog.interval)",
+					  1, types, values, NULL, SPI_OK_DELETE);
 	/* Per replica ID: up to where every puller holds it. */
 	dbaccess_spi_exec("SELECT v.replica_id, coalesce(pp.walked_upto, 0), "
-			           "LEAST(v.serial, coalesce((SELECT pg_catalog.min(coalesce(pv.serial, 0)) "
-			           "  FROM replstamp.puller u LEFT JOIN replstamp.puller_vector pv "
-			           "  ON pv.puller OPERATOR(pg_catalog.=) u.replica_id "
-			           "  AND pv.replica_id OPERATOR(pg_catalog.=) v.replica_id), v.serial)) "
-			           "FROM replstamp.vector v LEFT JOIN replstamp.prune_progress pp "
-			           "ON pp.replica_id OPERATOR(pg_catalog.=) v.replica_id",
-			           0, NULL, NULL, NULL, SPI_OK_SELECT);
+					  "LEAST(v.serial, coalesce((SELECT pg_catalog.min(coalesce(pv.serial, 0)) "
+					  "  FROM replstamp.puller u LEFT JOIN replstamp.puller_vector pv "
+					  "  ON pv.puller OPERATOR(pg_catalog.=) u.replica_id "
+					  "  AND pv.replica_id OPERATOR(pg_catalog.=) v.replica_id), v.serial)) "
+					  "FROM replstamp.vector v LEFT JOIN replstamp.prune_progress pp "
+					  "ON pp.replica_id OPERATOR(pg_catalog.=) v.replica_id",
+					  0, NULL, NULL, NULL, SPI_OK_SELECT);
 	p->nitems = SPI_processed;
 	p->items = MemoryContextAllocZero(p->cxt, sizeof(PruneItem) * Max(p->nitems, 1));
 	for (int i = 0; i < p->nitems; i++)
@@ -428,8 +428,8 @@ save_walked(const pg_uuid_t *id, int64 walked)
 	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	dbaccess_spi_exec("INSERT INTO replstamp.prune_progress (replica_id, walked_upto) VALUES ($1, $2) "
-			           "ON CONFLICT (replica_id) DO UPDATE SET walked_upto = EXCLUDED.walked_upto",
-			           2, types, values, NULL, SPI_OK_INSERT);
+					  "ON CONFLICT (replica_id) DO UPDATE SET walked_upto = EXCLUDED.walked_upto",
+					  2, types, values, NULL, SPI_OK_INSERT);
 	SPI_finish();
 	dbaccess_restore_user(&ctx);
 }
@@ -531,7 +531,7 @@ prune_expired(PruneRun *p)
 								   "WHERE id OPERATOR(pg_catalog.>=) $1 AND id OPERATOR(pg_catalog.<) $2 "
 								   "ORDER BY id LIMIT " CppAsString2(PRUNE_BATCH) ")) "
 								   "RETURNING id", p->cat->conflict_name, p->cat->conflict_name),
-				           2, types, values, NULL, SPI_OK_DELETE_RETURNING);
+						  2, types, values, NULL, SPI_OK_DELETE_RETURNING);
 		n = SPI_processed;
 		for (int i = 0; i < n; i++)
 		{
@@ -572,12 +572,12 @@ prune_queue(PruneRun *p)
 		dbaccess_become_owner(&ctx);
 		SPI_connect();
 		dbaccess_spi_exec("DELETE FROM replstamp.prune_queue WHERE ctid OPERATOR(pg_catalog.=) ANY (ARRAY("
-				           "SELECT q.ctid FROM replstamp.prune_queue q "
-				           "JOIN ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) u(replica_id, upto) "
-				           "  ON u.replica_id OPERATOR(pg_catalog.=) q.replica_id "
-				           "  AND q.serial OPERATOR(pg_catalog.<=) u.upto "
-				           "LIMIT " CppAsString2(PRUNE_BATCH) ")) RETURNING replica_id, serial",
-				           2, types, values, NULL, SPI_OK_DELETE_RETURNING);
+						  "SELECT q.ctid FROM replstamp.prune_queue q "
+						  "JOIN ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) u(replica_id, upto) "
+						  "  ON u.replica_id OPERATOR(pg_catalog.=) q.replica_id "
+						  "  AND q.serial OPERATOR(pg_catalog.<=) u.upto "
+						  "LIMIT " CppAsString2(PRUNE_BATCH) ")) RETURNING replica_id, serial",
+						  2, types, values, NULL, SPI_OK_DELETE_RETURNING);
 		n = SPI_processed;
 		/* Outlives SPI_finish(). */
 		keys = MemoryContextAlloc(caller, sizeof(StampKey) * Max(n, 1));
@@ -639,14 +639,14 @@ prune_tombstones(PruneRun *p)
 		dbaccess_become_owner(&ctx);
 		SPI_connect();
 		dbaccess_spi_exec("DELETE FROM replstamp.row_version WHERE ctid OPERATOR(pg_catalog.=) ANY (ARRAY("
-				           "SELECT v.ctid FROM replstamp.row_version v "
-				           "JOIN ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3)) u(replica_id, upto) "
-				           "  ON u.replica_id OPERATOR(pg_catalog.=) v.replica_id "
-				           "  AND v.serial OPERATOR(pg_catalog.<=) u.upto "
-				           "WHERE v.deleted AND v.changed_at OPERATOR(pg_catalog.<) "
-				           "(pg_catalog.now() OPERATOR(pg_catalog.-) $1::pg_catalog.interval) "
-				           "LIMIT " CppAsString2(PRUNE_BATCH) ")) RETURNING replica_id, serial",
-				           3, types, values, NULL, SPI_OK_DELETE_RETURNING);
+						  "SELECT v.ctid FROM replstamp.row_version v "
+						  "JOIN ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3)) u(replica_id, upto) "
+						  "  ON u.replica_id OPERATOR(pg_catalog.=) v.replica_id "
+						  "  AND v.serial OPERATOR(pg_catalog.<=) u.upto "
+						  "WHERE v.deleted AND v.changed_at OPERATOR(pg_catalog.<) "
+						  "(pg_catalog.now() OPERATOR(pg_catalog.-) $1::pg_catalog.interval) "
+						  "LIMIT " CppAsString2(PRUNE_BATCH) ")) RETURNING replica_id, serial",
+						  3, types, values, NULL, SPI_OK_DELETE_RETURNING);
 		n = SPI_processed;
 		keys = palloc(sizeof(StampKey) * Max(n, 1));
 		for (int i = 0; i < n; i++)
@@ -684,9 +684,9 @@ prune_tombstones(PruneRun *p)
 			if (dropped[k] == 0)
 				continue;
 			dbaccess_spi_exec("INSERT INTO replstamp.purged (replica_id, serial) VALUES ($1, $2) "
-					           "ON CONFLICT (replica_id) DO UPDATE SET serial = "
-					           "GREATEST(replstamp.purged.serial, EXCLUDED.serial)",
-					           2, pt, pv, NULL, SPI_OK_INSERT);
+							  "ON CONFLICT (replica_id) DO UPDATE SET serial = "
+							  "GREATEST(replstamp.purged.serial, EXCLUDED.serial)",
+							  2, pt, pv, NULL, SPI_OK_INSERT);
 			dropped[k] = 0;
 		}
 		SPI_finish();
@@ -704,50 +704,51 @@ prune_retired(PruneRun *p)
 {
 	ReplstampOwnerContext ctx;
 	const char *held_everywhere =
-	"NOT EXISTS (SELECT 1 FROM replstamp.changes c WHERE c.replica_id OPERATOR(pg_catalog.=) %s) "
-	"AND NOT EXISTS (SELECT 1 FROM replstamp.puller u WHERE NOT EXISTS ("
-	"  SELECT 1 FROM replstamp.puller_vector pv WHERE pv.puller OPERATOR(pg_catalog.=) u.replica_id "
-	"  AND pv.replica_id OPERATOR(pg_catalog.=) %s AND pv.serial OPERATOR(pg_catalog.>=) %s))";
+		"NOT EXISTS (SELECT 1 FROM replstamp.changes c WHERE c.replica_id OPERATOR(pg_catalog.=) %s) "
+		"AND NOT EXISTS (SELECT 1 FROM replstamp.puller u WHERE NOT EXISTS ("
+		"  SELECT 1 FROM replstamp.puller_vector pv WHERE pv.puller OPERATOR(pg_catalog.=) u.replica_id "
+		"  AND pv.replica_id OPERATOR(pg_catalog.=) %s AND pv.serial OPERATOR(pg_catalog.>=) %s))";
 
 	batch_begin();
 	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	/* IDs other nodes retired. */
 	dbaccess_spi_exec(psprintf("WITH gone AS (DELETE FROM replstamp.vector_state v WHERE v.retired "
-					            "AND NOT EXISTS (SELECT 1 FROM replstamp.replica_history h "
-					            "  WHERE h.replica_id OPERATOR(pg_catalog.=) v.replica_id) AND %s "
-					            "RETURNING v.replica_id) "
-					            "DELETE FROM replstamp.epoch e USING gone WHERE e.replica_id OPERATOR(pg_catalog.=) gone.replica_id "
-					            "AND NOT e.dead",
-					            psprintf(held_everywhere, "v.replica_id", "v.replica_id", "v.serial")),
-			           0, NULL, NULL, NULL, SPI_OK_DELETE);
+							   "AND NOT EXISTS (SELECT 1 FROM replstamp.replica_history h "
+							   "  WHERE h.replica_id OPERATOR(pg_catalog.=) v.replica_id) AND %s "
+							   "RETURNING v.replica_id) "
+							   "DELETE FROM replstamp.epoch e USING gone WHERE e.replica_id OPERATOR(pg_catalog.=) gone.replica_id "
+							   "AND NOT e.dead",
+							   psprintf(held_everywhere, "v.replica_id", "v.replica_id", "v.serial")),
+					  0, NULL, NULL, NULL, SPI_OK_DELETE);
+
 	/*
 	 * IDs this database retired.  Held up to where: the vector's entry of a
 	 * restored copy's old ID; else (every change of it was made here) the
 	 * last serial it can have, below the first serial of the ID minted when
-	 * it was retired; the lowest uncommitted serial, which the vector
-	 * claims, only goes up and pullers would never catch up with it.
+	 * it was retired; the lowest uncommitted serial, which the vector claims,
+	 * only goes up and pullers would never catch up with it.
 	 */
 	dbaccess_spi_exec(psprintf("WITH gone AS (UPDATE replstamp.replica_history h SET in_vector = false "
-					            "WHERE h.in_vector AND h.retired_at IS NOT NULL AND %s RETURNING h.replica_id) "
-					            "DELETE FROM replstamp.vector_state v USING gone "
-					            "WHERE v.replica_id OPERATOR(pg_catalog.=) gone.replica_id",
-					            psprintf(held_everywhere, "h.replica_id", "h.replica_id",
-							             "coalesce((SELECT v2.serial FROM replstamp.vector_state v2 "
-							             "  WHERE v2.replica_id OPERATOR(pg_catalog.=) h.replica_id), "
-							             "(SELECT pg_catalog.min(e.first_serial) OPERATOR(pg_catalog.-) 1 "
-							             "  FROM replstamp.epoch e JOIN replstamp.replica_history h2 "
-							             "    ON h2.replica_id OPERATOR(pg_catalog.=) e.replica_id "
-							             "  WHERE h2.minted_at OPERATOR(pg_catalog.>=) h.retired_at "
-							             "    AND h2.replica_id OPERATOR(pg_catalog.<>) h.replica_id), "
-							             "replstamp.lowest_uncommitted_serial() OPERATOR(pg_catalog.-) 1)")),
-			           0, NULL, NULL, NULL, SPI_OK_DELETE);
+							   "WHERE h.in_vector AND h.retired_at IS NOT NULL AND %s RETURNING h.replica_id) "
+							   "DELETE FROM replstamp.vector_state v USING gone "
+							   "WHERE v.replica_id OPERATOR(pg_catalog.=) gone.replica_id",
+							   psprintf(held_everywhere, "h.replica_id", "h.replica_id",
+										"coalesce((SELECT v2.serial FROM replstamp.vector_state v2 "
+										"  WHERE v2.replica_id OPERATOR(pg_catalog.=) h.replica_id), "
+										"(SELECT pg_catalog.min(e.first_serial) OPERATOR(pg_catalog.-) 1 "
+										"  FROM replstamp.epoch e JOIN replstamp.replica_history h2 "
+										"    ON h2.replica_id OPERATOR(pg_catalog.=) e.replica_id "
+										"  WHERE h2.minted_at OPERATOR(pg_catalog.>=) h.retired_at "
+										"    AND h2.replica_id OPERATOR(pg_catalog.<>) h.replica_id), "
+										"replstamp.lowest_uncommitted_serial() OPERATOR(pg_catalog.-) 1)")),
+					  0, NULL, NULL, NULL, SPI_OK_DELETE);
 	dbaccess_spi_exec("DELETE FROM replstamp.puller_vector pv WHERE NOT EXISTS (SELECT 1 FROM replstamp.vector v "
-			           "WHERE v.replica_id OPERATOR(pg_catalog.=) pv.replica_id)", 0, NULL, NULL, NULL, SPI_OK_DELETE);
+					  "WHERE v.replica_id OPERATOR(pg_catalog.=) pv.replica_id)", 0, NULL, NULL, NULL, SPI_OK_DELETE);
 	dbaccess_spi_exec("DELETE FROM replstamp.prune_progress pp WHERE NOT EXISTS (SELECT 1 FROM replstamp.vector v "
-			           "WHERE v.replica_id OPERATOR(pg_catalog.=) pp.replica_id)", 0, NULL, NULL, NULL, SPI_OK_DELETE);
+					  "WHERE v.replica_id OPERATOR(pg_catalog.=) pp.replica_id)", 0, NULL, NULL, NULL, SPI_OK_DELETE);
 	dbaccess_spi_exec("DELETE FROM replstamp.prune_queue q WHERE NOT EXISTS (SELECT 1 FROM replstamp.vector v "
-			           "WHERE v.replica_id OPERATOR(pg_catalog.=) q.replica_id)", 0, NULL, NULL, NULL, SPI_OK_DELETE);
+					  "WHERE v.replica_id OPERATOR(pg_catalog.=) q.replica_id)", 0, NULL, NULL, NULL, SPI_OK_DELETE);
 	SPI_finish();
 	dbaccess_restore_user(&ctx);
 	batch_end(p);
@@ -766,13 +767,13 @@ prune_dropped_tables(PruneRun *p)
 	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	dbaccess_spi_exec(catalog_sql("WITH gone AS (UPDATE replstamp.tracked_table SET log_purged = true "
-			           "  WHERE state OPERATOR(pg_catalog.<>) 'tracked' AND NOT log_purged RETURNING relation), "
-			           "rv AS (DELETE FROM replstamp.row_version v USING gone "
-			           "  WHERE v.relation OPERATOR(pg_catalog.=) gone.relation), "
-			           "rd AS (DELETE FROM replstamp.row_digest d USING gone "
-			           "  WHERE d.relation OPERATOR(pg_catalog.=) gone.relation) "
-			           "DELETE FROM replstamp.changes c USING gone WHERE c.relation OPERATOR(pg_catalog.=) gone.relation"),
-			           0, NULL, NULL, NULL, SPI_OK_DELETE);
+								  "  WHERE state OPERATOR(pg_catalog.<>) 'tracked' AND NOT log_purged RETURNING relation), "
+								  "rv AS (DELETE FROM replstamp.row_version v USING gone "
+								  "  WHERE v.relation OPERATOR(pg_catalog.=) gone.relation), "
+								  "rd AS (DELETE FROM replstamp.row_digest d USING gone "
+								  "  WHERE d.relation OPERATOR(pg_catalog.=) gone.relation) "
+								  "DELETE FROM replstamp.changes c USING gone WHERE c.relation OPERATOR(pg_catalog.=) gone.relation"),
+					  0, NULL, NULL, NULL, SPI_OK_DELETE);
 	p->removed += SPI_processed;
 	SPI_finish();
 	dbaccess_restore_user(&ctx);

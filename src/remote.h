@@ -18,7 +18,7 @@
 #include "datatype/timestamp.h"
 #include "libpq-fe.h"
 
-#include "compat.h"			/* pg_attribute_noreturn() on 18 */
+#include "compat.h"				/* pg_attribute_noreturn() on 18 */
 
 typedef struct Remote
 {

@@ -506,7 +506,10 @@ rowimage_both(RowLayout *layout, TupleDesc desc, HeapTuple keytuple,
 	}
 	else
 	{
-		/* lc_monetary or search_path: the GUC machinery, undone whatever happens */
+		/*
+		 * lc_monetary or search_path: the GUC machinery, undone whatever
+		 * happens
+		 */
 		int			nestlevel = NewGUCNestLevel();
 
 		set_canonical_gucs(GUC_ACTION_SAVE);
@@ -1004,7 +1007,10 @@ equal_means_same_image(Oid typid, int32 typmod, Oid collid, Oid opfamily,
 	{
 		case TYPTYPE_RANGE:
 			{
-				/* range_cmp: the subtype's operator class, the range's collation */
+				/*
+				 * range_cmp: the subtype's operator class, the range's
+				 * collation
+				 */
 				HeapTuple	tup = SearchSysCache1(RANGETYPE, ObjectIdGetDatum(typid));
 				Form_pg_range rng;
 				Oid			subfamily;

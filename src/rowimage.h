@@ -40,7 +40,8 @@ typedef enum ImageKind
 	IMAGE_INT8,
 	IMAGE_NUMERIC,				/* JSON number, NaN and infinities as text */
 	IMAGE_MONEY,				/* JSON number: the stored amount, locale-free */
-	IMAGE_TEXT					/* the type's output function, canonical settings */
+	IMAGE_TEXT					/* the type's output function, canonical
+								 * settings */
 } ImageKind;
 
 /* Does a type's text form depend on session settings? */

@@ -169,13 +169,13 @@ walked_entry(RowVersionWriter *w, const pg_uuid_t *id)
 		SPI_connect();
 		/* Once per sync page: a plan kept for the process. */
 		dbaccess_spi_exec_kept("SELECT pp.replica_id, pp.walked_upto, "
-								"coalesce(LEAST(v.serial, (SELECT pg_catalog.min(coalesce(pv.serial, 0)) "
-								"  FROM replstamp.puller u LEFT JOIN replstamp.puller_vector pv "
-								"  ON pv.puller OPERATOR(pg_catalog.=) u.replica_id "
-								"  AND pv.replica_id OPERATOR(pg_catalog.=) pp.replica_id)), 0) "
-								"FROM replstamp.prune_progress pp LEFT JOIN replstamp.vector v "
-								"ON v.replica_id OPERATOR(pg_catalog.=) pp.replica_id",
-								0, NULL, NULL, NULL, SPI_OK_SELECT);
+							   "coalesce(LEAST(v.serial, (SELECT pg_catalog.min(coalesce(pv.serial, 0)) "
+							   "  FROM replstamp.puller u LEFT JOIN replstamp.puller_vector pv "
+							   "  ON pv.puller OPERATOR(pg_catalog.=) u.replica_id "
+							   "  AND pv.replica_id OPERATOR(pg_catalog.=) pp.replica_id)), 0) "
+							   "FROM replstamp.prune_progress pp LEFT JOIN replstamp.vector v "
+							   "ON v.replica_id OPERATOR(pg_catalog.=) pp.replica_id",
+							   0, NULL, NULL, NULL, SPI_OK_SELECT);
 		for (uint64 i = 0; i < SPI_processed; i++)
 		{
 			bool		isnull;
@@ -226,7 +226,7 @@ superseded(RowVersionWriter *w, const Version *old, const RowVersion *current,
 		return;
 	if (old->serial <= e->held_upto &&
 		!(current->partial && changelog_same_stamp(&current->carry.replica_id, current->carry.serial,
-										 &old->replica_id, old->serial)) &&
+												   &old->replica_id, old->serial)) &&
 		!(carry && changelog_same_stamp(&carry->replica_id, carry->serial, &old->replica_id, old->serial)))
 	{
 		Change		fetched;
@@ -253,7 +253,7 @@ superseded(RowVersionWriter *w, const Version *old, const RowVersion *current,
 	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	dbaccess_spi_exec_kept("INSERT INTO replstamp.prune_queue (replica_id, serial) VALUES ($1, $2) "
-							"ON CONFLICT DO NOTHING", 2, types, values, NULL, SPI_OK_INSERT);
+						   "ON CONFLICT DO NOTHING", 2, types, values, NULL, SPI_OK_INSERT);
 	SPI_finish();
 	dbaccess_restore_user(&ctx);
 }
@@ -545,7 +545,11 @@ rowversion_restamp(const ReplstampCatalog *cat, Change *change,
 			digest_note(change->relation, rows[i].hash, rows[i].key, new_id, new_serial, true);
 		}
 	}
-	/* Written now: a rotation is rare, and its commit may come without a snapshot. */
+
+	/*
+	 * Written now: a rotation is rare, and its commit may come without a
+	 * snapshot.
+	 */
 	digest_flush();
 }
 
@@ -716,10 +720,10 @@ pending_write(Pending *pd, RowVersionWriter *w)
 				Version		carry = cur.carry;
 
 				/*
-				 * A local change carries every column this node has: what
-				 * is left of a carry (rare: a rolling schema change) is
-				 * the carry's columns the change's image lacks, read back
-				 * from the log.
+				 * A local change carries every column this node has: what is
+				 * left of a carry (rare: a rolling schema change) is the
+				 * carry's columns the change's image lacks, read back from
+				 * the log.
 				 */
 				if (cur.found && cur.partial)
 				{
@@ -800,7 +804,11 @@ rowversion_reconcile(RowVersionWriter *w, ReconcileState *st)
 		holes |= st->ids[i].nholes > 0;
 	if (st->looked && st->activity == activity && !holes && !st->inflight)
 		return;
-	/* Taken before the look: a serial taken during it makes the next look read again. */
+
+	/*
+	 * Taken before the look: a serial taken during it makes the next look
+	 * read again.
+	 */
 	st->activity = activity;
 	st->looked = true;
 	lus = serial_lus(cat->serial_seq);

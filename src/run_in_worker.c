@@ -325,8 +325,8 @@ run_in_worker(char kind, const char *peer)
 	PG_TRY();
 	{
 		if (!worker_start("replstamp_request_main",
-									kind == 'P' ? "replstamp prune" : "replstamp sync request",
-									MyDatabaseId, GetUserId(), &a, sizeof(a), &handle))
+						  kind == 'P' ? "replstamp prune" : "replstamp sync request",
+						  MyDatabaseId, GetUserId(), &a, sizeof(a), &handle))
 			ereport(ERROR,
 					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
 					 errmsg("could not start a background worker for %s", kind_name(kind)),
@@ -443,6 +443,7 @@ report(Assignment *a, int64 result, ErrorData *e, const char *warnings)
 		{
 			req->sqlerrcode = e->sqlerrcode ? e->sqlerrcode : ERRCODE_INTERNAL_ERROR;
 			strlcpy(req->message, e->message ? e->message : "unknown error", SYNC_MESSAGE_LEN);
+
 			/*
 			 * Only replstamp's own details (errors.c): PostgreSQL's may quote
 			 * the row ("Failing row contains ..."), and stay in this worker's

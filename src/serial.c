@@ -71,7 +71,7 @@ static int	debug_clock_offset = 0;
 /* Backend-local state */
 static SerialSlot *my_slot = NULL;
 static bool xact_holds_serial = false;
-static int64 last_serial_taken = 0;	/* by this backend, in this database */
+static int64 last_serial_taken = 0; /* by this backend, in this database */
 static bool callbacks_registered = false;
 
 /*
@@ -200,6 +200,7 @@ int64
 serial_next(Oid seqoid)
 {
 	Datum		last;
+
 	LOCAL_FCINFO(fcinfo, 1);
 
 	/* pg_sequence_last_value() returns NULL until the first nextval. */

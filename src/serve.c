@@ -115,7 +115,7 @@ refuse_stale_puller(Handshake *req)
 		 * node that never held any change of an ID has no entry for it.
 		 */
 		dbaccess_spi_exec("SELECT serial FROM replstamp.purged WHERE replica_id OPERATOR(pg_catalog.=) $1 "
-				           "AND serial OPERATOR(pg_catalog.>) $2", 2, types, values, NULL, SPI_OK_SELECT);
+						  "AND serial OPERATOR(pg_catalog.>) $2", 2, types, values, NULL, SPI_OK_SELECT);
 		if (SPI_processed > 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_SNAPSHOT_TOO_OLD),
@@ -155,11 +155,11 @@ record_puller(Handshake *req, const char *role, const char *from)
 	values[1] = CStringGetTextDatum(req->label);
 	values[2] = CStringGetDatum(role);
 	dbaccess_spi_exec("INSERT INTO replstamp.puller AS u (replica_id, label, last_pull_at, role) "
-			           "VALUES ($1, $2, pg_catalog.now(), $3) ON CONFLICT (replica_id) "
-			           "DO UPDATE SET label = EXCLUDED.label, last_pull_at = EXCLUDED.last_pull_at, "
-			           "role = EXCLUDED.role "
-			           "WHERE u.role IS NULL OR u.role OPERATOR(pg_catalog.=) EXCLUDED.role",
-			           3, types, values, NULL, SPI_OK_INSERT);
+					  "VALUES ($1, $2, pg_catalog.now(), $3) ON CONFLICT (replica_id) "
+					  "DO UPDATE SET label = EXCLUDED.label, last_pull_at = EXCLUDED.last_pull_at, "
+					  "role = EXCLUDED.role "
+					  "WHERE u.role IS NULL OR u.role OPERATOR(pg_catalog.=) EXCLUDED.role",
+					  3, types, values, NULL, SPI_OK_INSERT);
 	if (SPI_processed == 0)
 	{
 		ereport(WARNING,
@@ -178,26 +178,26 @@ record_puller(Handshake *req, const char *role, const char *from)
 		vv[1] = UUIDPGetDatum(&req->vector[i].id);
 		vv[2] = Int64GetDatum(req->vector[i].serial);
 		dbaccess_spi_exec("INSERT INTO replstamp.puller_vector (puller, replica_id, serial) VALUES ($1, $2, $3) "
-				           "ON CONFLICT (puller, replica_id) DO UPDATE SET serial = EXCLUDED.serial",
-				           3, vt, vv, NULL, SPI_OK_INSERT);
+						  "ON CONFLICT (puller, replica_id) DO UPDATE SET serial = EXCLUDED.serial",
+						  3, vt, vv, NULL, SPI_OK_INSERT);
 	}
 
 	/*
-	 * The puller goes on under a new ID: its record under a retired one
-	 * would only hold pruning back.  Unless a peer of this node still said
-	 * at its last sync that it stamps under that ID: then the puller is a
-	 * copy of that node (made from its backup) and the record is the live
-	 * node's.  (A node restored in its own place stops saying so at the
-	 * next sync from it.)
+	 * The puller goes on under a new ID: its record under a retired one would
+	 * only hold pruning back.  Unless a peer of this node still said at its
+	 * last sync that it stamps under that ID: then the puller is a copy of
+	 * that node (made from its backup) and the record is the live node's.  (A
+	 * node restored in its own place stops saying so at the next sync from
+	 * it.)
 	 */
 	for (int i = 0; i < req->nretired; i++)
 	{
 		values[0] = UUIDPGetDatum(&req->retired[i]);
 		dbaccess_spi_exec("DELETE FROM replstamp.puller u WHERE u.replica_id OPERATOR(pg_catalog.=) $1 "
-				           "AND (u.role IS NULL OR u.role OPERATOR(pg_catalog.=) $3) "
-				           "AND NOT EXISTS (SELECT 1 FROM replstamp.peer p "
-				           "  WHERE p.replica_id OPERATOR(pg_catalog.=) $1)",
-				           3, types, values, NULL, SPI_OK_DELETE);
+						  "AND (u.role IS NULL OR u.role OPERATOR(pg_catalog.=) $3) "
+						  "AND NOT EXISTS (SELECT 1 FROM replstamp.peer p "
+						  "  WHERE p.replica_id OPERATOR(pg_catalog.=) $1)",
+						  3, types, values, NULL, SPI_OK_DELETE);
 	}
 }
 
@@ -219,8 +219,8 @@ add_lag(VectorItem *mine, VectorItem *theirs)
 	values[1] = Int64GetDatum(lo);
 	values[2] = Int64GetDatum(mine->serial);
 	dbaccess_spi_exec("SELECT pg_catalog.count(*), pg_catalog.min(changed_at) FROM replstamp.changes "
-			           "WHERE replica_id OPERATOR(pg_catalog.=) $1 AND serial OPERATOR(pg_catalog.>) $2 "
-			           "AND serial OPERATOR(pg_catalog.<=) $3", 3, types, values, NULL, SPI_OK_SELECT);
+					  "WHERE replica_id OPERATOR(pg_catalog.=) $1 AND serial OPERATOR(pg_catalog.>) $2 "
+					  "AND serial OPERATOR(pg_catalog.<=) $3", 3, types, values, NULL, SPI_OK_SELECT);
 	mine->count = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
 	if (!isnull)

@@ -86,7 +86,8 @@ typedef struct SyncRequest
 	Oid			dboid;
 	Oid			userid;			/* the worker runs as this role */
 	char		peer[NAMEDATALEN];	/* "" = every peer */
-	char		settings[SYNC_MESSAGE_LEN];	/* the caller's, see run_in_worker.c */
+	char		settings[SYNC_MESSAGE_LEN]; /* the caller's, see
+											 * run_in_worker.c */
 	pid_t		requester;
 	bool		done;			/* the worker has reported */
 	int64		applied;
@@ -126,11 +127,11 @@ typedef struct ReplstampShared
 	FlipResult	flip[FLIP_BATCH];
 
 	/*
-	 * Wake-ups of sync workers (workers.c): the launcher's latch, NULL
-	 * while none runs; the databases whose sync worker a committed
-	 * add_peer() asks to run now (all of them once more than
-	 * SYNC_WAKEUPS wait); and a count of such commits, by which a running
-	 * sync worker tells a wake-up from other reasons to wake.
+	 * Wake-ups of sync workers (workers.c): the launcher's latch, NULL while
+	 * none runs; the databases whose sync worker a committed add_peer() asks
+	 * to run now (all of them once more than SYNC_WAKEUPS wait); and a count
+	 * of such commits, by which a running sync worker tells a wake-up from
+	 * other reasons to wake.
 	 */
 	Latch	   *launcher_latch;
 	int			nsync_wakeups;
@@ -139,17 +140,17 @@ typedef struct ReplstampShared
 	pg_atomic_uint32 peers_added;
 
 	/*
-	 * The commit counter (wakeup.c): bumped by every commit that wrote to
-	 * a change log here; the backends waiting for it to move, and where
-	 * they sleep.
+	 * The commit counter (wakeup.c): bumped by every commit that wrote to a
+	 * change log here; the backends waiting for it to move, and where they
+	 * sleep.
 	 */
 	pg_atomic_uint64 changes_committed;
 	pg_atomic_uint32 change_waiters;
 	ConditionVariable changes_cv;
 
 	/*
-	 * Databases still on the 1.0 catalog checked in this start: that
-	 * catalog has no column for start_token (identity.c).
+	 * Databases still on the 1.0 catalog checked in this start: that catalog
+	 * has no column for start_token (identity.c).
 	 */
 	int			nv10_checked;
 	Oid			v10_checked[V10_MAX_DBS];

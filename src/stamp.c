@@ -190,7 +190,11 @@ replstamp_stamp(PG_FUNCTION_ARGS)
 		return PointerGetDatum(NULL);
 
 	cat = catalog_get(false);
-	/* A restored copy must not stamp with its old ID: check before the first stamp. */
+
+	/*
+	 * A restored copy must not stamp with its old ID: check before the first
+	 * stamp.
+	 */
 	identity_ensure_verified();
 	node = catalog_node();
 	layout = rowimage_layout(rel);
@@ -350,10 +354,10 @@ registry_set_key(const char *regname, List *keys, bool replace)
 	values[0] = CStringGetTextDatum(regname);
 	values[1] = dbaccess_names_array(keys);
 	dbaccess_spi_exec(replace ?
-					   catalog_sql("UPDATE replstamp.tracked_table SET key_columns = $2 WHERE relation OPERATOR(pg_catalog.=) $1") :
-					   catalog_sql("UPDATE replstamp.tracked_table SET key_columns = $2 WHERE relation OPERATOR(pg_catalog.=) $1 "
-								   "AND key_columns IS NULL"),
-					   2, types, values, NULL, SPI_OK_UPDATE);
+					  catalog_sql("UPDATE replstamp.tracked_table SET key_columns = $2 WHERE relation OPERATOR(pg_catalog.=) $1") :
+					  catalog_sql("UPDATE replstamp.tracked_table SET key_columns = $2 WHERE relation OPERATOR(pg_catalog.=) $1 "
+								  "AND key_columns IS NULL"),
+					  2, types, values, NULL, SPI_OK_UPDATE);
 }
 
 /*
@@ -371,9 +375,9 @@ registry_key_differs(const char *regname, List *keys)
 	values[0] = CStringGetTextDatum(regname);
 	values[1] = dbaccess_names_array(keys);
 	dbaccess_spi_exec(catalog_sql("SELECT pg_catalog.array_to_string(key_columns, ', ') FROM replstamp.tracked_table "
-					   "WHERE relation OPERATOR(pg_catalog.=) $1 AND key_columns IS NOT NULL "
-					   "AND key_columns OPERATOR(pg_catalog.<>) $2"),
-					   2, types, values, NULL, SPI_OK_SELECT);
+								  "WHERE relation OPERATOR(pg_catalog.=) $1 AND key_columns IS NOT NULL "
+								  "AND key_columns OPERATOR(pg_catalog.<>) $2"),
+					  2, types, values, NULL, SPI_OK_SELECT);
 	if (SPI_processed > 0)
 		recorded = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 	else
@@ -436,18 +440,18 @@ registry_set(const ReplstampCatalog *cat, Oid relid, const char *state,
 	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	ret = SPI_execute_with_args(catalog_sql("INSERT INTO replstamp.tracked_table AS t "
-								"(relation, relid, state, since, backfill, backfill_snapshot, "
-								"backfill_end, backfill_filenode) "
-								"VALUES ($1, $2, $3, pg_catalog.now(), "
-								"CASE WHEN $4 IS NOT NULL THEN 'pending' END, "
-								"$4::pg_catalog.pg_snapshot, $5::pg_catalog.tid, $6) "
-								"ON CONFLICT (relation) DO UPDATE SET relid = EXCLUDED.relid, "
-								"state = EXCLUDED.state, since = EXCLUDED.since, "
-								"backfill = EXCLUDED.backfill, backfill_rows = 0, backfill_after = NULL, "
-								"backfill_snapshot = EXCLUDED.backfill_snapshot, "
-								"backfill_end = EXCLUDED.backfill_end, "
-								"backfill_filenode = EXCLUDED.backfill_filenode, "
-								"backfill_error = NULL, log_purged = false"),
+											"(relation, relid, state, since, backfill, backfill_snapshot, "
+											"backfill_end, backfill_filenode) "
+											"VALUES ($1, $2, $3, pg_catalog.now(), "
+											"CASE WHEN $4 IS NOT NULL THEN 'pending' END, "
+											"$4::pg_catalog.pg_snapshot, $5::pg_catalog.tid, $6) "
+											"ON CONFLICT (relation) DO UPDATE SET relid = EXCLUDED.relid, "
+											"state = EXCLUDED.state, since = EXCLUDED.since, "
+											"backfill = EXCLUDED.backfill, backfill_rows = 0, backfill_after = NULL, "
+											"backfill_snapshot = EXCLUDED.backfill_snapshot, "
+											"backfill_end = EXCLUDED.backfill_end, "
+											"backfill_filenode = EXCLUDED.backfill_filenode, "
+											"backfill_error = NULL, log_purged = false"),
 								6, types, values, nulls, false, 0);
 	if (ret != SPI_OK_INSERT)
 		elog(ERROR, "replstamp: could not record the table: %s", SPI_result_code_string(ret));
@@ -490,11 +494,11 @@ registry_backfill_again(Oid relid, const BackfillOrigin *backfill)
 	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	ret = SPI_execute_with_args(catalog_sql("UPDATE replstamp.tracked_table SET backfill = 'pending', backfill_rows = 0, "
-								"backfill_after = NULL, backfill_error = NULL, "
-								"backfill_snapshot = $2::pg_catalog.pg_snapshot, "
-								"backfill_end = $3::pg_catalog.tid, backfill_filenode = $4 "
-								"WHERE relation OPERATOR(pg_catalog.=) $1 AND state = 'tracked' "
-								"AND backfill IS DISTINCT FROM 'pending' AND backfill IS DISTINCT FROM 'running'"),
+											"backfill_after = NULL, backfill_error = NULL, "
+											"backfill_snapshot = $2::pg_catalog.pg_snapshot, "
+											"backfill_end = $3::pg_catalog.tid, backfill_filenode = $4 "
+											"WHERE relation OPERATOR(pg_catalog.=) $1 AND state = 'tracked' "
+											"AND backfill IS DISTINCT FROM 'pending' AND backfill IS DISTINCT FROM 'running'"),
 								4, types, values, NULL, false, 0);
 	if (ret != SPI_OK_UPDATE)
 		elog(ERROR, "replstamp: could not record the backfill: %s", SPI_result_code_string(ret));
@@ -685,7 +689,7 @@ replstamp_track(PG_FUNCTION_ARGS)
 		/* Tracked already: only its existing rows are stamped once more. */
 		relation_close(rel, NoLock);
 		if (registry_backfill_again(relid, &origin))
-			backfill_request();	/* a worker starts at commit */
+			backfill_request(); /* a worker starts at commit */
 		else
 			ereport(NOTICE,
 					(errmsg("a backfill of table \"%s\" is under way already", relname),
@@ -706,13 +710,17 @@ replstamp_track(PG_FUNCTION_ARGS)
 					   qname, STAMP_TRIGGER_NAME);
 	cmds[3] = psprintf("ALTER TABLE %s ENABLE ALWAYS TRIGGER %s",
 					   qname, TRUNCATE_TRIGGER_NAME);
-	/* ALTER TABLE refuses a table this session holds open: keep the lock only. */
+
+	/*
+	 * ALTER TABLE refuses a table this session holds open: keep the lock
+	 * only.
+	 */
 	relation_close(rel, NoLock);
 	run_as_owner((const char *const *) cmds, 4, SPI_OK_UTILITY);
 	/* Registered only once the triggers are in place: see the DDL guard. */
 	registry_set(cat, relid, "tracked", backfill ? &origin : NULL);
 	if (backfill)
-		backfill_request();	/* a worker starts at commit */
+		backfill_request();		/* a worker starts at commit */
 	PG_RETURN_VOID();
 }
 
@@ -732,8 +740,8 @@ registry_dropped(const ReplstampCatalog *cat, Oid relid)
 	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	dbaccess_spi_exec(catalog_sql("SELECT 1 FROM replstamp.tracked_table WHERE relation OPERATOR(pg_catalog.=) $1 "
-					   "AND state OPERATOR(pg_catalog.=) 'dropped'"),
-					   1, types, values, NULL, SPI_OK_SELECT);
+								  "AND state OPERATOR(pg_catalog.=) 'dropped'"),
+					  1, types, values, NULL, SPI_OK_SELECT);
 	dropped = SPI_processed > 0;
 	SPI_finish();
 	dbaccess_restore_user(&ctx);
@@ -1043,25 +1051,26 @@ replstamp_ddl_guard(PG_FUNCTION_ARGS)
 
 	dbaccess_become_owner(&ctx);
 	SPI_connect();
+
 	/*
 	 * The tables the command touched, itself or a trigger of it, and the
 	 * tracked tables of a schema it touched; with their registered names
 	 * (NULL: not tracked).
 	 */
 	if (SPI_execute(catalog_sql("WITH cmd AS (SELECT classid, objid FROM pg_catalog.pg_event_trigger_ddl_commands()), "
-					"touched AS ("
-					"  SELECT cmd.objid AS relid FROM cmd "
-					"  WHERE cmd.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass "
-					"  UNION SELECT g.tgrelid FROM cmd JOIN pg_catalog.pg_trigger g "
-					"  ON g.oid OPERATOR(pg_catalog.=) cmd.objid "
-					"  WHERE cmd.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_trigger'::pg_catalog.regclass "
-					"  UNION SELECT c.oid FROM cmd JOIN pg_catalog.pg_class c "
-					"  ON c.relnamespace OPERATOR(pg_catalog.=) cmd.objid "
-					"  JOIN replstamp.tracked_table t ON t.relid OPERATOR(pg_catalog.=) c.oid "
-					"  AND t.state OPERATOR(pg_catalog.=) 'tracked' "
-					"  WHERE cmd.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_namespace'::pg_catalog.regclass) "
-					"SELECT x.relid, t.relation FROM touched x LEFT JOIN replstamp.tracked_table t "
-					"ON t.relid OPERATOR(pg_catalog.=) x.relid AND t.state OPERATOR(pg_catalog.=) 'tracked'"),
+								"touched AS ("
+								"  SELECT cmd.objid AS relid FROM cmd "
+								"  WHERE cmd.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass "
+								"  UNION SELECT g.tgrelid FROM cmd JOIN pg_catalog.pg_trigger g "
+								"  ON g.oid OPERATOR(pg_catalog.=) cmd.objid "
+								"  WHERE cmd.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_trigger'::pg_catalog.regclass "
+								"  UNION SELECT c.oid FROM cmd JOIN pg_catalog.pg_class c "
+								"  ON c.relnamespace OPERATOR(pg_catalog.=) cmd.objid "
+								"  JOIN replstamp.tracked_table t ON t.relid OPERATOR(pg_catalog.=) c.oid "
+								"  AND t.state OPERATOR(pg_catalog.=) 'tracked' "
+								"  WHERE cmd.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_namespace'::pg_catalog.regclass) "
+								"SELECT x.relid, t.relation FROM touched x LEFT JOIN replstamp.tracked_table t "
+								"ON t.relid OPERATOR(pg_catalog.=) x.relid AND t.state OPERATOR(pg_catalog.=) 'tracked'"),
 					true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "replstamp: could not read the DDL commands");
 	if (SPI_processed > 0)
@@ -1111,19 +1120,19 @@ replstamp_drop_guard(PG_FUNCTION_ARGS)
 	SPI_connect();
 	/* Tracked tables that are gone now. */
 	if (SPI_execute(catalog_sql("UPDATE replstamp.tracked_table t SET state = 'dropped', relid = NULL, "
-					"since = pg_catalog.now() "
-					"FROM pg_catalog.pg_event_trigger_dropped_objects() d "
-					"WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass "
-					"AND d.objid OPERATOR(pg_catalog.=) t.relid AND d.objsubid OPERATOR(pg_catalog.=) 0 "
-					"AND t.state OPERATOR(pg_catalog.=) 'tracked'"),
+								"since = pg_catalog.now() "
+								"FROM pg_catalog.pg_event_trigger_dropped_objects() d "
+								"WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass "
+								"AND d.objid OPERATOR(pg_catalog.=) t.relid AND d.objsubid OPERATOR(pg_catalog.=) 0 "
+								"AND t.state OPERATOR(pg_catalog.=) 'tracked'"),
 					false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "replstamp: could not record dropped tables");
 
 	/* Was one of our triggers dropped from a table that stays tracked? */
 	if (SPI_execute(catalog_sql("SELECT t.relid, t.relation FROM replstamp.tracked_table t "
-					"WHERE t.state OPERATOR(pg_catalog.=) 'tracked' AND EXISTS (SELECT 1 FROM "
-					"pg_catalog.pg_event_trigger_dropped_objects() d "
-					"WHERE d.object_type OPERATOR(pg_catalog.=) 'trigger' AND (d.object_identity OPERATOR(pg_catalog.~~) '"
+								"WHERE t.state OPERATOR(pg_catalog.=) 'tracked' AND EXISTS (SELECT 1 FROM "
+								"pg_catalog.pg_event_trigger_dropped_objects() d "
+								"WHERE d.object_type OPERATOR(pg_catalog.=) 'trigger' AND (d.object_identity OPERATOR(pg_catalog.~~) '"
 								STAMP_TRIGGER_NAME " on %' OR d.object_identity OPERATOR(pg_catalog.~~) '"
 								TRUNCATE_TRIGGER_NAME " on %'))"),
 					true, 0) != SPI_OK_SELECT)

@@ -106,7 +106,7 @@ PG_FUNCTION_INFO_V1(replstamp_skip);
 
 /* GUCs */
 static int	sync_batch_size = 1000;
-static int	sync_delay = 0;			/* milliseconds */
+static int	sync_delay = 0;		/* milliseconds */
 static int	max_clock_skew = 300;
 
 /* One replica ID's range to pull. */
@@ -136,7 +136,8 @@ typedef struct PageBuf
 	bool		open;			/* a local transaction is open */
 	int64		count;			/* changes since the last commit */
 	int64		applied;		/* of them, applied */
-	int64		groups;			/* whole remote transactions since the last commit */
+	int64		groups;			/* whole remote transactions since the last
+								 * commit */
 	int			group_at;		/* kept changes before the current transaction */
 } PageBuf;
 
@@ -151,7 +152,8 @@ typedef struct SyncRun
 	int			nranges;
 	ApplySession *apply;
 	int64		applied;
-	int64		skew;			/* microseconds the peer's stamps were ahead of us */
+	int64		skew;			/* microseconds the peer's stamps were ahead
+								 * of us */
 	StringInfoData notes;		/* replica IDs not pulled, and why */
 	char	   *dropped;		/* columns dropped here (jsonb), or NULL */
 	char	   *lacking;		/* of them, those the peer lacked too, or NULL */
@@ -227,7 +229,7 @@ read_conninfo(const char *peer)
 	Datum		values[1] = {CStringGetTextDatum(peer)};
 
 	dbaccess_spi_exec("SELECT conninfo FROM replstamp.peer WHERE name OPERATOR(pg_catalog.=) $1",
-			           1, types, values, NULL, SPI_OK_SELECT);
+					  1, types, values, NULL, SPI_OK_SELECT);
 	if (SPI_processed != 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
@@ -244,10 +246,11 @@ describe_self(SyncRun *r)
 	MemoryContext old;
 
 	worker_begin_xact();
+
 	/*
-	 * A data set restored or copied and not checked yet (a database just
-	 * made with CREATE DATABASE ... TEMPLATE pulls before it stamps) must
-	 * rotate before it tells a peer which replica ID it is.
+	 * A data set restored or copied and not checked yet (a database just made
+	 * with CREATE DATABASE ... TEMPLATE pulls before it stamps) must rotate
+	 * before it tells a peer which replica ID it is.
 	 */
 	identity_ensure_verified();
 	dbaccess_become_owner(&ctx);
@@ -327,8 +330,8 @@ own_local_id(const pg_uuid_t *id)
 	Datum		values[1] = {UUIDPGetDatum(id)};
 
 	dbaccess_spi_exec("SELECT 1 FROM replstamp.replica_history h WHERE h.replica_id OPERATOR(pg_catalog.=) $1 "
-			           "AND NOT EXISTS (SELECT 1 FROM replstamp.vector_state v "
-			           "WHERE v.replica_id OPERATOR(pg_catalog.=) $1)", 1, types, values, NULL, SPI_OK_SELECT);
+					  "AND NOT EXISTS (SELECT 1 FROM replstamp.vector_state v "
+					  "WHERE v.replica_id OPERATOR(pg_catalog.=) $1)", 1, types, values, NULL, SPI_OK_SELECT);
 	return SPI_processed > 0;
 }
 
@@ -347,8 +350,8 @@ issued_by_other_peer(SyncRun *r, const pg_uuid_t *id, int64 *issued)
 	bool		isnull;
 
 	dbaccess_spi_exec("SELECT pg_catalog.max(issued) FROM replstamp.peer WHERE replica_id OPERATOR(pg_catalog.=) $1 "
-			           "AND name OPERATOR(pg_catalog.<>) $2 AND issued IS NOT NULL",
-			           2, types, values, NULL, SPI_OK_SELECT);
+					  "AND name OPERATOR(pg_catalog.<>) $2 AND issued IS NOT NULL",
+					  2, types, values, NULL, SPI_OK_SELECT);
 	if (SPI_processed == 0)
 		return false;
 	*issued = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
@@ -364,7 +367,7 @@ purged_upto(const pg_uuid_t *id)
 	bool		isnull;
 
 	dbaccess_spi_exec("SELECT serial FROM replstamp.purged WHERE replica_id OPERATOR(pg_catalog.=) $1",
-			           1, types, values, NULL, SPI_OK_SELECT);
+					  1, types, values, NULL, SPI_OK_SELECT);
 	if (SPI_processed == 0)
 		return 0;
 	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
@@ -399,18 +402,18 @@ adopt_purged(SyncRun *r)
 		int64		plausible;
 
 		dbaccess_spi_exec("WITH old AS (SELECT pg_catalog.now() OPERATOR(pg_catalog.-) "
-				           "  pg_catalog.current_setting('replstamp.tombstone_lifetime')::pg_catalog.interval AS before) "
-				           "SELECT COALESCE((SELECT pg_catalog.max(v.serial) FROM replstamp.vector v "
-				           "                 WHERE v.replica_id OPERATOR(pg_catalog.=) $1), 0), "
-				           "  COALESCE(GREATEST("
-				           "    (SELECT c.serial FROM replstamp.changes c, old "
-				           "      WHERE c.replica_id OPERATOR(pg_catalog.=) $1 AND c.serial OPERATOR(pg_catalog.=) $2 "
-				           "      AND c.changed_at OPERATOR(pg_catalog.<) old.before), "
-				           "    (SELECT pg_catalog.max(t.serial) FROM replstamp.row_version t, old "
-				           "      WHERE t.deleted AND t.changed_at OPERATOR(pg_catalog.<) old.before "
-				           "      AND t.replica_id OPERATOR(pg_catalog.=) $1 AND t.serial OPERATOR(pg_catalog.<=) $2)), 0) "
-				           "FROM old",
-				           2, types, values, NULL, SPI_OK_SELECT);
+						  "  pg_catalog.current_setting('replstamp.tombstone_lifetime')::pg_catalog.interval AS before) "
+						  "SELECT COALESCE((SELECT pg_catalog.max(v.serial) FROM replstamp.vector v "
+						  "                 WHERE v.replica_id OPERATOR(pg_catalog.=) $1), 0), "
+						  "  COALESCE(GREATEST("
+						  "    (SELECT c.serial FROM replstamp.changes c, old "
+						  "      WHERE c.replica_id OPERATOR(pg_catalog.=) $1 AND c.serial OPERATOR(pg_catalog.=) $2 "
+						  "      AND c.changed_at OPERATOR(pg_catalog.<) old.before), "
+						  "    (SELECT pg_catalog.max(t.serial) FROM replstamp.row_version t, old "
+						  "      WHERE t.deleted AND t.changed_at OPERATOR(pg_catalog.<) old.before "
+						  "      AND t.replica_id OPERATOR(pg_catalog.=) $1 AND t.serial OPERATOR(pg_catalog.<=) $2)), 0) "
+						  "FROM old",
+						  2, types, values, NULL, SPI_OK_SELECT);
 		held = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 		plausible = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
 
@@ -435,9 +438,9 @@ adopt_purged(SyncRun *r)
 			continue;
 		values[1] = Int64GetDatum(plausible);
 		dbaccess_spi_exec("INSERT INTO replstamp.purged (replica_id, serial) VALUES ($1, $2) "
-				           "ON CONFLICT (replica_id) DO UPDATE SET serial = "
-				           "GREATEST(replstamp.purged.serial, EXCLUDED.serial)",
-				           2, types, values, NULL, SPI_OK_INSERT);
+						  "ON CONFLICT (replica_id) DO UPDATE SET serial = "
+						  "GREATEST(replstamp.purged.serial, EXCLUDED.serial)",
+						  2, types, values, NULL, SPI_OK_INSERT);
 	}
 }
 
@@ -454,7 +457,7 @@ record_lag(SyncRun *r)
 		Datum		dv[1] = {CStringGetTextDatum(r->peer)};
 
 		dbaccess_spi_exec("DELETE FROM replstamp.peer_lag WHERE peer OPERATOR(pg_catalog.=) $1",
-				           1, dt, dv, NULL, SPI_OK_DELETE);
+						  1, dt, dv, NULL, SPI_OK_DELETE);
 	}
 	for (int i = 0; i < r->srv.nvector; i++)
 	{
@@ -474,7 +477,7 @@ record_lag(SyncRun *r)
 		else
 			ln[4] = 'n';
 		dbaccess_spi_exec("INSERT INTO replstamp.peer_lag (peer, replica_id, peer_serial, pending, oldest_pending, observed_at) "
-				           "VALUES ($1, $2, $3, $4, $5, pg_catalog.now())", 5, lt, lv, ln, SPI_OK_INSERT);
+						  "VALUES ($1, $2, $3, $4, $5, pg_catalog.now())", 5, lt, lv, ln, SPI_OK_INSERT);
 	}
 }
 
@@ -569,13 +572,14 @@ plan(SyncRun *r)
 					(errcode(ERRCODE_DATA_EXCEPTION),
 					 errmsg("peer \"%s\" claims serials of its own replica ID up to " INT64_FORMAT
 							" but says it handed out only up to " INT64_FORMAT, r->peer, hi, r->srv.issued)));
+
 		/*
 		 * A relayed ID whose node we also pull from: the peer may well be
 		 * ahead of what that node last told us, so everything it has is
 		 * pulled, but the vector moves beyond what that node said it handed
-		 * out only as far as the changes actually sent.  A peer claiming
-		 * that ID up to 2^63-1 without the changes cannot make this node
-		 * skip that node's next changes.
+		 * out only as far as the changes actually sent.  A peer claiming that
+		 * ID up to 2^63-1 without the changes cannot make this node skip that
+		 * node's next changes.
 		 */
 		vector_to = hi;
 		if (!peers_own && issued_by_other_peer(r, &v->id, &cap) && hi > cap)
@@ -796,13 +800,13 @@ advance_vector(SyncRun *r, Range *rg, int64 upto, TimestampTz max_changed_at)
 	SPI_connect();
 	/* IDs whose every change was made here follow our own LUS: no entry. */
 	dbaccess_spi_exec("INSERT INTO replstamp.vector_state (replica_id, serial, max_changed_at) "
-			           "SELECT $1, $2, $3 WHERE NOT EXISTS (SELECT 1 FROM replstamp.replica_history h "
-			           "  WHERE h.replica_id OPERATOR(pg_catalog.=) $1 AND NOT EXISTS "
-			           "  (SELECT 1 FROM replstamp.vector_state v WHERE v.replica_id OPERATOR(pg_catalog.=) $1)) "
-			           "ON CONFLICT (replica_id) DO UPDATE SET "
-			           "serial = GREATEST(replstamp.vector_state.serial, EXCLUDED.serial), "
-			           "max_changed_at = GREATEST(replstamp.vector_state.max_changed_at, EXCLUDED.max_changed_at)",
-			           3, types, values, nulls, SPI_OK_INSERT);
+					  "SELECT $1, $2, $3 WHERE NOT EXISTS (SELECT 1 FROM replstamp.replica_history h "
+					  "  WHERE h.replica_id OPERATOR(pg_catalog.=) $1 AND NOT EXISTS "
+					  "  (SELECT 1 FROM replstamp.vector_state v WHERE v.replica_id OPERATOR(pg_catalog.=) $1)) "
+					  "ON CONFLICT (replica_id) DO UPDATE SET "
+					  "serial = GREATEST(replstamp.vector_state.serial, EXCLUDED.serial), "
+					  "max_changed_at = GREATEST(replstamp.vector_state.max_changed_at, EXCLUDED.max_changed_at)",
+					  3, types, values, nulls, SPI_OK_INSERT);
 	epochs_adopt(rg->item, upto);
 	SPI_finish();
 	dbaccess_restore_user(&ctx);
@@ -1229,17 +1233,17 @@ record_success(SyncRun *r)
 	values[7] = Int64GetDatum(apply_conflicts(r->apply));
 	values[8] = Int32GetDatum(REPLSTAMP_PROTOCOL);
 	dbaccess_spi_exec("UPDATE replstamp.peer SET last_sync_at = pg_catalog.now(), "
-			           "changes_pulled = changes_pulled OPERATOR(pg_catalog.+) $2, "
-			           "replica_id = $3, issued = $4, status = $5, last_error = $6, "
-			           "last_error_at = CASE WHEN $6 IS NULL THEN NULL ELSE pg_catalog.now() END, "
-			           "last_error_sqlstate = NULL, last_error_change = NULL, "
-			           "clock_skew = pg_catalog.make_interval(secs => $7::float8 / 1000000), "
-			           "conflicts = conflicts OPERATOR(pg_catalog.+) $8, protocol = $9 "
-			           "WHERE name OPERATOR(pg_catalog.=) $1",
-			           9, types, values, nulls, SPI_OK_UPDATE);
+					  "changes_pulled = changes_pulled OPERATOR(pg_catalog.+) $2, "
+					  "replica_id = $3, issued = $4, status = $5, last_error = $6, "
+					  "last_error_at = CASE WHEN $6 IS NULL THEN NULL ELSE pg_catalog.now() END, "
+					  "last_error_sqlstate = NULL, last_error_change = NULL, "
+					  "clock_skew = pg_catalog.make_interval(secs => $7::float8 / 1000000), "
+					  "conflicts = conflicts OPERATOR(pg_catalog.+) $8, protocol = $9 "
+					  "WHERE name OPERATOR(pg_catalog.=) $1",
+					  9, types, values, nulls, SPI_OK_UPDATE);
 	values[1] = Int64GetDatum(apply_skipped(r->apply));
 	dbaccess_spi_exec("UPDATE replstamp.peer SET changes_skipped = changes_skipped OPERATOR(pg_catalog.+) $2 "
-			           "WHERE name OPERATOR(pg_catalog.=) $1", 2, types, values, NULL, SPI_OK_UPDATE);
+					  "WHERE name OPERATOR(pg_catalog.=) $1", 2, types, values, NULL, SPI_OK_UPDATE);
 
 	/* IDs the peer retired: they may leave the vector once pruned. */
 	for (int i = 0; i < r->srv.nretired; i++)
@@ -1248,10 +1252,14 @@ record_success(SyncRun *r)
 		Datum		rv[1] = {UUIDPGetDatum(&r->srv.retired[i])};
 
 		dbaccess_spi_exec("UPDATE replstamp.vector_state SET retired = true "
-				           "WHERE replica_id OPERATOR(pg_catalog.=) $1 AND NOT retired", 1, rt, rv, NULL, SPI_OK_UPDATE);
+						  "WHERE replica_id OPERATOR(pg_catalog.=) $1 AND NOT retired", 1, rt, rv, NULL, SPI_OK_UPDATE);
 	}
 	adopt_purged(r);
-	/* Only a sync that pulled everything the peer offered says it lacks a column. */
+
+	/*
+	 * Only a sync that pulled everything the peer offered says it lacks a
+	 * column.
+	 */
 	apply_note_dropped_elsewhere(r->peer, r->notes.len ? NULL : r->lacking,
 								 &r->srv.replica_id, r->srv.issued);
 
@@ -1290,9 +1298,9 @@ record_failure(const char *peer, ErrorData *e)
 	values[1] = CStringGetTextDatum(msg);
 	values[2] = CStringGetTextDatum(unpack_sql_state(e->sqlerrcode));
 	dbaccess_spi_exec("UPDATE replstamp.peer SET last_error = $2, last_error_at = pg_catalog.now(), "
-			           "last_error_sqlstate = $3, last_error_change = $4, "
-			           "status = CASE WHEN $3 OPERATOR(pg_catalog.=) '72000' THEN 'stale' ELSE 'failing' END "
-			           "WHERE name OPERATOR(pg_catalog.=) $1", 4, types, values, nulls, SPI_OK_UPDATE);
+					  "last_error_sqlstate = $3, last_error_change = $4, "
+					  "status = CASE WHEN $3 OPERATOR(pg_catalog.=) '72000' THEN 'stale' ELSE 'failing' END "
+					  "WHERE name OPERATOR(pg_catalog.=) $1", 4, types, values, nulls, SPI_OK_UPDATE);
 	SPI_finish();
 	dbaccess_restore_user(&ctx);
 	worker_commit_xact();
@@ -1324,6 +1332,7 @@ sync_peer(const char *peer)
 		ReplstampOwnerContext ctx;
 
 		worker_begin_xact();
+
 		/*
 		 * This process only syncs: every value is read back with the
 		 * canonical settings, and the table owners' ordinary triggers do not
@@ -1365,11 +1374,12 @@ sync_peer(const char *peer)
 
 		(void) PQclear(remote_exec(&r->remote, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
 								   0, NULL, PGRES_COMMAND_OK));
+
 		/*
-		 * Pages come in causal order, whole: foreign keys are resolved at
-		 * the end of each.  Not when an ID was left out (its history parts
-		 * from ours): a parent of it may merely be missing here, and
-		 * deleting its children would replicate everywhere.
+		 * Pages come in causal order, whole: foreign keys are resolved at the
+		 * end of each.  Not when an ID was left out (its history parts from
+		 * ours): a parent of it may merely be missing here, and deleting its
+		 * children would replicate everywhere.
 		 */
 		apply_set_causal(r->apply, r->notes.len == 0);
 		pull(r);
@@ -1451,9 +1461,9 @@ warn_problems(void)
 		dbaccess_become_owner(&ctx);
 		SPI_connect();
 		dbaccess_spi_exec("SELECT object, problem, detail, hint FROM replstamp.problems "
-						   "WHERE problem OPERATOR(pg_catalog.!~~) 'peer %' "
-						   "AND problem OPERATOR(pg_catalog.<>) 'ddl guard disabled'",
-						   0, NULL, NULL, NULL, SPI_OK_SELECT);
+						  "WHERE problem OPERATOR(pg_catalog.!~~) 'peer %' "
+						  "AND problem OPERATOR(pg_catalog.<>) 'ddl guard disabled'",
+						  0, NULL, NULL, NULL, SPI_OK_SELECT);
 		for (uint64 i = 0; i < SPI_processed; i++)
 		{
 			HeapTuple	tup = SPI_tuptable->vals[i];
@@ -1653,10 +1663,10 @@ replstamp_skip(PG_FUNCTION_ARGS)
 	SPI_connect();
 	/* The error the sync reported for it, if one did. */
 	dbaccess_spi_exec("INSERT INTO replstamp.skipped (replica_id, serial, error, requested_by) "
-			           "SELECT $1, $2, (SELECT p.last_error FROM replstamp.peer p "
-			           "  WHERE p.last_error_change OPERATOR(pg_catalog.=) $3 LIMIT 1), session_user "
-			           "ON CONFLICT (replica_id, serial) DO NOTHING",
-			           3, types, values, NULL, SPI_OK_INSERT);
+					  "SELECT $1, $2, (SELECT p.last_error FROM replstamp.peer p "
+					  "  WHERE p.last_error_change OPERATOR(pg_catalog.=) $3 LIMIT 1), session_user "
+					  "ON CONFLICT (replica_id, serial) DO NOTHING",
+					  3, types, values, NULL, SPI_OK_INSERT);
 	SPI_finish();
 	dbaccess_restore_user(&ctx);
 	ereport(NOTICE,

@@ -96,12 +96,13 @@ PGDLLEXPORT void replstamp_verify_main(Datum arg);
 
 /* GUC: seconds between background verifications; 0 = off. */
 static int	verify_interval = 0;
-static int	debug_verify_pause = 0;	/* ms */
+static int	debug_verify_pause = 0; /* ms */
 
 /* One table of a verification. */
 typedef struct VTable
 {
-	char	   *relation;		/* schema-qualified, as in replstamp.tracked_table */
+	char	   *relation;		/* schema-qualified, as in
+								 * replstamp.tracked_table */
 	Oid			relid;
 	DigestSum	total;
 	DigestSum  *buckets;		/* DIGEST_BUCKETS of them; zero: no row */
@@ -285,8 +286,8 @@ vector_text(void)
 	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	dbaccess_spi_exec_kept("SELECT coalesce(pg_catalog.jsonb_object_agg(replica_id::text, serial), '{}')::text "
-							"FROM replstamp.vector WHERE serial OPERATOR(pg_catalog.>) 0",
-							0, NULL, NULL, NULL, SPI_OK_SELECT);
+						   "FROM replstamp.vector WHERE serial OPERATOR(pg_catalog.>) 0",
+						   0, NULL, NULL, NULL, SPI_OK_SELECT);
 	v = MemoryContextStrdup(outer, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
 	SPI_finish();
 	dbaccess_restore_user(&ctx);
@@ -308,8 +309,8 @@ tracked_name(Oid relid)
 	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	dbaccess_spi_exec(catalog_sql("SELECT 1 FROM replstamp.tracked_table WHERE relation OPERATOR(pg_catalog.=) $1 "
-					   "AND state OPERATOR(pg_catalog.=) 'tracked'"),
-					   1, types, values, NULL, SPI_OK_SELECT);
+								  "AND state OPERATOR(pg_catalog.=) 'tracked'"),
+					  1, types, values, NULL, SPI_OK_SELECT);
 	tracked = SPI_processed > 0;
 	SPI_finish();
 	dbaccess_restore_user(&ctx);
@@ -335,8 +336,8 @@ resolve_tables(ArrayType *arr)
 		dbaccess_become_owner(&ctx);
 		SPI_connect();
 		dbaccess_spi_exec(catalog_sql("SELECT relation, relid FROM replstamp.tracked_table "
-						   "WHERE state OPERATOR(pg_catalog.=) 'tracked' ORDER BY relation"),
-						   0, NULL, NULL, NULL, SPI_OK_SELECT);
+									  "WHERE state OPERATOR(pg_catalog.=) 'tracked' ORDER BY relation"),
+						  0, NULL, NULL, NULL, SPI_OK_SELECT);
 		for (uint64 i = 0; i < SPI_processed; i++)
 		{
 			MemoryContext old = MemoryContextSwitchTo(outer);
@@ -413,8 +414,8 @@ sum_plain(VTable *t)
 	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	dbaccess_spi_exec_kept("SELECT bucket, digest FROM replstamp.row_digest "
-							"WHERE relation OPERATOR(pg_catalog.=) $1",
-							1, types, values, NULL, SPI_OK_SELECT);
+						   "WHERE relation OPERATOR(pg_catalog.=) $1",
+						   1, types, values, NULL, SPI_OK_SELECT);
 	n = SPI_processed;
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
@@ -608,9 +609,9 @@ bucket_versions(VTable *t, int bucket, bool check, RowsArg *a, int64 *read)
 	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	dbaccess_spi_exec_kept("SELECT pk, replica_id, serial, deleted FROM replstamp.row_version "
-							"WHERE relation OPERATOR(pg_catalog.=) $1 "
-							"AND row_hash OPERATOR(pg_catalog.>=) $2 AND row_hash OPERATOR(pg_catalog.<=) $3",
-							3, types, values, NULL, SPI_OK_SELECT);
+						   "WHERE relation OPERATOR(pg_catalog.=) $1 "
+						   "AND row_hash OPERATOR(pg_catalog.>=) $2 AND row_hash OPERATOR(pg_catalog.<=) $3",
+						   3, types, values, NULL, SPI_OK_SELECT);
 	*read += SPI_processed;
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
@@ -654,8 +655,8 @@ bucket_versions(VTable *t, int bucket, bool check, RowsArg *a, int64 *read)
 
 		memset(&stored, 0, sizeof(stored));
 		dbaccess_spi_exec_kept("SELECT digest FROM replstamp.row_digest "
-								"WHERE relation OPERATOR(pg_catalog.=) $1 AND bucket OPERATOR(pg_catalog.=) $2",
-								2, t2, v2, NULL, SPI_OK_SELECT);
+							   "WHERE relation OPERATOR(pg_catalog.=) $1 AND bucket OPERATOR(pg_catalog.=) $2",
+							   2, t2, v2, NULL, SPI_OK_SELECT);
 		if (SPI_processed == 1)
 		{
 			bool		isnull;
@@ -739,7 +740,8 @@ side_rows(VTable *t, List *buckets, bool deep, int64 *read, int *stale)
 		hash_seq_init(&seq, a.versions);
 		while ((e = hash_seq_search(&seq)) != NULL)
 			if (!e->seen && !e->row->deleted)
-				a.out = lappend(a.out, e->row);		/* content NULL: not in the table */
+				a.out = lappend(a.out, e->row); /* content NULL: not in the
+												 * table */
 	}
 	else
 	{
@@ -791,8 +793,8 @@ named_table(const char *relation)
 	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	dbaccess_spi_exec(catalog_sql("SELECT relid FROM replstamp.tracked_table WHERE relation OPERATOR(pg_catalog.=) $1 "
-					   "AND state OPERATOR(pg_catalog.=) 'tracked'"),
-					   1, types, values, NULL, SPI_OK_SELECT);
+								  "AND state OPERATOR(pg_catalog.=) 'tracked'"),
+					  1, types, values, NULL, SPI_OK_SELECT);
 	if (SPI_processed == 1)
 		t->relid = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	SPI_finish();
@@ -1019,7 +1021,7 @@ fetch_row(RowLayout *layout, Relation rel, Jsonb *pk, Jsonb **image)
 	{
 		bool		isnull;
 		HeapTupleHeader th = DatumGetHeapTupleHeader(SPI_getbinval(SPI_tuptable->vals[0],
-																 SPI_tuptable->tupdesc, 1, &isnull));
+																   SPI_tuptable->tupdesc, 1, &isnull));
 		HeapTupleData tup;
 		Jsonb	   *k;
 
@@ -1049,9 +1051,9 @@ version_stamp(const char *relation, Jsonb *pk)
 	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	dbaccess_spi_exec_kept("SELECT replica_id::text OPERATOR(pg_catalog.||) '/' OPERATOR(pg_catalog.||) serial "
-							"FROM replstamp.row_version WHERE row_hash OPERATOR(pg_catalog.=) $1 "
-							"AND relation OPERATOR(pg_catalog.=) $2 AND pk OPERATOR(pg_catalog.=) $3",
-							3, types, values, NULL, SPI_OK_SELECT);
+						   "FROM replstamp.row_version WHERE row_hash OPERATOR(pg_catalog.=) $1 "
+						   "AND relation OPERATOR(pg_catalog.=) $2 AND pk OPERATOR(pg_catalog.=) $3",
+						   3, types, values, NULL, SPI_OK_SELECT);
 	if (SPI_processed == 1)
 		stamp = MemoryContextStrdup(outer,
 									SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
@@ -1163,7 +1165,7 @@ read_conninfo(const char *peer)
 	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	dbaccess_spi_exec("SELECT conninfo FROM replstamp.peer WHERE name OPERATOR(pg_catalog.=) $1",
-					   1, types, values, NULL, SPI_OK_SELECT);
+					  1, types, values, NULL, SPI_OK_SELECT);
 	if (SPI_processed == 1)
 		conninfo = MemoryContextStrdup(outer,
 									   SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
@@ -1482,13 +1484,13 @@ record_verification(const char *peer, ArrayType *tables, bool deep, VResult *res
 	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	dbaccess_spi_exec("INSERT INTO replstamp.verification AS v (peer, verified_at, tables, deep, differences, "
-					   "  digests_read, rows_read, duration) "
-					   "VALUES ($1, pg_catalog.now(), $2, $3, $4, $5, $6, $7) "
-					   "ON CONFLICT (peer) DO UPDATE SET verified_at = EXCLUDED.verified_at, "
-					   "tables = EXCLUDED.tables, deep = EXCLUDED.deep, differences = EXCLUDED.differences, "
-					   "digests_read = EXCLUDED.digests_read, rows_read = EXCLUDED.rows_read, "
-					   "duration = EXCLUDED.duration",
-					   7, types, values, nulls, SPI_OK_INSERT);
+					  "  digests_read, rows_read, duration) "
+					  "VALUES ($1, pg_catalog.now(), $2, $3, $4, $5, $6, $7) "
+					  "ON CONFLICT (peer) DO UPDATE SET verified_at = EXCLUDED.verified_at, "
+					  "tables = EXCLUDED.tables, deep = EXCLUDED.deep, differences = EXCLUDED.differences, "
+					  "digests_read = EXCLUDED.digests_read, rows_read = EXCLUDED.rows_read, "
+					  "duration = EXCLUDED.duration",
+					  7, types, values, nulls, SPI_OK_INSERT);
 	SPI_finish();
 	dbaccess_restore_user(&ctx);
 }
@@ -1759,8 +1761,8 @@ record_repair(const char *peer, const char *relation, Image *here, Image *there,
 	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	dbaccess_spi_exec("INSERT INTO replstamp.repairs (peer, relation, pk, action, stamp_before, stamp_peer, repaired_by) "
-					   "VALUES ($1, $2, $3, $4, $5, $6, pg_catalog.session_user())",
-					   6, types, values, nulls, SPI_OK_INSERT);
+					  "VALUES ($1, $2, $3, $4, $5, $6, pg_catalog.session_user())",
+					  6, types, values, nulls, SPI_OK_INSERT);
 	SPI_finish();
 	dbaccess_restore_user(&ctx);
 }

@@ -298,10 +298,10 @@ holds_change(pg_uuid_t *id, int64 serial)
 	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	dbaccess_spi_exec("SELECT EXISTS (SELECT 1 FROM replstamp.vector "
-					   "WHERE replica_id OPERATOR(pg_catalog.=) $1 AND serial OPERATOR(pg_catalog.>=) $2) "
-					   "OR EXISTS (SELECT 1 FROM replstamp.changes "
-					   "WHERE replica_id OPERATOR(pg_catalog.=) $1 AND serial OPERATOR(pg_catalog.=) $2)",
-					   2, types, values, NULL, SPI_OK_SELECT);
+					  "WHERE replica_id OPERATOR(pg_catalog.=) $1 AND serial OPERATOR(pg_catalog.>=) $2) "
+					  "OR EXISTS (SELECT 1 FROM replstamp.changes "
+					  "WHERE replica_id OPERATOR(pg_catalog.=) $1 AND serial OPERATOR(pg_catalog.=) $2)",
+					  2, types, values, NULL, SPI_OK_SELECT);
 	held = SPI_processed == 1 &&
 		strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), "t") == 0;
 	SPI_finish();

@@ -126,16 +126,16 @@ record(Watch *w, const char *error)
 		SPI_connect();
 		if (error)
 			dbaccess_spi_exec("UPDATE replstamp.peer SET wakeups = $2, next_retry_at = $3, "
-							   "last_error = $4, last_error_at = pg_catalog.now(), "
-							   "last_error_sqlstate = '08006', last_error_change = NULL, "
-							   "status = CASE WHEN status IN ('diverged', 'stale') THEN status "
-							   "ELSE 'failing' END "
-							   "WHERE name OPERATOR(pg_catalog.=) $1",
-							   4, types, values, nulls, SPI_OK_UPDATE);
+							  "last_error = $4, last_error_at = pg_catalog.now(), "
+							  "last_error_sqlstate = '08006', last_error_change = NULL, "
+							  "status = CASE WHEN status IN ('diverged', 'stale') THEN status "
+							  "ELSE 'failing' END "
+							  "WHERE name OPERATOR(pg_catalog.=) $1",
+							  4, types, values, nulls, SPI_OK_UPDATE);
 		else
 			dbaccess_spi_exec("UPDATE replstamp.peer SET wakeups = $2, next_retry_at = $3 "
-							   "WHERE name OPERATOR(pg_catalog.=) $1",
-							   3, types, values, nulls, SPI_OK_UPDATE);
+							  "WHERE name OPERATOR(pg_catalog.=) $1",
+							  3, types, values, nulls, SPI_OK_UPDATE);
 		SPI_finish();
 		dbaccess_restore_user(&ctx);
 		worker_commit_xact();
@@ -234,12 +234,12 @@ watch_refresh(List **watches)
 	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	dbaccess_spi_exec("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute "
-					   "WHERE attrelid OPERATOR(pg_catalog.=) 'replstamp.peer'::pg_catalog.regclass "
-					   "AND attname OPERATOR(pg_catalog.=) 'next_retry_at' AND NOT attisdropped)",
-					   0, NULL, NULL, NULL, SPI_OK_SELECT);
+					  "WHERE attrelid OPERATOR(pg_catalog.=) 'replstamp.peer'::pg_catalog.regclass "
+					  "AND attname OPERATOR(pg_catalog.=) 'next_retry_at' AND NOT attisdropped)",
+					  0, NULL, NULL, NULL, SPI_OK_SELECT);
 	has_columns = strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), "t") == 0;
 	dbaccess_spi_exec("SELECT name, conninfo FROM replstamp.peer ORDER BY name",
-					   0, NULL, NULL, NULL, SPI_OK_SELECT);
+					  0, NULL, NULL, NULL, SPI_OK_SELECT);
 	old = MemoryContextSwitchTo(TopMemoryContext);
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{

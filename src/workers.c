@@ -43,8 +43,8 @@
  */
 bool
 worker_start(const char *function, const char *type, Oid dboid,
-					   Oid userid, const void *extra, Size extralen,
-					   BackgroundWorkerHandle **handle)
+			 Oid userid, const void *extra, Size extralen,
+			 BackgroundWorkerHandle **handle)
 {
 	BackgroundWorker worker;
 
@@ -110,8 +110,8 @@ worker_pin_settings(void)
 
 		/*
 		 * The workers' queries are many, short, and read replstamp's own
-		 * tables: compiling one (jit_above_cost is met by a large change
-		 * log) takes longer than running it.
+		 * tables: compiling one (jit_above_cost is met by a large change log)
+		 * takes longer than running it.
 		 */
 		{"jit", "off"},
 	};
@@ -174,7 +174,11 @@ sync_wakeup_xact_callback(XactEvent event, void *arg)
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PREPARE:
-			/* After a COMMIT PREPARED the worker finds the peer at its interval. */
+
+			/*
+			 * After a COMMIT PREPARED the worker finds the peer at its
+			 * interval.
+			 */
 			sync_wakeup_pending = false;
 			break;
 		default:

@@ -18,8 +18,8 @@
 struct BackgroundWorkerHandle;
 
 extern bool worker_start(const char *function, const char *type, Oid dboid,
-								   Oid userid, const void *extra, Size extralen,
-								   struct BackgroundWorkerHandle **handle);
+						 Oid userid, const void *extra, Size extralen,
+						 struct BackgroundWorkerHandle **handle);
 extern void worker_connect(Datum main_arg, void *extra, Size extralen);
 extern void worker_pin_settings(void);
 extern List *worker_connectable_databases(void);
