@@ -382,9 +382,13 @@ purged_upto(const pg_uuid_t *id)
  *
  * The peer's word is taken only as far as this node can check it (issue
  * 20): a tombstone is dropped once it is older than
- * replstamp.tombstone_lifetime, so a mark is plausible up to the newest
- * change of that ID held here that is older than that, the marked change
- * itself or an old tombstone below it.  A mark beyond that (a hostile
+ * replstamp.tombstone_lifetime, so a mark is plausible whole when the
+ * first change of that ID held here at or after it is older than that (a
+ * node's serials follow its clock), and else up to the newest change of
+ * that ID held here that is older than that (in the log, found walking
+ * back from the mark, or an old tombstone below it).  A node that joined
+ * after the tombstones were dropped holds neither them nor the changes
+ * they replaced, but it holds the changes made after them.  A mark beyond that (a hostile
  * peer echoing this node's own vector would make it refuse every node one
  * change behind) is cut back to it, and the peer is named in a warning.
  */
@@ -406,9 +410,13 @@ adopt_purged(SyncRun *r)
 						  "SELECT COALESCE((SELECT pg_catalog.max(v.serial) FROM replstamp.vector v "
 						  "                 WHERE v.replica_id OPERATOR(pg_catalog.=) $1), 0), "
 						  "  COALESCE(GREATEST("
+						  "    (SELECT $2 FROM old, (SELECT c.changed_at FROM replstamp.changes c "
+						  "      WHERE c.replica_id OPERATOR(pg_catalog.=) $1 AND c.serial OPERATOR(pg_catalog.>=) $2 "
+						  "      ORDER BY c.serial LIMIT 1) n WHERE n.changed_at OPERATOR(pg_catalog.<) old.before), "
 						  "    (SELECT c.serial FROM replstamp.changes c, old "
-						  "      WHERE c.replica_id OPERATOR(pg_catalog.=) $1 AND c.serial OPERATOR(pg_catalog.=) $2 "
-						  "      AND c.changed_at OPERATOR(pg_catalog.<) old.before), "
+						  "      WHERE c.replica_id OPERATOR(pg_catalog.=) $1 AND c.serial OPERATOR(pg_catalog.<=) $2 "
+						  "      AND c.changed_at OPERATOR(pg_catalog.<) old.before "
+						  "      ORDER BY c.serial DESC LIMIT 1), "
 						  "    (SELECT pg_catalog.max(t.serial) FROM replstamp.row_version t, old "
 						  "      WHERE t.deleted AND t.changed_at OPERATOR(pg_catalog.<) old.before "
 						  "      AND t.replica_id OPERATOR(pg_catalog.=) $1 AND t.serial OPERATOR(pg_catalog.<=) $2)), 0) "
