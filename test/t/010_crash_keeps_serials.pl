@@ -71,13 +71,17 @@ $node->poll_query_until('postgres',
 # crash, and its serial handed out again: no peer ever saw it (serve()
 # flushes WAL first), and neither its change nor its serial survived.
 # What must hold is that no serial of a durable change is handed out
-# again: make every commit seen so far durable (a commit with
-# synchronous_commit = on flushes WAL up to its own record), then crash.
-# On 17 and 18 the lost tail showed up in 2 of 4 runs and more.
+# again: make every commit seen so far durable, then crash.  A commit
+# with synchronous_commit = on flushes WAL up to its own record only if
+# its transaction wrote WAL before it (one that only took an xid commits
+# asynchronously all the same), hence the INSERT.  On 17 and 18 the lost
+# tail showed up in 2 of 4 runs and more.
+$node->safe_psql('postgres', 'CREATE TABLE flush_mark (at timestamptz)');
 sub durable_max
 {
 	my $max = $node->safe_psql('postgres', 'SELECT max(serial) FROM replstamp.changes');
-	$node->safe_psql('postgres', 'BEGIN; SET LOCAL synchronous_commit = on; SELECT pg_current_xact_id(); COMMIT');
+	$node->safe_psql('postgres',
+		'BEGIN; SET LOCAL synchronous_commit = on; INSERT INTO flush_mark VALUES (now()); COMMIT');
 	return $max;
 }
 my $max_before = durable_max();
