@@ -97,7 +97,7 @@ like($err, qr/ERROR:  XX001: data checksum verification failed for 3 pages/,
 	'with data_corrupted and the count of bad pages');
 like($err, qr/DETAIL:  .*file "\Q$victim\E" block 0\b/, 'naming the first bad page');
 like($err, qr/DETAIL:  .*file "\Q$victim\E" block 2\b/, 'and the second one in the same file');
-like($err, qr/DETAIL:  .*file "pg_tblspc\/\d+\/PG_15_\d+\/\Q$dboid\E\/\d+" block 0\b/,
+like($err, qr/DETAIL:  .*file "pg_tblspc\/\d+\/PG_\d+_\d+\/\Q$dboid\E\/\d+" block 0\b/,
 	'and the one in the tablespace');
 like($err, qr/HINT:  .*pg_filenode_relation/, 'the hint says how to find the relations');
 unlike($err, qr/\Q$skipped\E/, 'a page written after the start and a new page are not checked');
