@@ -1103,55 +1103,115 @@ resolve_unique(ApplySession *s, Relation rel, ResultRelInfo *rri, EState *estate
  * resolved as for other unique keys (the row whose latest version is the
  * later is deleted, a change made here, recorded).
  */
+/* The tables of the rows to check, one after the other. */
+static int
+unique_candidate_cmp(const ListCell *a, const ListCell *b)
+{
+	Oid			x = ((UniqueCandidate *) lfirst(a))->relid;
+	Oid			y = ((UniqueCandidate *) lfirst(b))->relid;
+
+	return (x > y) - (x < y);
+}
+
+/* One table's indexes and slots, open while its rows are checked. */
+typedef struct UniqueTable
+{
+	Relation	rel;
+	EState	   *estate;
+	ResultRelInfo *rri;
+	TupleTableSlot *written;
+	TupleTableSlot *cur;
+	TupleTableSlot *holder;
+	Relation	pk;
+	IndexInfo  *pkinfo;
+} UniqueTable;
+
+static bool
+unique_table_open(UniqueTable *t, Oid relid)
+{
+	memset(t, 0, sizeof(UniqueTable));
+	t->rel = try_table_open(relid, RowExclusiveLock);
+	if (t->rel == NULL)
+		return false;
+	t->estate = CreateExecutorState();
+	t->rri = makeNode(ResultRelInfo);
+	InitResultRelInfo(t->rri, t->rel, 1, NULL, 0);
+	ExecOpenIndices(t->rri, false);
+	t->written = MakeSingleTupleTableSlot(RelationGetDescr(t->rel), &TTSOpsHeapTuple);
+	t->cur = table_slot_create(t->rel, NULL);
+	t->holder = table_slot_create(t->rel, NULL);
+	for (int i = 0; i < t->rri->ri_NumIndices; i++)
+		if (t->rri->ri_IndexRelationDescs[i]->rd_index->indisprimary)
+		{
+			t->pk = t->rri->ri_IndexRelationDescs[i];
+			t->pkinfo = t->rri->ri_IndexRelationInfo[i];
+		}
+	return true;
+}
+
+static void
+unique_table_close(UniqueTable *t)
+{
+	if (t->rel == NULL)
+		return;
+	ExecDropSingleTupleTableSlot(t->holder);
+	ExecDropSingleTupleTableSlot(t->cur);
+	ExecDropSingleTupleTableSlot(t->written);
+	ExecCloseIndices(t->rri);
+	FreeExecutorState(t->estate);
+	table_close(t->rel, NoLock);
+	t->rel = NULL;
+}
+
 static void
 check_deferred_unique(ApplySession *s, ConstraintState *cs)
 {
 	List	   *work = cs->unique_pending;
 	ListCell   *lc;
+	UniqueTable t = {0};
+	Oid			open_relid = InvalidOid;
+	bool		open_ok = false;
 
 	cs->unique_pending = NIL;
+	/* Each table opened once, however many of its rows the page wrote. */
+	list_sort(work, unique_candidate_cmp);
 	foreach(lc, work)
 	{
 		UniqueCandidate *u = lfirst(lc);
-		Relation	rel = try_table_open(u->relid, RowExclusiveLock);
+		Relation	rel;
 		EState	   *estate;
 		ResultRelInfo *rri;
-		TupleTableSlot *written;
 		TupleTableSlot *cur;
 		TupleTableSlot *holder;
-		Relation	pk = NULL;
-		IndexInfo  *pkinfo = NULL;
 		bool		found = false;
 
 		CHECK_FOR_INTERRUPTS();
-		if (rel == NULL)
+		if (u->relid != open_relid)
+		{
+			unique_table_close(&t);
+			open_relid = u->relid;
+			open_ok = unique_table_open(&t, u->relid);
+		}
+		if (!open_ok)
 		{
 			heap_freetuple(u->tuple);
 			continue;
 		}
+		rel = t.rel;
+		estate = t.estate;
+		rri = t.rri;
+		cur = t.cur;
+		holder = t.holder;
 		/* A remedy's SQL sees what the apply wrote. */
 		CommandCounterIncrement();
-		estate = CreateExecutorState();
-		rri = makeNode(ResultRelInfo);
-		InitResultRelInfo(rri, rel, 1, NULL, 0);
-		ExecOpenIndices(rri, false);
-		written = MakeSingleTupleTableSlot(RelationGetDescr(rel), &TTSOpsHeapTuple);
-		cur = table_slot_create(rel, NULL);
-		holder = table_slot_create(rel, NULL);
-		ExecStoreHeapTuple(u->tuple, written, false);
-		for (int i = 0; i < rri->ri_NumIndices; i++)
-			if (rri->ri_IndexRelationDescs[i]->rd_index->indisprimary)
-			{
-				pk = rri->ri_IndexRelationDescs[i];
-				pkinfo = rri->ri_IndexRelationInfo[i];
-			}
+		ExecStoreHeapTuple(u->tuple, t.written, false);
 
 		/*
 		 * The row as it is now (a later change of the page may have changed
 		 * it).
 		 */
-		if (pk)
-			found = find_holder(rel, pk, pkinfo, estate, written, NULL, NULL, cur);
+		if (t.pk)
+			found = find_holder(rel, t.pk, t.pkinfo, estate, t.written, NULL, NULL, cur);
 		for (int i = 0; found && i < rri->ri_NumIndices; i++)
 		{
 			Relation	idx = rri->ri_IndexRelationDescs[i];
@@ -1211,13 +1271,10 @@ check_deferred_unique(ApplySession *s, ConstraintState *cs)
 					found = false;
 			}
 		}
-		ExecDropSingleTupleTableSlot(holder);
-		ExecDropSingleTupleTableSlot(cur);
-		ExecDropSingleTupleTableSlot(written);
-		ExecCloseIndices(rri);
-		FreeExecutorState(estate);
-		table_close(rel, NoLock);
+		ExecClearTuple(t.written);
+		ResetPerTupleExprContext(estate);
 		heap_freetuple(u->tuple);
 	}
+	unique_table_close(&t);
 	list_free_deep(work);
 }
