@@ -404,6 +404,7 @@ adopt_purged(SyncRun *r)
 		int64		claimed = r->srv.purged[i].serial;
 		int64		held;
 		int64		plausible;
+		int64		recorded;
 
 		dbaccess_spi_exec("WITH old AS (SELECT pg_catalog.now() OPERATOR(pg_catalog.-) "
 						  "  pg_catalog.current_setting('replstamp.tombstone_lifetime')::pg_catalog.interval AS before) "
@@ -420,13 +421,16 @@ adopt_purged(SyncRun *r)
 						  "    (SELECT pg_catalog.max(t.serial) FROM replstamp.row_version t, old "
 						  "      WHERE t.deleted AND t.changed_at OPERATOR(pg_catalog.<) old.before "
 						  "      AND t.replica_id OPERATOR(pg_catalog.=) $1 AND t.serial OPERATOR(pg_catalog.<=) $2)), 0) "
+						  ", COALESCE((SELECT p.serial FROM replstamp.purged p "
+						  "            WHERE p.replica_id OPERATOR(pg_catalog.=) $1), 0) "
 						  "FROM old",
 						  2, types, values, NULL, SPI_OK_SELECT);
 		held = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 		plausible = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+		recorded = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
 
 		/* Of an ID held here less far, the peer's word is no use here. */
-		if (held < claimed || claimed <= purged_upto(&r->srv.purged[i].id))
+		if (held < claimed || claimed <= recorded)
 			continue;
 		if (plausible < claimed && plausible > 0)
 			ereport(WARNING,
