@@ -103,9 +103,23 @@ typedef struct ApplyTable
 	TupleTableSlot *localslot;
 	TupleTableSlot *newslot;
 	TupleTableSlot *baseslot;	/* the old row of a key-changing UPDATE */
+	/* find_row()'s scan of the primary key, begun once per page */
+	Relation	pkidx;
+	int			npkkeys;
+	ScanKeyData pkkeys[INDEX_MAX_KEYS];
+	SnapshotData dirty;
+	IndexScanDesc pkscan;
+	MemoryContext pkscan_cxt;	/* the page's: what the scan keeps lives there */
 	ExprState **defaults;		/* per attribute, built on first use */
 	bool	   *defaults_built;
 } ApplyTable;
+
+/* The log's highest serial of a replica ID, as far as this sync knows. */
+typedef struct HeldUpto
+{
+	pg_uuid_t	id;				/* hash key */
+	int64		max;
+} HeldUpto;
 
 typedef struct SkipKey
 {
@@ -122,6 +136,7 @@ struct ApplySession
 	const ReplstampCatalog *cat;
 	HTAB	   *tables;
 	HTAB	   *skips;			/* replstamp.skip() requests not met yet */
+	HTAB	   *held;			/* HeldUpto by replica ID (change_held()) */
 	ReconcileState *reconcile;
 	RowVersionWriter *rvw;		/* the current page's */
 	/* replstamp.conflict, once the page records a conflict */
@@ -191,6 +206,12 @@ apply_session_begin(const char *peer, MemoryContext cxt)
 	ctl.hcxt = cxt;
 	s->skips = hash_create("replstamp skip requests", 16, &ctl,
 						   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+
+	ctl.keysize = sizeof(pg_uuid_t);
+	ctl.entrysize = sizeof(HeldUpto);
+	ctl.hcxt = cxt;
+	s->held = hash_create("replstamp held serials", 16, &ctl,
+						  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	dbaccess_become_owner(&octx);
 	SPI_connect();
 	if (SPI_execute("SELECT replica_id, serial FROM replstamp.skipped WHERE skipped_at IS NULL",
@@ -330,6 +351,8 @@ table_close_page(ApplyTable *t)
 {
 	if (!t->open)
 		return;
+	index_endscan(t->pkscan);
+	index_close(t->pkidx, NoLock);
 	/* Our result relation's indexes, and those the trigger manager opened. */
 	ExecCloseResultRelations(t->estate);
 	ExecCloseRangeTableRelations(t->estate);
@@ -557,6 +580,25 @@ table_open_page(ApplySession *s, ApplyTable *t)
 	t->localslot = table_slot_create(t->rel, &t->estate->es_tupleTable);
 	t->defaults = palloc0(sizeof(ExprState *) * Max(desc->natts, 1));
 	t->defaults_built = palloc0(sizeof(bool) * Max(desc->natts, 1));
+
+	/* The primary key's equality procedures, for every lookup of the page. */
+	t->pkidx = index_open(t->layout->pkoid, RowExclusiveLock);
+	t->npkkeys = IndexRelationGetNumberOfKeyAttributes(t->pkidx);
+	for (int k = 0; k < t->npkkeys; k++)
+	{
+		Oid			op = get_opfamily_member(t->pkidx->rd_opfamily[k], t->pkidx->rd_opcintype[k],
+											 t->pkidx->rd_opcintype[k], BTEqualStrategyNumber);
+
+		if (!OidIsValid(op))
+			elog(ERROR, "replstamp: no equality operator for column %d of index \"%s\"",
+				 k + 1, RelationGetRelationName(t->pkidx));
+		ScanKeyEntryInitialize(&t->pkkeys[k], 0, k + 1, BTEqualStrategyNumber,
+							   t->pkidx->rd_opcintype[k], t->pkidx->rd_indcollation[k],
+							   get_opcode(op), (Datum) 0);
+	}
+	InitDirtySnapshot(t->dirty);
+	t->pkscan = index_beginscan(t->rel, t->pkidx, &t->dirty, t->npkkeys, 0);
+	t->pkscan_cxt = s->page_cxt;
 	t->open = true;
 	s->open_tables = lappend(s->open_tables, t);
 	MemoryContextSwitchTo(old);
@@ -1326,42 +1368,35 @@ typedef enum RowLookup
 static RowLookup
 find_row(ApplyTable *t, TupleTableSlot *key, bool nowait)
 {
-	Relation	idx = index_open(t->layout->pkoid, RowExclusiveLock);
-	int			nkeys = IndexRelationGetNumberOfKeyAttributes(idx);
-	ScanKeyData skey[INDEX_MAX_KEYS];
-	SnapshotData dirty;
-	IndexScanDesc scan;
+	IndexScanDesc scan = t->pkscan;
 	RowLookup	result;
 
-	for (int k = 0; k < nkeys; k++)
-	{
-		AttrNumber	attno = idx->rd_index->indkey.values[k];
-		Oid			op = get_opfamily_member(idx->rd_opfamily[k], idx->rd_opcintype[k],
-											 idx->rd_opcintype[k], BTEqualStrategyNumber);
-
-		if (!OidIsValid(op))
-			elog(ERROR, "replstamp: no equality operator for column %d of index \"%s\"",
-				 k + 1, RelationGetRelationName(idx));
-		ScanKeyEntryInitialize(&skey[k], 0, k + 1, BTEqualStrategyNumber, idx->rd_opcintype[k],
-							   idx->rd_indcollation[k], get_opcode(op),
-							   key->tts_values[attno - 1]);
-	}
-	InitDirtySnapshot(dirty);
-	scan = index_beginscan(t->rel, idx, &dirty, nkeys, 0);
+	for (int k = 0; k < t->npkkeys; k++)
+		t->pkkeys[k].sk_argument = key->tts_values[t->pkidx->rd_index->indkey.values[k] - 1];
+	InitDirtySnapshot(t->dirty);
 	for (;;)
 	{
 		TransactionId xwait;
 		TM_Result	res;
 		TM_FailureData tmfd;
+		MemoryContext old;
+		bool		got;
 
-		index_rescan(scan, skey, nkeys, NULL, 0);
-		if (!index_getnext_slot(scan, ForwardScanDirection, t->localslot))
+		/*
+		 * In the page's memory: the index AM may keep what it allocates
+		 * (btree's list of dead items) until the scan ends with the page.
+		 */
+		old = MemoryContextSwitchTo(t->pkscan_cxt);
+		index_rescan(scan, t->pkkeys, t->npkkeys, NULL, 0);
+		got = index_getnext_slot(scan, ForwardScanDirection, t->localslot);
+		MemoryContextSwitchTo(old);
+		if (!got)
 		{
 			result = ROW_ABSENT;
 			break;
 		}
 		/* A transaction in flight inserts or changes it: wait, look again. */
-		xwait = TransactionIdIsValid(dirty.xmin) ? dirty.xmin : dirty.xmax;
+		xwait = TransactionIdIsValid(t->dirty.xmin) ? t->dirty.xmin : t->dirty.xmax;
 		if (TransactionIdIsValid(xwait))
 		{
 			if (nowait)
@@ -1390,8 +1425,6 @@ find_row(ApplyTable *t, TupleTableSlot *key, bool nowait)
 			elog(ERROR, "replstamp: unexpected result %d locking a row of %s", (int) res,
 				 RelationGetRelationName(t->rel));
 	}
-	index_endscan(scan);
-	index_close(idx, NoLock);
 	return result;
 }
 
@@ -1613,6 +1646,43 @@ apply_to_table(ApplySession *s, ApplyTable *t, Change *change, bool nowait)
 }
 
 /*
+ * Does the log hold the change already?  The log's highest serial of each
+ * replica ID is looked up once per sync and raised as the sync appends, so
+ * a change above it, as nearly every change of a backlog is, needs no
+ * lookup.  That holds because only a sync adds changes of other nodes'
+ * IDs, and the syncs of a database run one at a time (rowversion_lock());
+ * a highest serial left too high by an aborted page only sends changes to
+ * the lookup.  The node's own ID, which local writes stamp meanwhile, is
+ * always looked up.
+ */
+static bool
+change_held(ApplySession *s, const Change *change)
+{
+	HeldUpto   *h;
+	bool		found;
+
+	Assert(rowversion_lock_held());
+	if (memcmp(change->replica_id.data, catalog_node()->replica_id.data, UUID_LEN) == 0)
+		return changelog_held(s->cat, &change->replica_id, change->serial);
+	h = hash_search(s->held, &change->replica_id, HASH_ENTER, &found);
+	if (!found)
+		h->max = changelog_max_serial(s->cat, &change->replica_id);
+	if (change->serial > h->max)
+		return false;
+	return changelog_held(s->cat, &change->replica_id, change->serial);
+}
+
+/* After the change was appended to the log: change_held() knows. */
+static void
+note_held(ApplySession *s, const Change *change)
+{
+	HeldUpto   *h = hash_search(s->held, &change->replica_id, HASH_FIND, NULL);
+
+	if (h != NULL)
+		h->max = Max(h->max, change->serial);
+}
+
+/*
  * Apply one change, in the current page's transaction.  With nowait, a
  * change whose row another transaction holds is not applied: APPLY_BUSY,
  * and nothing of it written (the caller commits what it applied before,
@@ -1626,7 +1696,7 @@ apply_change(ApplySession *s, Change *change, bool nowait)
 	ApplyOutcome outcome = APPLY_HELD;
 
 	Assert(IsTransactionState());
-	if (!changelog_held(s->cat, &change->replica_id, change->serial))
+	if (!change_held(s, change))
 	{
 		MemoryContext old = MemoryContextSwitchTo(s->row_cxt);
 		ApplyErrorArg earg;
@@ -1650,6 +1720,8 @@ apply_change(ApplySession *s, Change *change, bool nowait)
 			else
 				outcome = apply_to_table(s, t, change, nowait);
 		}
+		if (outcome == APPLY_NEW || outcome == APPLY_SKIPPED)
+			note_held(s, change);
 
 		error_context_stack = errcb.previous;
 		MemoryContextSwitchTo(old);

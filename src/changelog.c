@@ -316,6 +316,37 @@ changelog_held(const ReplstampCatalog *cat, const pg_uuid_t *id, int64 serial)
 }
 
 /*
+ * The highest serial of replica ID id in the log (committed, or recorded
+ * by this transaction), or 0 when it holds none.
+ */
+int64
+changelog_max_serial(const ReplstampCatalog *cat, const pg_uuid_t *id)
+{
+	Relation	rel = table_open(cat->changes, AccessShareLock);
+	Relation	idx = index_open(cat->changes_pkey, AccessShareLock);
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tuple;
+	int64		max = 0;
+
+	ScanKeyInit(&key, Anum_changes_replica_id, BTEqualStrategyNumber,
+				F_UUID_EQ, UUIDPGetDatum(id));
+	scan = systable_beginscan_ordered(rel, idx, SnapshotSelf, 1, &key);
+	tuple = systable_getnext_ordered(scan, BackwardScanDirection);
+	if (tuple != NULL)
+	{
+		bool		isnull;
+
+		max = DatumGetInt64(heap_getattr(tuple, Anum_changes_serial,
+										 RelationGetDescr(rel), &isnull));
+	}
+	systable_endscan_ordered(scan);
+	index_close(idx, AccessShareLock);
+	table_close(rel, AccessShareLock);
+	return max;
+}
+
+/*
  * The change (id, serial), if it is in the log.
  */
 bool

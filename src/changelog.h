@@ -49,6 +49,7 @@ extern const char *changelog_op_name(char op);
 extern char changelog_op_code(const char *name, int len);
 extern void changelog_append(const ReplstampCatalog *cat, Change *change);
 extern bool changelog_held(const ReplstampCatalog *cat, const pg_uuid_t *id, int64 serial);
+extern int64 changelog_max_serial(const ReplstampCatalog *cat, const pg_uuid_t *id);
 extern bool changelog_fetch(const ReplstampCatalog *cat, const pg_uuid_t *id, int64 serial,
 							Change *change);
 extern bool changelog_delete(const ReplstampCatalog *cat, const pg_uuid_t *id, int64 serial);
