@@ -48,6 +48,7 @@
 #include "utils/hsearch.h"
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
+#include "utils/resowner.h"
 #include "utils/snapmgr.h"
 
 #include "catalog.h"
@@ -187,10 +188,31 @@ set_part(Part *part, const void *data, size_t len)
 static void
 sha256_parts(const Part *parts, int nparts, DigestSum *out)
 {
-	pg_cryptohash_ctx *ctx = pg_cryptohash_create(PG_SHA256);
+	static pg_cryptohash_ctx *ctx = NULL;
 	static const uint8 zero = 0;
 
-	if (ctx == NULL || pg_cryptohash_init(ctx) < 0)
+	/*
+	 * One context for the life of the process, re-initialized for each
+	 * element: a sync computes two per row it applies, and creating one
+	 * costs more than hashing.  It belongs to a resource owner of its own,
+	 * which no transaction releases.
+	 */
+	if (ctx == NULL)
+	{
+		static ResourceOwner owner = NULL;
+		ResourceOwner save = CurrentResourceOwner;
+
+		if (owner == NULL)
+			owner = ResourceOwnerCreate(NULL, "replstamp digests");
+		CurrentResourceOwner = owner;
+		ctx = pg_cryptohash_create(PG_SHA256);
+		CurrentResourceOwner = save;
+		if (ctx == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_OUT_OF_MEMORY),
+					 errmsg("out of memory")));
+	}
+	if (pg_cryptohash_init(ctx) < 0)
 		elog(ERROR, "replstamp: could not initialize SHA-256: %s", pg_cryptohash_error(ctx));
 	for (int i = 0; i < nparts; i++)
 	{
@@ -200,7 +222,6 @@ sha256_parts(const Part *parts, int nparts, DigestSum *out)
 	}
 	if (pg_cryptohash_final(ctx, out->d, DIGEST_LEN) < 0)
 		elog(ERROR, "replstamp: could not compute SHA-256: %s", pg_cryptohash_error(ctx));
-	pg_cryptohash_free(ctx);
 }
 
 static char *
