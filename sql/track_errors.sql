@@ -35,8 +35,12 @@ SELECT replstamp.track('"Odd ""name"""');
 SELECT replstamp.track('"Odd ""name"""');   -- already tracked
 INSERT INTO "Odd ""name""" VALUES (1);
 SELECT relation FROM replstamp.changes WHERE relation LIKE '%Odd%';
+-- TRUNCATE is stamped as one change of its own (since 1.2).
 TRUNCATE "Odd ""name""";
 SELECT count(*) FROM "Odd ""name""";
+SELECT relation, op, pk = jsonb_build_object('', replica_id || '/' || serial) AS own_key,
+       row_image ? 'vector' AS covers
+  FROM replstamp.changes WHERE relation LIKE '%Odd%' ORDER BY serial;
 
 CREATE TABLE plain (id int PRIMARY KEY);
 SELECT replstamp.untrack('plain');

@@ -106,6 +106,11 @@ extern void rowversion_set_carry(RowVersionWriter *w, text *relation, ChangeRow 
 extern void rowversion_restamp(const ReplstampCatalog *cat, Change *change,
 							   const pg_uuid_t *new_id, int64 new_serial);
 
+/* Called for each row a TRUNCATE deletes, before row_version records it. */
+typedef void (*RowVersionTruncateCallback) (Jsonb *key, void *arg);
+extern Jsonb *rowversion_truncate_key(const pg_uuid_t *id, int64 serial);
+extern int64 rowversion_truncate(RowVersionWriter *w, Change *change,
+								 RowVersionTruncateCallback callback, void *arg);
 extern void rowversion_lock(void);
 extern void rowversion_unlock(void);
 extern bool rowversion_lock_held(void);

@@ -764,6 +764,12 @@ parse_row(SyncRun *r, PGresult *res, Change *c, int64 *group, bool *single)
 	}
 	c->pk = parse_jsonb(r, res, 4, "pk");
 	c->image = c->op == 'D' ? NULL : parse_jsonb(r, res, 5, "row_image");
+	/* A TRUNCATE's key is its own, which no row has (rowversion.c). */
+	if (c->op == 'T' &&
+		(!DatumGetBool(DirectFunctionCall2(jsonb_eq, JsonbPGetDatum(c->pk),
+										   JsonbPGetDatum(rowversion_truncate_key(&c->replica_id, c->serial)))) ||
+		 !JB_ROOT_IS_OBJECT(c->image) || JB_ROOT_IS_SCALAR(c->image)))
+		malformed(r, res, _("A TRUNCATE has a key other than its own, or an image that is not an object."));
 	c->changed_at = be_int64(PQgetvalue(res, 0, 6));
 	c->applied = true;
 	if (TIMESTAMP_NOT_FINITE(c->changed_at))
