@@ -587,6 +587,103 @@ rowversion_truncate_key(const pg_uuid_t *id, int64 serial)
 	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(json)));
 }
 
+/* Is key a TRUNCATE's own (an object whose one member is named "")? */
+bool
+rowversion_is_truncate_key(Jsonb *key)
+{
+	JsonbValue	k;
+
+	if (!JB_ROOT_IS_OBJECT(key) || JB_ROOT_IS_SCALAR(key) || JB_ROOT_COUNT(key) != 1)
+		return false;
+	k.type = jbvString;
+	k.val.string.val = "";
+	k.val.string.len = 0;
+	return findJsonbValueFromContainer(&key->root, JB_FOBJECT, &k) != NULL;
+}
+
+/* The member name of an object, or NULL. */
+static JsonbValue *
+image_member(JsonbContainer *c, const char *name)
+{
+	JsonbValue	k;
+
+	k.type = jbvString;
+	k.val.string.val = unconstify(char *, name);
+	k.val.string.len = strlen(name);
+	return findJsonbValueFromContainer(c, JB_FOBJECT, &k);
+}
+
+/* Does a TRUNCATE's image cover the version (id, serial)? */
+static bool
+truncate_covers(Jsonb *image, const char *id, int64 serial)
+{
+	JsonbValue *part = image_member(&image->root, "vector");
+	JsonbValue *v;
+	JsonbValue	num;
+
+	if (part && part->type == jbvBinary &&
+		(v = image_member(part->val.binary.data, id)) != NULL && v->type == jbvNumeric &&
+		serial <= DatumGetInt64(DirectFunctionCall1(numeric_int8, NumericGetDatum(v->val.numeric))))
+		return true;
+	part = image_member(&image->root, "also");
+	if (part == NULL || part->type != jbvBinary ||
+		(v = image_member(part->val.binary.data, id)) == NULL || v->type != jbvBinary)
+		return false;
+	num.type = jbvNumeric;
+	num.val.numeric = DatumGetNumeric(DirectFunctionCall1(int8_numeric, Int64GetDatum(serial)));
+	return findJsonbValueFromContainer(v->val.binary.data, JB_FARRAY, &num) != NULL;
+}
+
+/* image with the member path[0].path[1] set to the JSON value json. */
+static Jsonb *
+image_set(Jsonb *image, const char *outer, const char *inner, const char *json)
+{
+	Datum		path[2];
+
+	path[0] = CStringGetTextDatum(outer);
+	path[1] = CStringGetTextDatum(inner);
+	return DatumGetJsonbP(DirectFunctionCall4(jsonb_set, JsonbPGetDatum(image),
+											  PointerGetDatum(construct_array(path, 2, TEXTOID, -1, false, TYPALIGN_INT)),
+											  DirectFunctionCall1(jsonb_in, CStringGetDatum(json)),
+											  BoolGetDatum(true)));
+}
+
+/*
+ * A rotation re-issues a TRUNCATE (identity.c) with the changes of old_id
+ * from serial from on: those stamps are dropped, and where the history of
+ * old_id parted (a node put back in time), other changes carry them.  So
+ * the TRUNCATE covers old_id only below from; and the changes of its
+ * table re-issued before it, n of them, which had the stamps (old_id,
+ * old_serials[i]) and now have (new_id, new_serials[i]), are listed by
+ * their new stamps where it covered their old ones.  Its key stays the
+ * old one: a key of its own still.
+ */
+Jsonb *
+rowversion_truncate_reissued(Jsonb *image, const pg_uuid_t *old_id, int64 from,
+							 const pg_uuid_t *new_id,
+							 const int64 *old_serials, const int64 *new_serials, int n)
+{
+	char	   *old_text = catalog_uuid_text(old_id);
+	Jsonb	   *result = image;
+	StringInfoData buf;
+	bool		any = false;
+
+	if (truncate_covers(image, old_text, from))
+		result = image_set(result, "vector", old_text, psprintf(INT64_FORMAT, from - 1));
+	initStringInfo(&buf);
+	appendStringInfoChar(&buf, '[');
+	for (int i = 0; i < n; i++)
+		if (new_serials[i] > 0 && truncate_covers(image, old_text, old_serials[i]))
+		{
+			appendStringInfo(&buf, "%s" INT64_FORMAT, any ? ", " : "", new_serials[i]);
+			any = true;
+		}
+	appendStringInfoChar(&buf, ']');
+	if (any)
+		result = image_set(result, "also", catalog_uuid_text(new_id), buf.data);
+	return result;
+}
+
 /* The rows of a table whose latest version a TRUNCATE's image covers. */
 #define COVERED_ROWS \
 	"SELECT rv.pk, rv.row_hash FROM replstamp.row_version rv " \
