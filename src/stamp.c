@@ -45,6 +45,7 @@
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
+#include "utils/snapmgr.h"
 
 #include "backfill.h"
 #include "catalog.h"
@@ -226,6 +227,9 @@ replstamp_stamp(PG_FUNCTION_ARGS)
  * TRUNCATE's image (rowversion.c, "TRUNCATE"): its vector, with its own
  * current ID at the serial before the TRUNCATE's, and the versions of the
  * table's live rows it holds above its vector (a sync still under way).
+ * Read in the latest snapshot, not the transaction's: TRUNCATE removes
+ * every row committed by now, whatever the isolation level, and a sync's
+ * page that wrote one committed before the table's lock was granted.
  */
 static Jsonb *
 truncate_coverage(Change *change)
@@ -237,25 +241,31 @@ truncate_coverage(Change *change)
 	bool		isnull;
 	MemoryContext caller = CurrentMemoryContext;
 	MemoryContext old;
+	SPIPlanPtr	plan;
 
 	values[0] = PointerGetDatum(change->relation);
 	values[1] = UUIDPGetDatum(&change->replica_id);
 	values[2] = Int64GetDatum(change->serial - 1);
 	dbaccess_become_owner(&ctx);
 	SPI_connect();
-	dbaccess_spi_exec("SELECT pg_catalog.jsonb_build_object('vector', "
-					  "  coalesce((SELECT pg_catalog.jsonb_object_agg(v.replica_id::text, v.serial) "
-					  "            FROM replstamp.vector v WHERE v.replica_id OPERATOR(pg_catalog.<>) $2), '{}') "
-					  "  OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object($2::text, $3), "
-					  "'also', coalesce((SELECT pg_catalog.jsonb_object_agg(a.replica_id::text, a.serials) FROM ("
-					  "  SELECT rv.replica_id, pg_catalog.jsonb_agg(rv.serial ORDER BY rv.serial) AS serials "
-					  "    FROM replstamp.row_version rv LEFT JOIN replstamp.vector v "
-					  "      ON v.replica_id OPERATOR(pg_catalog.=) rv.replica_id "
-					  "   WHERE rv.relation OPERATOR(pg_catalog.=) $1 AND NOT rv.deleted "
-					  "     AND rv.replica_id OPERATOR(pg_catalog.<>) $2 "
-					  "     AND rv.serial OPERATOR(pg_catalog.>) coalesce(v.serial, 0) "
-					  "   GROUP BY rv.replica_id) a), '{}'))",
-					  3, types, values, NULL, SPI_OK_SELECT);
+	plan = SPI_prepare("SELECT pg_catalog.jsonb_build_object('vector', "
+					   "  coalesce((SELECT pg_catalog.jsonb_object_agg(v.replica_id::text, v.serial) "
+					   "            FROM replstamp.vector v WHERE v.replica_id OPERATOR(pg_catalog.<>) $2), '{}') "
+					   "  OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object($2::text, $3), "
+					   "'also', coalesce((SELECT pg_catalog.jsonb_object_agg(a.replica_id::text, a.serials) FROM ("
+					   "  SELECT rv.replica_id, pg_catalog.jsonb_agg(rv.serial ORDER BY rv.serial) AS serials "
+					   "    FROM replstamp.row_version rv LEFT JOIN replstamp.vector v "
+					   "      ON v.replica_id OPERATOR(pg_catalog.=) rv.replica_id "
+					   "   WHERE rv.relation OPERATOR(pg_catalog.=) $1 AND NOT rv.deleted "
+					   "     AND rv.replica_id OPERATOR(pg_catalog.<>) $2 "
+					   "     AND rv.serial OPERATOR(pg_catalog.>) coalesce(v.serial, 0) "
+					   "   GROUP BY rv.replica_id) a), '{}'))",
+					   3, types);
+	if (plan == NULL ||
+		SPI_execute_snapshot(plan, values, NULL, GetLatestSnapshot(), InvalidSnapshot,
+							 true, false, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "replstamp: could not read what this node holds of table \"%s\"",
+			 text_to_cstring(change->relation));
 	old = MemoryContextSwitchTo(caller);
 	image = DatumGetJsonbPCopy(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	MemoryContextSwitchTo(old);

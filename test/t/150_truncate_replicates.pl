@@ -13,7 +13,9 @@
 #   4. writers on b and c insert and update while a truncates: all three
 #      end with the same rows and change logs, and verify() finds no
 #      difference;
-#   5. a prune keeps the TRUNCATE: a node that joins later gets the rows
+#   5. a TRUNCATE in a REPEATABLE READ transaction covers a row pulled
+#      after its snapshot was taken (TRUNCATE removes it all the same);
+#   6. a prune keeps the TRUNCATE: a node that joins later gets the rows
 #      it covers and the TRUNCATE, and holds what the others hold.
 use strict;
 use warnings;
@@ -124,7 +126,33 @@ is(sq($_, q{SELECT v FROM t WHERE id = 9999}), 'b after', $_->name . ': a row wr
 is(sq($a, q{SELECT count(*) FROM replstamp.verify('b')}), '0', 'verify() finds no difference between a and b');
 is(sq($c, q{SELECT count(*) FROM replstamp.verify('a', deep => true)}), '0', 'nor a deep one between c and a');
 
-# 5. A prune keeps the TRUNCATE for a late joiner.
+# 5. A TRUNCATE in a REPEATABLE READ transaction whose snapshot is older
+# than a sync that brought a row of the table: TRUNCATE removes the row
+# whatever the snapshot, and its change must cover the row's version.
+sq($a, 'CREATE TABLE gate (x int)');
+my ($outh, $outr) = ('', '');
+my $holder = psql_start($a, q{SELECT pg_advisory_lock(42); DO $$ BEGIN
+	WHILE NOT EXISTS (SELECT 1 FROM gate) LOOP PERFORM pg_sleep(0.01); END LOOP; END $$}, \$outh);
+$a->poll_query_until('postgres', q{SELECT count(*) = 1 FROM pg_locks WHERE locktype = 'advisory' AND objid = 42 AND granted})
+  or die 'the advisory lock was never taken';
+my $rr = psql_start($a, q{BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM t;
+	SELECT pg_advisory_lock(42); TRUNCATE t; COMMIT}, \$outr);
+$a->poll_query_until('postgres', q{SELECT count(*) = 1 FROM pg_locks WHERE locktype = 'advisory' AND objid = 42 AND NOT granted})
+  or die 'the REPEATABLE READ transaction never waited';
+sq($b, q{UPDATE t SET v = 'pulled after the snapshot' WHERE id = 9999});
+sq($a, q{SELECT replstamp.sync('b')});
+is(sq($a, 'SELECT v FROM t WHERE id = 9999'), 'pulled after the snapshot', 'a pulled the update after the snapshot was taken');
+sq($a, 'INSERT INTO gate VALUES (1)');
+$holder->finish;
+$rr->finish;
+like($outr, qr/COMMIT/, 'the REPEATABLE READ transaction truncated and committed');
+sync_round();
+sync_round();
+wait_converged(\@nodes, ['t'], 'a TRUNCATE in an older snapshot');
+is(sq($_, 'SELECT count(*) FROM t WHERE id = 9999'), '0',
+	$_->name . ': the row pulled after the snapshot, before the TRUNCATE, is gone') for @nodes;
+
+# 6. A prune keeps the TRUNCATE for a late joiner.
 sq($_, 'SELECT replstamp.prune()') for @nodes;
 my $d = replstamp_node('d', template => 1, conf => ['replstamp.prune_interval = 0'], sql => $schema);
 add_peer($d, 'a', $a);
