@@ -47,6 +47,12 @@ SELECT replstamp.untrack('plain');
 
 -- The trigger function is not callable directly.
 SELECT replstamp.stamp();
+-- The TRUNCATE trigger only as track() installs it.
+CREATE TABLE by_hand (id int PRIMARY KEY);
+CREATE TRIGGER by_hand AFTER TRUNCATE ON by_hand
+    FOR EACH STATEMENT EXECUTE FUNCTION replstamp.refuse_truncate();
+TRUNCATE by_hand;
+DROP TABLE by_hand;
 
 -- Nothing above left a trigger behind on a refused table, nor registered
 -- it or asked for a backfill.
