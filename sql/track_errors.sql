@@ -41,6 +41,9 @@ SELECT count(*) FROM "Odd ""name""";
 SELECT relation, op, pk = jsonb_build_object('', replica_id || '/' || serial) AS own_key,
        row_image ? 'vector' AS covers
   FROM replstamp.changes WHERE relation LIKE '%Odd%' ORDER BY serial;
+-- TRUNCATE of a partitioned table stamps each tracked partition.
+TRUNCATE parted;
+SELECT relation, op FROM replstamp.changes WHERE relation LIKE '%parted%' ORDER BY serial;
 
 CREATE TABLE plain (id int PRIMARY KEY);
 SELECT replstamp.untrack('plain');
