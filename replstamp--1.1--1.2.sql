@@ -621,3 +621,17 @@ COMMENT ON VIEW replstamp.tracked IS
     'deprecated since 1.2, removed in the next release: read replstamp.tracked_table';
 REVOKE ALL ON replstamp.tracked FROM PUBLIC;
 GRANT SELECT ON replstamp.tracked TO PUBLIC;
+
+/*
+ * TRUNCATE of a tracked table is stamped instead of refused (src/stamp.c,
+ * src/rowversion.c, "TRUNCATE"): one change per table, op TRUNCATE, whose
+ * row_image says which versions of the table's rows the truncating node
+ * held ({"vector": {id: serial}, "also": {id: [serial]}}), and whose pk is
+ * a key of its own that no row has ({"": "id/serial"}).  The trigger
+ * replstamp_refuse_truncate and its function keep their 1.0 names.
+ */
+ALTER TABLE replstamp.changes DROP CONSTRAINT changes_op_check;
+ALTER TABLE replstamp.changes ADD CONSTRAINT changes_op_check
+    CHECK (op IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE'));
+COMMENT ON FUNCTION replstamp.refuse_truncate() IS
+    'BEFORE TRUNCATE trigger of tracked tables: stamps the TRUNCATE as one change (named when it refused)';

@@ -35,14 +35,27 @@ SELECT replstamp.track('"Odd ""name"""');
 SELECT replstamp.track('"Odd ""name"""');   -- already tracked
 INSERT INTO "Odd ""name""" VALUES (1);
 SELECT relation FROM replstamp.changes WHERE relation LIKE '%Odd%';
+-- TRUNCATE is stamped as one change of its own (since 1.2).
 TRUNCATE "Odd ""name""";
 SELECT count(*) FROM "Odd ""name""";
+SELECT relation, op, pk = jsonb_build_object('', replica_id || '/' || serial) AS own_key,
+       row_image ? 'vector' AS covers
+  FROM replstamp.changes WHERE relation LIKE '%Odd%' ORDER BY serial;
+-- TRUNCATE of a partitioned table stamps each tracked partition.
+TRUNCATE parted;
+SELECT relation, op FROM replstamp.changes WHERE relation LIKE '%parted%' ORDER BY serial;
 
 CREATE TABLE plain (id int PRIMARY KEY);
 SELECT replstamp.untrack('plain');
 
 -- The trigger function is not callable directly.
 SELECT replstamp.stamp();
+-- The TRUNCATE trigger only as track() installs it.
+CREATE TABLE by_hand (id int PRIMARY KEY);
+CREATE TRIGGER by_hand AFTER TRUNCATE ON by_hand
+    FOR EACH STATEMENT EXECUTE FUNCTION replstamp.refuse_truncate();
+TRUNCATE by_hand;
+DROP TABLE by_hand;
 
 -- Nothing above left a trigger behind on a refused table, nor registered
 -- it or asked for a backfill.

@@ -1645,6 +1645,84 @@ apply_to_table(ApplySession *s, ApplyTable *t, Change *change, bool nowait)
 	return outcome;
 }
 
+/* What truncate_row() needs. */
+typedef struct TruncateArg
+{
+	ApplySession *s;
+	ApplyTable *t;
+	Datum	   *keyvalues;
+	bool	   *keynulls;
+} TruncateArg;
+
+/* Delete from its table one row a TRUNCATE covers, as the table's owner. */
+static void
+truncate_row(Jsonb *key, void *arg)
+{
+	TruncateArg *a = arg;
+	ApplyTable *t = a->t;
+	int			natts = RelationGetDescr(t->rel)->natts;
+	ReplstampOwnerContext uctx;
+
+	dbaccess_become_untrusted(t->owner, &uctx);
+	memset(a->keynulls, false, sizeof(bool) * natts);
+	rowimage_decode_key(t->layout, key, a->keyvalues, a->keynulls);
+	if (lock_key(t, a->keyvalues, a->keynulls, natts, false) == ROW_LOCKED)
+	{
+		PushActiveSnapshot(GetLatestSnapshot());
+		t->estate->es_output_cid = GetCurrentCommandId(true);
+		AfterTriggerBeginQuery();
+		constraints_note_write(a->s->cons, t->rel, t->localslot, NULL);
+		ExecSimpleRelationDelete(t->rri, t->estate, &t->epq, t->localslot);
+		stamp_skip_tuple(t->relid, &t->localslot->tts_tid);
+		AfterTriggerEndQuery(t->estate);
+		stamp_skip_clear();
+		PopActiveSnapshot();
+		ResetPerTupleExprContext(t->estate);
+	}
+	dbaccess_restore_user(&uctx);
+}
+
+/*
+ * Apply a TRUNCATE to its table t: every row whose latest version the
+ * truncating node held is deleted, the others stay (rowversion.c,
+ * "TRUNCATE").  The table is locked EXCLUSIVE first, so that no local
+ * transaction holds or writes one of its rows while the rows are deleted
+ * one by one (with nowait, APPLY_BUSY if one does).  Rows that have no
+ * version here (written before the table was tracked, and not backfilled)
+ * are not replicated rows, and stay.
+ */
+static ApplyOutcome
+apply_truncate(ApplySession *s, ApplyTable *t, Change *change, bool nowait)
+{
+	TruncateArg a;
+	int			natts;
+
+	Assert(CurrentMemoryContext == s->row_cxt);
+	table_open_page(s, t);
+	if (nowait)
+	{
+		if (!ConditionalLockRelationOid(t->relid, ExclusiveLock))
+			return APPLY_BUSY;
+	}
+	else
+		LockRelationOid(t->relid, ExclusiveLock);
+
+	/* Local changes of the table are all committed now: record them. */
+	rowversion_reconcile(s->rvw, s->reconcile);
+	s->rvw->superseding = NULL;
+	natts = RelationGetDescr(t->rel)->natts;
+	a.s = s;
+	a.t = t;
+	a.keyvalues = palloc0(sizeof(Datum) * Max(natts, 1));
+	a.keynulls = palloc0(sizeof(bool) * Max(natts, 1));
+	(void) rowversion_truncate(s->rvw, change, truncate_row, &a);
+
+	change->applied = true;
+	changelog_append(s->cat, change);
+	serial_clock_seen(change->changed_at);
+	return APPLY_NEW;
+}
+
 /*
  * Does the log hold the change already?  The log's highest serial of each
  * replica ID is looked up once per sync and raised as the sync appends, so
@@ -1717,6 +1795,8 @@ apply_change(ApplySession *s, Change *change, bool nowait)
 
 			if (t->state == TABLE_IGNORED)
 				outcome = APPLY_IGNORED;
+			else if (change->op == 'T')
+				outcome = apply_truncate(s, t, change, nowait);
 			else
 				outcome = apply_to_table(s, t, change, nowait);
 		}

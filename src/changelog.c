@@ -62,7 +62,7 @@ static LocalTransactionId locked_lxid = InvalidLocalTransactionId;
 static SubTransactionId locked_subid = InvalidSubTransactionId;
 static Oid	locked_relid = InvalidOid;
 
-static text *op_texts[3] = {NULL, NULL, NULL};
+static text *op_texts[4] = {NULL, NULL, NULL, NULL};
 
 static void
 changes_relcache_callback(Datum arg, Oid relid)
@@ -91,12 +91,14 @@ changelog_op_name(char op)
 			return "UPDATE";
 		case 'D':
 			return "DELETE";
+		case 'T':
+			return "TRUNCATE";
 	}
 	elog(ERROR, "replstamp: unknown operation code %d", op);
 	return NULL;				/* keep compiler quiet */
 }
 
-/* 'I', 'U', 'D', or 0 for anything else. */
+/* 'I', 'U', 'D', 'T', or 0 for anything else. */
 char
 changelog_op_code(const char *name, int len)
 {
@@ -106,13 +108,15 @@ changelog_op_code(const char *name, int len)
 		return 'U';
 	if (len == 6 && memcmp(name, "DELETE", 6) == 0)
 		return 'D';
+	if (len == 8 && memcmp(name, "TRUNCATE", 8) == 0)
+		return 'T';
 	return 0;
 }
 
 static text *
 op_text(char op)
 {
-	int			i = (op == 'I') ? 0 : (op == 'U') ? 1 : 2;
+	int			i = (op == 'I') ? 0 : (op == 'U') ? 1 : (op == 'D') ? 2 : 3;
 
 	if (op_texts[i] == NULL)
 	{

@@ -26,9 +26,11 @@ typedef struct Change
 	pg_uuid_t	replica_id;
 	int64		serial;
 	text	   *relation;		/* schema-qualified, canonical spelling */
-	char		op;				/* 'I', 'U' or 'D' */
-	Jsonb	   *pk;				/* the key before the change */
-	Jsonb	   *image;			/* the row after it; NULL for a DELETE */
+	char		op;				/* 'I', 'U', 'D' or 'T' (TRUNCATE) */
+	Jsonb	   *pk;				/* the key before the change; for a TRUNCATE,
+								 * a key no row has (rowversion.c) */
+	Jsonb	   *image;			/* the row after it; NULL for a DELETE; for a
+								 * TRUNCATE, what it covers (rowversion.c) */
 	TimestampTz changed_at;
 	bool		applied;		/* pulled from a peer */
 	ItemPointerData tid;		/* where it is in the log, when read from it */

@@ -109,6 +109,7 @@
 #include "dbaccess.h"
 #include "errors.h"
 #include "identity.h"
+#include "rowimage.h"
 #include "rowversion.h"
 #include "serial.h"
 #include "shmem.h"
@@ -365,11 +366,17 @@ identity_reissue(const ReplstampCatalog *cat, const pg_uuid_t *old_id,
 	MemoryContext cxt,
 				old;
 
+	int64	   *new_serials;
+	text	  **relations;
+
 	list.max = 64;
 	list.n = 0;
 	list.serials = palloc(sizeof(int64) * list.max);
 	(void) changelog_scan(cat, old_id, from_serial - 1, to_serial, false,
 						  collect_serial, &list);
+	/* What each became, and of which table: a TRUNCATE covers them. */
+	new_serials = palloc0(sizeof(int64) * Max(list.n, 1));
+	relations = palloc0(sizeof(text *) * Max(list.n, 1));
 
 	cxt = AllocSetContextCreate(CurrentMemoryContext, "replstamp re-issue",
 								ALLOCSET_DEFAULT_SIZES);
@@ -386,6 +393,25 @@ identity_reissue(const ReplstampCatalog *cat, const pg_uuid_t *old_id,
 			copy.replica_id = *new_id;
 			copy.serial = serial_take(cat->serial_seq);
 			copy.applied = false;
+			if (change.op == 'T')
+			{
+				int64	   *olds = palloc(sizeof(int64) * Max(i, 1));
+				int64	   *news = palloc(sizeof(int64) * Max(i, 1));
+				int			k = 0;
+
+				for (int j = 0; j < i; j++)
+					if (relations[j] && rowimage_bytes_equal(relations[j], change.relation))
+					{
+						olds[k] = list.serials[j];
+						news[k++] = new_serials[j];
+					}
+				copy.image = rowversion_truncate_reissued(change.image, old_id, from_serial,
+														  new_id, olds, news, k);
+			}
+			new_serials[i] = copy.serial;
+			MemoryContextSwitchTo(old);
+			relations[i] = DatumGetTextPCopy(PointerGetDatum(change.relation));
+			MemoryContextSwitchTo(cxt);
 			changelog_append(cat, &copy);
 			rowversion_restamp(cat, &change, new_id, copy.serial);
 			(void) changelog_delete(cat, old_id, list.serials[i]);
@@ -395,6 +421,11 @@ identity_reissue(const ReplstampCatalog *cat, const pg_uuid_t *old_id,
 	}
 	MemoryContextDelete(cxt);
 	pfree(list.serials);
+	pfree(new_serials);
+	for (int i = 0; i < list.n; i++)
+		if (relations[i])
+			pfree(relations[i]);
+	pfree(relations);
 	return list.n;
 }
 

@@ -109,7 +109,8 @@ rowversion_change_rows(Change *change, ChangeRow *rows)
 
 	rows[0].key = change->pk;
 	rows[0].hash = rowimage_row_hash(rel, len, change->pk);
-	rows[0].deleted = (change->op == 'D');
+	/* A TRUNCATE's own entry, under a key no row has: a tombstone. */
+	rows[0].deleted = (change->op == 'D' || change->op == 'T');
 	if (change->op != 'U' || !rowimage_key_changed(change->pk, change->image))
 		return 1;
 	rows[1].key = rowimage_key_of(change->pk, change->image);
@@ -554,6 +555,219 @@ rowversion_restamp(const ReplstampCatalog *cat, Change *change,
 }
 
 /* ---------------------------------------------------------------------
+ * TRUNCATE
+ *
+ * A TRUNCATE of a tracked table is one change.  Its image says which
+ * versions of the table's rows the truncating node held when it
+ * truncated: {"vector": {id: serial, ...}, "also": {id: [serial, ...]}},
+ * every serial of id up to the vector's entry and the listed ones above
+ * it (held by a sync that had not finished).  On every node, a row whose
+ * latest version is covered is deleted; one whose latest version is not
+ * covered (written where the truncating node had not seen it yet) stays.
+ * The row's row_version entry keeps its version and becomes a tombstone:
+ * a version not covered, arriving later, wins or loses against it as it
+ * would have without the TRUNCATE, so every node ends with the same rows
+ * whatever the order of arrival.  Every covered version was held by the
+ * truncating node, so causal order brings it to each node before the
+ * TRUNCATE.
+ *
+ * The TRUNCATE itself has an entry of its own, a tombstone under a key no
+ * row has ({"": "id/serial"}: no column is named ""), so that pruning
+ * keeps it as long as a tombstone (a late joiner still gets the versions
+ * it covers, and must get it too), and no later change supersedes it.
+ * ---------------------------------------------------------------------
+ */
+
+/* The key of a TRUNCATE's own row_version entry. */
+Jsonb *
+rowversion_truncate_key(const pg_uuid_t *id, int64 serial)
+{
+	char	   *json = psprintf("{\"\": \"%s/" INT64_FORMAT "\"}", catalog_uuid_text(id), serial);
+
+	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(json)));
+}
+
+/* Is key a TRUNCATE's own (an object whose one member is named "")? */
+bool
+rowversion_is_truncate_key(Jsonb *key)
+{
+	JsonbValue	k;
+
+	if (!JB_ROOT_IS_OBJECT(key) || JB_ROOT_IS_SCALAR(key) || JB_ROOT_COUNT(key) != 1)
+		return false;
+	k.type = jbvString;
+	k.val.string.val = "";
+	k.val.string.len = 0;
+	return findJsonbValueFromContainer(&key->root, JB_FOBJECT, &k) != NULL;
+}
+
+/* The member name of an object, or NULL. */
+static JsonbValue *
+image_member(JsonbContainer *c, const char *name)
+{
+	JsonbValue	k;
+
+	k.type = jbvString;
+	k.val.string.val = unconstify(char *, name);
+	k.val.string.len = strlen(name);
+	return findJsonbValueFromContainer(c, JB_FOBJECT, &k);
+}
+
+/* Does a TRUNCATE's image cover the version (id, serial)? */
+static bool
+truncate_covers(Jsonb *image, const char *id, int64 serial)
+{
+	JsonbValue *part = image_member(&image->root, "vector");
+	JsonbValue *v;
+	JsonbValue	num;
+
+	if (part && part->type == jbvBinary &&
+		(v = image_member(part->val.binary.data, id)) != NULL && v->type == jbvNumeric &&
+		serial <= DatumGetInt64(DirectFunctionCall1(numeric_int8, NumericGetDatum(v->val.numeric))))
+		return true;
+	part = image_member(&image->root, "also");
+	if (part == NULL || part->type != jbvBinary ||
+		(v = image_member(part->val.binary.data, id)) == NULL || v->type != jbvBinary)
+		return false;
+	num.type = jbvNumeric;
+	num.val.numeric = DatumGetNumeric(DirectFunctionCall1(int8_numeric, Int64GetDatum(serial)));
+	return findJsonbValueFromContainer(v->val.binary.data, JB_FARRAY, &num) != NULL;
+}
+
+/* image with the member path[0].path[1] set to the JSON value json. */
+static Jsonb *
+image_set(Jsonb *image, const char *outer, const char *inner, const char *json)
+{
+	Datum		path[2];
+
+	path[0] = CStringGetTextDatum(outer);
+	path[1] = CStringGetTextDatum(inner);
+	return DatumGetJsonbP(DirectFunctionCall4(jsonb_set, JsonbPGetDatum(image),
+											  PointerGetDatum(construct_array(path, 2, TEXTOID, -1, false, TYPALIGN_INT)),
+											  DirectFunctionCall1(jsonb_in, CStringGetDatum(json)),
+											  BoolGetDatum(true)));
+}
+
+/*
+ * A rotation re-issues a TRUNCATE (identity.c) with the changes of old_id
+ * from serial from on: those stamps are dropped, and where the history of
+ * old_id parted (a node put back in time), other changes carry them.  So
+ * the TRUNCATE covers old_id only below from; and the changes of its
+ * table re-issued before it, n of them, which had the stamps (old_id,
+ * old_serials[i]) and now have (new_id, new_serials[i]), are listed by
+ * their new stamps where it covered their old ones.  Its key stays the
+ * old one: a key of its own still.
+ */
+Jsonb *
+rowversion_truncate_reissued(Jsonb *image, const pg_uuid_t *old_id, int64 from,
+							 const pg_uuid_t *new_id,
+							 const int64 *old_serials, const int64 *new_serials, int n)
+{
+	char	   *old_text = catalog_uuid_text(old_id);
+	Jsonb	   *result = image;
+	StringInfoData buf;
+	bool		any = false;
+
+	if (truncate_covers(image, old_text, from))
+		result = image_set(result, "vector", old_text, psprintf(INT64_FORMAT, from - 1));
+	initStringInfo(&buf);
+	appendStringInfoChar(&buf, '[');
+	for (int i = 0; i < n; i++)
+		if (new_serials[i] > 0 && truncate_covers(image, old_text, old_serials[i]))
+		{
+			appendStringInfo(&buf, "%s" INT64_FORMAT, any ? ", " : "", new_serials[i]);
+			any = true;
+		}
+	appendStringInfoChar(&buf, ']');
+	if (any)
+		result = image_set(result, "also", catalog_uuid_text(new_id), buf.data);
+	return result;
+}
+
+/* The rows of a table whose latest version a TRUNCATE's image covers. */
+#define COVERED_ROWS \
+	"SELECT rv.pk, rv.row_hash FROM replstamp.row_version rv " \
+	"WHERE rv.relation OPERATOR(pg_catalog.=) $1 AND NOT rv.deleted " \
+	"AND (rv.serial OPERATOR(pg_catalog.<=) coalesce((($2 OPERATOR(pg_catalog.->) 'vector') " \
+	"      OPERATOR(pg_catalog.->>) rv.replica_id::text)::bigint, 0) " \
+	"  OR coalesce(($2 OPERATOR(pg_catalog.->) 'also') OPERATOR(pg_catalog.->) rv.replica_id::text, '[]') " \
+	"      OPERATOR(pg_catalog.@>) pg_catalog.to_jsonb(rv.serial))"
+
+/*
+ * Apply a TRUNCATE to row_version: every live row whose latest version
+ * the change covers becomes a tombstone of that version, after callback
+ * (if any) was called with its key (the apply deletes the row from its
+ * table there); then the TRUNCATE's own entry.  Returns the rows covered.
+ * Rows are read through a cursor, a batch at a time, each in a memory
+ * context reset after it.
+ */
+int64
+rowversion_truncate(RowVersionWriter *w, Change *change,
+					RowVersionTruncateCallback callback, void *arg)
+{
+	ReplstampOwnerContext ctx;
+	MemoryContext caller = CurrentMemoryContext;
+	MemoryContext rowcxt = AllocSetContextCreate(caller, "replstamp truncate row",
+												 ALLOCSET_DEFAULT_SIZES);
+	Oid			types[2] = {TEXTOID, JSONBOID};
+	Datum		values[2];
+	Portal		portal;
+	int64		covered = 0;
+	ChangeRow	own[2];
+	RowVersion	cur;
+	Version		v;
+
+	Assert(change->op == 'T' && change->image != NULL);
+	values[0] = PointerGetDatum(change->relation);
+	values[1] = JsonbPGetDatum(change->image);
+	dbaccess_become_owner(&ctx);
+	SPI_connect();
+	portal = SPI_cursor_open_with_args(NULL, COVERED_ROWS, 2, types, values, NULL, false, 0);
+	for (;;)
+	{
+		SPI_cursor_fetch(portal, true, 1000);
+		if (SPI_processed == 0)
+			break;
+		for (uint64 i = 0; i < SPI_processed; i++)
+		{
+			HeapTuple	tup = SPI_tuptable->vals[i];
+			bool		isnull;
+			ChangeRow	row;
+			MemoryContext old = MemoryContextSwitchTo(rowcxt);
+
+			CHECK_FOR_INTERRUPTS();
+			row.key = DatumGetJsonbPCopy(SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull));
+			row.hash = DatumGetInt64(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull));
+			row.deleted = true;
+			if (callback)
+				callback(row.key, arg);
+			rowversion_get(w, change->relation, &row, &cur);
+			if (cur.found && !cur.deleted)
+			{
+				rowversion_put(w, change->relation, &row, &cur, &cur.v, true, NULL, NIL);
+				covered++;
+			}
+			MemoryContextSwitchTo(old);
+			MemoryContextReset(rowcxt);
+		}
+		SPI_freetuptable(SPI_tuptable);
+	}
+	SPI_cursor_close(portal);
+	SPI_finish();
+	dbaccess_restore_user(&ctx);
+	MemoryContextDelete(rowcxt);
+
+	(void) rowversion_change_rows(change, own);
+	v.changed_at = change->changed_at;
+	v.replica_id = change->replica_id;
+	v.serial = change->serial;
+	rowversion_get(w, change->relation, &own[0], &cur);
+	if (!cur.found)
+		rowversion_put(w, change->relation, &own[0], &cur, &v, true, NULL, NIL);
+	return covered;
+}
+
+/* ---------------------------------------------------------------------
  * Reconciling the changes stamped here
  * ---------------------------------------------------------------------
  */
@@ -631,14 +845,21 @@ typedef struct Pending
 {
 	MemoryContext cxt;
 	HTAB	   *rows;
+	RowVersionWriter *w;		/* where they are written */
+	MemoryContext parent;		/* of cxt: the reconciliation's */
 } Pending;
 
+static void pending_write(Pending *pd, RowVersionWriter *w);
+
 static void
-pending_begin(Pending *pd)
+pending_begin(Pending *pd, RowVersionWriter *w)
 {
 	HASHCTL		ctl;
 
-	pd->cxt = AllocSetContextCreate(CurrentMemoryContext, "replstamp reconcile",
+	if (pd->w == NULL)
+		pd->parent = CurrentMemoryContext;
+	pd->w = w;
+	pd->cxt = AllocSetContextCreate(pd->parent, "replstamp reconcile",
 									ALLOCSET_DEFAULT_SIZES);
 	ctl.keysize = sizeof(int64);
 	ctl.entrysize = sizeof(PendingRow);
@@ -647,13 +868,26 @@ pending_begin(Pending *pd)
 						   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 }
 
-/* Note one local change, for each of its rows if it is the latest met. */
+/*
+ * Note one local change, for each of its rows if it is the latest met.  A
+ * TRUNCATE is recorded at once, after the rows noted before it: the rows
+ * it covers are those written before it.
+ */
 static void
 pending_add(Pending *pd, Change *change)
 {
 	ChangeRow	rows[2];
-	int			n = rowversion_change_rows(change, rows);
+	int			n;
 	Version		v;
+
+	if (change->op == 'T')
+	{
+		pending_write(pd, pd->w);
+		(void) rowversion_truncate(pd->w, change, NULL, NULL);
+		pending_begin(pd, pd->w);
+		return;
+	}
+	n = rowversion_change_rows(change, rows);
 
 	v.changed_at = change->changed_at;
 	v.replica_id = change->replica_id;
@@ -816,7 +1050,8 @@ rowversion_reconcile(RowVersionWriter *w, ReconcileState *st)
 	/* A serial in flight now may commit without another being taken. */
 	st->inflight = lus < next;
 
-	pending_begin(&pd);
+	pd.w = NULL;
+	pending_begin(&pd, w);
 	for (int i = 0; i < st->nids; i++)
 	{
 		OwnIdState *o = &st->ids[i];

@@ -106,6 +106,15 @@ extern void rowversion_set_carry(RowVersionWriter *w, text *relation, ChangeRow 
 extern void rowversion_restamp(const ReplstampCatalog *cat, Change *change,
 							   const pg_uuid_t *new_id, int64 new_serial);
 
+/* Called for each row a TRUNCATE deletes, before row_version records it. */
+typedef void (*RowVersionTruncateCallback) (Jsonb *key, void *arg);
+extern Jsonb *rowversion_truncate_key(const pg_uuid_t *id, int64 serial);
+extern bool rowversion_is_truncate_key(Jsonb *key);
+extern Jsonb *rowversion_truncate_reissued(Jsonb *image, const pg_uuid_t *old_id, int64 from,
+										   const pg_uuid_t *new_id, const int64 *old_serials,
+										   const int64 *new_serials, int n);
+extern int64 rowversion_truncate(RowVersionWriter *w, Change *change,
+								 RowVersionTruncateCallback callback, void *arg);
 extern void rowversion_lock(void);
 extern void rowversion_unlock(void);
 extern bool rowversion_lock_held(void);

@@ -45,6 +45,7 @@
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
+#include "utils/snapmgr.h"
 
 #include "backfill.h"
 #include "catalog.h"
@@ -222,22 +223,108 @@ replstamp_stamp(PG_FUNCTION_ARGS)
 }
 
 /*
- * replstamp.refuse_truncate(): BEFORE TRUNCATE FOR EACH STATEMENT.
- * TRUNCATE fires no row triggers, so it would remove rows without a stamp.
+ * What this node holds of the rows of a table it truncates, as the
+ * TRUNCATE's image (rowversion.c, "TRUNCATE"): its vector, with its own
+ * current ID at the serial before the TRUNCATE's, and the versions of the
+ * table's live rows it holds above its vector (a sync still under way).
+ * Read in the latest snapshot, not the transaction's: TRUNCATE removes
+ * every row committed by now, whatever the isolation level, and a sync's
+ * page that wrote one committed before the table's lock was granted.
+ */
+static Jsonb *
+truncate_coverage(Change *change)
+{
+	ReplstampOwnerContext ctx;
+	Oid			types[3] = {TEXTOID, UUIDOID, INT8OID};
+	Datum		values[3];
+	Jsonb	   *image;
+	bool		isnull;
+	MemoryContext caller = CurrentMemoryContext;
+	MemoryContext old;
+	SPIPlanPtr	plan;
+
+	values[0] = PointerGetDatum(change->relation);
+	values[1] = UUIDPGetDatum(&change->replica_id);
+	values[2] = Int64GetDatum(change->serial - 1);
+	dbaccess_become_owner(&ctx);
+	SPI_connect();
+	plan = SPI_prepare("SELECT pg_catalog.jsonb_build_object('vector', "
+					   "  coalesce((SELECT pg_catalog.jsonb_object_agg(v.replica_id::text, v.serial) "
+					   "            FROM replstamp.vector v WHERE v.replica_id OPERATOR(pg_catalog.<>) $2), '{}') "
+					   "  OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object($2::text, $3), "
+					   "'also', coalesce((SELECT pg_catalog.jsonb_object_agg(a.replica_id::text, a.serials) FROM ("
+					   "  SELECT rv.replica_id, pg_catalog.jsonb_agg(rv.serial ORDER BY rv.serial) AS serials "
+					   "    FROM replstamp.row_version rv LEFT JOIN replstamp.vector v "
+					   "      ON v.replica_id OPERATOR(pg_catalog.=) rv.replica_id "
+					   "   WHERE rv.relation OPERATOR(pg_catalog.=) $1 AND NOT rv.deleted "
+					   "     AND rv.replica_id OPERATOR(pg_catalog.<>) $2 "
+					   "     AND rv.serial OPERATOR(pg_catalog.>) coalesce(v.serial, 0) "
+					   "   GROUP BY rv.replica_id) a), '{}'))",
+					   3, types);
+	if (plan == NULL ||
+		SPI_execute_snapshot(plan, values, NULL, GetLatestSnapshot(), InvalidSnapshot,
+							 true, false, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "replstamp: could not read what this node holds of table \"%s\"",
+			 text_to_cstring(change->relation));
+	old = MemoryContextSwitchTo(caller);
+	image = DatumGetJsonbPCopy(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	MemoryContextSwitchTo(old);
+	SPI_finish();
+	dbaccess_restore_user(&ctx);
+	return image;
+}
+
+/*
+ * replstamp.refuse_truncate(): BEFORE TRUNCATE FOR EACH STATEMENT.  (Named
+ * in 1.0, when it refused; since 1.2 it stamps.)  TRUNCATE fires no row
+ * triggers: the rows it removes are stamped as one change, which says
+ * what this node held of them (rowversion.c, "TRUNCATE").  TRUNCATE has
+ * locked the table ACCESS EXCLUSIVE before its triggers fire, so every
+ * change of it stamped here with a lower serial has committed or is this
+ * transaction's, and every later one comes after it.  With CASCADE, or
+ * several tables, each tracked table gets a change of its own, in the
+ * same transaction.  On the 1.1 catalog (before ALTER EXTENSION UPDATE)
+ * the change cannot be recorded, and TRUNCATE is refused as before.
  */
 Datum
 replstamp_refuse_truncate(PG_FUNCTION_ARGS)
 {
 	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	Relation	rel;
+	const ReplstampCatalog *cat;
+	Change		change;
 
 	check_trigger_call(fcinfo, "replstamp.refuse_truncate");
-	ereport(ERROR,
-			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-			 errmsg("cannot truncate table \"%s\" because it is tracked by replstamp",
-					RelationGetRelationName(trigdata->tg_relation)),
-			 errdetail("TRUNCATE removes rows without stamping the change, so peers would never learn of it."),
-			 errhint("Use DELETE, or stop tracking the table first with replstamp.untrack().")));
-	PG_RETURN_NULL();
+	if (!TRIGGER_FIRED_BEFORE(trigdata->tg_event) ||
+		!TRIGGER_FIRED_FOR_STATEMENT(trigdata->tg_event) ||
+		!TRIGGER_FIRED_BY_TRUNCATE(trigdata->tg_event))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("replstamp.refuse_truncate() must be fired BEFORE TRUNCATE ... FOR EACH STATEMENT"),
+				 errhint("Use replstamp.track() to install it.")));
+	rel = trigdata->tg_relation;
+	cat = catalog_get(false);
+	if (!cat->v12)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cannot truncate table \"%s\" because it is tracked by replstamp",
+						RelationGetRelationName(rel)),
+				 errdetail("This database still has the catalog of replstamp 1.1, which cannot record a TRUNCATE."),
+				 errhint("Run ALTER EXTENSION replstamp UPDATE, or use DELETE.")));
+
+	/* A restored copy must not stamp with its old ID. */
+	identity_ensure_verified();
+	change.op = 'T';
+	change.relation = rowimage_layout(rel)->relname_text;
+	change.changed_at = serial_stamp_time();
+	change.applied = false;
+	change.serial = serial_take(cat->serial_seq);
+	change.replica_id = catalog_node()->replica_id;
+	change.pk = rowversion_truncate_key(&change.replica_id, change.serial);
+	change.image = truncate_coverage(&change);
+	changelog_append(cat, &change);
+	wakeup_stamped(&change.replica_id, change.serial);
+	return PointerGetDatum(NULL);
 }
 
 static bool

@@ -764,6 +764,13 @@ parse_row(SyncRun *r, PGresult *res, Change *c, int64 *group, bool *single)
 	}
 	c->pk = parse_jsonb(r, res, 4, "pk");
 	c->image = c->op == 'D' ? NULL : parse_jsonb(r, res, 5, "row_image");
+	/* A TRUNCATE's key is one no row has (rowversion.c). */
+	if (c->op == 'T' &&
+		(!rowversion_is_truncate_key(c->pk) ||
+		 !JB_ROOT_IS_OBJECT(c->image) || JB_ROOT_IS_SCALAR(c->image)))
+		malformed(r, res, _("A TRUNCATE has a key a row could have, or an image that is not an object."));
+	if (c->op != 'T' && rowversion_is_truncate_key(c->pk))
+		malformed(r, res, _("A row change has the key of a TRUNCATE."));
 	c->changed_at = be_int64(PQgetvalue(res, 0, 6));
 	c->applied = true;
 	if (TIMESTAMP_NOT_FINITE(c->changed_at))

@@ -64,6 +64,10 @@ my ($id_a, $id_b) = (id_of($a), id_of($b));
 
 # 2. b runs 1.2.
 replace_binaries($b, $new);
+# The 1.1 catalog cannot record a TRUNCATE: the 1.2 library refuses it.
+my ($ret, $out, $err) = $b->psql('postgres', 'TRUNCATE accounts');
+like($err, qr/ERROR:  cannot truncate table "accounts" because it is tracked by replstamp\nDETAIL:  This database still has the catalog of replstamp 1\.1, which cannot record a TRUNCATE\.\nHINT:  Run ALTER EXTENSION replstamp UPDATE, or use DELETE\./,
+	'the 1.2 library on the 1.1 catalog refuses TRUNCATE of a tracked table, with a hint');
 sq($b, 'ALTER EXTENSION replstamp UPDATE');
 is(version_of($b), '1.2', 'b is updated to 1.2');
 is(id_of($b), $id_b, 'b keeps its replica ID');
@@ -105,6 +109,11 @@ is(pull($b, 'a'), '', 'b pulls a 1.2 transaction of a');
 is(sq($b, 'SELECT sum(balance) FROM accounts') . ' ' . sq($b, 'SELECT count(*) FROM accounts WHERE id <= 1500 AND balance <> 98 AND id <> 1'),
 	'300000 0', 'b holds it whole');
 is(state_of($b), state_of($a), 'and the same accounts as a');
+
+# Both updated: a TRUNCATE replicates.
+sq($a, 'TRUNCATE accounts');
+is(pull($b, 'a'), '', 'b pulls a TRUNCATE of a');
+is(sq($b, 'SELECT count(*) FROM accounts'), '0', 'and empties the table as a did');
 
 $_->stop for ($a, $b);
 done_testing();
