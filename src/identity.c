@@ -110,6 +110,7 @@
 #include "errors.h"
 #include "identity.h"
 #include "rowversion.h"
+#include "sequences.h"
 #include "serial.h"
 #include "shmem.h"
 #include "workers.h"
@@ -450,7 +451,8 @@ rotate_locked(const ReplstampCatalog *cat, const ReplstampNode *node,
 
 	Assert(IsTransactionState());
 
-	catalog_mint_uuid(new_id);
+	/* Its blocks of sequence values differ from every ID's known here. */
+	sequences_mint_id(new_id);
 
 	v1[0] = UUIDPGetDatum(&old_id);
 	v1[1] = CStringGetTextDatum(reason);
@@ -502,6 +504,12 @@ rotate_locked(const ReplstampCatalog *cat, const ReplstampNode *node,
 					  "minted_at = pg_catalog.now(), system_identifier = $3, timeline = $4, "
 					  "restore_fingerprint = $5",
 					  5, t2, v2, NULL, SPI_OK_UPDATE);
+
+	/*
+	 * Tracked sequences go to the new ID's block: whatever the old ID handed
+	 * out after a backup, this copy cannot know how far it went.
+	 */
+	sequences_move_all(new_id);
 
 	if (cat->v11)
 	{
@@ -831,7 +839,11 @@ identity_check(void)
 		Datum		values[1] = {UUIDPGetDatum(&replstamp_shared->start_token)};
 
 		if (!rotated)
+		{
 			mint_epoch(&node->replica_id, epoch_start(cat, &node->replica_id));
+			/* A sequence recorded under another ID (pg_restore) moves. */
+			sequences_move_all(&node->replica_id);
+		}
 		dbaccess_spi_exec("UPDATE replstamp.node SET verified_token = $1", 1, types, values, NULL,
 						  SPI_OK_UPDATE);
 		restore_clock_floor();
@@ -963,10 +975,31 @@ identity_verify_slow(void)
 	shmem_require();
 	if (cat->v11)
 	{
+		pg_uuid_t	before = catalog_node()->replica_id;
+
 		if (catalog_node()->verified)
 			return;
 		if (!verify_in_worker())
+		{
 			verify_in_xact();
+			return;
+		}
+
+		/*
+		 * The worker's rotation has committed, but this transaction may have
+		 * taken a value of a tracked sequence from the old ID's block before
+		 * the stamp that got here (a column default): a value the copy's
+		 * former self may have handed out after the backup.  Retrying gets
+		 * one of the new block.
+		 */
+		if (memcmp(before.data, catalog_node()->replica_id.data, UUID_LEN) != 0 &&
+			sequences_any_tracked())
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+					 errmsg("database \"%s\" took a new replica ID while this transaction ran",
+							get_database_name(MyDatabaseId)),
+					 errdetail("This data set was restored or copied; its tracked sequences were moved to the new ID's block, and this transaction may hold a value of the old one."),
+					 errhint("Retry the transaction.")));
 		return;
 	}
 

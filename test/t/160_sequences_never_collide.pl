@@ -1,0 +1,154 @@
+# IDs that never collide (issue 26, item 5): the sequences feeding tracked
+# tables (serial, bigserial, identity: tracking the table is enough) and a
+# sequence tracked with replstamp.track_sequence() hand out values no other
+# node hands out, and a node restored from an old backup, or cloned, never
+# hands out a value it or its former self gave.  Three nodes replicate
+# with the default settings while a writer on each inserts rows that take
+# their keys from the sequences; a duplicate key would show as a row lost
+# (last writer wins keeps one of the two) and as a conflict.
+#
+#   1. three nodes, concurrent writers: every row on every node, no
+#      conflict, the nodes' blocks differ;
+#   2. node a restored from a backup taken before round 1 (its former self
+#      handed out hundreds of values since): it moves to a new block, and
+#      a second round on a, b and c loses nothing;
+#   3. node c cloned by a plain pg_basebackup while it runs (the clone
+#      rotates at start, as backup_label.old gives it away): c and the
+#      clone write concurrently, nothing is lost;
+#   4. negative control: a table whose sequence is left out with
+#      untrack_sequence() loses rows in the same rounds, so the checks
+#      above would see a collision.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use ReplstampTest;
+require_programs('pg_basebackup');
+
+sub sq { my ($n, $sql) = @_; return $n->safe_psql('postgres', $sql); }
+
+my @TABLES = qw(s4 s8 ident orders);
+my $schema = q{
+	CREATE EXTENSION replstamp;
+	CREATE TABLE s4 (id serial PRIMARY KEY, origin text NOT NULL, n int NOT NULL);
+	CREATE TABLE s8 (id bigserial PRIMARY KEY, origin text NOT NULL, n int NOT NULL);
+	CREATE TABLE ident (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, origin text NOT NULL, n int NOT NULL);
+	CREATE SEQUENCE order_no;
+	CREATE TABLE orders (id bigint PRIMARY KEY DEFAULT nextval('order_no'), origin text NOT NULL, n int NOT NULL);
+	CREATE TABLE plain (id serial PRIMARY KEY, origin text NOT NULL, n int NOT NULL);
+	SELECT replstamp.untrack_sequence('plain_id_seq');   -- the negative control
+	SELECT replstamp.track(t) FROM unnest(ARRAY['s4', 's8', 'ident', 'orders', 'plain']::regclass[]) t;
+	SELECT replstamp.track_sequence('order_no');
+};
+my %node = map { $_ => replstamp_node($_, defaults => 1, init => { allows_streaming => 1 }, sql => $schema) } qw(a b c);
+add_mesh(@node{qw(a b c)});
+
+# One transaction per row of each table, $rows times, on every node of
+# @$writers at once; each row names its writer ($tag) and its number.
+sub write_round
+{
+	my ($writers, $rows) = @_;
+	my (@runs, %out);
+	for my $w (@$writers)
+	{
+		my ($n, $tag) = @$w;
+		# plain's own values collide here with rows pulled from other nodes.
+		my $body = join(' ', map { "INSERT INTO $_ (origin, n) VALUES ('$tag', i);" } @TABLES)
+		  . " BEGIN INSERT INTO plain (origin, n) VALUES ('$tag', i); EXCEPTION WHEN unique_violation THEN END;";
+		push @runs, psql_start($n, "DO \$\$ BEGIN FOR i IN 1..$rows LOOP $body COMMIT; END LOOP; END \$\$", \$out{$tag});
+	}
+	$_->finish for @runs;
+	is(join('', values %out), "DO\n" x @$writers, 'the writers ran without an error (' . join(', ', map { $_->[1] } @$writers) . ')');
+	return;
+}
+
+# Every row written by each tag in @$tags, on every node of @$nodes, in
+# each of @TABLES; and no conflict recorded anywhere.
+sub all_rows_everywhere
+{
+	my ($nodes, $expected, $what) = @_;
+	my $want = join(',', map { "$_:$expected->{$_}" } sort keys %$expected);
+	for my $n (@$nodes)
+	{
+		for my $t (@TABLES)
+		{
+			is(sq($n, "SELECT string_agg(origin || ':' || c, ',' ORDER BY origin) FROM "
+				. "(SELECT origin, count(DISTINCT n) AS c FROM $t GROUP BY origin) x"),
+				$want, "$what: " . $n->name . " holds every row of $t (no key handed out twice)");
+		}
+		is(sq($n, "SELECT count(*) FROM replstamp.conflicts WHERE relation <> 'public.plain'"), '0',
+			"$what: " . $n->name . ' recorded no conflict');
+	}
+	return;
+}
+
+sub blocks
+{
+	my ($n) = @_;
+	return sq($n, q{SELECT string_agg(sequence::text || '=' || block_min, ',' ORDER BY sequence::text)
+		FROM replstamp.tracked_sequences WHERE state = 'tracked'});
+}
+
+# The backup of a, taken before anything was written.
+sq($node{a}, "CALL replstamp.backup('" . $node{a}->backup_dir . "/old', label => 'old')");
+
+# 1. Three nodes, concurrent writers.
+my $N = 150;
+is(sq($node{a}, 'SELECT count(*) FROM replstamp.tracked_sequences WHERE state = \'tracked\''), '4',
+	'track() covered the serial, bigserial and identity columns, track_sequence() the other');
+my %blocks = map { $_ => blocks($node{$_}) } qw(a b c);
+is(scalar(keys %{ { map { $_ => 1 } values %blocks } }), 3, 'each node has blocks of its own');
+write_round([ map { [ $node{$_}, $_ ] } qw(a b c) ], $N);
+my %expected = (a => $N, b => $N, c => $N);
+wait_converged([ @node{qw(a b c)} ], [ @TABLES ], 'round 1');
+all_rows_everywhere([ @node{qw(a b c)} ], \%expected, 'round 1');
+
+# 2. a destroyed and restored from the old backup: its former self handed
+# out $N values of each sequence since.
+my $id_a = sq($node{a}, 'SELECT replica_id FROM replstamp.node');
+$node{a}->stop('immediate');
+my $a2 = PostgreSQL::Test::Cluster->new('a_restored');
+$a2->init_from_backup($node{a}, 'old');
+start_verified($a2, sub { $a2->start });
+isnt(sq($a2, 'SELECT replica_id FROM replstamp.node'), $id_a, 'the restored a took a new replica ID');
+isnt(blocks($a2), $blocks{a}, 'and moved its sequences to the new ID\'s blocks');
+is(sq($a2, q{SELECT count(*) FROM replstamp.tracked_sequences s JOIN pg_sequence q ON q.seqrelid = s.sequence
+	WHERE s.state = 'tracked' AND q.seqmin = s.block_min AND q.seqmax = s.block_max
+	  AND s.replica_id = (SELECT replica_id FROM replstamp.node)}), '4',
+	'every tracked sequence of the restored a is bounded by its new block');
+for my $x (qw(b c))
+{
+	sq($node{$x}, "SELECT replstamp.drop_peer('a')");
+	add_peer($node{$x}, 'a', $a2);
+}
+write_round([ [ $a2, 'a2' ], [ $node{b}, 'b2' ], [ $node{c}, 'c2' ] ], $N);
+%expected = (%expected, a2 => $N, b2 => $N, c2 => $N);
+wait_converged([ $a2, @node{qw(b c)} ], [ @TABLES ], 'after the restore');
+all_rows_everywhere([ $a2, @node{qw(b c)} ], \%expected, 'after the restore');
+
+# 3. c cloned while it runs, by a plain pg_basebackup: the clone rotates
+# at start, and both write.
+$node{c}->backup('clone');
+my $d = PostgreSQL::Test::Cluster->new('c_clone');
+$d->init_from_backup($node{c}, 'clone');
+start_verified($d, sub { $d->start });
+isnt(sq($d, 'SELECT replica_id FROM replstamp.node'), sq($node{c}, 'SELECT replica_id FROM replstamp.node'),
+	'the clone of c took a new replica ID');
+isnt(blocks($d), blocks($node{c}), 'and blocks other than c\'s');
+add_peer($d, 'c', $node{c});
+add_peer($_, 'c_clone', $d) for ($a2, @node{qw(b c)});
+write_round([ [ $node{c}, 'c3' ], [ $d, 'd3' ], [ $node{b}, 'b3' ] ], $N);
+%expected = (%expected, c3 => $N, d3 => $N, b3 => $N);
+wait_converged([ $a2, @node{qw(b c)}, $d ], [ @TABLES ], 'after the clone');
+all_rows_everywhere([ $a2, @node{qw(b c)}, $d ], \%expected, 'after the clone');
+
+# 4. The negative control: plain's sequence was left out, so its values
+# collided in the same rounds.
+my $plain_rows = sq($node{b}, 'SELECT count(*) FROM plain');
+cmp_ok($plain_rows, '<', 8 * $N, "negative control: the untracked sequence collided ($plain_rows of " . 8 * $N . ' rows left)');
+ok(sq($node{b}, "SELECT count(*) FROM replstamp.conflicts WHERE relation = 'public.plain'") > 0,
+	'negative control: its collisions were recorded as conflicts');
+
+$_->stop for ($a2, @node{qw(b c)}, $d);
+done_testing();
