@@ -115,6 +115,8 @@ LANGUAGE C STRICT
 AS 'MODULE_PATHNAME', 'replstamp_untrack_sequence';
 COMMENT ON FUNCTION replstamp.untrack_sequence(regclass) IS
     'stop moving a sequence on rotation; it keeps its current bounds';
+-- As track(): superusers and the roles they grant it to, owners only.
+REVOKE ALL ON FUNCTION replstamp.track_sequence(regclass), replstamp.untrack_sequence(regclass) FROM PUBLIC;
 
 CREATE VIEW replstamp.tracked_sequences AS
     SELECT s.seqrelid::pg_catalog.regclass AS sequence, s.state,

@@ -33,10 +33,11 @@ SELECT (SELECT array_agg(id ORDER BY id) FROM t_serial) =
        AS serial_starts_at_its_block;
 SELECT id = (SELECT block_min FROM replstamp.tracked_sequence WHERE seqrelid = 't_ident_id_seq'::regclass)
        AS identity_starts_at_its_block FROM t_ident;
-\set VERBOSITY terse
-ALTER TABLE t_ident ALTER COLUMN id RESTART WITH 1;
-SELECT setval('t_serial_id_seq', 1);
-\set VERBOSITY default
+-- (The bounds differ from run to run: N stands for each.)
+DO $$ BEGIN ALTER TABLE t_ident ALTER COLUMN id RESTART WITH 1;
+   EXCEPTION WHEN others THEN RAISE NOTICE '%: %', SQLSTATE, regexp_replace(SQLERRM, '\d{4,}', 'N', 'g'); END $$;
+DO $$ BEGIN PERFORM setval('t_serial_id_seq', 1);
+   EXCEPTION WHEN others THEN RAISE NOTICE '%: %', SQLSTATE, regexp_replace(SQLERRM, '\d{4,}', 'N', 'g'); END $$;
 ALTER TABLE t_ident ALTER COLUMN id SET INCREMENT BY 10;   -- allowed: stays in the block
 SELECT seqincrement FROM pg_sequence WHERE seqrelid = 't_ident_id_seq'::regclass;
 
@@ -65,6 +66,7 @@ CREATE SEQUENCE far_seq;
 SELECT setval('far_seq', 10000000000000);
 SELECT replstamp.track_sequence('far_seq');              -- tracked, with a warning
 CREATE ROLE seq_stranger;
+GRANT EXECUTE ON FUNCTION replstamp.track_sequence(regclass), replstamp.untrack_sequence(regclass) TO seq_stranger;
 CREATE SEQUENCE owned_seq;
 SET ROLE seq_stranger;
 SELECT replstamp.track_sequence('owned_seq');           -- not the owner
@@ -97,4 +99,9 @@ SELECT problem, object FROM replstamp.problems WHERE problem LIKE 'sequence%';
 -- A dropped sequence leaves the registry.
 DROP TABLE t_ident;
 SELECT count(*) FROM replstamp.tracked_sequence WHERE relation = 'public.t_ident_id_seq';
+REVOKE EXECUTE ON FUNCTION replstamp.track_sequence(regclass), replstamp.untrack_sequence(regclass) FROM seq_stranger;
 DROP ROLE seq_stranger;
+DROP TABLE t_serial, t_big, t_small;
+DROP SEQUENCE orders_seq, small_seq, down_seq, temp_seq, unlogged_seq, far_seq, owned_seq;
+DROP VIEW a_view;
+DROP EXTENSION replstamp;
