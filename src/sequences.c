@@ -57,6 +57,7 @@
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
+#include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/syscache.h"
 
@@ -79,6 +80,15 @@ PG_FUNCTION_INFO_V1(replstamp_untrack_sequence);
 
 /* Candidates a rotation mints before it settles for a shared block. */
 #define MINT_TRIES			1000
+
+/*
+ * How long a rotation waits for a transaction holding a value of a tracked
+ * sequence.  A writer that took a value and then waits for the identity
+ * check (in a worker) that is moving that sequence would wait for ever,
+ * unseen by the deadlock detector: the rotation gives up instead, and the
+ * writer's check runs in its own transaction.
+ */
+#define MOVE_LOCK_TIMEOUT	"10s"
 
 /* What confine() needs of a sequence. */
 typedef struct SeqInfo
@@ -217,6 +227,12 @@ refuse(Oid seqrelid, const SeqInfo *info, bool quiet)
 	return NULL;
 }
 
+static void
+confine_context(void *arg)
+{
+	errcontext("moving sequence %s into a block of values of the current replica ID", (char *) arg);
+}
+
 /*
  * Confine the sequence to id's block and record it; moved: restarted at the
  * block's first value.  Caller connected to SPI as the extension owner.
@@ -224,6 +240,7 @@ refuse(Oid seqrelid, const SeqInfo *info, bool quiet)
 static void
 confine(Oid seqrelid, const SeqInfo *info, const pg_uuid_t *id)
 {
+	ErrorContextCallback errcallback;
 	int64		min;
 	int64		max;
 	bool		in_block;
@@ -239,8 +256,13 @@ confine(Oid seqrelid, const SeqInfo *info, const pg_uuid_t *id)
 				   info->qname, min, max, min);
 	if (!in_block)
 		cmd = psprintf("%s RESTART WITH " INT64_FORMAT, cmd, min);
+	errcallback.callback = confine_context;
+	errcallback.arg = info->qname;
+	errcallback.previous = error_context_stack;
+	error_context_stack = &errcallback;
 	if (SPI_execute(cmd, false, 0) != SPI_OK_UTILITY)
 		elog(ERROR, "replstamp: could not alter sequence %s", info->qname);
+	error_context_stack = errcallback.previous;
 
 	values[0] = ObjectIdGetDatum(seqrelid);
 	values[1] = UUIDPGetDatum(id);
@@ -494,6 +516,9 @@ sequences_move_all(const pg_uuid_t *id)
 	if (!OidIsValid(registry()))
 		return;
 	dbaccess_become_owner(&ctx);
+	/* Until dbaccess_restore_user(), which undoes it. */
+	(void) set_config_option("lock_timeout", MOVE_LOCK_TIMEOUT, PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
 	SPI_connect();
 	dbaccess_spi_exec("DELETE FROM replstamp.tracked_sequence s WHERE NOT EXISTS "
 					  "(SELECT 1 FROM pg_catalog.pg_sequence q WHERE q.seqrelid OPERATOR(pg_catalog.=) s.seqrelid)",
