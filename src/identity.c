@@ -975,31 +975,10 @@ identity_verify_slow(void)
 	shmem_require();
 	if (cat->v11)
 	{
-		pg_uuid_t	before = catalog_node()->replica_id;
-
 		if (catalog_node()->verified)
 			return;
 		if (!verify_in_worker())
-		{
 			verify_in_xact();
-			return;
-		}
-
-		/*
-		 * The worker's rotation has committed, but this transaction may have
-		 * taken a value of a tracked sequence from the old ID's block before
-		 * the stamp that got here (a column default): a value the copy's
-		 * former self may have handed out after the backup.  Retrying gets
-		 * one of the new block.
-		 */
-		if (memcmp(before.data, catalog_node()->replica_id.data, UUID_LEN) != 0 &&
-			sequences_any_tracked())
-			ereport(ERROR,
-					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-					 errmsg("database \"%s\" took a new replica ID while this transaction ran",
-							get_database_name(MyDatabaseId)),
-					 errdetail("This data set was restored or copied; its tracked sequences were moved to the new ID's block, and this transaction may hold a value of the old one."),
-					 errhint("Retry the transaction.")));
 		return;
 	}
 

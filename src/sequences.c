@@ -547,25 +547,6 @@ sequences_move_all(const pg_uuid_t *id)
 	dbaccess_restore_user(&ctx);
 }
 
-/* Is any sequence of this database tracked? */
-bool
-sequences_any_tracked(void)
-{
-	ReplstampOwnerContext ctx;
-	bool		any;
-
-	if (!OidIsValid(registry()))
-		return false;
-	dbaccess_become_owner(&ctx);
-	SPI_connect();
-	dbaccess_spi_exec("SELECT 1 FROM replstamp.tracked_sequence WHERE state OPERATOR(pg_catalog.=) 'tracked' LIMIT 1",
-					  0, NULL, NULL, NULL, SPI_OK_SELECT);
-	any = SPI_processed > 0;
-	SPI_finish();
-	dbaccess_restore_user(&ctx);
-	return any;
-}
-
 /*
  * In the drop guard (connected to SPI as the extension owner): dropped
  * sequences leave the registry, so that no later object with the same OID

@@ -12,7 +12,6 @@
  *	  has (rotation);
  *	- sequences_move_all(): every tracked sequence not in the current ID's
  *	  block moved there (rotation, and the check after every start);
- *	- sequences_any_tracked(): is any sequence tracked in this database;
  *	- sequences_forget_dropped(): the drop guard forgets dropped sequences.
  *
  * Copyright (c) 2026, the replstamp authors
@@ -29,7 +28,6 @@ extern void sequences_cover_table(Oid relid);
 extern void sequences_uncover_table(Oid relid);
 extern void sequences_mint_id(pg_uuid_t *id);
 extern void sequences_move_all(const pg_uuid_t *id);
-extern bool sequences_any_tracked(void);
 extern void sequences_forget_dropped(void);
 
 #endif							/* REPLSTAMP_SEQUENCES_H */
