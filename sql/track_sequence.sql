@@ -79,6 +79,8 @@ SELECT count(*) AS untouched FROM replstamp.tracked_sequence
 SELECT replstamp.untrack_sequence('orders_seq');
 SELECT replstamp.untrack_sequence('orders_seq');        -- not tracked
 SELECT seqmin > 1 AS keeps_its_bounds FROM pg_sequence WHERE seqrelid = 'orders_seq'::regclass;
+SELECT replstamp.track_sequence('orders_seq');          -- again: in its block, no warning
+SELECT replstamp.untrack_sequence('orders_seq');
 -- A column's sequence can be left out; untrack() of the table forgets it.
 SELECT replstamp.untrack_sequence('t_big_id_seq');
 SELECT state FROM replstamp.tracked_sequence WHERE seqrelid = 't_big_id_seq'::regclass;

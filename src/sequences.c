@@ -311,15 +311,19 @@ recorded_state(Oid seqrelid)
 
 /*
  * A warning when values the sequence handed out before it was tracked lie
- * beyond block 0, where other IDs' blocks are.
+ * beyond block 0, where other IDs' blocks are (and not in id's own, where
+ * a sequence tracked before and left out since may be).
  */
 static void
-warn_if_beyond_block_zero(Oid seqrelid, const SeqInfo *info)
+warn_if_beyond_block_zero(Oid seqrelid, const SeqInfo *info, const pg_uuid_t *id)
 {
 	int64		zero_end = info->typid == INT8OID ?
 		(INT64CONST(1) << INT8_SIZE_BITS) - 1 : (INT64CONST(1) << INT4_SIZE_BITS) - 1;
+	int64		min = 0;
+	int64		max = 0;
 
-	if (info->last_value > zero_end)
+	(void) block_bounds(id, info->typid, &min, &max);
+	if (info->last_value > zero_end && !(info->last_value >= min && info->last_value <= max))
 		ereport(WARNING,
 				(errmsg("sequence \"%s\" has handed out values beyond " INT64_FORMAT ", which other nodes may hand out too",
 						get_rel_name(seqrelid), zero_end),
@@ -368,7 +372,7 @@ track_one(Oid seqrelid, Oid feeds)
 	}
 	if (why != NULL)
 		return;
-	warn_if_beyond_block_zero(seqrelid, &info);
+	warn_if_beyond_block_zero(seqrelid, &info, &catalog_node()->replica_id);
 	record_tracked(seqrelid, feeds);
 	confine(seqrelid, &info, &catalog_node()->replica_id);
 }
@@ -614,7 +618,7 @@ replstamp_track_sequence(PG_FUNCTION_ARGS)
 
 		read_sequence(seqrelid, &info);
 		(void) refuse(seqrelid, &info, false);
-		warn_if_beyond_block_zero(seqrelid, &info);
+		warn_if_beyond_block_zero(seqrelid, &info, &catalog_node()->replica_id);
 		record_tracked(seqrelid, InvalidOid);
 		confine(seqrelid, &info, &catalog_node()->replica_id);
 	}
