@@ -79,7 +79,7 @@ GRANT SELECT ON replstamp.verification TO PUBLIC;
  *
  * The update does not touch a sequence that already runs: those feeding
  * tables tracked before 1.2 are listed by replstamp.problems (and the
- * NOTICE below) until the DBA tracks them, which moves them into a block.
+ * WARNING below) until the DBA tracks them, which moves them into a block.
  */
 CREATE TABLE replstamp.tracked_sequence (
     seqrelid      oid PRIMARY KEY,
@@ -144,7 +144,7 @@ BEGIN
                JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) d.objid AND c.relkind = 'S'
               WHERE t.state = 'tracked'
     LOOP
-        RAISE NOTICE 'sequence % feeds tracked table % but is left as it is: it hands out values other nodes may hand out too', r.seq, r.relation
+        RAISE WARNING 'sequence % feeds tracked table % but is left as it is: it hands out values other nodes may hand out too', r.seq, r.relation
             USING HINT = pg_catalog.format('To confine it to this node''s block, run SELECT replstamp.track_sequence(%L); see replstamp.problems.', r.seq::text);
     END LOOP;
 END
