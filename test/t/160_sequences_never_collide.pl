@@ -19,14 +19,16 @@
 #      tables come back in the new node's own blocks (also one b left
 #      out: that is not dumped), the one covered by track_sequence() with
 #      b's bounds until it is tracked again;
-#   5. negative control: a table whose sequence is left out with
+#   5. a rotation gives up, after 10 s, on a sequence whose value a
+#      transaction holds, rather than wait for ever;
+#   6. negative control: a table whose sequence is left out with
 #      untrack_sequence() loses rows in the same rounds, so the checks
 #      above would see a collision (the test dies if it does not).
 #
 # Every check fails with the move on rotation removed from identity.c
-# (parts 2 and 3) or with confine() in sequences.c doing nothing (all
-# parts), but the convergence checks of wait_converged(): last writer
-# wins converges whatever the keys.
+# (parts 2 and 3) or with confine() in sequences.c doing nothing (parts 1
+# to 4), but the convergence checks of wait_converged(): last writer wins
+# converges whatever the keys; part 5 hangs without the lock timeout.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -192,7 +194,21 @@ is(sq($e, "SELECT count(*) FROM replstamp.problems WHERE problem LIKE 'sequence%
 	'replstamp.problems names no sequence of e');
 $e->stop;
 
-# 5. The negative control: plain's sequence was left out, so its values
+# 5. A rotation cannot move a sequence whose value a transaction holds:
+# it gives up after its lock timeout (10 s) rather than wait for ever
+# (a writer waiting for the identity check would never let go), names
+# the sequence, and is undone.
+my $holder = $node{b}->background_psql('postgres');
+$holder->query_safe("BEGIN; SELECT nextval('order_no')");
+my $id_b = sq($node{b}, 'SELECT replica_id FROM replstamp.node');
+my ($rc, $out, $err) = $node{b}->psql('postgres', "SELECT replstamp.rotate('while a value is held')");
+like($err, qr/lock timeout.*moving sequence public\.order_no into a block of values/s,
+	'a rotation gives up on a sequence whose value a transaction holds, and names it');
+is(sq($node{b}, 'SELECT replica_id FROM replstamp.node'), $id_b, 'and is undone');
+$holder->query_safe('COMMIT');
+$holder->quit;
+
+# 6. The negative control: plain's sequence was left out, so its values
 # collided in the same rounds, and the checks above would have seen it.
 # Not a check of replstamp: a test that cannot see a collision stops here.
 my $plain_rows = sq($node{b}, 'SELECT count(*) FROM plain');
