@@ -67,6 +67,90 @@ REVOKE ALL ON replstamp.verification FROM PUBLIC;
 GRANT SELECT ON replstamp.verification TO PUBLIC;
 
 /*
+ * Sequences that hand out node-unique values (issue 26, item 5; see
+ * src/sequences.c and doc/sequences.md).  Each tracked sequence is kept,
+ * by its own MINVALUE, MAXVALUE and START, inside the block of its type's
+ * range that belongs to the current replica ID; a rotation moves it to the
+ * new ID's block.  track() covers the sequences of the table's columns
+ * (serial, bigserial, identity); track_sequence() any other.  Rows of this
+ * table are not dumped: their OIDs mean nothing in another database, and
+ * pg_restore gives a restored database a new ID, so the sequences of
+ * tracked tables are covered again as their triggers come back.
+ *
+ * The update does not touch a sequence that already runs: those feeding
+ * tables tracked before 1.2 are listed by replstamp.problems (and the
+ * WARNING below) until the DBA tracks them, which moves them into a block.
+ */
+CREATE TABLE replstamp.tracked_sequence (
+    seqrelid      oid PRIMARY KEY,
+    relation      text NOT NULL,            -- schema-qualified, when tracked
+    feeds         oid,                      -- the tracked table whose column it feeds (track()), or NULL
+    state         text NOT NULL CHECK (state IN ('tracked', 'untracked')),
+    replica_id    uuid,                     -- whose block it is confined to
+    block_min     bigint,
+    block_max     bigint,
+    since         timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    moved_at      timestamptz               -- last moved into a block
+);
+REVOKE ALL ON replstamp.tracked_sequence FROM PUBLIC;
+GRANT SELECT ON replstamp.tracked_sequence TO PUBLIC;
+
+CREATE FUNCTION replstamp.sequence_block(replica_id uuid, seqtype regtype)
+RETURNS int8range
+LANGUAGE C STRICT IMMUTABLE
+AS 'MODULE_PATHNAME', 'replstamp_sequence_block';
+COMMENT ON FUNCTION replstamp.sequence_block(uuid, regtype) IS
+    'the values a sequence of this type (integer or bigint) may hand out under this replica ID';
+
+CREATE FUNCTION replstamp.track_sequence(sequence regclass)
+RETURNS void
+LANGUAGE C STRICT
+AS 'MODULE_PATHNAME', 'replstamp_track_sequence';
+COMMENT ON FUNCTION replstamp.track_sequence(regclass) IS
+    'confine a sequence to this node''s block of values, moved on by every rotation';
+
+CREATE FUNCTION replstamp.untrack_sequence(sequence regclass)
+RETURNS void
+LANGUAGE C STRICT
+AS 'MODULE_PATHNAME', 'replstamp_untrack_sequence';
+COMMENT ON FUNCTION replstamp.untrack_sequence(regclass) IS
+    'stop moving a sequence on rotation; it keeps its current bounds';
+-- As track(): superusers and the roles they grant it to, owners only.
+REVOKE ALL ON FUNCTION replstamp.track_sequence(regclass), replstamp.untrack_sequence(regclass) FROM PUBLIC;
+
+CREATE VIEW replstamp.tracked_sequences AS
+    SELECT s.seqrelid::pg_catalog.regclass AS sequence, s.state,
+           s.feeds::pg_catalog.regclass AS feeds, s.replica_id,
+           s.block_min, s.block_max, l.last_value,
+           s.block_max OPERATOR(pg_catalog.-) coalesce(l.last_value, s.block_min OPERATOR(pg_catalog.-) 1) AS values_left,
+           s.since, s.moved_at
+      FROM replstamp.tracked_sequence s
+      CROSS JOIN LATERAL (
+           SELECT CASE WHEN pg_catalog.has_sequence_privilege(s.seqrelid, 'SELECT,USAGE')
+                       THEN pg_catalog.pg_sequence_last_value(s.seqrelid) END AS last_value) l;
+GRANT SELECT ON replstamp.tracked_sequences TO PUBLIC;
+
+DO $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT d.objid::pg_catalog.regclass AS seq, t.relation
+               FROM replstamp.tracked t
+               JOIN pg_catalog.pg_depend d
+                 ON d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
+                AND d.refobjid OPERATOR(pg_catalog.=) t.relid
+                AND d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
+                AND d.deptype IN ('a', 'i')
+               JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) d.objid AND c.relkind = 'S'
+              WHERE t.state = 'tracked'
+    LOOP
+        RAISE WARNING 'sequence % feeds tracked table % but is left as it is: it hands out values other nodes may hand out too', r.seq, r.relation
+            USING HINT = pg_catalog.format('To confine it to this node''s block, run SELECT replstamp.track_sequence(%L); see replstamp.problems.', r.seq::text);
+    END LOOP;
+END
+$$;
+
+/*
  * replstamp.problems: every reason this node is not replicating a tracked
  * table fully, one row each; empty when all is well (issue 27).  A sync
  * warns of each row about a table, and replstamp.status counts them.
@@ -128,6 +212,48 @@ CREATE VIEW replstamp.problems AS
            pg_catalog.format('Run ALTER EVENT TRIGGER %I ENABLE ALWAYS.', e.evtname)
       FROM pg_catalog.pg_event_trigger e
      WHERE e.evtname IN ('replstamp_ddl_guard', 'replstamp_drop_guard') AND e.evtenabled OPERATOR(pg_catalog.<>) 'A'
+    UNION ALL
+    -- Sequences feeding tracked tables that hand out values other nodes
+    -- may hand out too (tracked before 1.2, or smallint, or descending).
+    SELECT 'sequence not tracked', d.objid::pg_catalog.regclass::text,
+           pg_catalog.format('The sequence feeds the tracked table %s but is not confined to this node''s block: other nodes may hand out its values too, and a restored copy of this node hands out again what it gave after the backup.', t.relation),
+           pg_catalog.format('Run SELECT replstamp.track_sequence(%L); to leave it as it is, SELECT replstamp.untrack_sequence(%L).',
+                             d.objid::pg_catalog.regclass::text, d.objid::pg_catalog.regclass::text)
+      FROM replstamp.tracked t
+      JOIN pg_catalog.pg_depend d
+        ON d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
+       AND d.refobjid OPERATOR(pg_catalog.=) t.relid
+       AND d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
+       AND d.deptype IN ('a', 'i')
+      JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) d.objid AND c.relkind = 'S'
+     WHERE t.state = 'tracked'
+       AND NOT EXISTS (SELECT 1 FROM replstamp.tracked_sequence s WHERE s.seqrelid OPERATOR(pg_catalog.=) d.objid)
+    UNION ALL
+    SELECT 'sequence out of its block', s.seqrelid::pg_catalog.regclass::text,
+           pg_catalog.format('Its bounds (%s..%s%s) are not those of this node''s block (%s..%s): it may hand out values of other nodes'' blocks.',
+                             q.seqmin, q.seqmax, CASE WHEN q.seqcycle THEN ', CYCLE' ELSE '' END, s.block_min, s.block_max),
+           pg_catalog.format('Run ALTER SEQUENCE %s MINVALUE %s MAXVALUE %s NO CYCLE; to leave it as it is, SELECT replstamp.untrack_sequence(%L).',
+                             s.seqrelid::pg_catalog.regclass, s.block_min, s.block_max, s.seqrelid::pg_catalog.regclass::text)
+      FROM replstamp.tracked_sequence s
+      JOIN pg_catalog.pg_sequence q ON q.seqrelid OPERATOR(pg_catalog.=) s.seqrelid
+     WHERE s.state = 'tracked'
+       AND (q.seqmin OPERATOR(pg_catalog.<) s.block_min OR q.seqmax OPERATOR(pg_catalog.>) s.block_max OR q.seqcycle)
+    UNION ALL
+    -- Two replica IDs minted without knowing of each other may share a
+    -- block (see doc/sequences.md): one of the nodes rotates.
+    SELECT 'sequence block shared', s.seqrelid::pg_catalog.regclass::text,
+           pg_catalog.format('Replica ID %s, known here, has the same block of values (%s) as this node''s current ID: both may hand out the same values.',
+                             k.replica_id, s.block_min OPERATOR(pg_catalog.||) '..' OPERATOR(pg_catalog.||) s.block_max),
+           'Run SELECT replstamp.rotate(''sequence block shared'') on this node or on the node of that ID: a rotation moves its sequences to the new ID''s block.'
+      FROM replstamp.tracked_sequence s
+      JOIN pg_catalog.pg_sequence q ON q.seqrelid OPERATOR(pg_catalog.=) s.seqrelid
+      JOIN (SELECT v.replica_id FROM replstamp.vector_state v
+            UNION SELECT h.replica_id FROM replstamp.replica_history h) k
+        ON k.replica_id OPERATOR(pg_catalog.<>) s.replica_id
+     WHERE s.state = 'tracked'
+       AND s.replica_id OPERATOR(pg_catalog.=) (SELECT n.replica_id FROM replstamp.node n)
+       AND replstamp.sequence_block(k.replica_id, q.seqtypid) OPERATOR(pg_catalog.=)
+           replstamp.sequence_block(s.replica_id, q.seqtypid)
     UNION ALL
     -- Peers this node cannot pull from.
     SELECT 'peer failing', p.name::text,

@@ -120,6 +120,7 @@ SELECT p.oid::regprocedure AS public_may_execute
        'replstamp.lus_holder()',                  -- deprecated name of the next one
        'replstamp.lowest_uncommitted_serial_holder()',
        'replstamp.row_hash(text,jsonb)',
+       'replstamp.sequence_block(uuid,regtype)',  -- a function of its arguments
        'replstamp.last_stamp()',                  -- read-your-writes, for every client
        'replstamp.wait_for(text,interval)')
  ORDER BY 1;

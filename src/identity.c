@@ -111,6 +111,7 @@
 #include "identity.h"
 #include "rowimage.h"
 #include "rowversion.h"
+#include "sequences.h"
 #include "serial.h"
 #include "shmem.h"
 #include "workers.h"
@@ -481,7 +482,8 @@ rotate_locked(const ReplstampCatalog *cat, const ReplstampNode *node,
 
 	Assert(IsTransactionState());
 
-	catalog_mint_uuid(new_id);
+	/* Its blocks of sequence values differ from every ID's known here. */
+	sequences_mint_id(new_id);
 
 	v1[0] = UUIDPGetDatum(&old_id);
 	v1[1] = CStringGetTextDatum(reason);
@@ -533,6 +535,12 @@ rotate_locked(const ReplstampCatalog *cat, const ReplstampNode *node,
 					  "minted_at = pg_catalog.now(), system_identifier = $3, timeline = $4, "
 					  "restore_fingerprint = $5",
 					  5, t2, v2, NULL, SPI_OK_UPDATE);
+
+	/*
+	 * Tracked sequences go to the new ID's block: whatever the old ID handed
+	 * out after a backup, this copy cannot know how far it went.
+	 */
+	sequences_move_all(new_id);
 
 	if (cat->v11)
 	{
@@ -862,7 +870,11 @@ identity_check(void)
 		Datum		values[1] = {UUIDPGetDatum(&replstamp_shared->start_token)};
 
 		if (!rotated)
+		{
 			mint_epoch(&node->replica_id, epoch_start(cat, &node->replica_id));
+			/* A sequence recorded under another ID (pg_restore) moves. */
+			sequences_move_all(&node->replica_id);
+		}
 		dbaccess_spi_exec("UPDATE replstamp.node SET verified_token = $1", 1, types, values, NULL,
 						  SPI_OK_UPDATE);
 		restore_clock_floor();

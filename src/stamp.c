@@ -56,6 +56,7 @@
 #include "identity.h"
 #include "rowimage.h"
 #include "rowversion.h"
+#include "sequences.h"
 #include "serial.h"
 #include "shmem.h"
 #include "stamp.h"
@@ -554,6 +555,12 @@ registry_set(const ReplstampCatalog *cat, Oid relid, const char *state,
 	}
 	SPI_finish();
 	dbaccess_restore_user(&ctx);
+
+	/* The sequences of its columns come and go with the table. */
+	if (strcmp(state, "tracked") == 0)
+		sequences_cover_table(relid);
+	else
+		sequences_uncover_table(relid);
 }
 
 /*
@@ -1177,7 +1184,11 @@ replstamp_ddl_guard(PG_FUNCTION_ARGS)
 		for (int i = 0; i < n; i++)
 		{
 			if (regnames[i])
+			{
 				check_tracked(relids[i], regnames[i]);
+				/* A serial or identity column added to a tracked table. */
+				sequences_cover_table(relids[i]);
+			}
 			else
 				register_restored(relids[i]);
 		}
@@ -1214,6 +1225,7 @@ replstamp_drop_guard(PG_FUNCTION_ARGS)
 								"AND t.state OPERATOR(pg_catalog.=) 'tracked'"),
 					false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "replstamp: could not record dropped tables");
+	sequences_forget_dropped();
 
 	/* Was one of our triggers dropped from a table that stays tracked? */
 	if (SPI_execute(catalog_sql("SELECT t.relid, t.relation FROM replstamp.tracked_table t "

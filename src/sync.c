@@ -1466,7 +1466,9 @@ lock_for_sync(void)
  * A WARNING for every reason a tracked table of this database is not
  * replicated fully (replstamp.problems, 1.2), at every sync until the user
  * acts: a table re-created without its triggers (pg_restore --clean -t)
- * must not look as if it replicated.  Outside any transaction.
+ * must not look as if it replicated.  Not the rows about sequences: their
+ * tables replicate, and what they say is not "not replicated".  Outside
+ * any transaction.
  */
 static void
 warn_problems(void)
@@ -1482,6 +1484,7 @@ warn_problems(void)
 		SPI_connect();
 		dbaccess_spi_exec("SELECT object, problem, detail, hint FROM replstamp.problems "
 						  "WHERE problem OPERATOR(pg_catalog.!~~) 'peer %' "
+						  "AND problem OPERATOR(pg_catalog.!~~) 'sequence %' "
 						  "AND problem OPERATOR(pg_catalog.<>) 'ddl guard disabled'",
 						  0, NULL, NULL, NULL, SPI_OK_SELECT);
 		for (uint64 i = 0; i < SPI_processed; i++)
