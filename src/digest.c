@@ -193,9 +193,9 @@ sha256_parts(const Part *parts, int nparts, DigestSum *out)
 
 	/*
 	 * One context for the life of the process, re-initialized for each
-	 * element: a sync computes two per row it applies, and creating one
-	 * costs more than hashing.  It belongs to a resource owner of its own,
-	 * which no transaction releases.
+	 * element: a sync computes two per row it applies, and creating one costs
+	 * more than hashing.  It belongs to a resource owner of its own, which no
+	 * transaction releases.
 	 */
 	if (ctx == NULL)
 	{

@@ -1105,14 +1105,15 @@ pull(SyncRun *r)
 	memset(&page, 0, sizeof(page));
 	page.cxt = AllocSetContextCreate(r->cxt, "replstamp sync page", ALLOCSET_DEFAULT_SIZES);
 	page.row_cxt = AllocSetContextCreate(r->cxt, "replstamp sync change", ALLOCSET_DEFAULT_SIZES);
+
 	/*
-	 * The ranges go into the query as constants, not as arrays to unnest:
-	 * the peer's planner then sees how few of its log's rows lie above each
+	 * The ranges go into the query as constants, not as arrays to unnest: the
+	 * peer's planner then sees how few of its log's rows lie above each
 	 * range's start (a btree finds the actual highest serial) and reads them
-	 * through the log's primary key.  Given parameters, it guessed a third
-	 * of the log and read all of it for every sync, so that each sync cost
-	 * more as the log grew (84 ms for one change over a log of 100,000).
-	 * IDs and serials are this node's own values, printed as such.
+	 * through the log's primary key.  Given parameters, it guessed a third of
+	 * the log and read all of it for every sync, so that each sync cost more
+	 * as the log grew (84 ms for one change over a log of 100,000). IDs and
+	 * serials are this node's own values, printed as such.
 	 */
 	initStringInfo(&ranges);
 	for (int i = 0; i < r->nranges; i++)
