@@ -615,6 +615,14 @@ copy_file(BackupRun *run, const char *src, const char *dst, const char *relpath,
 		write_target(out, dst, append, len);
 		size += len;
 	}
+
+	/*
+	 * Start writing the copy back now (sync_file_range() on Linux), so that
+	 * the disk works while the next files are read: the fsync of every file
+	 * at the end then finds little left to write.  PostgreSQL's own fsync of
+	 * a data directory does the same in a first pass.
+	 */
+	pg_flush_data(out, 0, 0);
 	if (CloseTransientFile(out) != 0)
 		ereport(ERROR,
 				(errcode_for_file_access(),
