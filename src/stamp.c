@@ -911,6 +911,22 @@ stamp_check_truncate(TruncateStmt *stmt)
 }
 
 /*
+ * Refuse track()/untrack() of a partition whose partitioned table is
+ * tracked: it carries a clone of the stamp trigger, which comes and goes
+ * with the partitioned table's.
+ */
+static void
+refuse_covered_partition(Relation rel)
+{
+	if (has_trigger(rel, STAMP_TRIGGER_NAME, false) && !trigger_is_own(rel, STAMP_TRIGGER_NAME))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("partition \"%s\" is tracked with its partitioned table",
+						RelationGetRelationName(rel)),
+				 errhint("Track or untrack the partitioned table instead.")));
+}
+
+/*
  * replstamp.track(regclass [, backfill boolean]): from now on, every change
  * of the table is stamped; with backfill, its existing rows are stamped
  * once too (in the background, in batches), also when the table is tracked
@@ -933,6 +949,7 @@ replstamp_track(PG_FUNCTION_ARGS)
 		(void) catalog_get_v11("replstamp.track()");
 	rel = open_table_for_tracking(relid);
 	relname = RelationGetRelationName(rel);
+	refuse_covered_partition(rel);
 
 	if (rel->rd_rel->relkind == RELKIND_PARTITIONED_TABLE)
 		check_partitions(rel, relname, backfill);
@@ -1070,6 +1087,7 @@ replstamp_untrack(PG_FUNCTION_ARGS)
 	int			ncmds = 0;
 
 	rel = open_table_for_tracking(relid);
+	refuse_covered_partition(rel);
 	if (!has_trigger(rel, STAMP_TRIGGER_NAME, false) && registry_dropped(cat, relid))
 	{
 		/*
