@@ -21,8 +21,8 @@ SELECT replstamp.track('an_unlogged');
 
 CREATE TABLE parted (id int PRIMARY KEY) PARTITION BY RANGE (id);
 CREATE TABLE parted_1 PARTITION OF parted FOR VALUES FROM (0) TO (100);
-SELECT replstamp.track('parted');
 SELECT replstamp.track('parted_1');   -- a partition is an ordinary table
+SELECT replstamp.track('parted');     -- but then not its partitioned table
 INSERT INTO parted VALUES (5);
 SELECT relation, op, pk FROM replstamp.changes;
 

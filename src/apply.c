@@ -43,9 +43,11 @@
 #include "access/xact.h"
 #include "catalog/dependency.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_inherits.h"
 #include "catalog/pg_type.h"
 #include "commands/sequence.h"
 #include "commands/trigger.h"
+#include "executor/execPartition.h"
 #include "executor/executor.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
@@ -91,6 +93,8 @@ typedef struct ApplyTable
 	Oid			owner;
 	int64		conflicts;		/* in this page */
 	List	   *dropped;		/* columns dropped here (not carried) */
+	bool		partitioned;	/* rows are written to its leaf partitions */
+	struct HTAB *leaves;		/* partitioned: LeafEntry by OID, for the sync */
 
 	/* Open for the current page only. */
 	bool		open;
@@ -112,7 +116,17 @@ typedef struct ApplyTable
 	MemoryContext pkscan_cxt;	/* the page's: what the scan keeps lives there */
 	ExprState **defaults;		/* per attribute, built on first use */
 	bool	   *defaults_built;
+	/* partitioned, for the current page: tuple routing */
+	ModifyTableState *mtstate;
+	PartitionTupleRouting *proute;
 } ApplyTable;
+
+/* A leaf partition of a partitioned table the sync writes to. */
+typedef struct LeafEntry
+{
+	Oid			relid;			/* hash key */
+	ApplyTable *t;
+} LeafEntry;
 
 /* The log's highest serial of a replica ID, as far as this sync knows. */
 typedef struct HeldUpto
@@ -351,6 +365,15 @@ table_close_page(ApplyTable *t)
 {
 	if (!t->open)
 		return;
+	if (t->partitioned)
+	{
+		ExecCleanupTupleRouting(t->mtstate, t->proute);
+		ExecResetTupleTable(t->estate->es_tupleTable, false);
+		FreeExecutorState(t->estate);
+		table_close(t->rel, NoLock);
+		t->open = false;
+		return;
+	}
 	index_endscan(t->pkscan);
 	index_close(t->pkidx, NoLock);
 	/* Our result relation's indexes, and those the trigger manager opened. */
@@ -502,6 +525,8 @@ resolve_table(ApplySession *s, Change *change)
 	t->open = false;
 	t->conflicts = 0;
 	t->dropped = NIL;
+	t->partitioned = false;
+	t->leaves = NULL;
 
 	PG_TRY();
 	{
@@ -546,6 +571,7 @@ resolve_table(ApplySession *s, Change *change)
 						 errmsg("table %s has no primary key", relation)));
 			t->relid = relid;
 			t->owner = rel->rd_rel->relowner;
+			t->partitioned = rel->rd_rel->relkind == RELKIND_PARTITIONED_TABLE;
 			table_close(rel, NoLock);
 		}
 	}
@@ -572,6 +598,23 @@ table_open_page(ApplySession *s, ApplyTable *t)
 	t->layout = rowimage_layout(t->rel);
 	desc = RelationGetDescr(t->rel);
 	t->estate = CreateExecutorState();
+	if (t->partitioned)
+	{
+		/* No rows of its own: a key's leaf is found by tuple routing. */
+		t->rri = makeNode(ResultRelInfo);
+		InitResultRelInfo(t->rri, t->rel, 1, NULL, 0);
+		t->mtstate = makeNode(ModifyTableState);
+		t->mtstate->ps.plan = NULL;
+		t->mtstate->ps.state = t->estate;
+		t->mtstate->operation = CMD_INSERT;
+		t->mtstate->resultRelInfo = t->rri;
+		t->proute = ExecSetupPartitionTupleRouting(t->estate, t->rel);
+		t->keyslot = ExecInitExtraTupleSlot(t->estate, desc, &TTSOpsVirtual);
+		t->open = true;
+		s->open_tables = lappend(s->open_tables, t);
+		MemoryContextSwitchTo(old);
+		return;
+	}
 	t->rri = dbaccess_open_result_rel(t->rel, t->estate);
 	EvalPlanQualInit(&t->epq, t->estate, NULL, NIL, -1);
 	t->keyslot = ExecInitExtraTupleSlot(t->estate, desc, &TTSOpsVirtual);
@@ -748,21 +791,25 @@ build_new_row(ApplyTable *t, bool found, bool have_base, Datum *values, bool *nu
 	ExecStoreVirtualTuple(slot);
 }
 
-/* Keep the old row of a key-changing UPDATE for the new key's absent columns. */
+/*
+ * Keep the old row of a key-changing UPDATE, found in t, for the new key's
+ * absent columns, written to to (t itself, or the leaf partition the new
+ * key goes to: its columns are t's, leaf_for_key() makes sure).
+ */
 static void
-keep_base(ApplyTable *t)
+keep_base(ApplyTable *t, ApplyTable *to)
 {
 	TupleDesc	desc = RelationGetDescr(t->rel);
 
 	slot_getallattrs(t->localslot);
-	ExecClearTuple(t->baseslot);
+	ExecClearTuple(to->baseslot);
 	for (int a = 0; a < desc->natts; a++)
 	{
-		t->baseslot->tts_values[a] = t->localslot->tts_values[a];
-		t->baseslot->tts_isnull[a] = t->localslot->tts_isnull[a];
+		to->baseslot->tts_values[a] = t->localslot->tts_values[a];
+		to->baseslot->tts_isnull[a] = t->localslot->tts_isnull[a];
 	}
-	ExecStoreVirtualTuple(t->baseslot);
-	ExecMaterializeSlot(t->baseslot);
+	ExecStoreVirtualTuple(to->baseslot);
+	ExecMaterializeSlot(to->baseslot);
 }
 
 /* ---------------------------------------------------------------------
@@ -1066,7 +1113,8 @@ apply_fill_new_columns(ApplySession *s)
 		memset(&probe, 0, sizeof(probe));
 		probe.relation = cstring_to_text(relations[i]);
 		t = resolve_table(s, &probe);
-		if (t->state != TABLE_OK)
+		/* Not for partitioned tables yet (Limitations). */
+		if (t->state != TABLE_OK || t->partitioned)
 			continue;
 		table_open_page(s, t);
 		cols = current_columns(t->rel);
@@ -1452,6 +1500,102 @@ lock_key(ApplyTable *t, Datum *keyvalues, bool *keynulls, int natts, bool nowait
 }
 
 /*
+ * The leaf partition of the partitioned table t that holds, or would hold,
+ * the row of a key, open for the page.  A partitioned table's primary key
+ * includes its partition key, so the key alone routes, by this node's
+ * partitions, whatever the peer's are.  A change is decoded in t's columns
+ * and written as t's owner: a leaf whose columns are numbered otherwise,
+ * or that has another owner, is refused.
+ */
+static ApplyTable *
+leaf_for_key(ApplySession *s, ApplyTable *t, Datum *keyvalues, bool *keynulls)
+{
+	TupleTableSlot *key = t->keyslot;
+	int			natts = RelationGetDescr(t->rel)->natts;
+	ResultRelInfo *leafrri = NULL;
+	Relation	leaf;
+	Oid			leafid;
+	LeafEntry  *e;
+	bool		found;
+	MemoryContext caller = CurrentMemoryContext;
+
+	ExecClearTuple(key);
+	memset(key->tts_isnull, true, sizeof(bool) * natts);
+	for (int k = 0; k < t->layout->npk; k++)
+	{
+		int			a = t->layout->pk[k].attnum - 1;
+
+		key->tts_values[a] = keyvalues[a];
+		key->tts_isnull[a] = keynulls[a];
+	}
+	ExecStoreVirtualTuple(key);
+	/* What routing builds lives as long as the page. */
+	MemoryContextSwitchTo(s->page_cxt);
+	PG_TRY();
+	{
+		leafrri = ExecFindPartition(t->mtstate, t->rri, t->proute, key, t->estate);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(caller);
+		edata = CopyErrorData();
+		if (edata->sqlerrcode != ERRCODE_CHECK_VIOLATION)
+			PG_RE_THROW();
+		/* PostgreSQL's message shows the key's values: ours names the table. */
+		FlushErrorState();
+		ereport(ERROR,
+				(errcode(ERRCODE_CHECK_VIOLATION),
+				 errmsg("no partition of table %s on this node takes a row of a change from peer \"%s\"",
+						t->relation, s->peer),
+				 errdetail("Each node finds a row's partition by its key among its own partitions."),
+				 errhint("Create the partition, or a default partition, on this node.")));
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(caller);
+	leaf = leafrri->ri_RelationDesc;
+	leafid = RelationGetRelid(leaf);
+	if (t->leaves == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = sizeof(Oid);
+		ctl.entrysize = sizeof(LeafEntry);
+		ctl.hcxt = s->cxt;
+		t->leaves = hash_create("replstamp leaf partitions", 16, &ctl,
+								HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+	e = hash_search(t->leaves, &leafid, HASH_ENTER, &found);
+	if (!found || e->t == NULL)
+	{
+		e->t = NULL;
+		if (leafrri->ri_RootToPartitionMap != NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("partition \"%s\" of table %s has its columns in another order or with other dropped columns",
+							RelationGetRelationName(leaf), t->relation),
+					 errdetail("replstamp writes a partitioned table's rows only to partitions whose columns match the table's."),
+					 errhint("Create the partition with CREATE TABLE ... PARTITION OF.")));
+		if (leaf->rd_rel->relowner != t->owner)
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("partition \"%s\" of table %s has another owner than the table",
+							RelationGetRelationName(leaf), t->relation),
+					 errdetail("replstamp writes a partitioned table's rows as the table's owner."),
+					 errhint("Give the partition the table's owner.")));
+		e->t = MemoryContextAllocZero(s->cxt, sizeof(ApplyTable));
+		memcpy(e->t->relation, t->relation, sizeof(t->relation));
+		e->t->state = TABLE_OK;
+		e->t->relid = leafid;
+		e->t->owner = t->owner;
+		e->t->dropped = NIL;
+	}
+	table_open_page(s, e->t);
+	return e->t;
+}
+
+/*
  * A change replstamp.skip() asked to hold without applying: recorded as
  * held, and the skip as met.
  */
@@ -1493,6 +1637,7 @@ apply_to_table(ApplySession *s, ApplyTable *t, Change *change, bool nowait)
 	bool	   *keynulls[2];
 	List	   *lacked = NIL;
 	bool		have_base = false;
+	ApplyTable *rt[2];			/* each row's table: t, or its leaf partition */
 
 	Assert(CurrentMemoryContext == s->row_cxt);
 	table_open_page(s, t);
@@ -1534,6 +1679,7 @@ apply_to_table(ApplySession *s, ApplyTable *t, Change *change, bool nowait)
 		keyvalues[i] = palloc(sizeof(Datum) * natts);
 		keynulls[i] = palloc0(sizeof(bool) * natts);
 		rowimage_decode_key(t->layout, rows[i].key, keyvalues[i], keynulls[i]);
+		rt[i] = t->partitioned ? leaf_for_key(s, t, keyvalues[i], keynulls[i]) : t;
 	}
 
 	/*
@@ -1543,7 +1689,7 @@ apply_to_table(ApplySession *s, ApplyTable *t, Change *change, bool nowait)
 	if (nowait && nrows == 2)
 	{
 		for (int i = 0; i < nrows && outcome != APPLY_BUSY; i++)
-			if (lock_key(t, keyvalues[i], keynulls[i], natts, true) == ROW_BUSY)
+			if (lock_key(rt[i], keyvalues[i], keynulls[i], natts, true) == ROW_BUSY)
 				outcome = APPLY_BUSY;
 	}
 	for (int i = 0; i < nrows && outcome != APPLY_BUSY; i++)
@@ -1554,7 +1700,7 @@ apply_to_table(ApplySession *s, ApplyTable *t, Change *change, bool nowait)
 		bool		found;
 
 		/* Lock the row: a local change of it has then committed. */
-		r = lock_key(t, keyvalues[i], keynulls[i], natts, nowait && nrows == 1);
+		r = lock_key(rt[i], keyvalues[i], keynulls[i], natts, nowait && nrows == 1);
 		if (r == ROW_BUSY)
 		{
 			/* Only with one row: nothing is written yet. */
@@ -1569,38 +1715,38 @@ apply_to_table(ApplySession *s, ApplyTable *t, Change *change, bool nowait)
 		rowversion_get(s->rvw, change->relation, row, &cur);
 		if (row->deleted && nrows == 2 && found)
 		{
-			keep_base(t);
+			keep_base(rt[i], rt[nrows - 1]);
 			have_base = true;
 		}
 		if (cur.found && rowversion_cmp(&ver, &cur.v) < 0)
 		{
-			log_conflict(s, t, change, row, "incoming_lost", &cur.v, &ver, change);
+			log_conflict(s, rt[i], change, row, "incoming_lost", &cur.v, &ver, change);
 			if (!row->deleted && !cur.deleted)
-				carry_from_loser(s, t, change, row, &cur, &ver, found, values, nulls, present);
+				carry_from_loser(s, rt[i], change, row, &cur, &ver, found, values, nulls, present);
 			continue;
 		}
 		if (cur.found && !cur.deleted &&
 			memcmp(cur.v.replica_id.data, ver.replica_id.data, UUID_LEN) != 0)
-			log_conflict(s, t, change, row, "overwrote", &ver, &cur.v, NULL);
+			log_conflict(s, rt[i], change, row, "overwrote", &ver, &cur.v, NULL);
 
 		/* Write the row, with the executor's routines. */
 		PushActiveSnapshot(GetLatestSnapshot());
-		t->estate->es_output_cid = GetCurrentCommandId(true);
+		rt[i]->estate->es_output_cid = GetCurrentCommandId(true);
 		AfterTriggerBeginQuery();
 		if (row->deleted)
 		{
 			if (found)
 			{
-				constraints_note_write(s->cons, t->rel, t->localslot, NULL);
-				ExecSimpleRelationDelete(t->rri, t->estate, &t->epq, t->localslot);
-				stamp_skip_tuple(t->relid, &t->localslot->tts_tid);
+				constraints_note_write(s->cons, rt[i]->rel, rt[i]->localslot, NULL);
+				ExecSimpleRelationDelete(rt[i]->rri, rt[i]->estate, &rt[i]->epq, rt[i]->localslot);
+				stamp_skip_tuple(rt[i]->relid, &rt[i]->localslot->tts_tid);
 			}
 		}
 		else
 		{
-			build_new_row(t, found, have_base, values, nulls, present);
-			if (!constraints_unique_ok(s, t->rel, t->rri, t->estate, t->newslot,
-									   found ? t->localslot : NULL, &ver, change, row))
+			build_new_row(rt[i], found, have_base, values, nulls, present);
+			if (!constraints_unique_ok(s, rt[i]->rel, rt[i]->rri, rt[i]->estate, rt[i]->newslot,
+									   found ? rt[i]->localslot : NULL, &ver, change, row))
 			{
 				/*
 				 * It lost a second unique key: its row goes, as a change made
@@ -1608,31 +1754,31 @@ apply_to_table(ApplySession *s, ApplyTable *t, Change *change, bool nowait)
 				 */
 				if (found)
 				{
-					constraints_note_write(s->cons, t->rel, t->localslot, NULL);
-					ExecSimpleRelationDelete(t->rri, t->estate, &t->epq, t->localslot);
+					constraints_note_write(s->cons, rt[i]->rel, rt[i]->localslot, NULL);
+					ExecSimpleRelationDelete(rt[i]->rri, rt[i]->estate, &rt[i]->epq, rt[i]->localslot);
 				}
 			}
 			else
 			{
 				/* After what constraints_unique_ok() may have deleted. */
-				t->estate->es_output_cid = GetCurrentCommandId(true);
-				constraints_note_write(s->cons, t->rel, found ? t->localslot : NULL, t->newslot);
+				rt[i]->estate->es_output_cid = GetCurrentCommandId(true);
+				constraints_note_write(s->cons, rt[i]->rel, found ? rt[i]->localslot : NULL, rt[i]->newslot);
 				if (found)
-					ExecSimpleRelationUpdate(t->rri, t->estate, &t->epq, t->localslot, t->newslot);
+					ExecSimpleRelationUpdate(rt[i]->rri, rt[i]->estate, &rt[i]->epq, rt[i]->localslot, rt[i]->newslot);
 				else
-					ExecSimpleRelationInsert(t->rri, t->estate, t->newslot);
-				stamp_skip_tuple(t->relid, &t->newslot->tts_tid);
+					ExecSimpleRelationInsert(rt[i]->rri, rt[i]->estate, rt[i]->newslot);
+				stamp_skip_tuple(rt[i]->relid, &rt[i]->newslot->tts_tid);
 			}
 		}
-		AfterTriggerEndQuery(t->estate);
+		AfterTriggerEndQuery(rt[i]->estate);
 		stamp_skip_clear();
 		PopActiveSnapshot();
-		ResetPerTupleExprContext(t->estate);
+		ResetPerTupleExprContext(rt[i]->estate);
 
 		if (row->deleted)
 			rowversion_put(s->rvw, change->relation, row, &cur, &ver, true, NULL, NIL);
 		else
-			put_winner(s, t, change, row, &cur, &ver, lacked, present);
+			put_winner(s, rt[i], change, row, &cur, &ver, lacked, present);
 	}
 	dbaccess_restore_user(&uctx);
 
@@ -1666,6 +1812,8 @@ truncate_row(Jsonb *key, void *arg)
 	dbaccess_become_untrusted(t->owner, &uctx);
 	memset(a->keynulls, false, sizeof(bool) * natts);
 	rowimage_decode_key(t->layout, key, a->keyvalues, a->keynulls);
+	if (t->partitioned)
+		t = leaf_for_key(a->s, t, a->keyvalues, a->keynulls);
 	if (lock_key(t, a->keyvalues, a->keynulls, natts, false) == ROW_LOCKED)
 	{
 		PushActiveSnapshot(GetLatestSnapshot());
@@ -1680,6 +1828,27 @@ truncate_row(Jsonb *key, void *arg)
 		ResetPerTupleExprContext(t->estate);
 	}
 	dbaccess_restore_user(&uctx);
+}
+
+/*
+ * Lock a table EXCLUSIVE, and, when it is partitioned, every partition
+ * (a local write of a partition need not lock its parent).  With nowait,
+ * false if one is held.
+ */
+static bool
+lock_for_truncate(Oid relid, bool nowait)
+{
+	List	   *rels = find_all_inheritors(relid, NoLock, NULL);
+	ListCell   *lc;
+
+	foreach(lc, rels)
+	{
+		if (!nowait)
+			LockRelationOid(lfirst_oid(lc), ExclusiveLock);
+		else if (!ConditionalLockRelationOid(lfirst_oid(lc), ExclusiveLock))
+			return false;
+	}
+	return true;
 }
 
 /*
@@ -1699,13 +1868,8 @@ apply_truncate(ApplySession *s, ApplyTable *t, Change *change, bool nowait)
 
 	Assert(CurrentMemoryContext == s->row_cxt);
 	table_open_page(s, t);
-	if (nowait)
-	{
-		if (!ConditionalLockRelationOid(t->relid, ExclusiveLock))
-			return APPLY_BUSY;
-	}
-	else
-		LockRelationOid(t->relid, ExclusiveLock);
+	if (!lock_for_truncate(t->relid, nowait))
+		return APPLY_BUSY;
 
 	/* Local changes of the table are all committed now: record them. */
 	rowversion_reconcile(s->rvw, s->reconcile);

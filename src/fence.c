@@ -23,6 +23,10 @@
  * comes after it put the fence up, sees the worker.  The fence comes down
  * when the DDL's transaction ends, or its backend exits.
  *
+ * The same hook lets stamp.c refuse a TRUNCATE of a partition of a tracked
+ * partitioned table on its own, which no trigger of the partition sees
+ * (stamp_check_truncate()).
+ *
  * Copyright (c) 2026, the replstamp authors
  * Distributed under the PostgreSQL License: see LICENSE.
  *
@@ -50,6 +54,7 @@
 #include "errors.h"
 #include "fence.h"
 #include "shmem.h"
+#include "stamp.h"
 
 static ProcessUtility_hook_type prev_ProcessUtility = NULL;
 
@@ -278,6 +283,8 @@ fence_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnly
 
 	if (fence)
 		stop_workers();
+	if (replstamp_shared != NULL && IsA(parsetree, TruncateStmt))
+		stamp_check_truncate((TruncateStmt *) parsetree);
 	if (prev_ProcessUtility)
 		prev_ProcessUtility(pstmt, queryString, readOnlyTree, context, params,
 							queryEnv, dest, qc);

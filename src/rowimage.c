@@ -39,6 +39,8 @@
 #include "access/htup_details.h"
 #include "access/genam.h"
 #include "access/nbtree.h"
+#include "access/relation.h"
+#include "catalog/partition.h"
 #include "catalog/pg_range.h"
 #include "catalog/pg_type.h"
 #include "common/hashfn.h"
@@ -64,6 +66,7 @@
 #include "compat.h"
 #include "errors.h"
 #include "rowimage.h"
+#include "stamp.h"
 
 static HTAB *layouts = NULL;
 static pg_tz *utc_tz = NULL;
@@ -237,9 +240,44 @@ column_init(ImageColumn *col, Form_pg_attribute att, MemoryContext cxt)
 	}
 }
 
+/*
+ * The partitioned table whose tracking covers rel, if rel is a partition
+ * (or a partitioned table under it) that carries the stamp trigger as a
+ * clone: the ancestor whose stamp trigger is its own.  Its changes are
+ * stamped, and its rows known on every node, under that table's name.
+ * InvalidOid if there is none.  Read when the layout is built; creating or
+ * dropping the trigger on the ancestor, attaching or detaching the
+ * partition, invalidate the partition's relcache entry, and so its layout.
+ */
+static Oid
+tracked_ancestor(Relation rel)
+{
+	List	   *ancestors;
+	ListCell   *lc;
+	Oid			root = InvalidOid;
+
+	if (!rel->rd_rel->relispartition || rel->trigdesc == NULL)
+		return InvalidOid;
+	ancestors = get_partition_ancestors(RelationGetRelid(rel));
+	foreach(lc, ancestors)
+	{
+		Relation	a = relation_open(lfirst_oid(lc), AccessShareLock);
+		TriggerDesc *td = a->trigdesc;
+
+		for (int i = 0; td != NULL && i < td->numtriggers; i++)
+			if (strcmp(td->triggers[i].tgname, STAMP_TRIGGER_NAME) == 0 &&
+				!td->triggers[i].tgisclone)
+				root = RelationGetRelid(a);
+		relation_close(a, AccessShareLock);
+	}
+	return root;
+}
+
 static void
 layout_build(RowLayout *layout, Relation rel)
 {
+	Oid			root = tracked_ancestor(rel);
+
 	TupleDesc	desc = RelationGetDescr(rel);
 	MemoryContext old;
 
@@ -251,8 +289,12 @@ layout_build(RowLayout *layout, Relation rel)
 											ALLOCSET_SMALL_SIZES);
 	old = MemoryContextSwitchTo(layout->cxt);
 
-	layout->relname = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
-												 RelationGetRelationName(rel));
+	if (OidIsValid(root))
+		layout->relname = quote_qualified_identifier(get_namespace_name(get_rel_namespace(root)),
+													 get_rel_name(root));
+	else
+		layout->relname = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
+													 RelationGetRelationName(rel));
 	layout->relname_text = cstring_to_text(layout->relname);
 	layout->sensitivity = SENSITIVE_NONE;
 	layout->byname = NULL;

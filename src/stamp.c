@@ -23,12 +23,15 @@
 
 #include "access/htup_details.h"
 #include "access/relation.h"
+#include "access/table.h"
 #include "access/tableam.h"
 #include "access/genam.h"
 #include "lib/stringinfo.h"
 #include "access/xact.h"
 #include "catalog/catalog.h"
 #include "catalog/namespace.h"
+#include "catalog/partition.h"
+#include "catalog/pg_constraint.h"
 #include "catalog/pg_inherits.h"
 #include "catalog/pg_trigger.h"
 #include "catalog/pg_type.h"
@@ -79,13 +82,37 @@ static struct
 	ItemPointerData tid;
 }			skip[MAX_SKIP];
 
+/*
+ * The DELETE just stamped of a row that an UPDATE moves to another
+ * partition of a tracked partitioned table (its old version is marked
+ * "moved partitions").  PostgreSQL fires the row triggers of such an
+ * UPDATE as a DELETE on the old partition followed at once by an INSERT
+ * on the new one; that INSERT turns the DELETE into one UPDATE of the
+ * partitioned table (pair_moved()).  In TopTransactionContext; valid only
+ * until the next stamp.
+ */
+static struct
+{
+	bool		valid;
+	CommandId	cid;
+	text	   *relation;
+	pg_uuid_t	replica_id;
+	int64		serial;
+	Jsonb	   *pk;
+}			moved;
+
+static bool pair_moved(const ReplstampCatalog *cat, Change *change);
+
 static void
 stamp_xact_callback(XactEvent event, void *arg)
 {
 	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_COMMIT ||
 		event == XACT_EVENT_PARALLEL_ABORT || event == XACT_EVENT_PARALLEL_COMMIT ||
 		event == XACT_EVENT_PREPARE)
+	{
 		nskip = 0;
+		moved.valid = false;
+	}
 }
 
 /*
@@ -215,12 +242,56 @@ replstamp_stamp(PG_FUNCTION_ARGS)
 	change.relation = layout->relname_text;
 	change.changed_at = serial_stamp_time();
 	change.applied = false;
-	change.serial = serial_take(cat->serial_seq);
+	if (!pair_moved(cat, &change))
+		change.serial = serial_take(cat->serial_seq);
 	change.replica_id = node->replica_id;
 	changelog_append(cat, &change);
 	wakeup_stamped(&change.replica_id, change.serial);
 
+	/* The first half of a row moving to another partition: see "moved". */
+	if (change.op == 'D' && rel->rd_rel->relispartition &&
+		HeapTupleHeaderIndicatesMovedPartitions(keytuple->t_data))
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
+
+		moved.cid = GetCurrentCommandId(false);
+		moved.relation = DatumGetTextPCopy(PointerGetDatum(change.relation));
+		moved.replica_id = change.replica_id;
+		moved.serial = change.serial;
+		moved.pk = DatumGetJsonbPCopy(JsonbPGetDatum(change.pk));
+		moved.valid = true;
+		MemoryContextSwitchTo(old);
+	}
 	return PointerGetDatum(NULL);
+}
+
+/*
+ * An INSERT right after the DELETE of a row moved out of another partition
+ * of the same tracked table, by the same command: the DELETE's change is
+ * replaced by this one, an UPDATE from the old key to the new row, under
+ * the DELETE's serial.  Peers apply it as any key-changing UPDATE: every
+ * node, whatever its partitions, moves the row.  Returns whether it did
+ * (change->serial is then set).
+ */
+static bool
+pair_moved(const ReplstampCatalog *cat, Change *change)
+{
+	bool		pair = moved.valid && change->op == 'I' &&
+		moved.cid == GetCurrentCommandId(false) &&
+		rowimage_bytes_equal((struct varlena *) moved.relation,
+							 (struct varlena *) change->relation);
+
+	moved.valid = false;
+	if (!pair)
+		return false;
+	/* The DELETE's change was written by this command: make it visible. */
+	CommandCounterIncrement();
+	if (!changelog_delete(cat, &moved.replica_id, moved.serial))
+		return false;
+	change->op = 'U';
+	change->pk = moved.pk;
+	change->serial = moved.serial;
+	return true;
 }
 
 /*
@@ -371,6 +442,18 @@ trigger_intact(Relation rel, const char *tgname, const char *funcname, int16 tgt
 			get_func_namespace(tg->tgfoid) == schema &&
 			proname != NULL && strcmp(proname, funcname) == 0;
 	}
+	return false;
+}
+
+/* Does rel carry a trigger named tgname of its own, not a partition's clone? */
+static bool
+trigger_is_own(Relation rel, const char *tgname)
+{
+	TriggerDesc *td = rel->trigdesc;
+
+	for (int i = 0; td != NULL && i < td->numtriggers; i++)
+		if (strcmp(td->triggers[i].tgname, tgname) == 0)
+			return !td->triggers[i].tgisclone;
 	return false;
 }
 
@@ -695,6 +778,154 @@ replstamp_inexact_key(PG_FUNCTION_ARGS)
 	PG_RETURN_TEXT_P(cstring_to_text(why));
 }
 
+static bool has_foreign_keys(Oid relid);
+
+/*
+ * Refuse a partitioned table whose tracking would not cover its rows
+ * faithfully.  Tracking it installs the stamp trigger on it, which
+ * PostgreSQL clones to every partition, present and future; the changes of
+ * every partition are stamped under its name (rowimage.c).  A partition
+ * tracked on its own, a foreign partition, foreign keys to or from the
+ * table (constraints.c checks them on leaves it does not know how to
+ * reach) and backfill (a heap scan of one table) are not supported.
+ */
+static void
+check_partitions(Relation rel, const char *relname, bool backfill)
+{
+	List	   *parts = find_all_inheritors(RelationGetRelid(rel), ShareRowExclusiveLock, NULL);
+	ListCell   *lc;
+
+	if (backfill)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot backfill partitioned table \"%s\"", relname),
+				 errhint("Track it without backfill.")));
+	foreach(lc, parts)
+	{
+		Oid			part = lfirst_oid(lc);
+		Relation	prel;
+		char		relkind;
+		bool		own;
+
+		if (part == RelationGetRelid(rel))
+			continue;
+		prel = relation_open(part, NoLock);
+		relkind = prel->rd_rel->relkind;
+		own = has_trigger(prel, STAMP_TRIGGER_NAME, false);
+		relation_close(prel, NoLock);
+		if (relkind != RELKIND_RELATION && relkind != RELKIND_PARTITIONED_TABLE)
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("cannot track partitioned table \"%s\" because its partition \"%s\" is not a table",
+							relname, get_rel_name(part)),
+					 errhint("Only partitions that are ordinary tables can be tracked.")));
+		if (own)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("cannot track partitioned table \"%s\" because its partition \"%s\" is tracked",
+							relname, get_rel_name(part)),
+					 errdetail("The changes of a partition are stamped under one name on every node."),
+					 errhint("Untrack the partition with replstamp.untrack() on every node first.")));
+	}
+	if (has_foreign_keys(RelationGetRelid(rel)))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot track partitioned table \"%s\" because it has or is referenced by a foreign key",
+						relname),
+				 errdetail("replstamp does not check foreign keys of partitioned tables on apply yet."),
+				 errhint("Drop the foreign key, or track the partitions one by one.")));
+}
+
+/* Does a foreign key reference the table, or the table reference another? */
+static bool
+has_foreign_keys(Oid relid)
+{
+	Relation	con = table_open(ConstraintRelationId, AccessShareLock);
+	SysScanDesc scan = systable_beginscan(con, InvalidOid, false, NULL, 0, NULL);
+	HeapTuple	tup;
+	bool		found = false;
+
+	while (!found && HeapTupleIsValid(tup = systable_getnext(scan)))
+	{
+		Form_pg_constraint c = (Form_pg_constraint) GETSTRUCT(tup);
+
+		found = c->contype == CONSTRAINT_FOREIGN &&
+			(c->conrelid == relid || c->confrelid == relid);
+	}
+	systable_endscan(scan);
+	table_close(con, AccessShareLock);
+	return found;
+}
+
+/*
+ * TRUNCATE of a partition of a tracked partitioned table, without the
+ * table itself in the statement, is refused: the TRUNCATE trigger is a
+ * statement trigger, which PostgreSQL does not clone to partitions, and
+ * the partition's rows would go without a stamp.  Called from the
+ * ProcessUtility hook (fence.c) before the statement runs.
+ */
+void
+stamp_check_truncate(TruncateStmt *stmt)
+{
+	List	   *relids = NIL;
+	ListCell   *lc;
+
+	foreach(lc, stmt->relations)
+	{
+		Oid			relid = RangeVarGetRelid(lfirst_node(RangeVar, lc), NoLock, true);
+
+		if (OidIsValid(relid))
+			relids = lappend_oid(relids, relid);
+	}
+	foreach(lc, relids)
+	{
+		Oid			relid = lfirst_oid(lc);
+		List	   *ancestors;
+		ListCell   *a;
+
+		if (!get_rel_relispartition(relid))
+			continue;
+		ancestors = get_partition_ancestors(relid);
+		foreach(a, ancestors)
+		{
+			Relation	arel;
+			bool		root;
+
+			if (list_member_oid(relids, lfirst_oid(a)))
+				break;			/* its ancestor's TRUNCATE covers it */
+			arel = try_relation_open(lfirst_oid(a), AccessShareLock);
+			if (arel == NULL)
+				continue;
+			root = trigger_is_own(arel, STAMP_TRIGGER_NAME);
+			relation_close(arel, AccessShareLock);
+			if (root)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("cannot truncate partition \"%s\" of tracked table \"%s\" on its own",
+								get_rel_name(relid), get_rel_name(lfirst_oid(a))),
+						 errdetail("replstamp replicates a TRUNCATE of the whole partitioned table only."),
+						 errhint("Truncate \"%s\", or DELETE the partition's rows.",
+								 get_rel_name(lfirst_oid(a)))));
+		}
+	}
+}
+
+/*
+ * Refuse track()/untrack() of a partition whose partitioned table is
+ * tracked: it carries a clone of the stamp trigger, which comes and goes
+ * with the partitioned table's.
+ */
+static void
+refuse_covered_partition(Relation rel)
+{
+	if (has_trigger(rel, STAMP_TRIGGER_NAME, false) && !trigger_is_own(rel, STAMP_TRIGGER_NAME))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("partition \"%s\" is tracked with its partitioned table",
+						RelationGetRelationName(rel)),
+				 errhint("Track or untrack the partitioned table instead.")));
+}
+
 /*
  * replstamp.track(regclass [, backfill boolean]): from now on, every change
  * of the table is stamped; with backfill, its existing rows are stamped
@@ -718,14 +949,11 @@ replstamp_track(PG_FUNCTION_ARGS)
 		(void) catalog_get_v11("replstamp.track()");
 	rel = open_table_for_tracking(relid);
 	relname = RelationGetRelationName(rel);
+	refuse_covered_partition(rel);
 
 	if (rel->rd_rel->relkind == RELKIND_PARTITIONED_TABLE)
-		ereport(ERROR,
-				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
-				 errmsg("cannot track partitioned table \"%s\"", relname),
-				 errdetail("replstamp stamps the changes of each partition under the partition's own name."),
-				 errhint("Track each partition instead.")));
-	if (rel->rd_rel->relkind != RELKIND_RELATION)
+		check_partitions(rel, relname, backfill);
+	else if (rel->rd_rel->relkind != RELKIND_RELATION)
 		ereport(ERROR,
 				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
 				 errmsg("cannot track \"%s\" because it is not a table", relname),
@@ -859,6 +1087,7 @@ replstamp_untrack(PG_FUNCTION_ARGS)
 	int			ncmds = 0;
 
 	rel = open_table_for_tracking(relid);
+	refuse_covered_partition(rel);
 	if (!has_trigger(rel, STAMP_TRIGGER_NAME, false) && registry_dropped(cat, relid))
 	{
 		/*
@@ -917,9 +1146,25 @@ register_restored(Oid relid)
 
 	if (rel == NULL)
 		return;
-	tracked = rel->rd_rel->relkind == RELKIND_RELATION &&
+	tracked = (rel->rd_rel->relkind == RELKIND_RELATION ||
+			   rel->rd_rel->relkind == RELKIND_PARTITIONED_TABLE) &&
 		has_trigger(rel, STAMP_TRIGGER_NAME, true) &&
 		has_trigger(rel, TRUNCATE_TRIGGER_NAME, true);
+
+	/*
+	 * A partition of a tracked partitioned table carries a clone of the
+	 * stamp trigger; it may not be disabled there either.
+	 */
+	if (has_trigger(rel, STAMP_TRIGGER_NAME, false) && !trigger_is_own(rel, STAMP_TRIGGER_NAME) &&
+		!trigger_intact(rel, STAMP_TRIGGER_NAME, "stamp",
+						TRIGGER_TYPE_ROW | TRIGGER_TYPE_INSERT | TRIGGER_TYPE_UPDATE |
+						TRIGGER_TYPE_DELETE))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cannot disable, replace or drop the replstamp triggers of partition \"%s\"",
+						RelationGetRelationName(rel)),
+				 errdetail("Changes made without them would never reach the peers."),
+				 errhint("Stop tracking its partitioned table with replstamp.untrack() instead.")));
 	relation_close(rel, AccessShareLock);
 	if (tracked)
 		registry_set(catalog_get(false), relid, "tracked", NULL);

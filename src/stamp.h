@@ -24,6 +24,8 @@
 #include "storage/itemptr.h"
 #include "utils/relcache.h"
 
+struct TruncateStmt;
+
 /* Name of the row trigger track() creates; AFTER ROW, ENABLE ALWAYS. */
 #define STAMP_TRIGGER_NAME		"replstamp_stamp"
 #define TRUNCATE_TRIGGER_NAME	"replstamp_refuse_truncate"
@@ -32,5 +34,6 @@ extern void stamp_init(void);
 extern bool stamp_is_tracked(Relation rel);
 extern void stamp_skip_tuple(Oid relid, ItemPointer tid);
 extern void stamp_skip_clear(void);
+extern void stamp_check_truncate(struct TruncateStmt *stmt);
 
 #endif							/* REPLSTAMP_STAMP_H */

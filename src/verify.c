@@ -47,6 +47,7 @@
 #include "access/xact.h"
 #include "common/hashfn.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_inherits.h"
 #include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
 #include "commands/extension.h"
@@ -465,11 +466,31 @@ check_select(Oid relid, const char *relation)
 
 typedef void (*DeepRowCallback) (VTable *t, Jsonb *pk, int64 hash, char *content, void *arg);
 
-/* Scan the table: each row's key, row hash and content hash. */
+static int64 scan_one_table(VTable *t, Oid relid, DeepRowCallback cb, void *arg);
+
+/*
+ * Scan the table: each row's key, row hash and content hash.  A
+ * partitioned table's rows are those of its leaf partitions, known by the
+ * table's name (rowimage.c).
+ */
 static int64
 scan_table(VTable *t, DeepRowCallback cb, void *arg)
 {
-	Relation	rel = table_open(t->relid, AccessShareLock);
+	List	   *rels = find_all_inheritors(t->relid, AccessShareLock, NULL);
+	ListCell   *lc;
+	int64		n = 0;
+
+	foreach(lc, rels)
+		if (get_rel_relkind(lfirst_oid(lc)) == RELKIND_RELATION)
+			n += scan_one_table(t, lfirst_oid(lc), cb, arg);
+	return n;
+}
+
+/* Scan one table of scan_table(): a table, or a leaf partition. */
+static int64
+scan_one_table(VTable *t, Oid relid, DeepRowCallback cb, void *arg)
+{
+	Relation	rel = table_open(relid, AccessShareLock);
 	RowLayout  *layout = rowimage_layout(rel);
 	TupleDesc	desc = RelationGetDescr(rel);
 	TupleTableSlot *slot = table_slot_create(rel, NULL);
