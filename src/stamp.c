@@ -1152,8 +1152,8 @@ register_restored(Oid relid)
 		has_trigger(rel, TRUNCATE_TRIGGER_NAME, true);
 
 	/*
-	 * A partition of a tracked partitioned table carries a clone of the
-	 * stamp trigger; it may not be disabled there either.
+	 * A partition of a tracked partitioned table carries a clone of the stamp
+	 * trigger; it may not be disabled there either.
 	 */
 	if (has_trigger(rel, STAMP_TRIGGER_NAME, false) && !trigger_is_own(rel, STAMP_TRIGGER_NAME) &&
 		!trigger_intact(rel, STAMP_TRIGGER_NAME, "stamp",

@@ -482,7 +482,7 @@ scan_table(VTable *t, DeepRowCallback cb, void *arg)
 
 	foreach(lc, rels)
 		if (get_rel_relkind(lfirst_oid(lc)) == RELKIND_RELATION)
-			n += scan_one_table(t, lfirst_oid(lc), cb, arg);
+		n += scan_one_table(t, lfirst_oid(lc), cb, arg);
 	return n;
 }
 
