@@ -1476,12 +1476,11 @@ find_row(ApplyTable *t, TupleTableSlot *key, bool nowait)
 	return result;
 }
 
-/* Find and lock one of a change's rows by its primary key (see find_row()). */
-static RowLookup
-lock_key(ApplyTable *t, Datum *keyvalues, bool *keynulls, int natts, bool nowait)
+/* A change's primary key into t's key slot, the other columns null. */
+static void
+store_key(ApplyTable *t, Datum *keyvalues, bool *keynulls, int natts)
 {
 	TupleTableSlot *key = t->keyslot;
-	RowLookup	r;
 
 	ExecClearTuple(key);
 	memset(key->tts_isnull, true, sizeof(bool) * natts);
@@ -1493,6 +1492,16 @@ lock_key(ApplyTable *t, Datum *keyvalues, bool *keynulls, int natts, bool nowait
 		key->tts_isnull[a] = keynulls[a];
 	}
 	ExecStoreVirtualTuple(key);
+}
+
+/* Find and lock one of a change's rows by its primary key (see find_row()). */
+static RowLookup
+lock_key(ApplyTable *t, Datum *keyvalues, bool *keynulls, int natts, bool nowait)
+{
+	TupleTableSlot *key = t->keyslot;
+	RowLookup	r;
+
+	store_key(t, keyvalues, keynulls, natts);
 	PushActiveSnapshot(GetLatestSnapshot());
 	r = find_row(t, key, nowait);
 	PopActiveSnapshot();
@@ -1519,16 +1528,7 @@ leaf_for_key(ApplySession *s, ApplyTable *t, Datum *keyvalues, bool *keynulls)
 	bool		found;
 	MemoryContext caller = CurrentMemoryContext;
 
-	ExecClearTuple(key);
-	memset(key->tts_isnull, true, sizeof(bool) * natts);
-	for (int k = 0; k < t->layout->npk; k++)
-	{
-		int			a = t->layout->pk[k].attnum - 1;
-
-		key->tts_values[a] = keyvalues[a];
-		key->tts_isnull[a] = keynulls[a];
-	}
-	ExecStoreVirtualTuple(key);
+	store_key(t, keyvalues, keynulls, natts);
 	/* What routing builds lives as long as the page. */
 	MemoryContextSwitchTo(s->page_cxt);
 	PG_TRY();
@@ -1570,7 +1570,7 @@ leaf_for_key(ApplySession *s, ApplyTable *t, Datum *keyvalues, bool *keynulls)
 	if (!found || e->t == NULL)
 	{
 		e->t = NULL;
-		if (leafrri->ri_RootToPartitionMap != NULL)
+		if (replstamp_root_to_partition_map(leafrri, t->estate) != NULL)
 			ereport(ERROR,
 					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 					 errmsg("partition \"%s\" of table %s has its columns in another order or with other dropped columns",

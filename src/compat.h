@@ -117,6 +117,17 @@ extern size_t strlcpy(char *dst, const char *src, size_t siz);
 #define pgstat_fetch_stat_local_beentry(idx) pgstat_get_local_beentry_by_index(idx)
 #endif
 
+/*
+ * The map from a partitioned table's columns to a leaf partition's (NULL
+ * when they match): set when tuple routing opens the leaf until 15, built
+ * on first use since 16.
+ */
+#if PG_VERSION_NUM >= 160000
+#define replstamp_root_to_partition_map(rri, estate) ExecGetRootToChildMap((rri), (estate))
+#else
+#define replstamp_root_to_partition_map(rri, estate) ((rri)->ri_RootToPartitionMap)
+#endif
+
 #if PG_VERSION_NUM >= 170000
 /*
  * 17: a wait event set belongs to a resource owner, which frees it on
