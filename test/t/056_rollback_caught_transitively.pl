@@ -103,7 +103,10 @@ ok($c->poll_query_until('postgres',
 	"d re-issued what it held of it under its own ID, and that reached c through b");
 is(sq($c, "SELECT count(*) FROM replstamp.changes WHERE replica_id = '$new' AND (pk->>'id')::int BETWEEN 16 AND 20"),
 	'5', "they reached c under a's new ID");
-sq($_, "INSERT INTO t VALUES ((SELECT max(id) + 1 FROM t), 'next')") for ($a, $b, $c, $d);
+# Each node a key of its own: a sync worker may bring another's row in
+# between, and a shared max(id) + 1 would then collide on the table's key.
+my $next = 900000;
+sq($_, 'INSERT INTO t VALUES (' . ++$next . ", 'next')") for ($a, $b, $c, $d);
 pass('the next local write on each node goes through');
 $_->stop for ($a, $b, $c, $d);
 
