@@ -17,11 +17,13 @@
  *	   CRC-32C of every file and, when the cluster has data checksums,
  *	   verifying the checksum of every page of every relation file;
  *	   global/pg_control is copied last; bad pages fail the backup;
- *	5. stop the backup, write its backup_label, copy every WAL segment from
+ *	5. fsync everything copied (before the stop, whose WAL flush would
+ *	   otherwise queue behind the writeback of the copy);
+ *	6. stop the backup, write its backup_label, copy every WAL segment from
  *	   the start to the stop location into target/pg_wal;
- *	6. fsync everything, write backup_manifest (the format pg_verifybackup
+ *	7. fsync the WAL, write backup_manifest (the format pg_verifybackup
  *	   reads), remove the "incomplete" marker, fsync the target;
- *	7. mark the databases 'original' again.
+ *	8. mark the databases 'original' again.
  *
  * Tablespaces are copied into target/pg_tblspc/<oid> as directories (what
  * PostgreSQL calls in-place tablespaces; the copy's postgresql.auto.conf
@@ -1558,7 +1560,16 @@ replstamp_backup(PG_FUNCTION_ARGS)
 					 errdetail("Bad pages: %s.", run->bad_list.data),
 					 errhint("Find the relation of each file with pg_filenode_relation(), restore it from an earlier backup or rebuild it, then take the backup again.")));
 
-		/* 5. Stop the session; the label and the WAL it needs. */
+		/*
+		 * 5. Durable first: the copy on disk before the session stops.  The
+		 * stop switches to a new WAL segment and flushes the WAL, and that
+		 * flush would otherwise wait behind the writeback of the whole copy
+		 * (0.9 s of a 3.5 s backup of 800 MB here).
+		 */
+		ereport(NOTICE, (errmsg("syncing the backup to disk")));
+		fsync_tree(run->target);
+
+		/* 6. Stop the session; the label and the WAL it needs. */
 		stoppoint = do_pg_backup_stop(labelfile->data, false, &stoptli);
 		run->session_started = false;
 		write_target_file(run, BACKUP_LABEL_FILE, labelfile->data, labelfile->len, true);
@@ -1568,9 +1579,9 @@ replstamp_backup(PG_FUNCTION_ARGS)
 		ReplicationSlotDrop(run->slot_name, true);
 		run->slot_created = false;
 
-		/* 6. Durable, then complete. */
-		ereport(NOTICE, (errmsg("syncing the backup to disk")));
-		fsync_tree(run->target);
+		/* 7. The WAL durable too (the label syncs itself), then complete. */
+		build_path(dst, "%s/" XLOGDIR, run->target);
+		fsync_tree(dst);
 		write_manifest(run, starttli, startpoint, stoppoint);
 		build_path(src, "%s/%s", run->target, INCOMPLETE_MARKER);
 		if (unlink(src) != 0)
@@ -1579,7 +1590,7 @@ replstamp_backup(PG_FUNCTION_ARGS)
 					 errmsg("could not remove file \"%s\": %m", src)));
 		(void) fsync_fname_ext(run->target, true, false, ERROR);
 
-		/* 7. Back to 'original'; from here on the backup stands. */
+		/* 8. Back to 'original'; from here on the backup stands. */
 		run->wrote_target = false;
 		run->created_target = false;
 		(void) backup_mark_flip(run->flipped, false, NULL);
