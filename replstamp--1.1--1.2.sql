@@ -463,6 +463,23 @@ REVOKE ALL ON replstamp.row_digest FROM PUBLIC;
 -- bucket is a range of row_hash.
 CREATE INDEX row_version_bucket ON replstamp.row_version (relation, row_hash);
 
+/*
+ * Every stamp and every applied change writes the row's new version over
+ * its old one.  The tombstone index covered changed_at, which every new
+ * version changes, so no such update could be HOT: each inserted into the
+ * hash and bucket indexes too.  It covers deleted_at now, the time of a
+ * tombstone's delete and NULL for a live row, so the new version of a live
+ * row changes no indexed column; a fillfactor of 90 leaves the room on the
+ * page that a HOT update needs.  Prune and sync ask "tombstones older than
+ * t" as deleted_at < t (src/catalog.h, TOMBSTONE_TIME).
+ */
+ALTER TABLE replstamp.row_version ADD COLUMN deleted_at timestamptz;
+UPDATE replstamp.row_version SET deleted_at = changed_at WHERE deleted;
+DROP INDEX replstamp.row_version_tombstones;
+CREATE INDEX row_version_tombstones ON replstamp.row_version (deleted_at)
+    WHERE deleted_at IS NOT NULL;
+ALTER TABLE replstamp.row_version SET (fillfactor = 90);
+
 -- a + b modulo 2^256, for the writes of row_digest.
 CREATE FUNCTION replstamp._digest_add(a bytea, b bytea)
     RETURNS bytea LANGUAGE c STRICT IMMUTABLE

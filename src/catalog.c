@@ -171,8 +171,12 @@ catalog_get(bool missing_ok)
 
 	check_attnum(catalog.changes, Anum_changes_applied, "applied");
 	catalog.v12 = catalog.v11 && get_attname(catalog.changes, Anum_changes_xact, true) != NULL;
+	catalog.row_version_deleted_at = false;
 	if (catalog.v12)
 	{
+		char	   *att = get_attname(catalog.row_version, Anum_row_version_deleted_at, true);
+
+		catalog.row_version_deleted_at = att != NULL && strcmp(att, "deleted_at") == 0;
 		check_attnum(catalog.changes, Anum_changes_usn, "usn");
 		check_attnum(catalog.changes, Anum_changes_xact, "xact");
 	}

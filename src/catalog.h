@@ -65,7 +65,18 @@
 #define Anum_row_version_carry_serial	10
 #define Anum_row_version_carry_columns	11
 #define Anum_row_version_carry_changed_at	12
-#define Natts_row_version			12
+/* from 1.2 on: changed_at of a tombstone, NULL for a live row */
+#define Anum_row_version_deleted_at	13
+#define Natts_row_version			13
+
+/*
+ * SQL that, followed by "OPERATOR(pg_catalog.<) t", says a row_version
+ * entry (alias a) is a tombstone older than t, in the terms of the
+ * catalog's tombstone index.
+ */
+#define TOMBSTONE_TIME(cat, a) \
+	((cat)->row_version_deleted_at ? a ".deleted_at" : \
+	 a ".deleted AND " a ".changed_at")
 
 /* The columns of replstamp.conflict (conflict_log before 1.2). */
 #define Anum_conflict_id		1
@@ -121,6 +132,13 @@ typedef struct ReplstampCatalog
 	 * without them and syncs refuse.
 	 */
 	bool		v12;
+
+	/*
+	 * row_version has deleted_at (1.2), the column its tombstone index
+	 * covers instead of changed_at: a live row's new version changes no
+	 * indexed column, so its update can be HOT.
+	 */
+	bool		row_version_deleted_at;
 } ReplstampCatalog;
 
 /*

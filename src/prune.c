@@ -625,8 +625,18 @@ prune_tombstones(PruneRun *p)
 	Datum		values[3];
 	MemoryContext old = MemoryContextSwitchTo(p->cxt);
 	int			n;
+	char	   *query;
 
 	values[0] = CStringGetTextDatum(lifetime_text());
+	query = psprintf("DELETE FROM replstamp.row_version WHERE ctid OPERATOR(pg_catalog.=) ANY (ARRAY("
+					 "SELECT v.ctid FROM replstamp.row_version v "
+					 "JOIN ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3)) u(replica_id, upto) "
+					 "  ON u.replica_id OPERATOR(pg_catalog.=) v.replica_id "
+					 "  AND v.serial OPERATOR(pg_catalog.<=) u.upto "
+					 "WHERE %s OPERATOR(pg_catalog.<) "
+					 "(pg_catalog.now() OPERATOR(pg_catalog.-) $1::pg_catalog.interval) "
+					 "LIMIT " CppAsString2(PRUNE_BATCH) ")) RETURNING replica_id, serial",
+					 TOMBSTONE_TIME(p->cat, "v"));
 	MemoryContextSwitchTo(old);
 	horizons(p, &values[1], &values[2]);
 	do
@@ -638,15 +648,7 @@ prune_tombstones(PruneRun *p)
 		batch_begin();
 		dbaccess_become_owner(&ctx);
 		SPI_connect();
-		dbaccess_spi_exec("DELETE FROM replstamp.row_version WHERE ctid OPERATOR(pg_catalog.=) ANY (ARRAY("
-						  "SELECT v.ctid FROM replstamp.row_version v "
-						  "JOIN ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3)) u(replica_id, upto) "
-						  "  ON u.replica_id OPERATOR(pg_catalog.=) v.replica_id "
-						  "  AND v.serial OPERATOR(pg_catalog.<=) u.upto "
-						  "WHERE v.deleted AND v.changed_at OPERATOR(pg_catalog.<) "
-						  "(pg_catalog.now() OPERATOR(pg_catalog.-) $1::pg_catalog.interval) "
-						  "LIMIT " CppAsString2(PRUNE_BATCH) ")) RETURNING replica_id, serial",
-						  3, types, values, NULL, SPI_OK_DELETE_RETURNING);
+		dbaccess_spi_exec(query, 3, types, values, NULL, SPI_OK_DELETE_RETURNING);
 		n = SPI_processed;
 		keys = palloc(sizeof(StampKey) * Max(n, 1));
 		for (int i = 0; i < n; i++)

@@ -392,7 +392,7 @@ fill_slot(RowVersionWriter *w, text *relation, ChangeRow *row, RowVersion *rv)
 	TupleTableSlot *slot = w->slot;
 
 	ExecClearTuple(slot);
-	memset(slot->tts_isnull, false, sizeof(bool) * Natts_row_version);
+	memset(slot->tts_isnull, false, sizeof(bool) * slot->tts_tupleDescriptor->natts);
 	slot->tts_values[Anum_row_version_row_hash - 1] = Int64GetDatum(row->hash);
 	slot->tts_values[Anum_row_version_relation - 1] = PointerGetDatum(relation);
 	slot->tts_values[Anum_row_version_pk - 1] = JsonbPGetDatum(row->key);
@@ -414,6 +414,11 @@ fill_slot(RowVersionWriter *w, text *relation, ChangeRow *row, RowVersion *rv)
 		slot->tts_isnull[Anum_row_version_carry_serial - 1] = true;
 		slot->tts_isnull[Anum_row_version_carry_columns - 1] = true;
 		slot->tts_isnull[Anum_row_version_carry_changed_at - 1] = true;
+	}
+	if (w->cat->row_version_deleted_at)
+	{
+		slot->tts_values[Anum_row_version_deleted_at - 1] = TimestampTzGetDatum(rv->v.changed_at);
+		slot->tts_isnull[Anum_row_version_deleted_at - 1] = !rv->deleted;
 	}
 	ExecStoreVirtualTuple(slot);
 }

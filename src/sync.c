@@ -406,7 +406,7 @@ adopt_purged(SyncRun *r)
 		int64		plausible;
 		int64		recorded;
 
-		dbaccess_spi_exec("WITH old AS (SELECT pg_catalog.now() OPERATOR(pg_catalog.-) "
+		dbaccess_spi_exec(psprintf("WITH old AS (SELECT pg_catalog.now() OPERATOR(pg_catalog.-) "
 						  "  pg_catalog.current_setting('replstamp.tombstone_lifetime')::pg_catalog.interval AS before) "
 						  "SELECT COALESCE((SELECT pg_catalog.max(v.serial) FROM replstamp.vector v "
 						  "                 WHERE v.replica_id OPERATOR(pg_catalog.=) $1), 0), "
@@ -419,11 +419,11 @@ adopt_purged(SyncRun *r)
 						  "      AND c.changed_at OPERATOR(pg_catalog.<) old.before "
 						  "      ORDER BY c.serial DESC LIMIT 1), "
 						  "    (SELECT pg_catalog.max(t.serial) FROM replstamp.row_version t, old "
-						  "      WHERE t.deleted AND t.changed_at OPERATOR(pg_catalog.<) old.before "
+						  "      WHERE %s OPERATOR(pg_catalog.<) old.before "
 						  "      AND t.replica_id OPERATOR(pg_catalog.=) $1 AND t.serial OPERATOR(pg_catalog.<=) $2)), 0) "
 						  ", COALESCE((SELECT p.serial FROM replstamp.purged p "
 						  "            WHERE p.replica_id OPERATOR(pg_catalog.=) $1), 0) "
-						  "FROM old",
+						  "FROM old", TOMBSTONE_TIME(catalog_get(false), "t")),
 						  2, types, values, NULL, SPI_OK_SELECT);
 		held = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 		plausible = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
