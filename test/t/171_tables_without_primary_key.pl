@@ -23,11 +23,24 @@ for my $x (@names)
 		CREATE TABLE d (v text, n int NOT NULL DEFAULT 0);
 		SELECT replstamp.track('d', row_id => true);
 		CREATE SEQUENCE ks;
+		CREATE TABLE pre (v text);
 	});
 }
 sub sq { my ($node, $sql) = @_; return $node->safe_psql('postgres', $sql); }
-add_mesh(map { $n{$_} } @names);
 sub sync_round { sq($n{$_}, 'SELECT replstamp.sync_all()') for @names; return; }
+
+# A table with rows, duplicates among them, on a only: tracked there with
+# row IDs and backfill; b and c track it empty, and get its rows.
+sq($n{a}, "INSERT INTO pre SELECT 'p' || (g % 3) FROM generate_series(1, 30) g");
+sq($n{a}, "SELECT replstamp.track('pre', row_id => true, backfill => true)");
+sq($n{$_}, "SELECT replstamp.track('pre', row_id => true)") for qw(b c);
+$n{a}->poll_query_until('postgres',
+	"SELECT backfill = 'done' FROM replstamp.tracked_table WHERE relation = 'public.pre'")
+  or die 'the backfill of pre does not end';
+add_mesh(map { $n{$_} } @names);
+sync_round();
+is(sq($n{$_}, "SELECT string_agg(v || ':' || c, ',' ORDER BY v) FROM (SELECT v, count(*) AS c FROM pre GROUP BY v) r"),
+	'p0:10,p1:10,p2:10', "$_: the rows a had before tracking, with their duplicates") for @names;
 
 is(sq($n{a}, 'SELECT key_index FROM replstamp.tracked_tables WHERE relation = \'u\'::regclass'), 'u_code',
 	'u is tracked by its unique index');
@@ -110,7 +123,7 @@ is(sq($n{$_}, 'SELECT count(*) FROM replstamp.peers WHERE last_error IS NOT NULL
 
 # The same rows everywhere, row IDs included; and the same multiset of
 # values without them (counts per value).
-wait_converged([ map { $n{$_} } @names ], [ 'u', 'd' ], 'after concurrent writers');
+wait_converged([ map { $n{$_} } @names ], [ 'u', 'd', 'pre' ], 'after concurrent writers');
 my $multiset = 'SELECT v, n, count(*) FROM d GROUP BY v, n';
 my $ms_a = sq($n{a}, "SELECT string_agg(r::text, ',' ORDER BY r::text) FROM ($multiset) r");
 is(sq($n{$_}, "SELECT string_agg(r::text, ',' ORDER BY r::text) FROM ($multiset) r"), $ms_a,
