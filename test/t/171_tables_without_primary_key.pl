@@ -140,6 +140,10 @@ is(sq($n{a}, "SELECT count(*) FROM d WHERE NOT EXISTS (SELECT 1 FROM replstamp.r
 		  AND NOT EXISTS (SELECT 1 FROM replstamp.vector v WHERE d.replstamp_row_id <@ replstamp.sequence_block(v.replica_id, 'bigint'))"),
 	'0', 'every row ID lies in the block of the replica ID that wrote it');
 
+# verify() compares them by their keys, content included.
+is(sq($n{a}, "SELECT count(*) FROM replstamp.verify('$_', deep => true)"), '0',
+	"verify() against $_ finds no difference") for qw(b c);
+
 # (c) A rotation moves the row ID sequence to the new ID's block: a
 # restored copy (which rotates) never hands out a row ID again.
 my $old = sq($n{a}, 'SELECT replica_id FROM replstamp.node');
