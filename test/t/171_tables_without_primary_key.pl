@@ -155,5 +155,14 @@ is(sq($n{a}, "SELECT replstamp_row_id <@ replstamp.sequence_block('$new', 'bigin
 sync_round();
 is(sq($n{c}, "SELECT count(*) FROM d WHERE v = 'after rotation'"), '1', 'and replicate');
 
+# Key columns that differ between nodes stop the sync at the change, named.
+sq($n{a}, "CREATE TABLE mism (x int NOT NULL, y int NOT NULL); CREATE UNIQUE INDEX mism_x ON mism (x); "
+	. "SELECT replstamp.track('mism'); INSERT INTO mism VALUES (1, 2)");
+sq($n{b}, "CREATE TABLE mism (x int NOT NULL, y int NOT NULL); CREATE UNIQUE INDEX mism_y ON mism (y); "
+	. "SELECT replstamp.track('mism')");
+my ($ret, $out, $err) = $n{b}->psql('postgres', "SELECT replstamp.sync('a')");
+like($err, qr/the row key of table public\.mism differs between peer "a" and this node\nDETAIL:  The peer identifies its rows by \(x\), this node by \(y\)\./,
+	'a key of other columns stops the sync, named');
+
 $_->stop for values %n;
 done_testing();
