@@ -112,3 +112,6 @@ SELECT replstamp.untrack('dup');
 SELECT replstamp.track('dup', row_id => true);
 SELECT replstamp.track('dup', row_id => true);
 SELECT count(*) FROM pg_attribute WHERE attrelid = 'dup'::regclass AND attname LIKE 'replstamp_row_id%';
+DROP TABLE bare, nullable_u, partial_u, expr_u, deferred_u, full_u, float_u, with_pk,
+    keyed, keyed2, keyed3, dup;
+DROP EXTENSION replstamp;
