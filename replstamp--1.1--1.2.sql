@@ -51,6 +51,57 @@ UPDATE replstamp.tracked t
                          AND k.ord OPERATOR(pg_catalog.<=) i.indnkeyatts)
  WHERE t.state OPERATOR(pg_catalog.=) 'tracked';
 
+/*
+ * Tables without a primary key (issue 26, item 4): their row key is the
+ * unique index of NOT NULL columns that their replica identity names
+ * (ALTER TABLE ... REPLICA IDENTITY USING INDEX, which track() sets), or
+ * the replstamp_row_id column track(..., row_id => true) adds.  key_index
+ * is that index while the table is tracked; NULL when the key is the
+ * primary key.  Every table tracked before 1.2 has a primary key.
+ */
+ALTER TABLE replstamp.tracked ADD COLUMN key_index oid;
+
+-- track() gets its key_index and row_id arguments; the grants follow.
+CREATE FUNCTION replstamp.track(relation regclass, backfill boolean DEFAULT false,
+                                key_index regclass DEFAULT NULL, row_id boolean DEFAULT false)
+RETURNS void
+LANGUAGE C
+AS 'MODULE_PATHNAME', 'replstamp_track';
+COMMENT ON FUNCTION replstamp.track(regclass, boolean, regclass, boolean) IS
+    'start stamping every change of a table, identified by its primary key, else by a unique index of NOT NULL columns (key_index, made its replica identity), else by a row ID column (row_id); with backfill, stamp its existing rows once (also when it is tracked already)';
+REVOKE ALL ON FUNCTION replstamp.track(regclass, boolean, regclass, boolean) FROM PUBLIC;
+DO $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT a.grantee::pg_catalog.regrole AS role
+               FROM pg_catalog.pg_proc p, pg_catalog.aclexplode(p.proacl) a
+              WHERE p.oid OPERATOR(pg_catalog.=) 'replstamp.track(regclass, boolean)'::pg_catalog.regprocedure
+                AND a.privilege_type OPERATOR(pg_catalog.=) 'EXECUTE'
+                AND a.grantee OPERATOR(pg_catalog.<>) 0
+                AND a.grantee OPERATOR(pg_catalog.<>) p.proowner
+    LOOP
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION replstamp.track(regclass, boolean, regclass, boolean) TO %s', r.role);
+    END LOOP;
+END
+$$;
+DROP FUNCTION replstamp.track(regclass, boolean);
+
+-- The key of each tracked table: its primary key, or its replica identity index.
+CREATE OR REPLACE VIEW replstamp.tracked_tables AS
+    SELECT t.tgrelid::pg_catalog.regclass AS relation,
+           n.nspname AS schema_name,
+           c.relname AS table_name,
+           (SELECT i.indexrelid::pg_catalog.regclass FROM pg_catalog.pg_index i
+             WHERE i.indrelid OPERATOR(pg_catalog.=) t.tgrelid
+               AND (i.indisprimary OR (i.indisreplident AND c.relreplident OPERATOR(pg_catalog.=) 'i'))
+             ORDER BY i.indisprimary DESC LIMIT 1) AS key_index
+      FROM pg_catalog.pg_trigger t
+      JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) t.tgrelid
+      JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+     WHERE t.tgfoid OPERATOR(pg_catalog.=) 'replstamp.stamp()'::pg_catalog.regprocedure
+       AND NOT t.tgisinternal;
+
 -- The last verification against each peer (issue 23): replstamp.peers
 -- and replstamp.problems show it.
 CREATE TABLE replstamp.verification (
@@ -174,14 +225,22 @@ CREATE VIEW replstamp.problems AS
       FROM replstamp.tracked t JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) t.relid
      WHERE t.state = 'tracked' AND c.relpersistence OPERATOR(pg_catalog.<>) 'p'
     UNION ALL
-    SELECT 'no primary key', t.relation,
-           'The table has no primary key: its changes cannot be stamped, nor peers'' changes applied.',
-           pg_catalog.format('Add its primary key again (%s).',
-                             pg_catalog.array_to_string(t.key_columns, ', '))
+    SELECT CASE WHEN t.key_index IS NULL THEN 'no primary key' ELSE 'no row key' END, t.relation,
+           CASE WHEN t.key_index IS NULL
+                THEN 'The table has no primary key: its changes cannot be stamped, nor peers'' changes applied.'
+                ELSE 'The table has neither a primary key nor a replica identity index: its changes cannot be stamped, nor peers'' changes applied.'
+           END,
+           CASE WHEN t.key_index IS NULL
+                THEN pg_catalog.format('Add its primary key again (%s).',
+                                       pg_catalog.array_to_string(t.key_columns, ', '))
+                ELSE pg_catalog.format('Create a unique index on (%s) again and make it the replica identity with ALTER TABLE %s REPLICA IDENTITY USING INDEX.',
+                                       pg_catalog.array_to_string(t.key_columns, ', '), t.relation)
+           END
       FROM replstamp.tracked t JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) t.relid
      WHERE t.state = 'tracked'
        AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_index i
-                        WHERE i.indrelid OPERATOR(pg_catalog.=) t.relid AND i.indisprimary)
+                        WHERE i.indrelid OPERATOR(pg_catalog.=) t.relid
+                          AND (i.indisprimary OR (i.indisreplident AND c.relreplident OPERATOR(pg_catalog.=) 'i')))
     UNION ALL
     -- Dropped, and a table of that name is there again without the
     -- triggers (pg_restore --clean -t): peers' changes to it are skipped,
@@ -190,8 +249,11 @@ CREATE VIEW replstamp.problems AS
            'The table was dropped while tracked and created again, but is not tracked: changes made here are not stamped and peers'' changes to it are skipped.',
            CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_index i
                               WHERE i.indrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(t.relation)
-                                AND i.indisprimary)
+                                AND (i.indisprimary OR t.key_index IS NOT NULL AND i.indisreplident))
                 THEN ''
+                WHEN t.key_index IS NOT NULL
+                THEN pg_catalog.format('Give %s a unique index on (%s) again as its replica identity (ALTER TABLE ... REPLICA IDENTITY USING INDEX); then, ',
+                                       t.relation, coalesce(pg_catalog.array_to_string(t.key_columns, ', '), '...'))
                 ELSE pg_catalog.format('Add its primary key again with ALTER TABLE %s ADD PRIMARY KEY (%s); then, ',
                                        t.relation, coalesce(pg_catalog.array_to_string(t.key_columns, ', '), '...'))
            END OPERATOR(pg_catalog.||)

@@ -82,12 +82,12 @@ RESET search_path;
 -- A table owner who is not a superuser cannot track even their own table
 -- unless granted; with the grant, track() checks ownership.
 CREATE TABLE owned_by_superuser (id int PRIMARY KEY);
-GRANT EXECUTE ON FUNCTION replstamp.track(regclass, boolean) TO regress_writer;
+GRANT EXECUTE ON FUNCTION replstamp.track(regclass, boolean, regclass, boolean) TO regress_writer;
 SET ROLE regress_writer;
 SELECT replstamp.track('owned_by_superuser');
 SELECT replstamp.track('owned_by_superuser', backfill => true);
 RESET ROLE;
-REVOKE EXECUTE ON FUNCTION replstamp.track(regclass, boolean) FROM regress_writer;
+REVOKE EXECUTE ON FUNCTION replstamp.track(regclass, boolean, regclass, boolean) FROM regress_writer;
 -- Nor with backfill without the grant, even their own table.
 CREATE TABLE writer_owned (id int PRIMARY KEY);
 ALTER TABLE writer_owned OWNER TO regress_writer;

@@ -565,10 +565,12 @@ resolve_table(ApplySession *s, Change *change)
 							 errmsg("peer sent a change of table %s, which is not tracked here", relation),
 							 errhint("Track the table with replstamp.track() on every node.")));
 			}
-			else if (!OidIsValid(RelationGetPrimaryKeyIndex(rel)))
+			else if (!OidIsValid(rowimage_key_index(rel)))
 				ereport(ERROR,
 						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-						 errmsg("table %s has no primary key", relation)));
+						 errmsg("table %s has no row key", relation),
+						 errdetail("It has neither a primary key nor a replica identity index."),
+						 errhint("Give it back the key it was tracked with (replstamp.problems names it).")));
 			t->relid = relid;
 			t->owner = rel->rd_rel->relowner;
 			t->partitioned = rel->rd_rel->relkind == RELKIND_PARTITIONED_TABLE;
@@ -1646,11 +1648,11 @@ apply_to_table(ApplySession *s, ApplyTable *t, Change *change, bool nowait)
 	if (!rowimage_key_matches(t->layout, change->pk))
 		ereport(ERROR,
 				(errcode(ERRCODE_DATA_EXCEPTION),
-				 errmsg("the primary key of table %s differs between peer \"%s\" and this node",
+				 errmsg("the row key of table %s differs between peer \"%s\" and this node",
 						t->layout->relname, s->peer),
 				 errdetail("The peer identifies its rows by (%s), this node by (%s).",
 						   rowimage_key_names(change->pk), rowimage_layout_key_names(t->layout)),
-				 errhint("Give the table the same primary key on every node.")));
+				 errhint("Give the table the same key on every node: the same primary key, or, without one, a replica identity index on the same columns (or the same replstamp_row_id column).")));
 	nrows = rowversion_change_rows(change, rows);
 	ver.changed_at = change->changed_at;
 	ver.replica_id = change->replica_id;

@@ -38,6 +38,7 @@
 #include "storage/itemptr.h"
 #include "storage/latch.h"
 #include "storage/lock.h"
+#include "storage/procarray.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
@@ -226,21 +227,53 @@ backfill_origin(Relation rel, BackfillOrigin *origin)
 	FullTransactionId next = ReadNextFullTransactionId();
 	FullTransactionId *running;
 	int			n = 0;
+	int			size;
+	TransactionId xmax = snap->xmax;
+	TransactionId own = GetTopTransactionIdIfAny();
 	StringInfoData buf;
 
-	running = palloc(sizeof(FullTransactionId) * (snap->xcnt + Max(snap->subxcnt, 0) + 1));
+	size = snap->xcnt + Max(snap->subxcnt, 0) + 1;
+	running = palloc(sizeof(FullTransactionId) * size);
 	for (int i = 0; i < snap->xcnt; i++)
 		running[n++] = widen_xid(next, snap->xip[i]);
 	/* Subtransactions from xmax on count as in progress anyway. */
 	for (int i = 0; i < snap->subxcnt; i++)
 		if (TransactionIdPrecedes(snap->subxip[i], snap->xmax))
 			running[n++] = widen_xid(next, snap->subxip[i]);
+
+	/*
+	 * What this transaction wrote before track() installed the trigger (the
+	 * rewrite of track(..., row_id => true), or the caller's own writes) has
+	 * no stamp either: the snapshot takes this transaction as ended, so its
+	 * xmax moves past our xid, naming those still in progress below it.  No
+	 * transaction between wrote the table: our lock waited for its writers.
+	 */
+	if (TransactionIdIsNormal(own) && !TransactionIdPrecedes(own, xmax))
+	{
+		TransactionId x = xmax;
+
+		while (TransactionIdPrecedes(x, own))
+		{
+			if (TransactionIdIsInProgress(x))
+			{
+				if (n == size)
+				{
+					size *= 2;
+					running = repalloc(running, sizeof(FullTransactionId) * size);
+				}
+				running[n++] = widen_xid(next, x);
+			}
+			TransactionIdAdvance(x);
+		}
+		xmax = own;
+		TransactionIdAdvance(xmax);
+	}
 	qsort(running, n, sizeof(FullTransactionId), fxid_cmp);
 
 	initStringInfo(&buf);
 	appendStringInfo(&buf, UINT64_FORMAT ":" UINT64_FORMAT ":",
 					 U64FromFullTransactionId(widen_xid(next, snap->xmin)),
-					 U64FromFullTransactionId(widen_xid(next, snap->xmax)));
+					 U64FromFullTransactionId(widen_xid(next, xmax)));
 	for (int i = 0; i < n; i++)
 		if (i == 0 || !FullTransactionIdEquals(running[i], running[i - 1]))
 			appendStringInfo(&buf, "%s" UINT64_FORMAT, i ? "," : "",

@@ -14,7 +14,8 @@
  *	  set its columns, every other action (CASCADE, NO ACTION, RESTRICT)
  *	  deletes it: the parent's deletion wins.  A child deleted so may be a
  *	  parent in turn: its children follow.
- *	- second unique keys (every unique index but the primary key's): of
+ *	- second unique keys (every unique index but the row key's, the
+ *	  primary key or rowimage_key_index()): of
  *	  two rows that take the same value, the one whose latest version is
  *	  the later (by last writer wins' order) is deleted; a row never
  *	  stamped loses to one that was.
@@ -345,6 +346,7 @@ rel_cons(Relation rel)
 	List	   *as_parent;
 	bool		has_unique = false;
 	bool		has_deferred_unique = false;
+	Oid			keyoid;
 	List	   *indexes;
 	ListCell   *lc;
 	MemoryContext old;
@@ -357,6 +359,7 @@ rel_cons(Relation rel)
 	as_child = fks_of(relid, false);
 	as_parent = fks_of(relid, true);
 	MemoryContextSwitchTo(old);
+	keyoid = rowimage_key_index(rel);
 	indexes = RelationGetIndexList(rel);
 	foreach(lc, indexes)
 	{
@@ -366,9 +369,9 @@ rel_cons(Relation rel)
 		if (!HeapTupleIsValid(tup))
 			continue;
 		ix = (Form_pg_index) GETSTRUCT(tup);
-		if (ix->indisunique && !ix->indisprimary && ix->indimmediate && ix->indisvalid)
+		if (ix->indisunique && ix->indexrelid != keyoid && ix->indimmediate && ix->indisvalid)
 			has_unique = true;
-		if (ix->indisunique && !ix->indisprimary && !ix->indimmediate && ix->indisvalid)
+		if (ix->indisunique && ix->indexrelid != keyoid && !ix->indimmediate && ix->indisvalid)
 			has_deferred_unique = true;
 		ReleaseSysCache(tup);
 	}
@@ -1047,13 +1050,14 @@ resolve_unique(ApplySession *s, Relation rel, ResultRelInfo *rri, EState *estate
 {
 	TupleTableSlot *slot = table_slot_create(rel, NULL);
 	bool		ok = true;
+	Oid			keyoid = rowimage_key_index(rel);
 
 	for (int i = 0; i < rri->ri_NumIndices && ok; i++)
 	{
 		Relation	idx = rri->ri_IndexRelationDescs[i];
 		IndexInfo  *ii = rri->ri_IndexRelationInfo[i];
 
-		if (idx == NULL || !idx->rd_index->indisunique || idx->rd_index->indisprimary ||
+		if (idx == NULL || !idx->rd_index->indisunique || RelationGetRelid(idx) == keyoid ||
 			!idx->rd_index->indimmediate || !idx->rd_index->indisvalid)
 			continue;
 		while (find_holder(rel, idx, ii, estate, newslot, self, oldslot, slot))
@@ -1129,6 +1133,8 @@ typedef struct UniqueTable
 static bool
 unique_table_open(UniqueTable *t, Oid relid)
 {
+	Oid			keyoid;
+
 	memset(t, 0, sizeof(UniqueTable));
 	t->rel = try_table_open(relid, RowExclusiveLock);
 	if (t->rel == NULL)
@@ -1140,8 +1146,9 @@ unique_table_open(UniqueTable *t, Oid relid)
 	t->written = MakeSingleTupleTableSlot(RelationGetDescr(t->rel), &TTSOpsHeapTuple);
 	t->cur = table_slot_create(t->rel, NULL);
 	t->holder = table_slot_create(t->rel, NULL);
+	keyoid = rowimage_key_index(t->rel);
 	for (int i = 0; i < t->rri->ri_NumIndices; i++)
-		if (t->rri->ri_IndexRelationDescs[i]->rd_index->indisprimary)
+		if (RelationGetRelid(t->rri->ri_IndexRelationDescs[i]) == keyoid)
 		{
 			t->pk = t->rri->ri_IndexRelationDescs[i];
 			t->pkinfo = t->rri->ri_IndexRelationInfo[i];
@@ -1217,7 +1224,7 @@ check_deferred_unique(ApplySession *s, ConstraintState *cs)
 			Relation	idx = rri->ri_IndexRelationDescs[i];
 			IndexInfo  *ii = rri->ri_IndexRelationInfo[i];
 
-			if (!idx->rd_index->indisunique || idx->rd_index->indisprimary ||
+			if (!idx->rd_index->indisunique || RelationGetRelid(idx) == rowimage_key_index(rel) ||
 				idx->rd_index->indimmediate || !idx->rd_index->indisvalid)
 				continue;
 			while (found && find_holder(rel, idx, ii, estate, cur, &cur->tts_tid, NULL, holder))

@@ -59,6 +59,7 @@
 #include "utils/memutils.h"
 #include "utils/numeric.h"
 #include "utils/rel.h"
+#include "utils/relcache.h"
 #include "utils/syscache.h"
 #include "utils/typcache.h"
 #include "utils/xml.h"
@@ -313,7 +314,7 @@ layout_build(RowLayout *layout, Relation rel)
 		layout->sensitivity = Max(layout->sensitivity, col->sensitivity);
 	}
 
-	layout->pkoid = RelationGetPrimaryKeyIndex(rel);
+	layout->pkoid = rowimage_key_index(rel);
 	layout->npk = 0;
 	layout->pk = NULL;
 	if (OidIsValid(layout->pkoid))
@@ -1096,22 +1097,45 @@ equal_means_same_image(Oid typid, int32 typmod, Oid collid, Oid opfamily,
 }
 
 /*
- * Can two values that the primary key index of rel treats as equal have
- * different key images, so that nodes would take them for two rows?  If
- * so, the first such key column goes to *column (its name) and *col_type,
- * and the type or nondeterministic collation to blame to *bad_type or
- * *bad_coll (the column's own type, or a type it contains).  A table
- * without a primary key answers false.
+ * The index by which every node identifies the rows of rel, its row key:
+ * its primary key; without one, the unique index its replica identity
+ * names (ALTER TABLE ... REPLICA IDENTITY USING INDEX, which PostgreSQL
+ * accepts only for a unique, immediate, non-partial index of plain NOT NULL
+ * columns; track() sets it for a table without a primary key).  Both come
+ * from the relcache: no catalog lookup per row.  InvalidOid if rel has
+ * neither.
+ */
+Oid
+rowimage_key_index(Relation rel)
+{
+	Oid			pkoid = RelationGetPrimaryKeyIndex(rel);
+
+	if (OidIsValid(pkoid))
+		return pkoid;
+	if (rel->rd_rel->relreplident == REPLICA_IDENTITY_INDEX)
+		return RelationGetReplicaIndex(rel);
+	return InvalidOid;
+}
+
+/*
+ * Can two values that the row key index of rel (rowimage_key_index())
+ * treats as equal have different key images, so that nodes would take
+ * them for two rows?  If so, the first such key column goes to *column
+ * (its name) and *col_type, and the type or nondeterministic collation to
+ * blame to *bad_type or *bad_coll (the column's own type, or a type it
+ * contains).  A table without a row key answers false.  keyoid, if
+ * valid, is the index to look at instead (track() asks before it makes the
+ * index the table's replica identity).
  *
  * Integer, boolean, money and numeric columns are JSON values in the image,
  * which jsonb compares and hashes by value; every other column is exact if
  * its equal values print alike (equal_means_same_image()).
  */
 bool
-rowimage_key_inexact(Relation rel, const char **column, Oid *col_type, Oid *bad_type,
-					 Oid *bad_coll)
+rowimage_key_inexact(Relation rel, Oid keyoid, const char **column, Oid *col_type,
+					 Oid *bad_type, Oid *bad_coll)
 {
-	Oid			pkoid = RelationGetPrimaryKeyIndex(rel);
+	Oid			pkoid = OidIsValid(keyoid) ? keyoid : rowimage_key_index(rel);
 	TupleDesc	desc = RelationGetDescr(rel);
 	Relation	idx;
 	bool		inexact = false;

@@ -79,8 +79,9 @@ typedef struct RowLayout
 	int			ncols;
 	ImageColumn *cols;			/* every live, non-generated column */
 	int			npk;
-	ImageColumn *pk;			/* primary key columns, in key order */
-	Oid			pkoid;			/* primary key index, or InvalidOid */
+	ImageColumn *pk;			/* row key columns, in key order */
+	Oid			pkoid;			/* row key index (rowimage_key_index()), or
+								 * InvalidOid */
 	ImageSensitivity sensitivity;	/* of the whole row */
 	struct HTAB *byname;		/* column name -> index in cols, for decoding */
 } RowLayout;
@@ -96,8 +97,9 @@ extern bool rowimage_key_matches(RowLayout *layout, Jsonb *pk);
 extern Jsonb *rowimage_key_of(Jsonb *pk, Jsonb *image);
 extern bool rowimage_key_changed(Jsonb *pk, Jsonb *image);
 extern int64 rowimage_row_hash(const char *relation, int len, Jsonb *pk);
-extern bool rowimage_key_inexact(Relation rel, const char **column, Oid *col_type,
-								 Oid *bad_type, Oid *bad_coll);
+extern Oid	rowimage_key_index(Relation rel);
+extern bool rowimage_key_inexact(Relation rel, Oid keyoid, const char **column,
+								 Oid *col_type, Oid *bad_type, Oid *bad_coll);
 extern void rowimage_enter_input_settings(bool session);
 extern char *rowimage_key_names(Jsonb *pk);
 extern char *rowimage_layout_key_names(RowLayout *layout);

@@ -408,6 +408,27 @@ sequences_cover_table(Oid relid)
 }
 
 /*
+ * track(..., row_id => true): confine the new sequence of the row ID
+ * column of table feeds to the current ID's block before it hands out its
+ * first value (the existing rows get theirs when the column is added).
+ * Returns false on a catalog older than 1.2, which has no blocks.
+ */
+bool
+sequences_cover_row_id(Oid seqrelid, Oid feeds)
+{
+	ReplstampOwnerContext ctx;
+
+	if (!OidIsValid(registry()))
+		return false;
+	dbaccess_become_owner(&ctx);
+	SPI_connect();
+	track_one(seqrelid, feeds);
+	SPI_finish();
+	dbaccess_restore_user(&ctx);
+	return true;
+}
+
+/*
  * untrack() has made the table untracked: so are the sequences track()
  * covered for it.  They keep their bounds: values beyond them would be
  * other IDs' blocks.

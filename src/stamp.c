@@ -35,6 +35,7 @@
 #include "catalog/pg_inherits.h"
 #include "catalog/pg_trigger.h"
 #include "catalog/pg_type.h"
+#include "commands/defrem.h"
 #include "commands/event_trigger.h"
 #include "commands/extension.h"
 #include "commands/trigger.h"
@@ -230,10 +231,10 @@ replstamp_stamp(PG_FUNCTION_ARGS)
 	if (!OidIsValid(layout->pkoid))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("tracked table \"%s\" has no primary key",
+				 errmsg("tracked table \"%s\" has no row key",
 						RelationGetRelationName(rel)),
-				 errdetail("replstamp identifies rows by their primary key."),
-				 errhint("Add a primary key to the table, or stop tracking it with replstamp.untrack().")));
+				 errdetail("replstamp identifies rows by their primary key or, without one, by the unique index of the table's replica identity."),
+				 errhint("Give the table back the key it was tracked with (replstamp.problems names it), or stop tracking it with replstamp.untrack().")));
 
 	rowimage_both(layout, RelationGetDescr(rel), keytuple, newtuple,
 				  &change.pk, newtuple ? &change.image : NULL);
@@ -467,13 +468,13 @@ stamp_is_tracked(Relation rel)
 }
 
 /*
- * The names of the primary key columns of rel, in key order; NIL if it has
- * no primary key.
+ * The names of the row key columns of rel (rowimage_key_index()), in key
+ * order; NIL if it has no row key.
  */
 static List *
 key_columns(Relation rel)
 {
-	Oid			pkoid = RelationGetPrimaryKeyIndex(rel);
+	Oid			pkoid = rowimage_key_index(rel);
 	Relation	pk;
 	List	   *names = NIL;
 
@@ -491,11 +492,24 @@ key_columns(Relation rel)
 	return names;
 }
 
-/* Does the registry have the key_columns column (1.2)? */
+/* Does the registry have the key_columns and key_index columns (1.2)? */
 static bool
 registry_has_key_columns(const ReplstampCatalog *cat)
 {
-	return OidIsValid(cat->tracked) && get_attnum(cat->tracked, "key_columns") != InvalidAttrNumber;
+	return OidIsValid(cat->tracked) && get_attnum(cat->tracked, "key_columns") != InvalidAttrNumber &&
+		get_attnum(cat->tracked, "key_index") != InvalidAttrNumber;
+}
+
+/*
+ * The index of rel's row key as replstamp.tracked_table records it: the
+ * replica identity index of a table without a primary key, else InvalidOid.
+ */
+static Oid
+key_index_to_record(Relation rel)
+{
+	if (OidIsValid(RelationGetPrimaryKeyIndex(rel)))
+		return InvalidOid;
+	return rowimage_key_index(rel);
 }
 
 /* The names of a list, as "a, b" (quoted where needed). */
@@ -512,32 +526,66 @@ names_text(List *names)
 }
 
 /*
- * Record the primary key columns of a tracked table in replstamp.tracked_table
- * (1.2): the DDL guard keeps them.  Only where none are recorded yet, unless
- * replace.  The caller is connected to SPI as the extension's owner.
+ * Record the row key columns of a tracked table in replstamp.tracked_table
+ * (1.2), and its key index if that is not a primary key: the DDL guard
+ * keeps them.  Only where none are recorded yet, unless replace.  The
+ * caller is connected to SPI as the extension's owner.
  */
 static void
-registry_set_key(const char *regname, List *keys, bool replace)
+registry_set_key(const char *regname, List *keys, Oid keyindex, bool replace)
 {
-	Oid			types[2] = {TEXTOID, TEXTARRAYOID};
-	Datum		values[2];
+	Oid			types[3] = {TEXTOID, TEXTARRAYOID, OIDOID};
+	Datum		values[3];
+	char		nulls[3] = {' ', ' ', ' '};
 
 	values[0] = CStringGetTextDatum(regname);
 	values[1] = dbaccess_names_array(keys);
+	values[2] = ObjectIdGetDatum(keyindex);
+	if (!OidIsValid(keyindex))
+		nulls[2] = 'n';
 	dbaccess_spi_exec(replace ?
-					  catalog_sql("UPDATE replstamp.tracked_table SET key_columns = $2 WHERE relation OPERATOR(pg_catalog.=) $1") :
-					  catalog_sql("UPDATE replstamp.tracked_table SET key_columns = $2 WHERE relation OPERATOR(pg_catalog.=) $1 "
-								  "AND key_columns IS NULL"),
-					  2, types, values, NULL, SPI_OK_UPDATE);
+					  catalog_sql("UPDATE replstamp.tracked_table SET key_columns = $2, key_index = $3 "
+								  "WHERE relation OPERATOR(pg_catalog.=) $1") :
+					  catalog_sql("UPDATE replstamp.tracked_table SET key_columns = $2, key_index = $3 "
+								  "WHERE relation OPERATOR(pg_catalog.=) $1 AND key_columns IS NULL"),
+					  3, types, values, nulls, SPI_OK_UPDATE);
 }
 
 /*
- * The primary key columns recorded for a tracked table, as text, or NULL if
- * they are what keys names (or none are recorded: then they are recorded
- * now).  The caller is connected to SPI as the extension's owner.
+ * The key index recorded for a tracked table (registry_set_key()), or
+ * InvalidOid: its key is its primary key, or nothing is recorded.  The
+ * caller is connected to SPI as the extension's owner.
+ */
+static Oid
+registry_key_index(const char *regname)
+{
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1];
+	bool		isnull;
+	Oid			keyindex = InvalidOid;
+
+	values[0] = CStringGetTextDatum(regname);
+	dbaccess_spi_exec(catalog_sql("SELECT key_index FROM replstamp.tracked_table "
+								  "WHERE relation OPERATOR(pg_catalog.=) $1"),
+					  1, types, values, NULL, SPI_OK_SELECT);
+	if (SPI_processed > 0)
+	{
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+
+		if (!isnull)
+			keyindex = DatumGetObjectId(d);
+	}
+	return keyindex;
+}
+
+/*
+ * The row key columns recorded for a tracked table, as text, or NULL if
+ * they are what keys names (then keys and keyindex are recorded now: the
+ * same columns under another index are the same key).  The caller is
+ * connected to SPI as the extension's owner.
  */
 static char *
-registry_key_differs(const char *regname, List *keys)
+registry_key_differs(const char *regname, List *keys, Oid keyindex)
 {
 	Oid			types[2] = {TEXTOID, TEXTARRAYOID};
 	Datum		values[2];
@@ -552,7 +600,7 @@ registry_key_differs(const char *regname, List *keys)
 	if (SPI_processed > 0)
 		recorded = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 	else
-		registry_set_key(regname, keys, false);
+		registry_set_key(regname, keys, keyindex, true);
 	return recorded;
 }
 
@@ -633,7 +681,7 @@ registry_set(const ReplstampCatalog *cat, Oid relid, const char *state,
 
 		/* None yet (pg_restore adds it later): the guard records it then. */
 		if (keys != NIL)
-			registry_set_key(TextDatumGetCString(values[0]), keys, true);
+			registry_set_key(TextDatumGetCString(values[0]), keys, key_index_to_record(rel), true);
 		relation_close(rel, AccessShareLock);
 	}
 	SPI_finish();
@@ -707,23 +755,25 @@ open_table_for_tracking(Oid relid)
  * gave a tracked table such a key.
  */
 static void
-refuse_inexact_key(Relation rel, const char *relname, bool guard)
+refuse_inexact_key(Relation rel, Oid keyoid, const char *relname, bool guard)
 {
 	const char *column;
 	Oid			col_type;
 	Oid			bad_type;
 	Oid			bad_coll;
+	const char *what;
 
-	if (!rowimage_key_inexact(rel, &column, &col_type, &bad_type, &bad_coll))
+	if (!rowimage_key_inexact(rel, keyoid, &column, &col_type, &bad_type, &bad_coll))
 		return;
+	what = OidIsValid(RelationGetPrimaryKeyIndex(rel)) ? "primary key" : "row key";
 	if (OidIsValid(bad_coll))
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 guard ?
-				 errmsg("cannot give tracked table %s a primary key column \"%s\" with nondeterministic collation \"%s\"",
-						relname, column, get_collation_name(bad_coll)) :
-				 errmsg("cannot track table \"%s\" because its primary key column \"%s\" has nondeterministic collation \"%s\"",
-						relname, column, get_collation_name(bad_coll)),
+				 errmsg("cannot give tracked table %s a %s column \"%s\" with nondeterministic collation \"%s\"",
+						relname, what, column, get_collation_name(bad_coll)) :
+				 errmsg("cannot track table \"%s\" because its %s column \"%s\" has nondeterministic collation \"%s\"",
+						relname, what, column, get_collation_name(bad_coll)),
 				 errdetail("The collation treats strings as equal that differ (such as alice and ALICE), "
 						   "and replstamp identifies a row on every node by the text of its key: "
 						   "nodes would take two spellings of one key for two rows."),
@@ -731,14 +781,14 @@ refuse_inexact_key(Relation rel, const char *relname, bool guard)
 	ereport(ERROR,
 			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 			 guard ?
-			 errmsg("cannot give tracked table %s a primary key column \"%s\" of type %s",
-					relname, column, format_type_be(col_type)) :
-			 errmsg("cannot track table \"%s\" because its primary key column \"%s\" is of type %s",
-					relname, column, format_type_be(col_type)),
-			 errdetail("The primary key treats some values of type %s as equal that print differently, "
+			 errmsg("cannot give tracked table %s a %s column \"%s\" of type %s",
+					relname, what, column, format_type_be(col_type)) :
+			 errmsg("cannot track table \"%s\" because its %s column \"%s\" is of type %s",
+					relname, what, column, format_type_be(col_type)),
+			 errdetail("The %s treats some values of type %s as equal that print differently, "
 					   "and replstamp identifies a row on every node by the text of its key: "
 					   "nodes would take two spellings of one key for two rows.",
-					   format_type_be(bad_type)),
+					   what, format_type_be(bad_type)),
 			 errhint("Use a key whose equal values are identical, such as integer, bigint, uuid, "
 					 "text with a deterministic collation, date or timestamp (or arrays, ranges "
 					 "and composites of these), or numeric on its own.")));
@@ -761,7 +811,7 @@ replstamp_inexact_key(PG_FUNCTION_ARGS)
 
 	if (rel == NULL)
 		PG_RETURN_NULL();
-	if (!rowimage_key_inexact(rel, &column, &col_type, &bad_type, &bad_coll))
+	if (!rowimage_key_inexact(rel, InvalidOid, &column, &col_type, &bad_type, &bad_coll))
 	{
 		relation_close(rel, AccessShareLock);
 		PG_RETURN_NULL();
@@ -926,23 +976,225 @@ refuse_covered_partition(Relation rel)
 				 errhint("Track or untrack the partitioned table instead.")));
 }
 
+/* The name of the row ID column track(..., row_id => true) adds. */
+#define ROW_ID_COLUMN "replstamp_row_id"
+
 /*
- * replstamp.track(regclass [, backfill boolean]): from now on, every change
- * of the table is stamped; with backfill, its existing rows are stamped
- * once too (in the background, in batches), also when the table is tracked
- * already.  Refuses what cannot be tracked faithfully.
+ * Why index idx of rel cannot be a row key, or NULL if it can: the rules
+ * of ALTER TABLE ... REPLICA IDENTITY USING INDEX (unique, immediate,
+ * valid, not partial, plain NOT NULL columns).
+ */
+static char *
+key_index_unfit(Relation rel, Relation idx)
+{
+	const char *name = RelationGetRelationName(idx);
+
+	if (!idx->rd_index->indisunique)
+		return psprintf("index \"%s\" is not unique", name);
+	if (!idx->rd_index->indimmediate)
+		return psprintf("index \"%s\" is deferrable", name);
+	if (!idx->rd_index->indisvalid)
+		return psprintf("index \"%s\" is not valid", name);
+	if (!heap_attisnull(idx->rd_indextuple, Anum_pg_index_indpred, NULL))
+		return psprintf("index \"%s\" is partial", name);
+	for (int i = 0; i < idx->rd_index->indnkeyatts; i++)
+	{
+		AttrNumber	attnum = idx->rd_index->indkey.values[i];
+
+		if (attnum <= 0)
+			return psprintf("index \"%s\" has an expression", name);
+		if (!TupleDescAttr(RelationGetDescr(rel), attnum - 1)->attnotnull)
+			return psprintf("column \"%s\" of index \"%s\" may be null",
+							NameStr(TupleDescAttr(RelationGetDescr(rel), attnum - 1)->attname), name);
+	}
+	return NULL;
+}
+
+/*
+ * The row key track() gives a table (see rowimage_key_index()): its primary
+ * key; else the index its replica identity names; else the index asked
+ * for, or the fit unique index of fewest columns (ties: the first by name),
+ * which *set_identity says track() makes the replica identity.  InvalidOid
+ * if none is fit; *why then says why each unique index is not.
+ */
+static Oid
+choose_key_index(Relation rel, Oid asked, bool *set_identity, char **why)
+{
+	Oid			pkoid = RelationGetPrimaryKeyIndex(rel);
+	const char *relname = RelationGetRelationName(rel);
+	List	   *indexes;
+	ListCell   *lc;
+	Oid			best = InvalidOid;
+	int			best_ncols = 0;
+	char	   *best_name = NULL;
+	StringInfoData reasons;
+
+	*set_identity = false;
+	*why = NULL;
+	if (OidIsValid(pkoid) || rel->rd_rel->relreplident == REPLICA_IDENTITY_INDEX)
+	{
+		Oid			key = rowimage_key_index(rel);
+
+		if (OidIsValid(asked) && asked != key)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("cannot track table \"%s\" by index \"%s\"", relname, get_rel_name(asked)),
+					 OidIsValid(pkoid) ?
+					 errdetail("A table with a primary key is identified by its primary key.") :
+					 errdetail("Its replica identity is index \"%s\": replstamp identifies its rows by that index.",
+							   get_rel_name(key)),
+					 OidIsValid(pkoid) ? 0 :
+					 errhint("Make the index its replica identity with ALTER TABLE ... REPLICA IDENTITY USING INDEX, or track the table without key_index.")));
+		if (OidIsValid(key))
+			return key;
+	}
+	if (rel->rd_rel->relreplident == REPLICA_IDENTITY_FULL ||
+		rel->rd_rel->relreplident == REPLICA_IDENTITY_NOTHING)
+	{
+		*why = psprintf("its replica identity is %s, and replstamp records the row key of a table without a primary key as the table's replica identity",
+						rel->rd_rel->relreplident == REPLICA_IDENTITY_FULL ? "FULL" : "NOTHING");
+		return InvalidOid;
+	}
+	if (OidIsValid(asked))
+	{
+		Relation	idx = index_open(asked, AccessShareLock);
+		char	   *unfit;
+
+		if (idx->rd_index->indrelid != RelationGetRelid(rel))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("index \"%s\" is not an index of table \"%s\"",
+							RelationGetRelationName(idx), relname)));
+		unfit = key_index_unfit(rel, idx);
+		if (unfit)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("cannot track table \"%s\" by index \"%s\"", relname,
+							RelationGetRelationName(idx)),
+					 errdetail("The key of a table without a primary key must be a unique, immediate, non-partial index of NOT NULL columns, but %s.",
+							   unfit)));
+		index_close(idx, AccessShareLock);
+		*set_identity = true;
+		return asked;
+	}
+
+	initStringInfo(&reasons);
+	indexes = RelationGetIndexList(rel);
+	foreach(lc, indexes)
+	{
+		Relation	idx = index_open(lfirst_oid(lc), AccessShareLock);
+		char	   *unfit = idx->rd_index->indisunique ? key_index_unfit(rel, idx) : NULL;
+		const char *name = RelationGetRelationName(idx);
+		int			ncols = idx->rd_index->indnkeyatts;
+
+		if (!idx->rd_index->indisunique)
+			;
+		else if (unfit)
+			appendStringInfo(&reasons, "%s%s", reasons.len ? "; " : "", unfit);
+		else if (!OidIsValid(best) || ncols < best_ncols ||
+				 (ncols == best_ncols && strcmp(name, best_name) < 0))
+		{
+			best = lfirst_oid(lc);
+			best_ncols = ncols;
+			best_name = pstrdup(name);
+		}
+		index_close(idx, AccessShareLock);
+	}
+	list_free(indexes);
+	if (OidIsValid(best))
+		*set_identity = true;
+	else
+		*why = reasons.len ? reasons.data : pstrdup("it has no unique index");
+	return best;
+}
+
+/*
+ * Give rel a row ID (track(..., row_id => true)): a bigint column
+ * replstamp_row_id, NOT NULL, filled from a sequence of its own that is
+ * confined to this node's block (src/sequences.c) before it fills the
+ * existing rows, with a unique index made the table's replica identity.
+ * Runs in the caller's rights (the table's owner, or a member of its role):
+ * no trigger fires, and the table is rewritten once.  ALTER TABLE refuses
+ * a table this session holds open: rel is closed (its lock kept) and
+ * opened again.
+ */
+static Relation
+add_row_id(Relation rel, const char *qname)
+{
+	Oid			relid = RelationGetRelid(rel);
+	Oid			nsp = RelationGetNamespace(rel);
+	const char *relname = RelationGetRelationName(rel);
+	const char *nspname = get_namespace_name(nsp);
+	char	   *seqname = ChooseRelationName(relname, ROW_ID_COLUMN, "seq", nsp, false);
+	char	   *qseq = quote_qualified_identifier(nspname, seqname);
+	char	   *idxname = ChooseRelationName(relname, ROW_ID_COLUMN, "key", nsp, false);
+	char	   *owner = GetUserNameFromId(rel->rd_rel->relowner, false);
+	char	   *cmds[6];
+	Oid			seqrelid;
+	int			nestlevel;
+
+	relname = pstrdup(relname);
+	relation_close(rel, NoLock);
+	nestlevel = NewGUCNestLevel();
+	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	SPI_connect();
+	cmds[0] = psprintf("CREATE SEQUENCE %s AS bigint", qseq);
+	cmds[1] = psprintf("ALTER SEQUENCE %s OWNER TO %s", qseq, quote_identifier(owner));
+	for (int i = 0; i < 2; i++)
+		if (SPI_execute(cmds[i], false, 0) != SPI_OK_UTILITY)
+			elog(ERROR, "replstamp: \"%s\" failed", cmds[i]);
+	CommandCounterIncrement();
+	seqrelid = get_relname_relid(seqname, nsp);
+	if (!sequences_cover_row_id(seqrelid, relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("track() with row_id needs the extension's catalog of release 1.2"),
+				 errhint("Run ALTER EXTENSION replstamp UPDATE in this database.")));
+	cmds[2] = psprintf("ALTER TABLE %s ADD COLUMN %s bigint NOT NULL DEFAULT pg_catalog.nextval(%s::pg_catalog.regclass)",
+					   qname, ROW_ID_COLUMN, quote_literal_cstr(qseq));
+	cmds[3] = psprintf("ALTER SEQUENCE %s OWNED BY %s.%s", qseq, qname, ROW_ID_COLUMN);
+	cmds[4] = psprintf("CREATE UNIQUE INDEX %s ON %s (%s)", quote_identifier(idxname), qname, ROW_ID_COLUMN);
+	cmds[5] = psprintf("ALTER TABLE %s REPLICA IDENTITY USING INDEX %s", qname, quote_identifier(idxname));
+	for (int i = 2; i < 6; i++)
+		if (SPI_execute(cmds[i], false, 0) != SPI_OK_UTILITY)
+			elog(ERROR, "replstamp: \"%s\" failed", cmds[i]);
+	SPI_finish();
+	AtEOXact_GUC(true, nestlevel);
+	ereport(NOTICE,
+			(errmsg("table \"%s\" has no primary key: column %s added as its row key", relname, ROW_ID_COLUMN),
+			 errdetail("Its values come from sequence %s, confined to this node's block; unique index \"%s\" is the table's replica identity.",
+					   qseq, idxname),
+			 errhint("Other nodes must track the table with row_id => true while it is empty there, and get its rows by replication.")));
+	return relation_open(relid, NoLock);
+}
+
+/*
+ * replstamp.track(regclass [, backfill boolean [, key_index regclass
+ * [, row_id boolean]]]): from now on, every change of the table is stamped;
+ * with backfill, its existing rows are stamped once too (in the background,
+ * in batches), also when the table is tracked already.  A table without a
+ * primary key is tracked by a unique index of NOT NULL columns, made its
+ * replica identity (key_index, or chosen by choose_key_index()), or, with
+ * row_id, by a column of node-unique row IDs added to it.  Refuses what
+ * cannot be tracked faithfully.
  */
 Datum
 replstamp_track(PG_FUNCTION_ARGS)
 {
 	Oid			relid = PG_GETARG_OID(0);
 	bool		backfill = PG_NARGS() > 1 && !PG_ARGISNULL(1) && PG_GETARG_BOOL(1);
+	Oid			asked = PG_NARGS() > 2 && !PG_ARGISNULL(2) ? PG_GETARG_OID(2) : InvalidOid;
+	bool		row_id = PG_NARGS() > 3 && !PG_ARGISNULL(3) && PG_GETARG_BOOL(3);
 	const ReplstampCatalog *cat = catalog_get(false);
 	Relation	rel;
 	const char *relname;
 	char	   *qname;
 	char	   *cmds[4];
 	BackfillOrigin origin;
+	Oid			keyoid;
+	bool		set_identity;
+	char	   *unkeyed;
 
 	shmem_require();
 	if (backfill)
@@ -957,7 +1209,7 @@ replstamp_track(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
 				 errmsg("cannot track \"%s\" because it is not a table", relname),
-				 errhint("Only ordinary tables with a primary key can be tracked.")));
+				 errhint("Only ordinary and partitioned tables can be tracked.")));
 	if (IsCatalogRelation(rel))
 		ereport(ERROR,
 				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
@@ -977,13 +1229,78 @@ replstamp_track(PG_FUNCTION_ARGS)
 				 errmsg("cannot track unlogged table \"%s\"", relname),
 				 errdetail("An unlogged table is emptied by a crash while its stamps survive."),
 				 errhint("Make the table logged first with ALTER TABLE ... SET LOGGED.")));
-	if (!OidIsValid(RelationGetPrimaryKeyIndex(rel)))
+	qname = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
+									   relname);
+	if (OidIsValid(asked) && row_id)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("key_index and row_id cannot both be given")));
+	keyoid = choose_key_index(rel, asked, &set_identity, &unkeyed);
+	if (rel->rd_rel->relkind == RELKIND_PARTITIONED_TABLE &&
+		!OidIsValid(RelationGetPrimaryKeyIndex(rel)))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot track partitioned table \"%s\" because it has no primary key", relname),
+				 errdetail("A partitioned table is tracked by its primary key only."),
+				 errhint("Add a primary key with ALTER TABLE ... ADD PRIMARY KEY, then track the table.")));
+	if (row_id)
+	{
+		/* Tracked by its row ID already (untracked since): keep it. */
+		if (OidIsValid(keyoid) && !(OidIsValid(rowimage_key_index(rel)) &&
+									list_length(key_columns(rel)) == 1 &&
+									strcmp(linitial(key_columns(rel)), ROW_ID_COLUMN) == 0))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("table \"%s\" needs no row ID: it has a key", relname),
+					 errdetail("replstamp would identify its rows by index \"%s\".", get_rel_name(keyoid)),
+					 errhint("Track it without row_id.")));
+		if (!OidIsValid(keyoid) && unkeyed && rel->rd_rel->relreplident != REPLICA_IDENTITY_DEFAULT)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("cannot give table \"%s\" a row ID because %s", relname, unkeyed),
+					 errhint("Set ALTER TABLE ... REPLICA IDENTITY DEFAULT first.")));
+		if (!OidIsValid(keyoid))
+		{
+			if (has_trigger(rel, STAMP_TRIGGER_NAME, false))
+				ereport(ERROR,
+						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+						 errmsg("cannot give tracked table \"%s\" a row ID", relname),
+						 errhint("Untrack it first with replstamp.untrack() on every node.")));
+			rel = add_row_id(rel, qname);
+			relname = RelationGetRelationName(rel);
+			keyoid = rowimage_key_index(rel);
+			if (!OidIsValid(keyoid))
+				elog(ERROR, "replstamp: the row ID index of \"%s\" is not its replica identity", relname);
+		}
+	}
+	else if (!OidIsValid(keyoid))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("cannot track table \"%s\" because it has no primary key", relname),
-				 errdetail("replstamp identifies rows by their primary key."),
-				 errhint("Add a primary key with ALTER TABLE ... ADD PRIMARY KEY, then track the table.")));
-	refuse_inexact_key(rel, relname, false);
+				 errmsg("cannot track table \"%s\" because it has no primary key and no usable unique index", relname),
+				 errdetail("replstamp identifies rows by their primary key or, without one, by a unique, immediate, non-partial index of NOT NULL columns, but %s.",
+						   unkeyed),
+				 errhint("Add a primary key or such an index, then track the table; or track it with row_id => true to add a column of row IDs.")));
+	refuse_inexact_key(rel, keyoid, relname, false);
+	if (set_identity)
+	{
+		char	   *cmd = psprintf("ALTER TABLE %s REPLICA IDENTITY USING INDEX %s", qname,
+								   quote_identifier(get_rel_name(keyoid)));
+
+		if (has_trigger(rel, STAMP_TRIGGER_NAME, false))
+			elog(ERROR, "replstamp: tracked table \"%s\" has no row key", relname);
+		relation_close(rel, NoLock);
+		SPI_connect();
+		if (SPI_execute(cmd, false, 0) != SPI_OK_UTILITY)
+			elog(ERROR, "replstamp: \"%s\" failed", cmd);
+		SPI_finish();
+		rel = relation_open(relid, NoLock);
+		relname = RelationGetRelationName(rel);
+		ereport(NOTICE,
+				(errmsg("table \"%s\" has no primary key: its rows are identified by unique index \"%s\"",
+						relname, get_rel_name(keyoid)),
+				 errdetail("The index is now the table's replica identity; the DDL guard keeps it."),
+				 errhint("Every node must track the table by an index on the same columns.")));
+	}
 	if (backfill)
 	{
 		if (rel->rd_tableam != GetHeapamTableAmRoutine())
@@ -1019,8 +1336,6 @@ replstamp_track(PG_FUNCTION_ARGS)
 		PG_RETURN_VOID();
 	}
 
-	qname = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
-									   relname);
 	cmds[0] = psprintf("CREATE TRIGGER %s AFTER INSERT OR UPDATE OR DELETE ON %s "
 					   "FOR EACH ROW EXECUTE FUNCTION replstamp.stamp()",
 					   STAMP_TRIGGER_NAME, qname);
@@ -1180,7 +1495,7 @@ register_restored(Oid relid)
 static bool
 key_defined_now(Relation rel)
 {
-	Oid			pkoid = RelationGetPrimaryKeyIndex(rel);
+	Oid			pkoid = rowimage_key_index(rel);
 	Relation	idx;
 	bool		now;
 
@@ -1224,6 +1539,14 @@ check_tracked(Oid relid, const char *regname)
 				 errdetail("A crash would empty it on this node without a stamp for the rows it loses, so no peer would learn of it."),
 				 errhint("Untrack it first with replstamp.untrack('%s').", regname)));
 	keys = key_columns(rel);
+	if (keys == NIL && registry_has_key_columns(catalog_get(false)) &&
+		OidIsValid(registry_key_index(regname)))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cannot drop the row key of table %s because it is tracked by replstamp", regname),
+				 errdetail("The table has no primary key: every node identifies its rows by the unique index of its replica identity."),
+				 errhint("Keep a unique index on the key columns as its replica identity (ALTER TABLE ... REPLICA IDENTITY USING INDEX), "
+						 "or untrack it first with replstamp.untrack('%s') on every node.", regname)));
 	if (keys == NIL)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -1231,10 +1554,12 @@ check_tracked(Oid relid, const char *regname)
 				 errdetail("Every node identifies the table's rows by their primary key."),
 				 errhint("Untrack it first with replstamp.untrack('%s') on every node.", regname)));
 	if (registry_has_key_columns(catalog_get(false)) &&
-		(recorded = registry_key_differs(regname, keys)) != NULL)
+		(recorded = registry_key_differs(regname, keys, key_index_to_record(rel))) != NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("cannot change the primary key of table %s because it is tracked by replstamp", regname),
+				 OidIsValid(RelationGetPrimaryKeyIndex(rel)) ?
+				 errmsg("cannot change the primary key of table %s because it is tracked by replstamp", regname) :
+				 errmsg("cannot change the row key of table %s because it is tracked by replstamp", regname),
 				 errdetail("Every node identifies the table's rows by (%s); the new key is (%s).",
 						   recorded, names_text(keys)),
 				 errhint("Untrack it with replstamp.untrack('%s') on every node, change the key everywhere, then track it again.",
@@ -1250,7 +1575,7 @@ check_tracked(Oid relid, const char *regname)
 				 errdetail("Changes made without them would never reach the peers."),
 				 errhint("Stop tracking the table with replstamp.untrack() instead.")));
 	if (key_defined_now(rel))
-		refuse_inexact_key(rel, regname, true);
+		refuse_inexact_key(rel, InvalidOid, regname, true);
 	relation_close(rel, AccessShareLock);
 }
 
@@ -1472,13 +1797,19 @@ replstamp_drop_guard(PG_FUNCTION_ARGS)
 		elog(ERROR, "replstamp: could not record dropped tables");
 	sequences_forget_dropped();
 
-	/* Was one of our triggers dropped from a table that stays tracked? */
-	if (SPI_execute(catalog_sql("SELECT t.relid, t.relation FROM replstamp.tracked_table t "
-								"WHERE t.state OPERATOR(pg_catalog.=) 'tracked' AND EXISTS (SELECT 1 FROM "
-								"pg_catalog.pg_event_trigger_dropped_objects() d "
-								"WHERE d.object_type OPERATOR(pg_catalog.=) 'trigger' AND (d.object_identity OPERATOR(pg_catalog.~~) '"
-								STAMP_TRIGGER_NAME " on %' OR d.object_identity OPERATOR(pg_catalog.~~) '"
-								TRUNCATE_TRIGGER_NAME " on %'))"),
+	/*
+	 * Was one of our triggers dropped from a table that stays tracked, or the
+	 * index that is its row key (DROP INDEX, which no ALTER TABLE reports)?
+	 */
+	if (SPI_execute(psprintf(catalog_sql("SELECT t.relid, t.relation FROM replstamp.tracked_table t "
+										 "WHERE t.state OPERATOR(pg_catalog.=) 'tracked' AND EXISTS (SELECT 1 FROM "
+										 "pg_catalog.pg_event_trigger_dropped_objects() d "
+										 "WHERE d.object_type OPERATOR(pg_catalog.=) 'trigger' AND (d.object_identity OPERATOR(pg_catalog.~~) '"
+										 STAMP_TRIGGER_NAME " on %%' OR d.object_identity OPERATOR(pg_catalog.~~) '"
+										 TRUNCATE_TRIGGER_NAME " on %%')%s)"),
+							 registry_has_key_columns(catalog_get(false)) ?
+							 " OR d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass "
+							 "AND d.objid OPERATOR(pg_catalog.=) t.key_index" : ""),
 					true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "replstamp: could not read replstamp.tracked_table");
 	if (SPI_processed > 0)

@@ -129,7 +129,7 @@ garbage(q{UPDATE replstamp.changes SET relation = 'public.t2"; DROP TABLE t2; --
 	qr/ERROR:  invalid name syntax\nCONTEXT:  applying change [-0-9a-f]+\/\d+ \(INSERT\) of table public.t2"; DROP TABLE t2; -- from peer "evil"/, 'a hostile table name');
 is(sq($b, "SELECT count(*) FROM pg_class WHERE relname = 't2'"), '1', 'and t2 is still there');
 garbage(q{UPDATE replstamp.changes SET pk = '{"nope": 33}' WHERE serial = $S},
-	qr/the primary key of table public.t2 differs between peer "evil" and this node/, 'a key of other columns');
+	qr/the row key of table public.t2 differs between peer "evil" and this node/, 'a key of other columns');
 garbage(q{ALTER TABLE replstamp.changes DROP CONSTRAINT changes_op_check; UPDATE replstamp.changes SET op = 'X' WHERE serial = $S},
 	qr/sent a change with unknown operation "X"/, 'an unknown operation');
 garbage(q{UPDATE replstamp.changes SET row_image = NULL WHERE serial = $S},

@@ -92,7 +92,7 @@ sq($p, "SELECT replstamp.sync('a')");
 
 sq($a, "INSERT INTO regional VALUES (1, 'eu', 'x')");
 ($rc, $out, $err) = $p->psql('postgres', "SELECT replstamp.sync('a')");
-like($err, qr/ERROR:  the primary key of table public\.regional differs between peer "a" and this node\nDETAIL:  The peer identifies its rows by \(id, region\), this node by \(id\)\./,
+like($err, qr/ERROR:  the row key of table public\.regional differs between peer "a" and this node\nDETAIL:  The peer identifies its rows by \(id, region\), this node by \(id\)\./,
 	'a primary key (id, region) against (id): a clear error naming both');
 is(sq($p, 'SELECT count(*) FROM regional'), '0', 'and nothing is written');
 # The key of a tracked table changes only untracked (the DDL guard refuses
