@@ -50,6 +50,7 @@
 #include "nodes/makefuncs.h"
 #include "nodes/parsenodes.h"
 #include "parser/parser.h"
+#include "parser/scansup.h"
 #include "storage/lmgr.h"
 #include "tcop/utility.h"
 #include "utils/acl.h"
@@ -422,6 +423,12 @@ statement_text(PlannedStmt *pstmt, const char *query)
 		loc = 0;
 	if (len <= 0)
 		len = strlen(query + loc);
+	/* What follows the previous statement's semicolon. */
+	while (len > 0 && scanner_isspace(query[loc]))
+	{
+		loc++;
+		len--;
+	}
 	return pnstrdup(query + loc, len);
 }
 
