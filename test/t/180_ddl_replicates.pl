@@ -20,7 +20,8 @@
 #      superuser that runs the sync: a CHECK the owner's function
 #      validates refuses a superuser;
 #   7. with replstamp.replicate_ddl off, a schema change stays local (the
-#      rolling, by-hand way of doc/operations.md still works).
+#      rolling, by-hand way of doc/operations.md still works);
+#   8. verify() names a table whose definitions differ between two nodes.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -208,5 +209,11 @@ sq($_, q{SET replstamp.replicate_ddl = off; ALTER TABLE t ADD COLUMN local_only 
 sq($a, q{UPDATE t SET local_only = 7 WHERE id = 1});
 sync_round();
 is(sq($c, q{SELECT local_only FROM t WHERE id = 1}), '7', 'the rolling, by-hand ADD COLUMN still carries values');
+
+# 8.
+is(sq($a, q{SELECT count(*) FROM replstamp.verify('b')}), '0', 'verify() finds a and b alike, definitions included');
+sq($c, q{SET replstamp.replicate_ddl = off; CREATE INDEX only_c ON t (v)});
+is(sq($a, q{SELECT relation || ' ' || pk || ' ' || difference FROM replstamp.verify('c')}),
+	'public.t {} other definition: index only_c', 'verify() names the index only c has');
 
 done_testing();
