@@ -31,8 +31,8 @@ typedef struct Change
 								 * a key no row has (rowversion.c); for a DDL,
 								 * {} */
 	Jsonb	   *image;			/* the row after it; NULL for a DELETE; for a
-								 * TRUNCATE, what it covers (rowversion.c); for
-								 * a DDL, the statement (ddl.c) */
+								 * TRUNCATE, what it covers (rowversion.c);
+								 * for a DDL, the statement (ddl.c) */
 	TimestampTz changed_at;
 	bool		applied;		/* pulled from a peer */
 	ItemPointerData tid;		/* where it is in the log, when read from it */

@@ -84,8 +84,8 @@ static bool applying = false;
 /* What the hook learnt before the statement ran. */
 typedef struct DdlTarget
 {
-	Oid			relid;			/* the tracked table; for CREATE TABLE, one
-								 * of that name that existed before */
+	Oid			relid;			/* the tracked table; for CREATE TABLE, one of
+								 * that name that existed before */
 	bool		create;			/* CREATE TABLE in a tracked schema */
 	bool		track;			/* and the new table is to be tracked */
 	RangeVar   *newrel;			/* CREATE TABLE: its schema-qualified name */
