@@ -10,7 +10,7 @@
 #      INDEX, RENAME COLUMN (on b), DROP COLUMN: every node ends with the
 #      same definition (replstamp.table_schema()) and rows;
 #   3. the same ADD COLUMN run on a and on b before either synced: found
-#      done, not an error;
+#      done, not an error; the same ADD COLUMN IF NOT EXISTS on b and c;
 #   4. ADD COLUMN x int on a and x text on b, concurrently: the sync stops
 #      on every node with a clear error (the peer shows failing, never ok);
 #      made the same by hand and the loser skipped, all converge;
@@ -145,7 +145,10 @@ same_everywhere('type, constraints, indexes, rename, drop', 't');
 # 3.
 sq($a, q{ALTER TABLE t ADD COLUMN e int});
 sq($b, q{ALTER TABLE t ADD COLUMN e int});
+sq($_, q{ALTER TABLE t ADD COLUMN IF NOT EXISTS e2 int}) for ($b, $c);
 sync_round();
+is(sq($a, q{SELECT count(*) FROM pg_attribute WHERE attrelid = 't'::regclass AND attname = 'e2'}), '1',
+	'the same ADD COLUMN IF NOT EXISTS made on b and c reached a');
 is(sq($a, q{SELECT string_agg(outcome, ',') FROM replstamp.schema_change WHERE NOT origin AND statement LIKE '%ADD COLUMN e%'}),
 	'found_done', 'the same ADD COLUMN made on b is found done on a');
 is(sq($_, q{SELECT count(*) FROM replstamp.peer WHERE status <> 'ok'}), '0', 'no peer is failing on ' . $_->name)
