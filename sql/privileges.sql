@@ -122,7 +122,8 @@ SELECT p.oid::regprocedure AS public_may_execute
        'replstamp.row_hash(text,jsonb)',
        'replstamp.sequence_block(uuid,regtype)',  -- a function of its arguments
        'replstamp.last_stamp()',                  -- read-your-writes, for every client
-       'replstamp.wait_for(text,interval)')
+       'replstamp.wait_for(text,interval)',
+       'replstamp.table_schema(regclass)')        -- what the catalogs show anyone
  ORDER BY 1;
 -- Tables, sequences and views: PUBLIC may read, never write.
 SELECT c.oid::regclass AS public_may_write

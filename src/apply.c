@@ -69,6 +69,7 @@
 #include "compat.h"
 #include "constraints.h"
 #include "dbaccess.h"
+#include "ddl.h"
 #include "errors.h"
 #include "rowimage.h"
 #include "rowversion.h"
@@ -496,22 +497,77 @@ registry_state(const char *relation)
 }
 
 /*
- * The table a change names: resolved once per sync.  Refuses a name that
- * is not this table's canonical spelling, a table that does not exist or
- * is not tracked here (unless this node dropped or untracked it: then its
- * changes are ignored).
+ * Find the table relation names, into t.  Refuses a name that is not this
+ * table's canonical spelling, a table that does not exist or is not
+ * tracked here (unless this node dropped or untracked it: then its changes
+ * are ignored).
  */
+static void
+lookup_table(ApplySession *s, ApplyTable *t, const char *relation)
+{
+	List	   *names;
+	Oid			relid;
+	Relation	rel;
+	char	   *canonical;
+	char	   *state;
+
+	t->state = TABLE_OK;
+	t->partitioned = false;
+	names = stringToQualifiedNameList(relation);
+	relid = RangeVarGetRelid(makeRangeVarFromNameList(names), RowExclusiveLock, true);
+	if (!OidIsValid(relid))
+	{
+		state = registry_state(relation);
+		if (state && strcmp(state, "tracked") != 0)
+			t->state = TABLE_IGNORED;
+		else
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_TABLE),
+					 errmsg("peer sent a change of table %s, which does not exist here", relation),
+					 errhint("Create and track the table on every node, or drop it on every node.")));
+	}
+	else
+	{
+		rel = table_open(relid, NoLock);
+		canonical = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
+											   RelationGetRelationName(rel));
+		if (strcmp(canonical, relation) != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_EXCEPTION),
+					 errmsg("peer \"%s\" sent a change of table %s, which is not how the table is spelled (%s)",
+							s->peer, relation, canonical),
+					 errdetail("Every node writes the schema-qualified name, quoted only where needed.")));
+		if (!stamp_is_tracked(rel))
+		{
+			state = registry_state(relation);
+			if (state && strcmp(state, "tracked") != 0)
+				t->state = TABLE_IGNORED;
+			else
+				ereport(ERROR,
+						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+						 errmsg("peer sent a change of table %s, which is not tracked here", relation),
+						 errhint("Track the table with replstamp.track() on every node.")));
+		}
+		else if (!OidIsValid(rowimage_key_index(rel)))
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("table %s has no row key", relation),
+					 errdetail("It has neither a primary key nor a replica identity index."),
+					 errhint("Give it back the key it was tracked with (replstamp.problems names it).")));
+		t->relid = relid;
+		t->owner = rel->rd_rel->relowner;
+		t->partitioned = rel->rd_rel->relkind == RELKIND_PARTITIONED_TABLE;
+		table_close(rel, NoLock);
+	}
+}
+
+/* The table a change names: resolved once per sync (lookup_table()). */
 static ApplyTable *
 resolve_table(ApplySession *s, Change *change)
 {
 	char	   *relation;
 	ApplyTable *t;
 	bool		found;
-	List	   *names;
-	Oid			relid;
-	Relation	rel;
-	char	   *canonical;
-	char	   *state;
 
 	if (VARSIZE_ANY_EXHDR(change->relation) >= MAX_RELATION_LEN)
 		ereport(ERROR,
@@ -521,61 +577,14 @@ resolve_table(ApplySession *s, Change *change)
 	t = hash_search(s->tables, relation, HASH_ENTER, &found);
 	if (found)
 		return t;
-	t->state = TABLE_OK;
 	t->open = false;
 	t->conflicts = 0;
 	t->dropped = NIL;
-	t->partitioned = false;
 	t->leaves = NULL;
 
 	PG_TRY();
 	{
-		names = stringToQualifiedNameList(relation);
-		relid = RangeVarGetRelid(makeRangeVarFromNameList(names), RowExclusiveLock, true);
-		if (!OidIsValid(relid))
-		{
-			state = registry_state(relation);
-			if (state && strcmp(state, "tracked") != 0)
-				t->state = TABLE_IGNORED;
-			else
-				ereport(ERROR,
-						(errcode(ERRCODE_UNDEFINED_TABLE),
-						 errmsg("peer sent a change of table %s, which does not exist here", relation),
-						 errhint("Create and track the table on every node, or drop it on every node.")));
-		}
-		else
-		{
-			rel = table_open(relid, NoLock);
-			canonical = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
-												   RelationGetRelationName(rel));
-			if (strcmp(canonical, relation) != 0)
-				ereport(ERROR,
-						(errcode(ERRCODE_DATA_EXCEPTION),
-						 errmsg("peer \"%s\" sent a change of table %s, which is not how the table is spelled (%s)",
-								s->peer, relation, canonical),
-						 errdetail("Every node writes the schema-qualified name, quoted only where needed.")));
-			if (!stamp_is_tracked(rel))
-			{
-				state = registry_state(relation);
-				if (state && strcmp(state, "tracked") != 0)
-					t->state = TABLE_IGNORED;
-				else
-					ereport(ERROR,
-							(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-							 errmsg("peer sent a change of table %s, which is not tracked here", relation),
-							 errhint("Track the table with replstamp.track() on every node.")));
-			}
-			else if (!OidIsValid(rowimage_key_index(rel)))
-				ereport(ERROR,
-						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-						 errmsg("table %s has no row key", relation),
-						 errdetail("It has neither a primary key nor a replica identity index."),
-						 errhint("Give it back the key it was tracked with (replstamp.problems names it).")));
-			t->relid = relid;
-			t->owner = rel->rd_rel->relowner;
-			t->partitioned = rel->rd_rel->relkind == RELKIND_PARTITIONED_TABLE;
-			table_close(rel, NoLock);
-		}
+		lookup_table(s, t, relation);
 	}
 	PG_CATCH();
 	{
@@ -1890,6 +1899,45 @@ apply_truncate(ApplySession *s, ApplyTable *t, Change *change, bool nowait)
 }
 
 /*
+ * Apply a schema change (ddl.c) at its place in the stream.  The statement
+ * may alter a table the page holds open: every table of the page is
+ * closed first (the next change opens it again, with its new layout), and
+ * what the sync knew of the change's table is looked up again after it.
+ * Columns it added or dropped are then noted as a sync's start notes a
+ * rolling ADD or DROP COLUMN.
+ */
+static ApplyOutcome
+apply_schema_change(ApplySession *s, Change *change, bool nowait)
+{
+	ListCell   *lc;
+	ApplyTable *t;
+
+	Assert(CurrentMemoryContext == s->row_cxt);
+	if (VARSIZE_ANY_EXHDR(change->relation) >= MAX_RELATION_LEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_NAME_TOO_LONG),
+				 errmsg("peer \"%s\" sent a change with an overlong table name", s->peer)));
+	foreach(lc, s->open_tables)
+		table_close_page(lfirst(lc));
+	if (!ddl_apply(change, s->peer, nowait))
+		return APPLY_BUSY;
+	t = hash_search(s->tables, text_to_cstring(change->relation), HASH_FIND, NULL);
+	if (t != NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(s->cxt);
+
+		lookup_table(s, t, t->relation);
+		MemoryContextSwitchTo(old);
+	}
+	apply_fill_new_columns(s);
+
+	change->applied = true;
+	changelog_append(s->cat, change);
+	serial_clock_seen(change->changed_at);
+	return APPLY_NEW;
+}
+
+/*
  * Does the log hold the change already?  The log's highest serial of each
  * replica ID is looked up once per sync and raised as the sync appends, so
  * a change above it, as nearly every change of a backlog is, needs no
@@ -1955,6 +2003,8 @@ apply_change(ApplySession *s, Change *change, bool nowait)
 
 		if (apply_stamp_skipped(s, &change->replica_id, change->serial))
 			outcome = apply_skipped_change(s, change);
+		else if (change->op == 'S')
+			outcome = apply_schema_change(s, change, nowait);
 		else
 		{
 			ApplyTable *t = resolve_table(s, change);

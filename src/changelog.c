@@ -62,7 +62,7 @@ static LocalTransactionId locked_lxid = InvalidLocalTransactionId;
 static SubTransactionId locked_subid = InvalidSubTransactionId;
 static Oid	locked_relid = InvalidOid;
 
-static text *op_texts[4] = {NULL, NULL, NULL, NULL};
+static text *op_texts[5] = {NULL, NULL, NULL, NULL, NULL};
 
 static void
 changes_relcache_callback(Datum arg, Oid relid)
@@ -93,12 +93,14 @@ changelog_op_name(char op)
 			return "DELETE";
 		case 'T':
 			return "TRUNCATE";
+		case 'S':
+			return "DDL";
 	}
 	elog(ERROR, "replstamp: unknown operation code %d", op);
 	return NULL;				/* keep compiler quiet */
 }
 
-/* 'I', 'U', 'D', 'T', or 0 for anything else. */
+/* 'I', 'U', 'D', 'T', 'S' (DDL), or 0 for anything else. */
 char
 changelog_op_code(const char *name, int len)
 {
@@ -110,13 +112,15 @@ changelog_op_code(const char *name, int len)
 		return 'D';
 	if (len == 8 && memcmp(name, "TRUNCATE", 8) == 0)
 		return 'T';
+	if (len == 3 && memcmp(name, "DDL", 3) == 0)
+		return 'S';
 	return 0;
 }
 
 static text *
 op_text(char op)
 {
-	int			i = (op == 'I') ? 0 : (op == 'U') ? 1 : (op == 'D') ? 2 : 3;
+	int			i = (op == 'I') ? 0 : (op == 'U') ? 1 : (op == 'D') ? 2 : (op == 'T') ? 3 : 4;
 
 	if (op_texts[i] == NULL)
 	{

@@ -26,11 +26,13 @@ typedef struct Change
 	pg_uuid_t	replica_id;
 	int64		serial;
 	text	   *relation;		/* schema-qualified, canonical spelling */
-	char		op;				/* 'I', 'U', 'D' or 'T' (TRUNCATE) */
+	char		op;				/* 'I', 'U', 'D', 'T' (TRUNCATE) or 'S' (DDL) */
 	Jsonb	   *pk;				/* the key before the change; for a TRUNCATE,
-								 * a key no row has (rowversion.c) */
+								 * a key no row has (rowversion.c); for a DDL,
+								 * {} */
 	Jsonb	   *image;			/* the row after it; NULL for a DELETE; for a
-								 * TRUNCATE, what it covers (rowversion.c) */
+								 * TRUNCATE, what it covers (rowversion.c);
+								 * for a DDL, the statement (ddl.c) */
 	TimestampTz changed_at;
 	bool		applied;		/* pulled from a peer */
 	ItemPointerData tid;		/* where it is in the log, when read from it */

@@ -150,6 +150,12 @@ replstamp_restore_version(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("change %s/" INT64_FORMAT " is not held here", catalog_uuid_text(id), serial),
 				 errhint("Changes every node holds are pruned unless they are the latest of their row; replstamp.conflicts lists the versions that can be restored, for replstamp.conflict_retention.")));
+	if (c.op == 'S' || c.op == 'T')
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("change %s/" INT64_FORMAT " is a %s, not a version of a row", catalog_uuid_text(id), serial,
+						changelog_op_name(c.op)),
+				 errhint("replstamp.restore_version() restores a version an INSERT, UPDATE or DELETE wrote.")));
 	names = stringToQualifiedNameList(text_to_cstring(c.relation));
 	relid = RangeVarGetRelid(makeRangeVarFromNameList(names), RowExclusiveLock, false);
 	rel = table_open(relid, NoLock);

@@ -19,6 +19,7 @@
 #include "catalog.h"
 #include "changelog.h"
 #include "constraints.h"
+#include "ddl.h"
 #include "errors.h"
 #include "fence.h"
 #include "identity.h"
@@ -76,6 +77,7 @@ _PG_init(void)
 	latest_init();
 	launcher_init();
 	fence_init();
+	ddl_init();
 	wakeup_init();
 	verify_init();
 

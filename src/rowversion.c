@@ -885,6 +885,9 @@ pending_add(Pending *pd, Change *change)
 	int			n;
 	Version		v;
 
+	/* A schema change is no row's version (ddl.c). */
+	if (change->op == 'S')
+		return;
 	if (change->op == 'T')
 	{
 		pending_write(pd, pd->w);

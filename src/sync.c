@@ -771,6 +771,12 @@ parse_row(SyncRun *r, PGresult *res, Change *c, int64 *group, bool *single)
 		malformed(r, res, _("A TRUNCATE has a key a row could have, or an image that is not an object."));
 	if (c->op != 'T' && rowversion_is_truncate_key(c->pk))
 		malformed(r, res, _("A row change has the key of a TRUNCATE."));
+	/* A schema change's key is {}, which no row has (ddl.c). */
+	if ((c->op == 'S') != (JB_ROOT_IS_OBJECT(c->pk) && !JB_ROOT_IS_SCALAR(c->pk) &&
+						   JB_ROOT_COUNT(c->pk) == 0))
+		malformed(r, res, _("A schema change has a key other than {}, or a row change has that key."));
+	if (c->op == 'S' && (!JB_ROOT_IS_OBJECT(c->image) || JB_ROOT_IS_SCALAR(c->image)))
+		malformed(r, res, _("A schema change has an image that is not an object."));
 	c->changed_at = be_int64(PQgetvalue(res, 0, 6));
 	c->applied = true;
 	if (TIMESTAMP_NOT_FINITE(c->changed_at))

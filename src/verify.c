@@ -1470,6 +1470,91 @@ attempt(Remote *r, List *tables, bool deep, VResult *res, char **here_v, char **
 	return strcmp(vl, *here_v) == 0 && strcmp(vr, *there_v) == 0;
 }
 
+/*
+ * Tables whose definitions (replstamp.table_schema()) differ here and on
+ * the peer: one difference each, under the key {}, naming the columns,
+ * constraints and indexes that differ.  Schema changes replicate, so two
+ * nodes at the same vector have the same definitions unless one was
+ * changed with replstamp.replicate_ddl off or a conflict was resolved
+ * otherwise.
+ */
+static void
+compare_schemas(Remote *r, List *tables, VResult *res)
+{
+	StringInfoData req;
+	ListCell   *lc;
+	const char *params[1];
+	PGresult   *pres;
+	Jsonb	   *theirs;
+
+	if (tables == NIL)
+		return;
+	initStringInfo(&req);
+	appendStringInfoChar(&req, '[');
+	foreach(lc, tables)
+		appendStringInfo(&req, "%s%s", lc == list_head(tables) ? "" : ", ",
+						 json_quote(((VTable *) lfirst(lc))->relation));
+	appendStringInfoChar(&req, ']');
+	params[0] = req.data;
+	pres = remote_exec(r, "SELECT pg_catalog.jsonb_object_agg(t, replstamp.table_schema(t::pg_catalog.regclass)) "
+					   "FROM pg_catalog.jsonb_array_elements_text($1::pg_catalog.jsonb) t",
+					   1, params, PGRES_TUPLES_OK);
+	PG_TRY();
+	{
+		if (PQntuples(pres) != 1 || PQgetisnull(pres, 0, 0))
+			ereport(ERROR,
+					(errcode(ERRCODE_PROTOCOL_VIOLATION),
+					 errmsg("peer \"%s\" sent no table definitions", r->peer)));
+		theirs = jsonb_parse(PQgetvalue(pres, 0, 0));
+	}
+	PG_FINALLY();
+	{
+		PQclear(pres);
+	}
+	PG_END_TRY();
+
+	foreach(lc, tables)
+	{
+		VTable	   *t = lfirst(lc);
+		Jsonb	   *there = json_sub(theirs, t->relation);
+		ReplstampOwnerContext ctx;
+		Oid			types[2] = {OIDOID, JSONBOID};
+		Datum		values[2];
+		char		nulls[2] = {' ', ' '};
+		char	   *names = NULL;
+		MemoryContext caller = CurrentMemoryContext;
+
+		values[0] = ObjectIdGetDatum(t->relid);
+		values[1] = there ? JsonbPGetDatum(there) : (Datum) 0;
+		if (there == NULL)
+			nulls[1] = 'n';
+		dbaccess_become_owner(&ctx);
+		SPI_connect();
+		dbaccess_spi_exec("SELECT pg_catalog.string_agg(k, ', ') FROM pg_catalog.jsonb_array_elements_text("
+						  "replstamp._schema_diff(replstamp.table_schema($1::pg_catalog.regclass), "
+						  "coalesce($2, '{}'))) k",
+						  2, types, values, nulls, SPI_OK_SELECT);
+		if (SPI_processed == 1)
+		{
+			char	   *v = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+
+			if (v)
+				names = MemoryContextStrdup(caller, v);
+		}
+		SPI_finish();
+		dbaccess_restore_user(&ctx);
+		if (names)
+		{
+			VDiff	   *d = palloc0(sizeof(VDiff));
+
+			d->relation = t->relation;
+			d->pk = jsonb_parse("{}");
+			d->what = psprintf("other definition: %s", names);
+			res->diffs = lappend(res->diffs, d);
+		}
+	}
+}
+
 /* Record the outcome for replstamp.peers. */
 static void
 record_verification(const char *peer, ArrayType *tables, bool deep, VResult *res,
@@ -1554,6 +1639,9 @@ verify_run(const char *peer, ArrayType *tables_arr, bool deep, VResult *res)
 				elog(DEBUG1, "replstamp: verification attempt %d: vector here %s, there %s, or one moved",
 					 i + 1, here_v, there_v);
 		}
+		/* The 1.1 catalog has no table_schema(). */
+		if (done && catalog_get(false)->v12)
+			compare_schemas(&r, tables, res);
 	}
 	PG_FINALLY();
 	{

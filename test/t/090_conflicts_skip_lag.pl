@@ -12,7 +12,7 @@ use Test::More;
 use ReplstampTest;
 
 my ($a, $b, $c) = map {
-	replstamp_node($_, conf => ['replstamp.prune_interval = 0'], sql => $TRACK_T)
+	replstamp_node($_, conf => ['replstamp.prune_interval = 0', 'replstamp.replicate_ddl = off'], sql => $TRACK_T)
 } qw(a b c);
 sub sq { my ($n, $sql) = @_; return $n->safe_psql('postgres', $sql); }
 my %node = (a => $a, b => $b, c => $c);

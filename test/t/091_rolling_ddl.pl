@@ -18,7 +18,9 @@ my @names = qw(a b c);
 my %n;
 for my $x (@names)
 {
-	$n{$x} = replstamp_node($x, conf => ['max_connections = 30', 'replstamp.prune_interval = 0'], sql => q{
+	$n{$x} = replstamp_node($x, conf => ['max_connections = 30', 'replstamp.prune_interval = 0',
+		# by hand, node after node: schema changes stay local (1.2)
+		'replstamp.replicate_ddl = off'], sql => q{
 		CREATE EXTENSION replstamp;
 		CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL);
 		SELECT replstamp.track('t');

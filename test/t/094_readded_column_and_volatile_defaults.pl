@@ -23,7 +23,7 @@ my @names = qw(a b c);
 my %n;
 for my $x (@names)
 {
-	$n{$x} = replstamp_node($x, template => 1, conf => ['replstamp.prune_interval = 0'], sql => q{
+	$n{$x} = replstamp_node($x, template => 1, conf => ['replstamp.prune_interval = 0', 'replstamp.replicate_ddl = off'], sql => q{
 		CREATE EXTENSION replstamp;
 		CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, old text);
 		SELECT replstamp.track('t');

@@ -31,7 +31,7 @@ my $setup = q{
 	CREATE DOMAIN amount AS numeric;
 	CREATE DOMAIN small_id AS int;
 };
-my ($a, $b) = map { replstamp_node($_, init => \%init, template => 1, sql => $setup) } qw(a b);
+my ($a, $b) = map { replstamp_node($_, init => \%init, template => 1, conf => ['replstamp.replicate_ddl = off'], sql => $setup) } qw(a b);
 sub sq { my ($n, $sql) = @_; return $n->safe_psql('postgres', $sql); }
 add_peer($a, 'b', $b);
 add_peer($b, 'a', $a);
