@@ -154,6 +154,12 @@ backup_mark_release_owner(void)
 		release(&replstamp_shared->backup_owner);
 }
 
+/* How long a flip waits for a free background worker slot. */
+#define FLIP_SLOT_WAIT_MS	10000
+
+/* The last flip failed for want of a worker slot. */
+static bool flip_slots_short = false;
+
 static bool
 start_flip_worker(Oid dboid, bool to_backup, int result_index,
 				  BackgroundWorkerHandle **handle)
@@ -194,12 +200,25 @@ flip_batch(List *batch, bool to_backup, List **changed, char **failed_db,
 		SpinLockRelease(&replstamp_shared->mutex);
 		if (!start_flip_worker(lfirst_oid(lc), to_backup, n, &handles[n]))
 		{
-			/* Out of worker slots: let the ones started finish, retry. */
+			/*
+			 * Out of worker slots: let the ones started finish, then wait a
+			 * while for one to come free (workers that start with the
+			 * server, or a verify, hold them for a moment).
+			 */
 			for (int k = 0; k < n; k++)
 				if (handles[k] != NULL)
 					(void) WaitForBackgroundWorkerShutdown(handles[k]);
-			if (!start_flip_worker(lfirst_oid(lc), to_backup, n, &handles[n]))
+			handles[n] = NULL;
+			for (int waited = 0; waited <= FLIP_SLOT_WAIT_MS; waited += 100)
+			{
+				if (start_flip_worker(lfirst_oid(lc), to_backup, n, &handles[n]))
+					break;
 				handles[n] = NULL;
+				(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+								 100L, PG_WAIT_EXTENSION);
+				ResetLatch(MyLatch);
+				CHECK_FOR_INTERRUPTS();
+			}
 		}
 	}
 
@@ -214,8 +233,10 @@ flip_batch(List *batch, bool to_backup, List **changed, char **failed_db,
 		if (handles[n] == NULL)
 		{
 			status = FLIP_FAILED;
-			strlcpy(message, "could not start a background worker (max_worker_processes is exhausted)",
-					sizeof(message));
+			flip_slots_short = true;
+			snprintf(message, sizeof(message),
+					 "could not start a background worker: all max_worker_processes (%d) were busy for %d s",
+					 max_worker_processes, FLIP_SLOT_WAIT_MS / 1000);
 		}
 		else
 		{
@@ -267,6 +288,7 @@ backup_mark_flip(List *dbs, bool to_backup, const char *label)
 	char		failed_msg[FLIP_MESSAGE_LEN] = "";
 	volatile FlipStatus failed_status = FLIP_PENDING;
 
+	flip_slots_short = false;
 	holder = claim(&replstamp_shared->flip_owner);
 	if (holder != 0)
 		ereport(ERROR,
@@ -304,6 +326,8 @@ backup_mark_flip(List *dbs, bool to_backup, const char *label)
 
 	if (failed_db != NULL)
 	{
+		bool		slots_short = flip_slots_short;
+
 		/* Undo what this call did, then report the first failure. */
 		if (changed != NIL)
 			(void) backup_mark_flip(changed, false, NULL);
@@ -314,7 +338,9 @@ backup_mark_flip(List *dbs, bool to_backup, const char *label)
 					 errhint("Wait for it to end, or call SELECT replstamp.finish_backup() if it was abandoned.")));
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("could not mark database \"%s\" 'backup': %s", failed_db, failed_msg)));
+				 errmsg("could not mark database \"%s\" 'backup': %s", failed_db, failed_msg),
+				 slots_short ?
+				 errhint("Raise max_worker_processes (replstamp needs one slot per database being marked, beside its sync and other workers), or take the backup when fewer workers run.") : 0));
 	}
 	return changed;
 }

@@ -200,5 +200,27 @@ $node->command_ok([ 'pg_verifybackup', "$base/after_faults" ], 'and verifies');
 is(states(), 'original original', 'and the live node is original');
 is(sq('postgres', 'SELECT replica_id FROM replstamp.node'), $id, 'the live node never rotated');
 
+# Every background worker slot busy for a moment (a parallel query takes
+# all that are free, for about 4 s): the flip to 'backup', which needs a
+# worker per database, waits for one to come free instead of failing (it
+# failed at once, as right after a restart while the per-database workers
+# start).
+sq('postgres', q{CREATE TABLE slots (pad text) WITH (fillfactor = 10, parallel_workers = 8);
+	INSERT INTO slots SELECT repeat('x', 1000) FROM generate_series(1, 32)});
+my $pq_out = '';
+my $pq = psql_start($node, q{SET max_parallel_workers_per_gather = 8; SET parallel_setup_cost = 0;
+	SET parallel_tuple_cost = 0; SET min_parallel_table_scan_size = 0;
+	SELECT count(pg_sleep(1)) FROM slots}, \$pq_out);
+ok( $node->poll_query_until(
+		'postgres', q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'parallel worker'
+			OR backend_type LIKE 'replstamp%' OR backend_type = 'logical replication launcher'},
+		sq('postgres', 'SHOW max_worker_processes')),
+	'a parallel query holds every free worker slot');
+($ret, $out, $err) = $node->psql('postgres', "CALL replstamp.backup('$base/slots_busy')");
+is($ret, 0, 'a backup while every worker slot is busy waits for one and succeeds') or diag($err);
+$pq->finish;
+like($pq_out, qr/^32$/m, 'the parallel query ran to its end');
+is(states(), 'original original', 'and the live node is original');
+
 $node->stop;
 done_testing();
