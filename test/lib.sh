@@ -208,7 +208,11 @@ bench_node() {
 bench_initdb() {
 	local dir="$1" port="$2"
 	shift 2
-	initdb -D "$dir" -A trust >/dev/null
+	# BENCH_CHECKSUMS=1: data checksums on (initdb -k), as PostgreSQL 18's
+	# initdb has by default.
+	local k=""
+	[ "${BENCH_CHECKSUMS:-0}" = 1 ] && k=-k
+	initdb -D "$dir" -A trust $k >/dev/null
 	{
 		echo "shared_preload_libraries = 'replstamp'"
 		echo "listen_addresses = ''"

@@ -8,6 +8,8 @@
 #
 #   test/bench/backup_speed.sh
 #   BENCH_SCALE=10 test/bench/backup_speed.sh
+#   BENCH_CHECKSUMS=1 test/bench/backup_speed.sh   (initdb -k: every copy
+#       verifies page checksums, replstamp.backup and pg_basebackup alike)
 #
 # Copyright (c) 2026, the replstamp authors
 set -eu
@@ -58,7 +60,8 @@ for round in $(seq "$ROUNDS"); do
 done
 t_rs=$(median <"$WORK/rs.t"); t_bb=$(median <"$WORK/bb.t"); t_cp=$(median <"$WORK/cp.t")
 
-printf '\nbackup of a %d MB data directory (%d MB of it WAL; pgbench scale %d), median of %d rounds\n' "$size" "$wal" "$SCALE" "$ROUNDS"
+printf '\nbackup of a %d MB data directory (%d MB of it WAL; pgbench scale %d; data checksums %s), median of %d rounds\n' \
+	"$size" "$wal" "$SCALE" "$(psql -qXAt -c 'SHOW data_checksums')" "$ROUNDS"
 printf '%-40s %8s %10s\n' method seconds "vs cp -a"
 printf '%-40s %8.2f %10.2f\n' "cp -a of the stopped cluster + sync" "$t_cp" 1
 printf '%-40s %8.2f %10.2f\n' "pg_basebackup -Fp -Xfetch -c fast" "$t_bb" "$(ratio "$t_bb" "$t_cp")"
