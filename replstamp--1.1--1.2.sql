@@ -70,21 +70,31 @@ AS 'MODULE_PATHNAME', 'replstamp_track';
 COMMENT ON FUNCTION replstamp.track(regclass, boolean, regclass, boolean) IS
     'start stamping every change of a table, identified by its primary key, else by a unique index of NOT NULL columns (key_index, made its replica identity), else by a row ID column (row_id); with backfill, stamp its existing rows once (also when it is tracked already)';
 REVOKE ALL ON FUNCTION replstamp.track(regclass, boolean, regclass, boolean) FROM PUBLIC;
-DO $$
+/*
+ * For this script only (dropped at its end): grant EXECUTE on the
+ * functions named in onto (signatures, comma-separated) to every role that
+ * has it on src, its owner and PUBLIC aside: a renamed or re-signed
+ * function keeps who may call it.
+ */
+CREATE FUNCTION replstamp._copy_execute_grants(src regprocedure, onto text)
+    RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     r record;
 BEGIN
-    FOR r IN SELECT a.grantee::pg_catalog.regrole AS role
-               FROM pg_catalog.pg_proc p, pg_catalog.aclexplode(p.proacl) a
-              WHERE p.oid OPERATOR(pg_catalog.=) 'replstamp.track(regclass, boolean)'::pg_catalog.regprocedure
+    FOR r IN SELECT DISTINCT a.grantee::pg_catalog.regrole AS role
+               FROM pg_catalog.pg_proc p,
+                    LATERAL pg_catalog.aclexplode(p.proacl) a
+              WHERE p.oid OPERATOR(pg_catalog.=) src
                 AND a.privilege_type OPERATOR(pg_catalog.=) 'EXECUTE'
                 AND a.grantee OPERATOR(pg_catalog.<>) 0
                 AND a.grantee OPERATOR(pg_catalog.<>) p.proowner
     LOOP
-        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION replstamp.track(regclass, boolean, regclass, boolean) TO %s', r.role);
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO %s', onto, r.role);
     END LOOP;
 END
 $$;
+SELECT replstamp._copy_execute_grants('replstamp.track(regclass, boolean)',
+                                      'replstamp.track(regclass, boolean, regclass, boolean)');
 DROP FUNCTION replstamp.track(regclass, boolean);
 
 -- The key of each tracked table: its primary key, or its replica identity index.
@@ -599,25 +609,9 @@ COMMENT ON FUNCTION replstamp.verify_images(text, jsonb[]) IS
     'for repair(): the rows of these keys as they are here';
 REVOKE ALL ON FUNCTION replstamp.verify_images(text, jsonb[]) FROM PUBLIC;
 
-DO $grant$
-DECLARE
-    r record;
-BEGIN
-    FOR r IN SELECT DISTINCT a.grantee::pg_catalog.regrole AS role
-               FROM pg_catalog.pg_proc p,
-                    LATERAL pg_catalog.aclexplode(p.proacl) a
-              WHERE p.oid OPERATOR(pg_catalog.=) 'replstamp.serve(jsonb)'::pg_catalog.regprocedure
-                AND a.privilege_type OPERATOR(pg_catalog.=) 'EXECUTE'
-                AND a.grantee OPERATOR(pg_catalog.<>) 0
-                AND a.grantee OPERATOR(pg_catalog.<>) p.proowner
-    LOOP
-        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION replstamp.wait_for_changes(bigint, interval), '
-                                  'replstamp.verify_digests(jsonb), '
-                                  'replstamp.verify_rows(jsonb), replstamp.verify_images(text, jsonb[]) TO %s',
-                                  r.role);
-    END LOOP;
-END
-$grant$;
+SELECT replstamp._copy_execute_grants('replstamp.serve(jsonb)',
+    'replstamp.wait_for_changes(bigint, interval), replstamp.verify_digests(jsonb), '
+    'replstamp.verify_rows(jsonb), replstamp.verify_images(text, jsonb[])');
 
 CREATE FUNCTION replstamp.verify(peer text, tables regclass[] DEFAULT NULL, deep boolean DEFAULT false)
     RETURNS TABLE (relation text, pk jsonb, stamp_here text, stamp_there text, difference text)
@@ -761,21 +755,7 @@ AS 'SELECT replstamp.drop_puller($1)';
 COMMENT ON FUNCTION replstamp.forget_puller(uuid) IS
     'deprecated since 1.2, removed in the next release: use replstamp.drop_puller()';
 REVOKE ALL ON FUNCTION replstamp.forget_puller(uuid) FROM PUBLIC;
-DO $$
-DECLARE
-    r record;
-BEGIN
-    FOR r IN SELECT a.grantee::pg_catalog.regrole AS role
-               FROM pg_catalog.pg_proc p, pg_catalog.aclexplode(p.proacl) a
-              WHERE p.oid OPERATOR(pg_catalog.=) 'replstamp.drop_puller(uuid)'::pg_catalog.regprocedure
-                AND a.privilege_type OPERATOR(pg_catalog.=) 'EXECUTE'
-                AND a.grantee OPERATOR(pg_catalog.<>) 0
-                AND a.grantee OPERATOR(pg_catalog.<>) p.proowner
-    LOOP
-        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION replstamp.forget_puller(uuid) TO %s', r.role);
-    END LOOP;
-END
-$$;
+SELECT replstamp._copy_execute_grants('replstamp.drop_puller(uuid)', 'replstamp.forget_puller(uuid)');
 
 /*
  * lus_holder() -> lowest_uncommitted_serial_holder(): a function's name
@@ -985,3 +965,5 @@ COMMENT ON FUNCTION replstamp.track_schema(name) IS
     'from now on, a table created in the schema is tracked, and its CREATE TABLE replicated';
 COMMENT ON FUNCTION replstamp.untrack_schema(name) IS
     'tables created in the schema from now on are neither tracked nor replicated';
+
+DROP FUNCTION replstamp._copy_execute_grants(regprocedure, text);
