@@ -16,6 +16,7 @@
 #include "utils/guc.h"
 
 #include "backfill.h"
+#include "basebackup.h"
 #include "catalog.h"
 #include "changelog.h"
 #include "constraints.h"
@@ -80,6 +81,7 @@ _PG_init(void)
 	ddl_init();
 	wakeup_init();
 	verify_init();
+	basebackup_init();
 
 	MarkGUCPrefixReserved("replstamp");
 }

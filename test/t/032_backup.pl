@@ -92,6 +92,13 @@ is($ret, 0, 'replstamp.backup under load succeeds') or diag($err);
 like($err, qr/NOTICE:  marked 'backup': (postgres, other|other, postgres)/, 'it marks both databases with replstamp, not the other one');
 like($err, qr/NOTICE:  copying files: \S+ \S+ of \S+ \S+ \(\d+%\)/, 'it reports progress');
 like($err, qr/backup complete in/, 'and says when it is done');
+# replstamp.backup_sync_method = auto: one syncfs() where the kernel reports
+# write-back errors through it (Linux 5.8 and later), else fsync per file.
+my ($kmaj, $kmin) = `uname -r` =~ /^(\d+)\.(\d+)/;
+my $syncfs_expected = $^O eq 'linux' && ($kmaj > 5 || ($kmaj == 5 && $kmin >= 8));
+like($err, $syncfs_expected ? qr/NOTICE:  syncing the backup to disk: syncfs\(\) of its file system/
+	: qr/NOTICE:  syncing the backup to disk: fsync\(\) of each file/,
+	'by default it syncs the way the kernel makes durable: ' . ($syncfs_expected ? 'syncfs' : 'fsync'));
 $inflight->query_safe('COMMIT');
 $inflight->quit;
 $bench->kill_kill;
@@ -197,6 +204,17 @@ SKIP:
 ($ret, $out, $err) = $node->psql('postgres', "CALL replstamp.backup('$base/after_faults')");
 is($ret, 0, 'the next backup works') or diag($err);
 $node->command_ok([ 'pg_verifybackup', "$base/after_faults" ], 'and verifies');
+
+# The other way to sync, chosen by the setting; only a superuser sets it.
+($ret, $out, $err) = $node->psql('postgres',
+	"SET replstamp.backup_sync_method = fsync; CALL replstamp.backup('$base/fsynced')");
+is($ret, 0, 'a backup with backup_sync_method = fsync works') or diag($err);
+like($err, qr/NOTICE:  syncing the backup to disk: fsync\(\) of each file/, 'and fsyncs each file');
+$node->command_ok([ 'pg_verifybackup', "$base/fsynced" ], 'and verifies');
+($ret, $out, $err) = $node->psql('postgres', 'SET replstamp.backup_sync_method = fsync',
+	extra_params => [ '-U', 'alice' ]);
+like($err, qr/permission denied to set parameter "replstamp.backup_sync_method"/,
+	'an ordinary role may not choose how backups sync');
 is(states(), 'original original', 'and the live node is original');
 is(sq('postgres', 'SELECT replica_id FROM replstamp.node'), $id, 'the live node never rotated');
 
