@@ -466,9 +466,9 @@ backfill_batch(const ReplstampCatalog *cat, Oid relid)
 	if (!OidIsValid(layout->pkoid))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("cannot backfill table %s because it has no primary key", bf.relation),
-				 errdetail("replstamp identifies rows by their primary key."),
-				 errhint("Add a primary key to the table; its backfill goes on at the next maintenance round or server start.")));
+				 errmsg("cannot backfill table %s because it has no row key", bf.relation),
+				 errdetail("replstamp identifies rows by their primary key or, without one, by the unique index of the table's replica identity."),
+				 errhint("Give the table back the key it was tracked with (replstamp.problems names it); its backfill goes on at the next maintenance round or server start.")));
 
 	if (ItemPointerGetBlockNumberNoCheck(&bf.end) > 0)
 	{

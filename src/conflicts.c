@@ -165,7 +165,9 @@ replstamp_restore_version(PG_FUNCTION_ARGS)
 	if (!rowimage_key_matches(layout, c.pk))
 		ereport(ERROR,
 				(errcode(ERRCODE_DATA_EXCEPTION),
-				 errmsg("the primary key of table %s is not the one of that change", qname)));
+				 errmsg("the row key of table %s is not the one of that change", qname),
+				 errdetail("The change identifies its row by (%s), the table by (%s).",
+						   rowimage_key_names(c.pk), rowimage_layout_key_names(layout))));
 
 	nestlevel = NewGUCNestLevel();
 	rowimage_enter_input_settings(false);
