@@ -32,8 +32,10 @@ psql -qX -c "ALTER TABLE pgbench_history ADD COLUMN id bigserial PRIMARY KEY" \
 	-c "SELECT replstamp.track(t::regclass) FROM unnest('{pgbench_accounts,pgbench_branches,pgbench_tellers,pgbench_history}'::text[]) t" \
 	-c "VACUUM ANALYZE" -c "CHECKPOINT" -c "SELECT pg_switch_wal()" -c "CHECKPOINT" >/dev/null
 if [ "${BENCH_TABLES:-0}" -gt 0 ]; then
-	psql -qX -c "SELECT format('CREATE TABLE small_%s (id int PRIMARY KEY, v text); INSERT INTO small_%s VALUES (1, ''x'')', g, g)
-		FROM generate_series(1, ${BENCH_TABLES}) g" -c '\gexec' -c "CHECKPOINT" >/dev/null
+	psql -qX -v ON_ERROR_STOP=1 -c "DO \$\$ BEGIN FOR i IN 1..${BENCH_TABLES} LOOP
+		EXECUTE format('CREATE TABLE small_%s (id int PRIMARY KEY, v text)', i);
+		EXECUTE format('INSERT INTO small_%s VALUES (1, %L)', i, 'x');
+		IF i % 100 = 0 THEN COMMIT; END IF; END LOOP; END \$\$" -c "CHECKPOINT" >/dev/null
 fi
 nfiles=$(find "$WORK/data" -type f | wc -l)
 size=$(du -sm "$WORK/data" | cut -f1)
