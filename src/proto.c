@@ -26,11 +26,15 @@
 #include "executor/spi.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
+#include "portability/instr_time.h"
+#include "storage/latch.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/json.h"
 #include "utils/lsyscache.h"
+#include "utils/snapmgr.h"
+#include "utils/wait_event.h"
 #include "utils/timestamp.h"
 
 #include "catalog.h"
@@ -41,6 +45,9 @@
 
 /* GUC replstamp.max_new_replica_ids (defined in sync.c) */
 int			proto_max_new_replica_ids = 1000;
+
+/* GUC replstamp.debug_handshake_pause (defined in sync.c, test builds) */
+int			proto_debug_handshake_pause = 0;
 
 static int
 epoch_cmp(const void *a, const void *b)
@@ -54,16 +61,17 @@ epoch_cmp(const void *a, const void *b)
 }
 
 /*
- * Not read-only: this transaction may just have rotated (identity.c).
- * SPI_execute() returns in SPI's procedure context, which SPI_finish()
- * frees; what is allocated after it must go where the caller wanted it.
+ * Read-only: in the snapshot proto_local() pushed, so that every read of
+ * one handshake sees the same commits.  SPI_execute() returns in SPI's
+ * procedure context, which SPI_finish() frees; what is allocated after it
+ * must go where the caller wanted it.
  */
 static void
 spi_select(const char *sql)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 
-	if (SPI_execute(sql, false, 0) != SPI_OK_SELECT)
+	if (SPI_execute(sql, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "replstamp: query failed: %s", sql);
 	MemoryContextSwitchTo(cxt);
 }
@@ -87,6 +95,35 @@ spi_int64(int row, int col)
 
 	return isnull ? 0 : DatumGetInt64(d);
 }
+
+#ifdef REPLSTAMP_TESTING
+/* Testing aid: wait between two reads of a handshake. */
+static void
+proto_pause_for_tests(void)
+{
+	instr_time	start;
+
+	ereport(LOG,
+			(errmsg("replstamp: pausing the handshake for %d ms (replstamp.debug_handshake_pause)",
+					proto_debug_handshake_pause)));
+	INSTR_TIME_SET_CURRENT(start);
+	for (;;)
+	{
+		instr_time	now;
+		double		left;
+
+		CHECK_FOR_INTERRUPTS();
+		INSTR_TIME_SET_CURRENT(now);
+		INSTR_TIME_SUBTRACT(now, start);
+		left = proto_debug_handshake_pause - INSTR_TIME_GET_MILLISEC(now);
+		if (left <= 0)
+			break;
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 (long) Min(left, 1000), PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+}
+#endif
 
 /*
  * Describe this node, from its catalog, in the current memory context
@@ -114,6 +151,19 @@ proto_local(Handshake *h, bool unused)
 						cluster && cluster[0] ? "/" : "",
 						get_database_name(MyDatabaseId));
 
+	/*
+	 * One snapshot for every read.  A sync commits a vector entry together
+	 * with the epochs of the ID up to it (sync.c, advance_vector()); read in
+	 * two snapshots, with such a commit between them, the handshake showed
+	 * the new entry and the old epochs: a history of the ID that parts from
+	 * its origin's at the epoch it lacks.  A peer then refused to pull the
+	 * ID, and the ID's own node took itself for a node gone back in time
+	 * and rotated.  This transaction may just have rotated (identity.c):
+	 * the snapshot is taken after its writes.
+	 */
+	CommandCounterIncrement();
+	PushActiveSnapshot(GetTransactionSnapshot());
+
 	/* Every live epoch, then the vector they are attached to. */
 	spi_select("SELECT replica_id, token, first_serial FROM replstamp.epoch WHERE NOT dead "
 			   "ORDER BY replica_id, first_serial, token");
@@ -127,6 +177,10 @@ proto_local(Handshake *h, bool unused)
 		epochs[i].first = spi_int64(i, 3);
 	}
 
+#ifdef REPLSTAMP_TESTING
+	if (proto_debug_handshake_pause > 0)
+		proto_pause_for_tests();
+#endif
 	spi_select("SELECT replica_id, serial FROM replstamp.vector ORDER BY replica_id");
 	h->nvector = SPI_processed;
 	h->vector = palloc0(sizeof(VectorItem) * Max(h->nvector, 1));
@@ -171,6 +225,7 @@ proto_local(Handshake *h, bool unused)
 		h->purged[i].id = spi_uuid(i, 1);
 		h->purged[i].serial = spi_int64(i, 2);
 	}
+	PopActiveSnapshot();
 }
 
 static void

@@ -83,6 +83,7 @@ typedef struct Handshake
 } Handshake;
 
 extern int	proto_max_new_replica_ids;
+extern int	proto_debug_handshake_pause;
 
 extern void proto_local(Handshake *h, bool with_lag_for);
 extern char *proto_encode(Handshake *h);

@@ -204,6 +204,16 @@ sync_init(void)
 							PGC_SUSET,
 							0,
 							NULL, NULL, NULL);
+#ifdef REPLSTAMP_TESTING
+	DefineCustomIntVariable("replstamp.debug_handshake_pause",
+							"Testing aid: pause each handshake this long between reading the epochs and the vector.",
+							"So that a test can commit a sync in between. Zero (the default) means no pause.",
+							&proto_debug_handshake_pause,
+							0, 0, 3600 * 1000,
+							PGC_SUSET,
+							GUC_UNIT_MS | GUC_NOT_IN_SAMPLE,
+							NULL, NULL, NULL);
+#endif
 }
 
 /* ---------------------------------------------------------------------
