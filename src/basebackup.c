@@ -101,6 +101,8 @@
 PG_FUNCTION_INFO_V1(replstamp_backup);
 
 #define COPY_BUFSIZE		(1024 * 1024)
+/* Start the writeback of a file's copy every this many bytes. */
+#define FLUSH_EVERY			(8 * 1024 * 1024)
 StaticAssertDecl(COPY_BUFSIZE % BLCKSZ == 0, "pages are verified a buffer at a time");
 #define NOTICE_INTERVAL_MS	5000
 #define INCOMPLETE_MARKER	"replstamp_backup.incomplete"
@@ -673,6 +675,7 @@ copy_file(BackupRun *run, const char *src, const char *dst, const char *relpath,
 	struct stat st;
 	CopiedFile *cf;
 	uint64		size = 0;
+	uint64		flushed = 0;
 	int			failures = 0;
 
 	in = OpenTransientFile(src, O_RDONLY | PG_BINARY);
@@ -709,6 +712,18 @@ copy_file(BackupRun *run, const char *src, const char *dst, const char *relpath,
 		COMP_CRC32C(cf->crc, run->buf, nread);
 		write_target(out, dst, run->buf, nread);
 		size += nread;
+
+		/*
+		 * Start writing a large file's copy back as it goes (sync_file_range()
+		 * on Linux): the disk then writes while the rest is read, and the
+		 * sync at the end finds little left.  The kernel alone would not
+		 * start before a tenth of the memory is dirty.
+		 */
+		if (size - flushed >= FLUSH_EVERY)
+		{
+			pg_flush_data(out, flushed, size - flushed);
+			flushed = size;
+		}
 		if (data_file)
 		{
 			run->done_bytes += nread;
@@ -733,7 +748,7 @@ copy_file(BackupRun *run, const char *src, const char *dst, const char *relpath,
 	 * at the end then finds little left to write.  PostgreSQL's own fsync of
 	 * a data directory does the same in a first pass.
 	 */
-	pg_flush_data(out, 0, 0);
+	pg_flush_data(out, flushed, 0);
 	if (CloseTransientFile(out) != 0)
 		ereport(ERROR,
 				(errcode_for_file_access(),
