@@ -82,15 +82,6 @@ for round in $(seq "$ROUNDS"); do
 	prepare; setup_replstamp; run >>"$WORK/rs.t"
 	prepare; setup_plpgsql; run >>"$WORK/pl.t"
 done
-# The log's size per stamp, on a run no prune meets (a prune deletes rows
-# but leaves their space, which VACUUM gives back): the same tables,
-# pruning off, 10,000 transactions.
-prepare; setup_replstamp
-psql -qX -c "ALTER SYSTEM SET replstamp.prune_interval = 0" -c "SELECT pg_reload_conf()" >/dev/null
-pgbench -n -c "$CLIENTS" -j "$CLIENTS" -t $((10000 / CLIENTS)) bench >/dev/null 2>&1
-stamps=$(psql -qXAt -c "SELECT count(*) FROM replstamp.changes")
-bytes=$(psql -qXAt -c "SELECT pg_total_relation_size('replstamp.changes') / greatest(count(*), 1) FROM replstamp.changes")
-psql -qX -c "ALTER SYSTEM RESET replstamp.prune_interval" -c "SELECT pg_reload_conf()" >/dev/null
 tps_plain=$(median <"$WORK/plain.t"); tps_rs=$(median <"$WORK/rs.t"); tps_pl=$(median <"$WORK/pl.t")
 echo "TPS of each round: plain $(paste -sd' ' "$WORK/plain.t"); replstamp $(paste -sd' ' "$WORK/rs.t"); PL/pgSQL $(paste -sd' ' "$WORK/pl.t")"
 awk -v c="$CLIENTS" -v p="$tps_plain" -v r="$tps_rs" -v l="$tps_pl" 'BEGIN {
@@ -101,7 +92,6 @@ awk -v c="$CLIENTS" -v p="$tps_plain" -v r="$tps_rs" -v l="$tps_pl" 'BEGIN {
 	printf "%-28s %10.0f %12.2f %16.1f\n", "PL/pgSQL trigger", l, l / p, (1 / l - 1 / p) * 1e6 * c / 4;
 	printf "replstamp per-row cost / PL/pgSQL per-row cost: %.2f\n", (1 / r - 1 / p) / (1 / l - 1 / p);
 }'
-echo "change log: $bytes bytes per stamped row (table + indexes + toast; $stamps stamps of pgbench, pruning off)"
 
 # One client, one statement: the per-row cost without pgbench's noise.
 bulk() {
@@ -157,3 +147,14 @@ peak_update() {
 mem_plain=$(peak_update no)
 mem_tracked=$(peak_update yes)
 echo "one UPDATE of $ROWS rows: backend private memory grew by $mem_plain MB untracked, $mem_tracked MB tracked"
+
+# The log's size per stamp, on a run no prune meets (a prune deletes rows
+# but leaves their space, which VACUUM gives back): the same tables,
+# pruning off, 10,000 transactions.
+prepare; setup_replstamp
+psql -qX -c "ALTER SYSTEM SET replstamp.prune_interval = 0" -c "SELECT pg_reload_conf()" >/dev/null
+pgbench -n -c "$CLIENTS" -j "$CLIENTS" -t $((10000 / CLIENTS)) bench >/dev/null 2>&1
+stamps=$(psql -qXAt -c "SELECT count(*) FROM replstamp.changes")
+bytes=$(psql -qXAt -c "SELECT pg_total_relation_size('replstamp.changes') / greatest(count(*), 1) FROM replstamp.changes")
+psql -qX -c "ALTER SYSTEM RESET replstamp.prune_interval" -c "SELECT pg_reload_conf()" >/dev/null
+echo "change log: $bytes bytes per stamped row (table + indexes + toast; $stamps stamps of pgbench, pruning off)"
