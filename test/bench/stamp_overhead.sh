@@ -35,7 +35,7 @@ bench_cluster "synchronous_commit = $SYNC_COMMIT" "shared_buffers = 512MB" \
 TABLES="'pgbench_accounts','pgbench_branches','pgbench_tellers','pgbench_history'"
 
 prepare() {
-	dropdb --if-exists bench
+	dropdb --if-exists --force bench
 	createdb bench
 	pgbench -i -q -s "$SCALE" bench >/dev/null 2>&1
 	# pgbench_history has no primary key: give it one in every run alike.
