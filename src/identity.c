@@ -92,7 +92,6 @@
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
 #include "storage/ipc.h"
-#include "storage/latch.h"
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
@@ -430,32 +429,6 @@ identity_reissue(const ReplstampCatalog *cat, const pg_uuid_t *old_id,
 	return list.n;
 }
 
-static void
-pause_for_tests(void)
-{
-	instr_time	start;
-
-	ereport(LOG,
-			(errmsg("replstamp: pausing the rotation for %d ms (replstamp.debug_rotation_pause)",
-					debug_rotation_pause)));
-	INSTR_TIME_SET_CURRENT(start);
-	for (;;)
-	{
-		instr_time	now;
-		double		left;
-
-		CHECK_FOR_INTERRUPTS();
-		INSTR_TIME_SET_CURRENT(now);
-		INSTR_TIME_SUBTRACT(now, start);
-		left = debug_rotation_pause - INSTR_TIME_GET_MILLISEC(now);
-		if (left <= 0)
-			break;
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 (long) Min(left, 1000), PG_WAIT_EXTENSION);
-		ResetLatch(MyLatch);
-	}
-}
-
 /*
  * Retire the current replica ID and mint a new one, in the current
  * transaction; the caller holds the node row lock and is connected to SPI.
@@ -517,7 +490,7 @@ rotate_locked(const ReplstampCatalog *cat, const ReplstampNode *node,
 
 	/* Half-way: the old ID is retired, the new one is not current yet. */
 	if (debug_rotation_pause > 0)
-		pause_for_tests();
+		worker_pause_for_tests(debug_rotation_pause, "rotation", "replstamp.debug_rotation_pause");
 
 	if (lost_after >= 1)
 	{

@@ -26,15 +26,12 @@
 #include "executor/spi.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
-#include "portability/instr_time.h"
-#include "storage/latch.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/json.h"
 #include "utils/lsyscache.h"
 #include "utils/snapmgr.h"
-#include "utils/wait_event.h"
 #include "utils/timestamp.h"
 
 #include "catalog.h"
@@ -42,6 +39,7 @@
 #include "errors.h"
 #include "proto.h"
 #include "serial.h"
+#include "workers.h"
 
 /* GUC replstamp.max_new_replica_ids (defined in sync.c) */
 int			proto_max_new_replica_ids = 1000;
@@ -96,34 +94,6 @@ spi_int64(int row, int col)
 	return isnull ? 0 : DatumGetInt64(d);
 }
 
-#ifdef REPLSTAMP_TESTING
-/* Testing aid: wait between two reads of a handshake. */
-static void
-proto_pause_for_tests(void)
-{
-	instr_time	start;
-
-	ereport(LOG,
-			(errmsg("replstamp: pausing the handshake for %d ms (replstamp.debug_handshake_pause)",
-					proto_debug_handshake_pause)));
-	INSTR_TIME_SET_CURRENT(start);
-	for (;;)
-	{
-		instr_time	now;
-		double		left;
-
-		CHECK_FOR_INTERRUPTS();
-		INSTR_TIME_SET_CURRENT(now);
-		INSTR_TIME_SUBTRACT(now, start);
-		left = proto_debug_handshake_pause - INSTR_TIME_GET_MILLISEC(now);
-		if (left <= 0)
-			break;
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 (long) Min(left, 1000), PG_WAIT_EXTENSION);
-		ResetLatch(MyLatch);
-	}
-}
-#endif
 
 /*
  * Describe this node, from its catalog, in the current memory context
@@ -179,7 +149,8 @@ proto_local(Handshake *h, bool unused)
 
 #ifdef REPLSTAMP_TESTING
 	if (proto_debug_handshake_pause > 0)
-		proto_pause_for_tests();
+		worker_pause_for_tests(proto_debug_handshake_pause, "handshake",
+							   "replstamp.debug_handshake_pause");
 #endif
 	spi_select("SELECT replica_id, serial FROM replstamp.vector ORDER BY replica_id");
 	h->nvector = SPI_processed;

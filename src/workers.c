@@ -21,6 +21,7 @@
 #include "access/tableam.h"
 #include "catalog/pg_database.h"
 #include "miscadmin.h"
+#include "portability/instr_time.h"
 #include "postmaster/bgworker.h"
 #include "access/xact.h"
 #include "storage/ipc.h"
@@ -29,6 +30,7 @@
 #include "utils/guc.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
+#include "utils/wait_event.h"
 
 #include "compat.h"
 #include "errors.h"
@@ -310,4 +312,34 @@ worker_catch_error(MemoryContext cxt)
 	FlushErrorState();
 	AbortOutOfAnyTransaction();
 	return e;
+}
+
+/*
+ * Testing aids (replstamp.debug_*_pause): say so in the log, then wait ms
+ * milliseconds, however often the latch is set; a cancel or a termination
+ * ends the wait.
+ */
+void
+worker_pause_for_tests(int ms, const char *what, const char *setting)
+{
+	instr_time	start;
+
+	ereport(LOG,
+			(errmsg("replstamp: pausing the %s for %d ms (%s)", what, ms, setting)));
+	INSTR_TIME_SET_CURRENT(start);
+	for (;;)
+	{
+		instr_time	now;
+		double		left;
+
+		CHECK_FOR_INTERRUPTS();
+		INSTR_TIME_SET_CURRENT(now);
+		INSTR_TIME_SUBTRACT(now, start);
+		left = ms - INSTR_TIME_GET_MILLISEC(now);
+		if (left <= 0)
+			break;
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 (long) Min(left, 1000), PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
 }

@@ -30,5 +30,6 @@ extern uint32 worker_peers_added(void);
 extern void worker_begin_xact(void);
 extern void worker_commit_xact(void);
 extern ErrorData *worker_catch_error(MemoryContext cxt);
+extern void worker_pause_for_tests(int ms, const char *what, const char *setting);
 
 #endif							/* REPLSTAMP_WORKERS_H */
