@@ -35,7 +35,7 @@ add_peer($c, 'a', $a);
 # c pulls from b as a role of its own, whose sessions on b pause each
 # handshake they make.
 sq($b, q{CREATE ROLE slow_puller LOGIN SUPERUSER;
-	ALTER ROLE slow_puller SET replstamp.debug_handshake_pause = 4000});
+	ALTER ROLE slow_puller SET replstamp.debug_handshake_pause = 8000});
 $c->safe_psql('postgres',
 	"SELECT replstamp.add_peer('b', \$\$" . $b->connstr('postgres') . " user=slow_puller\$\$)");
 
@@ -63,7 +63,7 @@ my $c_offset = -s $c->logfile;
 my $b_offset = -s $b->logfile;
 my $out = '';
 my $h = psql_start($c, "SELECT replstamp.sync('b')", \$out);
-$b->wait_for_log(qr/pausing the handshake for 4000 ms.*\n(?:.*\n)*.*pausing the handshake for 4000 ms/, $b_offset);
+$b->wait_for_log(qr/pausing the handshake for 8000 ms.*\n(?:.*\n)*.*pausing the handshake for 8000 ms/, $b_offset);
 is(sq($b, "SELECT replstamp.sync('a')"), '10', "b pulls a's changes after the epoch while its handshake for c pauses");
 ok($h->pumpable, "c's sync from b was still waiting on that handshake");
 $h->finish;
