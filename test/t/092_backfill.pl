@@ -176,7 +176,7 @@ sq($a, "INSERT INTO t5 SELECT g, 'row ' || g FROM generate_series(1, 1000) g;
 	ALTER EVENT TRIGGER replstamp_ddl_guard ENABLE ALWAYS;
 	COMMIT;");
 ok($a->poll_query_until('postgres',
-	"SELECT backfill_error LIKE 'cannot backfill table public.t5 because it has no primary key'
+	"SELECT backfill_error LIKE 'cannot backfill table public.t5 because it has no row key'
 	   FROM replstamp.tracked_table WHERE relation = 'public.t5'"),
 	'a table without primary key: replstamp.tracked_table shows why its backfill stopped');
 is(sq($a, "SELECT count(*) FROM replstamp.changes WHERE relation = 'public.t5'"), '0',
