@@ -58,6 +58,7 @@
 #include "dbaccess.h"
 #include "peers.h"
 #include "remote.h"
+#include "rowversion.h"
 #include "sync.h"
 
 PG_FUNCTION_INFO_V1(replstamp_join);
@@ -677,15 +678,12 @@ release_at(Remote *r, const char *me, const char *my_id)
 }
 
 /*
- * replstamp.leave(conninfo): see the file header.  conninfo, if given,
- * lends its credential to the connections to the peers.  Returns one row
- * per peer: what was done there and here.
+ * Ask every peer to pull what it lacks from this node and drop it, then
+ * drop them here; one row per peer into rsinfo.
  */
-Datum
-replstamp_leave(PG_FUNCTION_ARGS)
+static void
+leave_peers(ReturnSetInfo *rsinfo, const char *credential)
 {
-	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	char	   *credential = PG_ARGISNULL(0) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(0));
 	char	   *me;
 	char	   *my_id;
 	List	   *names = NIL;
@@ -693,10 +691,6 @@ replstamp_leave(PG_FUNCTION_ARGS)
 	ReplstampOwnerContext ctx;
 	MemoryContext caller = CurrentMemoryContext;
 
-	PreventInTransactionBlock(true, "replstamp.leave()");
-	(void) catalog_get_v11("replstamp.leave()");
-	if (credential)
-		PQconninfoFree(parse_conninfo(credential, "conninfo"));
 	me = self_name();
 	my_id = catalog_uuid_text(&catalog_node()->replica_id);
 
@@ -714,7 +708,6 @@ replstamp_leave(PG_FUNCTION_ARGS)
 	SPI_finish();
 	dbaccess_restore_user(&ctx);
 
-	InitMaterializedSRF(fcinfo, 0);
 	for (int i = 0; i < list_length(names); i++)
 	{
 		char	   *name = list_nth(names, i);
@@ -747,5 +740,40 @@ replstamp_leave(PG_FUNCTION_ARGS)
 	dbaccess_spi_exec("DELETE FROM replstamp.mesh", 0, NULL, NULL, NULL, SPI_OK_DELETE);
 	SPI_finish();
 	dbaccess_restore_user(&ctx);
+}
+
+/*
+ * replstamp.leave(conninfo): see the file header.  conninfo, if given,
+ * lends its credential to the connections to the peers.  Returns one row
+ * per peer: what was done there and here.
+ */
+Datum
+replstamp_leave(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	char	   *credential = PG_ARGISNULL(0) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(0));
+
+	PreventInTransactionBlock(true, "replstamp.leave()");
+	(void) catalog_get_v11("replstamp.leave()");
+	if (credential)
+		PQconninfoFree(parse_conninfo(credential, "conninfo"));
+	InitMaterializedSRF(fcinfo, 0);
+
+	/*
+	 * No sync of this node's database runs until its peers are dropped here
+	 * too (one that runs now is waited for): a pull from a peer that had
+	 * already dropped this node recorded it there again as a puller, shown
+	 * in its replstamp.cluster and holding its pruning back.
+	 */
+	rowversion_lock();
+	PG_TRY();
+	{
+		leave_peers(rsinfo, credential);
+	}
+	PG_FINALLY();
+	{
+		rowversion_unlock();
+	}
+	PG_END_TRY();
 	return (Datum) 0;
 }
