@@ -1356,6 +1356,22 @@ pause_ms(long ms)
 }
 
 /*
+ * The testing pause of debug_verify_pause: ms, or until the peer's
+ * connection has something to read (an answer nobody asked for is the end
+ * of the connection), so that a test that takes the peer away need not
+ * outwait a pause long enough for a loaded machine.
+ */
+static void
+debug_pause(Remote *r, long ms)
+{
+	(void) WaitLatchOrSocket(MyLatch,
+							 WL_LATCH_SET | WL_TIMEOUT | WL_SOCKET_READABLE | WL_EXIT_ON_PM_DEATH,
+							 PQsocket(r->conn), ms, PG_WAIT_EXTENSION);
+	ResetLatch(MyLatch);
+	CHECK_FOR_INTERRUPTS();
+}
+
+/*
  * One attempt: returns false if the vectors differed or moved (*why says
  * how), true with res filled otherwise.
  */
@@ -1396,7 +1412,7 @@ attempt(Remote *r, List *tables, bool deep, VResult *res, char **here_v, char **
 	}
 	ttables = json_sub(ans, "tables");
 	if (debug_verify_pause > 0)
-		pause_ms(debug_verify_pause);
+		debug_pause(r, debug_verify_pause);
 
 	foreach(lc, tables)
 	{

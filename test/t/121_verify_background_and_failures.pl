@@ -84,7 +84,7 @@ set_guc($a, 'replstamp.verify_interval', '0');
 # changed here.
 my $before = sq($a, q{SELECT verified_at FROM replstamp.verification WHERE peer = 'b'});
 my $out_v = '';
-my $h = psql_start($a, q{SET replstamp.debug_verify_pause = '3s'; SELECT * FROM replstamp.verify('b')}, \$out_v);
+my $h = psql_start($a, q{SET replstamp.debug_verify_pause = '60s'; SELECT * FROM replstamp.verify('b')}, \$out_v);
 $a->poll_query_until('postgres', q{SELECT count(*) > 0 FROM pg_stat_activity WHERE query LIKE '%replstamp.verify(''b'')%' AND wait_event = 'Extension'})
   or die 'verify never paused';
 $b->stop('immediate');
