@@ -761,19 +761,13 @@ replstamp_leave(PG_FUNCTION_ARGS)
 
 	/*
 	 * No sync of this node's database runs until its peers are dropped here
-	 * too (one that runs now is waited for): a pull from a peer that had
-	 * already dropped this node recorded it there again as a puller, shown
-	 * in its replstamp.cluster and holding its pruning back.
+	 * too and that is committed (one that runs now is waited for): a pull
+	 * from a peer that had already dropped this node recorded it there again
+	 * as a puller, shown in its replstamp.cluster and holding its pruning
+	 * back.  Hence a lock held to the end of the transaction: a sync that
+	 * took it between the drops and their commit would still see its peers.
 	 */
-	rowversion_lock();
-	PG_TRY();
-	{
-		leave_peers(rsinfo, credential);
-	}
-	PG_FINALLY();
-	{
-		rowversion_unlock();
-	}
-	PG_END_TRY();
+	rowversion_lock_xact();
+	leave_peers(rsinfo, credential);
 	return (Datum) 0;
 }

@@ -1183,6 +1183,20 @@ rowversion_unlock(void)
 		sync_lock_count--;
 }
 
+/*
+ * The sync lock until the end of the current transaction: for a change to
+ * the peers that no sync may overtake before it commits (leave()).  A sync
+ * that waits for it reads the peers after the commit.
+ */
+void
+rowversion_lock_xact(void)
+{
+	LOCKTAG		tag = locktag(WRITER_LOCK);
+
+	Assert(IsTransactionState());
+	(void) LockAcquire(&tag, ExclusiveLock, false, false);
+}
+
 /* Does this backend hold the sync lock (rowversion_lock())?  For Asserts. */
 bool
 rowversion_lock_held(void)

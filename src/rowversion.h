@@ -117,6 +117,7 @@ extern int64 rowversion_truncate(RowVersionWriter *w, Change *change,
 								 RowVersionTruncateCallback callback, void *arg);
 extern void rowversion_lock(void);
 extern void rowversion_unlock(void);
+extern void rowversion_lock_xact(void);
 extern bool rowversion_lock_held(void);
 extern void rowversion_page_lock(bool prune);
 
