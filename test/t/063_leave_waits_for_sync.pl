@@ -66,7 +66,7 @@ is(sq($a, q{SELECT count(*) FROM replstamp.pullers WHERE label LIKE 'd/%'}), '1'
 my $out_leave = '';
 my $hl = IPC::Run::start(
 	[ 'psql', '-X', '-At', '-d', $d->connstr('postgres'), '-c',
-	  q{WITH l AS MATERIALIZED (SELECT * FROM replstamp.leave()) SELECT count(*), pg_sleep(3) FROM l} ],
+	  q{WITH l AS MATERIALIZED (SELECT * FROM replstamp.leave()) SELECT count(*), pg_sleep(5) FROM l} ],
 	'>', \$out_leave, '2>', \$out_leave, IPC::Run::timeout(300));
 $d->poll_query_until('postgres', q{SELECT count(*) > 0 FROM pg_stat_activity WHERE wait_event = 'PgSleep'})
   or die 'leave() never reached its sleep';
