@@ -678,12 +678,15 @@ release_at(Remote *r, const char *me, const char *my_id)
 }
 
 /*
- * Ask every peer to pull what it lacks from this node and drop it, then
- * drop them here; one row per peer into rsinfo.
+ * replstamp.leave(conninfo): see the file header.  conninfo, if given,
+ * lends its credential to the connections to the peers.  Returns one row
+ * per peer: what was done there and here.
  */
-static void
-leave_peers(ReturnSetInfo *rsinfo, const char *credential)
+Datum
+replstamp_leave(PG_FUNCTION_ARGS)
 {
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	char	   *credential = PG_ARGISNULL(0) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(0));
 	char	   *me;
 	char	   *my_id;
 	List	   *names = NIL;
@@ -691,6 +694,20 @@ leave_peers(ReturnSetInfo *rsinfo, const char *credential)
 	ReplstampOwnerContext ctx;
 	MemoryContext caller = CurrentMemoryContext;
 
+	PreventInTransactionBlock(true, "replstamp.leave()");
+	(void) catalog_get_v11("replstamp.leave()");
+	if (credential)
+		PQconninfoFree(parse_conninfo(credential, "conninfo"));
+
+	/*
+	 * No sync of this node's database runs until its peers are dropped here
+	 * too and that is committed (one that runs now is waited for): a pull
+	 * from a peer that had already dropped this node recorded it there again
+	 * as a puller, shown in its replstamp.cluster and holding its pruning
+	 * back.  Hence a lock held to the end of the transaction: a sync that
+	 * took it between the drops and their commit would still see its peers.
+	 */
+	rowversion_lock_xact();
 	me = self_name();
 	my_id = catalog_uuid_text(&catalog_node()->replica_id);
 
@@ -708,6 +725,7 @@ leave_peers(ReturnSetInfo *rsinfo, const char *credential)
 	SPI_finish();
 	dbaccess_restore_user(&ctx);
 
+	InitMaterializedSRF(fcinfo, 0);
 	for (int i = 0; i < list_length(names); i++)
 	{
 		char	   *name = list_nth(names, i);
@@ -740,34 +758,5 @@ leave_peers(ReturnSetInfo *rsinfo, const char *credential)
 	dbaccess_spi_exec("DELETE FROM replstamp.mesh", 0, NULL, NULL, NULL, SPI_OK_DELETE);
 	SPI_finish();
 	dbaccess_restore_user(&ctx);
-}
-
-/*
- * replstamp.leave(conninfo): see the file header.  conninfo, if given,
- * lends its credential to the connections to the peers.  Returns one row
- * per peer: what was done there and here.
- */
-Datum
-replstamp_leave(PG_FUNCTION_ARGS)
-{
-	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	char	   *credential = PG_ARGISNULL(0) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(0));
-
-	PreventInTransactionBlock(true, "replstamp.leave()");
-	(void) catalog_get_v11("replstamp.leave()");
-	if (credential)
-		PQconninfoFree(parse_conninfo(credential, "conninfo"));
-	InitMaterializedSRF(fcinfo, 0);
-
-	/*
-	 * No sync of this node's database runs until its peers are dropped here
-	 * too and that is committed (one that runs now is waited for): a pull
-	 * from a peer that had already dropped this node recorded it there again
-	 * as a puller, shown in its replstamp.cluster and holding its pruning
-	 * back.  Hence a lock held to the end of the transaction: a sync that
-	 * took it between the drops and their commit would still see its peers.
-	 */
-	rowversion_lock_xact();
-	leave_peers(rsinfo, credential);
 	return (Datum) 0;
 }
