@@ -1345,28 +1345,21 @@ remote_rows(Remote *r, VTable *t, bool deep, HTAB *rows, VResult *res)
 }
 
 /*
- * Pause between attempts; a cancel ends it.
+ * Pause ms between attempts; a cancel ends it.  With a peer's connection
+ * (the testing pause of debug_verify_pause), so does anything to read on
+ * it: an answer nobody asked for is the end of the connection, and a test
+ * that takes the peer away need not outwait a pause long enough for a
+ * loaded machine.
  */
 static void
-pause_ms(long ms)
+pause_ms(long ms, Remote *r)
 {
-	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, ms, PG_WAIT_EXTENSION);
-	ResetLatch(MyLatch);
-	CHECK_FOR_INTERRUPTS();
-}
+	int			events = WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH;
 
-/*
- * The testing pause of debug_verify_pause: ms, or until the peer's
- * connection has something to read (an answer nobody asked for is the end
- * of the connection), so that a test that takes the peer away need not
- * outwait a pause long enough for a loaded machine.
- */
-static void
-debug_pause(Remote *r, long ms)
-{
-	(void) WaitLatchOrSocket(MyLatch,
-							 WL_LATCH_SET | WL_TIMEOUT | WL_SOCKET_READABLE | WL_EXIT_ON_PM_DEATH,
-							 PQsocket(r->conn), ms, PG_WAIT_EXTENSION);
+	if (r)
+		events |= WL_SOCKET_READABLE;
+	(void) WaitLatchOrSocket(MyLatch, events, r ? PQsocket(r->conn) : PGINVALID_SOCKET,
+							 ms, PG_WAIT_EXTENSION);
 	ResetLatch(MyLatch);
 	CHECK_FOR_INTERRUPTS();
 }
@@ -1412,7 +1405,7 @@ attempt(Remote *r, List *tables, bool deep, VResult *res, char **here_v, char **
 	}
 	ttables = json_sub(ans, "tables");
 	if (debug_verify_pause > 0)
-		debug_pause(r, debug_verify_pause);
+		pause_ms(debug_verify_pause, r);
 
 	foreach(lc, tables)
 	{
@@ -1649,7 +1642,7 @@ verify_run(const char *peer, ArrayType *tables_arr, bool deep, VResult *res)
 		for (int i = 0; i < VERIFY_ATTEMPTS && !done; i++)
 		{
 			if (i > 0)
-				pause_ms(VERIFY_PAUSE_MS * i);
+				pause_ms(VERIFY_PAUSE_MS * i, NULL);
 			done = attempt(&r, tables, deep, res, &here_v, &there_v);
 			if (!done)
 				elog(DEBUG1, "replstamp: verification attempt %d: vector here %s, there %s, or one moved",
