@@ -26,12 +26,7 @@ use ReplstampTest;
 sub sq { my ($n, $sql) = @_; return $n->safe_psql('postgres', $sql); }
 
 my %n = map {
-	$_ => replstamp_node($_, template => 1,
-		conf => [ 'replstamp.sync_interval = 0', 'replstamp.prune_interval = 0' ], sql => q{
-		CREATE EXTENSION replstamp;
-		CREATE TABLE t (id int PRIMARY KEY, v text);
-		SELECT replstamp.track('t');
-	})
+	$_ => replstamp_node($_, template => 1, conf => [ 'replstamp.prune_interval = 0' ], sql => $TRACK_T)
 } qw(a d);
 my ($a, $d) = @n{qw(a d)};
 add_mesh($a, $d);
