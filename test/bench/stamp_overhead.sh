@@ -2,8 +2,9 @@
 # What does stamping cost a write?  pgbench tpcb-like three ways in one run:
 # plain, the four pgbench tables tracked by replstamp, and the same tables
 # with an equivalent PL/pgSQL trigger writing the same log row.  Prints TPS,
-# ratios and the cost per stamped row, the change log's bytes per row, and
-# the memory a single UPDATE of BENCH_ROWS tracked rows takes.
+# ratios and the cost per stamped row, the change log's bytes per row, the
+# cost and log bytes of one INSERT of BENCH_ROWS narrow and of wide rows,
+# and the memory a single UPDATE of BENCH_ROWS tracked rows takes.
 #
 # Each measurement runs BENCH_ROUNDS times (the three ways in turn) and the
 # median is reported: single pgbench runs on 2 cores vary by 15 %.
@@ -94,16 +95,26 @@ awk -v c="$CLIENTS" -v p="$tps_plain" -v r="$tps_rs" -v l="$tps_pl" 'BEGIN {
 }'
 
 # One client, one statement: the per-row cost without pgbench's noise.
+# Narrow rows (an image of about 80 bytes, stored as it is) and wide ones
+# (a 430-byte text column of words: an image the log stores compressed).
+NARROW="repeat('x', 40)"
+WIDE="'row ' || g || ': ' || repeat('lorem ipsum dolor sit amet ', 16)"
 bulk() {
-	local mode="$1"
+	local mode="$1" pad="${2:-$NARROW}"
 	psql -qX -c "DROP TABLE IF EXISTS bulk" -c "CREATE TABLE bulk (id int PRIMARY KEY, v int, pad text)" >/dev/null
 	case "$mode" in
 		replstamp) psql -qX -c "SELECT replstamp.track('bulk')" >/dev/null ;;
 		plpgsql) psql -qX -c "CREATE TRIGGER plog AFTER INSERT OR UPDATE OR DELETE ON bulk FOR EACH ROW EXECUTE FUNCTION plog_stamp()" ;;
 	esac
 	psql -qX -c "CHECKPOINT"
-	psql -qXAt -c '\timing on' -c "INSERT INTO bulk SELECT g, 0, repeat('x', 40) FROM generate_series(1, $ROWS) g" |
+	psql -qXAt -c "SELECT coalesce(max(serial), 0) FROM replstamp.changes" >"$WORK/serial_before"
+	psql -qXAt -c '\timing on' -c "INSERT INTO bulk SELECT g, 0, $pad FROM generate_series(1, $ROWS) g" |
 		sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p'
+	# The log rows' size (tuple, and its image), for the last replstamp run.
+	[ "$mode" = replstamp ] &&
+		psql -qXAt -F' ' -c "SELECT avg(pg_column_size(c.*))::int, avg(pg_column_size(row_image))::int FROM replstamp.changes c
+		                     WHERE relation = 'public.bulk' AND serial > $(cat "$WORK/serial_before")" >"$WORK/log_row"
+	return 0
 }
 for round in $(seq "$ROUNDS"); do
 	bulk plain >>"$WORK/bplain.t"
@@ -114,6 +125,16 @@ ms_plain=$(median <"$WORK/bplain.t"); ms_rs=$(median <"$WORK/brs.t"); ms_pl=$(me
 awk -v n="$ROWS" -v p="$ms_plain" -v r="$ms_rs" -v l="$ms_pl" 'BEGIN {
 	printf "one INSERT of %d rows (median of the rounds): plain %.0f ms, replstamp %.0f ms (+%.2f us/row), PL/pgSQL %.0f ms (+%.2f us/row); replstamp/PL/pgSQL per-row cost %.2f\n",
 		n, p, r, (r - p) * 1000 / n, l, (l - p) * 1000 / n, (r - p) / (l - p);
+}'
+for round in $(seq "$ROUNDS"); do
+	bulk plain "$WIDE" >>"$WORK/wplain.t"
+	bulk replstamp "$WIDE" >>"$WORK/wrs.t"
+done
+ms_plain=$(median <"$WORK/wplain.t"); ms_rs=$(median <"$WORK/wrs.t")
+awk -v n="$ROWS" -v p="$ms_plain" -v r="$ms_rs" -v b="$(cat "$WORK/log_row")" 'BEGIN {
+	split(b, s, " ");
+	printf "one INSERT of %d wide rows (a 430-byte text column): plain %.0f ms, replstamp %.0f ms (+%.2f us/row); a log row %d bytes, its image %d\n",
+		n, p, r, (r - p) * 1000 / n, s[1], s[2];
 }'
 
 # Memory of one UPDATE of $ROWS rows, untracked and tracked: the peak of the
