@@ -967,3 +967,17 @@ COMMENT ON FUNCTION replstamp.untrack_schema(name) IS
     'tables created in the schema from now on are neither tracked nor replicated';
 
 DROP FUNCTION replstamp._copy_execute_grants(regprocedure, text);
+
+/*
+ * Row images in the log are stored compressed from 128 bytes on
+ * (changelog.c: heap insertion itself compresses only tuples of about
+ * 2 kB).  lz4 where the server was built with it, being fast enough for
+ * the write path; else default_toast_compression.
+ */
+DO $$
+BEGIN
+    ALTER TABLE replstamp.changes ALTER COLUMN row_image SET COMPRESSION lz4;
+EXCEPTION WHEN feature_not_supported THEN
+    RAISE NOTICE 'this server has no lz4: row images in replstamp.changes are compressed with default_toast_compression';
+END
+$$;

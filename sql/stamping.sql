@@ -49,6 +49,25 @@ SELECT bool_and(row_hash = replstamp.row_hash(relation, pk)) AS row_hash_ok,
        count(DISTINCT row_hash) AS distinct_rows
   FROM replstamp.changes;
 
+-- Images of 128 bytes or more are stored compressed (the log row is far
+-- below the size at which heap insertion would compress them), smaller
+-- ones as they are; both read back whole.
+INSERT INTO accounts VALUES (30, repeat('wide ', 100), 1, true, NULL),
+                            (31, 'narrow', 1, true, NULL);
+SELECT pk ->> 'id' AS id,
+       pg_column_compression(row_image) IS NOT NULL AS compressed,
+       pg_column_size(row_image) < octet_length(row_image::text) / 3 AS much_smaller,
+       row_image ->> 'owner' = (SELECT owner FROM accounts a WHERE a.id = (c.pk ->> 'id')::int) AS reads_back
+  FROM replstamp.changes c
+ WHERE relation = 'public.accounts' AND pk ->> 'id' IN ('30', '31') ORDER BY 1;
+-- The column's compression method is the one used (lz4 where the server
+-- has it); a superuser may change it for new rows.
+ALTER TABLE replstamp.changes ALTER COLUMN row_image SET COMPRESSION pglz;
+INSERT INTO accounts VALUES (32, repeat('wide ', 100), 1, true, NULL);
+SELECT pg_column_compression(row_image) FROM replstamp.changes
+ WHERE relation = 'public.accounts' AND pk ->> 'id' = '32';
+DELETE FROM accounts WHERE id IN (30, 31, 32);
+
 -- Serials increase, LUS equals the next serial when nothing is in flight.
 SELECT replstamp.lowest_uncommitted_serial() = replstamp.next_serial() AS lus_is_next;
 SELECT count(DISTINCT serial) = count(*) AS distinct_serials FROM replstamp.changes;

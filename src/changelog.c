@@ -22,6 +22,8 @@
 #include "access/heapam.h"
 #include "access/htup_details.h"
 #include "access/table.h"
+#include "access/toast_compression.h"
+#include "access/toast_internals.h"
 #include "access/xact.h"
 #include "catalog/index.h"
 #include "miscadmin.h"
@@ -63,6 +65,16 @@ static SubTransactionId locked_subid = InvalidSubTransactionId;
 static Oid	locked_relid = InvalidOid;
 
 static text *op_texts[5] = {NULL, NULL, NULL, NULL, NULL};
+
+/*
+ * Row images of at least this many bytes are stored compressed.  Heap
+ * insertion compresses a value only when the whole tuple passes
+ * TOAST_TUPLE_THRESHOLD (about 2 kB), which a log row of an ordinary row
+ * never does: left to it, a 1 kB image of mostly text is stored as it is.
+ * Below this size the compressed form seldom saves enough to pay for the
+ * attempt.
+ */
+#define IMAGE_COMPRESS_MIN	128
 
 static void
 changes_relcache_callback(Datum arg, Oid relid)
@@ -179,6 +191,29 @@ load_changes_indexes(Relation changes)
 }
 
 /*
+ * The datum to store for a row image: compressed inline if it is large
+ * enough and compression saves space, with the column's compression method
+ * (ALTER TABLE replstamp.changes ALTER COLUMN row_image SET COMPRESSION),
+ * else default_toast_compression, as TOAST would choose.  Readers detoast
+ * as they do any stored value.
+ */
+static Datum
+image_datum(Relation changes, Jsonb *image)
+{
+	Datum		value = JsonbPGetDatum(image);
+	char		method;
+	Datum		compressed;
+
+	if (!VARATT_IS_4B_U(image) || VARSIZE(image) < IMAGE_COMPRESS_MIN)
+		return value;
+	method = TupleDescAttr(RelationGetDescr(changes), Anum_changes_row_image - 1)->attcompression;
+	if (!CompressionMethodIsValid(method))
+		method = default_toast_compression;
+	compressed = toast_compress_datum(value, method);
+	return DatumGetPointer(compressed) != NULL ? compressed : value;
+}
+
+/*
  * Append one change to the log, in the current transaction.
  */
 void
@@ -190,6 +225,19 @@ changelog_append(const ReplstampCatalog *cat, Change *change)
 	HeapTuple	tuple;
 	LOCKMODE	lockmode;
 
+	/*
+	 * Lock replstamp.changes and its indexes once per (sub)transaction, and
+	 * keep the locks to its end as any DML does: the lock manager is not
+	 * visited again for every row.
+	 */
+	lockmode = RowExclusiveLock;
+	if (locked_lxid == PGPROC_LXID(MyProc) && locked_subid == GetCurrentSubTransactionId() &&
+		locked_relid == cat->changes)
+		lockmode = NoLock;
+	changes = table_open(cat->changes, lockmode);
+	if (changes_indexes_relid != cat->changes)
+		load_changes_indexes(changes);
+
 	memset(nulls, false, sizeof(nulls));
 	values[Anum_changes_replica_id - 1] = UUIDPGetDatum(&change->replica_id);
 	values[Anum_changes_serial - 1] = Int64GetDatum(change->serial);
@@ -197,7 +245,7 @@ changelog_append(const ReplstampCatalog *cat, Change *change)
 	values[Anum_changes_op - 1] = PointerGetDatum(op_text(change->op));
 	values[Anum_changes_pk - 1] = JsonbPGetDatum(change->pk);
 	if (change->image)
-		values[Anum_changes_row_image - 1] = JsonbPGetDatum(change->image);
+		values[Anum_changes_row_image - 1] = image_datum(changes, change->image);
 	else
 		nulls[Anum_changes_row_image - 1] = true;
 	values[Anum_changes_changed_at - 1] = TimestampTzGetDatum(change->changed_at);
@@ -227,19 +275,6 @@ changelog_append(const ReplstampCatalog *cat, Change *change)
 	}
 	wakeup_change_written();
 
-	/*
-	 * Lock replstamp.changes and its indexes once per (sub)transaction, and
-	 * keep the locks to its end as any DML does: the lock manager is not
-	 * visited again for every row.
-	 */
-	lockmode = RowExclusiveLock;
-	if (locked_lxid == PGPROC_LXID(MyProc) && locked_subid == GetCurrentSubTransactionId() &&
-		locked_relid == cat->changes)
-		lockmode = NoLock;
-	changes = table_open(cat->changes, lockmode);
-	if (changes_indexes_relid != cat->changes)
-		load_changes_indexes(changes);
-
 	tuple = heap_form_tuple(RelationGetDescr(changes), values, nulls);
 	simple_heap_insert(changes, tuple);
 	for (int i = 0; i < changes_nindexes; i++)
@@ -266,6 +301,9 @@ changelog_append(const ReplstampCatalog *cat, Change *change)
 	}
 	table_close(changes, NoLock);
 	heap_freetuple(tuple);
+	if (change->image &&
+		DatumGetPointer(values[Anum_changes_row_image - 1]) != (Pointer) change->image)
+		pfree(DatumGetPointer(values[Anum_changes_row_image - 1]));
 	locked_lxid = PGPROC_LXID(MyProc);
 	locked_subid = GetCurrentSubTransactionId();
 	locked_relid = cat->changes;
