@@ -860,6 +860,12 @@ CREATE TABLE replstamp.schema_change (
     touched jsonb NOT NULL,
     after jsonb NOT NULL,
     recorded_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    -- The schema change's own id, which its re-issued copies keep (NULL:
+    -- made by a build that gave none): a copy of one held here is not run.
+    id uuid UNIQUE,
+    -- The stamps it had before a rotation re-issued it, {replica_id: serial}:
+    -- a change whose node had seen one of them had seen it.
+    reissued_from jsonb NOT NULL DEFAULT '{}',
     PRIMARY KEY (replica_id, serial)
 );
 CREATE INDEX schema_change_relation ON replstamp.schema_change (relation);
@@ -921,8 +927,9 @@ $$;
 
 /*
  * The first schema change held here on relation that a change made after
- * seen (the vector of its node) did not know of, and that changed one of
- * the names it touched to something else than it did.  (Positional
+ * seen (the vector of its node) did not know of, under its stamp or under
+ * one it had before a rotation re-issued it, and that changed one of the
+ * names it touched to something else than it did.  (Positional
  * parameters: touched and after are also columns of schema_change.)
  */
 CREATE FUNCTION replstamp._schema_conflict(relation text, seen jsonb, touched jsonb, after jsonb,
@@ -938,6 +945,8 @@ SELECT y.replica_id, y.serial, y.statement
                         UNION SELECT jsonb_array_elements_text(y.touched)) s(k)) u
  WHERE y.relation = $1
    AND coalesce(($2 ->> y.replica_id::text)::bigint, 0) < y.serial
+   AND NOT EXISTS (SELECT 1 FROM jsonb_each_text(y.reissued_from) r
+                    WHERE coalesce(($2 ->> r.key)::bigint, 0) >= r.value::bigint)
    AND y.touched ?| ARRAY(SELECT jsonb_array_elements_text($3))
    AND replstamp._schema_part(y.after, u.keys) IS DISTINCT FROM replstamp._schema_part($4, u.keys)
  ORDER BY y.recorded_at, y.replica_id, y.serial

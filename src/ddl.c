@@ -27,6 +27,14 @@
  * by hand and the change skipped or found done.  Every schema change made
  * or applied is kept in replstamp.schema_change for that check.
  *
+ * A rotation re-issues a schema change under a new stamp like any change
+ * (identity.c), and ddl_reissue() moves its record here to that stamp.  A
+ * schema change has an id, which its copies keep: a node that holds it
+ * under another stamp (the original, or another copy) takes a copy as held
+ * and never runs the statement twice.  A copy of a restored node keeps its
+ * old stamps (reissued_from), and a node that had seen one of them had seen
+ * the schema change.
+ *
  * Nothing here runs for DDL a peer's change runs (applying), nor with
  * replstamp.replicate_ddl off (superusers only: the rolling, by-hand
  * schema changes of doc/operations.md).
@@ -91,6 +99,8 @@ typedef struct DdlTarget
 	RangeVar   *newrel;			/* CREATE TABLE: its schema-qualified name */
 	Jsonb	   *before;			/* replstamp.table_schema() before */
 } DdlTarget;
+
+static char *member_text(Jsonb *image, const char *key, const char *peer);
 
 #define DDL_HINT \
 	"Make the table the same on every node by hand (with replstamp.replicate_ddl off), then run replstamp.skip() with the change named above on each node whose sync stops at it; a change whose effect is found here already is passed over by the next sync."
@@ -432,14 +442,19 @@ statement_text(PlannedStmt *pstmt, const char *query)
 	return pnstrdup(query + loc, len);
 }
 
-/* Keep a schema change made or applied here. */
+/*
+ * Keep a schema change made or applied here, with its id (NULL for none)
+ * and the stamps it had before re-issues.
+ */
 static void
 record_schema_change(Change *change, bool origin, const char *outcome, const char *sql,
-					 Jsonb *touched, Jsonb *after)
+					 Jsonb *touched, Jsonb *after, const char *id, Jsonb *reissued_from)
 {
 	ReplstampOwnerContext ctx;
-	Oid			types[8] = {UUIDOID, INT8OID, TEXTOID, BOOLOID, TEXTOID, TEXTOID, JSONBOID, JSONBOID};
-	Datum		values[8];
+	Oid			types[10] = {UUIDOID, INT8OID, TEXTOID, BOOLOID, TEXTOID, TEXTOID, JSONBOID, JSONBOID,
+	TEXTOID, JSONBOID};
+	Datum		values[10];
+	char		nulls[10] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 
 	values[0] = UUIDPGetDatum(&change->replica_id);
 	values[1] = Int64GetDatum(change->serial);
@@ -449,12 +464,18 @@ record_schema_change(Change *change, bool origin, const char *outcome, const cha
 	values[5] = CStringGetTextDatum(sql);
 	values[6] = JsonbPGetDatum(touched);
 	values[7] = JsonbPGetDatum(after);
+	if (id != NULL)
+		values[8] = CStringGetTextDatum(id);
+	else
+		nulls[8] = 'n';
+	values[9] = JsonbPGetDatum(reissued_from != NULL ? reissued_from : ddl_key());
 	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	dbaccess_spi_exec("INSERT INTO replstamp.schema_change "
-					  "(replica_id, serial, relation, origin, outcome, statement, touched, after) "
-					  "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-					  8, types, values, NULL, SPI_OK_INSERT);
+					  "(replica_id, serial, relation, origin, outcome, statement, touched, after, "
+					  "id, reissued_from) "
+					  "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::pg_catalog.uuid, $10)",
+					  10, types, values, nulls, SPI_OK_INSERT);
 	SPI_finish();
 	dbaccess_restore_user(&ctx);
 }
@@ -513,12 +534,14 @@ ddl_record(const char *sql, DdlTarget *t)
 	values[8] = Int64GetDatum(change.serial - 1);
 	change.image = query_jsonb("SELECT pg_catalog.jsonb_build_object('sql', $1, 'search_path', $2, "
 							   "'role', $3, 'create', $4, 'track', $5, 'touched', $6, 'after', $7, "
+							   "'id', pg_catalog.gen_random_uuid(), "
 							   "'seen', coalesce((SELECT pg_catalog.jsonb_object_agg(v.replica_id::text, v.serial) "
 							   "  FROM replstamp.vector v WHERE v.replica_id OPERATOR(pg_catalog.<>) $8), '{}') "
 							   "  OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object($8::text, $9))",
 							   9, types, values, NULL);
 	changelog_append(cat, &change);
-	record_schema_change(&change, true, "made", sql, touched, after);
+	record_schema_change(&change, true, "made", sql, touched, after,
+						 member_text(change.image, "id", NULL), NULL);
 	wakeup_stamped(&change.replica_id, change.serial);
 }
 
@@ -573,6 +596,81 @@ ddl_init(void)
 }
 
 /* ---------------------------------------------------------------------
+ * Re-issue
+ * ---------------------------------------------------------------------
+ */
+
+/*
+ * A rotation re-issues change, a schema change of an old replica ID, as
+ * new_serial of new_id (identity.c): returns the copy's image, and moves
+ * this node's record of the change to the new stamp.  The old stamp is
+ * dropped from the log here, so that the peers' change of that stamp can be
+ * pulled back; the record must not keep it either.
+ *
+ * What the copy says it had seen (seen) is what its original had seen, but
+ * the changes of the old ID it had seen from from_serial on were re-issued
+ * too, before it (in serial order), under new stamps: a peer that holds
+ * such a copy must not take it as concurrent with this one.  So:
+ *	- REISSUE_RESTORED: the old stamps name the same changes on the peers.
+ *	  The copy and the record keep the old stamp in reissued_from: a node
+ *	  that holds the original takes the copy as held (by its id,
+ *	  ddl_apply()), and a change whose node had seen the old stamp, or an
+ *	  earlier copy's old stamp, had seen it.
+ *	- REISSUE_DIVERGED: the old stamps from from_serial on name other
+ *	  changes on the peers (this data set parted from their history): the
+ *	  copy keeps none of them, and claims the old ID only below from_serial.
+ *	- In both, new_id was minted for the re-issue: every serial of it below
+ *	  new_serial is the copy of a change the original had seen, which seen
+ *	  then claims.
+ *	- REISSUE_DEAD_EPOCH: as REISSUE_DIVERGED, but new_id is this node's
+ *	  current ID, whose earlier serials the original had not all seen: two
+ *	  such copies that change the same name may then be taken as concurrent,
+ *	  a false conflict that stops the sync (never a silent one).
+ */
+Jsonb *
+ddl_reissue(const Change *change, const pg_uuid_t *new_id, int64 new_serial,
+			int64 from_serial, ReissueKind kind)
+{
+	ReplstampOwnerContext ctx;
+	Oid			types[7] = {JSONBOID, UUIDOID, INT8OID, INT8OID, BOOLOID, UUIDOID, INT8OID};
+	Datum		values[7];
+	Jsonb	   *image;
+
+	values[0] = JsonbPGetDatum(change->image);
+	values[1] = UUIDPGetDatum(&change->replica_id);
+	values[2] = Int64GetDatum(change->serial);
+	values[3] = Int64GetDatum(from_serial);
+	values[4] = BoolGetDatum(kind == REISSUE_RESTORED);
+	values[5] = UUIDPGetDatum(new_id);
+	values[6] = Int64GetDatum(kind == REISSUE_DEAD_EPOCH ? 0 : new_serial - 1);
+	image = query_jsonb("SELECT $1 OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object("
+						"  'seen', s.seen OPERATOR(pg_catalog.||) CASE WHEN $7 OPERATOR(pg_catalog.>) 0 "
+						"    THEN pg_catalog.jsonb_build_object($6::text, $7) ELSE '{}' END, "
+						"  'reissued_from', CASE WHEN $5 "
+						"    THEN r.was OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object($2::text, $3) "
+						"    ELSE r.was END) "
+						"FROM (SELECT CASE WHEN $5 THEN $1 OPERATOR(pg_catalog.->) 'seen' "
+						"        ELSE ($1 OPERATOR(pg_catalog.->) 'seen') OPERATOR(pg_catalog.||) "
+						"          pg_catalog.jsonb_build_object($2::text, LEAST(coalesce(($1 OPERATOR(pg_catalog.->) 'seen' "
+						"            OPERATOR(pg_catalog.->>) $2::text)::bigint, 0), $4 OPERATOR(pg_catalog.-) 1)) END) s(seen), "
+						"     (SELECT coalesce($1 OPERATOR(pg_catalog.->) 'reissued_from', '{}')) r(was)",
+						7, types, values, NULL);
+
+	values[3] = Int64GetDatum(new_serial);
+	dbaccess_become_owner(&ctx);
+	SPI_connect();
+	dbaccess_spi_exec("UPDATE replstamp.schema_change SET replica_id = $6, serial = $4, "
+					  "reissued_from = CASE WHEN $5 THEN reissued_from "
+					  "  OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object($2::text, $3) "
+					  "  ELSE reissued_from END "
+					  "WHERE replica_id OPERATOR(pg_catalog.=) $2 AND serial OPERATOR(pg_catalog.=) $3",
+					  6, types, values, NULL, SPI_OK_UPDATE);
+	SPI_finish();
+	dbaccess_restore_user(&ctx);
+	return image;
+}
+
+/* ---------------------------------------------------------------------
  * Apply
  * ---------------------------------------------------------------------
  */
@@ -606,6 +704,32 @@ member_text(Jsonb *image, const char *key, const char *peer)
 	if (v == NULL || v->type != jbvString)
 		malformed(peer, psprintf("Its \"%s\" is not a string.", key));
 	return pnstrdup(v->val.string.val, v->val.string.len);
+}
+
+/* Is s a uuid as uuid_out() prints it? */
+static bool
+uuid_text(const char *s)
+{
+	if (strlen(s) != 36)
+		return false;
+	for (int i = 0; i < 36; i++)
+	{
+		if (i == 8 || i == 13 || i == 18 || i == 23)
+		{
+			if (s[i] != '-')
+				return false;
+		}
+		else if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+			return false;
+	}
+	return true;
+}
+
+/* A string member that may be absent: NULL then. */
+static char *
+member_text_or_null(Jsonb *image, const char *key, const char *peer)
+{
+	return member(image, key) == NULL ? NULL : member_text(image, key, peer);
 }
 
 static bool
@@ -729,6 +853,9 @@ ddl_apply(Change *change, const char *peer, bool nowait)
 	Jsonb	   *touched = member_jsonb(image, "touched", true, peer);
 	Jsonb	   *after = member_jsonb(image, "after", false, peer);
 	Jsonb	   *seen = member_jsonb(image, "seen", false, peer);
+	char	   *id = member_text_or_null(image, "id", peer);
+	Jsonb	   *reissued_from = member(image, "reissued_from") == NULL ? ddl_key() :
+		member_jsonb(image, "reissued_from", false, peer);
 	const char *outcome = "applied";
 	List	   *parsed;
 	DdlTarget	kind;
@@ -741,6 +868,47 @@ ddl_apply(Change *change, const char *peer, bool nowait)
 		!ddl_classify(linitial_node(RawStmt, parsed)->stmt, &kind, false) ||
 		IsA(linitial_node(RawStmt, parsed)->stmt, CreateStmt) != create)
 		malformed(peer, "Its statement is not one schema change of a kind that is replicated.");
+	if (id != NULL && !uuid_text(id))
+		malformed(peer, "Its \"id\" is not a uuid.");
+	{
+		Oid			types[1] = {JSONBOID};
+		Datum		values[1] = {JsonbPGetDatum(reissued_from)};
+
+		if (!query_bool("SELECT pg_catalog.bool_and(e.key OPERATOR(pg_catalog.~) "
+						"'^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' "
+						"AND e.value::text OPERATOR(pg_catalog.~) '^[0-9]{1,18}$') IS NOT FALSE "
+						"FROM pg_catalog.jsonb_each($1) e", 1, types, values))
+			malformed(peer, "Its \"reissued_from\" is not an object of stamps.");
+	}
+
+	/*
+	 * Held here already under another stamp: the copy a rotation re-issued of
+	 * a schema change held here, or the original of a copy held here.  It ran
+	 * here once; its stamp is one more name for it.
+	 */
+	if (id != NULL)
+	{
+		Oid			types[4] = {TEXTOID, UUIDOID, INT8OID, JSONBOID};
+		Datum		values[4];
+		ReplstampOwnerContext ctx;
+		bool		held;
+
+		values[0] = CStringGetTextDatum(id);
+		values[1] = UUIDPGetDatum(&change->replica_id);
+		values[2] = Int64GetDatum(change->serial);
+		values[3] = JsonbPGetDatum(reissued_from);
+		dbaccess_become_owner(&ctx);
+		SPI_connect();
+		dbaccess_spi_exec("UPDATE replstamp.schema_change SET reissued_from = $4 OPERATOR(pg_catalog.||) "
+						  "  pg_catalog.jsonb_build_object($2::text, $3) OPERATOR(pg_catalog.||) reissued_from "
+						  "WHERE id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid",
+						  4, types, values, NULL, SPI_OK_UPDATE);
+		held = SPI_processed > 0;
+		SPI_finish();
+		dbaccess_restore_user(&ctx);
+		if (held)
+			return true;
+	}
 
 	relid = relation_oid(relation);
 	if (OidIsValid(relid))
@@ -853,6 +1021,6 @@ ddl_apply(Change *change, const char *peer, bool nowait)
 		if (OidIsValid(relid) && !table_tracked(relid))
 			(void) DirectFunctionCall1(replstamp_track, ObjectIdGetDatum(relid));
 	}
-	record_schema_change(change, false, outcome, sql, touched, after);
+	record_schema_change(change, false, outcome, sql, touched, after, id, reissued_from);
 	return true;
 }

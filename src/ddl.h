@@ -13,9 +13,12 @@
 #define REPLSTAMP_DDL_H
 
 #include "changelog.h"
+#include "identity.h"
 
 extern void ddl_init(void);
 extern bool ddl_apply(Change *change, const char *peer, bool nowait);
 extern Jsonb *ddl_key(void);
+extern Jsonb *ddl_reissue(const Change *change, const pg_uuid_t *new_id, int64 new_serial,
+						  int64 from_serial, ReissueKind kind);
 
 #endif							/* REPLSTAMP_DDL_H */

@@ -180,7 +180,8 @@ epochs_learn_dead(Handshake *h, const char *from)
 			}
 		{
 			pg_uuid_t	current = catalog_node()->replica_id;
-			int64		n = identity_reissue(cat, &d->id, d->first, until, &current);
+			int64		n = identity_reissue(cat, &d->id, d->first, until, &current,
+											 REISSUE_DEAD_EPOCH);
 
 			dbaccess_spi_exec("UPDATE replstamp.epoch SET dead = true WHERE replica_id OPERATOR(pg_catalog.=) $1 "
 							  "AND token OPERATOR(pg_catalog.=) $2", 2, types, values, NULL, SPI_OK_UPDATE);

@@ -106,6 +106,7 @@
 #include "changelog.h"
 #include "compat.h"
 #include "dbaccess.h"
+#include "ddl.h"
 #include "errors.h"
 #include "identity.h"
 #include "rowimage.h"
@@ -335,7 +336,8 @@ mint_epoch(const pg_uuid_t *id, int64 first_serial)
  * Re-issue under new_id every change of old_id held here with from_serial
  * <= serial <= to_serial: the same table, key, image and stamp time, a new
  * stamp; the old stamp is dropped here and every row that had it as its
- * latest version gets the new one.  Returns how many.
+ * latest version gets the new one.  A TRUNCATE's cover and a schema
+ * change's record (ddl_reissue(), after kind) follow.  Returns how many.
  */
 typedef struct ReissueList
 {
@@ -360,7 +362,8 @@ collect_serial(Change *change, void *arg)
 
 int64
 identity_reissue(const ReplstampCatalog *cat, const pg_uuid_t *old_id,
-				 int64 from_serial, int64 to_serial, const pg_uuid_t *new_id)
+				 int64 from_serial, int64 to_serial, const pg_uuid_t *new_id,
+				 ReissueKind kind)
 {
 	ReissueList list;
 	MemoryContext cxt,
@@ -408,6 +411,8 @@ identity_reissue(const ReplstampCatalog *cat, const pg_uuid_t *old_id,
 				copy.image = rowversion_truncate_reissued(change.image, old_id, from_serial,
 														  new_id, olds, news, k);
 			}
+			else if (change.op == 'S')
+				copy.image = ddl_reissue(&change, new_id, copy.serial, from_serial, kind);
 			new_serials[i] = copy.serial;
 			MemoryContextSwitchTo(old);
 			relations[i] = DatumGetTextPCopy(PointerGetDatum(change.relation));
@@ -438,12 +443,15 @@ identity_reissue(const ReplstampCatalog *cat, const pg_uuid_t *old_id,
  * pulls the rest back from the peers, and what it holds from there on is
  * re-issued under the new ID.  lost_after = 0 means every change the old ID
  * made is here (manual rotation): the old ID's vector entry follows the
- * lowest uncommitted serial like the current one's.
+ * lowest uncommitted serial like the current one's.  kind: whether the
+ * peers' changes of the old ID from lost_after on are this data set's
+ * (REISSUE_RESTORED) or not (REISSUE_DIVERGED: it parted from their
+ * history there).
  */
 static void
 rotate_locked(const ReplstampCatalog *cat, const ReplstampNode *node,
 			  pg_uuid_t *new_id, const char *reason, int64 lost_after,
-			  const char *fingerprint)
+			  ReissueKind kind, const char *fingerprint)
 {
 	pg_uuid_t	old_id = node->replica_id;
 	Oid			t1[5] = {UUIDOID, TEXTOID, INT8OID, INT8OID, TEXTOID};
@@ -520,7 +528,7 @@ rotate_locked(const ReplstampCatalog *cat, const ReplstampNode *node,
 		/* The new ID's first epoch starts below every serial it will use. */
 		mint_epoch(new_id, serial_next(cat->serial_seq));
 		if (lost_after >= 1 && reissue_on_rotation)
-			reissued = identity_reissue(cat, &old_id, lost_after, PG_INT64_MAX, new_id);
+			reissued = identity_reissue(cat, &old_id, lost_after, PG_INT64_MAX, new_id, kind);
 	}
 
 	ereport(LOG,
@@ -829,7 +837,7 @@ identity_check(void)
 	{
 		pg_uuid_t	new_id;
 
-		rotate_locked(cat, node, &new_id, reason.data, lost_after, fp_now);
+		rotate_locked(cat, node, &new_id, reason.data, lost_after, REISSUE_RESTORED, fp_now);
 		rotated = true;
 	}
 	else if (upgraded_this_start &&
@@ -1078,7 +1086,7 @@ identity_rotate_diverged(const pg_uuid_t *diverged_id, int64 from_serial,
 	dbaccess_spi_exec("UPDATE replstamp.epoch SET dead = true "
 					  "WHERE replica_id OPERATOR(pg_catalog.=) $1 AND first_serial OPERATOR(pg_catalog.>=) $2",
 					  2, types, values, NULL, SPI_OK_UPDATE);
-	rotate_locked(cat, node, &new_id, reason, Max(from_serial, 1), identity_fingerprint());
+	rotate_locked(cat, node, &new_id, reason, Max(from_serial, 1), REISSUE_DIVERGED, identity_fingerprint());
 	SPI_finish();
 	dbaccess_restore_user(&ctx);
 	CommandCounterIncrement();
@@ -1110,7 +1118,7 @@ replstamp_rotate(PG_FUNCTION_ARGS)
 	dbaccess_become_owner(&ctx);
 	SPI_connect();
 	node = lock_node();
-	rotate_locked(cat, node, new_id, psprintf("manual: %s", reason), 0, identity_fingerprint());
+	rotate_locked(cat, node, new_id, psprintf("manual: %s", reason), 0, REISSUE_RESTORED, identity_fingerprint());
 	SPI_finish();
 	dbaccess_restore_user(&ctx);
 

@@ -21,8 +21,24 @@ extern void identity_verify_slow(void);
 extern char *identity_fingerprint(void);
 extern bool identity_rotate_diverged(const pg_uuid_t *diverged_id, int64 from_serial,
 									 const char *reason);
+
+/*
+ * Why changes are re-issued: what their old stamps name on the peers, and
+ * whether the new ID is one minted for the re-issue.
+ */
+typedef enum ReissueKind
+{
+	REISSUE_RESTORED,			/* a restored copy rotated: the old stamps
+								 * name the same changes on the peers */
+	REISSUE_DIVERGED,			/* a rolled-back or cloned copy rotated: they
+								 * name other changes there */
+	REISSUE_DEAD_EPOCH			/* another node's abandoned history, under
+								 * this node's current ID (epochs.c) */
+} ReissueKind;
+
 extern int64 identity_reissue(const ReplstampCatalog *cat, const pg_uuid_t *old_id,
-							  int64 from_serial, int64 to_serial, const pg_uuid_t *new_id);
+							  int64 from_serial, int64 to_serial, const pg_uuid_t *new_id,
+							  ReissueKind kind);
 extern bool identity_check_histories(void);
 extern void identity_raise_lus_mark(const pg_uuid_t *id, int64 lus);
 extern void identity_mark_lus(void);
