@@ -63,6 +63,8 @@
 #   APPLY_LOAD_DELAYS   replstamp.sync_delay values (ms) the TPS ratio is measured
 #                       with, each on its own (default "0 10 25 50")
 #   APPLY_MAX_MB        cancel a sync whose process passes this (default 4096)
+#   APPLY_B_CONF        one more postgresql.conf line for b, the replstamp puller
+#                       (e.g. "replstamp.sync_batch_size = 10000"; default none)
 #   BENCH_ROUNDS        rounds, medians when > 1 (default 1: this is slow)
 #   BENCH_SCALE         pgbench scale (default 10)
 #   BENCH_CLIENTS       pgbench clients (default 2)
@@ -109,7 +111,7 @@ CONF=("synchronous_commit = off" "shared_buffers = 512MB" "max_wal_size = 4GB" "
 bench_cluster "${CONF[@]}" "wal_level = logical"
 PA=$PORT PB=$((PORT + 1)) PC=$((PORT + 2))
 bench_trap_jobs
-bench_node b "$PB" "${CONF[@]}"
+bench_node b "$PB" "${CONF[@]}" ${APPLY_B_CONF:+"$APPLY_B_CONF"}
 # PostgreSQL 15's logical replication launcher starts workers at most once
 # per wal_retrieve_retry_interval (5 s) after it last looked: enabling the
 # subscription a few seconds after the previous measurement disabled it
