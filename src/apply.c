@@ -680,6 +680,26 @@ column_default(ApplyTable *t, int a, bool *isnull)
 }
 
 /*
+ * Are two changes of a row one write under two stamps: the same time,
+ * operation and image?  A rotation re-issues the changes a restored node
+ * made in its backup window under its new ID (identity.c): a node holding
+ * the original that receives the copy, or the reverse, keeps one stamp as
+ * the row's version and loses nothing.  (Byte equality: both images went
+ * through jsonb_in of the same text, or are one stored copy; a difference
+ * of form only makes a conflict recorded as before.)
+ */
+static bool
+same_write(const Change *a, const Change *b)
+{
+	if (a->changed_at != b->changed_at || a->op != b->op)
+		return false;
+	if (a->image == NULL || b->image == NULL)
+		return a->image == NULL && b->image == NULL;
+	return VARSIZE_ANY(a->image) == VARSIZE_ANY(b->image) &&
+		memcmp(a->image, b->image, VARSIZE_ANY(a->image)) == 0;
+}
+
+/*
  * Record a conflict (kind: 'incoming_lost' or 'overwrote'), with a copy of
  * the version that lost (lost: its change, if this has it; NULL: read it
  * from the log) for replstamp.restore_version().  Written with the
@@ -705,6 +725,21 @@ log_conflict(ApplySession *s, ApplyTable *t, Change *change, ChangeRow *row,
 			s->rvw->superseding = lost;
 		else
 			lost = NULL;		/* not here: nothing to restore it from */
+	}
+
+	/* The same write under another stamp (a re-issued copy) is no conflict. */
+	if (lost != NULL && winner->changed_at == loser->changed_at)
+	{
+		Change		fetched;
+		Change	   *won = NULL;
+
+		if (changelog_same_stamp(&change->replica_id, change->serial,
+								 &winner->replica_id, winner->serial))
+			won = change;
+		else if (changelog_fetch(s->cat, &winner->replica_id, winner->serial, &fetched))
+			won = &fetched;
+		if (won != NULL && same_write(won, lost))
+			return;
 	}
 
 	dbaccess_become_owner(&ctx);
