@@ -706,32 +706,6 @@ member_text(Jsonb *image, const char *key, const char *peer)
 	return pnstrdup(v->val.string.val, v->val.string.len);
 }
 
-/* Is s a uuid as uuid_out() prints it? */
-static bool
-uuid_text(const char *s)
-{
-	if (strlen(s) != 36)
-		return false;
-	for (int i = 0; i < 36; i++)
-	{
-		if (i == 8 || i == 13 || i == 18 || i == 23)
-		{
-			if (s[i] != '-')
-				return false;
-		}
-		else if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
-			return false;
-	}
-	return true;
-}
-
-/* A string member that may be absent: NULL then. */
-static char *
-member_text_or_null(Jsonb *image, const char *key, const char *peer)
-{
-	return member(image, key) == NULL ? NULL : member_text(image, key, peer);
-}
-
 static bool
 member_bool(Jsonb *image, const char *key, const char *peer)
 {
@@ -853,7 +827,7 @@ ddl_apply(Change *change, const char *peer, bool nowait)
 	Jsonb	   *touched = member_jsonb(image, "touched", true, peer);
 	Jsonb	   *after = member_jsonb(image, "after", false, peer);
 	Jsonb	   *seen = member_jsonb(image, "seen", false, peer);
-	char	   *id = member_text_or_null(image, "id", peer);
+	char	   *id = member(image, "id") == NULL ? NULL : member_text(image, "id", peer);
 	Jsonb	   *reissued_from = member(image, "reissued_from") == NULL ? ddl_key() :
 		member_jsonb(image, "reissued_from", false, peer);
 	const char *outcome = "applied";
@@ -868,17 +842,20 @@ ddl_apply(Change *change, const char *peer, bool nowait)
 		!ddl_classify(linitial_node(RawStmt, parsed)->stmt, &kind, false) ||
 		IsA(linitial_node(RawStmt, parsed)->stmt, CreateStmt) != create)
 		malformed(peer, "Its statement is not one schema change of a kind that is replicated.");
-	if (id != NULL && !uuid_text(id))
-		malformed(peer, "Its \"id\" is not a uuid.");
 	{
-		Oid			types[1] = {JSONBOID};
-		Datum		values[1] = {JsonbPGetDatum(reissued_from)};
+		Oid			types[2] = {JSONBOID, TEXTOID};
+		Datum		values[2] = {JsonbPGetDatum(reissued_from), CStringGetTextDatum(id ? id : "")};
 
-		if (!query_bool("SELECT pg_catalog.bool_and(e.key OPERATOR(pg_catalog.~) "
-						"'^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' "
-						"AND e.value::text OPERATOR(pg_catalog.~) '^[0-9]{1,18}$') IS NOT FALSE "
-						"FROM pg_catalog.jsonb_each($1) e", 1, types, values))
+		/* A uuid as uuid_out() prints it; reissued_from: {uuid: serial}. */
+#define UUID_PATTERN "'^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'"
+		if (id != NULL &&
+			!query_bool("SELECT $2 OPERATOR(pg_catalog.~) " UUID_PATTERN, 2, types, values))
+			malformed(peer, "Its \"id\" is not a uuid.");
+		if (!query_bool("SELECT pg_catalog.bool_and(e.key OPERATOR(pg_catalog.~) " UUID_PATTERN
+						" AND e.value::text OPERATOR(pg_catalog.~) '^[0-9]{1,18}$') IS NOT FALSE "
+						"FROM pg_catalog.jsonb_each($1) e", 2, types, values))
 			malformed(peer, "Its \"reissued_from\" is not an object of stamps.");
+#undef UUID_PATTERN
 	}
 
 	/*
