@@ -167,4 +167,31 @@ is(sq($_, q{SELECT count(*) FROM replstamp.conflicts}),
 	'0', $_->name . ': no conflict recorded, not even of a re-issued row with its original')
   for @nodes;
 
+# A peer that sends a schema change with a malformed id or reissued_from:
+# the sync stops at that change, named, and takes nothing of it; once the
+# peer sends sense again, it applies.
+sq($c, q{ALTER TABLE t ADD COLUMN w int});
+my ($cid, $cserial) = split /\|/,
+  sq($c, q{SELECT replica_id, serial FROM replstamp.changes
+	WHERE op = 'DDL' AND replica_id = (SELECT replica_id FROM replstamp.node) ORDER BY serial DESC LIMIT 1});
+my $image = sq($c, "SELECT row_image FROM replstamp.changes WHERE replica_id = '$cid' AND serial = $cserial");
+for my $bad (['{id}', q{'"not-a-uuid"'}, qr/sent a malformed schema change\nDETAIL:  Its "id" is not a uuid\./],
+	['{reissued_from}', q{'{"x": 1}'}, qr/sent a malformed schema change\nDETAIL:  Its "reissued_from" is not an object of stamps\./])
+{
+	sq($c, "UPDATE replstamp.changes SET row_image = jsonb_set(row_image, '$bad->[0]', $bad->[1]) "
+		  . "WHERE replica_id = '$cid' AND serial = $cserial");
+	my ($rc, $out, $err) = $b->psql('postgres', q{SELECT replstamp.sync('c')});
+	like($err, $bad->[2], "a schema change with a malformed $bad->[0] is refused");
+	is(sq($b, q{SELECT status || ' ' || coalesce(last_error_change, '-') FROM replstamp.peers WHERE name = 'c'}),
+		"failing $cid/$cserial", 'the peer shows failing, at that change');
+	is(sq($b, q{SELECT count(*) FROM pg_attribute WHERE attrelid = 't'::regclass AND attname = 'w'}), '0',
+		'and nothing of it is applied');
+	ok(sq($b, "SELECT coalesce((SELECT serial FROM replstamp.vector WHERE replica_id = '$cid'), 0) < $cserial") eq 't',
+		'nor held');
+	sq($c, "UPDATE replstamp.changes SET row_image = '$image' WHERE replica_id = '$cid' AND serial = $cserial");
+}
+$b->psql('postgres', q{SELECT replstamp.sync('c')});
+is(sq($b, q{SELECT count(*) FROM pg_attribute WHERE attrelid = 't'::regclass AND attname = 'w'}), '1',
+	'sent as made, it applies');
+
 done_testing();
